@@ -1,0 +1,116 @@
+"""Per-call choice between our Triton kernels and the published cuDNN formulation ("fallback").
+
+Order of precedence: ``use_backend(...)`` in code, then ``TRITONCONV_BACKEND``, then (``auto``) the
+measured winner in the tuning cache for this op, pass, shape, dtype, layout, GPU, triton version and
+kernel source; with nothing measured, the Triton kernels with a default tile. Every choice carries a
+sentence saying why; ``explain`` returns it without running anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import triton
+
+from tritonconv import env, hardware
+from tritonconv.tiles import GemmTile
+from tritonconv.tuning_cache import CacheKey, TuningCache, default_cache, source_hash
+
+PASSES = ("forward", "backward")
+
+
+class BackendUnavailable(RuntimeError):
+    """A forced backend cannot run this call."""
+
+
+@dataclass(frozen=True)
+class Operator:
+    """What the dispatcher and the tuner need to know of one operator."""
+
+    name: str
+    kernel_sources: tuple[Path, ...]
+    kernels_of_pass: dict  # pass -> tuple of kernel names it launches
+    default_tile: Callable  # (spec, kernel name) -> GemmTile
+
+    @property
+    def source(self) -> str:
+        return source_hash(*self.kernel_sources)
+
+    def cache_key(self, spec, pass_: str, device: torch.device) -> CacheKey:
+        return CacheKey(self.name, pass_, spec.tuning_key(), hardware.device_name_of(device),
+                        triton.__version__, self.source)
+
+
+@dataclass(frozen=True)
+class Decision:
+    backend: str  # "triton" or "fallback"
+    reason: str
+    tiles: dict = field(default_factory=dict)  # kernel name -> GemmTile, for "triton"
+
+    def __str__(self) -> str:
+        tiles = ", ".join(f"{k}={t.label()}" for k, t in self.tiles.items())
+        return f"{self.backend}" + (f" [{tiles}]" if tiles else "") + f": {self.reason}"
+
+
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("tritonconv_backend", default=None)
+
+
+@contextlib.contextmanager
+def use_backend(backend: str):
+    """Force ``"triton"``, ``"fallback"`` or ``"auto"`` for calls made inside the block (their
+    backward passes included, wherever autograd runs them)."""
+    if backend not in env.BACKEND_CHOICES:
+        raise ValueError(f"backend={backend!r} is not a backend; expected one of {env.BACKEND_CHOICES}")
+    token = _forced.set(backend)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def forced_backend() -> str:
+    """The backend forced right now: the innermost ``use_backend``, else TRITONCONV_BACKEND."""
+    return _forced.get() or env.backend_override()
+
+
+def decide(operator: Operator, spec, pass_: str, device: torch.device, *, forced: str | None = None,
+           cache: TuningCache | None = None) -> Decision:
+    """Which backend runs this call, with which tiles, and why."""
+    if pass_ not in PASSES:
+        raise ValueError(f"pass_={pass_!r}; expected one of {PASSES}")
+    forced = forced or forced_backend()
+    runnable, why_not = hardware.triton_can_run(device)
+    if forced == "fallback":
+        return Decision("fallback", "forced (use_backend or TRITONCONV_BACKEND=fallback)")
+    if forced == "triton" and not runnable:
+        raise BackendUnavailable(f"backend 'triton' was forced for {operator.name} ({spec.describe()}), "
+                                 f"but it cannot run here: {why_not}")
+    cache = cache or default_cache()
+    entry = cache.lookup(operator.cache_key(spec, pass_, device)) if device.type == "cuda" else None
+    tiles = _tiles(operator, spec, pass_, entry)
+    if forced == "triton":
+        return Decision("triton", "forced (use_backend or TRITONCONV_BACKEND=triton)", tiles)
+    if not runnable:
+        return Decision("fallback", why_not)
+    if device.type != "cuda":
+        return Decision("triton", "CPU tensors under TRITON_INTERPRET=1 run the Triton kernels", tiles)
+    if entry is None:
+        return Decision("triton", f"not tuned for this shape on {hardware.device_name_of(device)}: Triton "
+                                  "with default tiles (run `python -m autotune` to measure)", tiles)
+    timings = entry.get("timings_ms", {})
+    measured = f"measured triton {timings.get('triton', float('nan')):.4g} ms vs fallback " \
+               f"{timings.get('fallback', float('nan')):.4g} ms on {entry.get('device', '?')}"
+    if entry["winner"] == "fallback":
+        return Decision("fallback", measured)
+    return Decision("triton", measured, tiles)
+
+
+def _tiles(operator: Operator, spec, pass_: str, entry: dict | None) -> dict:
+    stored = (entry or {}).get("tiles", {})
+    return {kernel: GemmTile.from_dict(stored[kernel]) if kernel in stored else operator.default_tile(spec, kernel)
+            for kernel in operator.kernels_of_pass[pass_]}

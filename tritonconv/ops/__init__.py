@@ -1,0 +1,2 @@
+"""One folder per operator, each with the same roles: spec, reference, kernels, launch, op (torch
+registration and dispatch)."""

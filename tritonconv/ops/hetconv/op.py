@@ -1,0 +1,106 @@
+"""torch registration of HetConv2d: custom ops (opaque to torch.compile), their fake (shape) functions,
+the autograd formula, and the per-call dispatch between Triton and the cuDNN fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from tritonconv import dispatch
+from tritonconv.ops.hetconv import kernels, launch, reference
+from tritonconv.ops.hetconv.spec import HetConvSpec
+
+OPERATOR = dispatch.Operator(
+    name="hetconv",
+    kernel_sources=(Path(kernels.__file__),),
+    kernels_of_pass={"forward": ("forward",), "backward": ("backward_input", "backward_weight")},
+    default_tile=launch.default_tile,
+)
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+@torch.library.custom_op("tritonconv::hetconv2d", mutates_args=())
+def _hetconv2d(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor], stride: int, p: int) -> Tensor:
+    spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
+    decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
+    if decision.backend == "triton":
+        return launch.forward(x, weight, weight_pw, bias, spec, decision.tiles["forward"])
+    y = reference.fallback_forward(x, weight, weight_pw, bias, spec)
+    return y.contiguous(memory_format=_memory_format(x))
+
+
+@_hetconv2d.register_fake
+def _(x, weight, weight_pw, bias, stride, p):
+    spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
+    return x.new_empty(spec.output_shape).contiguous(memory_format=_memory_format(x))
+
+
+@torch.library.custom_op("tritonconv::hetconv2d_backward", mutates_args=())
+def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tensor, has_bias: bool, stride: int,
+                        p: int, need_input: bool, need_weights: bool, forced: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(grad input, grad weight, grad weight_pw, grad bias); grads that are not needed come back empty."""
+    bias_stub = weight_pw.new_empty(weight.shape[0]) if has_bias else None
+    spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias_stub, stride=stride, p=p)
+    decision = dispatch.decide(OPERATOR, spec, "backward", x.device, forced=forced)
+    if decision.backend == "triton":
+        dx = launch.backward_input(grad, weight, weight_pw, spec, decision.tiles["backward_input"], x) if need_input else None
+        dw, dpw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"]) if need_weights else (None,) * 3
+    else:
+        dx, dw, dpw, db = reference.fallback_backward(grad.contiguous(memory_format=_memory_format(x)), x, weight,
+                                                      weight_pw, spec, need_input, need_weights)
+        dx = dx.contiguous(memory_format=_memory_format(x)) if dx is not None else None
+    empty = x.new_empty(0)
+    return (dx if dx is not None else empty, dw if dw is not None else empty,
+            dpw if dpw is not None else empty, db if db is not None else empty)
+
+
+@_hetconv2d_backward.register_fake
+def _(grad, x, weight, weight_pw, has_bias, stride, p, need_input, need_weights, forced):
+    empty = x.new_empty(0)
+    dx = x.new_empty(x.shape).contiguous(memory_format=_memory_format(x)) if need_input else empty
+    if not need_weights:
+        return dx, empty, empty, empty
+    db = x.new_empty(weight.shape[0]) if has_bias else empty
+    return dx, weight.new_empty(weight.shape), weight_pw.new_empty(weight_pw.shape), db
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, weight_pw, bias, stride, p = inputs
+    ctx.save_for_backward(x, weight, weight_pw)
+    ctx.has_bias, ctx.stride, ctx.p = bias is not None, stride, p
+    # The backward may run on an autograd worker thread that does not see use_backend(): capture it.
+    ctx.forced = dispatch.forced_backend()
+
+
+def _backward(ctx, grad):
+    x, weight, weight_pw = ctx.saved_tensors
+    need_input = ctx.needs_input_grad[0]
+    need_weights = any(ctx.needs_input_grad[1:4])
+    dx, dw, dpw, db = torch.ops.tritonconv.hetconv2d_backward(
+        grad, x, weight, weight_pw, ctx.has_bias, ctx.stride, ctx.p, need_input, need_weights, ctx.forced)
+    return (dx if need_input else None, dw if need_weights else None, dpw if need_weights else None,
+            db if need_weights and ctx.has_bias else None, None, None)
+
+
+_hetconv2d.register_autograd(_backward, setup_context=_setup_context)
+
+
+def hetconv2d(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor] = None, stride: int = 1,
+              p: int = 4) -> Tensor:
+    """Functional HetConv2d (SPEC section 1, blocked layout); see ``tritonconv.HetConv2d``."""
+    return torch.ops.tritonconv.hetconv2d(x, weight, weight_pw, bias, stride, p)
+
+
+def explain(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor] = None, stride: int = 1,
+            p: int = 4, pass_: str = "forward") -> dispatch.Decision:
+    """The backend this call's ``pass_`` would take, and why, without running it."""
+    spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
+    return dispatch.decide(OPERATOR, spec, pass_, x.device)

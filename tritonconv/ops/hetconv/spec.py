@@ -1,0 +1,167 @@
+"""HetConvSpec: the one description of a HetConv2d call that the layer, dispatcher, tuner, perf suite
+and tests share (SPEC section 1, blocked layout)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
+from tritonconv.accounting import Cost
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+
+
+def validate_hyperparameters(in_channels, out_channels, kernel_size, stride, p) -> None:
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("out_channels", out_channels)
+    check_positive_int("kernel_size", kernel_size)
+    if kernel_size % 2 == 0:
+        raise ValueError(
+            f"kernel_size={kernel_size} must be odd: the 1 x 1 kernels sit on the centre tap of the k x k window"
+        )
+    if stride not in (1, 2):
+        raise ValueError(f"stride={stride!r} must be 1 or 2")
+    check_positive_int("p", p)
+    if in_channels % p or out_channels % p:
+        raise ValueError(
+            f"p={p} must divide both in_channels={in_channels} and out_channels={out_channels}"
+        )
+
+
+def batch_bucket(batch: int) -> int:
+    """Batch sizes share a tuning entry per power-of-two bucket (a new batch size does not re-tune)."""
+    return 1 << max(batch - 1, 0).bit_length()
+
+
+@dataclass(frozen=True)
+class HetConvSpec:
+    batch: int
+    in_channels: int
+    out_channels: int
+    height: int
+    width: int
+    kernel_size: int = 3
+    stride: int = 1
+    p: int = 4
+    bias: bool = False
+    dtype: str = "float32"
+    channels_last: bool = False
+
+    op = "hetconv"
+
+    def __post_init__(self):
+        validate_hyperparameters(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.p)
+        check_positive_int("batch", self.batch, minimum=0)
+        check_positive_int("height", self.height)
+        check_positive_int("width", self.width)
+        if self.dtype not in DTYPES:
+            raise TypeError(f"dtype={self.dtype!r} is not supported; expected one of {tuple(DTYPES)}")
+
+    # ---- derived shapes -------------------------------------------------------------------
+    @property
+    def padding(self) -> int:
+        return (self.kernel_size - 1) // 2
+
+    @property
+    def out_height(self) -> int:
+        return (self.height + 2 * self.padding - self.kernel_size) // self.stride + 1
+
+    @property
+    def out_width(self) -> int:
+        return (self.width + 2 * self.padding - self.kernel_size) // self.stride + 1
+
+    @property
+    def group_in(self) -> int:
+        """M/p: input channels that a filter sees through k x k kernels."""
+        return self.in_channels // self.p
+
+    @property
+    def group_out(self) -> int:
+        """N/p: filters per group."""
+        return self.out_channels // self.p
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.in_channels, self.height, self.width)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.out_channels, self.out_height, self.out_width)
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.group_in, self.kernel_size, self.kernel_size)
+
+    @property
+    def weight_pw_shape(self) -> tuple[int, int]:
+        return (self.out_channels, self.in_channels - self.group_in)
+
+    # ---- cost -------------------------------------------------------------------------------
+    def cost(self) -> Cost:
+        k2 = self.kernel_size**2
+        pixels = self.batch * self.out_height * self.out_width
+        macs = pixels * self.out_channels * (k2 * self.group_in + self.in_channels - self.group_in)
+        n_params = self.out_channels * (self.group_in * k2 + self.in_channels - self.group_in)
+        n_params += self.out_channels if self.bias else 0
+        elements = self.batch * self.in_channels * self.height * self.width + pixels * self.out_channels
+        return Cost(macs=macs, bytes=(elements + n_params) * self.torch_dtype.itemsize)
+
+    def dense_cost(self) -> Cost:
+        """What the ordinary k x k conv of the same shape costs (the layer HetConv replaces)."""
+        dense = replace(self, p=1)
+        return dense.cost()
+
+    # ---- tuning key ----------------------------------------------------------------------------
+    def tuning_key(self) -> str:
+        """Everything that changes the best kernel config, with the batch bucketed."""
+        layout = "nhwc" if self.channels_last else "nchw"
+        return (
+            f"b{batch_bucket(self.batch)}_m{self.in_channels}_n{self.out_channels}_h{self.height}_w{self.width}"
+            f"_k{self.kernel_size}_s{self.stride}_p{self.p}_bias{int(self.bias)}_{self.dtype}_{layout}"
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.in_channels}->{self.out_channels} k{self.kernel_size} s{self.stride} p{self.p} "
+            f"{self.height}x{self.width} b{self.batch}"
+        )
+
+    # ---- construction from a call ----------------------------------------------------------
+    @classmethod
+    def from_tensors(cls, x, weight, weight_pw, bias, *, stride: int, p: int) -> "HetConvSpec":
+        """Validate a call's tensors against each other and describe it."""
+        check_tensor("input", x, rank=4)
+        check_tensor("weight", weight, rank=4)
+        check_tensor("weight_pw", weight_pw, rank=2)
+        n, group_in, k, k2 = weight.shape
+        in_channels = x.shape[1]
+        validate_hyperparameters(in_channels, n, k, stride, p)
+        if k != k2:
+            raise ValueError(f"weight has shape {tuple(weight.shape)}; expected square k x k kernels")
+        if group_in * p != in_channels:
+            raise ValueError(
+                f"input has {in_channels} channels but weight {tuple(weight.shape)} with p={p} "
+                f"expects {group_in * p}"
+            )
+        check_shape("weight_pw", weight_pw, (n, in_channels - group_in))
+        check_same("weight", weight, x, "input")
+        check_same("weight_pw", weight_pw, x, "input")
+        if bias is not None:
+            check_tensor("bias", bias, rank=1)
+            check_shape("bias", bias, (n,))
+            check_same("bias", bias, x, "input")
+        pad = (k - 1) // 2
+        if x.shape[2] + 2 * pad < k or x.shape[3] + 2 * pad < k:
+            raise ValueError(f"input spatial size {tuple(x.shape[2:])} is smaller than kernel_size={k}")
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return cls(
+            batch=x.shape[0], in_channels=in_channels, out_channels=n, height=x.shape[2], width=x.shape[3],
+            kernel_size=k, stride=stride, p=p, bias=bias is not None, dtype=dtype_name(x.dtype),
+            channels_last=channels_last,
+        )
