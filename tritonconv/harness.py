@@ -27,6 +27,10 @@ class Workload:
 
 class Harness(Protocol):
     operator: Operator
+    shape_sets: tuple[str, ...]  # names accepted by specs_for
+
+    def specs_for(self, shape_set: str, *, batch: int, dtype: str, channels_last: bool = False, **options) -> list:
+        """(label, count, spec) for every conv of a real network's shape set that this layer replaces."""
 
     def make_workload(self, spec, device: torch.device) -> Workload: ...
 

@@ -7,14 +7,42 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from tritonconv import zoo
 from tritonconv.harness import Workload
 from tritonconv.ops.hetconv import launch, reference
 from tritonconv.ops.hetconv.op import OPERATOR
 from tritonconv.ops.hetconv.spec import HetConvSpec
 
 
+def _shape_set(name: str) -> list:
+    sets = {"vgg16": lambda: zoo.vgg16(32) + zoo.vgg16(224), "vgg16_cifar": lambda: zoo.vgg16(32),
+            "vgg16_imagenet": lambda: zoo.vgg16(224), "resnet50": lambda: zoo.resnet50(224)}
+    if name not in sets:
+        raise ValueError(f"shape set {name!r} is not known for hetconv; expected one of {tuple(sets)}")
+    return sets[name]()
+
+
+SHAPE_SETS = ("vgg16", "vgg16_cifar", "vgg16_imagenet", "resnet50")
+
+
+def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = False, p: int = 4) -> list:
+    """(label, count, spec) for every conv of ``shape_set`` that HetConv(p) can replace.
+
+    The input conv (3 channels) and any conv whose channels p does not divide stay dense."""
+    out = []
+    for layer, count in zoo.unique(_shape_set(shape_set)):
+        if layer.in_channels % p or layer.out_channels % p or layer.in_channels == 3:
+            continue
+        spec = HetConvSpec(batch, layer.in_channels, layer.out_channels, layer.height, layer.width,
+                           layer.kernel_size, layer.stride, p, False, dtype, channels_last)
+        out.append((layer.name, count, spec))
+    return out
+
+
 class HetConvHarness:
     operator = OPERATOR
+    shape_sets = SHAPE_SETS
+    specs_for = staticmethod(specs_for)
 
     def make_workload(self, spec: HetConvSpec, device) -> Workload:
         def randn(*shape):
