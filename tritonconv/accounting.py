@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tritonconv.dispatch import use_backend
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -43,8 +45,10 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
     Counts torch's ``nn.Conv2d`` and ``nn.Linear`` and every tritonconv layer (anything with a
     ``cost(input_shape)`` method); biases, normalisation and activations are not MACs. The model runs
-    once in eval mode on a random CPU-or-parameter-device input; its training mode is restored.
+    once in eval mode, on a random input on its parameters' device, through the fallback backend (only
+    shapes matter); its training mode is restored.
     """
+
     if len(input_shape) < 1 or any(int(d) <= 0 for d in input_shape):
         raise ValueError(f"input_shape={tuple(input_shape)} must be a tuple of positive sizes")
     total = 0
@@ -71,7 +75,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), use_backend("fallback"):
             model(torch.randn(*input_shape, device=device, dtype=dtype))
     finally:
         model.train(was_training)

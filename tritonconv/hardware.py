@@ -30,6 +30,8 @@ def device_name(device_index: int | None = None) -> str:
 
 
 def device_name_of(device: torch.device) -> str:
+    if env.triton_interpret():
+        return device_name(None)
     if device.type == "cuda":
         return device_name(device.index if device.index is not None else torch.cuda.current_device())
     return device_name(None) if env.triton_interpret() else "cpu"

@@ -25,12 +25,13 @@ def _shape_set(name: str) -> list:
 SHAPE_SETS = ("vgg16", "vgg16_cifar", "vgg16_imagenet", "resnet50")
 
 
-def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = False, p: int = 4) -> list:
-    """(label, count, spec) for every conv of ``shape_set`` that HetConv(p) can replace.
-
-    The input conv (3 channels) and any conv whose channels p does not divide stay dense."""
+def specs_for(shape_set, *, batch: int, dtype: str, channels_last: bool = False, p: int = 4) -> list:
+    """(label, count, spec) for every conv of ``shape_set`` (a name or a list of ``zoo.ConvLayer``)
+    that HetConv(p) can replace. The input conv (3 channels) and any conv whose channels p does not
+    divide stay dense."""
+    layers = _shape_set(shape_set) if isinstance(shape_set, str) else list(shape_set)
     out = []
-    for layer, count in zoo.unique(_shape_set(shape_set)):
+    for layer, count in zoo.unique(layers):
         if layer.in_channels % p or layer.out_channels % p or layer.in_channels == 3:
             continue
         spec = HetConvSpec(batch, layer.in_channels, layer.out_channels, layer.height, layer.width,

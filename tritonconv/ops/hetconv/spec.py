@@ -103,14 +103,17 @@ class HetConvSpec:
         return (self.out_channels, self.in_channels - self.group_in)
 
     # ---- cost -------------------------------------------------------------------------------
+    def parameter_count(self) -> int:
+        """N*M*(1 + (k^2 - 1)/p) (+N): SPEC section 1."""
+        weights = self.out_channels * (self.group_in * self.kernel_size**2 + self.in_channels - self.group_in)
+        return weights + (self.out_channels if self.bias else 0)
+
     def cost(self) -> Cost:
         k2 = self.kernel_size**2
         pixels = self.batch * self.out_height * self.out_width
         macs = pixels * self.out_channels * (k2 * self.group_in + self.in_channels - self.group_in)
-        n_params = self.out_channels * (self.group_in * k2 + self.in_channels - self.group_in)
-        n_params += self.out_channels if self.bias else 0
         elements = self.batch * self.in_channels * self.height * self.width + pixels * self.out_channels
-        return Cost(macs=macs, bytes=(elements + n_params) * self.torch_dtype.itemsize)
+        return Cost(macs=macs, bytes=(elements + self.parameter_count()) * self.torch_dtype.itemsize)
 
     def dense_cost(self) -> Cost:
         """What the ordinary k x k conv of the same shape costs (the layer HetConv replaces)."""
@@ -156,9 +159,8 @@ class HetConvSpec:
             check_tensor("bias", bias, rank=1)
             check_shape("bias", bias, (n,))
             check_same("bias", bias, x, "input")
-        pad = (k - 1) // 2
-        if x.shape[2] + 2 * pad < k or x.shape[3] + 2 * pad < k:
-            raise ValueError(f"input spatial size {tuple(x.shape[2:])} is smaller than kernel_size={k}")
+        if x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f"input has spatial size {tuple(x.shape[2:])}; expected at least 1 x 1")
         channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         return cls(
             batch=x.shape[0], in_channels=in_channels, out_channels=n, height=x.shape[2], width=x.shape[3],

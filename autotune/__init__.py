@@ -1,0 +1,1 @@
+"""``python -m autotune``: per-shape tuning of tritonconv's kernels into the persistent cache."""

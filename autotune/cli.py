@@ -1,0 +1,165 @@
+"""Command line of the tuner: shape sets in, a table out, winners into the persistent cache."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from autotune.tuner import tune_pass, validate_candidates
+from tritonconv import env, hardware, zoo
+from tritonconv.ops.registry import HARNESSES
+from tritonconv.tuning_cache import TuningCache
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+PASSES = {"fwd": ("forward",), "bwd": ("backward",), "both": ("forward", "backward")}
+
+DESCRIPTION = """\
+Tune tritonconv's Triton kernels for every convolution shape of a real network, once per GPU.
+
+For each shape it times every candidate tile of each kernel (after checking its output against the
+fallback computed in float64) and the fallback (the published multi-call cuDNN formulation), and
+stores the winner with all timings in the persistent tuning cache. Later processes read the cache:
+a second run pays no tuning time and reports 'hit'. Batch sizes share an entry per power-of-two
+bucket. Cache: $TRITONCONV_CACHE_DIR/tuning.json (default ~/.cache/tritonconv/tuning.json), or --cache.
+
+Without a GPU nothing is timed and the cache is not written: every candidate tile is checked against
+the reference under Triton's interpreter on a shrunk copy of each shape, and the FLOP/parameter table
+is printed.
+"""
+
+EPILOG = """\
+examples:
+  python -m autotune --layer hetconv --shapes vgg16
+  python -m autotune --layer hetconv --shapes resnet50 --p 8 --dtype fp16 --batch 64
+  python -m autotune --layer hetconv --shapes my_shapes.json
+      my_shapes.json: [{"in_channels": 64, "out_channels": 128, "height": 56, "width": 56,
+                        "kernel_size": 3, "stride": 1, "name": "block1"}, ...]
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m autotune", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layer", required=True, choices=sorted(HARNESSES), help="which layer's kernels to tune")
+    parser.add_argument("--shapes", required=True,
+                        help="a shape set of the layer (hetconv: vgg16 = CIFAR-10 32x32 + ImageNet 224x224, "
+                             "vgg16_cifar, vgg16_imagenet, resnet50) or a JSON file listing convolutions")
+    parser.add_argument("--p", type=int, default=4, help="HetConv: part of the channels with k x k kernels is 1/p (default 4)")
+    parser.add_argument("--batch", type=int, default=128, help="batch size (default 128; tuned per power-of-two bucket)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="data type (default bf16)")
+    parser.add_argument("--channels-last", action="store_true", help="tune for channels_last (NHWC) inputs")
+    parser.add_argument("--pass", dest="passes", choices=sorted(PASSES), default="both",
+                        help="forward, backward or both (default)")
+    parser.add_argument("--force", action="store_true", help="re-measure shapes already in the cache")
+    parser.add_argument("--max-tiles", type=int, default=None, help="try only the first N candidate tiles per kernel")
+    parser.add_argument("--cache", type=Path, default=None, help="cache file (default: $TRITONCONV_CACHE_DIR/tuning.json)")
+    return parser
+
+
+def load_shape_file(path: Path) -> list[zoo.ConvLayer]:
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"--shapes {path}: cannot read a JSON list of convolutions ({error})")
+    if not isinstance(entries, list) or not entries:
+        raise SystemExit(f"--shapes {path}: expected a non-empty JSON list of convolutions")
+    layers = []
+    for i, entry in enumerate(entries):
+        try:
+            layers.append(zoo.ConvLayer(
+                name=str(entry.get("name", f"conv{i}")), in_channels=int(entry["in_channels"]),
+                out_channels=int(entry["out_channels"]), kernel_size=int(entry.get("kernel_size", 3)),
+                stride=int(entry.get("stride", 1)), height=int(entry["height"]), width=int(entry["width"]),
+                groups=int(entry.get("groups", 1))))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise SystemExit(f"--shapes {path}: entry {i} ({entry!r}) needs in_channels, out_channels, height, "
+                             f"width (kernel_size, stride, name optional): {error}")
+    return layers
+
+
+def resolve_specs(harness, args) -> list:
+    shape_set = args.shapes
+    if shape_set.endswith(".json"):
+        shape_set = load_shape_file(Path(shape_set))
+    elif shape_set not in harness.shape_sets:
+        raise SystemExit(f"--shapes {shape_set!r} is not a shape set of --layer {args.layer}; expected one of "
+                         f"{', '.join(harness.shape_sets)} or a .json file")
+    options = {"p": args.p}
+    accepted = inspect.signature(harness.specs_for).parameters
+    options = {name: value for name, value in options.items() if name in accepted}
+    try:
+        specs = harness.specs_for(shape_set, batch=args.batch, dtype=DTYPES[args.dtype],
+                                  channels_last=args.channels_last, **options)
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"--shapes {args.shapes}: {error}")
+    if not specs:
+        raise SystemExit(f"--shapes {args.shapes}: no convolution there fits --layer {args.layer} with these options")
+    return specs
+
+
+def _params(spec) -> int | None:
+    return spec.parameter_count() if hasattr(spec, "parameter_count") else None
+
+
+def tune(harness, specs, args, device) -> pd.DataFrame:
+    cache = TuningCache(args.cache) if args.cache else TuningCache()
+    rows = []
+    jobs = [(label, count, spec, pass_) for label, count, spec in specs for pass_ in PASSES[args.passes]]
+    for label, count, spec, pass_ in tqdm(jobs, desc=f"tuning {args.layer} on {hardware.device_name_of(device)}", unit="pass"):
+        result = tune_pass(harness, spec, pass_, device, cache, force=args.force, max_tiles=args.max_tiles)
+        best = "+".join(f"{tile['block_rows']}x{tile['block_cols']}x{tile['block_reduce']}w{tile['num_warps']}"
+                        f"s{tile['num_stages']}" for tile in result.tiles.values()) or "-"
+        rows.append({"shape": f"{label}: {spec.describe()}", "pass": pass_, "GFLOPs": spec.cost().flops / 1e9,
+                     "best config": best, "triton ms": result.triton_ms, "fallback ms": result.fallback_ms,
+                     "speedup": result.speedup, "winner": result.winner, "cache": "hit" if result.cache_hit else "new",
+                     "failed tiles": len(result.failed)})
+    print(f"cache: {cache.path}")
+    return pd.DataFrame(rows)
+
+
+def validate(harness, specs, args, device) -> tuple[pd.DataFrame, dict]:
+    print("No CUDA GPU: nothing is timed and the tuning cache is not written. Checking every candidate tile "
+          "against the float64 reference under Triton's interpreter, on a shrunk copy of each shape.")
+    rows, failures, seen = [], {}, set()
+    jobs = [(label, count, spec, pass_) for label, count, spec in specs for pass_ in PASSES[args.passes]]
+    for label, count, spec, pass_ in tqdm(jobs, desc="checking candidates", unit="pass"):
+        failed = validate_candidates(harness, spec, pass_, device, max_tiles=args.max_tiles, seen=seen)
+        failures.update({f"{label} {pass_} {name}": why for name, why in failed.items()})
+    for label, count, spec in specs:
+        cost, dense = spec.cost(), (spec.dense_cost() if hasattr(spec, "dense_cost") else None)
+        rows.append({"shape": f"{label}: {spec.describe()}", "count": count, "GFLOPs": cost.flops / 1e9,
+                     "dense GFLOPs": dense.flops / 1e9 if dense else None,
+                     "FLOP ratio": cost.flops / dense.flops if dense else None,
+                     "params": _params(spec), "MB moved": cost.bytes / 1e6})
+    return pd.DataFrame(rows), failures
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch < 1:
+        raise SystemExit(f"--batch {args.batch}: expected a positive batch size")
+    if args.p < 1:
+        raise SystemExit(f"--p {args.p}: expected a positive integer")
+    harness = HARNESSES[args.layer]
+    specs = resolve_specs(harness, args)
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_columns", 20)
+    if torch.cuda.is_available() and not env.triton_interpret():
+        table = tune(harness, specs, args, torch.device("cuda"))
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        return 0
+    table, failures = validate(harness, specs, args, torch.device("cpu"))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if failures:
+        print(f"\n{len(failures)} candidate tiles FAILED:")
+        for name, why in failures.items():
+            print(f"  {name}: {why}")
+        return 1
+    print("\nall candidate tiles match the reference")
+    return 0

@@ -1,0 +1,181 @@
+"""DepthwiseSpec: one description of a depthwise conv call (standalone, or the Ghost module's cheap
+operation), shared by the layer, dispatcher, tuner, perf suite and tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
+from tritonconv.accounting import Cost
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+# Activation name -> the constexpr code the kernels branch on.
+ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
+
+
+def normalize_activation(name: str, value) -> str:
+    """None, "relu" or "relu6" (the layer arguments) -> the op's string ("none" for None)."""
+    if value is None:
+        return "none"
+    if not isinstance(value, str) or value not in ACTIVATIONS:
+        raise ValueError(f"{name}={value!r} is not an activation; expected None, 'relu' or 'relu6'")
+    return value
+
+
+def default_padding(kernel_size: int, dilation: int) -> int:
+    return dilation * (kernel_size // 2)
+
+
+def validate_window(kernel_size, stride, padding, dilation) -> None:
+    """The sliding-window hyperparameters every depthwise kernel accepts."""
+    check_positive_int("kernel_size", kernel_size)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size={kernel_size} must be odd: the window is centred on its output pixel")
+    if stride not in (1, 2) or isinstance(stride, bool):
+        raise ValueError(f"stride={stride!r} must be 1 or 2")
+    check_positive_int("padding", padding, minimum=0)
+    check_positive_int("dilation", dilation)
+
+
+def output_size(size: int, kernel_size: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
+def check_spatial(height: int, width: int, kernel_size: int, stride: int, padding: int, dilation: int) -> None:
+    if min(output_size(height, kernel_size, stride, padding, dilation),
+           output_size(width, kernel_size, stride, padding, dilation)) < 1:
+        raise ValueError(f"input spatial size {(height, width)} is smaller than the dilated window "
+                         f"(kernel_size={kernel_size}, dilation={dilation}, padding={padding})")
+
+
+def batch_bucket(batch: int) -> int:
+    """Batch sizes share a tuning entry per power-of-two bucket (a new batch size does not re-tune)."""
+    return 1 << max(batch - 1, 0).bit_length()
+
+
+def layout_of(x: torch.Tensor) -> bool:
+    """True for a channels_last (NHWC-strided) 4-d tensor."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+@dataclass(frozen=True)
+class DepthwiseSpec:
+    """Depthwise conv: output channel o reads input channel ``o // multiplier`` (torch's groups=C order).
+
+    ``out_channels`` may be less than ``in_channels * multiplier`` (the Ghost module keeps only the
+    first maps). ``concat_input``: the output is ``cat([input, depthwise(input)])`` written by one
+    launch (the Ghost module); it needs a window that keeps the spatial size.
+    """
+
+    batch: int
+    in_channels: int
+    out_channels: int
+    height: int
+    width: int
+    kernel_size: int = 3
+    stride: int = 1
+    padding: int = 1
+    dilation: int = 1
+    multiplier: int = 1
+    bias: bool = True
+    activation: str = "none"
+    dtype: str = "float32"
+    channels_last: bool = False
+    concat_input: bool = False
+
+    op = "depthwise"
+
+    def __post_init__(self):
+        check_positive_int("batch", self.batch, minimum=0)
+        check_positive_int("in_channels", self.in_channels)
+        check_positive_int("multiplier", self.multiplier)
+        check_positive_int("out_channels", self.out_channels)
+        if self.out_channels > self.in_channels * self.multiplier:
+            raise ValueError(f"out_channels={self.out_channels} must be at most in_channels * multiplier = "
+                             f"{self.in_channels} * {self.multiplier}")
+        check_positive_int("height", self.height)
+        check_positive_int("width", self.width)
+        validate_window(self.kernel_size, self.stride, self.padding, self.dilation)
+        check_spatial(self.height, self.width, self.kernel_size, self.stride, self.padding, self.dilation)
+        normalize_activation("activation", self.activation)
+        if self.dtype not in DTYPES:
+            raise TypeError(f"dtype={self.dtype!r} is not supported; expected one of {tuple(DTYPES)}")
+        if self.concat_input and (self.out_height, self.out_width) != (self.height, self.width):
+            raise ValueError(f"concat_input=True needs an output as large as the input, got "
+                             f"{(self.out_height, self.out_width)} from {(self.height, self.width)}")
+
+    @property
+    def out_height(self) -> int:
+        return output_size(self.height, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    @property
+    def out_width(self) -> int:
+        return output_size(self.width, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.in_channels, self.height, self.width)
+
+    @property
+    def total_out_channels(self) -> int:
+        """Channels of the op's output: the depthwise maps, after the input's when concatenated."""
+        return self.out_channels + (self.in_channels if self.concat_input else 0)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.total_out_channels, self.out_height, self.out_width)
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, 1, self.kernel_size, self.kernel_size)
+
+    def cost(self) -> Cost:
+        pixels = self.batch * self.out_height * self.out_width
+        macs = pixels * self.out_channels * self.kernel_size**2
+        params = self.out_channels * (self.kernel_size**2 + int(self.bias))
+        elements = self.batch * self.in_channels * self.height * self.width + pixels * self.total_out_channels
+        return Cost(macs=macs, bytes=(elements + params) * self.torch_dtype.itemsize)
+
+    def tuning_key(self) -> str:
+        layout = "nhwc" if self.channels_last else "nchw"
+        return (f"b{batch_bucket(self.batch)}_c{self.in_channels}_o{self.out_channels}_x{self.multiplier}"
+                f"_h{self.height}_w{self.width}_k{self.kernel_size}_s{self.stride}_p{self.padding}_d{self.dilation}"
+                f"_bias{int(self.bias)}_{self.activation}_cat{int(self.concat_input)}_{self.dtype}_{layout}")
+
+    def describe(self) -> str:
+        cat = " +input" if self.concat_input else ""
+        return (f"dw {self.in_channels}->{self.out_channels}{cat} k{self.kernel_size} s{self.stride} "
+                f"d{self.dilation} {self.height}x{self.width} b{self.batch}")
+
+    @classmethod
+    def from_tensors(cls, x, weight, bias, *, stride: int, padding: int, dilation: int, multiplier: int,
+                     activation: str, concat_input: bool = False) -> "DepthwiseSpec":
+        """Validate a call's tensors against each other and describe it."""
+        check_tensor("input", x, rank=4)
+        check_tensor("weight", weight, rank=4)
+        check_same("weight", weight, x, "input")
+        out_channels, one, k, k2 = weight.shape
+        if one != 1 or k != k2:
+            raise ValueError(f"weight has shape {tuple(weight.shape)}; expected [out_channels, 1, k, k]")
+        in_channels = x.shape[1]
+        check_positive_int("multiplier", multiplier)
+        # The Ghost module keeps only the first maps; a plain depthwise conv has all of them.
+        fits = out_channels <= in_channels * multiplier if concat_input else out_channels == in_channels * multiplier
+        if not fits:
+            raise ValueError(f"input has {in_channels} channels but weight has shape {tuple(weight.shape)}; with "
+                             f"multiplier={multiplier} expected {in_channels * multiplier} filters")
+        if bias is not None:
+            check_tensor("bias", bias, rank=1)
+            check_shape("bias", bias, (out_channels,))
+            check_same("bias", bias, x, "input")
+        validate_window(k, stride, padding, dilation)
+        return cls(batch=x.shape[0], in_channels=in_channels, out_channels=out_channels, height=x.shape[2],
+                   width=x.shape[3], kernel_size=k, stride=stride, padding=padding, dilation=dilation,
+                   multiplier=multiplier, bias=bias is not None, activation=normalize_activation("activation", activation),
+                   dtype=dtype_name(x.dtype), channels_last=layout_of(x), concat_input=concat_input)

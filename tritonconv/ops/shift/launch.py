@@ -1,0 +1,121 @@
+"""Host side of the ShiftConv2d kernels: allocation, grids, tile configs and their candidates."""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from tritonconv.ops.shift import kernels
+from tritonconv.ops.shift.spec import ShiftSpec
+from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
+
+KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
+
+_CANDIDATES = {
+    # rows = pixels, cols = filters, reduce = channels (backward_input: cols = channels, reduce = filters)
+    "forward": [
+        GemmTile(128, 64, 32, 4, 3), GemmTile(128, 128, 32, 8, 3), GemmTile(64, 64, 64, 4, 3),
+        GemmTile(128, 64, 64, 4, 4), GemmTile(64, 128, 32, 4, 4), GemmTile(128, 128, 64, 8, 3),
+        GemmTile(256, 64, 32, 8, 3), GemmTile(64, 32, 64, 4, 4), GemmTile(256, 128, 32, 8, 3),
+        GemmTile(32, 64, 64, 4, 4),
+    ],
+    # rows = filters, cols = channels, reduce = output pixels
+    "backward_weight": [
+        GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3), GemmTile(64, 128, 64, 8, 3),
+        GemmTile(32, 64, 128, 4, 3), GemmTile(64, 32, 128, 4, 4), GemmTile(128, 128, 32, 8, 3),
+        GemmTile(64, 64, 128, 4, 4), GemmTile(32, 32, 128, 4, 4),
+    ],
+}
+_CANDIDATES["backward_input"] = _CANDIDATES["forward"]
+
+_DEFAULTS = {"forward": GemmTile(128, 64, 32, 4, 3), "backward_input": GemmTile(128, 64, 32, 4, 3),
+             "backward_weight": GemmTile(64, 64, 64, 4, 3)}
+
+
+def _gemm_extent(spec: ShiftSpec, kernel: str) -> tuple[int, int, int]:
+    """(rows, cols, reduce) of the kernel's GEMM, to fit tiles to the shape."""
+    if kernel == "forward":
+        return spec.batch * spec.out_height * spec.out_width, spec.out_channels, spec.in_channels
+    if kernel == "backward_input":
+        return spec.batch * spec.height * spec.width, spec.in_channels, spec.out_channels
+    return spec.out_channels, spec.in_channels, spec.batch * spec.out_height * spec.out_width
+
+
+def default_tile(spec: ShiftSpec, kernel: str) -> GemmTile:
+    return _DEFAULTS[kernel].fitted(*_gemm_extent(spec, kernel))
+
+
+def candidate_tiles(spec: ShiftSpec, kernel: str) -> list[GemmTile]:
+    return list(dict.fromkeys(tile.fitted(*_gemm_extent(spec, kernel)) for tile in _CANDIDATES[kernel]))
+
+
+def empty_like_layout(shape, like: torch.Tensor) -> torch.Tensor:
+    channels_last = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=memory_format)
+
+
+def _shift_args(spec: ShiftSpec) -> tuple[int, int]:
+    # SHIFT_GROUP is a divisor in the grouped assignment: 1 keeps it valid when no channel is shifted.
+    return spec.shifted_channels, max(spec.shift_group, 1)
+
+
+def _constexprs(spec: ShiftSpec, dtype: torch.dtype) -> dict:
+    return dict(K=spec.kernel_size, DIL=spec.dilation, STRIDE=spec.stride, GROUPED=spec.assignment == "grouped",
+                DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))
+
+
+def _sizes(spec: ShiftSpec) -> tuple:
+    return (spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height,
+            spec.out_width)
+
+
+def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
+    y = empty_like_layout(spec.output_shape, x)
+    if y.numel() == 0:
+        return y
+    weight = weight.reshape(spec.out_channels, spec.in_channels).contiguous()
+    grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
+            triton.cdiv(spec.out_channels, tile.block_cols))
+    kernels.shift_fwd_kernel[grid](
+        x, weight, bias if bias is not None else weight, y, *_sizes(spec), *x.stride(), *y.stride(),
+        *_shift_args(spec), HAS_BIAS=bias is not None, **_constexprs(spec, x.dtype),
+        BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
+        num_warps=tile.num_warps, num_stages=tile.num_stages)
+    return y
+
+
+def backward_input(dy, weight, spec: ShiftSpec, tile: GemmTile, like: torch.Tensor) -> torch.Tensor:
+    dx = empty_like_layout(spec.input_shape, like)
+    if dx.numel() == 0:
+        return dx
+    weight = weight.reshape(spec.out_channels, spec.in_channels).contiguous()
+    grid = (triton.cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
+            triton.cdiv(spec.in_channels, tile.block_cols))
+    kernels.shift_bwd_input_kernel[grid](
+        dy, weight, dx, *_sizes(spec), *dy.stride(), *dx.stride(), *_shift_args(spec),
+        **_constexprs(spec, dy.dtype), BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols,
+        BLOCK_K=tile.block_reduce, num_warps=tile.num_warps, num_stages=tile.num_stages)
+    return dx
+
+
+def backward_weight(dy, x, spec: ShiftSpec, tile: GemmTile):
+    """(grad weight [N, C, 1, 1], grad bias or None), reduced over the pixels in fp32 (fp64)."""
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    pixels = spec.batch * spec.out_height * spec.out_width
+    if pixels == 0:
+        db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None
+        return torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype), db
+    filter_tiles = triton.cdiv(spec.out_channels, tile.block_rows)
+    channel_tiles = triton.cdiv(spec.in_channels, tile.block_cols)
+    splits = reduction_splits(tile, filter_tiles * channel_tiles, pixels, x.device)
+    pixels_per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
+    partial_w = torch.empty((splits, spec.out_channels, spec.in_channels), device=x.device, dtype=acc_dtype)
+    partial_bias = torch.empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
+    kernels.shift_bwd_weight_kernel[(filter_tiles, channel_tiles, splits)](
+        x, dy, partial_w, partial_bias if partial_bias is not None else partial_w, *_sizes(spec),
+        *x.stride(), *dy.stride(), *_shift_args(spec), pixels_per_split, HAS_BIAS=spec.bias,
+        **_constexprs(spec, x.dtype), BLOCK_N=tile.block_rows, BLOCK_C=tile.block_cols,
+        BLOCK_P=tile.block_reduce, num_warps=tile.num_warps, num_stages=tile.num_stages)
+    dw = partial_w.sum(0).to(x.dtype).reshape(spec.weight_shape)
+    return dw, partial_bias.sum(0).to(x.dtype) if partial_bias is not None else None

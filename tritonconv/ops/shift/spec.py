@@ -1,0 +1,158 @@
+"""ShiftSpec: the one description of a ShiftConv2d call (SPEC section 3) that the layer, dispatcher,
+tuner, perf suite and tests share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
+from tritonconv.accounting import Cost
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+ASSIGNMENTS = ("interleaved", "grouped")
+
+
+def validate_hyperparameters(in_channels, out_channels, kernel_size, dilation, stride, assignment) -> None:
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("out_channels", out_channels)
+    check_positive_int("kernel_size", kernel_size)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size={kernel_size} must be odd: shifts are centred on the unshifted tap")
+    check_positive_int("dilation", dilation)
+    check_positive_int("stride", stride)
+    if assignment not in ASSIGNMENTS:
+        raise ValueError(f"assignment={assignment!r} is not known; expected one of {ASSIGNMENTS}")
+
+
+def batch_bucket(batch: int) -> int:
+    """Batch sizes share a tuning entry per power-of-two bucket."""
+    return 1 << max(batch - 1, 0).bit_length()
+
+
+def channel_shifts(in_channels: int, kernel_size: int, dilation: int, assignment: str) -> list[tuple[int, int]]:
+    """(dh, dw) of every input channel: ``s[c, h, w] = x[c, h + dh, w + dw]`` (SPEC section 3)."""
+    k2 = kernel_size**2
+    group = in_channels // k2
+    shifts = []
+    for c in range(in_channels):
+        if c >= group * k2:
+            shifts.append((0, 0))  # remainder channels stay in place
+            continue
+        direction = c // group if assignment == "grouped" else c % k2
+        shifts.append((dilation * (direction // kernel_size - kernel_size // 2),
+                       dilation * (direction % kernel_size - kernel_size // 2)))
+    return shifts
+
+
+@dataclass(frozen=True)
+class ShiftSpec:
+    batch: int
+    in_channels: int
+    out_channels: int
+    height: int
+    width: int
+    kernel_size: int = 3
+    dilation: int = 1
+    stride: int = 1
+    assignment: str = "interleaved"
+    bias: bool = True
+    dtype: str = "float32"
+    channels_last: bool = False
+
+    op = "shift"
+
+    def __post_init__(self):
+        validate_hyperparameters(self.in_channels, self.out_channels, self.kernel_size, self.dilation, self.stride,
+                                 self.assignment)
+        check_positive_int("batch", self.batch, minimum=0)
+        check_positive_int("height", self.height)
+        check_positive_int("width", self.width)
+        if self.dtype not in DTYPES:
+            raise TypeError(f"dtype={self.dtype!r} is not supported; expected one of {tuple(DTYPES)}")
+
+    # ---- derived shapes -------------------------------------------------------------------
+    @property
+    def out_height(self) -> int:
+        return (self.height - 1) // self.stride + 1
+
+    @property
+    def out_width(self) -> int:
+        return (self.width - 1) // self.stride + 1
+
+    @property
+    def shift_group(self) -> int:
+        """C // k^2: channels per shift direction."""
+        return self.in_channels // self.kernel_size**2
+
+    @property
+    def shifted_channels(self) -> int:
+        """R = (C // k^2) k^2: channels at or above R are not shifted."""
+        return self.shift_group * self.kernel_size**2
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.in_channels, self.height, self.width)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.out_channels, self.out_height, self.out_width)
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.in_channels, 1, 1)
+
+    # ---- cost -------------------------------------------------------------------------------
+    def cost(self) -> Cost:
+        """Exactly a 1 x 1 conv: the shift has no parameters, no FLOPs and no memory pass."""
+        pixels = self.batch * self.out_height * self.out_width
+        n_params = self.out_channels * self.in_channels + (self.out_channels if self.bias else 0)
+        elements = self.batch * self.in_channels * self.height * self.width + pixels * self.out_channels
+        return Cost(macs=pixels * self.in_channels * self.out_channels,
+                    bytes=(elements + n_params) * self.torch_dtype.itemsize)
+
+    def dense_cost(self) -> Cost:
+        """The k x k conv (padding k//2, same stride) that shift + 1 x 1 replaces."""
+        base = self.cost()
+        extra_params = self.out_channels * self.in_channels * (self.kernel_size**2 - 1)
+        return Cost(macs=base.macs * self.kernel_size**2, bytes=base.bytes + extra_params * self.torch_dtype.itemsize)
+
+    # ---- tuning key ----------------------------------------------------------------------------
+    def tuning_key(self) -> str:
+        """Everything that changes the best kernel config, with the batch bucketed (the assignment and
+        dilation only change addresses, not the GEMM's shape)."""
+        layout = "nhwc" if self.channels_last else "nchw"
+        return (f"b{batch_bucket(self.batch)}_c{self.in_channels}_n{self.out_channels}_h{self.height}"
+                f"_w{self.width}_k{self.kernel_size}_s{self.stride}_bias{int(self.bias)}_{self.dtype}_{layout}")
+
+    def describe(self) -> str:
+        return (f"{self.in_channels}->{self.out_channels} shift k{self.kernel_size} d{self.dilation} "
+                f"s{self.stride} {self.assignment} {self.height}x{self.width} b{self.batch}")
+
+    # ---- construction from a call ----------------------------------------------------------
+    @classmethod
+    def from_tensors(cls, x, weight, bias, *, kernel_size: int, dilation: int, stride: int,
+                     assignment: str) -> "ShiftSpec":
+        """Validate a call's tensors against each other and describe it."""
+        check_tensor("input", x, rank=4)
+        check_tensor("weight", weight, rank=4)
+        in_channels, out_channels = x.shape[1], weight.shape[0]
+        validate_hyperparameters(in_channels, out_channels, kernel_size, dilation, stride, assignment)
+        check_shape("weight", weight, (out_channels, in_channels, 1, 1))
+        check_same("weight", weight, x, "input")
+        if bias is not None:
+            check_tensor("bias", bias, rank=1)
+            check_shape("bias", bias, (out_channels,))
+            check_same("bias", bias, x, "input")
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"input has spatial size {tuple(x.shape[2:])}; expected at least 1 x 1")
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return cls(batch=x.shape[0], in_channels=in_channels, out_channels=out_channels, height=x.shape[2],
+                   width=x.shape[3], kernel_size=kernel_size, dilation=dilation, stride=stride,
+                   assignment=assignment, bias=bias is not None, dtype=dtype_name(x.dtype),
+                   channels_last=channels_last)
