@@ -96,13 +96,12 @@ def cases(layer: str, shape_sets: list[str] | None, *, batch: int, dtype: str, c
     """Every distinct spec to measure.
 
     ``layer`` may be "all"; ``shape_sets`` None means each layer's own shape sets; ``options`` maps a
-    layer option to the values to sweep (``{"p": [2, 4, 8]}``). With "all", a shape set or option that
-    a layer does not know is skipped for that layer; with one layer it is an error."""
+    layer option to the values to sweep (``{"p": [2, 4, 8]}``). A shape set or option that a layer does
+    not know is skipped for that layer, and is an error when no chosen layer knows it."""
     if batch < 1:
         raise UsageError(f"--batch {batch} must be a positive integer")
     layers, short = resolve_layers(layer), resolve_dtype(dtype)
     options = {k: list(v) for k, v in (options or {}).items() if v is not None}
-    single = layer != "all"
     _check_known(layers, shape_sets, options)
     found: dict[object, Case] = {}
     for name in layers:
@@ -110,16 +109,22 @@ def cases(layer: str, shape_sets: list[str] | None, *, batch: int, dtype: str, c
         sets = [s for s in (shape_sets or harness.shape_sets) if s in harness.shape_sets]
         accepted = layer_options(name)
         mine = {k: v for k, v in options.items() if accepted is None or k in accepted}
-        if single and len(mine) < len(options):
-            unknown = sorted(set(options) - set(mine))
-            raise UsageError(f"--{unknown[0]} is not an option of layer {name!r}; its specs_for takes "
-                             f"{sorted(accepted) or 'no options'}")
         for combo in _sweep(mine):
             for shape_set in sets:
-                for label, count, spec in harness.specs_for(shape_set, batch=batch, dtype=DTYPES[short],
-                                                            channels_last=channels_last, **combo):
+                try:
+                    specs = harness.specs_for(shape_set, batch=batch, dtype=DTYPES[short],
+                                              channels_last=channels_last, **combo)
+                except (ValueError, TypeError, ZeroDivisionError) as error:
+                    flags = " ".join(f"{option_flag(k)} {v}" for k, v in combo.items())
+                    raise UsageError(f"layer {name!r} rejects {flags or 'its defaults'} on --shapes "
+                                     f"{shape_set}: {type(error).__name__}: {error}") from error
+                for label, count, spec in specs:
                     # vgg16 holds vgg16_cifar's shapes: measure each spec once, under its first label.
                     found.setdefault((name, spec), Case(name, shape_set, label, count, spec))
+    if not found:
+        flags = " ".join(f"{option_flag(k)} {' '.join(map(str, v))}" for k, v in options.items())
+        raise UsageError(f"no spec to run: --layer {layer} --shapes {' '.join(shape_sets or ['(defaults)'])} "
+                         f"{flags}: the layers' specs_for keep none of those convolutions")
     return list(found.values())
 
 
@@ -130,7 +135,14 @@ def _check_known(layers: list[str], shape_sets: list[str] | None, options: dict)
             raise UsageError(f"--shapes {shape_set!r} is not a shape set of {', '.join(layers)}; expected one of {known}")
     for option in options:
         if not any(layer_options(name) is None or option in layer_options(name) for name in layers):
-            raise UsageError(f"--{option} is not an option of any of {layers}")
+            known = sorted({option_flag(o) for name in layers for o in layer_options(name) or ()})
+            raise UsageError(f"{option_flag(option)} is not an option of {', '.join(layers)}; "
+                             f"expected one of {known or 'no options'}")
+
+
+def option_flag(option: str) -> str:
+    """How the command line spells a layer option: --p has its own flag, the others go through --option."""
+    return "--p" if option == "p" else f"--option {option}"
 
 
 def _sweep(options: dict) -> list[dict]:
@@ -231,7 +243,7 @@ def check_backend(backend: str, fn: Callable, work: Workload, expected: tuple) -
 def gpu_missing_reason() -> str | None:
     """Why timings cannot be taken here, or None when they can."""
     if not torch.cuda.is_available():
-        return "needs a CUDA GPU: torch.cuda.is_available() is False on this machine"
+        return "torch.cuda.is_available() is False on this machine"
     if env.triton_interpret():
         return "TRITON_INTERPRET=1 is set: timings would measure Triton's CPU interpreter; unset it"
     return None

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from perf import UsageError, ceilings, results
 
-DEFAULT_OUT = results.RESULTS_DIR / "plots"
+DEFAULT_OUT = results.RESULTS_DIR / "plots"  # the CLI's default too
 BACKEND_COLORS = {"triton": "tab:red", "fallback": "tab:blue", "compile": "tab:green", "dense": "tab:gray"}
 _OTHER_COLORS = ("tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 # A point is one measurement; its newest row wins whatever the commit or software versions.

@@ -1,0 +1,244 @@
+"""Command line of the benchmark suite: ``python -m perf {run,ceilings,plot} --help``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from perf import UsageError, ceilings, results
+
+NO_GPU_EXIT = 2
+
+DESCRIPTION = """\
+Benchmark suite of tritonconv: our Triton kernels against cuDNN, per shape of real networks.
+
+  run       time every backend of a layer on a network's conv shapes (needs a CUDA GPU),
+            appending to perf/results/benchmarks.csv
+  ceilings  measure the GPU's bandwidth and matmul TFLOP/s for the roofline (needs a CUDA GPU)
+  plot      draw roofline, FLOPs-vs-time and speedup figures from the CSV (no GPU needed)
+
+Typical session on a GPU machine:
+  python -m perf ceilings
+  python -m perf run --layer hetconv --shapes vgg16 --dtype bf16 --pass fwd+bwd --p 2 4 8
+  python -m perf plot
+"""
+
+RUN_DESCRIPTION = """\
+For every distinct spec of the chosen shape sets, times these backends side by side in one process:
+
+  triton    our kernels with the tiles dispatch.decide picks for the shape (tuned ones when the
+            tuning cache has them, `python -m autotune`); every kernel of the pass (bwd: both the
+            grad-input and the grad-weight kernel)
+  fallback  the published formulation through cuDNN (the dispatcher's fallback)
+  dense     the ordinary conv of the same in/out shape: what a user would replace
+  compile   torch.compile (default mode, static shapes) of the fallback
+
+Before timing, each backend's outputs on fresh random inputs are checked against the float64
+expectation (tritonconv.harness.max_relative_error within tolerance(dtype)); the dense conv computes
+a different function and is only checked for finite outputs. A backend that fails the check, or
+raises, is recorded with status "failed" and not timed. Times are triton.testing.do_bench's 20th,
+50th and 80th percentiles in ms, with torch.backends.cudnn.benchmark on. fwd+bwd times the forward
+and the backward closures as one call.
+
+Each row of the CSV also holds the pass's FLOPs and compulsory bytes from spec.cost() (bwd counts
+twice the forward's, fwd+bwd three times): the same numbers for every backend of a spec, so
+achieved TFLOP/s = flops / time compares the backends on the layer's work. Rows are keyed on layer,
+shape, backend, dtype, pass, batch, layout, GPU, torch, triton and git commit; a re-run of the same
+key replaces the old row, anything else adds to the history.
+"""
+
+PLOT_DESCRIPTION = """\
+Reads the CSV (no GPU needed) and writes, for each (gpu, dtype, pass) present:
+
+  roofline_<gpu>_<dtype>_<pass>.png       log-log arithmetic intensity (FLOP/byte) vs achieved
+        TFLOP/s under the roofs measured by `perf ceilings` (without them: the H100 values of
+        PLATFORM.md, said in the title); each point labelled with its percentage of the roof
+  flops_vs_time_<gpu>_<dtype>_<pass>.png  per layer, log-log FLOPs vs median time (bars: p20-p80):
+        our time should fall with the FLOPs, cuDNN's need not
+  speedup_<gpu>_<dtype>_<pass>.png        per shape, each other backend's time over triton's,
+        geometric mean as a dashed line
+
+Only rows with status "ok" are drawn, and of each measurement (gpu, dtype, pass, layer, shape,
+backend, batch, layout) the newest row. Filter with --gpu, --dtype, --pass, --layer, --commit.
+"""
+
+
+def _layers_epilog() -> str:
+    from perf import bench
+    from tritonconv.ops.registry import HARNESSES
+
+    lines = ["registered layers (shape sets; options):"]
+    for name, harness in HARNESSES.items():
+        options = bench.layer_options(name)
+        shown = "any (--option NAME=...)" if options is None else ", ".join(
+            bench.option_flag(o) for o in sorted(options)) or "none"
+        lines.append(f"  {name:10s} {', '.join(harness.shape_sets)}; {shown}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from perf import bench
+
+    parser = argparse.ArgumentParser(prog="python -m perf", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,ceilings,plot}")
+
+    run = sub.add_parser("run", help="time every backend on a network's shapes (needs a CUDA GPU)",
+                         description=RUN_DESCRIPTION, epilog=_layers_epilog(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--layer", default="all",
+                     help="registered layer to measure, or 'all' for every layer with its own shape sets "
+                          "(default: all)")
+    run.add_argument("--shapes", nargs="+", metavar="SET",
+                     help="shape sets (networks) to take the specs from, e.g. vgg16 resnet50 "
+                          "(default: every shape set of the layer; a spec in several sets runs once)")
+    run.add_argument("--dtype", default="bf16", choices=tuple(bench.DTYPES), help="precision (default: bf16)")
+    run.add_argument("--pass", dest="pass_", default="fwd", choices=tuple(bench.PASSES),
+                     help="fwd, bwd (grad input and grad weights) or fwd+bwd timed as one call (default: fwd)")
+    run.add_argument("--batch", type=int, default=64, help="batch size of every spec (default: 64)")
+    run.add_argument("--channels-last", action="store_true", help="NHWC inputs and outputs (default: NCHW)")
+    run.add_argument("--p", type=int, nargs="+", metavar="P",
+                     help="HetConv's part count (layers with a p option); several values sweep it, which "
+                          "is what the FLOPs-vs-time plot shows (default: the layer's own)")
+    run.add_argument("--option", action="append", default=[], metavar="NAME=V[,V...]",
+                     help="any other option of a layer's specs_for, swept over the comma-separated values "
+                          "(repeatable)")
+    run.add_argument("--backends", nargs="+", default=list(bench.BACKENDS), choices=bench.BACKENDS,
+                     metavar="BACKEND", help=f"backends to time, some of {', '.join(bench.BACKENDS)} (default: all)")
+    run.add_argument("--csv", type=Path, default=results.DEFAULT_CSV,
+                     help=f"CSV to append to (default: {_rel(results.DEFAULT_CSV)})")
+    run.add_argument("--list", action="store_true",
+                     help="print the specs with their FLOPs and bytes and exit without timing (no GPU needed)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ceil = sub.add_parser("ceilings", help="measure bandwidth and matmul TFLOP/s (needs a CUDA GPU)",
+                          description="Measures the GPU's ceilings once for the roofline and stores them by GPU "
+                                      "name: memory bandwidth from a 1 GiB device-to-device copy (bytes read plus "
+                                      "written) and matmul TFLOP/s of an 8192^3 product in bf16, fp16, tf32 and "
+                                      "fp32 (random inputs, do_bench median). Re-running replaces this GPU's entry.")
+    ceil.add_argument("--out", type=Path, default=ceilings.CEILINGS_JSON,
+                      help=f"JSON file to store them in (default: {_rel(ceilings.CEILINGS_JSON)})")
+
+    plot = sub.add_parser("plot", help="draw figures from the CSV (no GPU needed)", description=PLOT_DESCRIPTION,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    plot.add_argument("--csv", type=Path, default=results.DEFAULT_CSV,
+                      help=f"CSV to read (default: {_rel(results.DEFAULT_CSV)})")
+    plot.add_argument("--out", type=Path, default=results.RESULTS_DIR / "plots",
+                      help=f"folder for the PNG files (default: {_rel(results.RESULTS_DIR / 'plots')})")
+    plot.add_argument("--ceilings", type=Path, default=ceilings.CEILINGS_JSON,
+                      help=f"ceilings JSON for the roofs (default: {_rel(ceilings.CEILINGS_JSON)})")
+    plot.add_argument("--gpu", help="only this GPU (its name as in the CSV's gpu column)")
+    plot.add_argument("--dtype", help="only this precision (bf16, fp16, fp32)")
+    plot.add_argument("--pass", dest="pass_", metavar="PASS", help="only this pass (fwd, bwd, fwd+bwd)")
+    plot.add_argument("--layer", help="only this layer")
+    plot.add_argument("--commit", help="only rows measured at this commit (as in the CSV's commit column)")
+    return parser
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(results.REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _parse_options(args) -> dict:
+    options = {}
+    if args.p is not None:
+        options["p"] = args.p
+    for item in args.option:
+        name, sep, values = item.partition("=")
+        if not sep or not name or not values:
+            raise UsageError(f"--option {item!r} is not NAME=VALUE[,VALUE...]")
+        options[name] = [_number(v) for v in values.split(",")]
+    return options
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _no_gpu(command: str, reason: str) -> int:
+    print(f"python -m perf {command} needs a CUDA GPU to take timings: {reason}. "
+          "Run it on a GPU machine; `python -m perf plot` works here from an existing CSV.", file=sys.stderr)
+    return NO_GPU_EXIT
+
+
+def cmd_run(args) -> int:
+    import torch
+
+    from perf import bench
+
+    found = bench.cases(args.layer, args.shapes, batch=args.batch, dtype=args.dtype,
+                        channels_last=args.channels_last, options=_parse_options(args))
+    if args.list:
+        for case in found:
+            flops, bytes_ = bench.work_of(case.spec, args.pass_)
+            print(f"{case.layer:10s} {case.shape_set:16s} {case.label:18s} {case.spec.describe():36s} "
+                  f"x{case.count}  {flops / 1e9:9.2f} GFLOP  {bytes_ / 1e6:9.2f} MB")
+        return 0
+    reason = bench.gpu_missing_reason()
+    if reason:
+        return _no_gpu("run", reason)
+    device = torch.device("cuda", torch.cuda.current_device())
+    rows = bench.measure(found, dtype=args.dtype, pass_=args.pass_, backends=args.backends, device=device,
+                         progress=not args.no_progress)
+    results.append(rows, args.csv)
+    _summary(rows)
+    print(f"\n{len(rows)} rows appended to {args.csv}")
+    return 0
+
+
+def _summary(rows: list[dict]) -> None:
+    print(f"\n{'layer':10s} {'label':18s} {'shape':36s} {'backend':9s} {'ms p50':>9s} {'TFLOP/s':>8s}  status")
+    for row in rows:
+        ms = row["ms_p50"]
+        rate = f"{row['flops'] / (ms * 1e-3) / 1e12:8.1f}" if ms is not None else f"{'-':>8s}"
+        timed = f"{ms:9.4f}" if ms is not None else f"{'-':>9s}"
+        status = row["status"] if row["status"] == "ok" else f"failed: {row['note']}"
+        print(f"{row['layer']:10s} {row['label']:18s} {row['shape']:36s} {row['backend']:9s} {timed} {rate}  {status}")
+
+
+def cmd_ceilings(args) -> int:
+    import torch
+
+    from perf import bench
+
+    reason = bench.gpu_missing_reason()
+    if reason:
+        return _no_gpu("ceilings", reason)
+    entry = ceilings.measure(torch.device("cuda", torch.cuda.current_device()))
+    ceilings.save(entry, args.out)
+    rates = ", ".join(f"{k} {v:.0f}" for k, v in entry["matmul_tflop_s"].items())
+    print(f"{entry['gpu']}: {entry['bandwidth_tb_s']:.2f} TB/s; matmul TFLOP/s: {rates}\nstored in {args.out}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from perf import plots
+
+    written = plots.plot_all(args.csv, args.out, ceilings_path=args.ceilings, gpu=args.gpu, dtype=args.dtype,
+                             pass_=args.pass_, layer=args.layer, commit=args.commit)
+    for path in written:
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = {"run": cmd_run, "ceilings": cmd_ceilings, "plot": cmd_plot}[args.command]
+    try:
+        return command(args)
+    except UsageError as error:
+        print(f"python -m perf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The persistent tuning cache: atomic, locked, self-healing."""
+
+import json
+import multiprocessing
+
+import pytest
+
+from tritonconv import tuning_cache
+from tritonconv.tuning_cache import FORMAT_VERSION, CacheKey, TuningCache
+
+
+def key(i, source="abc"):
+    return CacheKey("hetconv", "forward", f"shape{i}", "gpu", "3.6.0", source)
+
+
+def test_store_and_lookup_across_instances(tmp_path):
+    path = tmp_path / "sub" / "tuning.json"
+    TuningCache(path).store(key(1), {"winner": "triton"})
+    assert TuningCache(path).lookup(key(1)) == {"winner": "triton"}  # a new process sees it
+    assert TuningCache(path).lookup(key(2)) is None
+    assert json.loads(path.read_text())["format"] == FORMAT_VERSION
+
+
+def test_reader_sees_writes_of_another_instance(tmp_path):
+    path = tmp_path / "tuning.json"
+    reader = TuningCache(path)
+    assert reader.lookup(key(1)) is None
+    TuningCache(path).store(key(1), {"winner": "fallback"})
+    assert reader.lookup(key(1)) == {"winner": "fallback"}
+
+
+def _writer(path, first, count):
+    cache = TuningCache(path)
+    for i in range(first, first + count):
+        cache.store(key(i), {"winner": "triton", "i": i})
+
+
+def test_two_processes_writing_at_once_lose_nothing(tmp_path):
+    path = tmp_path / "tuning.json"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_writer, args=(path, start, 25)) for start in (0, 100)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    entries = TuningCache(path).entries()
+    assert len(entries) == 50
+    assert not list(tmp_path.glob(".tuning-*.tmp"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("{not json", "not valid JSON"),
+    ('{"format": 999, "entries": {}}', "has format 999"),
+    ('["a list"]', "does not hold an 'entries' table"),
+])
+def test_corrupt_or_foreign_file_is_reported_and_rebuilt(tmp_path, content, problem):
+    path = tmp_path / "tuning.json"
+    path.write_text(content)
+    cache = TuningCache(path)
+    with pytest.warns(RuntimeWarning, match=problem):
+        assert cache.lookup(key(1)) is None  # reading never crashes
+    with pytest.warns(RuntimeWarning, match="moved it to .*corrupt"):
+        cache.store(key(1), {"winner": "triton"})
+    assert (tmp_path / "tuning.json.corrupt").read_text() == content
+    assert TuningCache(path).lookup(key(1)) == {"winner": "triton"}
+
+
+def test_entries_measured_on_older_kernel_source_are_dropped(tmp_path):
+    path = tmp_path / "tuning.json"
+    cache = TuningCache(path)
+    cache.store(key(1, source="old"), {"winner": "fallback"})
+    cache.store(key(2, source="old"), {"winner": "fallback"})
+    cache.store(key(1, source="new"), {"winner": "triton"})
+    entries = cache.entries()
+    assert str(key(1, source="old")) not in entries
+    assert str(key(2, source="old")) in entries  # another shape: kept until it is re-tuned
+    assert entries[str(key(1, source="new"))] == {"winner": "triton"}
+
+
+def test_failed_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "tuning.json"
+    cache = TuningCache(path)
+    cache.store(key(1), {"winner": "triton"})
+    before = path.read_text()
+
+    def disk_full(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tuning_cache.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        cache.store(key(2), {"winner": "triton"})
+    assert path.read_text() == before
+    assert not list(tmp_path.glob(".tuning-*.tmp"))

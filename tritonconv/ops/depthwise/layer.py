@@ -1,0 +1,85 @@
+"""``DepthwiseConv2d``: a depthwise conv (with optional fused activation) for places where no pointwise
+conv follows; ``DepthwiseSeparableConv2d`` fuses the pair."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from tritonconv._validation import check_positive_int, dtype_name
+from tritonconv.accounting import Cost
+from tritonconv.dispatch import Decision
+from tritonconv.ops.depthwise.op import depthwise_conv2d, explain
+from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation, validate_window
+
+
+def autocast_operands(x: Tensor, *params):
+    """Custom ops are invisible to autocast: cast here, as autocast would for a conv."""
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        return (x.to(dtype), *(t.to(dtype) if t is not None else None for t in params))
+    return (x, *params)
+
+
+class DepthwiseConv2d(nn.Module):
+    """``act(conv2d(x, weight, bias, stride, padding, dilation, groups=in_channels))``.
+
+    Parameters: ``weight`` [C*multiplier, 1, k, k] (exactly ``nn.Conv2d(C, C*multiplier, k,
+    groups=C).weight``), ``bias`` [C*multiplier] or None. ``padding=None`` means ``dilation*(k//2)``;
+    ``activation`` is None, "relu" or "relu6" (fused into the kernel). ``kernel_size`` must be odd and
+    ``stride`` 1 or 2. Each call is dispatched to the Triton kernel or cuDNN (``explain`` says why).
+    """
+
+    def __init__(self, in_channels: int, kernel_size: int = 3, stride: int = 1, padding: int | None = None,
+                 dilation: int = 1, bias: bool = True, multiplier: int = 1, activation: str | None = None,
+                 device=None, dtype=None):
+        super().__init__()
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("multiplier", multiplier)
+        check_positive_int("kernel_size", kernel_size)
+        check_positive_int("dilation", dilation)
+        padding = default_padding(kernel_size, dilation) if padding is None else padding
+        validate_window(kernel_size, stride, padding, dilation)
+        self.in_channels, self.kernel_size, self.stride, self.padding, self.dilation = (
+            in_channels, kernel_size, stride, padding, dilation)
+        self.multiplier = multiplier
+        self.activation = normalize_activation("activation", activation)
+        out_channels = in_channels * multiplier
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_channels, 1, kernel_size, kernel_size, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Conv2d's default: uniform(+-1/sqrt(fan_in)) with fan_in = k*k for a depthwise filter.
+        bound = 1.0 / math.sqrt(self.kernel_size**2)
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, weight, bias = autocast_operands(x, self.weight, self.bias)
+        return depthwise_conv2d(x, weight, bias, self.stride, self.padding, self.dilation,
+                                None if self.activation == "none" else self.activation)
+
+    def explain(self, x: Tensor, pass_: str = "forward") -> Decision:
+        x, weight, bias = autocast_operands(x, self.weight, self.bias)
+        return explain(x, weight, bias, self.stride, self.padding, self.dilation,
+                       None if self.activation == "none" else self.activation, pass_)
+
+    def spec(self, input_shape, dtype: torch.dtype | None = None, channels_last: bool = False) -> DepthwiseSpec:
+        batch, _, height, width = input_shape
+        return DepthwiseSpec(batch, self.in_channels, self.weight.shape[0], height, width, self.kernel_size,
+                             self.stride, self.padding, self.dilation, self.multiplier, self.bias is not None,
+                             self.activation, dtype_name(dtype or self.weight.dtype), channels_last)
+
+    def cost(self, input_shape) -> Cost:
+        return self.spec(input_shape).cost()
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, multiplier={self.multiplier}, bias={self.bias is not None}, "
+                f"activation={self.activation}")

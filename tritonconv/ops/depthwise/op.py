@@ -1,0 +1,143 @@
+"""torch registration of the depthwise conv: custom ops (opaque to torch.compile), their fake (shape)
+functions, the autograd formula, and the per-call dispatch between Triton and cuDNN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from tritonconv import dispatch
+from tritonconv._validation import check_tensor
+from tritonconv.ops.depthwise import kernels, launch, reference
+from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation
+
+OPERATOR = dispatch.Operator(
+    name="depthwise",
+    kernel_sources=(Path(kernels.__file__),),
+    kernels_of_pass={"forward": ("forward",), "backward": ("backward_input", "backward_weight")},
+    default_tile=launch.default_tile,
+)
+
+
+def memory_format(x: Tensor) -> torch.memory_format:
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _spec(x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input) -> DepthwiseSpec:
+    return DepthwiseSpec.from_tensors(x, weight, bias, stride=stride, padding=padding, dilation=dilation,
+                                      multiplier=multiplier, activation=activation, concat_input=concat_input)
+
+
+@torch.library.custom_op("tritonconv::depthwise_conv2d", mutates_args=())
+def _depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int, dilation: int,
+                      multiplier: int, activation: str, concat_input: bool) -> Tensor:
+    spec = _spec(x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input)
+    decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
+    if decision.backend == "triton":
+        return launch.forward(x, weight, bias, spec, decision.tiles["forward"])
+    return reference.fallback_forward(x, weight, bias, spec).contiguous(memory_format=memory_format(x))
+
+
+@_depthwise_conv2d.register_fake
+def _(x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input):
+    spec = _spec(x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input)
+    return x.new_empty(spec.output_shape).contiguous(memory_format=memory_format(x))
+
+
+@torch.library.custom_op("tritonconv::depthwise_conv2d_backward", mutates_args=())
+def _depthwise_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], out: Tensor,
+                               stride: int, padding: int, dilation: int, multiplier: int, activation: str,
+                               concat_input: bool, need_input: bool, need_weights: bool,
+                               forced: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
+    spec = _spec(x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input)
+    decision = dispatch.decide(OPERATOR, spec, "backward", x.device, forced=forced)
+    dx = dw = db = None
+    if decision.backend == "triton":
+        channels = spec.in_channels if concat_input else 0
+        maps_grad, maps = grad[:, channels:], out[:, channels:]
+        if need_input:
+            dx = launch.backward_input(maps_grad, maps, weight, spec, decision.tiles["backward_input"], x,
+                                       add=grad[:, :channels] if concat_input else None)
+        if need_weights:
+            dw, db = launch.backward_weight(maps_grad, maps, x, spec, decision.tiles["backward_weight"])
+    else:
+        dx, dw, db = reference.fallback_backward(grad, x, weight, bias, spec, need_input, need_weights)
+        dx = dx.contiguous(memory_format=memory_format(x)) if dx is not None else None
+    empty = x.new_empty(0)
+    return (dx if dx is not None else empty, dw if dw is not None else empty, db if db is not None else empty)
+
+
+@_depthwise_conv2d_backward.register_fake
+def _(grad, x, weight, bias, out, stride, padding, dilation, multiplier, activation, concat_input, need_input,
+      need_weights, forced):
+    empty = x.new_empty(0)
+    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format(x)) if need_input else empty
+    if not need_weights:
+        return dx, empty, empty
+    return dx, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0]) if bias is not None else empty
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input = inputs
+    ctx.save_for_backward(x, weight, bias, output)
+    ctx.args = (stride, padding, dilation, multiplier, activation, concat_input)
+    # The backward may run on an autograd worker thread that does not see use_backend(): capture it.
+    ctx.forced = dispatch.forced_backend()
+
+
+def _backward(ctx, grad):
+    x, weight, bias, out = ctx.saved_tensors
+    need_input = ctx.needs_input_grad[0]
+    need_weights = any(ctx.needs_input_grad[1:3])
+    dx, dw, db = torch.ops.tritonconv.depthwise_conv2d_backward(grad, x, weight, bias, out, *ctx.args, need_input,
+                                                                 need_weights, ctx.forced)
+    return (dx if need_input else None, dw if need_weights else None,
+            db if need_weights and bias is not None else None) + (None,) * 6
+
+
+_depthwise_conv2d.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _multiplier(x, weight) -> int:
+    check_tensor("input", x, rank=4)
+    check_tensor("weight", weight, rank=4)
+    return max(1, -(-weight.shape[0] // max(x.shape[1], 1)))
+
+
+def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int = 1,
+                     padding: Optional[int] = None, dilation: int = 1, activation: Optional[str] = None) -> Tensor:
+    """``act(conv2d(x, weight, bias, stride, padding, dilation, groups=C))``; ``weight`` [C*m, 1, k, k]
+    (channel multiplier m), ``padding=None`` means ``dilation*(k//2)``, activation None/"relu"/"relu6"."""
+    multiplier = _multiplier(x, weight)
+    padding = default_padding(weight.shape[-1], dilation) if padding is None else padding
+    return torch.ops.tritonconv.depthwise_conv2d(x, weight, bias, stride, padding, dilation, multiplier,
+                                                 normalize_activation("activation", activation), False)
+
+
+def ghost_concat(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, multiplier: int = 1,
+                 activation: Optional[str] = None) -> Tensor:
+    """``cat([x, act(dwconv(x) + bias)], 1)`` in one launch (the Ghost module's cheap operation).
+
+    ``weight`` [G, 1, k, k] holds the first G <= C*multiplier filters of a depthwise conv with channel
+    multiplier ``multiplier`` (stride 1, padding k//2), so the output has C + G channels.
+    """
+    check_tensor("input", x, rank=4)
+    check_tensor("weight", weight, rank=4)
+    return torch.ops.tritonconv.depthwise_conv2d(x, weight, bias, 1, weight.shape[-1] // 2, 1, multiplier,
+                                                 normalize_activation("activation", activation), True)
+
+
+def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int = 1, padding: Optional[int] = None,
+            dilation: int = 1, activation: Optional[str] = None, pass_: str = "forward") -> dispatch.Decision:
+    """The backend this call's ``pass_`` would take, and why, without running it."""
+    multiplier = _multiplier(x, weight)
+    padding = default_padding(weight.shape[-1], dilation) if padding is None else padding
+    spec = _spec(x, weight, bias, stride, padding, dilation, multiplier,
+                 normalize_activation("activation", activation), False)
+    return dispatch.decide(OPERATOR, spec, pass_, x.device)

@@ -1,0 +1,137 @@
+"""DwSepSpec: one description of a fused depthwise-separable conv call (SPEC section 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
+from tritonconv.accounting import Cost
+from tritonconv.ops.depthwise.spec import (DTYPES, DepthwiseSpec, batch_bucket, check_spatial, layout_of,
+                                           normalize_activation, output_size, validate_window)
+
+
+@dataclass(frozen=True)
+class DwSepSpec:
+    batch: int
+    in_channels: int
+    out_channels: int
+    height: int
+    width: int
+    kernel_size: int = 3
+    stride: int = 1
+    padding: int = 1
+    dilation: int = 1
+    dw_bias: bool = True
+    pw_bias: bool = True
+    activation: str = "none"
+    out_activation: str = "none"
+    dtype: str = "float32"
+    channels_last: bool = False
+
+    op = "dwsep"
+
+    def __post_init__(self):
+        check_positive_int("batch", self.batch, minimum=0)
+        check_positive_int("in_channels", self.in_channels)
+        check_positive_int("out_channels", self.out_channels)
+        check_positive_int("height", self.height)
+        check_positive_int("width", self.width)
+        validate_window(self.kernel_size, self.stride, self.padding, self.dilation)
+        check_spatial(self.height, self.width, self.kernel_size, self.stride, self.padding, self.dilation)
+        normalize_activation("activation", self.activation)
+        normalize_activation("out_activation", self.out_activation)
+        if self.dtype not in DTYPES:
+            raise TypeError(f"dtype={self.dtype!r} is not supported; expected one of {tuple(DTYPES)}")
+
+    @property
+    def out_height(self) -> int:
+        return output_size(self.height, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    @property
+    def out_width(self) -> int:
+        return output_size(self.width, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.in_channels, self.height, self.width)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.out_channels, self.out_height, self.out_width)
+
+    @property
+    def dw_weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.in_channels, 1, self.kernel_size, self.kernel_size)
+
+    @property
+    def pw_weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.in_channels, 1, 1)
+
+    def depthwise(self) -> DepthwiseSpec:
+        """The depthwise half alone, without its activation (the backward runs it on d(pre-activation))."""
+        return DepthwiseSpec(self.batch, self.in_channels, self.in_channels, self.height, self.width,
+                             self.kernel_size, self.stride, self.padding, self.dilation, 1, self.dw_bias, "none",
+                             self.dtype, self.channels_last)
+
+    def cost(self) -> Cost:
+        """MACs ``Ho*Wo*C*(k*k + N)``; bytes: input, output and weights once (the intermediate stays on chip)."""
+        pixels = self.batch * self.out_height * self.out_width
+        macs = pixels * self.in_channels * (self.kernel_size**2 + self.out_channels)
+        params = (self.in_channels * self.kernel_size**2 + self.in_channels * self.out_channels
+                  + self.in_channels * int(self.dw_bias) + self.out_channels * int(self.pw_bias))
+        elements = self.batch * self.in_channels * self.height * self.width + pixels * self.out_channels
+        return Cost(macs=macs, bytes=(elements + params) * self.torch_dtype.itemsize)
+
+    def dense_cost(self) -> Cost:
+        """The ordinary k x k conv C -> N of the same shape (what the layer replaces)."""
+        pixels = self.batch * self.out_height * self.out_width
+        macs = pixels * self.in_channels * self.out_channels * self.kernel_size**2
+        elements = (self.batch * self.in_channels * self.height * self.width + pixels * self.out_channels
+                    + self.in_channels * self.out_channels * self.kernel_size**2)
+        return Cost(macs=macs, bytes=elements * self.torch_dtype.itemsize)
+
+    def tuning_key(self) -> str:
+        layout = "nhwc" if self.channels_last else "nchw"
+        return (f"b{batch_bucket(self.batch)}_c{self.in_channels}_n{self.out_channels}_h{self.height}_w{self.width}"
+                f"_k{self.kernel_size}_s{self.stride}_p{self.padding}_d{self.dilation}"
+                f"_bias{int(self.dw_bias)}{int(self.pw_bias)}_{self.activation}_{self.out_activation}"
+                f"_{self.dtype}_{layout}")
+
+    def describe(self) -> str:
+        return (f"dwsep {self.in_channels}->{self.out_channels} k{self.kernel_size} s{self.stride} d{self.dilation} "
+                f"{self.height}x{self.width} b{self.batch}")
+
+    @classmethod
+    def from_tensors(cls, x, dw_weight, dw_bias, pw_weight, pw_bias, *, stride: int, padding: int, dilation: int,
+                     activation: str, out_activation: str) -> "DwSepSpec":
+        """Validate a call's tensors against each other and describe it."""
+        check_tensor("input", x, rank=4)
+        check_tensor("dw_weight", dw_weight, rank=4)
+        check_tensor("pw_weight", pw_weight, rank=4)
+        in_channels = x.shape[1]
+        if dw_weight.shape[0] != in_channels or dw_weight.shape[1] != 1 or dw_weight.shape[2] != dw_weight.shape[3]:
+            raise ValueError(f"dw_weight has shape {tuple(dw_weight.shape)}; expected [{in_channels}, 1, k, k] "
+                             f"for an input with {in_channels} channels")
+        out_channels = pw_weight.shape[0]
+        check_shape("pw_weight", pw_weight, (out_channels, in_channels, 1, 1))
+        for name, t in (("dw_weight", dw_weight), ("pw_weight", pw_weight)):
+            check_same(name, t, x, "input")
+        for name, t, n in (("dw_bias", dw_bias, in_channels), ("pw_bias", pw_bias, out_channels)):
+            if t is not None:
+                check_tensor(name, t, rank=1)
+                check_shape(name, t, (n,))
+                check_same(name, t, x, "input")
+        k = dw_weight.shape[-1]
+        validate_window(k, stride, padding, dilation)
+        return cls(batch=x.shape[0], in_channels=in_channels, out_channels=out_channels, height=x.shape[2],
+                   width=x.shape[3], kernel_size=k, stride=stride, padding=padding, dilation=dilation,
+                   dw_bias=dw_bias is not None, pw_bias=pw_bias is not None,
+                   activation=normalize_activation("activation", activation),
+                   out_activation=normalize_activation("out_activation", out_activation),
+                   dtype=dtype_name(x.dtype), channels_last=layout_of(x))

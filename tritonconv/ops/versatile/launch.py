@@ -1,0 +1,131 @@
+"""Host side of the VersatileConv2d kernels: allocation, grids, tile configs and their candidates."""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from tritonconv.ops.versatile import kernels
+from tritonconv.ops.versatile.spec import VersatileSpec
+from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
+
+KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
+
+# Four [BLOCK_M, BLOCK_N] accumulators live in the forward: its tiles are smaller than a plain GEMM's.
+_CANDIDATES = {
+    # rows = output pixels, cols = (offset, primary filter) columns, reduce = input channels per tap
+    "forward": [
+        GemmTile(64, 64, 32, 4, 3), GemmTile(128, 64, 32, 8, 3), GemmTile(64, 32, 32, 4, 3),
+        GemmTile(128, 32, 32, 4, 3), GemmTile(64, 64, 64, 4, 2), GemmTile(32, 64, 32, 4, 3),
+        GemmTile(128, 64, 16, 8, 4), GemmTile(64, 128, 32, 8, 3),
+    ],
+    # rows = input pixels, cols = input channels, reduce = columns per tap
+    "backward_input": [
+        GemmTile(128, 64, 32, 4, 3), GemmTile(128, 128, 32, 8, 3), GemmTile(64, 64, 64, 4, 3),
+        GemmTile(128, 64, 64, 4, 4), GemmTile(64, 128, 32, 4, 4), GemmTile(256, 64, 32, 8, 3),
+        GemmTile(64, 32, 64, 4, 4), GemmTile(32, 64, 64, 4, 4),
+    ],
+    # rows = primary filters, cols = weight channels of one tap, reduce = output pixels
+    "backward_weight": [
+        GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3), GemmTile(64, 128, 64, 8, 3),
+        GemmTile(32, 64, 128, 4, 3), GemmTile(64, 32, 128, 4, 4), GemmTile(32, 32, 128, 4, 4),
+    ],
+}
+
+_DEFAULTS = {"forward": GemmTile(64, 64, 32, 4, 3), "backward_input": GemmTile(128, 64, 32, 4, 3),
+             "backward_weight": GemmTile(64, 64, 64, 4, 3)}
+
+_BIAS_BLOCK = (64, 128)  # (channels, pixels) per program of the grad-bias reduction
+
+
+def _gemm_extent(spec: VersatileSpec, kernel: str) -> tuple[int, int, int]:
+    """(rows, cols, reduce) of the kernel's GEMM, to fit tiles to the shape."""
+    columns = spec.n_c * spec.n_w
+    if kernel == "forward":
+        return spec.batch * spec.out_height * spec.out_width, columns, spec.in_channels
+    if kernel == "backward_input":
+        return spec.batch * spec.height * spec.width, spec.in_channels, columns
+    return spec.n_w, spec.c_hat, spec.batch * spec.out_height * spec.out_width
+
+
+def default_tile(spec: VersatileSpec, kernel: str) -> GemmTile:
+    return _DEFAULTS[kernel].fitted(*_gemm_extent(spec, kernel))
+
+
+def candidate_tiles(spec: VersatileSpec, kernel: str) -> list[GemmTile]:
+    return list(dict.fromkeys(tile.fitted(*_gemm_extent(spec, kernel)) for tile in _CANDIDATES[kernel]))
+
+
+def empty_like_layout(shape, like: torch.Tensor) -> torch.Tensor:
+    channels_last = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=memory_format)
+
+
+def _common(spec: VersatileSpec, dtype: torch.dtype) -> dict:
+    return dict(K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation,
+                DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))
+
+
+def forward(x, weight, bias, spec: VersatileSpec, tile: GemmTile) -> torch.Tensor:
+    y = empty_like_layout(spec.output_shape, x)
+    if y.numel() == 0:
+        return y
+    weight = weight.contiguous()
+    grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
+            triton.cdiv(spec.n_c * spec.n_w, tile.block_cols))
+    kernels.versatile_fwd_kernel[grid](
+        x, weight, bias if bias is not None else weight, y,
+        spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
+        *x.stride(), *y.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g,
+        S_NUM=spec.s_num, HAS_BIAS=bias is not None, **_common(spec, x.dtype),
+        BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
+        num_warps=tile.num_warps, num_stages=tile.num_stages)
+    return y
+
+
+def backward_input(dy, weight, spec: VersatileSpec, tile: GemmTile, like: torch.Tensor) -> torch.Tensor:
+    dx = empty_like_layout(spec.input_shape, like)
+    if dx.numel() == 0:
+        return dx
+    grid = (triton.cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
+            triton.cdiv(spec.in_channels, tile.block_cols))
+    kernels.versatile_bwd_input_kernel[grid](
+        dy, weight.contiguous(), dx,
+        spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
+        *dy.stride(), *dx.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c,
+        **_common(spec, dy.dtype), BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
+        num_warps=tile.num_warps, num_stages=tile.num_stages)
+    return dx
+
+
+def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile):
+    """(grad weight, grad bias or None), reduced over the pixels in fp32 (fp64), split partials summed
+    in a fixed order."""
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    pixels = spec.batch * spec.out_height * spec.out_width
+    if pixels == 0:
+        db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None
+        return torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype), db
+    filter_tiles = triton.cdiv(spec.n_w, tile.block_rows)
+    column_tiles = spec.kernel_size**2 * triton.cdiv(spec.c_hat, tile.block_cols)
+    splits = reduction_splits(tile, filter_tiles * column_tiles, pixels, x.device)
+    pixels_per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
+    partial_w = torch.empty((splits, *spec.weight_shape), device=x.device, dtype=acc_dtype)
+    kernels.versatile_bwd_weight_kernel[(filter_tiles, column_tiles, splits)](
+        x, dy, partial_w, spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
+        *x.stride(), *dy.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c, pixels_per_split,
+        **_common(spec, x.dtype), BLOCK_N=tile.block_rows, BLOCK_C=tile.block_cols, BLOCK_P=tile.block_reduce,
+        num_warps=tile.num_warps, num_stages=tile.num_stages)
+    db = None
+    if spec.bias:
+        block_o, block_p = _BIAS_BLOCK
+        channel_tiles = triton.cdiv(spec.out_channels, block_o)
+        bias_splits = reduction_splits(GemmTile(block_o, 1, block_p), channel_tiles, pixels, x.device)
+        per_split = triton.cdiv(triton.cdiv(pixels, bias_splits), block_p) * block_p
+        partial_b = torch.empty((bias_splits, spec.out_channels), device=x.device, dtype=acc_dtype)
+        kernels.channel_sum_kernel[(channel_tiles, bias_splits)](
+            dy, partial_b, spec.batch, spec.out_channels, spec.out_height, spec.out_width, *dy.stride(), per_split,
+            ACC_DTYPE=accumulator_dtype(x.dtype), BLOCK_O=block_o, BLOCK_P=block_p)
+        db = partial_b.sum(0).to(x.dtype)
+    return partial_w.sum(0).to(x.dtype), db

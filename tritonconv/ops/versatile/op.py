@@ -1,0 +1,108 @@
+"""torch registration of ShiftConv2d: custom ops (opaque to torch.compile), their fake (shape) functions,
+the autograd formula, and the per-call dispatch between Triton and the published fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from tritonconv import dispatch
+from tritonconv.ops.versatile import kernels, launch, reference
+from tritonconv.ops.versatile.spec import VersatileSpec
+
+OPERATOR = dispatch.Operator(
+    name="versatile",
+    kernel_sources=(Path(kernels.__file__),),
+    kernels_of_pass={"forward": ("forward",), "backward": ("backward_input", "backward_weight")},
+    default_tile=launch.default_tile,
+)
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+@torch.library.custom_op("tritonconv::versatile_conv2d", mutates_args=())
+def _versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], kernel_size: int, dilation: int, stride: int,
+                  assignment: str) -> Tensor:
+    spec = VersatileSpec.from_tensors(x, weight, bias, kernel_size=kernel_size, dilation=dilation, stride=stride,
+                                  assignment=assignment)
+    decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
+    if decision.backend == "triton":
+        return launch.forward(x, weight, bias, spec, decision.tiles["forward"])
+    return reference.fallback_forward(x, weight, bias, spec).contiguous(memory_format=_memory_format(x))
+
+
+@_versatile_conv2d.register_fake
+def _(x, weight, bias, kernel_size, dilation, stride, assignment):
+    spec = VersatileSpec.from_tensors(x, weight, bias, kernel_size=kernel_size, dilation=dilation, stride=stride,
+                                  assignment=assignment)
+    return x.new_empty(spec.output_shape).contiguous(memory_format=_memory_format(x))
+
+
+@torch.library.custom_op("tritonconv::versatile_conv2d_backward", mutates_args=())
+def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias: bool, kernel_size: int, dilation: int,
+                           stride: int, assignment: str, need_input: bool, need_weights: bool,
+                           forced: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
+    bias_stub = weight.new_empty(weight.shape[0]) if has_bias else None
+    spec = VersatileSpec.from_tensors(x, weight, bias_stub, kernel_size=kernel_size, dilation=dilation, stride=stride,
+                                  assignment=assignment)
+    decision = dispatch.decide(OPERATOR, spec, "backward", x.device, forced=forced)
+    if decision.backend == "triton":
+        dx = launch.backward_input(grad, weight, spec, decision.tiles["backward_input"], x) if need_input else None
+        dw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"]) if need_weights else (None,) * 2
+    else:
+        dx, dw, db = reference.fallback_backward(grad, x, weight, spec, need_input, need_weights)
+        dx = dx.contiguous(memory_format=_memory_format(x)) if dx is not None else None
+    empty = x.new_empty(0)
+    return (dx if dx is not None else empty, dw if dw is not None else empty, db if db is not None else empty)
+
+
+@_versatile_conv2d_backward.register_fake
+def _(grad, x, weight, has_bias, kernel_size, dilation, stride, assignment, need_input, need_weights, forced):
+    empty = x.new_empty(0)
+    dx = x.new_empty(x.shape).contiguous(memory_format=_memory_format(x)) if need_input else empty
+    if not need_weights:
+        return dx, empty, empty
+    return dx, weight.new_empty(weight.shape), x.new_empty(weight.shape[0]) if has_bias else empty
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, kernel_size, dilation, stride, assignment = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.args = (bias is not None, kernel_size, dilation, stride, assignment)
+    # The backward may run on an autograd worker thread that does not see use_backend(): capture it.
+    ctx.forced = dispatch.forced_backend()
+
+
+def _backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    need_input = ctx.needs_input_grad[0]
+    need_weights = any(ctx.needs_input_grad[1:3])
+    dx, dw, db = torch.ops.tritonconv.versatile_conv2d_backward(grad, x, weight, *ctx.args, need_input, need_weights,
+                                                            ctx.forced)
+    return (dx if need_input else None, dw if need_weights else None,
+            db if need_weights and ctx.args[0] else None, None, None, None, None)
+
+
+_versatile_conv2d.register_autograd(_backward, setup_context=_setup_context)
+
+
+def versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, kernel_size: int = 3, dilation: int = 1,
+                 stride: int = 1, assignment: str = "interleaved") -> Tensor:
+    """Functional ShiftConv2d (SPEC section 3); see ``tritonconv.ShiftConv2d``."""
+    return torch.ops.tritonconv.versatile_conv2d(x, weight, bias, kernel_size, dilation, stride, assignment)
+
+
+def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, kernel_size: int = 3, dilation: int = 1,
+            stride: int = 1, assignment: str = "interleaved", pass_: str = "forward") -> dispatch.Decision:
+    """The backend this call's ``pass_`` would take, and why, without running it."""
+    spec = VersatileSpec.from_tensors(x, weight, bias, kernel_size=kernel_size, dilation=dilation, stride=stride,
+                                  assignment=assignment)
+    return dispatch.decide(OPERATOR, spec, pass_, x.device)
