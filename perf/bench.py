@@ -132,7 +132,8 @@ def _check_known(layers: list[str], shape_sets: list[str] | None, options: dict)
     for shape_set in shape_sets or []:
         if not any(shape_set in HARNESSES[name].shape_sets for name in layers):
             known = sorted({s for name in layers for s in HARNESSES[name].shape_sets})
-            raise UsageError(f"--shapes {shape_set!r} is not a shape set of {', '.join(layers)}; expected one of {known}")
+            raise UsageError(f"--shapes {shape_set!r} is not a shape set of {', '.join(layers)}; "
+                             f"expected one of {known}")
     for option in options:
         if not any(layer_options(name) is None or option in layer_options(name) for name in layers):
             known = sorted({option_flag(o) for name in layers for o in layer_options(name) or ()})
@@ -169,7 +170,10 @@ def dense_flops_of(spec, pass_: str) -> int | None:
 def _chain(fns: list[Callable[[], tuple]]) -> Callable[[], tuple]:
     """One closure running ``fns`` in order; fwd+bwd is timed as one call."""
     def run():
-        return tuple(out for fn in fns for out in fn())
+        outputs = []
+        for fn in fns:
+            outputs.extend(fn())
+        return tuple(outputs)
     return run
 
 
@@ -189,17 +193,15 @@ def triton_closure(harness, work: Workload, pass_: str, device: torch.device) ->
     return _chain(fns), " ".join(labels), tuned
 
 
-def backend_closure(harness, backend: str, work: Workload, pass_: str, device: torch.device) -> Callable:
-    """The closure ``backend`` times (triton: see ``triton_closure``)."""
-    if backend == "triton":
-        return triton_closure(harness, work, pass_, device)[0]
+def backend_closure(harness, backend: str, work: Workload, pass_: str) -> Callable:
+    """The closure a baseline backend times (fallback, dense, compile; triton: ``triton_closure``)."""
     if backend in ("fallback", "compile"):
         fn = _chain([harness.fallback(p, work) for p in PASSES[pass_]])
         # Static shapes: each spec gets its own graph, as a user's fixed-shape model would.
         return torch.compile(fn, dynamic=False) if backend == "compile" else fn
     if backend == "dense":
         return _chain([harness.dense(p, work) for p in PASSES[pass_]])
-    raise UsageError(f"backend {backend!r} is not a backend; expected one of {BACKENDS}")
+    raise UsageError(f"backend {backend!r} is not a baseline backend; expected one of fallback, dense, compile")
 
 
 def expected_outputs(harness, work: Workload, pass_: str) -> tuple:
@@ -305,20 +307,20 @@ def measure(cases: list[Case], *, dtype: str, pass_: str, backends: Iterable[str
 
 def _measure_backend(harness, backend: str, work: Workload, pass_: str, expected: tuple, device: torch.device,
                      timer: Callable) -> dict:
-    failed, extra = _FAILED, {}
+    extra = {}  # the triton row's tiles, kept when it fails too
     try:
         if backend == "triton":
             fn, tiles, tuned = triton_closure(harness, work, pass_, device)
             extra = {"tiles": tiles, "tuned": tuned}
         else:
-            fn = backend_closure(harness, backend, work, pass_, device)
+            fn = backend_closure(harness, backend, work, pass_)
         check = check_backend(backend, fn, work, expected)
         if not check.ok:
-            return {**failed, **extra, "max_rel_error": check.error, "note": check.note}
+            return {**_FAILED, **extra, "max_rel_error": check.error, "note": check.note}
         ms = timer(fn, quantiles=list(QUANTILES))
     except Exception as error:  # a backend that cannot run this shape is a result, not a crash
         _release(device)
-        return {**failed, **extra, "max_rel_error": None, "note": _short(f"{type(error).__name__}: {error}")}
+        return {**_FAILED, **extra, "max_rel_error": None, "note": _short(f"{type(error).__name__}: {error}")}
     return {"status": "ok", **extra, "max_rel_error": check.error, "note": check.note,
             "ms_p20": ms[0], "ms_p50": ms[1], "ms_p80": ms[2]}
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from perf import UsageError, ceilings, results
 
@@ -93,8 +94,7 @@ def roofline(df: pd.DataFrame, bandwidth_tb_s: float, peak_tflop_s: float, color
             roof = min(peak_tflop_s, bandwidth_tb_s * intensity)
             ax.annotate(f"{100 * rate / roof:.0f}%", (intensity, rate), textcoords="offset points",
                         xytext=(4, 2), fontsize=6, color=colors[backend])
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_log(ax)
     ax.set_xlabel("arithmetic intensity (FLOP / compulsory byte)")
     ax.set_ylabel("achieved TFLOP/s (layer FLOPs / median time)")
     ax.set_title(title + (f"\n{note}" if note else ""), fontsize=10)
@@ -105,19 +105,25 @@ def roofline(df: pd.DataFrame, bandwidth_tb_s: float, peak_tflop_s: float, color
 
 
 def flops_vs_time(df: pd.DataFrame, colors: dict, title: str) -> Figure:
-    """Per layer, log-log FLOPs vs median time (bars: p20 to p80): does time fall with the work?"""
+    """Per layer, log-log FLOPs vs median time (bars: p20 to p80): does time fall with the work?
+
+    Points of one conv of the network (same label) at different layer options, e.g. a --p sweep,
+    are joined per backend: a line that falls with the FLOPs is time that follows the work."""
     layers = sorted(df["layer"].unique())
     fig = Figure(figsize=(6.5 * len(layers), 5.5), dpi=_DPI)
     axes = fig.subplots(1, len(layers), squeeze=False)[0]
     for ax, layer in zip(axes, layers):
         for backend, rows in df[df["layer"] == layer].groupby("backend", sort=False):
-            rows = rows.sort_values("flops")
             ms = rows["ms_p50"].astype(float)
             spread = [ms - rows["ms_p20"].astype(float), rows["ms_p80"].astype(float) - ms]
             ax.errorbar(rows["flops"].astype(float), ms, yerr=spread, fmt="o", ms=4, capsize=2,
                         color=colors[backend], label=backend)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+            for _, conv in rows.groupby(["label", "batch"]):
+                if len(conv) > 1:
+                    conv = conv.sort_values("flops")
+                    ax.plot(conv["flops"].astype(float), conv["ms_p50"].astype(float), color=colors[backend],
+                            lw=0.8, alpha=0.6)
+        _log_log(ax)
         ax.set_xlabel(f"{layer} FLOPs (per call)")
         ax.set_ylabel("median time (ms)")
         ax.set_title(layer, fontsize=10)
@@ -154,6 +160,7 @@ def speedup(df: pd.DataFrame, colors: dict, title: str) -> Figure | None:
         ax.axhline(geomean, color=colors[backend], ls="--", lw=1)
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set_yscale("log")
+    _label_log_axis(ax.yaxis, suffix="x")
     ax.set_xticks(positions, ratios.index, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("speedup of triton (other backend's time / triton's)")
     ax.set_title(title, fontsize=10)
@@ -161,6 +168,20 @@ def speedup(df: pd.DataFrame, colors: dict, title: str) -> Figure | None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _log_log(ax) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _label_log_axis(ax.xaxis)
+    _label_log_axis(ax.yaxis)
+
+
+def _label_log_axis(axis, suffix: str = "") -> None:
+    """Labels at 1, 2, 5 x 10^n: a range inside one decade still gets numbers, and no labels overlap."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}{suffix}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _colors(backends) -> dict:

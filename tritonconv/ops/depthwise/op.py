@@ -69,18 +69,17 @@ def _depthwise_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
     else:
         dx, dw, db = reference.fallback_backward(grad, x, weight, bias, spec, need_input, need_weights)
         dx = dx.contiguous(memory_format=memory_format(x)) if dx is not None else None
-    empty = x.new_empty(0)
-    return (dx if dx is not None else empty, dw if dw is not None else empty, db if db is not None else empty)
+    # Each missing gradient gets its own empty tensor: custom-op outputs must not alias each other.
+    return tuple(g if g is not None else x.new_empty(0) for g in (dx, dw, db))
 
 
 @_depthwise_conv2d_backward.register_fake
 def _(grad, x, weight, bias, out, stride, padding, dilation, multiplier, activation, concat_input, need_input,
       need_weights, forced):
-    empty = x.new_empty(0)
-    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format(x)) if need_input else empty
+    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format(x)) if need_input else x.new_empty(0)
     if not need_weights:
-        return dx, empty, empty
-    return dx, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0]) if bias is not None else empty
+        return dx, x.new_empty(0), x.new_empty(0)
+    return dx, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0]) if bias is not None else x.new_empty(0)
 
 
 def _setup_context(ctx, inputs, output):

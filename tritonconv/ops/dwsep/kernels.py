@@ -172,8 +172,8 @@ def dwsep_bwd_pw_weight_kernel(
             dy = activation_grad(dy, yv, OUT_ACT).to(dw_w_ptr.dtype.element_ty)
         z = depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, b, ho, wo, pixel_mask, c, c_mask, H, W, sxb, sxc, sxh, sxw,
                            K, STRIDE, PAD, DIL, HAS_DW_BIAS, ACC_DTYPE, BLOCK_P, BLOCK_C)  # [BLOCK_P, BLOCK_C]
-        # Rows outside the image carry the bias through act(): zero them before the reduction.
-        h = tl.where(pixel_mask[:, None], activate(z, ACT), 0.0).to(dw_w_ptr.dtype.element_ty)
+        # Rows past the last pixel hold act(bias); their dy columns are 0, so they add nothing.
+        h = activate(z, ACT).to(dw_w_ptr.dtype.element_ty)
         acc = tl.dot(dy, h, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
         if HAS_PW_BIAS:
             bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)

@@ -5,8 +5,9 @@ kernels and every other channel through a 1 x 1 kernel at the centre tap. Each k
 GEMM whose reduction visits exactly those (channel, tap) pairs: no masked zeros are ever multiplied.
 
 All index arithmetic that can pass 2^31 elements is int64. Tensors are addressed through explicit
-strides, so NCHW and channels_last inputs take the same code. Weight layouts are contiguous:
-``weight`` [N, GROUP_IN, K, K], ``weight_pw`` [N, M - GROUP_IN].
+strides, so NCHW and channels_last inputs take the same code. ``weight`` [N, GROUP_IN, K, K] is
+addressed through its strides too (the launcher passes it channels_last, so a tile's channels are
+contiguous); ``weight_pw`` [N, M - GROUP_IN] is contiguous.
 """
 
 import triton
@@ -19,6 +20,7 @@ def hetconv_fwd_kernel(
     B, M, H, W, N, Ho, Wo,
     sxb, sxc, sxh, sxw,
     syb, syc, syh, syw,
+    swn, swc, swh, sww,
     GROUP_IN, GROUP_OUT,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
     HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
@@ -56,7 +58,7 @@ def hetconv_fwd_kernel(
         c = (group * GROUP_IN + c_local).to(tl.int64)
         a = tl.load(x_rows[:, None] + hi[:, None] * sxh + wi[:, None] * sxw + c[None, :] * sxc,
                     mask=inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-        w = tl.load(w_ptr + n[None, :] * (GROUP_IN * K * K) + c_local[:, None] * (K * K) + tap,
+        w = tl.load(w_ptr + n[None, :] * swn + c_local[:, None] * swc + (tap // K) * swh + (tap % K) * sww,
                     mask=c_mask[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
@@ -86,6 +88,7 @@ def hetconv_bwd_input_kernel(
     B, M, H, W, N, Ho, Wo,
     sdyb, sdyc, sdyh, sdyw,
     sdxb, sdxc, sdxh, sdxw,
+    swn, swc, swh, sww,
     GROUP_IN, GROUP_OUT,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
@@ -128,7 +131,7 @@ def hetconv_bwd_input_kernel(
         n = (group * GROUP_OUT + n_local).to(tl.int64)
         a = tl.load(dy_rows[:, None] + ho[:, None] * sdyh + wo[:, None] * sdyw + n[None, :] * sdyc,
                     mask=hit[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-        w = tl.load(w_ptr + n[:, None] * (GROUP_IN * K * K) + c_local[None, :] * (K * K) + tap,
+        w = tl.load(w_ptr + n[:, None] * swn + c_local[None, :] * swc + (tap // K) * swh + (tap % K) * sww,
                     mask=n_mask[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 

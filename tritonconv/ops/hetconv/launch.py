@@ -56,6 +56,12 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(t.stride())
 
 
+def _weight_for_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """channels_last, so a [channels, filters] tile of one tap is contiguous along channels; a no-op
+    for models moved to channels_last, a small copy otherwise."""
+    return weight.contiguous(memory_format=torch.channels_last)
+
+
 def _empty_like_layout(shape, like: torch.Tensor) -> torch.Tensor:
     channels_last = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -66,13 +72,13 @@ def forward(x, weight, weight_pw, bias, spec: HetConvSpec, tile: GemmTile) -> to
     y = _empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
-    weight, weight_pw = weight.contiguous(), weight_pw.contiguous()
+    weight, weight_pw = _weight_for_kernels(weight), weight_pw.contiguous()
     grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
             spec.p * triton.cdiv(spec.group_out, tile.block_cols))
     kernels.hetconv_fwd_kernel[grid](
         x, weight, weight_pw, bias if bias is not None else weight, y,
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height, spec.out_width,
-        *_strides(x), *_strides(y),
+        *_strides(x), *_strides(y), *_strides(weight),
         spec.group_in, spec.group_out,
         K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding,
         HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
@@ -86,12 +92,13 @@ def backward_input(dy, weight, weight_pw, spec: HetConvSpec, tile: GemmTile, lik
     dx = _empty_like_layout(spec.input_shape, like)
     if dx.numel() == 0:
         return dx
+    weight = _weight_for_kernels(weight)
     grid = (triton.cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
             spec.p * triton.cdiv(spec.group_in, tile.block_cols))
     kernels.hetconv_bwd_input_kernel[grid](
-        dy, weight.contiguous(), weight_pw.contiguous(), dx,
+        dy, weight, weight_pw.contiguous(), dx,
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height, spec.out_width,
-        *_strides(dy), *_strides(dx),
+        *_strides(dy), *_strides(dx), *_strides(weight),
         spec.group_in, spec.group_out,
         K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding,
         DOT_PRECISION=dot_precision(dy.dtype), ACC_DTYPE=accumulator_dtype(dy.dtype),

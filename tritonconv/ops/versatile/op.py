@@ -1,5 +1,5 @@
-"""torch registration of ShiftConv2d: custom ops (opaque to torch.compile), their fake (shape) functions,
-the autograd formula, and the per-call dispatch between Triton and the published fallback."""
+"""torch registration of VersatileConv2d: custom ops (opaque to torch.compile), their fake (shape)
+functions, the autograd formula, and the per-call dispatch between Triton and the published fallback."""
 
 from __future__ import annotations
 
@@ -27,11 +27,15 @@ def _memory_format(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g) -> VersatileSpec:
+    return VersatileSpec.from_tensors(x, weight, bias, out_channels=out_channels, stride=stride, padding=padding,
+                                      dilation=dilation, delta=delta, g=g)
+
+
 @torch.library.custom_op("tritonconv::versatile_conv2d", mutates_args=())
-def _versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], kernel_size: int, dilation: int, stride: int,
-                  assignment: str) -> Tensor:
-    spec = VersatileSpec.from_tensors(x, weight, bias, kernel_size=kernel_size, dilation=dilation, stride=stride,
-                                  assignment=assignment)
+def _versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_channels: int, stride: int,
+                      padding: int, dilation: int, delta: int, g: int) -> Tensor:
+    spec = _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
     decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
     if decision.backend == "triton":
         return launch.forward(x, weight, bias, spec, decision.tiles["forward"])
@@ -39,20 +43,18 @@ def _versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], kernel_
 
 
 @_versatile_conv2d.register_fake
-def _(x, weight, bias, kernel_size, dilation, stride, assignment):
-    spec = VersatileSpec.from_tensors(x, weight, bias, kernel_size=kernel_size, dilation=dilation, stride=stride,
-                                  assignment=assignment)
+def _(x, weight, bias, out_channels, stride, padding, dilation, delta, g):
+    spec = _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
     return x.new_empty(spec.output_shape).contiguous(memory_format=_memory_format(x))
 
 
 @torch.library.custom_op("tritonconv::versatile_conv2d_backward", mutates_args=())
-def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias: bool, kernel_size: int, dilation: int,
-                           stride: int, assignment: str, need_input: bool, need_weights: bool,
-                           forced: str) -> tuple[Tensor, Tensor, Tensor]:
+def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias: bool, out_channels: int,
+                               stride: int, padding: int, dilation: int, delta: int, g: int, need_input: bool,
+                               need_weights: bool, forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
-    bias_stub = weight.new_empty(weight.shape[0]) if has_bias else None
-    spec = VersatileSpec.from_tensors(x, weight, bias_stub, kernel_size=kernel_size, dilation=dilation, stride=stride,
-                                  assignment=assignment)
+    bias_stub = weight.new_empty(out_channels) if has_bias else None
+    spec = _spec(x, weight, bias_stub, out_channels, stride, padding, dilation, delta, g)
     decision = dispatch.decide(OPERATOR, spec, "backward", x.device, forced=forced)
     if decision.backend == "triton":
         dx = launch.backward_input(grad, weight, spec, decision.tiles["backward_input"], x) if need_input else None
@@ -65,18 +67,18 @@ def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias
 
 
 @_versatile_conv2d_backward.register_fake
-def _(grad, x, weight, has_bias, kernel_size, dilation, stride, assignment, need_input, need_weights, forced):
+def _(grad, x, weight, has_bias, out_channels, stride, padding, dilation, delta, g, need_input, need_weights, forced):
     empty = x.new_empty(0)
     dx = x.new_empty(x.shape).contiguous(memory_format=_memory_format(x)) if need_input else empty
     if not need_weights:
         return dx, empty, empty
-    return dx, weight.new_empty(weight.shape), x.new_empty(weight.shape[0]) if has_bias else empty
+    return dx, weight.new_empty(weight.shape), x.new_empty(out_channels) if has_bias else empty
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, kernel_size, dilation, stride, assignment = inputs
+    x, weight, bias, *hyper = inputs
     ctx.save_for_backward(x, weight)
-    ctx.args = (bias is not None, kernel_size, dilation, stride, assignment)
+    ctx.has_bias, ctx.hyper = bias is not None, tuple(hyper)
     # The backward may run on an autograd worker thread that does not see use_backend(): capture it.
     ctx.forced = dispatch.forced_backend()
 
@@ -85,24 +87,27 @@ def _backward(ctx, grad):
     x, weight = ctx.saved_tensors
     need_input = ctx.needs_input_grad[0]
     need_weights = any(ctx.needs_input_grad[1:3])
-    dx, dw, db = torch.ops.tritonconv.versatile_conv2d_backward(grad, x, weight, *ctx.args, need_input, need_weights,
-                                                            ctx.forced)
+    dx, dw, db = torch.ops.tritonconv.versatile_conv2d_backward(grad, x, weight, ctx.has_bias, *ctx.hyper, need_input,
+                                                                need_weights, ctx.forced)
     return (dx if need_input else None, dw if need_weights else None,
-            db if need_weights and ctx.args[0] else None, None, None, None, None)
+            db if need_weights and ctx.has_bias else None) + (None,) * len(ctx.hyper)
 
 
 _versatile_conv2d.register_autograd(_backward, setup_context=_setup_context)
 
 
-def versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, kernel_size: int = 3, dilation: int = 1,
-                 stride: int = 1, assignment: str = "interleaved") -> Tensor:
-    """Functional ShiftConv2d (SPEC section 3); see ``tritonconv.ShiftConv2d``."""
-    return torch.ops.tritonconv.versatile_conv2d(x, weight, bias, kernel_size, dilation, stride, assignment)
+def versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_channels: int, stride: int = 1,
+                     padding: Optional[int] = None, dilation: int = 1, delta: int = 0, g: int = 1) -> Tensor:
+    """Functional VersatileConv2d (SPEC section 4); see ``tritonconv.VersatileConv2d``.
+    ``padding=None`` means ``dilation * (k // 2)``."""
+    if padding is None:
+        padding = dilation * (weight.shape[-1] // 2) if isinstance(weight, Tensor) and weight.dim() == 4 else 0
+    return torch.ops.tritonconv.versatile_conv2d(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
 
 
-def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, kernel_size: int = 3, dilation: int = 1,
-            stride: int = 1, assignment: str = "interleaved", pass_: str = "forward") -> dispatch.Decision:
+def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_channels: int, stride: int = 1,
+            padding: Optional[int] = None, dilation: int = 1, delta: int = 0, g: int = 1,
+            pass_: str = "forward") -> dispatch.Decision:
     """The backend this call's ``pass_`` would take, and why, without running it."""
-    spec = VersatileSpec.from_tensors(x, weight, bias, kernel_size=kernel_size, dilation=dilation, stride=stride,
-                                  assignment=assignment)
+    spec = _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
     return dispatch.decide(OPERATOR, spec, pass_, x.device)

@@ -1,0 +1,124 @@
+"""torch registration of the fused depthwise-separable conv: custom ops (opaque to torch.compile), their
+fake (shape) functions, the autograd formula, and the per-call dispatch between Triton and cuDNN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from tritonconv import dispatch
+from tritonconv.ops.depthwise import kernels as depthwise_kernels
+from tritonconv.ops.depthwise.op import memory_format
+from tritonconv.ops.depthwise.spec import default_padding, normalize_activation
+from tritonconv.ops.dwsep import kernels, launch, reference
+from tritonconv.ops.dwsep.spec import DwSepSpec
+
+OPERATOR = dispatch.Operator(
+    name="dwsep",
+    kernel_sources=(Path(kernels.__file__), Path(depthwise_kernels.__file__)),
+    kernels_of_pass={"forward": ("forward",),
+                     "backward": ("backward_mid", "backward_pw_weight", "backward_input", "backward_weight")},
+    default_tile=launch.default_tile,
+)
+
+
+def _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation):
+    return DwSepSpec.from_tensors(x, dw_weight, dw_bias, pw_weight, pw_bias, stride=stride, padding=padding,
+                                  dilation=dilation, activation=activation, out_activation=out_activation)
+
+
+@torch.library.custom_op("tritonconv::dwsep_conv2d", mutates_args=())
+def _dwsep_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,
+                  pw_bias: Optional[Tensor], stride: int, padding: int, dilation: int, activation: str,
+                  out_activation: str) -> Tensor:
+    spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation)
+    decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
+    if decision.backend == "triton":
+        return launch.forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec, decision.tiles["forward"])
+    y = reference.fallback_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec)
+    return y.contiguous(memory_format=memory_format(x))
+
+
+@_dwsep_conv2d.register_fake
+def _(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation):
+    spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation)
+    return x.new_empty(spec.output_shape).contiguous(memory_format=memory_format(x))
+
+
+@torch.library.custom_op("tritonconv::dwsep_conv2d_backward", mutates_args=())
+def _dwsep_conv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,
+                           pw_bias: Optional[Tensor], out: Tensor, stride: int, padding: int, dilation: int,
+                           activation: str, out_activation: str, need_input: bool, need_weights: bool,
+                           forced: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(grad input, grad dw_weight, grad dw_bias, grad pw_weight, grad pw_bias); unneeded ones come back empty."""
+    spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation)
+    decision = dispatch.decide(OPERATOR, spec, "backward", x.device, forced=forced)
+    if decision.backend == "triton":
+        grads = launch.backward(grad, out, x, dw_weight, dw_bias, pw_weight, spec, decision.tiles, need_input,
+                                need_weights)
+    else:
+        grads = reference.fallback_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, spec, need_input,
+                                            need_weights)
+        if grads[0] is not None:
+            grads = (grads[0].contiguous(memory_format=memory_format(x)), *grads[1:])
+    # Each missing gradient gets its own empty tensor: custom-op outputs must not alias each other.
+    return tuple(g if g is not None else x.new_empty(0) for g in grads)
+
+
+@_dwsep_conv2d_backward.register_fake
+def _(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, out, stride, padding, dilation, activation, out_activation,
+      need_input, need_weights, forced):
+    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format(x)) if need_input else x.new_empty(0)
+    if not need_weights:
+        return dx, x.new_empty(0), x.new_empty(0), x.new_empty(0), x.new_empty(0)
+    like = lambda t: t.new_empty(t.shape) if t is not None else x.new_empty(0)  # noqa: E731
+    return dx, like(dw_weight), like(dw_bias), like(pw_weight), like(pw_bias)
+
+
+def _setup_context(ctx, inputs, output):
+    x, dw_weight, dw_bias, pw_weight, pw_bias, *args = inputs
+    ctx.save_for_backward(x, dw_weight, dw_bias, pw_weight, pw_bias, output)
+    ctx.args = tuple(args)
+    # The backward may run on an autograd worker thread that does not see use_backend(): capture it.
+    ctx.forced = dispatch.forced_backend()
+
+
+def _backward(ctx, grad):
+    x, dw_weight, dw_bias, pw_weight, pw_bias, out = ctx.saved_tensors
+    need_input = ctx.needs_input_grad[0]
+    need_weights = any(ctx.needs_input_grad[1:5])
+    dx, ddw, ddb, dpw, dpb = torch.ops.tritonconv.dwsep_conv2d_backward(
+        grad, x, dw_weight, dw_bias, pw_weight, pw_bias, out, *ctx.args, need_input, need_weights, ctx.forced)
+    weights = (ddw, ddb if dw_bias is not None else None, dpw, dpb if pw_bias is not None else None)
+    return (dx if need_input else None, *(g if need_weights else None for g in weights)) + (None,) * 5
+
+
+_dwsep_conv2d.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _padding(dw_weight, padding, dilation):
+    if padding is not None or not isinstance(dw_weight, Tensor) or dw_weight.dim() != 4:
+        return padding
+    return default_padding(dw_weight.shape[-1], dilation)
+
+
+def dwsep_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,
+                 pw_bias: Optional[Tensor] = None, stride: int = 1, padding: Optional[int] = None, dilation: int = 1,
+                 activation: Optional[str] = None, out_activation: Optional[str] = None) -> Tensor:
+    """Functional fused depthwise-separable conv (SPEC section 2); see ``DepthwiseSeparableConv2d``."""
+    return torch.ops.tritonconv.dwsep_conv2d(
+        x, dw_weight, dw_bias, pw_weight, pw_bias, stride, _padding(dw_weight, padding, dilation), dilation,
+        normalize_activation("activation", activation), normalize_activation("out_activation", out_activation))
+
+
+def explain(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,
+            pw_bias: Optional[Tensor] = None, stride: int = 1, padding: Optional[int] = None, dilation: int = 1,
+            activation: Optional[str] = None, out_activation: Optional[str] = None,
+            pass_: str = "forward") -> dispatch.Decision:
+    """The backend this call's ``pass_`` would take, and why, without running it."""
+    spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, _padding(dw_weight, padding, dilation), dilation,
+                 normalize_activation("activation", activation), normalize_activation("out_activation", out_activation))
+    return dispatch.decide(OPERATOR, spec, pass_, x.device)

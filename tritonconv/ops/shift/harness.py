@@ -1,0 +1,101 @@
+"""ShiftConv2d's harness for the tuner and the perf suite (see ``tritonconv.harness``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from tritonconv import zoo
+from tritonconv.harness import Workload
+from tritonconv.ops.shift import launch, reference, shapes
+from tritonconv.ops.shift.op import OPERATOR
+from tritonconv.ops.shift.spec import ShiftSpec
+
+SHAPE_SETS = ("shiftresnet20", "resnet50")
+
+
+def _shape_set(name: str, expansion: int) -> list:
+    sets = {"shiftresnet20": lambda: shapes.shiftresnet20(expansion), "resnet50": lambda: shapes.resnet50_shift(224)}
+    if name not in sets:
+        raise ValueError(f"shape set {name!r} is not known for shift; expected one of {SHAPE_SETS}")
+    return sets[name]()
+
+
+def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = False, expansion: int = 1,
+              assignment: str = "interleaved") -> list:
+    """(label, count, spec) for every shift + 1 x 1 of ``shape_set`` (``expansion``: ShiftResNet's CSC
+    expansion rate, the shifted channels per input channel)."""
+    return [(layer.name, count, ShiftSpec(batch, layer.in_channels, layer.out_channels, layer.height, layer.width,
+                                          layer.kernel_size, 1, layer.stride, assignment, True, dtype, channels_last))
+            for layer, count in zoo.unique(_shape_set(shape_set, expansion))]
+
+
+def _layout(t: torch.Tensor, spec: ShiftSpec) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if spec.channels_last else t
+
+
+class ShiftHarness:
+    operator = OPERATOR
+    shape_sets = SHAPE_SETS
+    specs_for = staticmethod(specs_for)
+
+    def make_workload(self, spec: ShiftSpec, device) -> Workload:
+        def randn(*shape):
+            return torch.randn(*shape, device=device, dtype=spec.torch_dtype)
+        tensors = {"x": _layout(randn(*spec.input_shape), spec),
+                   "weight": randn(*spec.weight_shape) / spec.in_channels**0.5,
+                   "bias": randn(spec.out_channels) if spec.bias else None}
+        return Workload(spec, tensors, _layout(randn(*spec.output_shape), spec))
+
+    def candidate_tiles(self, spec, kernel):
+        return launch.candidate_tiles(spec, kernel)
+
+    def triton(self, kernel, work, tile):
+        t, spec = work.tensors, work.spec
+        if kernel == "forward":
+            return lambda: (launch.forward(t["x"], t["weight"], t["bias"], spec, tile),)
+        if kernel == "backward_input":
+            return lambda: (launch.backward_input(work.grad, t["weight"], spec, tile, t["x"]),)
+        return lambda: tuple(g for g in launch.backward_weight(work.grad, t["x"], spec, tile) if g is not None)
+
+    def fallback(self, pass_, work):
+        t, spec = work.tensors, work.spec
+        if pass_ == "forward":
+            return lambda: (reference.fallback_forward(t["x"], t["weight"], t["bias"], spec),)
+        return lambda: tuple(g for g in reference.fallback_backward(work.grad, t["x"], t["weight"], spec, True, True)
+                             if g is not None)
+
+    def expected(self, kernel, work):
+        t = {k: v.double() if v is not None else None for k, v in work.tensors.items()}
+        spec64 = replace(work.spec, dtype="float64")
+        if kernel == "forward":
+            return (reference.fallback_forward(t["x"], t["weight"], t["bias"], spec64),)
+        dx, dw, db = reference.fallback_backward(work.grad.double(), t["x"], t["weight"], spec64,
+                                                 kernel == "backward_input", kernel == "backward_weight")
+        return (dx,) if kernel == "backward_input" else tuple(g for g in (dw, db) if g is not None)
+
+    def dense(self, pass_, work):
+        """The k x k conv (padding k//2) that shift + 1 x 1 replaces."""
+        spec, t = work.spec, work.tensors
+        k, pad = spec.kernel_size, spec.dilation * (spec.kernel_size // 2)
+        weight = _layout(torch.randn(spec.out_channels, spec.in_channels, k, k, device=t["x"].device,
+                                     dtype=t["x"].dtype) * 0.05, spec)
+        if pass_ == "forward":
+            return lambda: (F.conv2d(t["x"], weight, t["bias"], spec.stride, pad, spec.dilation),)
+        conv_bwd = torch.ops.aten.convolution_backward
+        return lambda: tuple(g for g in conv_bwd(work.grad, t["x"], weight, [spec.out_channels] if spec.bias else None,
+                                                 [spec.stride] * 2, [pad] * 2, [spec.dilation] * 2, False, [0, 0], 1,
+                                                 [True, True, spec.bias]) if g is not None)
+
+    def shrink(self, spec: ShiftSpec) -> ShiftSpec:
+        """Batch 2, 7x5 pixels, at most 2 channels per direction (plus a remainder) and 16 filters."""
+        dtype = "float32" if spec.dtype == "bfloat16" else spec.dtype  # bf16 is wrong in the interpreter
+        k2 = spec.kernel_size**2
+        in_channels = min(spec.shift_group, 2) * k2 + min(spec.in_channels - spec.shifted_channels, 3)
+        return replace(spec, batch=2, in_channels=max(in_channels, 1), out_channels=min(spec.out_channels, 16),
+                       height=min(spec.height, 7), width=min(spec.width, 5), dtype=dtype)
+
+
+HARNESS = ShiftHarness()

@@ -1,0 +1,110 @@
+"""Host side of the shuffled grouped 1 x 1 kernels: allocation, grids, tiles and their candidates."""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from tritonconv.ops.shuffle import kernels
+from tritonconv.ops.shuffle.spec import ShuffleConvSpec
+from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
+
+KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
+
+_CANDIDATES = {
+    # rows = pixels, cols = filters (grad input: channels) of one group, reduce = the group's channels
+    "forward": [
+        GemmTile(128, 64, 32, 4, 3), GemmTile(128, 32, 32, 4, 3), GemmTile(64, 64, 64, 4, 3),
+        GemmTile(256, 64, 32, 8, 3), GemmTile(64, 32, 32, 4, 4), GemmTile(128, 128, 32, 8, 3),
+    ],
+    # rows = filters of one group, cols = the group's channels, reduce = pixels
+    "backward_weight": [
+        GemmTile(64, 64, 64, 4, 3), GemmTile(32, 32, 128, 4, 4), GemmTile(64, 32, 128, 4, 4),
+        GemmTile(32, 64, 128, 4, 3),
+    ],
+}
+_CANDIDATES["backward_input"] = _CANDIDATES["forward"]
+
+_DEFAULTS = {"forward": GemmTile(128, 64, 32, 4, 3), "backward_input": GemmTile(128, 64, 32, 4, 3),
+             "backward_weight": GemmTile(64, 64, 64, 4, 3)}
+
+
+def _gemm_extent(spec: ShuffleConvSpec, kernel: str) -> tuple[int, int, int]:
+    pixels = spec.batch * spec.height * spec.width
+    if kernel == "forward":
+        return pixels, spec.group_out, spec.group_in
+    if kernel == "backward_input":
+        return pixels, spec.group_in, spec.group_out
+    return spec.group_out, spec.group_in, pixels
+
+
+def default_tile(spec: ShuffleConvSpec, kernel: str) -> GemmTile:
+    return _DEFAULTS[kernel].fitted(*_gemm_extent(spec, kernel))
+
+
+def candidate_tiles(spec: ShuffleConvSpec, kernel: str) -> list[GemmTile]:
+    return list(dict.fromkeys(tile.fitted(*_gemm_extent(spec, kernel)) for tile in _CANDIDATES[kernel]))
+
+
+def empty_like_layout(shape, like: torch.Tensor) -> torch.Tensor:
+    channels_last = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=memory_format)
+
+
+def _sizes(spec: ShuffleConvSpec) -> tuple:
+    return (spec.batch * spec.height * spec.width, spec.height * spec.width, spec.out_channels, spec.group_in,
+            spec.group_out, spec.shuffle_groups)
+
+
+def _tile_args(tile: GemmTile, names=("BLOCK_M", "BLOCK_N", "BLOCK_K")) -> dict:
+    return {names[0]: tile.block_rows, names[1]: tile.block_cols, names[2]: tile.block_reduce,
+            "num_warps": tile.num_warps, "num_stages": tile.num_stages}
+
+
+def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Tensor:
+    y = empty_like_layout(spec.output_shape, x)
+    if y.numel() == 0:
+        return y
+    weight = weight.reshape(spec.out_channels, spec.group_in).contiguous()
+    grid = (triton.cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
+            spec.groups * triton.cdiv(spec.group_out, tile.block_cols))
+    kernels.shuffle_conv_fwd_kernel[grid](
+        x, weight, bias if bias is not None else weight, y, *_sizes(spec), *x.stride(), spec.width, *y.stride(),
+        HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
+        **_tile_args(tile))
+    return y
+
+
+def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torch.Tensor) -> torch.Tensor:
+    dx = empty_like_layout(spec.input_shape, like)
+    if dx.numel() == 0:
+        return dx
+    weight = weight.reshape(spec.out_channels, spec.group_in).contiguous()
+    grid = (triton.cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
+            spec.groups * triton.cdiv(spec.group_in, tile.block_cols))
+    kernels.shuffle_conv_bwd_input_kernel[grid](
+        dy, weight, dx, *_sizes(spec), *dy.stride(), spec.width, *dx.stride(),
+        DOT_PRECISION=dot_precision(dy.dtype), ACC_DTYPE=accumulator_dtype(dy.dtype), **_tile_args(tile))
+    return dx
+
+
+def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile):
+    """(grad weight [N, C/G, 1, 1], grad bias or None), split partials summed in a fixed order."""
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    pixels = spec.batch * spec.height * spec.width
+    if pixels == 0:
+        db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None
+        return torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype), db
+    filter_tiles = spec.groups * triton.cdiv(spec.group_out, tile.block_rows)
+    column_tiles = triton.cdiv(spec.group_in, tile.block_cols)
+    splits = reduction_splits(tile, filter_tiles * column_tiles, pixels, x.device)
+    per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
+    partial_w = torch.empty((splits, spec.out_channels, spec.group_in), device=x.device, dtype=acc_dtype)
+    partial_b = torch.empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
+    kernels.shuffle_conv_bwd_weight_kernel[(filter_tiles, column_tiles, splits)](
+        x, dy, partial_w, partial_b if partial_b is not None else partial_w, *_sizes(spec), per_split,
+        *x.stride(), spec.width, *dy.stride(), HAS_BIAS=spec.bias, DOT_PRECISION=dot_precision(x.dtype),
+        ACC_DTYPE=accumulator_dtype(x.dtype), **_tile_args(tile, ("BLOCK_N", "BLOCK_C", "BLOCK_P")))
+    dw = partial_w.sum(0).to(x.dtype).reshape(spec.weight_shape)
+    return dw, partial_b.sum(0).to(x.dtype) if partial_b is not None else None

@@ -1,0 +1,119 @@
+"""torch registration of the shuffled grouped 1 x 1 conv: custom ops, fake functions, autograd, dispatch;
+and the standalone ``channel_shuffle``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from tritonconv import dispatch
+from tritonconv._validation import check_positive_int
+from tritonconv.ops.shuffle import kernels, launch, reference
+from tritonconv.ops.shuffle.spec import ShuffleConvSpec
+
+OPERATOR = dispatch.Operator(
+    name="shuffle_conv",
+    kernel_sources=(Path(kernels.__file__),),
+    kernels_of_pass={"forward": ("forward",), "backward": ("backward_input", "backward_weight")},
+    default_tile=launch.default_tile,
+)
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+@torch.library.custom_op("tritonconv::shuffle_conv1x1", mutates_args=())
+def _shuffle_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int, shuffle_groups: int) -> Tensor:
+    spec = ShuffleConvSpec.from_tensors(x, weight, bias, groups=groups, shuffle_groups=shuffle_groups)
+    decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
+    if decision.backend == "triton":
+        return launch.forward(x, weight, bias, spec, decision.tiles["forward"])
+    return reference.fallback_forward(x, weight, bias, spec).contiguous(memory_format=_memory_format(x))
+
+
+@_shuffle_conv1x1.register_fake
+def _(x, weight, bias, groups, shuffle_groups):
+    spec = ShuffleConvSpec.from_tensors(x, weight, bias, groups=groups, shuffle_groups=shuffle_groups)
+    return x.new_empty(spec.output_shape).contiguous(memory_format=_memory_format(x))
+
+
+@torch.library.custom_op("tritonconv::shuffle_conv1x1_backward", mutates_args=())
+def _shuffle_conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias: bool, groups: int,
+                              shuffle_groups: int, need_input: bool, need_weights: bool,
+                              forced: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
+    bias_stub = weight.new_empty(weight.shape[0]) if has_bias else None
+    spec = ShuffleConvSpec.from_tensors(x, weight, bias_stub, groups=groups, shuffle_groups=shuffle_groups)
+    decision = dispatch.decide(OPERATOR, spec, "backward", x.device, forced=forced)
+    if decision.backend == "triton":
+        dx = launch.backward_input(grad, weight, spec, decision.tiles["backward_input"], x) if need_input else None
+        dw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"]) if need_weights else (None,) * 2
+    else:
+        dx, dw, db = reference.fallback_backward(grad, x, weight, spec, need_input, need_weights)
+        dx = dx.contiguous(memory_format=_memory_format(x)) if dx is not None else None
+    empty = x.new_empty(0)
+    return (dx if dx is not None else empty, dw if dw is not None else empty, db if db is not None else empty)
+
+
+@_shuffle_conv1x1_backward.register_fake
+def _(grad, x, weight, has_bias, groups, shuffle_groups, need_input, need_weights, forced):
+    empty = x.new_empty(0)
+    dx = x.new_empty(x.shape).contiguous(memory_format=_memory_format(x)) if need_input else empty
+    if not need_weights:
+        return dx, empty, empty
+    return dx, weight.new_empty(weight.shape), x.new_empty(weight.shape[0]) if has_bias else empty
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, groups, shuffle_groups = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.args = (bias is not None, groups, shuffle_groups)
+    # The backward may run on an autograd worker thread that does not see use_backend(): capture it.
+    ctx.forced = dispatch.forced_backend()
+
+
+def _backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    need_input = ctx.needs_input_grad[0]
+    need_weights = any(ctx.needs_input_grad[1:3])
+    dx, dw, db = torch.ops.tritonconv.shuffle_conv1x1_backward(grad, x, weight, *ctx.args, need_input, need_weights,
+                                                               ctx.forced)
+    return (dx if need_input else None, dw if need_weights else None,
+            db if need_weights and ctx.args[0] else None, None, None)
+
+
+_shuffle_conv1x1.register_autograd(_backward, setup_context=_setup_context)
+
+
+def shuffle_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, groups: int = 1,
+                    shuffle_groups: int = 1) -> Tensor:
+    """``channel_shuffle(conv2d(x, weight, bias, groups=groups), shuffle_groups)`` in one kernel: the
+    shuffle is the store address of the grouped 1 x 1 conv (``shuffle_groups=1``: no shuffle)."""
+    return torch.ops.tritonconv.shuffle_conv1x1(x, weight, bias, groups, shuffle_groups)
+
+
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """``x.view(B, g, C/g, H, W).transpose(1, 2).reshape(B, C, H, W)`` (SPEC section 6).
+
+    Standalone, the shuffle is one copy; next to a grouped 1 x 1 conv use ``shuffle_conv1x1`` (or
+    ``ShuffleUnit``), where it costs no pass over memory."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"input must have 4 dimensions, got shape {tuple(x.shape)}")
+    check_positive_int("groups", groups)
+    if x.shape[1] % groups:
+        raise ValueError(f"groups={groups} must divide the input's {x.shape[1]} channels")
+    return reference.channel_shuffle_reference(x, groups)
+
+
+def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, groups: int = 1, shuffle_groups: int = 1,
+            pass_: str = "forward") -> dispatch.Decision:
+    spec = ShuffleConvSpec.from_tensors(x, weight, bias, groups=groups, shuffle_groups=shuffle_groups)
+    return dispatch.decide(OPERATOR, spec, pass_, x.device)

@@ -1,0 +1,112 @@
+"""VersatileConv2d's harness for the tuner and the perf suite (see ``tritonconv.harness``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from tritonconv import zoo
+from tritonconv.harness import Workload
+from tritonconv.ops.versatile import launch, reference
+from tritonconv.ops.versatile.op import OPERATOR
+from tritonconv.ops.versatile.spec import VersatileSpec
+
+SHAPE_SETS = ("vgg16", "resnet50")
+
+
+def _shape_set(name: str) -> tuple[list, int]:
+    """(layers, versatile kernel size): VGG-16 at k=3 on CIFAR, ResNet-50's 3x3 convs as k=5 (the paper's)."""
+    sets = {"vgg16": lambda: (zoo.vgg16(32), 3), "resnet50": lambda: (zoo.resnet50(224), 5)}
+    if name not in sets:
+        raise ValueError(f"shape set {name!r} is not known for versatile; expected one of {SHAPE_SETS}")
+    return sets[name]()
+
+
+def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = False, delta: int = 0,
+              g: int = 1) -> list:
+    """(label, count, spec) for every conv of ``shape_set`` that a VersatileConv2d replaces. The input conv
+    (3 channels) stays dense. Output channels are rounded down to a multiple of s_num * n_c (ResNet-50's
+    64..512 at k=5 become 63..510): the layer needs that divisibility, and the paper resizes its widths."""
+    layers, k = _shape_set(shape_set)
+    secondaries = (k + 1) // 2 * (delta // g + 1)
+    out = []
+    for layer, count in zoo.unique(layers):
+        if layer.in_channels == 3 or delta >= layer.in_channels or layer.out_channels < secondaries:
+            continue
+        out_channels = layer.out_channels - layer.out_channels % secondaries
+        out.append((layer.name, count, VersatileSpec(batch, layer.in_channels, out_channels, layer.height,
+                                                     layer.width, k, layer.stride, None, 1, delta, g, True, dtype,
+                                                     channels_last)))
+    return out
+
+
+def _layout(t: torch.Tensor, spec: VersatileSpec) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if spec.channels_last else t
+
+
+class VersatileHarness:
+    operator = OPERATOR
+    shape_sets = SHAPE_SETS
+    specs_for = staticmethod(specs_for)
+
+    def make_workload(self, spec: VersatileSpec, device) -> Workload:
+        def randn(*shape):
+            return torch.randn(*shape, device=device, dtype=spec.torch_dtype)
+        tensors = {"x": _layout(randn(*spec.input_shape), spec),
+                   "weight": randn(*spec.weight_shape) / (spec.c_hat * spec.kernel_size**2) ** 0.5,
+                   "bias": randn(spec.out_channels) if spec.bias else None}
+        return Workload(spec, tensors, _layout(randn(*spec.output_shape), spec))
+
+    def candidate_tiles(self, spec, kernel):
+        return launch.candidate_tiles(spec, kernel)
+
+    def triton(self, kernel, work, tile):
+        t, spec = work.tensors, work.spec
+        if kernel == "forward":
+            return lambda: (launch.forward(t["x"], t["weight"], t["bias"], spec, tile),)
+        if kernel == "backward_input":
+            return lambda: (launch.backward_input(work.grad, t["weight"], spec, tile, t["x"]),)
+        return lambda: tuple(g for g in launch.backward_weight(work.grad, t["x"], spec, tile) if g is not None)
+
+    def fallback(self, pass_, work):
+        t, spec = work.tensors, work.spec
+        if pass_ == "forward":
+            return lambda: (reference.fallback_forward(t["x"], t["weight"], t["bias"], spec),)
+        return lambda: tuple(g for g in reference.fallback_backward(work.grad, t["x"], t["weight"], spec, True, True)
+                             if g is not None)
+
+    def expected(self, kernel, work):
+        t = {k: v.double() if v is not None else None for k, v in work.tensors.items()}
+        spec64 = replace(work.spec, dtype="float64")
+        if kernel == "forward":
+            return (reference.fallback_forward(t["x"], t["weight"], t["bias"], spec64),)
+        dx, dw, db = reference.fallback_backward(work.grad.double(), t["x"], t["weight"], spec64,
+                                                 kernel == "backward_input", kernel == "backward_weight")
+        return (dx,) if kernel == "backward_input" else tuple(g for g in (dw, db) if g is not None)
+
+    def dense(self, pass_, work):
+        """The ordinary k x k conv with the same channels, stride, padding and dilation."""
+        spec, t = work.spec, work.tensors
+        k = spec.kernel_size
+        weight = _layout(torch.randn(spec.out_channels, spec.in_channels, k, k, device=t["x"].device,
+                                     dtype=t["x"].dtype) * 0.05, spec)
+        if pass_ == "forward":
+            return lambda: (F.conv2d(t["x"], weight, t["bias"], spec.stride, spec.padding, spec.dilation),)
+        conv_bwd = torch.ops.aten.convolution_backward
+        return lambda: tuple(g for g in conv_bwd(work.grad, t["x"], weight, [spec.out_channels] if spec.bias else None,
+                                                 [spec.stride] * 2, [spec.padding] * 2, [spec.dilation] * 2, False,
+                                                 [0, 0], 1, [True, True, spec.bias]) if g is not None)
+
+    def shrink(self, spec: VersatileSpec) -> VersatileSpec:
+        """Batch 2, 7x6 pixels, at most 6 seen channels and 2 primary filters: same k, stride, padding,
+        dilation, delta and g."""
+        dtype = "float32" if spec.dtype == "bfloat16" else spec.dtype  # bf16 is wrong in the interpreter
+        span = spec.dilation * (spec.kernel_size - 1) + 1 - 2 * spec.padding
+        return replace(spec, batch=2, in_channels=spec.delta + min(spec.c_hat, 6),
+                       out_channels=spec.s_num * spec.n_c * min(spec.n_w, 2), height=max(min(spec.height, 7), span),
+                       width=max(min(spec.width, 6), span), dtype=dtype)
+
+
+HARNESS = VersatileHarness()
