@@ -17,6 +17,8 @@ from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normal
 
 def autocast_operands(x: Tensor, *params):
     """Custom ops are invisible to autocast: cast here, as autocast would for a conv."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
         return (x.to(dtype), *(t.to(dtype) if t is not None else None for t in params))

@@ -1,0 +1,121 @@
+"""The fused depthwise-separable conv's harness for the tuner and the perf suite (see ``tritonconv.harness``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from tritonconv.harness import Workload
+from tritonconv.ops.depthwise import launch as depthwise_launch
+from tritonconv.ops.dwsep import launch, reference, shapes
+from tritonconv.ops.dwsep.op import OPERATOR
+from tritonconv.ops.dwsep.spec import DwSepSpec
+
+_SETS = {"mobilenet_v2": lambda: shapes.mobilenet_v2(224),
+         "ghostnet": lambda: [l for l in shapes.ghostnet_separable(224) if l.out_channels is not None]}
+SHAPE_SETS = tuple(_SETS)
+
+
+def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = False) -> list:
+    """(label, count, spec) for every depthwise + pointwise pair of ``shape_set`` (BN folded into the biases):
+    MobileNetV2's depthwise + project convs (ReLU6 between, linear output), GhostNet's shortcut pairs."""
+    if shape_set not in _SETS:
+        raise ValueError(f"shape set {shape_set!r} is not known for dwsep; expected one of {SHAPE_SETS}")
+    out = []
+    for layer, count in shapes.unique(_SETS[shape_set]()):
+        spec = DwSepSpec(batch, layer.in_channels, layer.out_channels, layer.height, layer.width, layer.kernel_size,
+                         layer.stride, layer.kernel_size // 2, 1, True, True, layer.activation, layer.out_activation,
+                         dtype, channels_last)
+        out.append((layer.name, count, spec))
+    return out
+
+
+_PARAMS = ("dw_weight", "dw_bias", "pw_weight", "pw_bias")
+
+
+class DwSepHarness:
+    operator = OPERATOR
+    shape_sets = SHAPE_SETS
+    specs_for = staticmethod(specs_for)
+
+    def make_workload(self, spec: DwSepSpec, device) -> Workload:
+        def randn(*shape):
+            return torch.randn(*shape, device=device, dtype=spec.torch_dtype)
+        memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+        x = randn(*spec.input_shape).contiguous(memory_format=memory_format)
+        t = {"x": x, "dw_weight": randn(*spec.dw_weight_shape) / spec.kernel_size,
+             "dw_bias": randn(spec.in_channels) if spec.dw_bias else None,
+             "pw_weight": randn(*spec.pw_weight_shape) / spec.in_channels**0.5,
+             "pw_bias": randn(spec.out_channels) if spec.pw_bias else None}
+        grad = randn(*spec.output_shape).contiguous(memory_format=memory_format)
+        params = [t[name] for name in _PARAMS]
+        # What the backward kernels read besides dy: the forward output (out_activation's mask) and, for
+        # the depthwise backward kernels measured alone, dz (the first backward kernel's output).
+        t["out"] = reference.fallback_forward(x, *params, spec).contiguous(memory_format=memory_format)
+        t["dz"] = reference.intermediate_grad(grad, x, *params, spec).contiguous(memory_format=memory_format)
+        return Workload(spec, t, grad)
+
+    def candidate_tiles(self, spec, kernel):
+        return launch.candidate_tiles(spec, kernel)
+
+    def triton(self, kernel, work, tile):
+        t, spec, dy = work.tensors, work.spec, work.grad
+        if kernel == "forward":
+            return lambda: (launch.forward(t["x"], *(t[name] for name in _PARAMS), spec, tile),)
+        if kernel == "backward_mid":
+            return lambda: (launch.backward_mid(dy, t["out"], t["x"], t["dw_weight"], t["dw_bias"], t["pw_weight"],
+                                                spec, tile),)
+        if kernel == "backward_pw_weight":
+            return lambda: tuple(g for g in launch.backward_pw_weight(dy, t["out"], t["x"], t["dw_weight"],
+                                                                      t["dw_bias"], spec, tile) if g is not None)
+        depthwise = spec.depthwise()
+        if kernel == "backward_input":
+            return lambda: (depthwise_launch.backward_input(t["dz"], t["dz"], t["dw_weight"], depthwise, tile,
+                                                            t["x"]),)
+        return lambda: tuple(g for g in depthwise_launch.backward_weight(t["dz"], t["dz"], t["x"], depthwise, tile)
+                             if g is not None)
+
+    def fallback(self, pass_, work):
+        t, spec = work.tensors, work.spec
+        params = [t[name] for name in _PARAMS]
+        if pass_ == "forward":
+            return lambda: (reference.fallback_forward(t["x"], *params, spec),)
+        return lambda: tuple(g for g in reference.fallback_backward(work.grad, t["x"], *params, spec, True, True)
+                             if g is not None)
+
+    def expected(self, kernel, work):
+        t = {k: v.double() if v is not None else None for k, v in work.tensors.items()}
+        spec64, dy = replace(work.spec, dtype="float64"), work.grad.double()
+        params = [t[name] for name in _PARAMS]
+        if kernel == "forward":
+            return (reference.fallback_forward(t["x"], *params, spec64),)
+        if kernel == "backward_mid":
+            return (reference.intermediate_grad(dy, t["x"], *params, spec64),)
+        dx, ddw, ddb, dpw, dpb = reference.fallback_backward(dy, t["x"], *params, spec64, True, True)
+        return {"backward_input": (dx,), "backward_weight": tuple(g for g in (ddw, ddb) if g is not None),
+                "backward_pw_weight": tuple(g for g in (dpw, dpb) if g is not None)}[kernel]
+
+    def dense(self, pass_, work):
+        """The ordinary k x k conv C -> N of the same shape (what the layer replaces)."""
+        spec, x = work.spec, work.tensors["x"]
+        weight = torch.randn(spec.out_channels, spec.in_channels, spec.kernel_size, spec.kernel_size,
+                             device=x.device, dtype=x.dtype) / (spec.kernel_size * spec.in_channels**0.5)
+        if spec.channels_last:
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        if pass_ == "forward":
+            return lambda: (F.conv2d(x, weight, work.tensors["pw_bias"], spec.stride, spec.padding, spec.dilation),)
+        conv_bwd = torch.ops.aten.convolution_backward
+        return lambda: tuple(g for g in conv_bwd(work.grad, x, weight, [spec.out_channels] if spec.pw_bias else None,
+                                                 [spec.stride] * 2, [spec.padding] * 2, [spec.dilation] * 2, False,
+                                                 [0, 0], 1, [True, True, spec.pw_bias]) if g is not None)
+
+    def shrink(self, spec: DwSepSpec) -> DwSepSpec:
+        """Batch 2, at most 24 in and 20 out channels, 7x5 pixels: same window, activations and layout."""
+        dtype = "float32" if spec.dtype == "bfloat16" else spec.dtype  # bf16 is wrong in the interpreter
+        return replace(spec, batch=2, in_channels=min(spec.in_channels, 24), out_channels=min(spec.out_channels, 20),
+                       height=min(spec.height, 7), width=min(spec.width, 5), dtype=dtype)
+
+
+HARNESS = DwSepHarness()
