@@ -4,5 +4,8 @@ from tritonconv.ops.depthwise.harness import HARNESS as DEPTHWISE
 from tritonconv.ops.dwsep.harness import HARNESS as DWSEP
 from tritonconv.ops.ghost.harness import HARNESS as GHOST
 from tritonconv.ops.hetconv.harness import HARNESS as HETCONV
+from tritonconv.ops.shift.harness import HARNESS as SHIFT
+from tritonconv.ops.versatile.harness import HARNESS as VERSATILE
 
-HARNESSES = {"hetconv": HETCONV, "dwsep": DWSEP, "depthwise": DEPTHWISE, "ghost": GHOST}
+HARNESSES = {"hetconv": HETCONV, "dwsep": DWSEP, "depthwise": DEPTHWISE, "ghost": GHOST, "shift": SHIFT,
+              "versatile": VERSATILE}

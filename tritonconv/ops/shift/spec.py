@@ -142,6 +142,9 @@ class ShiftSpec:
         check_tensor("input", x, rank=4)
         check_tensor("weight", weight, rank=4)
         in_channels, out_channels = x.shape[1], weight.shape[0]
+        if weight.shape[1] != in_channels:
+            raise ValueError(f"input has {in_channels} channels but weight {tuple(weight.shape)} expects "
+                             f"{weight.shape[1]}")
         validate_hyperparameters(in_channels, out_channels, kernel_size, dilation, stride, assignment)
         check_shape("weight", weight, (out_channels, in_channels, 1, 1))
         check_same("weight", weight, x, "input")

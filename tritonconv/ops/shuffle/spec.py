@@ -99,6 +99,9 @@ class ShuffleConvSpec:
         check_tensor("input", x, rank=4)
         check_tensor("weight", weight, rank=4)
         in_channels, out_channels = x.shape[1], weight.shape[0]
+        if weight.shape[1] * groups != in_channels:
+            raise ValueError(f"input has {in_channels} channels but weight {tuple(weight.shape)} with "
+                             f"groups={groups} expects {weight.shape[1] * groups}")
         validate_hyperparameters(in_channels, out_channels, groups, shuffle_groups)
         check_shape("weight", weight, (out_channels, in_channels // groups, 1, 1))
         check_same("weight", weight, x, "input")

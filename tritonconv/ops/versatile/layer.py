@@ -55,6 +55,8 @@ class VersatileConv2d(nn.Module):
                 self.bias.uniform_(-bound, bound)
 
     def _operands(self, x: Tensor):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         weight, bias = self.weight, self.bias
         if torch.is_autocast_enabled(x.device.type):
             # Custom ops are invisible to autocast: cast here, as autocast would for a conv.

@@ -35,15 +35,25 @@ def fallback_forward(x, weight, bias, spec: VersatileSpec) -> torch.Tensor:
 
 
 def fallback_backward(dy, x, weight, spec: VersatileSpec, need_input: bool, need_weights: bool):
-    """(grad input, grad weight, grad bias) through autograd of the published formulation."""
-    with torch.enable_grad():
-        x_ = x.detach().requires_grad_(need_input)
-        w_ = weight.detach().requires_grad_(need_weights)
-        y = fallback_forward(x_, w_, None, spec)
-        wanted = [t for t, need in ((x_, need_input), (w_, need_weights)) if need]
-        grads = list(torch.autograd.grad(y, wanted, dy)) if wanted else []
-    dx = grads.pop(0) if need_input else None
-    dw = grads.pop(0) if need_weights else None
+    """(grad input, grad weight, grad bias): cuDNN's backward of every secondary conv, the weight
+    gradients masked to each secondary's taps and summed onto the primary."""
+    conv_bwd = torch.ops.aten.convolution_backward
+    masks = ring_masks(spec.kernel_size, weight.device, weight.dtype)
+    secondaries = secondary_weights(weight).reshape(spec.s_num, spec.n_w, spec.c_hat, spec.kernel_size,
+                                                    spec.kernel_size)
+    dx = torch.zeros_like(x, memory_format=torch.contiguous_format) if need_input else None
+    dw = torch.zeros_like(weight) if need_weights else None
+    for s in range(spec.s_num):
+        for j in range(spec.n_c):
+            first = (s * spec.n_c + j) * spec.n_w
+            window = slice(j * spec.g, j * spec.g + spec.c_hat)
+            gx, gw, _ = conv_bwd(dy[:, first:first + spec.n_w], x[:, window], secondaries[s], None,
+                                 [spec.stride] * 2, [spec.padding] * 2, [spec.dilation] * 2, False, [0, 0], 1,
+                                 [need_input, need_weights, False])
+            if need_input:
+                dx[:, window] += gx
+            if need_weights:
+                dw += gw * masks[s]
     db = dy.sum((0, 2, 3)) if need_weights and spec.bias else None
     return dx, dw, db
 

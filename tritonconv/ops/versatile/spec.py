@@ -10,6 +10,7 @@ import torch
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
+MAX_KERNEL_SIZE = 7  # s_num = 4 accumulators of [BLOCK_M, BLOCK_N] in the forward kernel
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
 
@@ -17,6 +18,9 @@ def validate_hyperparameters(in_channels, out_channels, kernel_size, stride, pad
     check_positive_int("in_channels", in_channels)
     check_positive_int("out_channels", out_channels)
     check_positive_int("kernel_size", kernel_size)
+    if kernel_size > MAX_KERNEL_SIZE:
+        raise ValueError(f"kernel_size={kernel_size} must be at most {MAX_KERNEL_SIZE}: the kernel keeps one "
+                         "accumulator per spatial secondary, at most 4")
     check_positive_int("stride", stride)
     if padding is not None:
         check_positive_int("padding", padding, minimum=0)
@@ -38,11 +42,6 @@ def validate_hyperparameters(in_channels, out_channels, kernel_size, stride, pad
 def spatial_secondaries(kernel_size: int) -> int:
     """s_num = ceil(k/2): secondary s keeps the taps at least s rings inside the k x k window."""
     return (kernel_size + 1) // 2
-
-
-def tap_ring(kernel_size: int, th: int, tw: int) -> int:
-    """How many rings inside the window tap (th, tw) lies: it serves secondaries 0..ring."""
-    return min(th, tw, kernel_size - 1 - th, kernel_size - 1 - tw)
 
 
 def batch_bucket(batch: int) -> int:
@@ -166,6 +165,9 @@ class VersatileSpec:
         check_tensor("input", x, rank=4)
         check_tensor("weight", weight, rank=4)
         in_channels, k = x.shape[1], weight.shape[-1]
+        if weight.shape[1] + delta != in_channels:
+            raise ValueError(f"input has {in_channels} channels but weight {tuple(weight.shape)} with "
+                             f"delta={delta} expects {weight.shape[1] + delta}")
         validate_hyperparameters(in_channels, out_channels, k, stride, padding, dilation, delta, g)
         n_w = out_channels // (spatial_secondaries(k) * (delta // g + 1))
         check_shape("weight", weight, (n_w, in_channels - delta, k, k))

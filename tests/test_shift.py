@@ -1,0 +1,174 @@
+"""ShiftConv2d (SPEC section 3): Triton forward and gradients against the float64 published formulation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import DEVICE
+from tritonconv.dispatch import use_backend
+from tritonconv.ops.shift import ShiftConv2d, ShiftSpec, explain
+from tritonconv.ops.shift import reference
+from tritonconv.ops.shift.harness import HARNESS
+from tritonconv.ops.shift.spec import channel_shifts
+
+
+def _oracle(layer: ShiftConv2d, x: torch.Tensor) -> torch.Tensor:
+    s = reference.shift(x, layer.kernel_size, layer.dilation, layer.assignment)
+    return F.conv2d(s, layer.weight, layer.bias, layer.stride)
+
+
+def _check(layer, x, tol=1e-10):
+    """Forward and every gradient of ``layer`` at ``x`` against the oracle with the same parameters."""
+    layer.zero_grad()
+    x = x.detach().requires_grad_()
+    y = layer(x)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    ours = [x.grad] + [p.grad for p in layer.parameters()]
+    x_ref = x.detach().clone().requires_grad_()
+    layer.zero_grad()
+    y_ref = _oracle(layer, x_ref)
+    y_ref.backward(grad)
+    torch.testing.assert_close(y, y_ref, atol=tol, rtol=tol)
+    for got, want in zip(ours, [x_ref.grad] + [p.grad for p in layer.parameters()]):
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    return y
+
+
+@pytest.mark.parametrize("assignment", ["interleaved", "grouped"])
+def test_shift_matches_the_definition(assignment):
+    x = torch.randn(1, 11, 4, 5, dtype=torch.float64)
+    s = reference.shift(x, 3, 1, assignment)
+    for c, (dh, dw) in enumerate(channel_shifts(11, 3, 1, assignment)):
+        for h in range(4):
+            for w in range(5):
+                inside = 0 <= h + dh < 4 and 0 <= w + dw < 5
+                assert s[0, c, h, w] == (x[0, c, h + dh, w + dw] if inside else 0)
+
+
+def test_assignments_differ_by_a_channel_permutation():
+    inter, grouped = channel_shifts(20, 3, 1, "interleaved"), channel_shifts(20, 3, 1, "grouped")
+    assert inter[:9] == grouped[0:18:2] and inter[18:] == grouped[18:] == [(0, 0), (0, 0)]
+    assert sorted(inter) == sorted(grouped)
+
+
+@pytest.mark.parametrize("in_c,out_c,h,w,k,dilation,stride,assignment,bias", [
+    (20, 12, 7, 5, 3, 1, 1, "interleaved", True),   # remainder channels, H != W
+    (20, 12, 7, 5, 3, 1, 1, "grouped", False),
+    (19, 9, 6, 7, 3, 2, 2, "interleaved", True),    # dilation and stride together
+    (30, 17, 5, 8, 5, 1, 2, "grouped", True),       # k = 5, odd filter count
+    (5, 6, 4, 3, 3, 1, 1, "grouped", True),         # C < k^2: nothing is shifted
+    (18, 5, 3, 4, 3, 3, 1, "interleaved", True),    # shift as large as the image
+])
+def test_forward_and_gradients_float64(in_c, out_c, h, w, k, dilation, stride, assignment, bias):
+    torch.manual_seed(0)
+    layer = ShiftConv2d(in_c, out_c, k, dilation, stride, bias, assignment, device=DEVICE, dtype=torch.float64)
+    y = _check(layer, torch.randn(2, in_c, h, w, device=DEVICE, dtype=torch.float64))
+    assert y.shape == layer.spec((2, in_c, h, w)).output_shape
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 5e-3)])
+def test_low_precision_forward(dtype, tol):
+    layer = ShiftConv2d(20, 16, device=DEVICE, dtype=dtype)
+    x = torch.randn(2, 20, 6, 5, device=DEVICE, dtype=dtype)
+    with torch.no_grad():
+        want = _oracle(layer.double(), x.double())
+        got = layer.to(dtype)(x)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol)
+
+
+def test_channels_last_and_non_contiguous_inputs():
+    layer = ShiftConv2d(20, 8, stride=2, device=DEVICE, dtype=torch.float64)
+    x = torch.randn(2, 20, 7, 6, device=DEVICE, dtype=torch.float64)
+    y = _check(layer, x.contiguous(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _check(layer, torch.randn(2, 6, 7, 20, device=DEVICE, dtype=torch.float64).permute(0, 3, 2, 1))
+
+
+def test_triton_and_fallback_agree():
+    layer = ShiftConv2d(19, 8, dilation=2, assignment="grouped", device=DEVICE, dtype=torch.float64)
+    x = torch.randn(2, 19, 5, 6, device=DEVICE, dtype=torch.float64, requires_grad=True)
+    results = []
+    for backend in ("triton", "fallback"):
+        x.grad = None
+        layer.zero_grad()
+        with use_backend(backend):
+            y = layer(x)
+            y.backward(torch.ones_like(y))
+        results.append((y.detach(), x.grad, layer.weight.grad, layer.bias.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+    assert explain(x, layer.weight, layer.bias, pass_="backward").backend == "triton"
+
+
+def test_batch_zero():
+    layer = ShiftConv2d(9, 4, device=DEVICE)
+    x = torch.randn(0, 9, 5, 5, device=DEVICE, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (0, 4, 5, 5)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and layer.weight.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("make,error,words", [
+    (lambda: ShiftConv2d(8, 4, kernel_size=4), ValueError, "kernel_size=4"),
+    (lambda: ShiftConv2d(8, 4, assignment="random"), ValueError, "assignment='random'"),
+    (lambda: ShiftConv2d(8, 4, dilation=0), ValueError, "dilation=0"),
+    (lambda: ShiftConv2d(0, 4), ValueError, "in_channels=0"),
+    (lambda: ShiftConv2d(8, 4)(torch.randn(8, 5, 5)), ValueError, "input must have 4 dimensions"),
+    (lambda: ShiftConv2d(8, 4)(torch.randn(1, 7, 5, 5)), ValueError, "input has 7 channels but weight (4, 8, 1, 1) expects 8"),
+    (lambda: ShiftConv2d(8, 4)(torch.ones(1, 8, 5, 5, dtype=torch.int64)), TypeError, "dtype int64"),
+    (lambda: ShiftConv2d(8, 4)(torch.randn(1, 8, 5, 5, dtype=torch.float64)), TypeError, "must match"),
+    (lambda: ShiftConv2d(8, 4)("x"), TypeError, "torch.Tensor"),
+])
+def test_bad_input_is_refused_clearly(make, error, words):
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+        make()
+
+
+def test_spec_cost_is_a_pointwise_conv():
+    spec = ShiftSpec(2, 18, 10, 8, 6, stride=2)
+    assert spec.cost().macs == 2 * 4 * 3 * 18 * 10
+    assert spec.dense_cost().macs == 9 * spec.cost().macs
+    assert spec.tuning_key() == ShiftSpec(2, 18, 10, 8, 6, stride=2, assignment="grouped").tuning_key()
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    torch._dynamo.reset()
+    layer = ShiftConv2d(10, 6, device=DEVICE, dtype=torch.float64)
+    compiled = torch.compile(layer, fullgraph=True,
+                             backend="aot_eager" if DEVICE.type == "cpu" else "inductor")
+    _check(layer, torch.randn(1, 10, 4, 5, device=DEVICE, dtype=torch.float64))
+    x = torch.randn(1, 10, 4, 5, device=DEVICE, dtype=torch.float64, requires_grad=True)
+    y = compiled(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, _oracle(layer, x))
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_opcheck():
+    layer = ShiftConv2d(10, 6, device=DEVICE, dtype=torch.float64)
+    x = torch.randn(1, 10, 4, 5, device=DEVICE, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.tritonconv.shift_conv2d.default, (x, layer.weight, layer.bias, 3, 2, 2, "grouped"),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_harness_shape_sets_and_shrunk_kernels():
+    from tritonconv.harness import max_relative_error
+    assert [spec.in_channels for _, _, spec in HARNESS.specs_for("shiftresnet20", batch=2, dtype="float32")][:2] == [16, 16]
+    _, _, spec = HARNESS.specs_for("resnet50", batch=4, dtype="float32")[-1]
+    work = HARNESS.make_workload(HARNESS.shrink(spec), DEVICE)
+    for kernel in ("forward", "backward_input", "backward_weight"):
+        tile = HARNESS.candidate_tiles(work.spec, kernel)[0]
+        assert max_relative_error(HARNESS.triton(kernel, work, tile)(), HARNESS.expected(kernel, work)) < 1e-4
+
+
+@pytest.mark.gpu
+def test_bfloat16_on_gpu():
+    layer = ShiftConv2d(64, 64, stride=2, device=DEVICE, dtype=torch.bfloat16)
+    x = torch.randn(4, 64, 28, 28, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        got = layer(x).double()
+        want = _oracle(layer.double(), x.double())
+    assert (got - want).norm() / want.norm() < 3e-2

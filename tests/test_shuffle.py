@@ -1,0 +1,153 @@
+"""Channel shuffle (SPEC section 6): the standalone function, the grouped 1 x 1 conv that shuffles in its
+stores, and the ShuffleNet V1 unit, against float64 torch compositions."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import DEVICE
+from tritonconv.dispatch import use_backend
+from tritonconv.ops.shuffle import ShuffledGroupConv2d, ShuffleUnit, channel_shuffle
+
+
+def _oracle(layer: ShuffledGroupConv2d, x):
+    return channel_shuffle(F.conv2d(x, layer.weight, layer.bias, groups=layer.groups), layer.shuffle_groups)
+
+
+def _grads(module, x, forward, grad):
+    module.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    y = forward(x)
+    y.backward(grad)
+    return y.detach(), [x.grad] + [p.grad.clone() for p in module.parameters()]
+
+
+def test_channel_shuffle_direction():
+    x = torch.arange(6.0).reshape(1, 6, 1, 1)
+    assert channel_shuffle(x, 2).flatten().tolist() == [0, 3, 1, 4, 2, 5]
+    y = torch.randn(2, 12, 3, 4)
+    torch.testing.assert_close(channel_shuffle(y, 3), torch.nn.ChannelShuffle(3)(y))
+    torch.testing.assert_close(channel_shuffle(y.contiguous(memory_format=torch.channels_last), 4),
+                               channel_shuffle(y, 4))
+
+
+@pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups,bias", [
+    (12, 18, 3, 3, True), (6, 8, 2, 4, False), (24, 15, 1, 3, True), (10, 20, 5, 1, True)])
+def test_fused_conv_forward_and_gradients_float64(in_c, out_c, groups, shuffle_groups, bias):
+    torch.manual_seed(0)
+    layer = ShuffledGroupConv2d(in_c, out_c, groups, shuffle_groups, bias, device=DEVICE, dtype=torch.float64)
+    x = torch.randn(2, in_c, 5, 7, device=DEVICE, dtype=torch.float64)
+    grad = torch.randn(2, out_c, 5, 7, device=DEVICE, dtype=torch.float64)
+    y, ours = _grads(layer, x, layer, grad)
+    y_ref, want = _grads(layer, x, lambda t: _oracle(layer, t), grad)
+    torch.testing.assert_close(y, y_ref)
+    for a, b in zip(ours, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_fused_conv_layouts_fallback_and_low_precision():
+    layer = ShuffledGroupConv2d(12, 12, 3, 3, True, device=DEVICE, dtype=torch.float64)
+    x = torch.randn(2, 12, 4, 6, device=DEVICE, dtype=torch.float64)
+    grad = torch.randn(2, 12, 4, 6, device=DEVICE, dtype=torch.float64)
+    _, want = _grads(layer, x, lambda t: _oracle(layer, t), grad)
+    y, ours = _grads(layer, x.contiguous(memory_format=torch.channels_last), layer, grad)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(ours, want):
+        torch.testing.assert_close(a, b)
+    with use_backend("fallback"):
+        _, fallback = _grads(layer, x, layer, grad)
+    for a, b in zip(fallback, want):
+        torch.testing.assert_close(a, b)
+    half = ShuffledGroupConv2d(12, 12, 3, 3, True, device=DEVICE, dtype=torch.float16)
+    xh = x.half()
+    with torch.no_grad():
+        torch.testing.assert_close(half(xh).double(), _oracle(half.double(), xh.double()), atol=5e-3, rtol=5e-3)
+
+
+def _unit_oracle(unit: ShuffleUnit, x):
+    """The published unit: conv -> shuffle -> BN -> ReLU (BN and ReLU commute with the shuffle)."""
+    c1 = unit.conv1
+    branch = F.relu(unit.bn1(channel_shuffle(F.conv2d(x, c1.weight, None, groups=c1.groups), c1.shuffle_groups)))
+    branch = unit.bn2(unit.dwconv(branch))
+    branch = unit.bn3(F.conv2d(branch, unit.conv2.weight, None, groups=unit.conv2.groups))
+    if unit.stride == 1:
+        return F.relu(x + branch)
+    return F.relu(torch.cat([F.avg_pool2d(x, 3, 2, 1), branch], 1))
+
+
+@pytest.mark.parametrize("in_c,out_c,stride,train", [(24, 24, 1, True), (12, 48, 2, False)])
+def test_shuffle_unit_matches_the_published_unit(in_c, out_c, stride, train):
+    torch.manual_seed(0)
+    unit = ShuffleUnit(in_c, out_c, groups=3, stride=stride, device=DEVICE, dtype=torch.float64).train(train)
+    for bn in (unit.bn1, unit.bn2, unit.bn3):
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.normal_()
+    x = torch.randn(2, in_c, 6, 5, device=DEVICE, dtype=torch.float64)
+    grad = torch.randn(2, out_c, (6 - 1) // stride + 1, (5 - 1) // stride + 1, device=DEVICE, dtype=torch.float64)
+    state = {k: v.clone() for k, v in unit.state_dict().items()}
+    y, ours = _grads(unit, x, unit, grad)
+    unit.load_state_dict(state)
+    y_ref, want = _grads(unit, x, lambda t: _unit_oracle(unit, t), grad)
+    torch.testing.assert_close(y, y_ref)
+    for a, b in zip(ours, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_batch_zero():
+    layer = ShuffledGroupConv2d(6, 6, 3, 3, device=DEVICE)
+    x = torch.randn(0, 6, 4, 4, device=DEVICE, requires_grad=True)
+    y = layer(x)
+    y.sum().backward()
+    assert y.shape == (0, 6, 4, 4) and x.grad.shape == x.shape
+    assert channel_shuffle(torch.randn(0, 6, 2, 2), 3).shape == (0, 6, 2, 2)
+
+
+@pytest.mark.parametrize("call,error,words", [
+    (lambda: channel_shuffle(torch.randn(1, 6, 2, 2), 4), ValueError, "groups=4 must divide"),
+    (lambda: channel_shuffle(torch.randn(6, 2, 2), 2), ValueError, "4 dimensions"),
+    (lambda: channel_shuffle("x", 2), TypeError, "torch.Tensor"),
+    (lambda: ShuffledGroupConv2d(6, 8, 4), ValueError, "groups=4 must divide"),
+    (lambda: ShuffledGroupConv2d(6, 8, 2, 3), ValueError, "shuffle_groups=3 must divide"),
+    (lambda: ShuffledGroupConv2d(6, 6, 3)(torch.randn(1, 4, 2, 2)), ValueError, "input has 4 channels"),
+    (lambda: ShuffledGroupConv2d(6, 6, 3)(torch.ones(1, 6, 2, 2, dtype=torch.int64)), TypeError, "int64"),
+    (lambda: ShuffleUnit(24, 48, 3, stride=1), ValueError, "in_channels=24 must equal"),
+    (lambda: ShuffleUnit(24, 24, 3, stride=3), ValueError, "stride=3"),
+    (lambda: ShuffleUnit(24, 40, 3, stride=2), ValueError, "groups=3 must divide"),
+])
+def test_bad_input_is_refused_clearly(call, error, words):
+    with pytest.raises(error, match=words):
+        call()
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    torch._dynamo.reset()
+    unit = ShuffleUnit(12, 12, groups=3, device=DEVICE, dtype=torch.float64)
+    compiled = torch.compile(unit, fullgraph=True,
+                             backend="aot_eager" if DEVICE.type == "cpu" else "inductor")
+    x = torch.randn(1, 12, 4, 4, device=DEVICE, dtype=torch.float64)
+    grad = torch.randn(1, 12, 4, 4, device=DEVICE, dtype=torch.float64)
+    state = {k: v.clone() for k, v in unit.state_dict().items()}
+    y, ours = _grads(unit, x, compiled, grad)
+    unit.load_state_dict(state)
+    y_ref, want = _grads(unit, x, lambda t: _unit_oracle(unit, t), grad)
+    torch.testing.assert_close(y, y_ref)
+    for a, b in zip(ours, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_opcheck():
+    layer = ShuffledGroupConv2d(6, 6, 3, 3, True, device=DEVICE, dtype=torch.float64)
+    x = torch.randn(1, 6, 3, 4, device=DEVICE, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.tritonconv.shuffle_conv1x1.default, (x, layer.weight, layer.bias, 3, 3),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@pytest.mark.gpu
+def test_bfloat16_on_gpu():
+    layer = ShuffledGroupConv2d(240, 60, 3, 3, device=DEVICE, dtype=torch.bfloat16)
+    x = torch.randn(8, 240, 28, 28, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        got = layer(x).double()
+        want = _oracle(layer.double(), x.double())
+    assert (got - want).norm() / want.norm() < 3e-2
