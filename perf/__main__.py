@@ -28,18 +28,23 @@ RUN_DESCRIPTION = """\
 For every distinct spec of the chosen shape sets, times these backends side by side in one process:
 
   triton    our kernels with the tiles dispatch.decide picks for the shape (tuned ones when the
-            tuning cache has them, `python -m autotune`); every kernel of the pass (bwd: both the
-            grad-input and the grad-weight kernel)
+            tuning cache has them, `python -m autotune`); every kernel of the pass (bwd: all the
+            backward kernels, e.g. grad input and grad weights)
   fallback  the published formulation through cuDNN (the dispatcher's fallback)
   dense     the ordinary conv of the same in/out shape: what a user would replace
   compile   torch.compile (default mode, static shapes) of the fallback
 
-Before timing, each backend's outputs on fresh random inputs are checked against the float64
-expectation (tritonconv.harness.max_relative_error within tolerance(dtype)); the dense conv computes
-a different function and is only checked for finite outputs. A backend that fails the check, or
-raises, is recorded with status "failed" and not timed. Times are triton.testing.do_bench's 20th,
-50th and 80th percentiles in ms, with torch.backends.cudnn.benchmark on. fwd+bwd times the forward
-and the backward closures as one call.
+Before timing, each backend runs once on fresh random inputs (never zeros) and its outputs are
+checked against a float64 expectation with tritonconv.harness.max_relative_error within
+tolerance(dtype): the triton kernels against harness.expected, kernel by kernel; fallback and
+compile against the fallback run on the same inputs upcast to float64. The dense conv computes a
+different function and is only checked for finite outputs. A backend that fails the check, or
+raises, is recorded with status "failed" (the reason in the note column) and not timed.
+
+Times are triton.testing.do_bench's 20th, 50th and 80th percentiles in ms, with
+torch.backends.cudnn.benchmark on and cuDNN's tf32 setting recorded. fwd+bwd times the forward and
+the backward closures as one call. A progress bar shows the spec and backend being measured; a
+summary table follows.
 
 Each row of the CSV also holds the pass's FLOPs and compulsory bytes from spec.cost() (bwd counts
 twice the forward's, fwd+bwd three times): the same numbers for every backend of a spec, so
@@ -49,7 +54,8 @@ key replaces the old row, anything else adds to the history.
 """
 
 PLOT_DESCRIPTION = """\
-Reads the CSV (no GPU needed) and writes, for each (gpu, dtype, pass) present:
+Reads the CSV (no GPU needed) and writes, for each (gpu, dtype, pass) present (channels_last runs
+get their own set, with "_nhwc" at the end of the file names):
 
   roofline_<gpu>_<dtype>_<pass>.png       log-log arithmetic intensity (FLOP/byte) vs achieved
         TFLOP/s under the roofs measured by `perf ceilings` (without them: the H100 values of
@@ -96,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="bf16", choices=tuple(bench.DTYPES), help="precision (default: bf16)")
     run.add_argument("--pass", dest="pass_", default="fwd", choices=tuple(bench.PASSES),
                      help="fwd, bwd (grad input and grad weights) or fwd+bwd timed as one call (default: fwd)")
-    run.add_argument("--batch", type=int, default=64, help="batch size of every spec (default: 64)")
+    run.add_argument("--batch", type=int, default=128,
+                     help="batch size of every spec (default: 128, the tuner's, so the tuned tiles are found: "
+                          "the tuning cache buckets batches to the next power of two)")
     run.add_argument("--channels-last", action="store_true", help="NHWC inputs and outputs (default: NCHW)")
     run.add_argument("--p", type=int, nargs="+", metavar="P",
                      help="HetConv's part count (layers with a p option); several values sweep it, which "
@@ -188,8 +196,7 @@ def cmd_run(args) -> int:
         return _no_gpu("run", reason)
     device = torch.device("cuda", torch.cuda.current_device())
     rows = bench.measure(found, dtype=args.dtype, pass_=args.pass_, backends=args.backends, device=device,
-                         progress=not args.no_progress)
-    results.append(rows, args.csv)
+                         progress=not args.no_progress, sink=lambda case_rows: results.append(case_rows, args.csv))
     _summary(rows)
     print(f"\n{len(rows)} rows appended to {args.csv}")
     return 0

@@ -8,7 +8,7 @@ as failed and not timed. Generic over ``tritonconv.ops.registry.HARNESSES``.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 import torch
@@ -205,10 +205,34 @@ def backend_closure(harness, backend: str, work: Workload, pass_: str) -> Callab
 
 
 def expected_outputs(harness, work: Workload, pass_: str) -> tuple:
-    """The float64 outputs of the pass: each kernel's expectation, in kernel order (the fallback of a
-    pass returns the same tuple as its kernels together)."""
+    """What the triton closure of the pass must return: each kernel's float64 expectation, in kernel order."""
     return tuple(out for p in PASSES[pass_] for kernel in harness.operator.kernels_of_pass[p]
                  for out in harness.expected(kernel, work))
+
+
+def fallback_expected(harness, work: Workload, pass_: str) -> tuple:
+    """What the fallback (and its compiled form) must return: the fallback itself run in float64.
+
+    Not ``expected_outputs``: a pass's kernels may return intermediates (dwsep's backward_mid) or order
+    the gradients differently from the fallback."""
+    return _chain([harness.fallback(p, float64_workload(work)) for p in PASSES[pass_]])()
+
+
+def float64_workload(work: Workload) -> Workload:
+    """The same inputs upcast to float64 (layouts kept), with the spec saying so."""
+    def up(value):
+        return value.double() if torch.is_tensor(value) and value.is_floating_point() else value
+    return Workload(replace(work.spec, dtype="float64"), {k: up(v) for k, v in work.tensors.items()}, up(work.grad))
+
+
+def expectations(harness, work: Workload, pass_: str, backends: list[str]) -> dict:
+    """Backend -> the float64 outputs it is checked against (dense: nothing, see ``check_finite``)."""
+    needed = {}
+    if "triton" in backends:
+        needed["triton"] = expected_outputs(harness, work, pass_)
+    if "fallback" in backends or "compile" in backends:
+        needed["fallback"] = needed["compile"] = fallback_expected(harness, work, pass_)
+    return needed
 
 
 # ---- verification ------------------------------------------------------------------------------------
@@ -234,11 +258,12 @@ def check_finite(actual: tuple) -> Check:
     return Check(True, None, "finite outputs only: the dense conv computes a different function")
 
 
-def check_backend(backend: str, fn: Callable, work: Workload, expected: tuple) -> Check:
+def check_backend(backend: str, fn: Callable, work: Workload, expected: dict) -> Check:
+    """Run ``fn`` once and check its outputs; ``expected`` is ``expectations(...)``."""
     actual = fn()
     if backend == "dense":
         return check_finite(actual)
-    return verify(actual, expected, work.spec.torch_dtype)
+    return verify(actual, expected[backend], work.spec.torch_dtype)
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -258,10 +283,12 @@ def environment(device: torch.device) -> dict:
 
 
 def measure(cases: list[Case], *, dtype: str, pass_: str, backends: Iterable[str] = BACKENDS,
-            device: torch.device, timer: Callable | None = None, progress: bool = True) -> list[dict]:
+            device: torch.device, timer: Callable | None = None, progress: bool = True,
+            sink: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Verify then time every backend on every case; one CSV row per (case, backend).
 
-    ``timer(fn, quantiles=...)`` returns the quantiles in ms (``triton.testing.do_bench`` by default)."""
+    ``timer(fn, quantiles=...)`` returns the quantiles in ms (``triton.testing.do_bench`` by default);
+    ``sink`` receives each case's rows as soon as they are measured, so an interrupted run keeps them."""
     from tqdm import tqdm
 
     if timer is None:
@@ -282,30 +309,36 @@ def measure(cases: list[Case], *, dtype: str, pass_: str, backends: Iterable[str
                     **shared}
             try:
                 work = harness.make_workload(case.spec, device)
-                expected = expected_outputs(harness, work, pass_)
+                expected = expectations(harness, work, pass_, backends)
             except Exception as error:  # e.g. out of memory at a large batch: the other specs still run
                 note = _short(f"inputs or float64 expectation: {type(error).__name__}: {error}")
-                for backend in backends:
-                    rows.append({**base, "backend": backend, **_FAILED, "max_rel_error": None, "note": note,
-                                 "timestamp": results.utc_now()})
-                    bar.update()
+                case_rows = [{**base, "backend": backend, **_FAILED, "max_rel_error": None, "note": note,
+                              "timestamp": results.utc_now()} for backend in backends]
+                bar.update(len(backends))
                 _release(device)
+                rows.extend(case_rows)
+                if sink:
+                    sink(case_rows)
                 continue
+            case_rows = []
             for backend in backends:
                 bar.set_postfix_str(f"{case.layer} {case.label} {backend}")
                 row = {**base, "backend": backend}
                 row.update(_measure_backend(harness, backend, work, pass_, expected, device, timer))
                 row["timestamp"] = results.utc_now()
-                rows.append(row)
+                case_rows.append(row)
                 bar.update()
             del work, expected
             if "compile" in backends:
                 torch._dynamo.reset()  # drop this spec's graphs: no recompile limit reached across specs
             _release(device)
+            rows.extend(case_rows)
+            if sink:
+                sink(case_rows)
     return rows
 
 
-def _measure_backend(harness, backend: str, work: Workload, pass_: str, expected: tuple, device: torch.device,
+def _measure_backend(harness, backend: str, work: Workload, pass_: str, expected: dict, device: torch.device,
                      timer: Callable) -> dict:
     extra = {}  # the triton row's tiles, kept when it fails too
     try:

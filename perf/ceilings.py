@@ -30,39 +30,43 @@ PLATFORM_H100 = {"gpu": "H100 SXM (PLATFORM.md)", "bandwidth_tb_s": 3.0,
                  "matmul_tflop_s": {"bf16": 798.0, "fp16": 798.0, "tf32": 495.0, "fp32": 67.0}}
 
 
-def measure(device: torch.device, timer: Callable | None = None) -> dict:
+def measure(device: torch.device, timer: Callable | None = None, *, copy_bytes: int = COPY_BYTES,
+            matmul_size: int = MATMUL_SIZE) -> dict:
     """Bandwidth (TB/s, bytes read plus written) and matmul TFLOP/s per precision on ``device``.
 
-    ``timer(fn)`` returns the median time in ms (``triton.testing.do_bench`` by default)."""
+    ``timer(fn)`` returns the median time in ms (``triton.testing.do_bench`` by default); the sizes
+    are parameters so the arithmetic can be checked on small tensors."""
     if timer is None:
         from triton.testing import do_bench
 
         def timer(fn):
             return do_bench(fn, return_mode="median")
 
-    src = torch.randn(COPY_BYTES // 4, device=device)  # random, never zeros
-    dst = torch.empty_like(src)
-    copy_ms = timer(lambda: dst.copy_(src))
-    bandwidth = 2 * COPY_BYTES / (copy_ms * 1e-3) / 1e12
-    del src, dst
+    def copy_ms():
+        src = torch.randn(copy_bytes // 4, device=device)  # random, never zeros
+        dst = torch.empty_like(src)
+        return timer(lambda: dst.copy_(src))
 
+    def matmul_ms(dtype):
+        a = torch.randn(matmul_size, matmul_size, device=device, dtype=dtype)
+        b = torch.randn(matmul_size, matmul_size, device=device, dtype=dtype)
+        return timer(lambda: a @ b)
+
+    # Each measurement allocates inside its own function, so its buffers are freed before the next.
+    bandwidth = 2 * copy_bytes / (copy_ms() * 1e-3) / 1e12
     rates = {}
     saved = torch.backends.cuda.matmul.allow_tf32
     try:
         for name, (dtype, tf32) in MATMUL_PRECISIONS.items():
             torch.backends.cuda.matmul.allow_tf32 = tf32
-            a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device, dtype=dtype)
-            b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device, dtype=dtype)
-            ms = timer(lambda: a @ b)
-            rates[name] = 2 * MATMUL_SIZE**3 / (ms * 1e-3) / 1e12
-            del a, b
+            rates[name] = 2 * matmul_size**3 / (matmul_ms(dtype) * 1e-3) / 1e12
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved
     torch.cuda.empty_cache()
     return {"gpu": hardware.device_name_of(device), **hardware.versions(), "timestamp": results.utc_now(),
             "bandwidth_tb_s": bandwidth, "matmul_tflop_s": rates,
-            "method": f"device-to-device copy of {COPY_BYTES >> 20} MiB (read + write counted); "
-                      f"{MATMUL_SIZE}^3 torch.matmul on random inputs; do_bench median"}
+            "method": f"device-to-device copy of {copy_bytes} bytes (read + write counted); "
+                      f"{matmul_size}^3 torch.matmul on random inputs; median time"}
 
 
 def load(path: Path | str = CEILINGS_JSON) -> dict:

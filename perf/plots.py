@@ -1,6 +1,6 @@
 """Figures from the benchmark CSV: roofline, FLOPs vs time, and speedups. Needs no GPU.
 
-One figure of each kind per (gpu, dtype, pass) in the CSV. Only verified, timed rows are drawn, and
+One figure of each kind per (gpu, dtype, pass, layout) in the CSV. Only verified, timed rows are drawn, and
 of each measurement only its newest row (a re-run at a later commit replaces the earlier point).
 """
 
@@ -53,15 +53,18 @@ def plot_all(csv: Path | str = results.DEFAULT_CSV, out: Path | str = DEFAULT_OU
         raise UsageError(f"--csv {str(csv)!r} does not exist; run `python -m perf run` on a GPU first")
     df = select(results.read(csv), **filters)
     if df.empty:
-        raise UsageError(f"--csv {str(csv)!r} has no verified, timed rows matching {filters or 'the filters'}")
+        chosen = " ".join(f"--{k.rstrip('_')} {v}" for k, v in filters.items() if v is not None)
+        raise UsageError(f"--csv {str(csv)!r} has no verified, timed rows{' for ' + chosen if chosen else ''}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     known = ceilings.load(ceilings_path)
     colors = _colors(df["backend"].unique())
     written = []
-    for (gpu, dtype, pass_), group in df.groupby(["gpu", "dtype", "pass"], sort=True):
-        stem = f"{_slug(gpu)}_{dtype}_{_slug(pass_)}"
-        what = f"{gpu}, {dtype}, {pass_}"
+    # NCHW and channels_last runs of one shape are different measurements: separate figure sets.
+    for (gpu, dtype, pass_, channels_last), group in df.groupby(["gpu", "dtype", "pass", "channels_last"], sort=True):
+        layout = "_nhwc" if channels_last else ""
+        stem = f"{_slug(gpu)}_{dtype}_{_slug(pass_)}{layout}"
+        what = f"{gpu}, {dtype}, {pass_}" + (", channels_last" if channels_last else "")
         tf32 = bool(group["tf32"].fillna(False).any())
         bandwidth, peak, fallback_note = ceilings.roofs(known, gpu, dtype, tf32)
         figures = {

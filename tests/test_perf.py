@@ -140,6 +140,10 @@ def test_plot_cli_with_measured_ceilings_and_filters(tmp_path, capsys):
     assert main(["plot", "--csv", str(csv), "--out", str(tmp_path / "p"), "--ceilings", str(ceilings_json),
                  "--gpu", GPU, "--dtype", "bf16"]) == 0
     assert len(capsys.readouterr().out.split()) == 3  # one figure set: the H200 row is filtered out
+    results.append([_row(channels_last=True, backend=b) for b in ("triton", "fallback")], csv)
+    assert main(["plot", "--csv", str(csv), "--out", str(tmp_path / "p"), "--gpu", GPU]) == 0
+    names = sorted(Path(line).name for line in capsys.readouterr().out.split())
+    assert len(names) == 6 and "speedup_NVIDIA-H100-80GB-HBM3_bf16_fwd_nhwc.png" in names
     assert main(["plot", "--csv", str(csv), "--out", str(tmp_path / "p"), "--dtype", "fp8"]) == 2
     assert "--dtype 'fp8' matches no row" in capsys.readouterr().err
 
@@ -223,14 +227,17 @@ def test_workload_and_verification_through_the_interpreter():
     for tensor in (work.tensors["x"], work.grad):
         assert tensor.abs().sum() > 0  # random inputs, never zeros
     for pass_ in ("fwd", "bwd"):
-        expected = bench.expected_outputs(harness, work, pass_)
+        expected = bench.expectations(harness, work, pass_, list(bench.BACKENDS))
+        assert all(out.dtype == torch.float64 for outs in expected.values() for out in outs)
         fn, tiles, tuned = bench.triton_closure(harness, work, pass_, device)
         assert bench.check_backend("triton", fn, work, expected).ok
         assert not tuned and all(k in tiles for ks in bench.PASSES[pass_] for k in harness.operator.kernels_of_pass[ks])
         fallback = bench.backend_closure(harness, "fallback", work, pass_)
         assert bench.check_backend("fallback", fallback, work, expected).ok
+        # The kernels' expectation and the fallback's own float64 run agree for hetconv.
+        assert bench.verify(expected["triton"], expected["fallback"], torch.float64).ok
         wrong = bench.backend_closure(harness, "dense", work, pass_)  # a different function
-        assert not bench.verify(wrong(), expected, case.spec.torch_dtype).ok
+        assert not bench.verify(wrong(), expected["triton"], case.spec.torch_dtype).ok
         assert bench.check_backend("dense", wrong, work, expected).ok  # dense: finite outputs only
 
 
@@ -238,12 +245,18 @@ def test_measure_records_failed_backends_untimed(monkeypatch):
     device = torch.device("cpu")
     case = _tiny_case()
     harness = HARNESSES["hetconv"]
-    right_fallback = harness.fallback
+    right_triton, right_fallback = harness.triton, harness.fallback
 
-    def wrong_fallback(pass_, work):
-        fn = right_fallback(pass_, work)
+    def wrong_triton(kernel, work, tile):
+        fn = right_triton(kernel, work, tile)
         return lambda: tuple(out * 1.5 for out in fn())
 
+    def wrong_fallback(pass_, work):
+        """Right in float64 (the expectation), wrong at the timed precision: a broken low-precision path."""
+        fn = right_fallback(pass_, work)
+        return fn if work.spec.dtype == "float64" else (lambda: tuple(out + 1.0 for out in fn()))
+
+    monkeypatch.setattr(harness, "triton", wrong_triton)
     monkeypatch.setattr(harness, "fallback", wrong_fallback)
     timed = []
 
@@ -254,16 +267,29 @@ def test_measure_records_failed_backends_untimed(monkeypatch):
     rows = bench.measure([case], dtype="fp32", pass_="fwd", backends=["triton", "fallback", "dense"], device=device,
                          timer=fake_timer, progress=False)
     by_backend = {r["backend"]: r for r in rows}
-    assert len(timed) == 2
-    assert by_backend["triton"]["status"] == "ok" and by_backend["triton"]["ms_p50"] == 2.0
+    assert len(timed) == 1  # only dense: a backend that fails the check is not timed
+    for backend in ("triton", "fallback"):
+        assert by_backend[backend]["status"] == "failed" and by_backend[backend]["ms_p50"] is None
+        assert "tolerance" in by_backend[backend]["note"]
+    assert by_backend["triton"]["max_rel_error"] == pytest.approx(0.5, rel=1e-3)
     assert by_backend["triton"]["tiles"].startswith("forward=")
-    assert by_backend["fallback"]["status"] == "failed" and by_backend["fallback"]["ms_p50"] is None
-    assert "tolerance" in by_backend["fallback"]["note"]
-    assert by_backend["dense"]["status"] == "ok" and by_backend["dense"]["max_rel_error"] is None
+    assert by_backend["dense"]["status"] == "ok" and by_backend["dense"]["ms_p50"] == 2.0
+    assert by_backend["dense"]["max_rel_error"] is None
     flops, bytes_ = bench.work_of(case.spec, "fwd")
     assert all(r["flops"] == flops and r["bytes"] == bytes_ for r in rows)
     assert rows[0]["shape"] == case.spec.describe() and rows[0]["gpu"] == "triton-interpreter-cpu"
     assert set(results.COLUMNS) <= set(rows[0])  # the rows fit the CSV schema as they are
+
+
+def test_measure_times_backends_that_pass(tmp_path):
+    case = _tiny_case()
+    csv = tmp_path / "bench.csv"
+    rows = bench.measure([case], dtype="fp32", pass_="fwd", backends=["triton", "fallback"],
+                         device=torch.device("cpu"), timer=lambda fn, quantiles: [1.0, 2.0, 3.0], progress=False,
+                         sink=lambda case_rows: results.append(case_rows, csv))
+    assert [(r["backend"], r["status"], r["ms_p50"]) for r in rows] == [("triton", "ok", 2.0), ("fallback", "ok", 2.0)]
+    assert all(r["max_rel_error"] < 1e-5 for r in rows)
+    assert list(results.read(csv)["backend"]) == ["triton", "fallback"]  # written case by case by the sink
 
 
 def test_ceilings_json_keeps_one_entry_per_gpu(tmp_path):
@@ -273,3 +299,37 @@ def test_ceilings_json_keeps_one_entry_per_gpu(tmp_path):
     ceilings.save({"gpu": "A", "bandwidth_tb_s": 3.0, "matmul_tflop_s": {}}, path)
     data = json.loads(path.read_text())
     assert sorted(data) == ["A", "B"] and data["A"]["bandwidth_tb_s"] == 3.0
+
+
+def test_ceilings_arithmetic_with_a_fake_timer():
+    calls = []
+
+    def timer(fn):
+        calls.append(fn())  # each measured closure runs
+        return 0.5  # ms
+
+    entry = ceilings.measure(torch.device("cpu"), timer, copy_bytes=4096, matmul_size=16)
+    assert entry["bandwidth_tb_s"] == pytest.approx(2 * 4096 / 0.5e-3 / 1e12)
+    assert entry["matmul_tflop_s"]["bf16"] == pytest.approx(2 * 16**3 / 0.5e-3 / 1e12)
+    assert set(entry["matmul_tflop_s"]) == {"bf16", "fp16", "tf32", "fp32"} and len(calls) == 5
+    assert {"gpu", "torch", "triton", "timestamp"} <= set(entry)
+
+
+def test_run_list_needs_no_gpu(capsys):
+    assert main(["run", "--layer", "hetconv", "--shapes", "resnet50", "--p", "2", "4", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 7 * 2  # ResNet-50's seven distinct bottleneck 3x3 shapes, at two values of p
+    assert sum(" p2 " in line for line in lines) == 7 and all("GFLOP" in line for line in lines)
+
+
+def test_a_spec_whose_inputs_cannot_be_made_fails_every_backend_and_the_run_goes_on(monkeypatch):
+    harness = HARNESSES["hetconv"]
+
+    def out_of_memory(spec, device):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(harness, "make_workload", out_of_memory)
+    rows = bench.measure([_tiny_case()], dtype="fp32", pass_="bwd", backends=["triton", "dense"],
+                         device=torch.device("cpu"), timer=lambda fn, quantiles: pytest.fail("timed"), progress=False)
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all("out of memory" in r["note"] for r in rows)
