@@ -100,7 +100,7 @@ def test_backends_agree(backend):
 
 def test_every_output_element_is_written(monkeypatch):
     """Outputs allocated full of NaN: a store the kernels skip would leave one behind."""
-    monkeypatch.setattr(launch, "_empty_like_layout",
+    monkeypatch.setattr(launch, "empty_like_layout",
                         lambda shape, like: poisoned_empty(*shape, device=like.device, dtype=like.dtype))
     run_case(2, 12, 6, 9, 6, 3, 2, 3, True, torch.float32, False)
 

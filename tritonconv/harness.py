@@ -40,7 +40,8 @@ class Harness(Protocol):
         """A closure running one Triton kernel; returns its outputs as a tuple of tensors."""
 
     def fallback(self, pass_: str, work: Workload) -> Callable[[], tuple]:
-        """A closure running the published formulation's pass; same outputs as ``expected``."""
+        """A closure running the published formulation's pass: the pass's outputs (input and parameter
+        gradients for "backward"), in the fallback's own order."""
 
     def expected(self, kernel: str, work: Workload) -> tuple:
         """What ``triton(kernel, ...)`` must return, computed by the fallback in float64."""

@@ -12,6 +12,7 @@ import triton
 from tritonconv.ops.depthwise import kernels
 from tritonconv.ops.depthwise.spec import ACTIVATIONS, DepthwiseSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, reduction_splits
+from tritonconv._layout import empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
 
@@ -48,11 +49,6 @@ def default_tile(spec: DepthwiseSpec, kernel: str) -> GemmTile:
 def candidate_tiles(spec: DepthwiseSpec, kernel: str) -> list[GemmTile]:
     return list(dict.fromkeys(tile.fitted(*_extent(spec, kernel)) for tile in _CANDIDATES[kernel]))
 
-
-def empty_like_layout(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    channels_last = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty(shape, device=like.device, dtype=dtype or like.dtype, memory_format=memory_format)
 
 
 def _window(spec: DepthwiseSpec, activation: str) -> dict:

@@ -13,16 +13,7 @@ from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.depthwise.op import depthwise_conv2d, explain
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation, validate_window
-
-
-def autocast_operands(x: Tensor, *params):
-    """Custom ops are invisible to autocast: cast here, as autocast would for a conv."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        return (x.to(dtype), *(t.to(dtype) if t is not None else None for t in params))
-    return (x, *params)
+from tritonconv._layout import autocast_operands
 
 
 class DepthwiseConv2d(nn.Module):

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
+from tritonconv._layout import memory_format_of
 from tritonconv._validation import check_tensor
 from tritonconv.ops.depthwise import kernels, launch, reference
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation
@@ -21,11 +22,6 @@ OPERATOR = dispatch.Operator(
     default_tile=launch.default_tile,
 )
 
-
-def memory_format(x: Tensor) -> torch.memory_format:
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _spec(x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input) -> DepthwiseSpec:
@@ -40,13 +36,13 @@ def _depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride:
     decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
     if decision.backend == "triton":
         return launch.forward(x, weight, bias, spec, decision.tiles["forward"])
-    return reference.fallback_forward(x, weight, bias, spec).contiguous(memory_format=memory_format(x))
+    return reference.fallback_forward(x, weight, bias, spec).contiguous(memory_format=memory_format_of(x))
 
 
 @_depthwise_conv2d.register_fake
 def _(x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input):
     spec = _spec(x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input)
-    return x.new_empty(spec.output_shape).contiguous(memory_format=memory_format(x))
+    return x.new_empty(spec.output_shape).contiguous(memory_format=memory_format_of(x))
 
 
 @torch.library.custom_op("tritonconv::depthwise_conv2d_backward", mutates_args=())
@@ -68,7 +64,7 @@ def _depthwise_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
             dw, db = launch.backward_weight(maps_grad, maps, x, spec, decision.tiles["backward_weight"])
     else:
         dx, dw, db = reference.fallback_backward(grad, x, weight, bias, spec, need_input, need_weights)
-        dx = dx.contiguous(memory_format=memory_format(x)) if dx is not None else None
+        dx = dx.contiguous(memory_format=memory_format_of(x)) if dx is not None else None
     # Each missing gradient gets its own empty tensor: custom-op outputs must not alias each other.
     return tuple(g if g is not None else x.new_empty(0) for g in (dx, dw, db))
 
@@ -76,7 +72,7 @@ def _depthwise_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
 @_depthwise_conv2d_backward.register_fake
 def _(grad, x, weight, bias, out, stride, padding, dilation, multiplier, activation, concat_input, need_input,
       need_weights, forced):
-    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format(x)) if need_input else x.new_empty(0)
+    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else x.new_empty(0)
     if not need_weights:
         return dx, x.new_empty(0), x.new_empty(0)
     return dx, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0]) if bias is not None else x.new_empty(0)

@@ -20,6 +20,7 @@ from tritonconv.ops.depthwise.spec import ACTIVATIONS
 from tritonconv.ops.dwsep import kernels
 from tritonconv.ops.dwsep.spec import DwSepSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
+from tritonconv._layout import empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_mid", "backward_pw_weight", "backward_input", "backward_weight")
 
@@ -73,7 +74,7 @@ def _sizes(spec: DwSepSpec) -> tuple:
 
 
 def forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec: DwSepSpec, tile: GemmTile) -> torch.Tensor:
-    y = depthwise_launch.empty_like_layout(spec.output_shape, x)
+    y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
     dw_weight = dw_weight.contiguous()
@@ -93,7 +94,7 @@ def backward_mid(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec, tile:
     """dz: the gradient of the depthwise pre-activation [B, C, Ho, Wo], in fp32 (fp64) so the depthwise
     backward reads it unrounded."""
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    dz = depthwise_launch.empty_like_layout((spec.batch, spec.in_channels, spec.out_height, spec.out_width), x,
+    dz = empty_like_layout((spec.batch, spec.in_channels, spec.out_height, spec.out_width), x,
                                             acc_dtype)
     if dz.numel() == 0:
         return dz

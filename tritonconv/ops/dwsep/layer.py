@@ -10,10 +10,10 @@ from torch import Tensor, nn
 from tritonconv._validation import check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
-from tritonconv.ops.depthwise.layer import autocast_operands
 from tritonconv.ops.depthwise.spec import default_padding, normalize_activation, validate_window
 from tritonconv.ops.dwsep.op import dwsep_conv2d, explain
 from tritonconv.ops.dwsep.spec import DwSepSpec
+from tritonconv._layout import autocast_operands
 
 
 def _bn_affine(bn: nn.Module | None, name: str, channels: int):

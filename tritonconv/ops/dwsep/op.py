@@ -11,7 +11,7 @@ from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv.ops.depthwise import kernels as depthwise_kernels
-from tritonconv.ops.depthwise.op import memory_format
+from tritonconv._layout import memory_format_of
 from tritonconv.ops.depthwise.spec import default_padding, normalize_activation
 from tritonconv.ops.dwsep import kernels, launch, reference
 from tritonconv.ops.dwsep.spec import DwSepSpec
@@ -39,13 +39,13 @@ def _dwsep_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_we
     if decision.backend == "triton":
         return launch.forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec, decision.tiles["forward"])
     y = reference.fallback_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec)
-    return y.contiguous(memory_format=memory_format(x))
+    return y.contiguous(memory_format=memory_format_of(x))
 
 
 @_dwsep_conv2d.register_fake
 def _(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation):
     spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation)
-    return x.new_empty(spec.output_shape).contiguous(memory_format=memory_format(x))
+    return x.new_empty(spec.output_shape).contiguous(memory_format=memory_format_of(x))
 
 
 @torch.library.custom_op("tritonconv::dwsep_conv2d_backward", mutates_args=())
@@ -63,7 +63,7 @@ def _dwsep_conv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: 
         grads = reference.fallback_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, spec, need_input,
                                             need_weights)
         if grads[0] is not None:
-            grads = (grads[0].contiguous(memory_format=memory_format(x)), *grads[1:])
+            grads = (grads[0].contiguous(memory_format=memory_format_of(x)), *grads[1:])
     # Each missing gradient gets its own empty tensor: custom-op outputs must not alias each other.
     return tuple(g if g is not None else x.new_empty(0) for g in grads)
 
@@ -71,7 +71,7 @@ def _dwsep_conv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: 
 @_dwsep_conv2d_backward.register_fake
 def _(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, out, stride, padding, dilation, activation, out_activation,
       need_input, need_weights, forced):
-    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format(x)) if need_input else x.new_empty(0)
+    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else x.new_empty(0)
     if not need_weights:
         return dx, x.new_empty(0), x.new_empty(0), x.new_empty(0), x.new_empty(0)
     like = lambda t: t.new_empty(t.shape) if t is not None else x.new_empty(0)  # noqa: E731

@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from tritonconv._validation import check_positive_int, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
-from tritonconv.ops.depthwise.layer import autocast_operands
 from tritonconv.ops.depthwise.op import depthwise_conv2d, explain as depthwise_explain, ghost_concat
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, validate_window
+from tritonconv._layout import autocast_operands
 
 
 def _folded(bn: nn.BatchNorm2d, weight: Tensor, rows: int) -> tuple[Tensor, Tensor]:

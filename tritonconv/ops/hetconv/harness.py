@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tritonconv import zoo
+from tritonconv._validation import check_positive_int
 from tritonconv.harness import Workload
 from tritonconv.ops.hetconv import launch, reference
 from tritonconv.ops.hetconv.op import OPERATOR
@@ -29,6 +30,7 @@ def specs_for(shape_set, *, batch: int, dtype: str, channels_last: bool = False,
     """(label, count, spec) for every conv of ``shape_set`` (a name or a list of ``zoo.ConvLayer``)
     that HetConv(p) can replace. The input conv (3 channels) and any conv whose channels p does not
     divide stay dense."""
+    check_positive_int("p", p)
     layers = _shape_set(shape_set) if isinstance(shape_set, str) else list(shape_set)
     out = []
     for layer, count in zoo.unique(layers):

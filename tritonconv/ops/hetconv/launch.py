@@ -8,6 +8,7 @@ import triton
 from tritonconv.ops.hetconv import kernels
 from tritonconv.ops.hetconv.spec import HetConvSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
+from tritonconv._layout import empty_like_layout
 
 # The kernels the tuner measures; "backward" runs the input and the weight kernel.
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
@@ -62,14 +63,9 @@ def _weight_for_kernels(weight: torch.Tensor) -> torch.Tensor:
     return weight.contiguous(memory_format=torch.channels_last)
 
 
-def _empty_like_layout(shape, like: torch.Tensor) -> torch.Tensor:
-    channels_last = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=memory_format)
-
 
 def forward(x, weight, weight_pw, bias, spec: HetConvSpec, tile: GemmTile) -> torch.Tensor:
-    y = _empty_like_layout(spec.output_shape, x)
+    y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
     weight, weight_pw = _weight_for_kernels(weight), weight_pw.contiguous()
@@ -89,7 +85,7 @@ def forward(x, weight, weight_pw, bias, spec: HetConvSpec, tile: GemmTile) -> to
 
 
 def backward_input(dy, weight, weight_pw, spec: HetConvSpec, tile: GemmTile, like: torch.Tensor) -> torch.Tensor:
-    dx = _empty_like_layout(spec.input_shape, like)
+    dx = empty_like_layout(spec.input_shape, like)
     if dx.numel() == 0:
         return dx
     weight = _weight_for_kernels(weight)

@@ -13,6 +13,7 @@ from tritonconv.dispatch import Decision
 from tritonconv.ops.hetconv import reference
 from tritonconv.ops.hetconv.op import explain, hetconv2d
 from tritonconv.ops.hetconv.spec import HetConvSpec, validate_hyperparameters
+from tritonconv._layout import autocast_operands
 
 
 class HetConv2d(nn.Module):
@@ -60,13 +61,7 @@ class HetConv2d(nn.Module):
                 self.bias.uniform_(-bound, bound)
 
     def _operands(self, x: Tensor):
-        params = (self.weight, self.weight_pw, self.bias)
-        if torch.is_autocast_enabled(x.device.type):
-            # Custom ops are invisible to autocast: cast here, as autocast would for a conv.
-            dtype = torch.get_autocast_dtype(x.device.type)
-            x = x.to(dtype)
-            params = tuple(t.to(dtype) if t is not None else None for t in params)
-        return (x, *params)
+        return autocast_operands(x, self.weight, self.weight_pw, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x, weight, weight_pw, bias = self._operands(x)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
+from tritonconv._layout import memory_format_of
 from tritonconv.ops.hetconv import kernels, launch, reference
 from tritonconv.ops.hetconv.spec import HetConvSpec
 
@@ -21,11 +22,6 @@ OPERATOR = dispatch.Operator(
 )
 
 
-def _memory_format(x: Tensor) -> torch.memory_format:
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
 
 @torch.library.custom_op("tritonconv::hetconv2d", mutates_args=())
 def _hetconv2d(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor], stride: int, p: int) -> Tensor:
@@ -34,13 +30,13 @@ def _hetconv2d(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tens
     if decision.backend == "triton":
         return launch.forward(x, weight, weight_pw, bias, spec, decision.tiles["forward"])
     y = reference.fallback_forward(x, weight, weight_pw, bias, spec)
-    return y.contiguous(memory_format=_memory_format(x))
+    return y.contiguous(memory_format=memory_format_of(x))
 
 
 @_hetconv2d.register_fake
 def _(x, weight, weight_pw, bias, stride, p):
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
-    return x.new_empty(spec.output_shape).contiguous(memory_format=_memory_format(x))
+    return x.new_empty(spec.output_shape).contiguous(memory_format=memory_format_of(x))
 
 
 @torch.library.custom_op("tritonconv::hetconv2d_backward", mutates_args=())
@@ -54,9 +50,9 @@ def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tens
         dx = launch.backward_input(grad, weight, weight_pw, spec, decision.tiles["backward_input"], x) if need_input else None
         dw, dpw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"]) if need_weights else (None,) * 3
     else:
-        dx, dw, dpw, db = reference.fallback_backward(grad.contiguous(memory_format=_memory_format(x)), x, weight,
+        dx, dw, dpw, db = reference.fallback_backward(grad.contiguous(memory_format=memory_format_of(x)), x, weight,
                                                       weight_pw, spec, need_input, need_weights)
-        dx = dx.contiguous(memory_format=_memory_format(x)) if dx is not None else None
+        dx = dx.contiguous(memory_format=memory_format_of(x)) if dx is not None else None
     empty = x.new_empty(0)
     return (dx if dx is not None else empty, dw if dw is not None else empty,
             dpw if dpw is not None else empty, db if db is not None else empty)
@@ -65,7 +61,7 @@ def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tens
 @_hetconv2d_backward.register_fake
 def _(grad, x, weight, weight_pw, has_bias, stride, p, need_input, need_weights, forced):
     empty = x.new_empty(0)
-    dx = x.new_empty(x.shape).contiguous(memory_format=_memory_format(x)) if need_input else empty
+    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else empty
     if not need_weights:
         return dx, empty, empty, empty
     db = x.new_empty(weight.shape[0]) if has_bias else empty

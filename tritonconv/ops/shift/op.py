@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
+from tritonconv._layout import memory_format_of
 from tritonconv.ops.shift import kernels, launch, reference
 from tritonconv.ops.shift.spec import ShiftSpec
 
@@ -21,11 +22,6 @@ OPERATOR = dispatch.Operator(
 )
 
 
-def _memory_format(x: Tensor) -> torch.memory_format:
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
 
 @torch.library.custom_op("tritonconv::shift_conv2d", mutates_args=())
 def _shift_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], kernel_size: int, dilation: int, stride: int,
@@ -35,14 +31,14 @@ def _shift_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], kernel_size
     decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
     if decision.backend == "triton":
         return launch.forward(x, weight, bias, spec, decision.tiles["forward"])
-    return reference.fallback_forward(x, weight, bias, spec).contiguous(memory_format=_memory_format(x))
+    return reference.fallback_forward(x, weight, bias, spec).contiguous(memory_format=memory_format_of(x))
 
 
 @_shift_conv2d.register_fake
 def _(x, weight, bias, kernel_size, dilation, stride, assignment):
     spec = ShiftSpec.from_tensors(x, weight, bias, kernel_size=kernel_size, dilation=dilation, stride=stride,
                                   assignment=assignment)
-    return x.new_empty(spec.output_shape).contiguous(memory_format=_memory_format(x))
+    return x.new_empty(spec.output_shape).contiguous(memory_format=memory_format_of(x))
 
 
 @torch.library.custom_op("tritonconv::shift_conv2d_backward", mutates_args=())
@@ -59,7 +55,7 @@ def _shift_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias: bo
         dw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"]) if need_weights else (None,) * 2
     else:
         dx, dw, db = reference.fallback_backward(grad, x, weight, spec, need_input, need_weights)
-        dx = dx.contiguous(memory_format=_memory_format(x)) if dx is not None else None
+        dx = dx.contiguous(memory_format=memory_format_of(x)) if dx is not None else None
     empty = x.new_empty(0)
     return (dx if dx is not None else empty, dw if dw is not None else empty, db if db is not None else empty)
 
@@ -67,7 +63,7 @@ def _shift_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias: bo
 @_shift_conv2d_backward.register_fake
 def _(grad, x, weight, has_bias, kernel_size, dilation, stride, assignment, need_input, need_weights, forced):
     empty = x.new_empty(0)
-    dx = x.new_empty(x.shape).contiguous(memory_format=_memory_format(x)) if need_input else empty
+    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else empty
     if not need_weights:
         return dx, empty, empty
     return dx, weight.new_empty(weight.shape), x.new_empty(weight.shape[0]) if has_bias else empty

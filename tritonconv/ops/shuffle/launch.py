@@ -8,6 +8,7 @@ import triton
 from tritonconv.ops.shuffle import kernels
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
+from tritonconv._layout import empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
 
@@ -45,11 +46,6 @@ def default_tile(spec: ShuffleConvSpec, kernel: str) -> GemmTile:
 def candidate_tiles(spec: ShuffleConvSpec, kernel: str) -> list[GemmTile]:
     return list(dict.fromkeys(tile.fitted(*_gemm_extent(spec, kernel)) for tile in _CANDIDATES[kernel]))
 
-
-def empty_like_layout(shape, like: torch.Tensor) -> torch.Tensor:
-    channels_last = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=memory_format)
 
 
 def _sizes(spec: ShuffleConvSpec) -> tuple:

@@ -14,6 +14,7 @@ from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.shuffle.op import explain, shuffle_conv1x1
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec, validate_hyperparameters
+from tritonconv._layout import autocast_operands
 
 
 class ShuffledGroupConv2d(nn.Module):
@@ -43,15 +44,7 @@ class ShuffledGroupConv2d(nn.Module):
                 self.bias.uniform_(-bound, bound)
 
     def _operands(self, x: Tensor):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        weight, bias = self.weight, self.bias
-        if torch.is_autocast_enabled(x.device.type):
-            # Custom ops are invisible to autocast: cast here, as autocast would for a conv.
-            dtype = torch.get_autocast_dtype(x.device.type)
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = bias.to(dtype) if bias is not None else None
-        return x, weight, bias
+        return autocast_operands(x, self.weight, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x, weight, bias = self._operands(x)

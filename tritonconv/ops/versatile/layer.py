@@ -13,6 +13,7 @@ from tritonconv.dispatch import Decision
 from tritonconv.ops.versatile import reference
 from tritonconv.ops.versatile.op import explain, versatile_conv2d
 from tritonconv.ops.versatile.spec import VersatileSpec, spatial_secondaries, validate_hyperparameters
+from tritonconv._layout import autocast_operands
 
 
 class VersatileConv2d(nn.Module):
@@ -55,15 +56,7 @@ class VersatileConv2d(nn.Module):
                 self.bias.uniform_(-bound, bound)
 
     def _operands(self, x: Tensor):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        weight, bias = self.weight, self.bias
-        if torch.is_autocast_enabled(x.device.type):
-            # Custom ops are invisible to autocast: cast here, as autocast would for a conv.
-            dtype = torch.get_autocast_dtype(x.device.type)
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = bias.to(dtype) if bias is not None else None
-        return x, weight, bias
+        return autocast_operands(x, self.weight, self.bias)
 
     def _hyper(self) -> tuple:
         return self.out_channels, self.stride, self.padding, self.dilation, self.delta, self.g

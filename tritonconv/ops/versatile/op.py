@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
+from tritonconv._layout import memory_format_of
 from tritonconv.ops.versatile import kernels, launch, reference
 from tritonconv.ops.versatile.spec import VersatileSpec
 
@@ -20,11 +21,6 @@ OPERATOR = dispatch.Operator(
     default_tile=launch.default_tile,
 )
 
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g) -> VersatileSpec:
@@ -39,13 +35,13 @@ def _versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_cha
     decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
     if decision.backend == "triton":
         return launch.forward(x, weight, bias, spec, decision.tiles["forward"])
-    return reference.fallback_forward(x, weight, bias, spec).contiguous(memory_format=_memory_format(x))
+    return reference.fallback_forward(x, weight, bias, spec).contiguous(memory_format=memory_format_of(x))
 
 
 @_versatile_conv2d.register_fake
 def _(x, weight, bias, out_channels, stride, padding, dilation, delta, g):
     spec = _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
-    return x.new_empty(spec.output_shape).contiguous(memory_format=_memory_format(x))
+    return x.new_empty(spec.output_shape).contiguous(memory_format=memory_format_of(x))
 
 
 @torch.library.custom_op("tritonconv::versatile_conv2d_backward", mutates_args=())
@@ -61,7 +57,7 @@ def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias
         dw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"]) if need_weights else (None,) * 2
     else:
         dx, dw, db = reference.fallback_backward(grad, x, weight, spec, need_input, need_weights)
-        dx = dx.contiguous(memory_format=_memory_format(x)) if dx is not None else None
+        dx = dx.contiguous(memory_format=memory_format_of(x)) if dx is not None else None
     empty = x.new_empty(0)
     return (dx if dx is not None else empty, dw if dw is not None else empty, db if db is not None else empty)
 
@@ -69,7 +65,7 @@ def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias
 @_versatile_conv2d_backward.register_fake
 def _(grad, x, weight, has_bias, out_channels, stride, padding, dilation, delta, g, need_input, need_weights, forced):
     empty = x.new_empty(0)
-    dx = x.new_empty(x.shape).contiguous(memory_format=_memory_format(x)) if need_input else empty
+    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else empty
     if not need_weights:
         return dx, empty, empty
     return dx, weight.new_empty(weight.shape), x.new_empty(out_channels) if has_bias else empty
