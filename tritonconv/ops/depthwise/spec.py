@@ -135,10 +135,13 @@ class DepthwiseSpec:
     def weight_shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, 1, self.kernel_size, self.kernel_size)
 
+    def parameter_count(self) -> int:
+        return self.out_channels * (self.kernel_size**2 + int(self.bias))
+
     def cost(self) -> Cost:
         pixels = self.batch * self.out_height * self.out_width
         macs = pixels * self.out_channels * self.kernel_size**2
-        params = self.out_channels * (self.kernel_size**2 + int(self.bias))
+        params = self.parameter_count()
         elements = self.batch * self.in_channels * self.height * self.width + pixels * self.total_out_channels
         return Cost(macs=macs, bytes=(elements + params) * self.torch_dtype.itemsize)
 

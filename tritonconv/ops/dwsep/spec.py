@@ -79,12 +79,16 @@ class DwSepSpec:
                              self.kernel_size, self.stride, self.padding, self.dilation, 1, self.dw_bias, "none",
                              self.dtype, self.channels_last)
 
+    def parameter_count(self) -> int:
+        """C k^2 + C N (+ biases): SPEC section 2."""
+        return (self.in_channels * self.kernel_size**2 + self.in_channels * self.out_channels
+                + self.in_channels * int(self.dw_bias) + self.out_channels * int(self.pw_bias))
+
     def cost(self) -> Cost:
         """MACs ``Ho*Wo*C*(k*k + N)``; bytes: input, output and weights once (the intermediate stays on chip)."""
         pixels = self.batch * self.out_height * self.out_width
         macs = pixels * self.in_channels * (self.kernel_size**2 + self.out_channels)
-        params = (self.in_channels * self.kernel_size**2 + self.in_channels * self.out_channels
-                  + self.in_channels * int(self.dw_bias) + self.out_channels * int(self.pw_bias))
+        params = self.parameter_count()
         elements = self.batch * self.in_channels * self.height * self.width + pixels * self.out_channels
         return Cost(macs=macs, bytes=(elements + params) * self.torch_dtype.itemsize)
 

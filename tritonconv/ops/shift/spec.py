@@ -108,10 +108,13 @@ class ShiftSpec:
         return (self.out_channels, self.in_channels, 1, 1)
 
     # ---- cost -------------------------------------------------------------------------------
+    def parameter_count(self) -> int:
+        return self.out_channels * self.in_channels + (self.out_channels if self.bias else 0)
+
     def cost(self) -> Cost:
         """Exactly a 1 x 1 conv: the shift has no parameters, no FLOPs and no memory pass."""
         pixels = self.batch * self.out_height * self.out_width
-        n_params = self.out_channels * self.in_channels + (self.out_channels if self.bias else 0)
+        n_params = self.parameter_count()
         elements = self.batch * self.in_channels * self.height * self.width + pixels * self.out_channels
         return Cost(macs=pixels * self.in_channels * self.out_channels,
                     bytes=(elements + n_params) * self.torch_dtype.itemsize)

@@ -78,10 +78,13 @@ class ShuffleConvSpec:
     def weight_shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, self.group_in, 1, 1)
 
+    def parameter_count(self) -> int:
+        return self.out_channels * self.group_in + (self.out_channels if self.bias else 0)
+
     def cost(self) -> Cost:
         """A grouped 1 x 1 conv; the shuffle moves no bytes (it is in the stores)."""
         pixels = self.batch * self.height * self.width
-        n_params = self.out_channels * self.group_in + (self.out_channels if self.bias else 0)
+        n_params = self.parameter_count()
         elements = pixels * (self.in_channels + self.out_channels)
         return Cost(macs=pixels * self.out_channels * self.group_in, bytes=(elements + n_params) * self.torch_dtype.itemsize)
 

@@ -128,13 +128,16 @@ class VersatileSpec:
         return (self.n_w, self.c_hat, self.kernel_size, self.kernel_size)
 
     # ---- cost -------------------------------------------------------------------------------
+    def parameter_count(self) -> int:
+        return self.n_w * self.c_hat * self.kernel_size**2 + (self.out_channels if self.bias else 0)
+
     def cost(self) -> Cost:
         """SPEC MACs ``Ho Wo n_w n_c c_hat sum_s (k - 2s)^2`` per image (what one conv per secondary does).
         The kernel itself multiplies each tap once and shares it: ``k^2`` instead of the sum."""
         pixels = self.batch * self.out_height * self.out_width
         taps = sum((self.kernel_size - 2 * s) ** 2 for s in range(self.s_num))
         macs = pixels * self.n_w * self.n_c * self.c_hat * taps
-        n_params = self.n_w * self.c_hat * self.kernel_size**2 + (self.out_channels if self.bias else 0)
+        n_params = self.parameter_count()
         elements = self.batch * self.in_channels * self.height * self.width + pixels * self.out_channels
         return Cost(macs=macs, bytes=(elements + n_params) * self.torch_dtype.itemsize)
 
