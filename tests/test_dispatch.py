@@ -91,12 +91,15 @@ def test_batch_sizes_share_a_bucket_and_other_shapes_do_not(tmp_path):
 def test_editing_the_kernel_source_invalidates_measurements(tmp_path):
     cache = TuningCache(tmp_path / "tuning.json")
     source = tmp_path / "kernels.py"
+
+    def operator_of_a_new_process():
+        return Operator("hetconv", (source,), OPERATOR.kernels_of_pass, OPERATOR.default_tile)
+
     source.write_text("# version 1\n")
-    operator = Operator("hetconv", (source,), OPERATOR.kernels_of_pass, OPERATOR.default_tile)
-    store(cache, SPEC, "forward", "fallback", operator=operator)
-    assert dispatch.decide(operator, SPEC, "forward", CUDA, cache=cache).backend == "fallback"
+    store(cache, SPEC, "forward", "fallback", operator=operator_of_a_new_process())
+    assert dispatch.decide(operator_of_a_new_process(), SPEC, "forward", CUDA, cache=cache).backend == "fallback"
     source.write_text("# version 2\n")
-    assert "not tuned" in dispatch.decide(operator, SPEC, "forward", CUDA, cache=cache).reason
+    assert "not tuned" in dispatch.decide(operator_of_a_new_process(), SPEC, "forward", CUDA, cache=cache).reason
 
 
 def test_explain_says_which_backend_and_why():

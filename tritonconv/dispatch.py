@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,7 +29,7 @@ class BackendUnavailable(RuntimeError):
     """A forced backend cannot run this call."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: one object per operator
 class Operator:
     """What the dispatcher and the tuner need to know of one operator."""
 
@@ -37,8 +38,9 @@ class Operator:
     kernels_of_pass: dict  # pass -> tuple of kernel names it launches
     default_tile: Callable  # (spec, kernel name) -> GemmTile
 
-    @property
+    @functools.cached_property
     def source(self) -> str:
+        """Hash of the kernel source, read once per process (the kernels are compiled once too)."""
         return source_hash(*self.kernel_sources)
 
     def cache_key(self, spec, pass_: str, device: torch.device) -> CacheKey:
@@ -84,13 +86,21 @@ def decide(operator: Operator, spec, pass_: str, device: torch.device, *, forced
     if pass_ not in PASSES:
         raise ValueError(f"pass_={pass_!r}; expected one of {PASSES}")
     forced = forced or forced_backend()
-    runnable, why_not = hardware.triton_can_run(device)
+    cache = cache or default_cache()
+    generation = cache.generation() if device.type == "cuda" else 0
+    return _decide(operator, spec, pass_, device, forced, hardware.triton_can_run(device), cache, generation)
+
+
+@functools.lru_cache(maxsize=4096)
+def _decide(operator: Operator, spec, pass_: str, device: torch.device, forced: str, can_run: tuple,
+            cache: TuningCache, generation: int) -> Decision:
+    """Memoized on everything the decision depends on; ``generation`` changes when the cache file does."""
+    runnable, why_not = can_run
     if forced == "fallback":
         return Decision("fallback", "forced (use_backend or TRITONCONV_BACKEND=fallback)")
     if forced == "triton" and not runnable:
         raise BackendUnavailable(f"backend 'triton' was forced for {operator.name} ({spec.describe()}), "
                                  f"but it cannot run here: {why_not}")
-    cache = cache or default_cache()
     entry = cache.lookup(operator.cache_key(spec, pass_, device)) if device.type == "cuda" else None
     tiles = _tiles(operator, spec, pass_, entry)
     if forced == "triton":
@@ -103,8 +113,9 @@ def decide(operator: Operator, spec, pass_: str, device: torch.device, *, forced
         return Decision("triton", f"not tuned for this shape on {hardware.device_name_of(device)}: Triton "
                                   "with default tiles (run `python -m autotune` to measure)", tiles)
     timings = entry.get("timings_ms", {})
-    measured = f"measured triton {timings.get('triton', float('nan')):.4g} ms vs fallback " \
-               f"{timings.get('fallback', float('nan')):.4g} ms on {entry.get('device', '?')}"
+    triton_ms = f"{timings['triton']:.4g} ms" if timings.get("triton") is not None else "no working tile"
+    measured = f"measured triton {triton_ms} vs fallback {timings.get('fallback', float('nan')):.4g} ms " \
+               f"on {entry.get('device', '?')}"
     if entry["winner"] == "fallback":
         return Decision("fallback", measured)
     return Decision("triton", measured, tiles)

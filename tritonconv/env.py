@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -26,11 +27,15 @@ def backend_override() -> str:
 
 
 def cache_dir() -> Path:
-    """Where the persistent tuning cache lives."""
-    explicit = os.environ.get("TRITONCONV_CACHE_DIR")
+    """Where the persistent tuning cache lives (read on every call: the variables may change)."""
+    return _cache_dir(os.environ.get("TRITONCONV_CACHE_DIR"), os.environ.get("XDG_CACHE_HOME"))
+
+
+@functools.lru_cache(maxsize=8)
+def _cache_dir(explicit: str | None, xdg: str | None) -> Path:
+    # Building paths is slow next to a kernel launch; the dispatcher asks on every call.
     if explicit:
         return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "tritonconv"
 

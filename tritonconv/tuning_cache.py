@@ -51,6 +51,7 @@ class TuningCache:
         self._explicit_path = Path(path) if path is not None else None
         self._snapshot: dict[str, dict] = {}
         self._snapshot_stamp = None
+        self._generation = 0  # bumped whenever the snapshot is re-read
         self._mutex = threading.Lock()
 
     @property
@@ -59,11 +60,12 @@ class TuningCache:
 
     # ---- reading ------------------------------------------------------------------------------
     def _stamp(self):
+        path = str(self.path)
         try:
-            stat = self.path.stat()
-            return (str(self.path), stat.st_mtime_ns, stat.st_size)
+            stat = os.stat(path)
+            return (path, stat.st_mtime_ns, stat.st_size)
         except FileNotFoundError:
-            return (str(self.path), None, None)
+            return (path, None, None)
 
     def _read_file(self) -> tuple[dict[str, dict], str | None]:
         """(entries, problem): problem says why the file could not be used."""
@@ -92,7 +94,13 @@ class TuningCache:
                     warnings.warn(f"tuning cache {self.path} {problem}; ignoring it (the next tuning run rebuilds it)",
                                   RuntimeWarning, stacklevel=3)
                 self._snapshot, self._snapshot_stamp = entries, stamp
+                self._generation += 1
             return self._snapshot
+
+    def generation(self) -> int:
+        """Changes whenever what ``lookup`` answers may have changed (the file was written or moved)."""
+        self.entries()
+        return self._generation
 
     def lookup(self, key: CacheKey) -> dict | None:
         return self.entries().get(str(key))
