@@ -12,6 +12,9 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def check_positive_int(name: str, value, *, minimum: int = 1) -> int:
+    if isinstance(value, torch.SymInt):
+        # A size traced symbolically by torch.compile (dynamic shapes): the real call checks its value.
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
     return value
