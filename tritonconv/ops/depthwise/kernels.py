@@ -11,9 +11,10 @@ that can pass 2^31 elements are int64. Weights are contiguous [OC, 1, K, K].
 import triton
 import triton.language as tl
 
-ACT_NONE: tl.constexpr = 0
-ACT_RELU: tl.constexpr = 1
-ACT_RELU6: tl.constexpr = 2
+# tl.constexpr instances: triton refuses a kernel's read of any other global (an annotated int too).
+ACT_NONE = tl.constexpr(0)
+ACT_RELU = tl.constexpr(1)
+ACT_RELU6 = tl.constexpr(2)
 
 
 @triton.jit

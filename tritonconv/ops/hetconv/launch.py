@@ -25,7 +25,7 @@ _CANDIDATES = {
     "backward_weight": [
         GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3), GemmTile(64, 128, 64, 8, 3),
         GemmTile(32, 64, 128, 4, 3), GemmTile(64, 32, 128, 4, 4), GemmTile(128, 128, 32, 8, 3),
-        GemmTile(64, 64, 128, 4, 4), GemmTile(32, 32, 128, 4, 4),
+        GemmTile(64, 64, 128, 4, 3), GemmTile(32, 32, 128, 4, 4),
     ],
 }
 _CANDIDATES["backward_input"] = _CANDIDATES["forward"]  # rows = input pixels, cols = channels, reduce = filters

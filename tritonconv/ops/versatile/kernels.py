@@ -49,33 +49,32 @@ def versatile_fwd_kernel(
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for tap in tl.static_range(K * K):
-        th = tap // K
-        tw = tap % K
-        near = th if th < tw else tw
-        far = (K - 1 - th) if (K - 1 - th) < (K - 1 - tw) else (K - 1 - tw)
-        ring = near if near < far else far  # constexpr: selects the accumulator at compile time
-        hi = ho * STRIDE - PAD + th * DIL
-        wi = wo * STRIDE - PAD + tw * DIL
-        inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        x_tap = x_rows + hi * sxh + wi * sxw  # [BLOCK_M]
-        for c0 in range(c_lo, c_hi, BLOCK_K):
-            c = c0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-            c_mask = c < c_hi
-            a = tl.load(x_tap[:, None] + c.to(tl.int64)[None, :] * sxc, mask=inside[:, None] & c_mask[None, :],
-                        other=0.0)  # [BLOCK_M, BLOCK_K]
-            row = c[:, None] - first_channel[None, :]  # [BLOCK_K, BLOCK_N] weight row of each column
-            wt = tl.load(w_cols[None, :] + row * (K * K) + tap,
-                         mask=(row >= 0) & (row < C_HAT) & c_mask[:, None] & q_mask[None, :],
-                         other=0.0)  # [BLOCK_K, BLOCK_N]
-            if ring == 0:
-                acc0 = tl.dot(a, wt, acc0, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-            elif ring == 1:
-                acc1 = tl.dot(a, wt, acc1, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-            elif ring == 2:
-                acc2 = tl.dot(a, wt, acc2, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-            else:
-                acc3 = tl.dot(a, wt, acc3, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    # Rings and taps are unrolled at compile time (a local assignment would make the ring a run-time
+    # value): each tap's product goes straight into its ring's accumulator.
+    for ring in tl.static_range(S_NUM):
+        for tap in tl.static_range(K * K):
+            if min(min(tap // K, tap % K), min(K - 1 - tap // K, K - 1 - tap % K)) == ring:
+                hi = ho * STRIDE - PAD + (tap // K) * DIL
+                wi = wo * STRIDE - PAD + (tap % K) * DIL
+                inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+                x_tap = x_rows + hi * sxh + wi * sxw  # [BLOCK_M]
+                for c0 in range(c_lo, c_hi, BLOCK_K):
+                    c = c0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+                    c_mask = c < c_hi
+                    a = tl.load(x_tap[:, None] + c.to(tl.int64)[None, :] * sxc,
+                                mask=inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+                    row = c[:, None] - first_channel[None, :]  # [BLOCK_K, BLOCK_N] weight row of each column
+                    wt = tl.load(w_cols[None, :] + row * (K * K) + tap,
+                                 mask=(row >= 0) & (row < C_HAT) & c_mask[:, None] & q_mask[None, :],
+                                 other=0.0)  # [BLOCK_K, BLOCK_N]
+                    if ring == 0:
+                        acc0 = tl.dot(a, wt, acc0, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+                    elif ring == 1:
+                        acc1 = tl.dot(a, wt, acc1, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+                    elif ring == 2:
+                        acc2 = tl.dot(a, wt, acc2, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+                    else:
+                        acc3 = tl.dot(a, wt, acc3, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
     # Secondary s = the sum of the rings >= s: built innermost first, each stored once.
     mask = pixel_mask[:, None] & q_mask[None, :]
@@ -138,31 +137,29 @@ def versatile_bwd_input_kernel(
     wi = pixel % W
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for tap in tl.static_range(K * K):
-        th = tap // K
-        tw = tap % K
-        near = th if th < tw else tw
-        far = (K - 1 - th) if (K - 1 - th) < (K - 1 - tw) else (K - 1 - tw)
-        ring = near if near < far else far
-        ho_strided = hi + PAD - th * DIL
-        wo_strided = wi + PAD - tw * DIL
-        ho = ho_strided // STRIDE
-        wo = wo_strided // STRIDE
-        hit = (pixel_mask & (ho_strided >= 0) & (wo_strided >= 0) & (ho_strided % STRIDE == 0)
-               & (wo_strided % STRIDE == 0) & (ho < Ho) & (wo < Wo))
-        dy_tap = dy_ptr + b * sdyb + ho * sdyh + wo * sdyw  # [BLOCK_M]
-        for q0 in range(q_lo, q_hi, BLOCK_K):
-            q = q0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-            q_mask = q < q_hi
-            a = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC_DTYPE)
-            for s in tl.static_range(ring + 1):
-                a += tl.load(dy_tap[:, None] + (s * NQ + q).to(tl.int64)[None, :] * sdyc,
-                             mask=hit[:, None] & q_mask[None, :], other=0.0).to(ACC_DTYPE)  # [BLOCK_M, BLOCK_K]
-            row = c[None, :] - ((q // N_W) * G)[:, None]  # [BLOCK_K, BLOCK_N]
-            wt = tl.load(w_ptr + (q % N_W).to(tl.int64)[:, None] * (C_HAT * K * K) + row * (K * K) + tap,
-                         mask=(row >= 0) & (row < C_HAT) & q_mask[:, None] & c_mask[None, :],
-                         other=0.0)  # [BLOCK_K, BLOCK_N]
-            acc = tl.dot(a.to(wt.dtype), wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    # Rings and taps unrolled at compile time, so the ring bounds the static secondary loop.
+    for ring in tl.static_range((K + 1) // 2):
+        for tap in tl.static_range(K * K):
+            if min(min(tap // K, tap % K), min(K - 1 - tap // K, K - 1 - tap % K)) == ring:
+                ho_strided = hi + PAD - (tap // K) * DIL
+                wo_strided = wi + PAD - (tap % K) * DIL
+                ho = ho_strided // STRIDE
+                wo = wo_strided // STRIDE
+                hit = (pixel_mask & (ho_strided >= 0) & (wo_strided >= 0) & (ho_strided % STRIDE == 0)
+                       & (wo_strided % STRIDE == 0) & (ho < Ho) & (wo < Wo))
+                dy_tap = dy_ptr + b * sdyb + ho * sdyh + wo * sdyw  # [BLOCK_M]
+                for q0 in range(q_lo, q_hi, BLOCK_K):
+                    q = q0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+                    q_mask = q < q_hi
+                    a = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC_DTYPE)
+                    for s in tl.static_range(ring + 1):
+                        a += tl.load(dy_tap[:, None] + (s * NQ + q).to(tl.int64)[None, :] * sdyc,
+                                     mask=hit[:, None] & q_mask[None, :], other=0.0).to(ACC_DTYPE)  # [BLOCK_M, BLOCK_K]
+                    row = c[None, :] - ((q // N_W) * G)[:, None]  # [BLOCK_K, BLOCK_N]
+                    wt = tl.load(w_ptr + (q % N_W).to(tl.int64)[:, None] * (C_HAT * K * K) + row * (K * K) + tap,
+                                 mask=(row >= 0) & (row < C_HAT) & q_mask[:, None] & c_mask[None, :],
+                                 other=0.0)  # [BLOCK_K, BLOCK_N]
+                    acc = tl.dot(a.to(wt.dtype), wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
     dx_ptrs = dx_ptr + b[:, None] * sdxb + c.to(tl.int64)[None, :] * sdxc + hi[:, None] * sdxh + wi[:, None] * sdxw
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=pixel_mask[:, None] & c_mask[None, :])
