@@ -40,6 +40,29 @@ def activation_grad(g, v, ACT: tl.constexpr):
 
 
 @triton.jit
+def depthwise_tile(x_ptr, w_ptr, bias_ptr, b, ho, wo, pixel_mask, c, o, o_mask,
+                   H, W, sxb, sxc, sxh, sxw,
+                   K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
+                   BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Depthwise pre-activation z[pixel, o] = sum_tap x[b, c, ...] w[o, tap] (+ bias[o]), where output
+    channel o reads input channel c (c = o // multiplier); 0 in masked rows and columns."""
+    x_rows = x_ptr + b * sxb  # [BLOCK_P]
+    z = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
+    for tap in range(0, K * K):
+        hi = ho * STRIDE - PAD + (tap // K) * DIL
+        wi = wo * STRIDE - PAD + (tap % K) * DIL
+        inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+        xv = tl.load(x_rows[:, None] + hi[:, None] * sxh + wi[:, None] * sxw + c[None, :] * sxc,
+                     mask=inside[:, None] & o_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
+        wv = tl.load(w_ptr + o * (K * K) + tap, mask=o_mask, other=0.0)  # [BLOCK_C]
+        z += xv.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
+    if HAS_BIAS:
+        z += tl.load(bias_ptr + o, mask=o_mask, other=0.0).to(ACC_DTYPE)[None, :]
+    return z
+
+
+@triton.jit
 def depthwise_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr, copy_ptr,
     B, C, H, W, OC, Ho, Wo, MULT,
@@ -67,17 +90,8 @@ def depthwise_fwd_kernel(
     c = o // MULT
     x_rows = x_ptr + b * sxb  # [BLOCK_P]
 
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
-    for tap in range(0, K * K):
-        hi = ho * STRIDE - PAD + (tap // K) * DIL
-        wi = wo * STRIDE - PAD + (tap % K) * DIL
-        inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        xv = tl.load(x_rows[:, None] + hi[:, None] * sxh + wi[:, None] * sxw + c[None, :] * sxc,
-                     mask=inside[:, None] & o_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
-        wv = tl.load(w_ptr + o * (K * K) + tap, mask=o_mask, other=0.0)  # [BLOCK_C]
-        acc += xv.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + o, mask=o_mask, other=0.0).to(ACC_DTYPE)[None, :]
+    acc = depthwise_tile(x_ptr, w_ptr, bias_ptr, b, ho, wo, pixel_mask, c, o, o_mask, H, W, sxb, sxc, sxh, sxw,
+                         K, STRIDE, PAD, DIL, HAS_BIAS, ACC_DTYPE, BLOCK_P, BLOCK_C)  # [BLOCK_P, BLOCK_C]
     acc = activate(acc, ACT)
     y_ptrs = y_ptr + b[:, None] * syb + o[None, :] * syc + ho[:, None] * syh + wo[:, None] * syw
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=pixel_mask[:, None] & o_mask[None, :])

@@ -19,29 +19,7 @@ Weights are contiguous: dw_weight [C, 1, K, K], pw_weight [N, C, 1, 1].
 import triton
 import triton.language as tl
 
-from tritonconv.ops.depthwise.kernels import ACT_NONE, activate, activation_grad
-
-
-@triton.jit
-def depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, b, ho, wo, pixel_mask, c, c_mask,
-                   H, W, sxb, sxc, sxh, sxw,
-                   K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
-                   HAS_DW_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
-                   BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Depthwise pre-activation z[pixel, c] (bias included); 0 in masked rows and columns."""
-    x_rows = x_ptr + b * sxb  # [BLOCK_P]
-    z = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
-    for tap in range(0, K * K):
-        hi = ho * STRIDE - PAD + (tap // K) * DIL
-        wi = wo * STRIDE - PAD + (tap % K) * DIL
-        inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        xv = tl.load(x_rows[:, None] + hi[:, None] * sxh + wi[:, None] * sxw + c[None, :] * sxc,
-                     mask=inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
-        wv = tl.load(dw_w_ptr + c * (K * K) + tap, mask=c_mask, other=0.0)  # [BLOCK_C]
-        z += xv.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
-    if HAS_DW_BIAS:
-        z += tl.load(dw_b_ptr + c, mask=c_mask, other=0.0).to(ACC_DTYPE)[None, :]
-    return z
+from tritonconv.ops.depthwise.kernels import ACT_NONE, activate, activation_grad, depthwise_tile
 
 
 @triton.jit
@@ -70,7 +48,7 @@ def dwsep_fwd_kernel(
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)  # [BLOCK_C]
         c_mask = c < C
-        z = depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, b, ho, wo, pixel_mask, c, c_mask, H, W, sxb, sxc, sxh, sxw,
+        z = depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, b, ho, wo, pixel_mask, c, c, c_mask, H, W, sxb, sxc, sxh, sxw,
                            K, STRIDE, PAD, DIL, HAS_DW_BIAS, ACC_DTYPE, BLOCK_P, BLOCK_C)  # [BLOCK_P, BLOCK_C]
         h = activate(z, ACT).to(pw_w_ptr.dtype.element_ty)
         pw = tl.load(pw_w_ptr + n[None, :] * C + c[:, None],
@@ -121,7 +99,7 @@ def dwsep_bwd_mid_kernel(
                      mask=(n < N)[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_C]
         dh = tl.dot(dy, pw, dh, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
     if ACT != ACT_NONE:
-        z = depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, b, ho, wo, pixel_mask, c, c_mask, H, W, sxb, sxc, sxh, sxw,
+        z = depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, b, ho, wo, pixel_mask, c, c, c_mask, H, W, sxb, sxc, sxh, sxw,
                            K, STRIDE, PAD, DIL, HAS_DW_BIAS, ACC_DTYPE, BLOCK_P, BLOCK_C)  # [BLOCK_P, BLOCK_C]
         dh = activation_grad(dh, z, ACT)
     dz_ptrs = dz_ptr + b[:, None] * sdzb + c[None, :] * sdzc + ho[:, None] * sdzh + wo[:, None] * sdzw
@@ -170,7 +148,7 @@ def dwsep_bwd_pw_weight_kernel(
             yv = tl.load(y_ptr + b[None, :] * syb + n[:, None] * syc + ho[None, :] * syh + wo[None, :] * syw,
                          mask=mask, other=0.0)  # [BLOCK_N, BLOCK_P]
             dy = activation_grad(dy, yv, OUT_ACT).to(dw_w_ptr.dtype.element_ty)
-        z = depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, b, ho, wo, pixel_mask, c, c_mask, H, W, sxb, sxc, sxh, sxw,
+        z = depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, b, ho, wo, pixel_mask, c, c, c_mask, H, W, sxb, sxc, sxh, sxw,
                            K, STRIDE, PAD, DIL, HAS_DW_BIAS, ACC_DTYPE, BLOCK_P, BLOCK_C)  # [BLOCK_P, BLOCK_C]
         # Rows past the last pixel hold act(bias); their dy columns are 0, so they add nothing.
         h = activate(z, ACT).to(dw_w_ptr.dtype.element_ty)
