@@ -7,7 +7,8 @@ tuner and the perf suite stay generic; adding an operator means adding its harne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from types import ModuleType
 from typing import Callable, Protocol
 
 import torch
@@ -71,3 +72,46 @@ def max_relative_error(actual: tuple, expected: tuple) -> float:
     if len(actual) != len(expected):
         raise ValueError(f"{len(actual)} outputs, expected {len(expected)}")
     return max((relative_error(a, e) for a, e in zip(actual, expected) if e.numel()), default=0.0)
+
+
+def in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+
+class WeightBiasHarness:
+    """The kernel plumbing of an operator whose parameters are ``weight`` and ``bias`` and whose
+    modules follow one API: ``launch.forward(x, weight, bias, spec, tile)``,
+    ``launch.backward_input(dy, weight, spec, tile, like)``, ``launch.backward_weight(dy, x, spec, tile)
+    -> (dw, db)``, ``launch.candidate_tiles(spec, kernel)``, ``reference.fallback_forward(x, weight,
+    bias, spec)`` and ``reference.fallback_backward(dy, x, weight, spec, need_input, need_weights)
+    -> (dx, dw, db)``. Subclasses add the operator, shape sets, workloads, dense conv and shrinking."""
+
+    launch: ModuleType
+    reference: ModuleType
+
+    def candidate_tiles(self, spec, kernel):
+        return self.launch.candidate_tiles(spec, kernel)
+
+    def triton(self, kernel, work, tile):
+        t, spec, launch = work.tensors, work.spec, self.launch
+        if kernel == "forward":
+            return lambda: (launch.forward(t["x"], t["weight"], t["bias"], spec, tile),)
+        if kernel == "backward_input":
+            return lambda: (launch.backward_input(work.grad, t["weight"], spec, tile, t["x"]),)
+        return lambda: tuple(g for g in launch.backward_weight(work.grad, t["x"], spec, tile) if g is not None)
+
+    def fallback(self, pass_, work):
+        t, spec, reference = work.tensors, work.spec, self.reference
+        if pass_ == "forward":
+            return lambda: (reference.fallback_forward(t["x"], t["weight"], t["bias"], spec),)
+        return lambda: tuple(g for g in reference.fallback_backward(work.grad, t["x"], t["weight"], spec, True, True)
+                             if g is not None)
+
+    def expected(self, kernel, work):
+        t = {k: v.double() if v is not None else None for k, v in work.tensors.items()}
+        spec64 = replace(work.spec, dtype="float64")
+        if kernel == "forward":
+            return (self.reference.fallback_forward(t["x"], t["weight"], t["bias"], spec64),)
+        dx, dw, db = self.reference.fallback_backward(work.grad.double(), t["x"], t["weight"], spec64,
+                                                      kernel == "backward_input", kernel == "backward_weight")
+        return (dx,) if kernel == "backward_input" else tuple(g for g in (dw, db) if g is not None)

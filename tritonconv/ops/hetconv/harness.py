@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from tritonconv import zoo
 from tritonconv._validation import check_positive_int
-from tritonconv.harness import Workload
+from tritonconv.harness import Workload, in_layout
 from tritonconv.ops.hetconv import launch, reference
 from tritonconv.ops.hetconv.op import OPERATOR
 from tritonconv.ops.hetconv.spec import HetConvSpec
@@ -50,16 +50,11 @@ class HetConvHarness:
     def make_workload(self, spec: HetConvSpec, device) -> Workload:
         def randn(*shape):
             return torch.randn(*shape, device=device, dtype=spec.torch_dtype)
-        x = randn(*spec.input_shape)
-        if spec.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = in_layout(randn(*spec.input_shape), spec.channels_last)
         scale = 1.0 / (spec.group_in * spec.kernel_size**2 + spec.in_channels - spec.group_in) ** 0.5
         tensors = {"x": x, "weight": randn(*spec.weight_shape) * scale, "weight_pw": randn(*spec.weight_pw_shape) * scale,
                    "bias": randn(spec.out_channels) if spec.bias else None}
-        grad = randn(*spec.output_shape)
-        if spec.channels_last:
-            grad = grad.contiguous(memory_format=torch.channels_last)
-        return Workload(spec, tensors, grad)
+        return Workload(spec, tensors, in_layout(randn(*spec.output_shape), spec.channels_last))
 
     def candidate_tiles(self, spec, kernel):
         return launch.candidate_tiles(spec, kernel)
@@ -93,8 +88,7 @@ class HetConvHarness:
         t = work.tensors
         weight = torch.randn(spec.out_channels, spec.in_channels, spec.kernel_size, spec.kernel_size,
                              device=t["x"].device, dtype=t["x"].dtype) * 0.05
-        if spec.channels_last:
-            weight = weight.contiguous(memory_format=torch.channels_last)
+        weight = in_layout(weight, spec.channels_last)
         if pass_ == "forward":
             return lambda: (F.conv2d(t["x"], weight, t["bias"], spec.stride, spec.padding),)
         conv_bwd = torch.ops.aten.convolution_backward

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tritonconv import zoo
-from tritonconv.harness import Workload
+from tritonconv.harness import WeightBiasHarness, Workload, in_layout
 from tritonconv.ops.versatile import launch, reference
 from tritonconv.ops.versatile.op import OPERATOR
 from tritonconv.ops.versatile.spec import VersatileSpec
@@ -42,56 +42,28 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
     return out
 
 
-def _layout(t: torch.Tensor, spec: VersatileSpec) -> torch.Tensor:
-    return t.contiguous(memory_format=torch.channels_last) if spec.channels_last else t
 
-
-class VersatileHarness:
+class VersatileHarness(WeightBiasHarness):
     operator = OPERATOR
+    launch = launch
+    reference = reference
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
 
     def make_workload(self, spec: VersatileSpec, device) -> Workload:
         def randn(*shape):
             return torch.randn(*shape, device=device, dtype=spec.torch_dtype)
-        tensors = {"x": _layout(randn(*spec.input_shape), spec),
+        tensors = {"x": in_layout(randn(*spec.input_shape), spec.channels_last),
                    "weight": randn(*spec.weight_shape) / (spec.c_hat * spec.kernel_size**2) ** 0.5,
                    "bias": randn(spec.out_channels) if spec.bias else None}
-        return Workload(spec, tensors, _layout(randn(*spec.output_shape), spec))
-
-    def candidate_tiles(self, spec, kernel):
-        return launch.candidate_tiles(spec, kernel)
-
-    def triton(self, kernel, work, tile):
-        t, spec = work.tensors, work.spec
-        if kernel == "forward":
-            return lambda: (launch.forward(t["x"], t["weight"], t["bias"], spec, tile),)
-        if kernel == "backward_input":
-            return lambda: (launch.backward_input(work.grad, t["weight"], spec, tile, t["x"]),)
-        return lambda: tuple(g for g in launch.backward_weight(work.grad, t["x"], spec, tile) if g is not None)
-
-    def fallback(self, pass_, work):
-        t, spec = work.tensors, work.spec
-        if pass_ == "forward":
-            return lambda: (reference.fallback_forward(t["x"], t["weight"], t["bias"], spec),)
-        return lambda: tuple(g for g in reference.fallback_backward(work.grad, t["x"], t["weight"], spec, True, True)
-                             if g is not None)
-
-    def expected(self, kernel, work):
-        t = {k: v.double() if v is not None else None for k, v in work.tensors.items()}
-        spec64 = replace(work.spec, dtype="float64")
-        if kernel == "forward":
-            return (reference.fallback_forward(t["x"], t["weight"], t["bias"], spec64),)
-        dx, dw, db = reference.fallback_backward(work.grad.double(), t["x"], t["weight"], spec64,
-                                                 kernel == "backward_input", kernel == "backward_weight")
-        return (dx,) if kernel == "backward_input" else tuple(g for g in (dw, db) if g is not None)
+        return Workload(spec, tensors, in_layout(randn(*spec.output_shape), spec.channels_last))
 
     def dense(self, pass_, work):
         """The ordinary k x k conv with the same channels, stride, padding and dilation."""
         spec, t = work.spec, work.tensors
         k = spec.kernel_size
-        weight = _layout(torch.randn(spec.out_channels, spec.in_channels, k, k, device=t["x"].device,
-                                     dtype=t["x"].dtype) * 0.05, spec)
+        weight = in_layout(torch.randn(spec.out_channels, spec.in_channels, k, k, device=t["x"].device,
+                                     dtype=t["x"].dtype) * 0.05, spec.channels_last)
         if pass_ == "forward":
             return lambda: (F.conv2d(t["x"], weight, t["bias"], spec.stride, spec.padding, spec.dilation),)
         conv_bwd = torch.ops.aten.convolution_backward
