@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
+from tritonconv._spec import ConvSpecShapes, check_dtype_name
 from tritonconv.accounting import Cost
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 # Activation name -> the constexpr code the kernels branch on.
 ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
 
@@ -61,7 +61,7 @@ def layout_of(x: torch.Tensor) -> bool:
 
 
 @dataclass(frozen=True)
-class DepthwiseSpec:
+class DepthwiseSpec(ConvSpecShapes):
     """Depthwise conv: output channel o reads input channel ``o // multiplier`` (torch's groups=C order).
 
     ``out_channels`` may be less than ``in_channels * multiplier`` (the Ghost module keeps only the
@@ -100,8 +100,7 @@ class DepthwiseSpec:
         validate_window(self.kernel_size, self.stride, self.padding, self.dilation)
         check_spatial(self.height, self.width, self.kernel_size, self.stride, self.padding, self.dilation)
         normalize_activation("activation", self.activation)
-        if self.dtype not in DTYPES:
-            raise TypeError(f"dtype={self.dtype!r} is not supported; expected one of {tuple(DTYPES)}")
+        check_dtype_name(self.dtype)
         if self.concat_input and (self.out_height, self.out_width) != (self.height, self.width):
             raise ValueError(f"concat_input=True needs an output as large as the input, got "
                              f"{(self.out_height, self.out_width)} from {(self.height, self.width)}")
@@ -113,14 +112,6 @@ class DepthwiseSpec:
     @property
     def out_width(self) -> int:
         return output_size(self.width, self.kernel_size, self.stride, self.padding, self.dilation)
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.in_channels, self.height, self.width)
 
     @property
     def total_out_channels(self) -> int:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
+from tritonconv._spec import ConvSpecShapes, check_dtype_name
 from tritonconv.accounting import Cost
-from tritonconv.ops.depthwise.spec import (DTYPES, DepthwiseSpec, batch_bucket, check_spatial, layout_of,
+from tritonconv.ops.depthwise.spec import (DepthwiseSpec, batch_bucket, check_spatial, layout_of,
                                            normalize_activation, output_size, validate_window)
 
 
 @dataclass(frozen=True)
-class DwSepSpec:
+class DwSepSpec(ConvSpecShapes):
     batch: int
     in_channels: int
     out_channels: int
@@ -42,8 +42,7 @@ class DwSepSpec:
         check_spatial(self.height, self.width, self.kernel_size, self.stride, self.padding, self.dilation)
         normalize_activation("activation", self.activation)
         normalize_activation("out_activation", self.out_activation)
-        if self.dtype not in DTYPES:
-            raise TypeError(f"dtype={self.dtype!r} is not supported; expected one of {tuple(DTYPES)}")
+        check_dtype_name(self.dtype)
 
     @property
     def out_height(self) -> int:
@@ -52,18 +51,6 @@ class DwSepSpec:
     @property
     def out_width(self) -> int:
         return output_size(self.width, self.kernel_size, self.stride, self.padding, self.dilation)
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.in_channels, self.height, self.width)
-
-    @property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.out_channels, self.out_height, self.out_width)
 
     @property
     def dw_weight_shape(self) -> tuple[int, int, int, int]:

@@ -8,9 +8,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
+from tritonconv._spec import ConvSpecShapes, check_dtype_name
 from tritonconv.accounting import Cost
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
 
 def validate_hyperparameters(in_channels, out_channels, kernel_size, stride, p) -> None:
@@ -36,7 +36,7 @@ def batch_bucket(batch: int) -> int:
 
 
 @dataclass(frozen=True)
-class HetConvSpec:
+class HetConvSpec(ConvSpecShapes):
     batch: int
     in_channels: int
     out_channels: int
@@ -56,8 +56,7 @@ class HetConvSpec:
         check_positive_int("batch", self.batch, minimum=0)
         check_positive_int("height", self.height)
         check_positive_int("width", self.width)
-        if self.dtype not in DTYPES:
-            raise TypeError(f"dtype={self.dtype!r} is not supported; expected one of {tuple(DTYPES)}")
+        check_dtype_name(self.dtype)
 
     # ---- derived shapes -------------------------------------------------------------------
     @property
@@ -81,18 +80,6 @@ class HetConvSpec:
     def group_out(self) -> int:
         """N/p: filters per group."""
         return self.out_channels // self.p
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.in_channels, self.height, self.width)
-
-    @property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.out_channels, self.out_height, self.out_width)
 
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:

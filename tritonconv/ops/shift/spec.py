@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
+from tritonconv._spec import ConvSpecShapes, check_dtype_name
 from tritonconv.accounting import Cost
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 ASSIGNMENTS = ("interleaved", "grouped")
 
 
@@ -47,7 +47,7 @@ def channel_shifts(in_channels: int, kernel_size: int, dilation: int, assignment
 
 
 @dataclass(frozen=True)
-class ShiftSpec:
+class ShiftSpec(ConvSpecShapes):
     batch: int
     in_channels: int
     out_channels: int
@@ -69,8 +69,7 @@ class ShiftSpec:
         check_positive_int("batch", self.batch, minimum=0)
         check_positive_int("height", self.height)
         check_positive_int("width", self.width)
-        if self.dtype not in DTYPES:
-            raise TypeError(f"dtype={self.dtype!r} is not supported; expected one of {tuple(DTYPES)}")
+        check_dtype_name(self.dtype)
 
     # ---- derived shapes -------------------------------------------------------------------
     @property
@@ -90,18 +89,6 @@ class ShiftSpec:
     def shifted_channels(self) -> int:
         """R = (C // k^2) k^2: channels at or above R are not shifted."""
         return self.shift_group * self.kernel_size**2
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.in_channels, self.height, self.width)
-
-    @property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.out_channels, self.out_height, self.out_width)
 
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:

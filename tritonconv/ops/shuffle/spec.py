@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
+from tritonconv._spec import ConvSpecShapes, check_dtype_name
 from tritonconv.accounting import Cost
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
 
 def validate_hyperparameters(in_channels, out_channels, groups, shuffle_groups) -> None:
@@ -30,7 +30,7 @@ def batch_bucket(batch: int) -> int:
 
 
 @dataclass(frozen=True)
-class ShuffleConvSpec:
+class ShuffleConvSpec(ConvSpecShapes):
     """``shuffle(conv1x1(x, weight, bias, groups=groups), shuffle_groups)``; shuffle_groups=1: no shuffle."""
 
     batch: int
@@ -51,8 +51,16 @@ class ShuffleConvSpec:
         check_positive_int("batch", self.batch, minimum=0)
         check_positive_int("height", self.height)
         check_positive_int("width", self.width)
-        if self.dtype not in DTYPES:
-            raise TypeError(f"dtype={self.dtype!r} is not supported; expected one of {tuple(DTYPES)}")
+        check_dtype_name(self.dtype)
+
+    @property
+    def out_height(self) -> int:
+        """A 1 x 1 conv with stride 1: the output keeps the input's size."""
+        return self.height
+
+    @property
+    def out_width(self) -> int:
+        return self.width
 
     @property
     def group_in(self) -> int:
@@ -61,18 +69,6 @@ class ShuffleConvSpec:
     @property
     def group_out(self) -> int:
         return self.out_channels // self.groups
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.in_channels, self.height, self.width)
-
-    @property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.out_channels, self.height, self.width)
 
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
+from tritonconv._spec import ConvSpecShapes, check_dtype_name
 from tritonconv.accounting import Cost
 
 MAX_KERNEL_SIZE = 7  # s_num = 4 accumulators of [BLOCK_M, BLOCK_N] in the forward kernel
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
 
 def validate_hyperparameters(in_channels, out_channels, kernel_size, stride, padding, dilation, delta, g) -> None:
@@ -50,7 +50,7 @@ def batch_bucket(batch: int) -> int:
 
 
 @dataclass(frozen=True)
-class VersatileSpec:
+class VersatileSpec(ConvSpecShapes):
     batch: int
     in_channels: int
     out_channels: int
@@ -76,8 +76,7 @@ class VersatileSpec:
         check_positive_int("batch", self.batch, minimum=0)
         check_positive_int("height", self.height)
         check_positive_int("width", self.width)
-        if self.dtype not in DTYPES:
-            raise TypeError(f"dtype={self.dtype!r} is not supported; expected one of {tuple(DTYPES)}")
+        check_dtype_name(self.dtype)
         span = self.dilation * (self.kernel_size - 1) + 1
         if self.height + 2 * self.padding < span or self.width + 2 * self.padding < span:
             raise ValueError(f"input spatial size {(self.height, self.width)} with padding={self.padding} is smaller "
@@ -110,18 +109,6 @@ class VersatileSpec:
     def c_hat(self) -> int:
         """Input channels each filter sees."""
         return self.in_channels - self.delta
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.in_channels, self.height, self.width)
-
-    @property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.out_channels, self.out_height, self.out_width)
 
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:

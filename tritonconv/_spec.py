@@ -1,0 +1,29 @@
+"""What every operator spec shares: the dtype names it accepts, and its NCHW input and output shapes."""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+
+
+def check_dtype_name(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise TypeError(f"dtype={dtype!r} is not supported; expected one of {tuple(DTYPES)}")
+
+
+class ConvSpecShapes:
+    """Mixin of the frozen spec dataclasses: they have fields ``batch``, ``in_channels``,
+    ``out_channels``, ``height``, ``width``, ``dtype`` and properties ``out_height``, ``out_width``."""
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.in_channels, self.height, self.width)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.out_channels, self.out_height, self.out_width)
