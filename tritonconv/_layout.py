@@ -13,16 +13,45 @@ def memory_format_of(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def empty(shape, *, device, dtype: torch.dtype, memory_format=torch.contiguous_format) -> Tensor:
+    """Every buffer our kernels write (outputs, split-K partials) is allocated here, so that the tests
+    can fill them all with NaN (replacing ``_allocate``): an element a kernel forgets fails loudly."""
+    return _allocate(shape, device=device, dtype=dtype, memory_format=memory_format)
+
+
+_allocate = torch.empty
+
+
 def empty_like_layout(shape, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """An uninitialised tensor of ``shape`` in ``like``'s memory layout (outputs follow their input)."""
-    return torch.empty(shape, device=like.device, dtype=dtype or like.dtype, memory_format=memory_format_of(like))
+    return empty(shape, device=like.device, dtype=dtype or like.dtype, memory_format=memory_format_of(like))
+
+
+AUTOCAST_DEVICE_TYPES = ("cuda", "cpu")  # autocast has no state for others (meta raises)
+
+
+def layer_operands(x: Tensor, in_channels: int, *params, window: tuple[int, int, int] | None = None):
+    """A layer's input checked (``_validation.check_input``), then it and the parameters autocast."""
+    from tritonconv._validation import check_input
+    check_input(x, in_channels, window=window)
+    return autocast_operands(x, *params)
+
+
+def autocast_enabled(x: Tensor) -> bool:
+    return x.device.type in AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(x.device.type)
 
 
 def autocast_operands(x: Tensor, *params):
     """Custom ops are invisible to autocast: layers cast here, as autocast would for a conv."""
     if not isinstance(x, Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-    if torch.is_autocast_enabled(x.device.type):
+    if autocast_enabled(x):
         dtype = torch.get_autocast_dtype(x.device.type)
         return (x.to(dtype), *(t.to(dtype) if t is not None else None for t in params))
     return (x, *params)
+
+
+def missing_as_empty(grads, like: Tensor) -> tuple:
+    """A backward custom op's gradients with each missing one (None) as its own empty tensor: the
+    outputs of a custom op must not alias each other, so one shared empty tensor would not do."""
+    return tuple(g if g is not None else like.new_empty(0) for g in grads)

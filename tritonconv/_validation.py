@@ -47,3 +47,36 @@ def check_same(name: str, tensor: torch.Tensor, reference: torch.Tensor, referen
             f"{name} is on {tensor.device} but {reference_name} is on {reference.device}; "
             "they must be on the same device"
         )
+
+
+def check_input(x, in_channels: int, *, window: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """A layer's input: a 4-D floating tensor with ``in_channels`` channels and a non-empty image, at
+    least as large as the layer's ``window`` = (kernel_size, padding, dilation) once padded."""
+    check_tensor("input", x, rank=4)
+    if x.shape[1] != in_channels:
+        raise ValueError(f"input has {x.shape[1]} channels (shape {tuple(x.shape)}); expected in_channels={in_channels}")
+    height, width = x.shape[2], x.shape[3]
+    if height == 0 or width == 0:
+        raise ValueError(f"input has spatial size {height} x {width} (shape {tuple(x.shape)}); expected at least 1 x 1")
+    if window is not None:
+        kernel_size, padding, dilation = window
+        extent = dilation * (kernel_size - 1) + 1
+        if min(height, width) + 2 * padding < extent:
+            raise ValueError(f"input has spatial size {height} x {width}, smaller than the {extent} x {extent} window "
+                             f"of kernel_size={kernel_size}, dilation={dilation} with padding={padding}")
+    return x
+
+
+def check_int_choice(name: str, value, choices: tuple[int, ...]) -> int:
+    """An int (not a bool or a float that happens to be equal) among ``choices``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}={value!r} must be an int, one of {choices}")
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} must be one of {choices}")
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}={value!r} must be a bool")
+    return value

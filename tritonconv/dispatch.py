@@ -8,9 +8,11 @@ sentence saying why; ``explain`` returns it without running anything.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import functools
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -80,6 +82,62 @@ def forced_backend() -> str:
     return _forced.get() or env.backend_override()
 
 
+# ---- the forced backend, from a forward to its backward ---------------------------------------------
+# Eagerly, setup_context runs with the forward and stores forced_backend() in ctx. Under torch.compile
+# it runs once, while tracing, so what it could store would be the backend forced at trace time; it
+# stores "" instead, and the forward custom op (which runs at every call) notes the backend forced
+# then, keyed on the input it saves for its backward. The backward runs on an autograd worker thread
+# that sees no use_backend(), so the note is process-wide; it is bounded, as a backward may never run.
+_FORCED_AT_RUN_TIME: collections.OrderedDict = collections.OrderedDict()
+_FORCED_NOTES_KEPT = 4096
+_notes_lock = threading.Lock()
+
+
+def _input_key(operator: Operator, x: torch.Tensor) -> tuple:
+    return operator.name, x.device, x.data_ptr(), tuple(x.shape), tuple(x.stride()), x._version
+
+
+def note_forward(operator: Operator, x: torch.Tensor) -> None:
+    """Called by a forward custom op: remember the backend forced around this call for its backward."""
+    forced = _forced.get()
+    if forced is None or x.device.type == "meta":
+        return
+    with _notes_lock:
+        _FORCED_AT_RUN_TIME[_input_key(operator, x)] = forced
+        while len(_FORCED_AT_RUN_TIME) > _FORCED_NOTES_KEPT:
+            _FORCED_AT_RUN_TIME.popitem(last=False)
+
+
+def forced_for_backward() -> str:
+    """What setup_context stores for the backward: the backend forced now; "" while torch.compile
+    traces (the backward then asks ``backward_forced``)."""
+    return "" if torch.compiler.is_compiling() else forced_backend()
+
+
+def backward_forced(operator: Operator, x: torch.Tensor, stored: str) -> str:
+    """The backend forced around the forward of the backward being run."""
+    if stored:
+        return stored
+    with _notes_lock:
+        noted = _FORCED_AT_RUN_TIME.pop(_input_key(operator, x), None) if x.device.type != "meta" else None
+    return noted or env.backend_override()
+
+
+# Triton's interpreter is not thread-safe (two threads launching at once crash it): under it, every
+# launch of ours holds this lock. On a GPU nothing is taken.
+_interpreter_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def launching():
+    """Around our kernel launches: serialises them under the interpreter."""
+    if env.triton_interpret():
+        with _interpreter_lock:
+            yield
+    else:
+        yield
+
+
 def decide(operator: Operator, spec, pass_: str, device: torch.device, *, forced: str | None = None,
            cache: TuningCache | None = None) -> Decision:
     """Which backend runs this call, with which tiles, and why."""
@@ -88,7 +146,8 @@ def decide(operator: Operator, spec, pass_: str, device: torch.device, *, forced
     forced = forced or forced_backend()
     cache = cache or default_cache()
     generation = cache.generation() if device.type == "cuda" else 0
-    return _decide(operator, spec, pass_, device, forced, hardware.triton_can_run(device), cache, generation)
+    return _decide(operator, spec, pass_, device, forced, hardware.triton_can_run(device, spec.dtype), cache,
+                   generation)
 
 
 @functools.lru_cache(maxsize=4096)

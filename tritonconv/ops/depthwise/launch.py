@@ -12,7 +12,7 @@ import triton
 from tritonconv.ops.depthwise import kernels
 from tritonconv.ops.depthwise.spec import ACTIVATIONS, DepthwiseSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, reduction_splits
-from tritonconv._layout import empty_like_layout
+from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
 
@@ -68,7 +68,7 @@ def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tenso
     grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
             triton.cdiv(channels, tile.block_cols))
     kernels.depthwise_fwd_kernel[grid](
-        x, weight.contiguous(), bias if bias is not None else weight, y, copy,
+        x, weight.contiguous(), bias.contiguous() if bias is not None else weight, y, copy,
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height, spec.out_width,
         spec.multiplier, *x.stride(), *y.stride(), *copy.stride(),
         **_window(spec, spec.activation), HAS_BIAS=bias is not None, COPY_INPUT=spec.concat_input,
@@ -114,8 +114,8 @@ def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: s
     splits = reduction_splits(GemmTile(tile.block_rows, tile.block_cols, tile.block_rows, splits=tile.splits),
                               channel_tiles * taps, pixels, x.device)
     pixels_per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_rows) * tile.block_rows
-    partial_w = torch.empty((splits, *spec.weight_shape), device=x.device, dtype=acc_dtype)
-    partial_b = torch.empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if has_bias else None
+    partial_w = empty((splits, *spec.weight_shape), device=x.device, dtype=acc_dtype)
+    partial_b = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if has_bias else None
     y = y if ACTIVATIONS[activation] else dy
     kernels.depthwise_bwd_weight_kernel[(channel_tiles, taps, splits)](
         x, dy, y, partial_w, partial_b if partial_b is not None else partial_w,

@@ -8,12 +8,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from tritonconv._validation import check_positive_int, dtype_name
+from tritonconv._validation import check_bool, check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.depthwise.op import depthwise_conv2d, explain
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation, validate_window
-from tritonconv._layout import autocast_operands
+from tritonconv._layout import layer_operands
 
 
 class DepthwiseConv2d(nn.Module):
@@ -29,6 +29,7 @@ class DepthwiseConv2d(nn.Module):
                  dilation: int = 1, bias: bool = True, multiplier: int = 1, activation: str | None = None,
                  device=None, dtype=None):
         super().__init__()
+        check_bool("bias", bias)
         check_positive_int("in_channels", in_channels)
         check_positive_int("multiplier", multiplier)
         check_positive_int("kernel_size", kernel_size)
@@ -54,12 +55,12 @@ class DepthwiseConv2d(nn.Module):
                 self.bias.uniform_(-bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        x, weight, bias = autocast_operands(x, self.weight, self.bias)
+        x, weight, bias = layer_operands(x, self.in_channels, self.weight, self.bias)
         return depthwise_conv2d(x, weight, bias, self.stride, self.padding, self.dilation,
                                 None if self.activation == "none" else self.activation)
 
     def explain(self, x: Tensor, pass_: str = "forward") -> Decision:
-        x, weight, bias = autocast_operands(x, self.weight, self.bias)
+        x, weight, bias = layer_operands(x, self.in_channels, self.weight, self.bias)
         return explain(x, weight, bias, self.stride, self.padding, self.dilation,
                        None if self.activation == "none" else self.activation, pass_)
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._layout import memory_format_of
+from tritonconv._layout import memory_format_of, missing_as_empty
 from tritonconv._validation import check_tensor
 from tritonconv.ops.depthwise import kernels, launch, reference
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation
@@ -34,8 +34,10 @@ def _depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride:
                       multiplier: int, activation: str, concat_input: bool) -> Tensor:
     spec = _spec(x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input)
     decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
+    dispatch.note_forward(OPERATOR, x)
     if decision.backend == "triton":
-        return launch.forward(x, weight, bias, spec, decision.tiles["forward"])
+        with dispatch.launching():
+            return launch.forward(x, weight, bias, spec, decision.tiles["forward"])
     return reference.fallback_forward(x, weight, bias, spec).contiguous(memory_format=memory_format_of(x))
 
 
@@ -52,21 +54,22 @@ def _depthwise_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
                                forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
     spec = _spec(x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input)
-    decision = dispatch.decide(OPERATOR, spec, "backward", x.device, forced=forced)
+    decision = dispatch.decide(OPERATOR, spec, "backward", x.device,
+                               forced=dispatch.backward_forced(OPERATOR, x, forced))
     dx = dw = db = None
     if decision.backend == "triton":
-        channels = spec.in_channels if concat_input else 0
-        maps_grad, maps = grad[:, channels:], out[:, channels:]
-        if need_input:
-            dx = launch.backward_input(maps_grad, maps, weight, spec, decision.tiles["backward_input"], x,
-                                       add=grad[:, :channels] if concat_input else None)
-        if need_weights:
-            dw, db = launch.backward_weight(maps_grad, maps, x, spec, decision.tiles["backward_weight"])
+        with dispatch.launching():
+            channels = spec.in_channels if concat_input else 0
+            maps_grad, maps = grad[:, channels:], out[:, channels:]
+            if need_input:
+                dx = launch.backward_input(maps_grad, maps, weight, spec, decision.tiles["backward_input"], x,
+                                           add=grad[:, :channels] if concat_input else None)
+            if need_weights:
+                dw, db = launch.backward_weight(maps_grad, maps, x, spec, decision.tiles["backward_weight"])
     else:
         dx, dw, db = reference.fallback_backward(grad, x, weight, bias, spec, need_input, need_weights)
         dx = dx.contiguous(memory_format=memory_format_of(x)) if dx is not None else None
-    # Each missing gradient gets its own empty tensor: custom-op outputs must not alias each other.
-    return tuple(g if g is not None else x.new_empty(0) for g in (dx, dw, db))
+    return missing_as_empty((dx, dw, db), x)
 
 
 @_depthwise_conv2d_backward.register_fake
@@ -83,7 +86,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, weight, bias, output)
     ctx.args = (stride, padding, dilation, multiplier, activation, concat_input)
     # The backward may run on an autograd worker thread that does not see use_backend(): capture it.
-    ctx.forced = dispatch.forced_backend()
+    ctx.forced = dispatch.forced_for_backward()
 
 
 def _backward(ctx, grad):

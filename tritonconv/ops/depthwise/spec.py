@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
+from tritonconv._validation import check_int_choice, check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv._spec import ConvSpecShapes, check_dtype_name
 from tritonconv.accounting import Cost
 
@@ -28,13 +28,12 @@ def default_padding(kernel_size: int, dilation: int) -> int:
     return dilation * (kernel_size // 2)
 
 
-def validate_window(kernel_size, stride, padding, dilation) -> None:
+def validate_window(kernel_size, stride, padding, dilation, *, kernel_name: str = "kernel_size") -> None:
     """The sliding-window hyperparameters every depthwise kernel accepts."""
-    check_positive_int("kernel_size", kernel_size)
+    check_positive_int(kernel_name, kernel_size)
     if kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size={kernel_size} must be odd: the window is centred on its output pixel")
-    if stride not in (1, 2) or isinstance(stride, bool):
-        raise ValueError(f"stride={stride!r} must be 1 or 2")
+        raise ValueError(f"{kernel_name}={kernel_size} must be odd: the window is centred on its output pixel")
+    check_int_choice("stride", stride, (1, 2))
     check_positive_int("padding", padding, minimum=0)
     check_positive_int("dilation", dilation)
 

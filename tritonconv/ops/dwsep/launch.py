@@ -20,7 +20,7 @@ from tritonconv.ops.depthwise.spec import ACTIVATIONS
 from tritonconv.ops.dwsep import kernels
 from tritonconv.ops.dwsep.spec import DwSepSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
-from tritonconv._layout import empty_like_layout
+from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_mid", "backward_pw_weight", "backward_input", "backward_weight")
 
@@ -81,8 +81,8 @@ def forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec: DwSepSpec, tile: Ge
     grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
             triton.cdiv(spec.out_channels, tile.block_cols))
     kernels.dwsep_fwd_kernel[grid](
-        x, dw_weight, dw_bias if dw_bias is not None else dw_weight, pw_weight.contiguous(),
-        pw_bias if pw_bias is not None else dw_weight, y, *_sizes(spec), *x.stride(), *y.stride(),
+        x, dw_weight, dw_bias.contiguous() if dw_bias is not None else dw_weight, pw_weight.contiguous(),
+        pw_bias.contiguous() if pw_bias is not None else dw_weight, y, *_sizes(spec), *x.stride(), *y.stride(),
         **_common(spec, x.dtype), HAS_PW_BIAS=pw_bias is not None,
         BLOCK_P=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_C=tile.block_reduce,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
@@ -103,7 +103,7 @@ def backward_mid(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec, tile:
     grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
             triton.cdiv(spec.in_channels, tile.block_cols))
     kernels.dwsep_bwd_mid_kernel[grid](
-        x, dw_weight, dw_bias if dw_bias is not None else dw_weight, pw_weight.contiguous(), dy, y, dz,
+        x, dw_weight, dw_bias.contiguous() if dw_bias is not None else dw_weight, pw_weight.contiguous(), dy, y, dz,
         *_sizes(spec), *x.stride(), *dy.stride(), *y.stride(), *dz.stride(), **_common(spec, x.dtype),
         BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols, BLOCK_N=tile.block_reduce,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
@@ -122,12 +122,12 @@ def backward_pw_weight(dy, y, x, dw_weight, dw_bias, spec: DwSepSpec, tile: Gemm
     channel_tiles = triton.cdiv(spec.in_channels, tile.block_cols)
     splits = reduction_splits(tile, filter_tiles * channel_tiles, pixels, x.device)
     pixels_per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
-    partial = torch.empty((splits, spec.out_channels, spec.in_channels), device=x.device, dtype=acc_dtype)
-    partial_bias = torch.empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.pw_bias else None
+    partial = empty((splits, spec.out_channels, spec.in_channels), device=x.device, dtype=acc_dtype)
+    partial_bias = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.pw_bias else None
     dw_weight = dw_weight.contiguous()
     y = y if ACTIVATIONS[spec.out_activation] else dy
     kernels.dwsep_bwd_pw_weight_kernel[(filter_tiles, channel_tiles, splits)](
-        x, dw_weight, dw_bias if dw_bias is not None else dw_weight, dy, y, partial,
+        x, dw_weight, dw_bias.contiguous() if dw_bias is not None else dw_weight, dy, y, partial,
         partial_bias if partial_bias is not None else partial, *_sizes(spec), pixels_per_split,
         *x.stride(), *dy.stride(), *y.stride(), **_common(spec, x.dtype), HAS_PW_BIAS=spec.pw_bias,
         BLOCK_N=tile.block_rows, BLOCK_C=tile.block_cols, BLOCK_P=tile.block_reduce,

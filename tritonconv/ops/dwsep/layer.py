@@ -7,13 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from tritonconv._validation import check_positive_int, dtype_name
+from tritonconv._validation import check_bool, check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.depthwise.spec import default_padding, normalize_activation, validate_window
 from tritonconv.ops.dwsep.op import dwsep_conv2d, explain
 from tritonconv.ops.dwsep.spec import DwSepSpec
-from tritonconv._layout import autocast_operands
+from tritonconv._layout import layer_operands
 
 
 def _bn_affine(bn: nn.Module | None, name: str, channels: int):
@@ -63,6 +63,7 @@ class DepthwiseSeparableConv2d(nn.Module):
                  padding: int | None = None, dilation: int = 1, bias: bool = True, activation: str | None = None,
                  out_activation: str | None = None, device=None, dtype=None):
         super().__init__()
+        check_bool("bias", bias)
         check_positive_int("in_channels", in_channels)
         check_positive_int("out_channels", out_channels)
         check_positive_int("kernel_size", kernel_size)
@@ -94,14 +95,14 @@ class DepthwiseSeparableConv2d(nn.Module):
         return tuple(None if a == "none" else a for a in (self.activation, self.out_activation))
 
     def forward(self, x: Tensor) -> Tensor:
-        x, dw_weight, dw_bias, pw_weight, pw_bias = autocast_operands(
-            x, self.dw_weight, self.dw_bias, self.pw_weight, self.pw_bias)
+        x, dw_weight, dw_bias, pw_weight, pw_bias = layer_operands(
+            x, self.in_channels, self.dw_weight, self.dw_bias, self.pw_weight, self.pw_bias)
         return dwsep_conv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, self.stride, self.padding, self.dilation,
                             *self._activations())
 
     def explain(self, x: Tensor, pass_: str = "forward") -> Decision:
         """Which backend ``self(x)`` (or its backward) takes, and why."""
-        operands = autocast_operands(x, self.dw_weight, self.dw_bias, self.pw_weight, self.pw_bias)
+        operands = layer_operands(x, self.in_channels, self.dw_weight, self.dw_bias, self.pw_weight, self.pw_bias)
         return explain(*operands, self.stride, self.padding, self.dilation, *self._activations(), pass_=pass_)
 
     def spec(self, input_shape, dtype: torch.dtype | None = None, channels_last: bool = False) -> DwSepSpec:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv.ops.depthwise import kernels as depthwise_kernels
-from tritonconv._layout import memory_format_of
+from tritonconv._layout import memory_format_of, missing_as_empty
 from tritonconv.ops.depthwise.spec import default_padding, normalize_activation
 from tritonconv.ops.dwsep import kernels, launch, reference
 from tritonconv.ops.dwsep.spec import DwSepSpec
@@ -36,8 +36,10 @@ def _dwsep_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_we
                   out_activation: str) -> Tensor:
     spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation)
     decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
+    dispatch.note_forward(OPERATOR, x)
     if decision.backend == "triton":
-        return launch.forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec, decision.tiles["forward"])
+        with dispatch.launching():
+            return launch.forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec, decision.tiles["forward"])
     y = reference.fallback_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec)
     return y.contiguous(memory_format=memory_format_of(x))
 
@@ -55,17 +57,18 @@ def _dwsep_conv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: 
                            forced: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad input, grad dw_weight, grad dw_bias, grad pw_weight, grad pw_bias); unneeded ones come back empty."""
     spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation)
-    decision = dispatch.decide(OPERATOR, spec, "backward", x.device, forced=forced)
+    decision = dispatch.decide(OPERATOR, spec, "backward", x.device,
+                               forced=dispatch.backward_forced(OPERATOR, x, forced))
     if decision.backend == "triton":
-        grads = launch.backward(grad, out, x, dw_weight, dw_bias, pw_weight, spec, decision.tiles, need_input,
-                                need_weights)
+        with dispatch.launching():
+            grads = launch.backward(grad, out, x, dw_weight, dw_bias, pw_weight, spec, decision.tiles, need_input,
+                                    need_weights)
     else:
         grads = reference.fallback_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, spec, need_input,
                                             need_weights)
         if grads[0] is not None:
             grads = (grads[0].contiguous(memory_format=memory_format_of(x)), *grads[1:])
-    # Each missing gradient gets its own empty tensor: custom-op outputs must not alias each other.
-    return tuple(g if g is not None else x.new_empty(0) for g in grads)
+    return missing_as_empty(grads, x)
 
 
 @_dwsep_conv2d_backward.register_fake
@@ -83,7 +86,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, dw_weight, dw_bias, pw_weight, pw_bias, output)
     ctx.args = tuple(args)
     # The backward may run on an autograd worker thread that does not see use_backend(): capture it.
-    ctx.forced = dispatch.forced_backend()
+    ctx.forced = dispatch.forced_for_backward()
 
 
 def _backward(ctx, grad):

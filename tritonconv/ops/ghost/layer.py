@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tritonconv._validation import check_positive_int, check_tensor, dtype_name
+from tritonconv._validation import check_bool, check_input, check_int_choice, check_positive_int, check_same, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.depthwise.op import depthwise_conv2d, explain as depthwise_explain, ghost_concat
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, validate_window
-from tritonconv._layout import autocast_operands
+from tritonconv._layout import autocast_enabled, autocast_operands
 
 
 def _folded(bn: nn.BatchNorm2d, weight: Tensor, rows: int) -> tuple[Tensor, Tensor]:
@@ -47,13 +47,12 @@ class GhostModule(nn.Module):
         check_positive_int("out_channels", out_channels)
         check_positive_int("kernel_size", kernel_size)
         check_positive_int("ratio", ratio, minimum=2)
-        validate_window(dw_size, 1, dw_size // 2, 1)
+        check_positive_int("dw_size", dw_size)
+        validate_window(dw_size, 1, dw_size // 2, 1, kernel_name="dw_size")
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={kernel_size} must be odd: padding k//2 keeps the spatial size")
-        if stride not in (1, 2) or isinstance(stride, bool):
-            raise ValueError(f"stride={stride!r} must be 1 or 2")
-        if not isinstance(relu, bool):
-            raise TypeError(f"relu={relu!r} must be a bool")
+        check_int_choice("stride", stride, (1, 2))
+        check_bool("relu", relu)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.ratio, self.dw_size, self.stride, self.relu = ratio, dw_size, stride, relu
         self.init_channels = math.ceil(out_channels / ratio)
@@ -90,14 +89,15 @@ class GhostModule(nn.Module):
         return F.relu(y) if self.relu else y
 
     def forward(self, x: Tensor) -> Tensor:
-        check_tensor("input", x, rank=4)
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"input has {x.shape[1]} channels; expected in_channels={self.in_channels}")
+        check_input(x, self.in_channels)
+        if not autocast_enabled(x):
+            check_same("input", x, self.primary_conv[0].weight, "primary_conv.0.weight")
         intrinsic = self._intrinsic(x)
         conv, bn, _ = self.cheap_operation
         activation = "relu" if self.relu else None
         if self._batch_statistics():
-            ghost = bn(depthwise_conv2d(intrinsic, conv.weight, None, 1, self.dw_size // 2, 1, None))
+            intrinsic, weight = autocast_operands(intrinsic, conv.weight)
+            ghost = bn(depthwise_conv2d(intrinsic, weight, None, 1, self.dw_size // 2, 1, None))
             ghost = F.relu(ghost) if self.relu else ghost
             return torch.cat([intrinsic, ghost], 1)[:, :self.out_channels]
         if self.kept_ghost_channels == 0:  # out_channels=1: nothing of the cheap operation is kept

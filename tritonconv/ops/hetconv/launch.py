@@ -8,7 +8,7 @@ import triton
 from tritonconv.ops.hetconv import kernels
 from tritonconv.ops.hetconv.spec import HetConvSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
-from tritonconv._layout import empty_like_layout
+from tritonconv._layout import empty, empty_like_layout
 
 # The kernels the tuner measures; "backward" runs the input and the weight kernel.
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
@@ -72,7 +72,7 @@ def forward(x, weight, weight_pw, bias, spec: HetConvSpec, tile: GemmTile) -> to
     grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
             spec.p * triton.cdiv(spec.group_out, tile.block_cols))
     kernels.hetconv_fwd_kernel[grid](
-        x, weight, weight_pw, bias if bias is not None else weight, y,
+        x, weight, weight_pw, bias.contiguous() if bias is not None else weight, y,
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height, spec.out_width,
         *_strides(x), *_strides(y), *_strides(weight),
         spec.group_in, spec.group_out,
@@ -116,9 +116,9 @@ def backward_weight(dy, x, spec: HetConvSpec, tile: GemmTile):
     splits = reduction_splits(tile, filter_tiles * (tap_tiles + pointwise_tiles), pixels, x.device)
     pixels_per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
 
-    partial_w = torch.empty((splits, *spec.weight_shape), device=x.device, dtype=acc_dtype)
-    partial_pw = torch.empty((splits, *spec.weight_pw_shape), device=x.device, dtype=acc_dtype)
-    partial_bias = torch.empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
+    partial_w = empty((splits, *spec.weight_shape), device=x.device, dtype=acc_dtype)
+    partial_pw = empty((splits, *spec.weight_pw_shape), device=x.device, dtype=acc_dtype)
+    partial_bias = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
     if pixels == 0:
         zero = lambda t: torch.zeros(t.shape[1:], device=x.device, dtype=x.dtype) if t is not None else None
         return zero(partial_w), zero(partial_pw), zero(partial_bias)

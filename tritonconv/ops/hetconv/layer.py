@@ -7,13 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from tritonconv._validation import dtype_name
+from tritonconv._validation import check_bool, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.hetconv import reference
 from tritonconv.ops.hetconv.op import explain, hetconv2d
 from tritonconv.ops.hetconv.spec import HetConvSpec, validate_hyperparameters
-from tritonconv._layout import autocast_operands
+from tritonconv._layout import layer_operands
 
 
 class HetConv2d(nn.Module):
@@ -35,6 +35,7 @@ class HetConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, p: int = 4,
                  bias: bool = False, device=None, dtype=None):
         super().__init__()
+        check_bool("bias", bias)
         validate_hyperparameters(in_channels, out_channels, kernel_size, stride, p)
         self.in_channels, self.out_channels, self.kernel_size, self.stride, self.p = (
             in_channels, out_channels, kernel_size, stride, p)
@@ -61,7 +62,7 @@ class HetConv2d(nn.Module):
                 self.bias.uniform_(-bound, bound)
 
     def _operands(self, x: Tensor):
-        return autocast_operands(x, self.weight, self.weight_pw, self.bias)
+        return layer_operands(x, self.in_channels, self.weight, self.weight_pw, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x, weight, weight_pw, bias = self._operands(x)

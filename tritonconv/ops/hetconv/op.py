@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._layout import memory_format_of
+from tritonconv._layout import memory_format_of, missing_as_empty
 from tritonconv.ops.hetconv import kernels, launch, reference
 from tritonconv.ops.hetconv.spec import HetConvSpec
 
@@ -27,8 +27,10 @@ OPERATOR = dispatch.Operator(
 def _hetconv2d(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor], stride: int, p: int) -> Tensor:
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
     decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
+    dispatch.note_forward(OPERATOR, x)
     if decision.backend == "triton":
-        return launch.forward(x, weight, weight_pw, bias, spec, decision.tiles["forward"])
+        with dispatch.launching():
+            return launch.forward(x, weight, weight_pw, bias, spec, decision.tiles["forward"])
     y = reference.fallback_forward(x, weight, weight_pw, bias, spec)
     return y.contiguous(memory_format=memory_format_of(x))
 
@@ -45,27 +47,26 @@ def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tens
     """(grad input, grad weight, grad weight_pw, grad bias); grads that are not needed come back empty."""
     bias_stub = weight_pw.new_empty(weight.shape[0]) if has_bias else None
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias_stub, stride=stride, p=p)
-    decision = dispatch.decide(OPERATOR, spec, "backward", x.device, forced=forced)
+    decision = dispatch.decide(OPERATOR, spec, "backward", x.device,
+                               forced=dispatch.backward_forced(OPERATOR, x, forced))
     if decision.backend == "triton":
-        dx = launch.backward_input(grad, weight, weight_pw, spec, decision.tiles["backward_input"], x) if need_input else None
-        dw, dpw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"]) if need_weights else (None,) * 3
+        with dispatch.launching():
+            dx = launch.backward_input(grad, weight, weight_pw, spec, decision.tiles["backward_input"], x) if need_input else None
+            dw, dpw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"]) if need_weights else (None,) * 3
     else:
         dx, dw, dpw, db = reference.fallback_backward(grad.contiguous(memory_format=memory_format_of(x)), x, weight,
                                                       weight_pw, spec, need_input, need_weights)
         dx = dx.contiguous(memory_format=memory_format_of(x)) if dx is not None else None
-    empty = x.new_empty(0)
-    return (dx if dx is not None else empty, dw if dw is not None else empty,
-            dpw if dpw is not None else empty, db if db is not None else empty)
+    return missing_as_empty((dx, dw, dpw, db), x)
 
 
 @_hetconv2d_backward.register_fake
 def _(grad, x, weight, weight_pw, has_bias, stride, p, need_input, need_weights, forced):
-    empty = x.new_empty(0)
-    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else empty
+    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else None
     if not need_weights:
-        return dx, empty, empty, empty
-    db = x.new_empty(weight.shape[0]) if has_bias else empty
-    return dx, weight.new_empty(weight.shape), weight_pw.new_empty(weight_pw.shape), db
+        return missing_as_empty((dx, None, None, None), x)
+    db = x.new_empty(weight.shape[0]) if has_bias else None
+    return missing_as_empty((dx, weight.new_empty(weight.shape), weight_pw.new_empty(weight_pw.shape), db), x)
 
 
 def _setup_context(ctx, inputs, output):
@@ -73,7 +74,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, weight, weight_pw)
     ctx.has_bias, ctx.stride, ctx.p = bias is not None, stride, p
     # The backward may run on an autograd worker thread that does not see use_backend(): capture it.
-    ctx.forced = dispatch.forced_backend()
+    ctx.forced = dispatch.forced_for_backward()
 
 
 def _backward(ctx, grad):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
+from tritonconv._validation import check_int_choice, check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv._spec import ConvSpecShapes, check_dtype_name
 from tritonconv.accounting import Cost
 
@@ -21,8 +21,7 @@ def validate_hyperparameters(in_channels, out_channels, kernel_size, stride, p) 
         raise ValueError(
             f"kernel_size={kernel_size} must be odd: the 1 x 1 kernels sit on the centre tap of the k x k window"
         )
-    if stride not in (1, 2):
-        raise ValueError(f"stride={stride!r} must be 1 or 2")
+    check_int_choice("stride", stride, (1, 2))
     check_positive_int("p", p)
     if in_channels % p or out_channels % p:
         raise ValueError(

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tritonconv._validation import check_same, check_tensor
+from tritonconv._validation import check_same
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.hetconv import explain as hetconv_explain
@@ -39,14 +39,6 @@ def triton_misfit(kernel_size: int, stride: int, padding: int, dilation: int, gr
         return None
     return "the Triton implicit-GEMM conv (HetConv p=1) needs odd k, padding (k-1)//2, stride 1 or 2, dilation 1 " \
            "and groups 1, but " + ", ".join(reasons) + ": F.conv2d (cuDNN)"
-
-
-def check_input(x, in_channels: int) -> None:
-    """Rank, channels and dtype of a layer's input, with errors naming what was expected."""
-    check_tensor("input", x, rank=4)
-    if x.shape[1] != in_channels:
-        raise ValueError(f"input has {x.shape[1]} channels (shape {tuple(x.shape)}); "
-                         f"expected in_channels={in_channels}")
 
 
 def check_bank(bank: Tensor, x: Tensor) -> None:

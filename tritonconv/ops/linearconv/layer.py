@@ -8,34 +8,11 @@ import torch
 from torch import Tensor, nn
 
 from tritonconv._layout import autocast_operands
-from tritonconv._validation import check_positive_int, dtype_name
+from tritonconv._validation import check_bool, check_input, check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.linearconv import dense, reference
 from tritonconv.ops.linearconv.spec import LinearConvSpec, validate_hyperparameters
-
-
-class _CachedBank(torch.autograd.Function):
-    """Hands out the cached bank and still sends its gradient to the primaries and to L.
-
-    Eval mode with autograd on (``model.eval()`` without ``torch.no_grad()``) reuses the bank and
-    recomputes only L, a (F-P) x P matrix, for the backward.
-    """
-
-    @staticmethod
-    def forward(ctx, bank, weight, coefficients):
-        ctx.save_for_backward(weight, coefficients)
-        return bank.detach()
-
-    @staticmethod
-    def backward(ctx, grad):
-        weight, coefficients = ctx.saved_tensors
-        primaries = weight.shape[0]
-        grad = grad.reshape(grad.shape[0], -1)  # [F, C/groups*k*k]
-        flat = weight.reshape(primaries, -1)
-        grad_weight = grad[:primaries] + coefficients.t() @ grad[primaries:]
-        grad_coefficients = grad[primaries:] @ flat.t()
-        return None, grad_weight.reshape(weight.shape), grad_coefficients
 
 
 class LinearConv2d(nn.Module):
@@ -62,11 +39,12 @@ class LinearConv2d(nn.Module):
     with p=1, itself dispatched per shape against cuDNN); otherwise through ``F.conv2d`` (cuDNN).
     ``explain`` says which and why.
 
-    **The bank:** composed with torch.matmul (see ``reference`` for why not a kernel); autograd reaches
-    ``weight`` and the coefficients. In eval mode it is built once and cached, rebuilt only when a
-    parameter or the mask changes (their ``_version`` counters and storage), and dropped on
-    ``.train()``, ``.to()`` and ``load_state_dict``; gradients still reach the parameters if autograd
-    is on. Inference then costs exactly the dense conv.
+    **The bank:** composed with torch.matmul on every call (see ``reference`` for why not a kernel),
+    in training and in eval mode alike; autograd reaches ``weight`` and the coefficients. It costs
+    ``(F-P) * P * C/groups * k^2`` MACs, a batch-independent fraction of the conv's. It is not cached
+    across calls: no cache key sees every write (writes through ``.data``, as EMA code makes them,
+    change neither a parameter's ``_version`` nor its storage), and a stale bank would be a silently
+    wrong answer.
 
     Parameters vanilla: ``P*C/groups*k^2 + (F-P)*P`` (+F).
     """
@@ -75,6 +53,7 @@ class LinearConv2d(nn.Module):
                  dilation: int = 1, groups: int = 1, bias: bool = True, variant: str = "vanilla", rank=None,
                  sparsity=None, *, sparsity_ramp: int = 1000, device=None, dtype=None):
         super().__init__()
+        check_bool("bias", bias)
         r = validate_hyperparameters(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                                      variant, rank, sparsity)
         check_positive_int("sparsity_ramp", sparsity_ramp, minimum=0)
@@ -94,7 +73,6 @@ class LinearConv2d(nn.Module):
             self.register_buffer("mask", torch.ones(self.combined, self.primaries, dtype=torch.bool, device=device))
             self.register_buffer("mask_step", torch.zeros((), dtype=torch.int64, device=device))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
-        self._bank_cache: tuple[tuple, Tensor] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -111,39 +89,21 @@ class LinearConv2d(nn.Module):
                 r = self.coeff_u.shape[1]
                 self.coeff_u.uniform_(-math.sqrt(3 / r), math.sqrt(3 / r))
                 self.coeff_v.uniform_(-math.sqrt(3 / self.primaries), math.sqrt(3 / self.primaries))
-        self._bank_cache = None
 
     # ---- the filter bank ---------------------------------------------------------------------------
     def coefficients(self) -> Tensor:
         """L [F-P, P]."""
         if self.variant == "sparse":
-            return self.coeff * self.mask
+            # A copy of the mask: the next training forward re-thresholds the buffer in place, while
+            # autograd still holds this one for the backward of an earlier forward.
+            return self.coeff * self.mask.clone()
         if hasattr(self, "coeff"):
             return self.coeff
         return self.coeff_u @ self.coeff_v
 
-    def _stored(self) -> list[Tensor]:
-        names = {"vanilla": ("coeff",), "sparse": ("coeff", "mask"), "lowrank": ("coeff_u", "coeff_v"),
-                 "rankratio": ("coeff_u", "coeff_v")}[self.variant]
-        return [self.weight, *(getattr(self, name) for name in names)]
-
-    def _cache_key(self) -> tuple:
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in self._stored())
-
     def filter_bank(self) -> Tensor:
-        """The composed filters W [F, C/groups, k, k] (cached in eval mode)."""
-        if self.training:
-            self._bank_cache = None
-            return reference.compose_bank(self.weight, self.coefficients())
-        key = self._cache_key()
-        if self._bank_cache is None or self._bank_cache[0] != key:
-            with torch.no_grad():
-                self._bank_cache = (key, reference.compose_bank(self.weight, self.coefficients()))
-        bank = self._bank_cache[1]
-        trainable = [t for t in self._stored() if t.requires_grad]
-        if torch.is_grad_enabled() and trainable:
-            return _CachedBank.apply(bank, self.weight, self.coefficients())
-        return bank
+        """The composed filters W [F, C/groups, k, k]."""
+        return reference.compose_bank(self.weight, self.coefficients())
 
     @torch.no_grad()
     def _update_mask(self) -> None:
@@ -157,22 +117,9 @@ class LinearConv2d(nn.Module):
         ranks = torch.empty_like(order).scatter_(0, order, torch.arange(count, device=order.device))
         self.mask.copy_((ranks >= zeros).reshape(self.mask.shape))
 
-    # ---- cache invalidation --------------------------------------------------------------------
-    def train(self, mode: bool = True):
-        self._bank_cache = None
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._bank_cache = None
-        return super()._apply(fn, *args, **kwargs)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._bank_cache = None
-        return super()._load_from_state_dict(*args, **kwargs)
-
     # ---- forward -------------------------------------------------------------------------------
     def _operands(self, x: Tensor):
-        dense.check_input(x, self.in_channels)
+        check_input(x, self.in_channels, window=(self.kernel_size, self.padding, self.dilation))
         if self.variant == "sparse" and self.training:
             self._update_mask()
         x, bank, bias = autocast_operands(x, self.filter_bank(), self.bias)
@@ -185,7 +132,7 @@ class LinearConv2d(nn.Module):
 
     def explain(self, x: Tensor, pass_: str = "forward") -> Decision:
         """Which backend ``self(x)`` (or its backward) takes, and why; runs nothing, changes no mask."""
-        dense.check_input(x, self.in_channels)
+        check_input(x, self.in_channels, window=(self.kernel_size, self.padding, self.dilation))
         with torch.no_grad():
             bank = reference.compose_bank(self.weight, self.coefficients())
         x, bank, bias = autocast_operands(x, bank, self.bias)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from tritonconv._layout import autocast_operands
-from tritonconv._validation import check_positive_int, dtype_name
+from tritonconv._validation import check_bool, check_input, check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.linearconv import dense
@@ -45,6 +45,7 @@ class RotFlipConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
                  dilation: int = 1, bias: bool = True, *, device=None, dtype=None):
         super().__init__()
+        check_bool("bias", bias)
         validate_hyperparameters(in_channels, out_channels, kernel_size, stride, padding, dilation)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.stride, self.padding, self.dilation = stride, padding, dilation
@@ -66,7 +67,7 @@ class RotFlipConv2d(nn.Module):
         return reference.expand_bank(self.weight)
 
     def _operands(self, x: Tensor):
-        dense.check_input(x, self.in_channels)
+        check_input(x, self.in_channels, window=(self.kernel_size, self.padding, self.dilation))
         x, bank, bias = autocast_operands(x, self.filter_bank(), self.bias)
         dense.check_bank(bank, x)
         return x, bank, bias

@@ -8,7 +8,7 @@ import triton
 from tritonconv.ops.shift import kernels
 from tritonconv.ops.shift.spec import ShiftSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
-from tritonconv._layout import empty_like_layout
+from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
 
@@ -74,7 +74,7 @@ def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
     grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
             triton.cdiv(spec.out_channels, tile.block_cols))
     kernels.shift_fwd_kernel[grid](
-        x, weight, bias if bias is not None else weight, y, *_sizes(spec), *x.stride(), *y.stride(),
+        x, weight, bias.contiguous() if bias is not None else weight, y, *_sizes(spec), *x.stride(), *y.stride(),
         *_shift_args(spec), HAS_BIAS=bias is not None, **_constexprs(spec, x.dtype),
         BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
         num_warps=tile.num_warps, num_stages=tile.num_stages)
@@ -106,8 +106,8 @@ def backward_weight(dy, x, spec: ShiftSpec, tile: GemmTile):
     channel_tiles = triton.cdiv(spec.in_channels, tile.block_cols)
     splits = reduction_splits(tile, filter_tiles * channel_tiles, pixels, x.device)
     pixels_per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
-    partial_w = torch.empty((splits, spec.out_channels, spec.in_channels), device=x.device, dtype=acc_dtype)
-    partial_bias = torch.empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
+    partial_w = empty((splits, spec.out_channels, spec.in_channels), device=x.device, dtype=acc_dtype)
+    partial_bias = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
     kernels.shift_bwd_weight_kernel[(filter_tiles, channel_tiles, splits)](
         x, dy, partial_w, partial_bias if partial_bias is not None else partial_w, *_sizes(spec),
         *x.stride(), *dy.stride(), *_shift_args(spec), pixels_per_split, HAS_BIAS=spec.bias,

@@ -7,12 +7,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from tritonconv._validation import dtype_name
+from tritonconv._validation import check_bool, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.shift.op import explain, shift_conv2d
 from tritonconv.ops.shift.spec import ShiftSpec, validate_hyperparameters
-from tritonconv._layout import autocast_operands
+from tritonconv._layout import layer_operands
 
 
 class ShiftConv2d(nn.Module):
@@ -33,6 +33,7 @@ class ShiftConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1, stride: int = 1,
                  bias: bool = True, assignment: str = "interleaved", device=None, dtype=None):
         super().__init__()
+        check_bool("bias", bias)
         validate_hyperparameters(in_channels, out_channels, kernel_size, dilation, stride, assignment)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.dilation, self.stride, self.assignment = dilation, stride, assignment
@@ -50,7 +51,7 @@ class ShiftConv2d(nn.Module):
                 self.bias.uniform_(-bound, bound)
 
     def _operands(self, x: Tensor):
-        return autocast_operands(x, self.weight, self.bias)
+        return layer_operands(x, self.in_channels, self.weight, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x, weight, bias = self._operands(x)

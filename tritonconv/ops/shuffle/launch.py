@@ -8,7 +8,7 @@ import triton
 from tritonconv.ops.shuffle import kernels
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
-from tritonconv._layout import empty_like_layout
+from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
 
@@ -66,7 +66,7 @@ def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Ten
     grid = (triton.cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
             spec.groups * triton.cdiv(spec.group_out, tile.block_cols))
     kernels.shuffle_conv_fwd_kernel[grid](
-        x, weight, bias if bias is not None else weight, y, *_sizes(spec), *x.stride(), spec.width, *y.stride(),
+        x, weight, bias.contiguous() if bias is not None else weight, y, *_sizes(spec), *x.stride(), spec.width, *y.stride(),
         HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
         **_tile_args(tile))
     return y
@@ -96,8 +96,8 @@ def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile):
     column_tiles = triton.cdiv(spec.group_in, tile.block_cols)
     splits = reduction_splits(tile, filter_tiles * column_tiles, pixels, x.device)
     per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
-    partial_w = torch.empty((splits, spec.out_channels, spec.group_in), device=x.device, dtype=acc_dtype)
-    partial_b = torch.empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
+    partial_w = empty((splits, spec.out_channels, spec.group_in), device=x.device, dtype=acc_dtype)
+    partial_b = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
     kernels.shuffle_conv_bwd_weight_kernel[(filter_tiles, column_tiles, splits)](
         x, dy, partial_w, partial_b if partial_b is not None else partial_w, *_sizes(spec), per_split,
         *x.stride(), spec.width, *dy.stride(), HAS_BIAS=spec.bias, DOT_PRECISION=dot_precision(x.dtype),

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tritonconv._validation import check_positive_int, dtype_name
+from tritonconv._validation import check_bool, check_int_choice, check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.shuffle.op import explain, shuffle_conv1x1
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec, validate_hyperparameters
-from tritonconv._layout import autocast_operands
+from tritonconv._layout import layer_operands
 
 
 class ShuffledGroupConv2d(nn.Module):
@@ -28,6 +28,7 @@ class ShuffledGroupConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, groups: int = 1, shuffle_groups: int = 1,
                  bias: bool = False, device=None, dtype=None):
         super().__init__()
+        check_bool("bias", bias)
         validate_hyperparameters(in_channels, out_channels, groups, shuffle_groups)
         self.in_channels, self.out_channels, self.groups, self.shuffle_groups = (
             in_channels, out_channels, groups, shuffle_groups)
@@ -44,7 +45,7 @@ class ShuffledGroupConv2d(nn.Module):
                 self.bias.uniform_(-bound, bound)
 
     def _operands(self, x: Tensor):
-        return autocast_operands(x, self.weight, self.bias)
+        return layer_operands(x, self.in_channels, self.weight, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x, weight, bias = self._operands(x)
@@ -86,8 +87,7 @@ class ShuffleUnit(nn.Module):
         check_positive_int("in_channels", in_channels)
         check_positive_int("out_channels", out_channels)
         check_positive_int("groups", groups)
-        if stride not in (1, 2):
-            raise ValueError(f"stride={stride!r} must be 1 (residual add) or 2 (avg-pool concat)")
+        check_int_choice("stride", stride, (1, 2))  # 1: residual add, 2: avg-pool concat
         if stride == 1 and in_channels != out_channels:
             raise ValueError(f"stride=1 adds the input: in_channels={in_channels} must equal "
                              f"out_channels={out_channels}")

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._layout import memory_format_of
+from tritonconv._layout import memory_format_of, missing_as_empty
 from tritonconv._validation import check_positive_int
 from tritonconv.ops.shuffle import kernels, launch, reference
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
@@ -28,8 +28,10 @@ OPERATOR = dispatch.Operator(
 def _shuffle_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int, shuffle_groups: int) -> Tensor:
     spec = ShuffleConvSpec.from_tensors(x, weight, bias, groups=groups, shuffle_groups=shuffle_groups)
     decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
+    dispatch.note_forward(OPERATOR, x)
     if decision.backend == "triton":
-        return launch.forward(x, weight, bias, spec, decision.tiles["forward"])
+        with dispatch.launching():
+            return launch.forward(x, weight, bias, spec, decision.tiles["forward"])
     return reference.fallback_forward(x, weight, bias, spec).contiguous(memory_format=memory_format_of(x))
 
 
@@ -46,24 +48,24 @@ def _shuffle_conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
     bias_stub = weight.new_empty(weight.shape[0]) if has_bias else None
     spec = ShuffleConvSpec.from_tensors(x, weight, bias_stub, groups=groups, shuffle_groups=shuffle_groups)
-    decision = dispatch.decide(OPERATOR, spec, "backward", x.device, forced=forced)
+    decision = dispatch.decide(OPERATOR, spec, "backward", x.device,
+                               forced=dispatch.backward_forced(OPERATOR, x, forced))
     if decision.backend == "triton":
-        dx = launch.backward_input(grad, weight, spec, decision.tiles["backward_input"], x) if need_input else None
-        dw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"]) if need_weights else (None,) * 2
+        with dispatch.launching():
+            dx = launch.backward_input(grad, weight, spec, decision.tiles["backward_input"], x) if need_input else None
+            dw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"]) if need_weights else (None,) * 2
     else:
         dx, dw, db = reference.fallback_backward(grad, x, weight, spec, need_input, need_weights)
         dx = dx.contiguous(memory_format=memory_format_of(x)) if dx is not None else None
-    empty = x.new_empty(0)
-    return (dx if dx is not None else empty, dw if dw is not None else empty, db if db is not None else empty)
+    return missing_as_empty((dx, dw, db), x)
 
 
 @_shuffle_conv1x1_backward.register_fake
 def _(grad, x, weight, has_bias, groups, shuffle_groups, need_input, need_weights, forced):
-    empty = x.new_empty(0)
-    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else empty
+    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else None
     if not need_weights:
-        return dx, empty, empty
-    return dx, weight.new_empty(weight.shape), x.new_empty(weight.shape[0]) if has_bias else empty
+        return missing_as_empty((dx, None, None), x)
+    return missing_as_empty((dx, weight.new_empty(weight.shape), x.new_empty(weight.shape[0]) if has_bias else None), x)
 
 
 def _setup_context(ctx, inputs, output):
@@ -71,7 +73,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, weight)
     ctx.args = (bias is not None, groups, shuffle_groups)
     # The backward may run on an autograd worker thread that does not see use_backend(): capture it.
-    ctx.forced = dispatch.forced_backend()
+    ctx.forced = dispatch.forced_for_backward()
 
 
 def _backward(ctx, grad):

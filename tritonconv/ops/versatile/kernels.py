@@ -26,16 +26,22 @@ def versatile_fwd_kernel(
     HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """y[b, s*NQ + q, ho, wo] for a [BLOCK_M pixels, BLOCK_N columns] tile and every secondary s."""
+    """y[b, s*NQ + q, ho, wo] for a [BLOCK_M pixels, BLOCK_N columns] tile and every secondary s.
+
+    The columns of one program share one channel offset j (q = j*n_w + f, f in a block of n_w), so
+    the program reads exactly that window's channels [j*g, j*g + c_hat): an input channel outside
+    a filter's window is never multiplied, not even by zero (a NaN there must not reach the output).
+    """
     pid_pixels = tl.program_id(0)
     pid_cols = tl.program_id(1)
-    q = pid_cols * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    q_mask = q < NQ
-    first_channel = (q // N_W) * G  # [BLOCK_N] channel offset j*g of each column
-    w_cols = w_ptr + (q % N_W).to(tl.int64) * (C_HAT * K * K)  # [BLOCK_N]
-    # Channels that some column of this tile reads: [first offset, last offset + c_hat).
-    c_lo = (pid_cols * BLOCK_N // N_W) * G
-    c_hi = tl.minimum(C, (tl.minimum(pid_cols * BLOCK_N + BLOCK_N, NQ) - 1) // N_W * G + C_HAT)
+    filter_tiles = tl.cdiv(N_W, BLOCK_N)
+    j = pid_cols // filter_tiles
+    f = (pid_cols % filter_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] primary filters
+    q = j * N_W + f  # [BLOCK_N] columns
+    q_mask = f < N_W
+    w_cols = w_ptr + f.to(tl.int64) * (C_HAT * K * K)  # [BLOCK_N]
+    c_lo = j * G
+    c_hi = c_lo + C_HAT
 
     pixel = pid_pixels.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     pixel_mask = pixel < B * Ho * Wo
@@ -63,10 +69,9 @@ def versatile_fwd_kernel(
                     c_mask = c < c_hi
                     a = tl.load(x_tap[:, None] + c.to(tl.int64)[None, :] * sxc,
                                 mask=inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-                    row = c[:, None] - first_channel[None, :]  # [BLOCK_K, BLOCK_N] weight row of each column
-                    wt = tl.load(w_cols[None, :] + row * (K * K) + tap,
-                                 mask=(row >= 0) & (row < C_HAT) & c_mask[:, None] & q_mask[None, :],
-                                 other=0.0)  # [BLOCK_K, BLOCK_N]
+                    row = c - c_lo  # [BLOCK_K] weight row: the same for every column of the tile
+                    wt = tl.load(w_cols[None, :] + row[:, None] * (K * K) + tap,
+                                 mask=c_mask[:, None] & q_mask[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
                     if ring == 0:
                         acc0 = tl.dot(a, wt, acc0, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
                     elif ring == 1:

@@ -8,7 +8,7 @@ import triton
 from tritonconv.ops.versatile import kernels
 from tritonconv.ops.versatile.spec import VersatileSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
-from tritonconv._layout import empty_like_layout
+from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
 
@@ -43,8 +43,8 @@ _BIAS_BLOCK = (64, 128)  # (channels, pixels) per program of the grad-bias reduc
 def _gemm_extent(spec: VersatileSpec, kernel: str) -> tuple[int, int, int]:
     """(rows, cols, reduce) of the kernel's GEMM, to fit tiles to the shape."""
     columns = spec.n_c * spec.n_w
-    if kernel == "forward":
-        return spec.batch * spec.out_height * spec.out_width, columns, spec.in_channels
+    if kernel == "forward":  # a program's columns share one channel window: n_w of them, c_hat channels
+        return spec.batch * spec.out_height * spec.out_width, spec.n_w, spec.c_hat
     if kernel == "backward_input":
         return spec.batch * spec.height * spec.width, spec.in_channels, columns
     return spec.n_w, spec.c_hat, spec.batch * spec.out_height * spec.out_width
@@ -70,9 +70,9 @@ def forward(x, weight, bias, spec: VersatileSpec, tile: GemmTile) -> torch.Tenso
         return y
     weight = weight.contiguous()
     grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
-            triton.cdiv(spec.n_c * spec.n_w, tile.block_cols))
+            spec.n_c * triton.cdiv(spec.n_w, tile.block_cols))
     kernels.versatile_fwd_kernel[grid](
-        x, weight, bias if bias is not None else weight, y,
+        x, weight, bias.contiguous() if bias is not None else weight, y,
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *x.stride(), *y.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g,
         S_NUM=spec.s_num, HAS_BIAS=bias is not None, **_common(spec, x.dtype),
@@ -108,7 +108,7 @@ def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile):
     column_tiles = spec.kernel_size**2 * triton.cdiv(spec.c_hat, tile.block_cols)
     splits = reduction_splits(tile, filter_tiles * column_tiles, pixels, x.device)
     pixels_per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
-    partial_w = torch.empty((splits, *spec.weight_shape), device=x.device, dtype=acc_dtype)
+    partial_w = empty((splits, *spec.weight_shape), device=x.device, dtype=acc_dtype)
     kernels.versatile_bwd_weight_kernel[(filter_tiles, column_tiles, splits)](
         x, dy, partial_w, spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *x.stride(), *dy.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c, pixels_per_split,
@@ -120,7 +120,7 @@ def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile):
         channel_tiles = triton.cdiv(spec.out_channels, block_o)
         bias_splits = reduction_splits(GemmTile(block_o, 1, block_p), channel_tiles, pixels, x.device)
         per_split = triton.cdiv(triton.cdiv(pixels, bias_splits), block_p) * block_p
-        partial_b = torch.empty((bias_splits, spec.out_channels), device=x.device, dtype=acc_dtype)
+        partial_b = empty((bias_splits, spec.out_channels), device=x.device, dtype=acc_dtype)
         kernels.channel_sum_kernel[(channel_tiles, bias_splits)](
             dy, partial_b, spec.batch, spec.out_channels, spec.out_height, spec.out_width, *dy.stride(), per_split,
             ACC_DTYPE=accumulator_dtype(x.dtype), BLOCK_O=block_o, BLOCK_P=block_p)

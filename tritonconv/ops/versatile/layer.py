@@ -7,13 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from tritonconv._validation import dtype_name
+from tritonconv._validation import check_bool, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.versatile import reference
 from tritonconv.ops.versatile.op import explain, versatile_conv2d
 from tritonconv.ops.versatile.spec import VersatileSpec, spatial_secondaries, validate_hyperparameters
-from tritonconv._layout import autocast_operands
+from tritonconv._layout import layer_operands
 
 
 class VersatileConv2d(nn.Module):
@@ -36,6 +36,7 @@ class VersatileConv2d(nn.Module):
                  padding: int | None = None, dilation: int = 1, bias: bool = True, delta: int = 0, g: int = 1,
                  device=None, dtype=None):
         super().__init__()
+        check_bool("bias", bias)
         validate_hyperparameters(in_channels, out_channels, kernel_size, stride, padding, dilation, delta, g)
         self.in_channels, self.out_channels, self.kernel_size, self.stride = (
             in_channels, out_channels, kernel_size, stride)
@@ -56,7 +57,7 @@ class VersatileConv2d(nn.Module):
                 self.bias.uniform_(-bound, bound)
 
     def _operands(self, x: Tensor):
-        return autocast_operands(x, self.weight, self.bias)
+        return layer_operands(x, self.in_channels, self.weight, self.bias)
 
     def _hyper(self) -> tuple:
         return self.out_channels, self.stride, self.padding, self.dilation, self.delta, self.g

@@ -23,37 +23,49 @@ def secondary_weights(weight: torch.Tensor) -> torch.Tensor:
     return (masks[:, None, None] * weight[None]).flatten(0, 1)
 
 
+def _secondary(spec: VersatileSpec, s: int) -> tuple[slice, int, int]:
+    """Secondary s as the smaller conv it is: the primary's taps [s, k-s) in both directions, with the
+    padding reduced by its s dropped rings; where that padding would be negative, the input is cropped
+    by the rest. Returns (tap slice, padding, input crop per side). The zeroed rings are never
+    multiplied, so a NaN or Inf an output does not read stays out of it."""
+    padding = spec.padding - s * spec.dilation
+    return slice(s, spec.kernel_size - s), max(padding, 0), max(-padding, 0)
+
+
+def _cropped(t: torch.Tensor, crop: int) -> torch.Tensor:
+    return t[..., crop:t.shape[-2] - crop, crop:t.shape[-1] - crop] if crop else t
+
+
 def fallback_forward(x, weight, bias, spec: VersatileSpec) -> torch.Tensor:
     """Output channel ``(s*n_c + j)*n_w + f``: secondary s of filter f on channels ``[j*g, j*g + c_hat)``."""
-    secondaries = secondary_weights(weight).reshape(spec.s_num, spec.n_w, spec.c_hat, spec.kernel_size,
-                                                    spec.kernel_size)
-    outs = [F.conv2d(x[:, j * spec.g:j * spec.g + spec.c_hat], secondaries[s], None, spec.stride, spec.padding,
-                     spec.dilation)
-            for s in range(spec.s_num) for j in range(spec.n_c)]
+    outs = []
+    for s in range(spec.s_num):
+        taps, padding, crop = _secondary(spec, s)
+        for j in range(spec.n_c):
+            window = _cropped(x[:, j * spec.g:j * spec.g + spec.c_hat], crop)
+            outs.append(F.conv2d(window, weight[:, :, taps, taps], None, spec.stride, padding, spec.dilation))
     y = torch.cat(outs, dim=1)
     return y + bias[None, :, None, None] if bias is not None else y
 
 
 def fallback_backward(dy, x, weight, spec: VersatileSpec, need_input: bool, need_weights: bool):
     """(grad input, grad weight, grad bias): cuDNN's backward of every secondary conv, the weight
-    gradients masked to each secondary's taps and summed onto the primary."""
+    gradients of each secondary's taps summed onto the primary."""
     conv_bwd = torch.ops.aten.convolution_backward
-    masks = ring_masks(spec.kernel_size, weight.device, weight.dtype)
-    secondaries = secondary_weights(weight).reshape(spec.s_num, spec.n_w, spec.c_hat, spec.kernel_size,
-                                                    spec.kernel_size)
     dx = torch.zeros_like(x, memory_format=torch.contiguous_format) if need_input else None
     dw = torch.zeros_like(weight) if need_weights else None
     for s in range(spec.s_num):
+        taps, padding, crop = _secondary(spec, s)
         for j in range(spec.n_c):
             first = (s * spec.n_c + j) * spec.n_w
             window = slice(j * spec.g, j * spec.g + spec.c_hat)
-            gx, gw, _ = conv_bwd(dy[:, first:first + spec.n_w], x[:, window], secondaries[s], None,
-                                 [spec.stride] * 2, [spec.padding] * 2, [spec.dilation] * 2, False, [0, 0], 1,
-                                 [need_input, need_weights, False])
+            gx, gw, _ = conv_bwd(dy[:, first:first + spec.n_w], _cropped(x[:, window], crop),
+                                 weight[:, :, taps, taps].contiguous(), None, [spec.stride] * 2, [padding] * 2,
+                                 [spec.dilation] * 2, False, [0, 0], 1, [need_input, need_weights, False])
             if need_input:
-                dx[:, window] += gx
+                _cropped(dx[:, window], crop).add_(gx)
             if need_weights:
-                dw += gw * masks[s]
+                dw[:, :, taps, taps] += gw
     db = dy.sum((0, 2, 3)) if need_weights and spec.bias else None
     return dx, dw, db
 
