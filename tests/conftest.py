@@ -34,6 +34,19 @@ def isolated_environment(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Every buffer the library allocates for a kernel to write starts as NaN (one patch, at
+    ``tritonconv._layout.empty``): an output element or split-K partial left unwritten fails loudly."""
+    from tritonconv import _layout
+
+    def nan_empty(shape, *, device, dtype, memory_format):
+        buffer = torch.empty(shape, device=device, dtype=dtype, memory_format=memory_format)
+        return buffer.fill_(float("nan")) if buffer.is_floating_point() else buffer
+
+    monkeypatch.setattr(_layout, "_allocate", nan_empty)
+
+
 @pytest.fixture
 def device():
     return DEVICE

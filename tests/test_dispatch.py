@@ -11,32 +11,41 @@ from tritonconv.tuning_cache import TuningCache
 
 CUDA = torch.device("cuda")  # decide() only reads the device's type and name: no GPU is touched
 SPEC = HetConvSpec(8, 16, 16, 10, 10, 3, 1, 4, False, "bfloat16")
+CPU_SPEC = HetConvSpec(8, 16, 16, 10, 10, 3, 1, 4, False, "float32")  # the interpreter's bf16 is wrong
 
 
 def test_cpu_under_the_interpreter_runs_triton():
-    decision = dispatch.decide(OPERATOR, SPEC, "forward", torch.device("cpu"))
+    decision = dispatch.decide(OPERATOR, CPU_SPEC, "forward", torch.device("cpu"))
     assert decision.backend == "triton" and "TRITON_INTERPRET" in decision.reason
     assert set(decision.tiles) == {"forward"}
-    assert set(dispatch.decide(OPERATOR, SPEC, "backward", torch.device("cpu")).tiles) == {"backward_input", "backward_weight"}
+    assert set(dispatch.decide(OPERATOR, CPU_SPEC, "backward", torch.device("cpu")).tiles) == {"backward_input", "backward_weight"}
 
 
-def test_cpu_without_the_interpreter_falls_back(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+def test_cpu_bfloat16_goes_to_torch_and_cannot_be_forced_to_the_interpreter():
     decision = dispatch.decide(OPERATOR, SPEC, "forward", torch.device("cpu"))
-    assert decision.backend == "fallback" and "TRITON_INTERPRET=1" in decision.reason
-    with pytest.raises(BackendUnavailable, match="'triton' was forced for hetconv .* cannot run here"):
+    assert decision.backend == "fallback" and "bfloat16" in decision.reason
+    with pytest.raises(BackendUnavailable, match="interpreter computes bfloat16 wrongly"):
         with tritonconv.use_backend("triton"):
             dispatch.decide(OPERATOR, SPEC, "forward", torch.device("cpu"))
 
 
+def test_cpu_without_the_interpreter_falls_back(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    decision = dispatch.decide(OPERATOR, CPU_SPEC, "forward", torch.device("cpu"))
+    assert decision.backend == "fallback" and "TRITON_INTERPRET=1" in decision.reason
+    with pytest.raises(BackendUnavailable, match="'triton' was forced for hetconv .* cannot run here"):
+        with tritonconv.use_backend("triton"):
+            dispatch.decide(OPERATOR, CPU_SPEC, "forward", torch.device("cpu"))
+
+
 def test_environment_and_context_manager_force_a_backend(monkeypatch):
     monkeypatch.setenv("TRITONCONV_BACKEND", "fallback")
-    assert dispatch.decide(OPERATOR, SPEC, "forward", torch.device("cpu")).backend == "fallback"
+    assert dispatch.decide(OPERATOR, CPU_SPEC, "forward", torch.device("cpu")).backend == "fallback"
     with tritonconv.use_backend("triton"):  # code wins over the environment
-        assert dispatch.decide(OPERATOR, SPEC, "forward", torch.device("cpu")).backend == "triton"
+        assert dispatch.decide(OPERATOR, CPU_SPEC, "forward", torch.device("cpu")).backend == "triton"
     monkeypatch.setenv("TRITONCONV_BACKEND", "cudnn")
     with pytest.raises(ValueError, match="TRITONCONV_BACKEND='cudnn' is not a backend"):
-        dispatch.decide(OPERATOR, SPEC, "forward", torch.device("cpu"))
+        dispatch.decide(OPERATOR, CPU_SPEC, "forward", torch.device("cpu"))
     with pytest.raises(ValueError, match="backend='fast'"):
         with tritonconv.use_backend("fast"):
             pass

@@ -163,7 +163,7 @@ def test_shape_set_and_harness(device):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(ratio=1), "ratio=1"), (dict(dw_size=4), "kernel_size=4"), (dict(kernel_size=2), "kernel_size=2"),
+    (dict(ratio=1), "ratio=1"), (dict(dw_size=4), "dw_size=4"), (dict(kernel_size=2), "kernel_size=2"),
     (dict(stride=3), "stride=3"), (dict(relu="yes"), "relu"),
 ])
 def test_bad_hyperparameters(kwargs, match):

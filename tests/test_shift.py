@@ -117,7 +117,7 @@ def test_batch_zero():
     (lambda: ShiftConv2d(8, 4, dilation=0), ValueError, "dilation=0"),
     (lambda: ShiftConv2d(0, 4), ValueError, "in_channels=0"),
     (lambda: ShiftConv2d(8, 4)(torch.randn(8, 5, 5)), ValueError, "input must have 4 dimensions"),
-    (lambda: ShiftConv2d(8, 4)(torch.randn(1, 7, 5, 5)), ValueError, "input has 7 channels but weight (4, 8, 1, 1) expects 8"),
+    (lambda: ShiftConv2d(8, 4)(torch.randn(1, 7, 5, 5)), ValueError, "input has 7 channels (shape (1, 7, 5, 5)); expected in_channels=8"),
     (lambda: ShiftConv2d(8, 4)(torch.ones(1, 8, 5, 5, dtype=torch.int64)), TypeError, "dtype int64"),
     (lambda: ShiftConv2d(8, 4)(torch.randn(1, 8, 5, 5, dtype=torch.float64)), TypeError, "must match"),
     (lambda: ShiftConv2d(8, 4)("x"), TypeError, "torch.Tensor"),

@@ -1,0 +1,347 @@
+"""What every layer must survive in training and inference, run over every layer in ``layer_cases``.
+
+Each test runs the layer through the Triton kernels (under the interpreter on the CPU) and checks it
+against the float64 fallback. Outputs the library allocates are filled with NaN first (conftest), so
+an element a kernel forgets to write fails here too.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+import tritonconv
+from tritonconv import dispatch
+
+from conftest import DEVICE
+from layer_cases import CASES, LayerCase, layer_classes, oracle
+
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4 if DEVICE.type == "cpu" else 3e-3, torch.float16: 5e-3,
+             torch.bfloat16: 3e-2}
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.double(), expected.double()
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
+    if expected.numel():
+        error = relative_error(actual, expected)
+        assert error < TOLERANCE[dtype], f"{what}: relative error {error:.3g}"
+
+
+def make(case: LayerCase, dtype=torch.float32, *, train: bool = True, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    module = case.build(device=DEVICE, dtype=dtype).train(train)
+    for buffer in module.buffers():  # batch-norm statistics away from their init, so eval mode is no identity
+        if buffer.dtype.is_floating_point:
+            buffer.copy_(torch.rand_like(buffer) + 0.5)
+    return module
+
+
+def make_for_gradients(case: LayerCase) -> nn.Module:
+    """Batch-norm layers in eval mode: in training mode a BN after BN makes some parameter gradients
+    vanish mathematically, and a relative error of float32 rounding noise means nothing."""
+    return make(case, train=not case.has_batch_norm)
+
+
+def sample(case: LayerCase, dtype=torch.float32, *, seed: int = 1) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return torch.randn(case.input_shape, device=DEVICE, dtype=dtype)
+
+
+def check_gradients(case, module, x, *, dtype=torch.float32, backend="triton"):
+    """Forward and backward through ``backend``; every gradient that exists against the float64 oracle."""
+    reference = copy.deepcopy(module)
+    with tritonconv.use_backend(backend):
+        y = module(x)
+        grad = torch.randn_like(y)
+        if y.requires_grad:
+            y.backward(grad)
+    y64, grads64 = oracle(reference, x, grad)
+    assert_close(y, y64, dtype, f"{case} forward")
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            assert_close(param.grad, grads64[name], dtype, f"{case} grad of {name}")
+        else:
+            assert param.grad is None, f"{case}: frozen {name} got a gradient"
+    if x.requires_grad:
+        assert_close(x.grad, grads64["input"], dtype, f"{case} grad of the input")
+
+
+@pytest.fixture(params=CASES, ids=str)
+def case(request) -> LayerCase:
+    return request.param
+
+
+def test_every_layer_has_a_case():
+    covered = {type(case.build(device="meta")) for case in CASES}
+    assert layer_classes() - covered == set(), "add a LayerCase to tests/layer_cases.py"
+
+
+# ---- gradients that are not needed ------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["triton", "fallback"])
+def test_input_without_grad(case, backend):
+    """The first layer of a network: the input needs no gradient (HetConv2d has no bias by default)."""
+    check_gradients(case, make_for_gradients(case), sample(case), backend=backend)
+
+
+@pytest.mark.parametrize("frozen", ["all", "first"])
+def test_frozen_parameters(case, frozen):
+    module = make_for_gradients(case)
+    params = list(module.parameters())
+    for param in params if frozen == "all" else params[:1]:
+        param.requires_grad_(False)
+    check_gradients(case, module, sample(case).requires_grad_(True))
+
+
+def test_input_and_every_parameter(case):
+    check_gradients(case, make_for_gradients(case), sample(case).requires_grad_(True))
+
+
+# ---- layouts of the parameters and the input ----------------------------------------------------------
+def _strided_copy(t: torch.Tensor) -> torch.Tensor:
+    """The same values through a non-contiguous view: every other slice of a twice-as-large first
+    dimension that is not 1, and for 4-D weights in channels_last order (``model.to(memory_format=
+    torch.channels_last)`` does that to every conv weight)."""
+    dim = next((d for d, size in enumerate(t.shape) if size > 1), 0)
+    shape = list(t.shape)
+    shape[dim] *= 2
+    wide = torch.full(shape, float("nan"), device=t.device, dtype=t.dtype)
+    if t.dim() == 4:
+        wide = wide.contiguous(memory_format=torch.channels_last)
+    view = wide[(slice(None),) * dim + (slice(None, None, 2),)]
+    view.copy_(t)
+    return view
+
+
+def test_strided_and_view_parameters(case):
+    """Parameters that are views (e.g. ``load_state_dict(assign=True)`` from slices) are read through
+    their strides, on both backends alike."""
+    module = make_for_gradients(case)
+    for name, param in list(module.named_parameters()):
+        owner_name, _, attr = name.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        view = _strided_copy(param.detach())
+        assert torch.equal(view, param.detach())
+        setattr(owner, attr, nn.Parameter(view))
+    check_gradients(case, module, sample(case).requires_grad_(True))
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "channel_slice", "permuted"])
+def test_input_layouts(case, layout):
+    x = sample(case)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "channel_slice":
+        b, c, h, w = x.shape
+        x = torch.cat([x, torch.randn(b, 3, h, w, device=DEVICE)], 1)[:, :c]
+    else:
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)
+    check_gradients(case, make_for_gradients(case), x.requires_grad_(True))
+
+
+def test_batch_zero(case):
+    module = make(case)
+    x = torch.empty((0, *case.input_shape[1:]), device=DEVICE).requires_grad_(True)
+    y = module(x)
+    expected, _ = oracle(module, x)
+    assert y.shape == expected.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for name, param in module.named_parameters():
+        if param.grad is not None:
+            assert torch.count_nonzero(param.grad) == 0, name
+
+
+# ---- NaN and Inf stay where the maths puts them --------------------------------------------------
+def test_nan_and_inf_locality(case):
+    """One NaN (or Inf) in the input reaches exactly the outputs that the published formulation, in
+    float64, makes non-finite: those that read it. Kernels that multiply unread inputs by zero, or
+    drop NaN in a max, fail here."""
+    module = make(case, train=not case.has_batch_norm)
+    x = sample(case)
+    b, c, h, w = x.shape
+    reached = 0
+    for index in [(0, 0, 0, 0), (b - 1, c - 1, h // 2, w - 1)]:
+        for value in (float("nan"), float("inf"), -float("inf")):
+            poisoned = x.clone()
+            poisoned[index] = value
+            expected, _ = oracle(module, poisoned)
+            with tritonconv.use_backend("triton"):
+                y = module(poisoned)
+            wrong = torch.isfinite(y) != torch.isfinite(expected)
+            assert not wrong.any(), f"{case}: {value} at {index} gives {int(wrong.sum())} outputs of the wrong kind"
+            reached += int((~torch.isfinite(expected)).sum())
+            assert_close(y[torch.isfinite(y)], expected[torch.isfinite(expected)], torch.float32,
+                         f"{case} finite outputs next to {value}")
+    assert reached, "no output read the poisoned inputs: the test would prove nothing"
+
+
+# ---- autocast, torch.compile, meta ---------------------------------------------------------------
+AUTOCAST_DTYPES = [torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=str)
+def test_autocast(case, dtype, train):
+    module = make(case, train=train)
+    x = sample(case).requires_grad_(True)
+    reference = copy.deepcopy(module)
+    with torch.autocast(DEVICE.type, dtype=dtype):
+        y = module(x)
+    want = torch.promote_types(dtype, x.dtype) if case.residual else dtype
+    assert y.dtype == want, f"{case}: autocast to {dtype} gave {y.dtype}"
+    y.float().sum().backward()
+    expected, _ = oracle(reference, x)
+    error = relative_error(y, expected)
+    assert error < 2 * TOLERANCE[dtype], f"{case}: relative error {error:.3g} under {dtype} autocast"
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_cpu_bfloat16_is_computed_correctly(case):
+    """The interpreter's bf16 arithmetic is wrong: CPU bf16 must not reach it, and explain says so."""
+    if DEVICE.type != "cpu":
+        pytest.skip("a CPU case")
+    module = make(case, torch.bfloat16)
+    x = sample(case, torch.bfloat16)
+    y = module(x)
+    expected, _ = oracle(module, x)
+    assert relative_error(y, expected) < TOLERANCE[torch.bfloat16]
+    if case.dispatched and hasattr(module, "explain"):
+        decision = module.explain(x)
+        assert decision.backend == "fallback" and "bfloat16" in decision.reason, decision
+
+
+class _Recorder:
+    """Records which backend every dispatch decision picked, per operator and pass."""
+
+    def __init__(self, monkeypatch):
+        self.taken = []
+        original = dispatch.decide
+
+        def decide(operator, spec, pass_, device, **kwargs):
+            decision = original(operator, spec, pass_, device, **kwargs)
+            self.taken.append((pass_, decision.backend))
+            return decision
+
+        monkeypatch.setattr(dispatch, "decide", decide)
+
+    def backends(self, pass_: str) -> set[str]:
+        return {backend for p, backend in self.taken if p == pass_}
+
+
+def test_torch_compile_fullgraph_follows_use_backend(case, monkeypatch):
+    """The backend forced around a compiled call governs its forward and its backward, on every call
+    (not the one that was in force when the graph was traced)."""
+    torch._dynamo.reset()
+    module = make(case, train=not case.has_batch_norm)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    recorder = _Recorder(monkeypatch)
+    x = sample(case).requires_grad_(True)
+    for backend in ("triton", "fallback", "triton"):
+        recorder.taken.clear()
+        x.grad = None
+        with tritonconv.use_backend(backend):
+            y = compiled(x)
+        grad = torch.randn_like(y)
+        y.backward(grad)  # outside the block: the forward's choice still holds
+        if case.dispatched:
+            assert recorder.backends("forward") == {backend}, (backend, recorder.taken)
+            assert recorder.backends("backward") == {backend}, (backend, recorder.taken)
+        y64, grads64 = oracle(module, x, grad)
+        assert_close(y, y64, torch.float32, f"{case} compiled forward ({backend})")
+        assert_close(x.grad, grads64["input"], torch.float32, f"{case} compiled grad input ({backend})")
+
+
+def test_meta_device(case):
+    """Shape inference without data, as FLOP counters and model summaries do it."""
+    module = case.build(device="meta")
+    x = torch.empty(case.input_shape, device="meta", requires_grad=True)
+    y = module(x)
+    expected, _ = oracle(make(case), sample(case))
+    assert y.device.type == "meta" and y.shape == expected.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+def test_bad_constructor_arguments(case):
+    if not case.bad_arguments:
+        pytest.skip(f"{case} has no table of bad arguments")
+    reference = case.build(device="meta")
+    for kwargs, error, words in case.bad_arguments:
+        with pytest.raises(error) as raised:
+            _rebuild(reference, **kwargs)
+        assert words in str(raised.value), f"{case} {kwargs}: {raised.value}"
+
+
+def _rebuild(module, **changes):
+    """The case's layer built again with some constructor arguments changed."""
+    import inspect
+    parameters = inspect.signature(type(module).__init__).parameters
+    kwargs = {name: getattr(module, name) for name in parameters
+              if name not in ("self", "device", "dtype") and hasattr(module, name)
+              and parameters[name].kind is not inspect.Parameter.VAR_KEYWORD}
+    if "bias" in kwargs and not isinstance(kwargs["bias"], bool):
+        kwargs["bias"] = kwargs["bias"] is not None
+    kwargs.update(changes)
+    return type(module)(**kwargs, device="meta")
+
+
+def bad_inputs(case: LayerCase):
+    b, c, h, w = case.input_shape
+    yield "not a tensor", [[0.0] * w] * h, TypeError, "input"
+    yield "rank 3", torch.randn(c, h, w, device=DEVICE), ValueError, "input"
+    yield "integer dtype", torch.zeros(case.input_shape, device=DEVICE, dtype=torch.int64), TypeError, "input"
+    yield "wrong channels", torch.randn(b, c + 1, h, w, device=DEVICE), ValueError, str(c)
+    yield "zero height", torch.randn(b, c, 0, w, device=DEVICE), ValueError, "input"
+    if case.too_small:
+        yield "smaller than the kernel", torch.randn(b, c, *case.too_small, device=DEVICE), ValueError, "input"
+
+
+def test_bad_input(case):
+    module = make(case)
+    for label, x, error, words in bad_inputs(case):
+        with pytest.raises(error) as raised:
+            module(x)
+        assert words in str(raised.value), f"{case} {label}: {raised.value}"
+
+
+def test_input_dtype_must_match_the_weights(case):
+    module = make(case)
+    with pytest.raises(TypeError, match="dtype"):
+        module(sample(case, torch.float64))
+
+
+# ---- threads ------------------------------------------------------------------------------------
+def test_concurrent_calls_from_threads(case):
+    """Two threads calling the layer at once (the interpreter itself is not thread-safe)."""
+    module = make(case, train=False)
+    x = sample(case)
+    with torch.no_grad(), tritonconv.use_backend("triton"):
+        expected = module(x)
+    results, errors = [], []
+
+    def work():
+        try:
+            with torch.no_grad(), tritonconv.use_backend("triton"):
+                for _ in range(2):
+                    results.append(module(x))
+        except Exception as error:  # reported below, with the thread's traceback text
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert all(torch.equal(r, expected) for r in results)
