@@ -102,7 +102,7 @@ def _versatile_random(rng):
 
 def _linearconv_random(rng):
     variant = rng.choice(["vanilla", "lowrank", "rankratio", "sparse"])
-    c, n, k = rng.randint(1, 8), rng.randint(2, 12), rng.choice([1, 3, 5])
+    c, n, k = rng.randint(1, 8), rng.randint(4, 12), rng.choice([1, 3, 5])  # rankratio 0.5 needs P >= 2
     rank = {"lowrank": 1, "rankratio": 0.5}.get(variant)
     sparsity = 0.5 if variant == "sparse" else None
     stride, bias = rng.choice([1, 2]), rng.random() < 0.5

@@ -41,7 +41,7 @@ class LinearConv2d(nn.Module):
 
     **The bank:** composed with torch.matmul on every call (see ``reference`` for why not a kernel),
     in training and in eval mode alike; autograd reaches ``weight`` and the coefficients. It costs
-    ``(F-P) * P * C/groups * k^2`` MACs, a batch-independent fraction of the conv's. It is not cached
+    ``(F-P) * P * C/groups * k^2`` MACs, whatever the batch. It is not cached
     across calls: no cache key sees every write (writes through ``.data``, as EMA code makes them,
     change neither a parameter's ``_version`` nor its storage), and a stale bank would be a silently
     wrong answer.
