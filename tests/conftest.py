@@ -5,6 +5,7 @@ set here, at the top of the first file pytest loads.
 """
 
 import os
+import warnings
 
 import torch
 
@@ -42,3 +43,11 @@ def device():
 def poisoned_empty(*shape, **kwargs):
     """A fresh tensor full of NaN, so an output element the kernel forgot to write fails loudly."""
     return torch.full(shape, float("nan"), **kwargs)
+
+
+@pytest.fixture
+def every_warning(recwarn):
+    """``recwarn`` without the "default" filter it installs for RuntimeWarning, which shows a message once
+    per code line: with it a test could not tell our once-per-file-version reporting from Python's."""
+    warnings.simplefilter("always", RuntimeWarning)
+    return recwarn

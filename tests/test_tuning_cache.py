@@ -50,19 +50,19 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("content, problem", [
-    ("{not json", "not valid JSON"),
-    ('{"format": 999, "entries": {}}', "has format 999"),
-    ('["a list"]', "does not hold an 'entries' table"),
+    (b"{not json", "not valid JSON"),
+    (b'{"format": 999, "entries": {}}', "has format 999"),
+    (b'["a list"]', "does not hold an 'entries' table"),
 ])
 def test_corrupt_or_foreign_file_is_reported_and_rebuilt(tmp_path, content, problem):
     path = tmp_path / "tuning.json"
-    path.write_text(content)
+    path.write_bytes(content)
     cache = TuningCache(path)
     with pytest.warns(RuntimeWarning, match=problem):
         assert cache.lookup(key(1)) is None  # reading never crashes
     with pytest.warns(RuntimeWarning, match="moved it to .*corrupt"):
         cache.store(key(1), {"winner": "triton"})
-    assert (tmp_path / "tuning.json.corrupt").read_text() == content
+    assert (tmp_path / "tuning.json.corrupt").read_bytes() == content
     assert TuningCache(path).lookup(key(1)) == {"winner": "triton"}
 
 
@@ -92,3 +92,20 @@ def test_failed_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
         cache.store(key(2), {"winner": "triton"})
     assert path.read_text() == before
     assert not list(tmp_path.glob(".tuning-*.tmp"))
+
+
+def test_a_malformed_entry_is_answered_as_missing_and_reported_once(tmp_path, every_warning):
+    path = tmp_path / "tuning.json"
+    path.write_text(json.dumps({"format": FORMAT_VERSION, "entries": {
+        str(key(1)): {"winner": "triton", "tiles": {"forward": {"block_rows": 20, "block_cols": 16, "block_reduce": 16}}},
+        str(key(2)): {"winner": "fallback"}}}))
+    cache = TuningCache(path)
+    for _ in range(3):
+        assert cache.lookup(key(1), ("forward",)) is None
+        assert cache.lookup(key(2), ("forward",)) == {"winner": "fallback"}
+    entry, problem = cache.lookup_checked(key(1), ("forward",))
+    assert entry is None and problem == ("the cached entry was rejected: tile for 'forward': block_rows=20 is not "
+                                         "a power of two >= 16")
+    [warning] = every_warning
+    assert str(path) in str(warning.message) and str(key(1)) in str(warning.message)
+    assert str(key(1)) in cache.entries()  # kept in the file: only a new measurement replaces it

@@ -3,13 +3,15 @@
 Reads take a snapshot (re-read when the file changes); writes re-read under a file lock, merge and
 replace the file atomically, so two processes tuning at once lose nothing and a reader never sees a
 half-written file. A corrupt or foreign-format file is reported, set aside as ``*.corrupt`` and
-rebuilt, never a crash.
+rebuilt, never a crash. Each entry is checked (``entry_problem``) the first time it is looked up in a
+snapshot: a malformed one is reported once and answered as missing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import threading
@@ -20,9 +22,11 @@ from pathlib import Path
 from filelock import FileLock
 
 from tritonconv import env
+from tritonconv.tiles import tile_dict_problem
 
 FORMAT_VERSION = 1
 FILE_NAME = "tuning.json"
+WINNERS = ("triton", "fallback")
 
 
 def source_hash(*paths: Path) -> str:
@@ -51,6 +55,7 @@ class TuningCache:
         self._explicit_path = Path(path) if path is not None else None
         self._snapshot: dict[str, dict] = {}
         self._snapshot_stamp = None
+        self._checked: dict[tuple, tuple] = {}  # (key, kernels) -> lookup_checked's answer, per snapshot
         self._generation = 0  # bumped whenever the snapshot is re-read
         self._mutex = threading.Lock()
 
@@ -85,25 +90,54 @@ class TuningCache:
             return {}, f"has format {data.get('format')!r}, this tritonconv writes {FORMAT_VERSION}"
         return data["entries"], None
 
+    def _refresh(self) -> None:
+        """Re-read the snapshot if the file changed; the caller holds ``_mutex``."""
+        stamp = self._stamp()
+        if stamp == self._snapshot_stamp:
+            return
+        entries, problem = self._read_file()
+        if problem:
+            warnings.warn(f"tuning cache {self.path} {problem}; ignoring it (the next tuning run rebuilds it)",
+                          RuntimeWarning, stacklevel=4)
+        self._snapshot, self._snapshot_stamp, self._checked = entries, stamp, {}
+        self._generation += 1
+
     def entries(self) -> dict[str, dict]:
+        """The file's entries as stored, unchecked (``lookup`` checks the one it answers)."""
         with self._mutex:
-            stamp = self._stamp()
-            if stamp != self._snapshot_stamp:
-                entries, problem = self._read_file()
-                if problem:
-                    warnings.warn(f"tuning cache {self.path} {problem}; ignoring it (the next tuning run rebuilds it)",
-                                  RuntimeWarning, stacklevel=3)
-                self._snapshot, self._snapshot_stamp = entries, stamp
-                self._generation += 1
+            self._refresh()
             return self._snapshot
 
     def generation(self) -> int:
         """Changes whenever what ``lookup`` answers may have changed (the file was written or moved)."""
-        self.entries()
-        return self._generation
+        with self._mutex:
+            self._refresh()
+            return self._generation
 
-    def lookup(self, key: CacheKey) -> dict | None:
-        return self.entries().get(str(key))
+    def lookup(self, key: CacheKey, kernels: tuple[str, ...] | None = None) -> dict | None:
+        """The entry for ``key`` if there is a well-formed one (see ``entry_problem``), else None."""
+        return self.lookup_checked(key, kernels)[0]
+
+    def lookup_checked(self, key: CacheKey, kernels: tuple[str, ...] | None = None) -> tuple[dict | None, str | None]:
+        """(entry, None), (None, None) when nothing is stored, or (None, why the entry was ignored).
+        ``kernels``: the kernel names the entry's tiles may be for (None: any).
+
+        Each entry is checked once per snapshot and a malformed one reported once: the dispatcher asks
+        on every call it has not memoized.
+        """
+        name = str(key)
+        with self._mutex:
+            self._refresh()
+            memo = (name, kernels)
+            if memo not in self._checked:
+                entry = self._snapshot.get(name)
+                problem = None if entry is None else entry_problem(entry, kernels)
+                self._checked[memo] = (None, f"the cached entry was rejected: {problem}") if problem else (entry, None)
+                if problem:
+                    warnings.warn(f"tuning cache {self.path}: ignoring entry {name}: {problem}; using the default "
+                                  "backend and tiles (re-tune it with `python -m autotune --force`)",
+                                  RuntimeWarning, stacklevel=3)
+            return self._checked[memo]
 
     # ---- writing ------------------------------------------------------------------------------
     def store(self, key: CacheKey, entry: dict) -> None:
@@ -131,6 +165,44 @@ class TuningCache:
                 raise
         with self._mutex:
             self._snapshot_stamp = None  # re-read on next lookup
+
+
+def entry_problem(entry, kernels: tuple[str, ...] | None) -> str | None:
+    """Why ``entry`` is not one the dispatcher and the tuner can use, or None.
+
+    An entry is a table with ``winner`` "triton" or "fallback"; optional ``tiles`` {kernel: tile} for
+    kernels in ``kernels`` (None: any name), each one a kernel compiles (``tiles.tile_dict_problem``);
+    optional ``timings_ms`` {"triton"/"fallback": ms or null, "candidates": {name: ms}} with finite ms
+    >= 0; optional ``failed`` {name: why}. Other fields (device, versions, spec, date) are notes.
+    """
+    if not isinstance(entry, dict):
+        return f"it is {type(entry).__name__} {entry!r}, not a table"
+    if "winner" not in entry:
+        return "it has no 'winner'"
+    if entry["winner"] not in WINNERS:
+        return f"winner {entry['winner']!r} is not one of {WINNERS}"
+    tiles = entry.get("tiles", {})
+    if not isinstance(tiles, dict):
+        return f"'tiles' is {type(tiles).__name__}, not a table"
+    for kernel, tile in tiles.items():
+        if kernels is not None and kernel not in kernels:
+            return f"it has a tile for {kernel!r}, which is not a kernel of this pass {kernels}"
+        problem = tile_dict_problem(tile)
+        if problem:
+            return f"tile for {kernel!r}: {problem}"
+    timings = entry.get("timings_ms", {})
+    if not isinstance(timings, dict):
+        return f"'timings_ms' is {type(timings).__name__}, not a table"
+    candidates = timings.get("candidates", {})
+    if not isinstance(candidates, dict):
+        return f"'timings_ms.candidates' is {type(candidates).__name__}, not a table"
+    measured = {name: timings[name] for name in WINNERS if timings.get(name) is not None}
+    for name, ms in [*measured.items(), *candidates.items()]:
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) or ms < 0:
+            return f"timing {name!r} is {ms!r}, not a finite number of milliseconds >= 0"
+    if not isinstance(entry.get("failed", {}), dict):
+        return f"'failed' is {type(entry['failed']).__name__}, not a table"
+    return None
 
 
 def _stale(existing: str, new: CacheKey) -> bool:
