@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import RUNNING_AS_ROOT
 
 import tritonconv
 from tritonconv import dispatch
@@ -231,3 +232,66 @@ def test_explain_says_the_cached_entry_was_rejected(tmp_path, monkeypatch):
         decision = tritonconv.explain(layer, x)
     assert decision.backend == "triton" and decision.tiles["forward"] == OPERATOR.default_tile(spec, "forward")
     assert "cached entry was rejected: tile for 'forward': block_rows=24 is not a power of two >= 16" in decision.reason
+
+
+def unreadable_states():
+    """name: (set-up(cache folder, deny_access) -> the path the warning names, what it and the reason say)."""
+    def write(folder, content):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tuning.json").write_bytes(content)
+        return folder / "tuning.json"
+
+    def a_folder(folder, deny):
+        (folder / "tuning.json").mkdir(parents=True)
+        return folder / "tuning.json"
+
+    def a_file_as_cache_dir(folder, deny):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.write_text("not a folder")
+        return folder / "tuning.json"
+
+    def unsearchable(folder, deny):
+        path = write(folder, json.dumps({"format": 1, "entries": {}}).encode())
+        deny(folder)
+        return path
+
+    return {
+        "not UTF-8": (lambda folder, deny: write(folder, b'{"format": 1, "entries": {"\xff\xfe": 1}}'),
+                      "is not UTF-8 text"),
+        "not JSON": (lambda folder, deny: write(folder, b"{not json"), "is not valid JSON"),
+        "entries not a table": (lambda folder, deny: write(folder, b'{"format": 1, "entries": [1, 2]}'),
+                                "does not hold an 'entries' table"),
+        "foreign format": (lambda folder, deny: write(folder, b'{"format": 999, "entries": {}}'), "has format 999"),
+        "a folder named tuning.json": (a_folder, "cannot be read (Is a directory"),
+        "TRITONCONV_CACHE_DIR is a file": (a_file_as_cache_dir, "cannot be read (Not a directory: a file, not a folder"),
+        "cache folder not searchable (simulated chmod 000)": (unsearchable, "cannot be read (Permission denied"),
+    }
+
+
+UNREADABLE = unreadable_states()
+
+
+@pytest.mark.parametrize("name", UNREADABLE)
+def test_an_unreadable_cache_is_ignored_with_one_warning(tmp_path, every_warning, deny_access, name):
+    set_up, problem = UNREADABLE[name]
+    path = set_up(tmp_path / "cache", deny_access)
+    cache = TuningCache()
+    decisions = decide_a_few_times(cache) + [dispatch.decide(OPERATOR, SPEC, "backward", CUDA, cache=cache)]
+    for decision in decisions:
+        assert decision.backend == "triton" and problem in decision.reason and str(path) in decision.reason
+    assert decisions[0].tiles == {"forward": OPERATOR.default_tile(SPEC, "forward")}
+    [warning] = runtime_warnings(every_warning)
+    assert str(path) in warning and problem in warning
+
+
+@pytest.mark.skipif(RUNNING_AS_ROOT, reason="root ignores permission bits; the simulated chmod 000 case covers it")
+def test_a_cache_folder_chmod_000_is_ignored_with_one_warning(tmp_path, every_warning):
+    folder = tmp_path / "cache"
+    write_cache(folder / "tuning.json", {str(OPERATOR.cache_key(SPEC, "forward", CUDA)): GOOD_ENTRY})
+    folder.chmod(0)
+    try:
+        decisions = decide_a_few_times(TuningCache())
+    finally:
+        folder.chmod(0o755)
+    assert all(d.backend == "triton" and "Permission denied" in d.reason for d in decisions)
+    assert len(runtime_warnings(every_warning)) == 1

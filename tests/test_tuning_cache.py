@@ -53,6 +53,8 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     (b"{not json", "not valid JSON"),
     (b'{"format": 999, "entries": {}}', "has format 999"),
     (b'["a list"]', "does not hold an 'entries' table"),
+    (b'{"format": 1, "entries": {"\xff": {}}}', "is not UTF-8 text"),
+    (b'{"format": 1, "entries": {"a": ' + b"1" * 5000 + b"}}", "is not valid JSON"),  # over int()'s digit limit
 ])
 def test_corrupt_or_foreign_file_is_reported_and_rebuilt(tmp_path, content, problem):
     path = tmp_path / "tuning.json"

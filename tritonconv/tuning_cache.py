@@ -2,9 +2,11 @@
 
 Reads take a snapshot (re-read when the file changes); writes re-read under a file lock, merge and
 replace the file atomically, so two processes tuning at once lose nothing and a reader never sees a
-half-written file. A corrupt or foreign-format file is reported, set aside as ``*.corrupt`` and
-rebuilt, never a crash. Each entry is checked (``entry_problem``) the first time it is looked up in a
-snapshot: a malformed one is reported once and answered as missing.
+half-written file. A cache that cannot be read (a folder in its place, no permission, not UTF-8, not
+JSON, a foreign format) is reported once per version of the file and read as empty, never a crash; a
+store sets a corrupt file aside as ``*.corrupt`` and rebuilds it. Each entry is checked
+(``entry_problem``) the first time it is looked up in a snapshot: a malformed one is reported once
+and answered as missing.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class TuningCache:
         self._explicit_path = Path(path) if path is not None else None
         self._snapshot: dict[str, dict] = {}
         self._snapshot_stamp = None
+        self._problem: str | None = None  # why the whole file was ignored
         self._checked: dict[tuple, tuple] = {}  # (key, kernels) -> lookup_checked's answer, per snapshot
         self._generation = 0  # bumped whenever the snapshot is re-read
         self._mutex = threading.Lock()
@@ -71,18 +74,21 @@ class TuningCache:
             return (path, stat.st_mtime_ns, stat.st_size)
         except FileNotFoundError:
             return (path, None, None)
+        except OSError as error:  # a file where the folder should be, a folder we may not search
+            return (path, type(error).__name__, None)
 
-    def _read_file(self) -> tuple[dict[str, dict], str | None]:
-        """(entries, problem): problem says why the file could not be used."""
+    def _read_file(self) -> tuple[dict, str | None]:
+        """(entries, problem): problem says why the file's content cannot be used. Raises OSError when
+        the file exists but cannot be read (permission, a folder in its place)."""
         try:
-            text = self.path.read_text()
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return {}, None
-        except OSError as error:
-            return {}, f"cannot be read ({error})"
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            return {}, f"is not UTF-8 text ({error})"
+        except (ValueError, RecursionError) as error:  # JSONDecodeError, or an int too long to convert
             return {}, f"is not valid JSON ({error})"
         if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
             return {}, "does not hold an 'entries' table"
@@ -95,12 +101,18 @@ class TuningCache:
         stamp = self._stamp()
         if stamp == self._snapshot_stamp:
             return
-        entries, problem = self._read_file()
-        if problem:
-            warnings.warn(f"tuning cache {self.path} {problem}; ignoring it (the next tuning run rebuilds it)",
-                          RuntimeWarning, stacklevel=4)
+        try:
+            entries, problem = self._read_file()
+            remedy = "the next tuning run sets it aside and starts a new one"
+        except OSError as error:
+            entries, problem = {}, f"cannot be read ({_describe(error)})"
+            remedy = "fix its permissions or point TRITONCONV_CACHE_DIR at another folder"
         self._snapshot, self._snapshot_stamp, self._checked = entries, stamp, {}
+        self._problem = f"tuning cache {self.path} {problem}" if problem else None
         self._generation += 1
+        if problem:
+            warnings.warn(f"{self._problem}; every call runs as if untuned ({remedy})",
+                          RuntimeWarning, stacklevel=4)
 
     def entries(self) -> dict[str, dict]:
         """The file's entries as stored, unchecked (``lookup`` checks the one it answers)."""
@@ -119,8 +131,8 @@ class TuningCache:
         return self.lookup_checked(key, kernels)[0]
 
     def lookup_checked(self, key: CacheKey, kernels: tuple[str, ...] | None = None) -> tuple[dict | None, str | None]:
-        """(entry, None), (None, None) when nothing is stored, or (None, why the entry was ignored).
-        ``kernels``: the kernel names the entry's tiles may be for (None: any).
+        """(entry, None), (None, None) when nothing is stored, or (None, why the cache or the entry was
+        ignored). ``kernels``: the kernel names the entry's tiles may be for (None: any).
 
         Each entry is checked once per snapshot and a malformed one reported once: the dispatcher asks
         on every call it has not memoized.
@@ -128,6 +140,8 @@ class TuningCache:
         name = str(key)
         with self._mutex:
             self._refresh()
+            if self._problem:
+                return None, self._problem
             memo = (name, kernels)
             if memo not in self._checked:
                 entry = self._snapshot.get(name)
@@ -203,6 +217,15 @@ def entry_problem(entry, kernels: tuple[str, ...] | None) -> str | None:
     if not isinstance(entry.get("failed", {}), dict):
         return f"'failed' is {type(entry['failed']).__name__}, not a table"
     return None
+
+
+def _describe(error: OSError) -> str:
+    """What went wrong, in words: no "[Errno 13]", and a file in the way of a folder said as such."""
+    if isinstance(error, NotADirectoryError):
+        return f"{error.strerror}: a file, not a folder, is on the way to {error.filename}"
+    if error.strerror and error.filename:
+        return f"{error.strerror}: {error.filename!r}"
+    return str(error) or type(error).__name__
 
 
 def _stale(existing: str, new: CacheKey) -> bool:
