@@ -4,9 +4,9 @@ Reads take a snapshot (re-read when the file changes); writes re-read under a fi
 replace the file atomically, so two processes tuning at once lose nothing and a reader never sees a
 half-written file. A cache that cannot be read (a folder in its place, no permission, not UTF-8, not
 JSON, a foreign format) is reported once per version of the file and read as empty, never a crash; a
-store sets a corrupt file aside as ``*.corrupt`` and rebuilds it. Each entry is checked
-(``entry_problem``) the first time it is looked up in a snapshot: a malformed one is reported once
-and answered as missing.
+store sets a corrupt file aside as ``*.corrupt`` and rebuilds it, and one that cannot write raises
+``CacheWriteError`` with the file left as it was. Each entry is checked (``entry_problem``) the first
+time it is looked up in a snapshot: a malformed one is reported once and answered as missing.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ from tritonconv.tiles import tile_dict_problem
 FORMAT_VERSION = 1
 FILE_NAME = "tuning.json"
 WINNERS = ("triton", "fallback")
+
+
+class CacheWriteError(OSError):
+    """The tuning cache could not be written (no folder, no permission, disk full); its file is unchanged."""
 
 
 def source_hash(*paths: Path) -> str:
@@ -155,15 +159,30 @@ class TuningCache:
 
     # ---- writing ------------------------------------------------------------------------------
     def store(self, key: CacheKey, entry: dict) -> None:
-        """Merge one entry into the file under the lock; stale entries of the same op are dropped."""
+        """Merge one entry into the file under the lock; stale entries of the same op are dropped.
+
+        Raises CacheWriteError, with the file left as it was, when the cache cannot be written.
+        """
+        problem = entry_problem(entry, None)
+        if problem:
+            raise ValueError(f"not a tuning cache entry: {problem}")
+        try:
+            self._store(key, entry)
+        except OSError as error:
+            raise CacheWriteError(f"cannot write the tuning cache {self.path}: {_describe(error)}; "
+                                  "the file was left as it was") from error
+        with self._mutex:
+            self._snapshot_stamp = None  # re-read on next lookup, even if the new file has the old stamp
+
+    def _store(self, key: CacheKey, entry: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path) + ".lock"):
-            entries, problem = self._read_file()
+            entries, problem = self._read_file()  # an unreadable file raises: it is not ours to replace
             if problem:
                 aside = self.path.with_suffix(".json.corrupt")
-                warnings.warn(f"tuning cache {self.path} {problem}; moved it to {aside} and started a new one",
-                              RuntimeWarning, stacklevel=2)
                 os.replace(self.path, aside)
+                warnings.warn(f"tuning cache {self.path} {problem}; moved it to {aside} and started a new one",
+                              RuntimeWarning, stacklevel=3)
             entries = {k: v for k, v in entries.items() if not _stale(k, key)}
             entries[str(key)] = entry
             payload = json.dumps({"format": FORMAT_VERSION, "entries": entries}, indent=1, sort_keys=True)
@@ -177,8 +196,6 @@ class TuningCache:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-        with self._mutex:
-            self._snapshot_stamp = None  # re-read on next lookup
 
 
 def entry_problem(entry, kernels: tuple[str, ...] | None) -> str | None:
@@ -223,6 +240,8 @@ def _describe(error: OSError) -> str:
     """What went wrong, in words: no "[Errno 13]", and a file in the way of a folder said as such."""
     if isinstance(error, NotADirectoryError):
         return f"{error.strerror}: a file, not a folder, is on the way to {error.filename}"
+    if isinstance(error, FileExistsError):  # from mkdir(exist_ok=True): the name is taken by a file
+        return f"{error.filename} is a file, not a folder"
     if error.strerror and error.filename:
         return f"{error.strerror}: {error.filename!r}"
     return str(error) or type(error).__name__
