@@ -109,7 +109,7 @@ def _params(spec) -> int | None:
 
 def tune(harness, specs, args, device) -> pd.DataFrame:
     cache = TuningCache(args.cache) if args.cache else TuningCache()
-    rows = []
+    rows, not_saved = [], None
     jobs = [(label, count, spec, pass_) for label, count, spec in specs for pass_ in PASSES[args.passes]]
     for label, count, spec, pass_ in tqdm(jobs, desc=f"tuning {args.layer} on {hardware.device_name_of(device)}", unit="pass"):
         result = tune_pass(harness, spec, pass_, device, cache, force=args.force, max_tiles=args.max_tiles)
@@ -117,9 +117,11 @@ def tune(harness, specs, args, device) -> pd.DataFrame:
                         f"s{tile['num_stages']}" for tile in result.tiles.values()) or "-"
         rows.append({"shape": f"{label}: {spec.describe()}", "pass": pass_, "GFLOPs": spec.cost().flops / 1e9,
                      "best config": best, "triton ms": result.triton_ms, "fallback ms": result.fallback_ms,
-                     "speedup": result.speedup, "winner": result.winner, "cache": "hit" if result.cache_hit else "new",
+                     "speedup": result.speedup, "winner": result.winner,
+                     "cache": "hit" if result.cache_hit else "not saved" if result.not_saved else "new",
                      "failed tiles": len(result.failed)})
-    print(f"cache: {cache.path}")
+        not_saved = not_saved or result.not_saved
+    print(f"cache: {cache.path}" + (f" (NOT SAVED: {not_saved})" if not_saved else ""))
     return pd.DataFrame(rows)
 
 

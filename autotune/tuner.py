@@ -4,13 +4,14 @@ winner in the persistent cache; or, without a GPU, check every candidate under t
 from __future__ import annotations
 
 import datetime
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from tritonconv import hardware
 from tritonconv.harness import Harness, max_relative_error, tolerance
-from tritonconv.tuning_cache import TuningCache
+from tritonconv.tuning_cache import CacheWriteError, TuningCache
 
 
 @dataclass
@@ -24,6 +25,7 @@ class PassResult:
     fallback_ms: float | None
     cache_hit: bool
     failed: dict = field(default_factory=dict)  # "kernel:tile" -> why it was skipped
+    not_saved: str | None = None  # why a new measurement could not be written to the cache
 
     @property
     def speedup(self) -> float | None:
@@ -57,14 +59,18 @@ def check_tile(harness: Harness, kernel: str, work, tile, expected) -> str | Non
 
 def tune_pass(harness: Harness, spec, pass_: str, device: torch.device, cache: TuningCache, *,
               force: bool = False, max_tiles: int | None = None) -> PassResult:
-    """Measure ``pass_`` of ``spec`` on the GPU and store the winner, unless the cache has it already."""
+    """Measure ``pass_`` of ``spec`` on the GPU and store the winner, unless the cache has it already.
+
+    A malformed cached entry is measured again; a cache that cannot be written is reported (a warning
+    and ``not_saved``) and the measurement still returned.
+    """
     operator = harness.operator
     key = operator.cache_key(spec, pass_, device)
-    entry = None if force else cache.lookup(key)
+    entry = None if force else cache.lookup(key, operator.kernels_of_pass[pass_])
     if entry is not None:
-        timings = entry["timings_ms"]
-        return PassResult(pass_, entry["winner"], entry["tiles"], timings.get("triton"), timings.get("fallback"),
-                          cache_hit=True, failed=entry.get("failed", {}))
+        timings = entry.get("timings_ms", {})
+        return PassResult(pass_, entry["winner"], entry.get("tiles", {}), timings.get("triton"),
+                          timings.get("fallback"), cache_hit=True, failed=entry.get("failed", {}))
 
     work = harness.make_workload(spec, device)
     candidates_ms, failed, best = {}, {}, {}
@@ -89,13 +95,19 @@ def tune_pass(harness: Harness, spec, pass_: str, device: torch.device, cache: T
     triton_ms = sum(ms for _, ms in best.values()) if complete else None
     winner = "triton" if triton_ms is not None and triton_ms < fallback_ms else "fallback"
     tiles = {kernel: tile.to_dict() for kernel, (tile, _) in best.items()}
-    cache.store(key, {
-        "winner": winner, "tiles": tiles, "failed": failed,
-        "timings_ms": {"triton": triton_ms, "fallback": fallback_ms, "candidates": candidates_ms},
-        "device": hardware.device_name_of(device), **hardware.versions(),
-        "spec": spec.describe(), "tuned_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    })
-    return PassResult(pass_, winner, tiles, triton_ms, fallback_ms, cache_hit=False, failed=failed)
+    not_saved = None
+    try:
+        cache.store(key, {
+            "winner": winner, "tiles": tiles, "failed": failed,
+            "timings_ms": {"triton": triton_ms, "fallback": fallback_ms, "candidates": candidates_ms},
+            "device": hardware.device_name_of(device), **hardware.versions(),
+            "spec": spec.describe(), "tuned_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        })
+    except CacheWriteError as error:
+        not_saved = str(error)
+        warnings.warn(f"{error}; tuning results are not saved", RuntimeWarning, stacklevel=2)
+    return PassResult(pass_, winner, tiles, triton_ms, fallback_ms, cache_hit=False, failed=failed,
+                      not_saved=not_saved)
 
 
 def validate_candidates(harness: Harness, spec, pass_: str, device: torch.device, *, max_tiles: int | None = None,

@@ -4,7 +4,10 @@ TRITON_INTERPRET must be set before any module defining a @triton.jit kernel is 
 set here, at the top of the first file pytest loads.
 """
 
+import errno
+import io
 import os
+import warnings
 
 import torch
 
@@ -55,3 +58,56 @@ def device():
 def poisoned_empty(*shape, **kwargs):
     """A fresh tensor full of NaN, so an output element the kernel forgot to write fails loudly."""
     return torch.full(shape, float("nan"), **kwargs)
+
+
+class AccessDenial:
+    """``deny(folder)`` makes the OS refuse this process what ``chmod 000 folder`` would (anything inside
+    it); ``deny(folder, read=True)`` keeps reading and refuses what ``chmod 555`` would (creating,
+    writing, renaming or removing inside it); ``undo()`` lifts both. Permission bits do not bind root,
+    the user these tests often run as, so the refusal is simulated on the os and io calls instead."""
+
+    def __init__(self):
+        self._patch = pytest.MonkeyPatch()
+
+    def __call__(self, folder, *, read=False):
+        prefix = os.path.join(os.fspath(folder), "")
+
+        def guard(module, name, refused=lambda *args, **kwargs: True):
+            real = getattr(module, name)
+
+            def guarded(path, *args, **kwargs):
+                if isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith(prefix) \
+                        and refused(*args, **kwargs):
+                    raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+                return real(path, *args, **kwargs)
+            self._patch.setattr(module, name, guarded)
+
+        for name in ("mkdir", "replace", "rename", "unlink", "rmdir"):
+            guard(os, name)
+        if not read:
+            for module, name in ((os, "stat"), (os, "lstat"), (os, "open"), (io, "open")):
+                guard(module, name)
+            return
+        guard(os, "open", lambda flags, *args, **kwargs: bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)))
+        guard(io, "open", lambda mode="r", *args, **kwargs: any(c in mode for c in "wax+"))
+
+    def undo(self):
+        self._patch.undo()
+
+
+@pytest.fixture
+def deny_access():
+    denial = AccessDenial()
+    yield denial
+    denial.undo()
+
+
+RUNNING_AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # permission bits do not bind root
+
+
+@pytest.fixture
+def every_warning(recwarn):
+    """``recwarn`` without the "default" filter it installs for RuntimeWarning, which shows a message once
+    per code line: with it a test could not tell our once-per-file-version reporting from Python's."""
+    warnings.simplefilter("always", RuntimeWarning)
+    return recwarn

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autotune import tuner
-from autotune.cli import main
+from autotune.cli import build_parser, main, tune
 from tritonconv import dispatch
 from tritonconv.ops.hetconv import HetConvSpec
 from tritonconv.ops.hetconv.harness import HARNESS
@@ -113,3 +113,43 @@ def test_tuned_entry_is_what_dispatch_reads(tmp_path, fake_clock, monkeypatch):
     monkeypatch.setattr("tritonconv.dispatch.default_cache", lambda: cache)
     decision = dispatch.decide(HARNESS.operator, SPEC, "forward", torch.device("cuda"))
     assert decision.backend == result.winner
+
+
+def test_tuning_into_a_cache_that_cannot_be_written_reports_it_and_goes_on(tmp_path, fake_clock, every_warning):
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    cache = TuningCache(tmp_path / "cache" / "tuning.json")
+    results = [tuner.tune_pass(HARNESS, SPEC, pass_, torch.device("cpu"), cache, max_tiles=1)
+               for pass_ in ("forward", "backward")]
+    for result in results:
+        assert not result.cache_hit and result.winner in ("triton", "fallback") and result.fallback_ms == 1.0
+        assert "cannot write the tuning cache" in result.not_saved and "is a file, not a folder" in result.not_saved
+    messages = [str(w.message) for w in every_warning if issubclass(w.category, RuntimeWarning)]
+    assert len([m for m in messages if m.endswith("tuning results are not saved")]) == 2  # one per pass
+    assert len([m for m in messages if "cannot be read (Not a directory" in m]) == 1  # one per file version
+    assert (tmp_path / "cache").read_text() == "a file where the cache folder should be"
+
+
+def test_cli_table_says_the_results_were_not_saved(tmp_path, fake_clock, capsys, every_warning):
+    (tmp_path / "cache").write_text("not a folder")
+    args = build_parser().parse_args(["--layer", "hetconv", "--shapes", "vgg16_cifar", "--max-tiles", "1",
+                                      "--pass", "fwd", "--cache", str(tmp_path / "cache" / "tuning.json")])
+    specs = HARNESS.specs_for("vgg16_cifar", batch=1, dtype="float32")[:1]
+    table = tune(HARNESS, [(label, count, HARNESS.shrink(spec)) for label, count, spec in specs], args,
+                 torch.device("cpu"))
+    assert list(table["cache"]) == ["not saved"]
+    assert [w for w in every_warning if "cannot be read (Not a directory" in str(w.message)]
+    assert [w for w in every_warning if str(w.message).endswith("tuning results are not saved")]
+    assert "NOT SAVED: cannot write the tuning cache" in capsys.readouterr().out
+
+
+def test_a_malformed_cached_entry_is_measured_again_and_replaced(tmp_path, fake_clock, every_warning):
+    cache = TuningCache(tmp_path / "tuning.json")
+    key = HARNESS.operator.cache_key(SPEC, "forward", torch.device("cpu"))
+    tile = {"block_rows": 16, "block_cols": 16, "block_reduce": 16, "num_warps": 4, "num_stages": 3, "splits": 0}
+    cache.store(key, {"winner": "triton", "tiles": {"forward": tile}, "timings_ms": {"triton": 1.0, "fallback": 2.0}})
+    (tmp_path / "tuning.json").write_text((tmp_path / "tuning.json").read_text().replace('"num_warps": 4',
+                                                                                         '"num_warps": 5'))
+    result = tuner.tune_pass(HARNESS, SPEC, "forward", torch.device("cpu"), cache, max_tiles=1)
+    assert not result.cache_hit
+    assert any("num_warps=5" in str(w.message) for w in every_warning)
+    assert cache.lookup(key, ("forward",))["tiles"] == result.tiles  # the new measurement took its place

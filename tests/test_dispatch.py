@@ -1,7 +1,10 @@
 """Which backend each call takes, and why."""
 
+import json
+
 import pytest
 import torch
+from conftest import RUNNING_AS_ROOT
 
 import tritonconv
 from tritonconv import dispatch
@@ -118,3 +121,186 @@ def test_explain_says_which_backend_and_why():
     assert decision.backend == "triton" and str(decision).startswith("triton [forward=")
     with tritonconv.use_backend("fallback"):
         assert str(tritonconv.explain(layer, x, "backward")).startswith("fallback: forced")
+
+
+# ---- a tuning cache that is unreadable or malformed: every CUDA call still gets a decision --------------
+TILE = {"block_rows": 64, "block_cols": 32, "block_reduce": 32, "num_warps": 4, "num_stages": 2, "splits": 0}
+GOOD_ENTRY = {"winner": "triton", "tiles": {"forward": TILE}, "device": "test-gpu",  # as the tuner writes it
+              "timings_ms": {"triton": 1.0, "fallback": 2.0, "candidates": {"forward:64x32x32_w4_st2": 1.0}}}
+
+
+def with_tile(**fields):
+    return {**GOOD_ENTRY, "tiles": {"forward": {**TILE, **fields}}}
+
+
+def with_timings(**timings):
+    return {**GOOD_ENTRY, "timings_ms": {**GOOD_ENTRY["timings_ms"], **timings}}
+
+
+def without(name):
+    return {k: v for k, v in GOOD_ENTRY.items() if k != name}
+
+
+BAD_ENTRIES = {  # name: (the entry stored for SPEC's forward pass, what the warning and the reason say)
+    "not a table": (["fallback"], "list ['fallback'], not a table"),
+    "a bare string": ("fallback", "str 'fallback', not a table"),
+    "no winner": (without("winner"), "no 'winner'"),
+    "unknown winner": ({**GOOD_ENTRY, "winner": "cudnn"}, "winner 'cudnn' is not one of"),
+    "winner fallback misspelt": ({**GOOD_ENTRY, "winner": "Fallback"}, "winner 'Fallback' is not one of"),
+    "null winner": ({**GOOD_ENTRY, "winner": None}, "winner None is not one of"),
+    "tiles not a table": ({**GOOD_ENTRY, "tiles": [TILE]}, "'tiles' is list"),
+    "tile of another pass": ({**GOOD_ENTRY, "tiles": {"backward_input": TILE}},
+                             "tile for 'backward_input', which is not a kernel of this pass"),
+    "tile of no kernel": ({**GOOD_ENTRY, "tiles": {"fwd": TILE}}, "tile for 'fwd', which is not a kernel"),
+    "tile not a table": ({**GOOD_ENTRY, "tiles": {"forward": "64x32x32"}}, "tile '64x32x32' is not a table"),
+    "unknown tile field": (with_tile(block_k=32), "unknown tile fields ['block_k']"),
+    "tile without block_rows": ({**GOOD_ENTRY, "tiles": {"forward": {"block_cols": 32, "block_reduce": 32}}},
+                                "tile lacks ['block_rows']"),
+    "block as a string": (with_tile(block_rows="64"), "block_rows='64' is not an int"),
+    "block as a float": (with_tile(block_cols=32.0), "block_cols=32.0 is not an int"),
+    "block as a bool": (with_tile(block_reduce=True), "block_reduce=True is not an int"),
+    "zero block": (with_tile(block_rows=0), "block_rows=0 is not a power of two >= 16"),
+    "negative block": (with_tile(block_cols=-32), "block_cols=-32 is not a power of two >= 16"),
+    "block not a power of two": (with_tile(block_reduce=48), "block_reduce=48 is not a power of two"),
+    "block under the dot minimum": (with_tile(block_rows=8), "block_rows=8 is not a power of two >= 16"),
+    "blocks over Triton's tensor limit": (with_tile(block_rows=4096, block_cols=512), "exceed Triton's"),
+    "num_warps not a power of two": (with_tile(num_warps=3), "num_warps=3 is not one of"),
+    "num_warps too many": (with_tile(num_warps=32), "num_warps=32 is not one of"),
+    "num_stages zero": (with_tile(num_stages=0), "num_stages=0 is not >= 1"),
+    "splits negative": (with_tile(splits=-1), "splits=-1 is not >= 0"),
+    "timings not a table": ({**GOOD_ENTRY, "timings_ms": [1.0, 0.5]}, "'timings_ms' is list"),
+    "timing not a number": (with_timings(triton="fast"), "timing 'triton' is 'fast'"),
+    "timing negative": (with_timings(fallback=-2.0), "timing 'fallback' is -2.0"),
+    "timing NaN": (with_timings(triton=float("nan")), "timing 'triton' is nan"),
+    "timing infinite": (with_timings(fallback=float("inf")), "timing 'fallback' is inf"),
+    "candidates not a table": (with_timings(candidates=[1.0]), "'timings_ms.candidates' is list"),
+    "candidate timing NaN": (with_timings(candidates={"forward:x": float("nan")}), "timing 'forward:x' is nan"),
+    "failed not a table": ({**GOOD_ENTRY, "failed": "all of them"}, "'failed' is str"),
+}
+
+
+def write_cache(path, entries):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": 1, "entries": entries}))  # NaN and Infinity as Python writes them
+
+
+def decide_a_few_times(cache):
+    """The calls a training step makes: forward twice, once more under a forced backend (a new memo key)."""
+    decisions = [dispatch.decide(OPERATOR, SPEC, "forward", CUDA, cache=cache) for _ in range(2)]
+    decisions.append(dispatch.decide(OPERATOR, SPEC, "forward", CUDA, cache=cache, forced="triton"))
+    return decisions
+
+
+def runtime_warnings(recorded):
+    return [str(w.message) for w in recorded if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_well_formed_entry_is_used_without_warning(tmp_path, every_warning):
+    path = tmp_path / "cache" / "tuning.json"
+    write_cache(path, {str(OPERATOR.cache_key(SPEC, "forward", CUDA)): GOOD_ENTRY})
+    decision = dispatch.decide(OPERATOR, SPEC, "forward", CUDA, cache=TuningCache())
+    assert decision.backend == "triton" and decision.tiles["forward"].to_dict() == TILE
+    assert "measured triton 1 ms vs fallback 2 ms" in decision.reason
+    assert runtime_warnings(every_warning) == []
+
+
+@pytest.mark.parametrize("name", BAD_ENTRIES)
+def test_a_malformed_entry_is_ignored_with_one_warning(tmp_path, every_warning, name):
+    entry, problem = BAD_ENTRIES[name]
+    path = tmp_path / "cache" / "tuning.json"
+    key = str(OPERATOR.cache_key(SPEC, "forward", CUDA))
+    write_cache(path, {key: entry})
+    decisions = decide_a_few_times(TuningCache())
+    defaults = {"forward": OPERATOR.default_tile(SPEC, "forward")}
+    for decision in decisions:
+        assert decision.backend == "triton" and decision.tiles == defaults  # as if nothing were tuned: no bad tile
+        assert "cached entry was rejected" in decision.reason and problem in decision.reason
+    [warning] = runtime_warnings(every_warning)
+    assert str(path) in warning and key in warning and problem in warning
+
+
+def test_a_malformed_entry_warns_again_only_when_the_file_changes(tmp_path, every_warning):
+    path = tmp_path / "cache" / "tuning.json"
+    cache = TuningCache()
+    write_cache(path, {str(OPERATOR.cache_key(SPEC, "forward", CUDA)): with_tile(num_warps=3)})
+    decide_a_few_times(cache)
+    store(cache, SPEC, "backward", "fallback")  # the tuner writes another entry: a new version of the file
+    decide_a_few_times(cache)
+    assert dispatch.decide(OPERATOR, SPEC, "backward", CUDA, cache=cache).backend == "fallback"
+    assert len(runtime_warnings(every_warning)) == 2
+
+
+def test_explain_says_the_cached_entry_was_rejected(tmp_path, monkeypatch):
+    layer = tritonconv.HetConv2d(8, 8, 3, 1, 2)
+    x = torch.randn(1, 8, 5, 5)
+    spec = HetConvSpec.from_tensors(x, layer.weight, layer.weight_pw, layer.bias, stride=1, p=2)
+    write_cache(tmp_path / "cache" / "tuning.json",
+                {str(OPERATOR.cache_key(spec, "forward", CUDA)): with_tile(block_rows=24)})
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: CUDA))  # explain() reads only x.device
+    with pytest.warns(RuntimeWarning, match="block_rows=24"):
+        decision = tritonconv.explain(layer, x)
+    assert decision.backend == "triton" and decision.tiles["forward"] == OPERATOR.default_tile(spec, "forward")
+    assert "cached entry was rejected: tile for 'forward': block_rows=24 is not a power of two >= 16" in decision.reason
+
+
+def unreadable_states():
+    """name: (set-up(cache folder, deny_access) -> the path the warning names, what it and the reason say)."""
+    def write(folder, content):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tuning.json").write_bytes(content)
+        return folder / "tuning.json"
+
+    def a_folder(folder, deny):
+        (folder / "tuning.json").mkdir(parents=True)
+        return folder / "tuning.json"
+
+    def a_file_as_cache_dir(folder, deny):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.write_text("not a folder")
+        return folder / "tuning.json"
+
+    def unsearchable(folder, deny):
+        path = write(folder, json.dumps({"format": 1, "entries": {}}).encode())
+        deny(folder)
+        return path
+
+    return {
+        "not UTF-8": (lambda folder, deny: write(folder, b'{"format": 1, "entries": {"\xff\xfe": 1}}'),
+                      "is not UTF-8 text"),
+        "not JSON": (lambda folder, deny: write(folder, b"{not json"), "is not valid JSON"),
+        "entries not a table": (lambda folder, deny: write(folder, b'{"format": 1, "entries": [1, 2]}'),
+                                "does not hold an 'entries' table"),
+        "foreign format": (lambda folder, deny: write(folder, b'{"format": 999, "entries": {}}'), "has format 999"),
+        "a folder named tuning.json": (a_folder, "cannot be read (Is a directory"),
+        "TRITONCONV_CACHE_DIR is a file": (a_file_as_cache_dir, "cannot be read (Not a directory: a file, not a folder"),
+        "cache folder not searchable (simulated chmod 000)": (unsearchable, "cannot be read (Permission denied"),
+    }
+
+
+UNREADABLE = unreadable_states()
+
+
+@pytest.mark.parametrize("name", UNREADABLE)
+def test_an_unreadable_cache_is_ignored_with_one_warning(tmp_path, every_warning, deny_access, name):
+    set_up, problem = UNREADABLE[name]
+    path = set_up(tmp_path / "cache", deny_access)
+    cache = TuningCache()
+    decisions = decide_a_few_times(cache) + [dispatch.decide(OPERATOR, SPEC, "backward", CUDA, cache=cache)]
+    for decision in decisions:
+        assert decision.backend == "triton" and problem in decision.reason and str(path) in decision.reason
+    assert decisions[0].tiles == {"forward": OPERATOR.default_tile(SPEC, "forward")}
+    [warning] = runtime_warnings(every_warning)
+    assert str(path) in warning and problem in warning
+
+
+@pytest.mark.skipif(RUNNING_AS_ROOT, reason="root ignores permission bits; the simulated chmod 000 case covers it")
+def test_a_cache_folder_chmod_000_is_ignored_with_one_warning(tmp_path, every_warning):
+    folder = tmp_path / "cache"
+    write_cache(folder / "tuning.json", {str(OPERATOR.cache_key(SPEC, "forward", CUDA)): GOOD_ENTRY})
+    folder.chmod(0)
+    try:
+        decisions = decide_a_few_times(TuningCache())
+    finally:
+        folder.chmod(0o755)
+    assert all(d.backend == "triton" and "Permission denied" in d.reason for d in decisions)
+    assert len(runtime_warnings(every_warning)) == 1

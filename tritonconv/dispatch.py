@@ -160,27 +160,35 @@ def _decide(operator: Operator, spec, pass_: str, device: torch.device, forced: 
     if forced == "triton" and not runnable:
         raise BackendUnavailable(f"backend 'triton' was forced for {operator.name} ({spec.describe()}), "
                                  f"but it cannot run here: {why_not}")
-    entry = cache.lookup(operator.cache_key(spec, pass_, device)) if device.type == "cuda" else None
+    entry, rejected = (cache.lookup_checked(operator.cache_key(spec, pass_, device), operator.kernels_of_pass[pass_])
+                       if device.type == "cuda" else (None, None))
     tiles = _tiles(operator, spec, pass_, entry)
     if forced == "triton":
-        return Decision("triton", "forced (use_backend or TRITONCONV_BACKEND=triton)", tiles)
+        return Decision("triton", "forced (use_backend or TRITONCONV_BACKEND=triton)"
+                                  + (f"; {rejected}: default tiles" if rejected else ""), tiles)
     if not runnable:
         return Decision("fallback", why_not)
     if device.type != "cuda":
         return Decision("triton", "CPU tensors under TRITON_INTERPRET=1 run the Triton kernels", tiles)
+    if rejected:
+        return Decision("triton", f"{rejected}: Triton with default tiles", tiles)
     if entry is None:
         return Decision("triton", f"not tuned for this shape on {hardware.device_name_of(device)}: Triton "
                                   "with default tiles (run `python -m autotune` to measure)", tiles)
     timings = entry.get("timings_ms", {})
-    triton_ms = f"{timings['triton']:.4g} ms" if timings.get("triton") is not None else "no working tile"
-    measured = f"measured triton {triton_ms} vs fallback {timings.get('fallback', float('nan')):.4g} ms " \
-               f"on {entry.get('device', '?')}"
+    measured = (f"measured triton {_ms(timings.get('triton'), 'no working tile')} vs fallback "
+                f"{_ms(timings.get('fallback'), 'not measured')} on {entry.get('device', '?')}")
     if entry["winner"] == "fallback":
         return Decision("fallback", measured)
     return Decision("triton", measured, tiles)
 
 
+def _ms(value, missing: str) -> str:
+    return missing if value is None else f"{value:.4g} ms"
+
+
 def _tiles(operator: Operator, spec, pass_: str, entry: dict | None) -> dict:
+    """The entry's tiles (``lookup_checked`` checked them) and the default tile for kernels it has none for."""
     stored = (entry or {}).get("tiles", {})
     return {kernel: GemmTile.from_dict(stored[kernel]) if kernel in stored else operator.default_tile(spec, kernel)
             for kernel in operator.kernels_of_pass[pass_]}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import triton
@@ -10,6 +10,9 @@ import triton
 from tritonconv import env
 
 MIN_DOT_TILE = 16  # the GPU compiler rejects tl.dot tiles under 16 (the interpreter does not)
+NUM_WARPS_CHOICES = (1, 2, 4, 8, 16)  # warps per program our launches use; 16 is 512 threads
+BLOCK_FIELDS = ("block_rows", "block_cols", "block_reduce")
+MAX_BLOCK_NUMEL = triton.language.TRITON_MAX_TENSOR_NUMEL  # the compiler's limit on one tensor's elements
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class GemmTile:
 
     @classmethod
     def from_dict(cls, data: dict) -> "GemmTile":
+        """The tile ``to_dict`` wrote (check a dict from elsewhere with ``tile_dict_problem`` first)."""
         return cls(**data)
 
     def label(self) -> str:
@@ -44,6 +48,41 @@ class GemmTile:
             return min(block, max(MIN_DOT_TILE, triton.next_power_of_2(max(extent, 1))))
         return GemmTile(fit(self.block_rows, rows), fit(self.block_cols, cols), fit(self.block_reduce, reduce),
                         self.num_warps, self.num_stages, self.splits)
+
+
+def tile_dict_problem(data) -> str | None:
+    """Why ``data`` (e.g. read from the tuning cache) is not a tile every kernel compiles, or None.
+
+    Block sizes are powers of two >= MIN_DOT_TILE (tl.arange and tl.dot need both) and no two of them
+    span more than Triton's largest tensor; num_warps is one of NUM_WARPS_CHOICES, num_stages >= 1,
+    splits >= 0 (0: the launcher chooses). Fields left out take GemmTile's defaults.
+    """
+    if not isinstance(data, dict):
+        return f"tile {data!r} is not a table of tile fields"
+    defaults = {f.name: f.default for f in fields(GemmTile)}
+    unknown = sorted(str(name) for name in data if name not in defaults)
+    if unknown:
+        return f"unknown tile fields {unknown} (a tile has {list(defaults)})"
+    missing = [name for name in BLOCK_FIELDS if name not in data]
+    if missing:
+        return f"tile lacks {missing}"
+    for name, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{name}={value!r} is not an int"
+    tile = {**defaults, **data}
+    for name in BLOCK_FIELDS:
+        if tile[name] < MIN_DOT_TILE or tile[name] & (tile[name] - 1):
+            return f"{name}={tile[name]} is not a power of two >= {MIN_DOT_TILE}"
+    rows, cols, reduce = (tile[name] for name in BLOCK_FIELDS)
+    if max(rows * cols, rows * reduce, cols * reduce) > MAX_BLOCK_NUMEL:
+        return f"blocks {rows}x{cols}x{reduce} exceed Triton's {MAX_BLOCK_NUMEL} elements per block"
+    if tile["num_warps"] not in NUM_WARPS_CHOICES:
+        return f"num_warps={tile['num_warps']} is not one of {NUM_WARPS_CHOICES}"
+    if tile["num_stages"] < 1:
+        return f"num_stages={tile['num_stages']} is not >= 1"
+    if tile["splits"] < 0:
+        return f"splits={tile['splits']} is not >= 0"
+    return None
 
 
 def dot_precision(dtype: torch.dtype) -> str:

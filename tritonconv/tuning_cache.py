@@ -2,14 +2,18 @@
 
 Reads take a snapshot (re-read when the file changes); writes re-read under a file lock, merge and
 replace the file atomically, so two processes tuning at once lose nothing and a reader never sees a
-half-written file. A corrupt or foreign-format file is reported, set aside as ``*.corrupt`` and
-rebuilt, never a crash.
+half-written file. A cache that cannot be read (a folder in its place, no permission, not UTF-8, not
+JSON, a foreign format) is reported once per version of the file and read as empty, never a crash; a
+store sets a corrupt file aside as ``*.corrupt`` and rebuilds it, and one that cannot write raises
+``CacheWriteError`` with the file left as it was. Each entry is checked (``entry_problem``) the first
+time it is looked up in a snapshot: a malformed one is reported once and answered as missing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import threading
@@ -20,9 +24,15 @@ from pathlib import Path
 from filelock import FileLock
 
 from tritonconv import env
+from tritonconv.tiles import tile_dict_problem
 
 FORMAT_VERSION = 1
 FILE_NAME = "tuning.json"
+WINNERS = ("triton", "fallback")
+
+
+class CacheWriteError(OSError):
+    """The tuning cache could not be written (no folder, no permission, disk full); its file is unchanged."""
 
 
 def source_hash(*paths: Path) -> str:
@@ -51,6 +61,8 @@ class TuningCache:
         self._explicit_path = Path(path) if path is not None else None
         self._snapshot: dict[str, dict] = {}
         self._snapshot_stamp = None
+        self._problem: str | None = None  # why the whole file was ignored
+        self._checked: dict[tuple, tuple] = {}  # (key, kernels) -> lookup_checked's answer, per snapshot
         self._generation = 0  # bumped whenever the snapshot is re-read
         self._mutex = threading.Lock()
 
@@ -66,18 +78,21 @@ class TuningCache:
             return (path, stat.st_mtime_ns, stat.st_size)
         except FileNotFoundError:
             return (path, None, None)
+        except OSError as error:  # a file where the folder should be, a folder we may not search
+            return (path, type(error).__name__, None)
 
-    def _read_file(self) -> tuple[dict[str, dict], str | None]:
-        """(entries, problem): problem says why the file could not be used."""
+    def _read_file(self) -> tuple[dict, str | None]:
+        """(entries, problem): problem says why the file's content cannot be used. Raises OSError when
+        the file exists but cannot be read (permission, a folder in its place)."""
         try:
-            text = self.path.read_text()
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return {}, None
-        except OSError as error:
-            return {}, f"cannot be read ({error})"
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            return {}, f"is not UTF-8 text ({error})"
+        except (ValueError, RecursionError) as error:  # JSONDecodeError, or an int too long to convert
             return {}, f"is not valid JSON ({error})"
         if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
             return {}, "does not hold an 'entries' table"
@@ -85,37 +100,89 @@ class TuningCache:
             return {}, f"has format {data.get('format')!r}, this tritonconv writes {FORMAT_VERSION}"
         return data["entries"], None
 
+    def _refresh(self) -> None:
+        """Re-read the snapshot if the file changed; the caller holds ``_mutex``."""
+        stamp = self._stamp()
+        if stamp == self._snapshot_stamp:
+            return
+        try:
+            entries, problem = self._read_file()
+            remedy = "the next tuning run sets it aside and starts a new one"
+        except OSError as error:
+            entries, problem = {}, f"cannot be read ({_describe(error)})"
+            remedy = "fix its permissions or point TRITONCONV_CACHE_DIR at another folder"
+        self._snapshot, self._snapshot_stamp, self._checked = entries, stamp, {}
+        self._problem = f"tuning cache {self.path} {problem}" if problem else None
+        self._generation += 1
+        if problem:
+            warnings.warn(f"{self._problem}; every call runs as if untuned ({remedy})",
+                          RuntimeWarning, stacklevel=4)
+
     def entries(self) -> dict[str, dict]:
+        """The file's entries as stored, unchecked (``lookup`` checks the one it answers)."""
         with self._mutex:
-            stamp = self._stamp()
-            if stamp != self._snapshot_stamp:
-                entries, problem = self._read_file()
-                if problem:
-                    warnings.warn(f"tuning cache {self.path} {problem}; ignoring it (the next tuning run rebuilds it)",
-                                  RuntimeWarning, stacklevel=3)
-                self._snapshot, self._snapshot_stamp = entries, stamp
-                self._generation += 1
+            self._refresh()
             return self._snapshot
 
     def generation(self) -> int:
         """Changes whenever what ``lookup`` answers may have changed (the file was written or moved)."""
-        self.entries()
-        return self._generation
+        with self._mutex:
+            self._refresh()
+            return self._generation
 
-    def lookup(self, key: CacheKey) -> dict | None:
-        return self.entries().get(str(key))
+    def lookup(self, key: CacheKey, kernels: tuple[str, ...] | None = None) -> dict | None:
+        """The entry for ``key`` if there is a well-formed one (see ``entry_problem``), else None."""
+        return self.lookup_checked(key, kernels)[0]
+
+    def lookup_checked(self, key: CacheKey, kernels: tuple[str, ...] | None = None) -> tuple[dict | None, str | None]:
+        """(entry, None), (None, None) when nothing is stored, or (None, why the cache or the entry was
+        ignored). ``kernels``: the kernel names the entry's tiles may be for (None: any).
+
+        Each entry is checked once per snapshot and a malformed one reported once: the dispatcher asks
+        on every call it has not memoized.
+        """
+        name = str(key)
+        with self._mutex:
+            self._refresh()
+            if self._problem:
+                return None, self._problem
+            memo = (name, kernels)
+            if memo not in self._checked:
+                entry = self._snapshot.get(name)
+                problem = None if entry is None else entry_problem(entry, kernels)
+                self._checked[memo] = (None, f"the cached entry was rejected: {problem}") if problem else (entry, None)
+                if problem:
+                    warnings.warn(f"tuning cache {self.path}: ignoring entry {name}: {problem}; using the default "
+                                  "backend and tiles (re-tune it with `python -m autotune --force`)",
+                                  RuntimeWarning, stacklevel=3)
+            return self._checked[memo]
 
     # ---- writing ------------------------------------------------------------------------------
     def store(self, key: CacheKey, entry: dict) -> None:
-        """Merge one entry into the file under the lock; stale entries of the same op are dropped."""
+        """Merge one entry into the file under the lock; stale entries of the same op are dropped.
+
+        Raises CacheWriteError, with the file left as it was, when the cache cannot be written.
+        """
+        problem = entry_problem(entry, None)
+        if problem:
+            raise ValueError(f"not a tuning cache entry: {problem}")
+        try:
+            self._store(key, entry)
+        except OSError as error:
+            raise CacheWriteError(f"cannot write the tuning cache {self.path}: {_describe(error)}; "
+                                  "the file was left as it was") from error
+        with self._mutex:
+            self._snapshot_stamp = None  # re-read on next lookup, even if the new file has the old stamp
+
+    def _store(self, key: CacheKey, entry: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path) + ".lock"):
-            entries, problem = self._read_file()
+            entries, problem = self._read_file()  # an unreadable file raises: it is not ours to replace
             if problem:
                 aside = self.path.with_suffix(".json.corrupt")
-                warnings.warn(f"tuning cache {self.path} {problem}; moved it to {aside} and started a new one",
-                              RuntimeWarning, stacklevel=2)
                 os.replace(self.path, aside)
+                warnings.warn(f"tuning cache {self.path} {problem}; moved it to {aside} and started a new one",
+                              RuntimeWarning, stacklevel=3)
             entries = {k: v for k, v in entries.items() if not _stale(k, key)}
             entries[str(key)] = entry
             payload = json.dumps({"format": FORMAT_VERSION, "entries": entries}, indent=1, sort_keys=True)
@@ -129,8 +196,55 @@ class TuningCache:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-        with self._mutex:
-            self._snapshot_stamp = None  # re-read on next lookup
+
+
+def entry_problem(entry, kernels: tuple[str, ...] | None) -> str | None:
+    """Why ``entry`` is not one the dispatcher and the tuner can use, or None.
+
+    An entry is a table with ``winner`` "triton" or "fallback"; optional ``tiles`` {kernel: tile} for
+    kernels in ``kernels`` (None: any name), each one a kernel compiles (``tiles.tile_dict_problem``);
+    optional ``timings_ms`` {"triton"/"fallback": ms or null, "candidates": {name: ms}} with finite ms
+    >= 0; optional ``failed`` {name: why}. Other fields (device, versions, spec, date) are notes.
+    """
+    if not isinstance(entry, dict):
+        return f"it is {type(entry).__name__} {entry!r}, not a table"
+    if "winner" not in entry:
+        return "it has no 'winner'"
+    if entry["winner"] not in WINNERS:
+        return f"winner {entry['winner']!r} is not one of {WINNERS}"
+    tiles = entry.get("tiles", {})
+    if not isinstance(tiles, dict):
+        return f"'tiles' is {type(tiles).__name__}, not a table"
+    for kernel, tile in tiles.items():
+        if kernels is not None and kernel not in kernels:
+            return f"it has a tile for {kernel!r}, which is not a kernel of this pass {kernels}"
+        problem = tile_dict_problem(tile)
+        if problem:
+            return f"tile for {kernel!r}: {problem}"
+    timings = entry.get("timings_ms", {})
+    if not isinstance(timings, dict):
+        return f"'timings_ms' is {type(timings).__name__}, not a table"
+    candidates = timings.get("candidates", {})
+    if not isinstance(candidates, dict):
+        return f"'timings_ms.candidates' is {type(candidates).__name__}, not a table"
+    measured = {name: timings[name] for name in WINNERS if timings.get(name) is not None}
+    for name, ms in [*measured.items(), *candidates.items()]:
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) or ms < 0:
+            return f"timing {name!r} is {ms!r}, not a finite number of milliseconds >= 0"
+    if not isinstance(entry.get("failed", {}), dict):
+        return f"'failed' is {type(entry['failed']).__name__}, not a table"
+    return None
+
+
+def _describe(error: OSError) -> str:
+    """What went wrong, in words: no "[Errno 13]", and a file in the way of a folder said as such."""
+    if isinstance(error, NotADirectoryError):
+        return f"{error.strerror}: a file, not a folder, is on the way to {error.filename}"
+    if isinstance(error, FileExistsError):  # from mkdir(exist_ok=True): the name is taken by a file
+        return f"{error.filename} is a file, not a folder"
+    if error.strerror and error.filename:
+        return f"{error.strerror}: {error.filename!r}"
+    return str(error) or type(error).__name__
 
 
 def _stale(existing: str, new: CacheKey) -> bool:
