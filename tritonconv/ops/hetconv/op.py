@@ -48,7 +48,7 @@ def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tens
     decision = dispatch.decide(OPERATOR, spec, "backward", x.device, forced=forced)
     if decision.backend == "triton":
         dx = launch.backward_input(grad, weight, weight_pw, spec, decision.tiles["backward_input"], x) if need_input else None
-        dw, dpw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"]) if need_weights else (None,) * 3
+        dw, dpw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"], weight) if need_weights else (None,) * 3
     else:
         dx, dw, dpw, db = reference.fallback_backward(grad.contiguous(memory_format=memory_format_of(x)), x, weight,
                                                       weight_pw, spec, need_input, need_weights)
