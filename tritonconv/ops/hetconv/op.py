@@ -99,4 +99,8 @@ def explain(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor]
             p: int = 4, pass_: str = "forward") -> dispatch.Decision:
     """The backend this call's ``pass_`` would take, and why, without running it."""
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
-    return dispatch.decide(OPERATOR, spec, pass_, x.device)
+    decision = dispatch.decide(OPERATOR, spec, pass_, x.device)
+    copies = launch.layout_copies(x, weight)
+    if decision.backend == "triton" and copies:
+        decision = dispatch.Decision(decision.backend, f"{decision.reason}; {copies}", decision.tiles)
+    return decision
