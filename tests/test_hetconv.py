@@ -57,6 +57,15 @@ SHAPES = [
     (3, 4, 8, 3, 4, 1, 1, 2, False),  # k = 1
 ]
 
+# Cases for the kernels' addressing: odd channel counts per group (the per-element path), stride 2 with
+# odd H and W (the input gradient's stride phases), tiles that hold several images, k = 5 at stride 2.
+KERNEL_SHAPES = [
+    (2, 15, 10, 7, 9, 3, 2, 5, True),  # 3 channels and 2 filters per group, stride 2, odd H and W
+    (3, 10, 6, 3, 2, 5, 2, 2, False),  # k = 5, stride 2, images smaller than a tile
+    (2, 5, 7, 5, 5, 3, 1, 1, True),  # p = 1 with odd channel counts (the LinearConv dense path)
+    (2, 6, 9, 7, 5, 1, 2, 3, True),  # k = 1 at stride 2: odd pixels get no gradient
+]
+
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"b{s[0]}_m{s[1]}_n{s[2]}_{s[3]}x{s[4]}_k{s[5]}_s{s[6]}_p{s[7]}" for s in SHAPES])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
@@ -67,6 +76,59 @@ def test_forward_and_gradients(shape, dtype):
 @pytest.mark.parametrize("shape", SHAPES[:4], ids=["hw", "stride2", "odd", "k5"])
 def test_channels_last(shape):
     run_case(*shape, torch.float32, channels_last=True)
+
+
+@pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=["odd_groups_s2", "k5_s2_small", "p1_odd", "k1_s2"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_kernel_addressing(shape, channels_last):
+    run_case(*shape, torch.float32, channels_last)
+
+
+def test_strided_bias_and_weight():
+    """A bias that is a strided view and a weight that is not channels_last give the same result."""
+    torch.manual_seed(9)
+    x = torch.randn(2, 8, 5, 6, device=DEVICE)
+    weight = torch.randn(8, 4, 3, 3, device=DEVICE)  # contiguous: the launcher copies it to channels_last
+    weight_pw = torch.randn(8, 4, device=DEVICE)
+    bias = torch.randn(8, 2, device=DEVICE)[:, 1]
+    assert not bias.is_contiguous()
+    with tritonconv.use_backend("triton"):
+        y = tritonconv.hetconv2d(x, weight, weight_pw, bias, stride=1, p=2)
+    expected = reference.reference_forward(x.double(), weight.double(), weight_pw.double(), bias.double(), 1, 2)
+    assert relative_error(y, expected) < 1e-5
+
+
+def test_weight_is_channels_last_and_state_dict_round_trips():
+    """The parameter is stored in the kernels' layout; state_dict shapes are nn.Conv2d(groups=p)'s, and
+    writes through .data and load_state_dict are seen on the next call (nothing is cached)."""
+    torch.manual_seed(10)
+    layer = tritonconv.HetConv2d(8, 8, 3, 1, 2, bias=True).to(DEVICE)
+    assert layer.weight.is_contiguous(memory_format=torch.channels_last)
+    assert layer.state_dict()["weight"].shape == torch.nn.Conv2d(8, 8, 3, groups=2).weight.shape
+    x = torch.randn(1, 8, 5, 5, device=DEVICE)
+    with tritonconv.use_backend("triton"):
+        before = layer(x)
+        layer.weight.data.mul_(2)  # a write that bypasses the version counter
+        after = layer(x)
+        other = tritonconv.HetConv2d(8, 8, 3, 1, 2, bias=True).to(DEVICE)
+        other.load_state_dict(layer.state_dict())
+        loaded = other(x)
+    expected = reference.reference_forward(x.double(), layer.weight.double(), layer.weight_pw.double(),
+                                           layer.bias.double(), 1, 2)
+    assert relative_error(after, expected) < 1e-5 and relative_error(before, expected) > 1e-3
+    torch.testing.assert_close(loaded, after)
+    layer.weight.grad = None
+    layer(x).sum().backward()
+    assert layer.weight.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_explain_says_how_nchw_is_handled():
+    layer = tritonconv.HetConv2d(8, 8, 3, 1, 2).to(DEVICE)
+    with tritonconv.use_backend("triton"):
+        nchw = layer.explain(torch.randn(1, 8, 5, 5, device=DEVICE))
+        nhwc = layer.explain(torch.randn(1, 8, 5, 5, device=DEVICE).contiguous(memory_format=torch.channels_last))
+    assert "channels_last" in nchw.reason and "copied" in nchw.reason
+    assert "copied" not in nhwc.reason
 
 
 def test_noncontiguous_input():

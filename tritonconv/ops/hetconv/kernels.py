@@ -4,10 +4,21 @@ Filter n belongs to group g = n // GROUP_OUT and sees the GROUP_IN channels of g
 kernels and every other channel through a 1 x 1 kernel at the centre tap. Each kernel is an implicit
 GEMM whose reduction visits exactly those (channel, tap) pairs: no masked zeros are ever multiplied.
 
-All index arithmetic that can pass 2^31 elements is int64. Tensors are addressed through explicit
-strides, so NCHW and channels_last inputs take the same code. ``weight`` [N, GROUP_IN, K, K] is
-addressed through its strides too (the launcher passes it channels_last, so a tile's channels are
-contiguous); ``weight_pw`` [N, M - GROUP_IN] is contiguous.
+Addressing (what keeps the hot loops short on the GPU):
+- A program's pixel tile is [BLOCK_B images, BLOCK_H rows, BLOCK_W columns] (all powers of two, so the
+  row index decomposes with shifts). Only the tile's first image base is int64 (once per program or per
+  reduction step, a scalar); everything inside it is int32: the launcher checks that the elements of
+  BLOCK_B images fit (``launch.fits_int32``).
+- Each tap is one scalar offset added to loop-invariant int32 offset tensors; the tap and channel-chunk
+  counters advance by compare-and-select (no division or modulo inside any reduction loop), and a
+  padding test is one unsigned compare per row and axis.
+- Activations are expected channels_last (the launcher converts NCHW at the boundary, see launch.py):
+  every tile is contiguous along channels, so loads are 16-byte vectors. Weights are read through their
+  strides; ``weight`` channels_last ([N, k, k, M/p] in memory, which HetConv2d allocates) makes the tile
+  of one tap contiguous along channels for both the forward and the input gradient.
+- EVEN_K: the group's channels (forward) or filters (input gradient) are a multiple of BLOCK_K, so no
+  chunk crosses a group boundary and the 1 x 1 ranges on both sides of the own group are addressed with
+  one scalar shift per chunk; otherwise a per-element path (odd group sizes) is taken.
 """
 
 import triton
@@ -15,71 +26,113 @@ import triton.language as tl
 
 
 @triton.jit
+def _unsigned_below(value, bound):
+    """0 <= value < bound in one compare (value int32, bound a non-negative int32: the compare is unsigned)."""
+    return value.to(tl.uint32, bitcast=True) < bound
+
+
+@triton.jit
 def hetconv_fwd_kernel(
     x_ptr, w_ptr, wpw_ptr, bias_ptr, y_ptr,
-    B, M, H, W, N, Ho, Wo,
+    B, M, H, W, Ho, Wo,
     sxb, sxc, sxh, sxw,
     syb, syc, syh, syw,
     swn, swc, swh, sww,
-    GROUP_IN, GROUP_OUT,
+    GROUP_IN, GROUP_OUT, FILTER_TILES, TILES_H, TILES_W,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
-    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """y[b, n, ho, wo]: rows are output pixels, columns are the filters of one group."""
-    pid_pixels = tl.program_id(0)
-    pid_filters = tl.program_id(1)
+    """y[b, n, ho, wo]: rows are the output pixels of one tile, columns the filters of one group.
+
+    Program order: the FILTER_TILES programs of one pixel tile (all p groups) are consecutive, so they
+    run together and the tile's input, which every group reads (own channels at k x k taps, the others
+    at the centre), comes from HBM once and from L2 for the other groups. One program covering all
+    groups would need p accumulators or a block-diagonal (zero-multiplying) dot; this ordering keeps
+    the exact reduction and one accumulator.
+    """
+    BLOCK_M: tl.constexpr = BLOCK_B * BLOCK_H * BLOCK_W
+    pid = tl.program_id(0)
+    pid_n = pid % FILTER_TILES
+    pid_pixels = pid // FILTER_TILES
+    tile_w = pid_pixels % TILES_W
+    tile_h = (pid_pixels // TILES_W) % TILES_H
+    b0 = pid_pixels // (TILES_W * TILES_H) * BLOCK_B
+
     tiles_per_group = tl.cdiv(GROUP_OUT, BLOCK_N)
-    group = pid_filters // tiles_per_group
-    n_local = (pid_filters % tiles_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    group = pid_n // tiles_per_group
+    n_local = (pid_n % tiles_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     n_mask = n_local < GROUP_OUT
-    n = (group * GROUP_OUT + n_local).to(tl.int64)
+    n = group * GROUP_OUT + n_local
 
-    pixel = pid_pixels.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    pixel_mask = pixel < B * Ho * Wo
-    b = pixel // (Ho * Wo)
-    ho = (pixel // Wo) % Ho
-    wo = pixel % Wo
-    x_rows = x_ptr + b * sxb  # [BLOCK_M]
+    m = tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    bb = m // (BLOCK_H * BLOCK_W)
+    oh = tile_h * BLOCK_H + (m // BLOCK_W) % BLOCK_H
+    ow = tile_w * BLOCK_W + m % BLOCK_W
+    row_ok = (b0 + bb < B) & (oh < Ho) & (ow < Wo)
+    ih0 = tl.where(row_ok, oh * STRIDE - PAD, -2 * K)  # an invalid row fails every tap's test
+    iw0 = ow * STRIDE - PAD
+    x_tile = x_ptr + b0.to(tl.int64) * sxb  # the only int64 arithmetic
+    x_rows = bb * sxb + ih0 * sxh + iw0 * sxw  # [BLOCK_M] int32, tap (0, 0)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     k_range = tl.arange(0, BLOCK_K)
+    a_offs = x_rows[:, None] + k_range[None, :] * sxc  # [BLOCK_M, BLOCK_K]
+    w_offs = n[None, :] * swn + k_range[:, None] * swc  # [BLOCK_K, BLOCK_N]
+    x_group = x_tile + group * GROUP_IN * sxc
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
 
-    # k x k taps over the group's own channels: one flat loop over (tap, channel chunk) so the
-    # compiler can pipeline it.
+    # k x k taps over the group's own channels: one flat loop over (tap, channel chunk) so it pipelines.
     chunks = tl.cdiv(GROUP_IN, BLOCK_K)
-    for step in range(0, K * K * chunks):
-        tap = step // chunks
-        c_local = (step % chunks) * BLOCK_K + k_range  # [BLOCK_K]
-        c_mask = c_local < GROUP_IN
-        hi = ho * STRIDE - PAD + tap // K
-        wi = wo * STRIDE - PAD + tap % K
-        inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        c = (group * GROUP_IN + c_local).to(tl.int64)
-        a = tl.load(x_rows[:, None] + hi[:, None] * sxh + wi[:, None] * sxw + c[None, :] * sxc,
-                    mask=inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-        w = tl.load(w_ptr + n[None, :] * swn + c_local[:, None] * swc + (tap // K) * swh + (tap % K) * sww,
-                    mask=c_mask[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
+    kh = 0
+    kw = 0
+    c0 = 0
+    for _ in range(0, K * K * chunks):
+        inside = _unsigned_below(ih0 + kh, H) & _unsigned_below(iw0 + kw, W)  # [BLOCK_M]
+        a_ptrs = x_group + (kh * sxh + kw * sxw + c0 * sxc) + a_offs
+        w_ptrs = w_ptr + (kh * swh + kw * sww + c0 * swc) + w_offs
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=inside[:, None], other=0.0)
+            w = tl.load(w_ptrs, mask=n_mask[None, :], other=0.0)
+        else:
+            c_mask = k_range < GROUP_IN - c0
+            a = tl.load(a_ptrs, mask=inside[:, None] & c_mask[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        c0 += BLOCK_K
+        next_tap = c0 >= GROUP_IN
+        c0 = tl.where(next_tap, 0, c0)
+        kw = tl.where(next_tap, kw + 1, kw)
+        next_row = kw == K
+        kw = tl.where(next_row, 0, kw)
+        kh = tl.where(next_row, kh + 1, kh)
 
-    # 1 x 1 kernels over every channel outside the group, read at the centre tap.
+    # 1 x 1 kernels at the centre tap over the channels before and after the group (weight_pw column j
+    # is channel j before the group and j + GROUP_IN after it).
     pointwise = M - GROUP_IN
-    x_centre = x_rows + (ho * STRIDE) * sxh + (wo * STRIDE) * sxw  # [BLOCK_M]
+    x_centre = x_tile + PAD * sxh + PAD * sxw
+    group_start = group * GROUP_IN
+    pw_offs = n[None, :] * pointwise + k_range[:, None]  # [BLOCK_K, BLOCK_N]
     for j0 in range(0, pointwise, BLOCK_K):
-        j = j0 + k_range  # [BLOCK_K] index into weight_pw's columns
-        j_mask = j < pointwise
-        c = (j + tl.where(j >= group * GROUP_IN, GROUP_IN, 0)).to(tl.int64)
-        a = tl.load(x_centre[:, None] + c[None, :] * sxc,
-                    mask=pixel_mask[:, None] & j_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-        w = tl.load(wpw_ptr + n[None, :] * pointwise + j[:, None],
-                    mask=j_mask[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
+        if EVEN_K:
+            c_start = j0 + tl.where(j0 >= group_start, GROUP_IN, 0)
+            a = tl.load(x_centre + c_start * sxc + a_offs, mask=row_ok[:, None], other=0.0)
+            w = tl.load(wpw_ptr + j0 + pw_offs, mask=n_mask[None, :], other=0.0)
+        else:
+            j = j0 + k_range
+            j_mask = j < pointwise
+            c = j + tl.where(j >= group_start, GROUP_IN, 0)
+            a = tl.load(x_centre + x_rows[:, None] + c[None, :] * sxc, mask=row_ok[:, None] & j_mask[None, :],
+                        other=0.0)
+            w = tl.load(wpw_ptr + j0 + pw_offs, mask=j_mask[:, None] & n_mask[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(ACC_DTYPE)[None, :]
 
-    y_ptrs = y_ptr + b[:, None] * syb + n[None, :] * syc + ho[:, None] * syh + wo[:, None] * syw
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=pixel_mask[:, None] & n_mask[None, :])
+    y_rows = bb * syb + oh * syh + ow * syw  # [BLOCK_M]
+    y_ptrs = y_ptr + b0.to(tl.int64) * syb + y_rows[:, None] + n[None, :] * syc
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & n_mask[None, :])
 
 
 @triton.jit
@@ -89,145 +142,254 @@ def hetconv_bwd_input_kernel(
     sdyb, sdyc, sdyh, sdyw,
     sdxb, sdxc, sdxh, sdxw,
     swn, swc, swh, sww,
-    GROUP_IN, GROUP_OUT,
+    GROUP_IN, GROUP_OUT, CHANNEL_TILES, TILES_H, TILES_W,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """dx[b, c, hi, wi]: rows are input pixels, columns are the input channels of one group.
+    """dx[b, c, hi, wi]: rows are input pixels of one stride phase, columns the channels of one group.
 
-    The k x k part is the transposed convolution over the group's own filters; the 1 x 1 part
-    gathers, for input pixels on the stride grid, every other group's filters at the centre tap.
+    With stride 2 a tile holds the input pixels of one phase (hi % 2, wi % 2), so every tap that reaches
+    them reaches all of them at one offset ho = qh + dh: the taps of the other phase are skipped, not
+    masked. The k x k part is the transposed convolution over the group's own filters; the 1 x 1 part
+    (phase (0, 0) only) gathers every other group's filters at the centre tap.
     """
-    pid_pixels = tl.program_id(0)
-    pid_channels = tl.program_id(1)
+    BLOCK_M: tl.constexpr = BLOCK_B * BLOCK_H * BLOCK_W
+    pid = tl.program_id(0)
+    pid_c = pid % CHANNEL_TILES
+    pid_pixels = pid // CHANNEL_TILES
+    tile_w = pid_pixels % TILES_W
+    tile_h = (pid_pixels // TILES_W) % TILES_H
+    phase = (pid_pixels // (TILES_W * TILES_H)) % (STRIDE * STRIDE)
+    b0 = pid_pixels // (TILES_W * TILES_H * STRIDE * STRIDE) * BLOCK_B
+    phase_h = phase // STRIDE
+    phase_w = phase % STRIDE
+
     tiles_per_group = tl.cdiv(GROUP_IN, BLOCK_N)
-    group = pid_channels // tiles_per_group
-    c_local = (pid_channels % tiles_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    group = pid_c // tiles_per_group
+    c_local = (pid_c % tiles_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     c_mask = c_local < GROUP_IN
-    c = (group * GROUP_IN + c_local).to(tl.int64)
+    c = group * GROUP_IN + c_local
 
-    pixel = pid_pixels.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    pixel_mask = pixel < B * H * W
-    b = pixel // (H * W)
-    hi = (pixel // W) % H
-    wi = pixel % W
-    dy_rows = dy_ptr + b * sdyb  # [BLOCK_M]
+    m = tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    bb = m // (BLOCK_H * BLOCK_W)
+    qh = tile_h * BLOCK_H + (m // BLOCK_W) % BLOCK_H  # on the phase's sub-grid
+    qw = tile_w * BLOCK_W + m % BLOCK_W
+    hi = phase_h + qh * STRIDE
+    wi = phase_w + qw * STRIDE
+    row_ok = (b0 + bb < B) & (hi < H) & (wi < W)
+    qh_test = tl.where(row_ok, qh, -2 * K)  # an invalid row fails every tap's test
+    dy_tile = dy_ptr + b0.to(tl.int64) * sdyb
+    dy_rows = bb * sdyb + qh * sdyh + qw * sdyw  # [BLOCK_M] int32
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     k_range = tl.arange(0, BLOCK_K)
+    a_offs = dy_rows[:, None] + k_range[None, :] * sdyc  # [BLOCK_M, BLOCK_K]
+    w_offs = k_range[:, None] * swn + c_local[None, :] * swc  # [BLOCK_K, BLOCK_N]
+    filters = group * GROUP_OUT
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
 
+    # Taps kh = kh0, kh0 + STRIDE, ... reach this phase, at ho = qh + dh0 - i for the i-th of them.
+    kh0 = (phase_h + PAD) % STRIDE
+    kw0 = (phase_w + PAD) % STRIDE
+    dh0 = (phase_h + PAD) // STRIDE
+    dw0 = (phase_w + PAD) // STRIDE
+    taps_h = (K - kh0 + STRIDE - 1) // STRIDE
+    taps_w = (K - kw0 + STRIDE - 1) // STRIDE
     chunks = tl.cdiv(GROUP_OUT, BLOCK_K)
-    for step in range(0, K * K * chunks):
-        tap = step // chunks
-        n_local = (step % chunks) * BLOCK_K + k_range  # [BLOCK_K]
-        n_mask = n_local < GROUP_OUT
-        ho_strided = hi + PAD - tap // K
-        wo_strided = wi + PAD - tap % K
-        ho = ho_strided // STRIDE
-        wo = wo_strided // STRIDE
-        hit = (pixel_mask & (ho_strided >= 0) & (wo_strided >= 0)
-               & (ho_strided % STRIDE == 0) & (wo_strided % STRIDE == 0) & (ho < Ho) & (wo < Wo))
-        n = (group * GROUP_OUT + n_local).to(tl.int64)
-        a = tl.load(dy_rows[:, None] + ho[:, None] * sdyh + wo[:, None] * sdyw + n[None, :] * sdyc,
-                    mask=hit[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-        w = tl.load(w_ptr + n[:, None] * swn + c_local[None, :] * swc + (tap // K) * swh + (tap % K) * sww,
-                    mask=n_mask[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
+    i = 0
+    j = 0
+    n0 = 0
+    for _ in range(0, taps_h * taps_w * chunks):
+        dh = dh0 - i
+        dw = dw0 - j
+        hit = _unsigned_below(qh_test + dh, Ho) & _unsigned_below(qw + dw, Wo)  # [BLOCK_M]
+        a_ptrs = dy_tile + ((filters + n0) * sdyc + dh * sdyh + dw * sdyw) + a_offs
+        w_ptrs = w_ptr + ((filters + n0) * swn + (kh0 + i * STRIDE) * swh + (kw0 + j * STRIDE) * sww) + w_offs
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=hit[:, None], other=0.0)
+            w = tl.load(w_ptrs, mask=c_mask[None, :], other=0.0)
+        else:
+            n_mask = k_range < GROUP_OUT - n0
+            a = tl.load(a_ptrs, mask=hit[:, None] & n_mask[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=n_mask[:, None] & c_mask[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        n0 += BLOCK_K
+        next_tap = n0 >= GROUP_OUT
+        n0 = tl.where(next_tap, 0, n0)
+        j = tl.where(next_tap, j + 1, j)
+        next_row = j == taps_w
+        j = tl.where(next_row, 0, j)
+        i = tl.where(next_row, i + 1, i)
 
-    # 1 x 1 part: filter n of group g_n != group reads channel c at weight_pw column
-    # c if group < g_n, else c - GROUP_IN (its own group's channels are skipped in that list).
+    # 1 x 1 part, on the stride grid: filter n before this group reads channel c at weight_pw column
+    # c - GROUP_IN, a filter after it at column c.
     pointwise = M - GROUP_IN
-    on_grid = pixel_mask & (hi % STRIDE == 0) & (wi % STRIDE == 0)
-    dy_centre = dy_rows + (hi // STRIDE) * sdyh + (wi // STRIDE) * sdyw  # [BLOCK_M]
-    for j0 in range(0, N - GROUP_OUT, BLOCK_K):
-        j = j0 + k_range  # [BLOCK_K] index over the filters outside this group
-        j_mask = j < N - GROUP_OUT
-        n = (j + tl.where(j >= group * GROUP_OUT, GROUP_OUT, 0)).to(tl.int64)
-        n_group = n // GROUP_OUT
-        a = tl.load(dy_centre[:, None] + n[None, :] * sdyc,
-                    mask=on_grid[:, None] & j_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-        column = c[None, :] - tl.where(n_group[:, None] < group, GROUP_IN, 0)
-        w = tl.load(wpw_ptr + n[:, None] * pointwise + column,
-                    mask=j_mask[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
+    others = tl.where((phase_h == 0) & (phase_w == 0), N - GROUP_OUT, 0)
+    pw_offs = k_range[:, None] * pointwise + c[None, :]  # [BLOCK_K, BLOCK_N]
+    for j0 in range(0, others, BLOCK_K):
+        if EVEN_K:
+            before = j0 < filters
+            n_start = j0 + tl.where(before, 0, GROUP_OUT)
+            a = tl.load(dy_tile + n_start * sdyc + a_offs, mask=row_ok[:, None], other=0.0)
+            w = tl.load(wpw_ptr + (n_start * pointwise - tl.where(before, GROUP_IN, 0)) + pw_offs,
+                        mask=c_mask[None, :], other=0.0)
+        else:
+            jj = j0 + k_range
+            j_mask = jj < N - GROUP_OUT
+            before_n = jj < filters
+            nn = jj + tl.where(before_n, 0, GROUP_OUT)
+            a = tl.load(dy_tile + dy_rows[:, None] + nn[None, :] * sdyc, mask=row_ok[:, None] & j_mask[None, :],
+                        other=0.0)
+            w = tl.load(wpw_ptr + nn[:, None] * pointwise + c[None, :] - tl.where(before_n, GROUP_IN, 0)[:, None],
+                        mask=j_mask[:, None] & c_mask[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
-    dx_ptrs = dx_ptr + b[:, None] * sdxb + c[None, :] * sdxc + hi[:, None] * sdxh + wi[:, None] * sdxw
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=pixel_mask[:, None] & c_mask[None, :])
+    dx_rows = bb * sdxb + hi * sdxh + wi * sdxw  # [BLOCK_M]
+    dx_ptrs = dx_ptr + b0.to(tl.int64) * sdxb + dx_rows[:, None] + c[None, :] * sdxc
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & c_mask[None, :])
 
 
 @triton.jit
 def hetconv_bwd_weight_kernel(
-    x_ptr, dy_ptr, partial_ptr, partial_bias_ptr,
+    x_ptr, dy_ptr, partial_ptr,
     B, M, H, W, N, Ho, Wo,
     sxb, sxc, sxh, sxw,
     sdyb, sdyc, sdyh, sdyw,
-    GROUP_IN, GROUP_OUT, PIXELS_PER_SPLIT,
-    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
-    POINTWISE: tl.constexpr, HAS_BIAS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    GROUP_IN, GROUP_OUT, COLUMNS,
+    CENTRE_COL_TILES, CENTRE_PROGRAMS, OFF_COL_TILES, CHANNEL_BLOCKS, OFF_ROW_TILES,
+    TILES_H, TILES_W, PIXEL_TILES, TILES_PER_SPLIT,
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
+    CHANNELS_PER_TAP: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    """Partial weight gradients over one split of the output pixels: [BLOCK_N filters, BLOCK_C columns].
+    """Weight gradients over one split of the pixel tiles, as a [BLOCK_R, BLOCK_N] tile of
+    partial[split, n, column] (ACC_DTYPE; ``hetconv_weight_reduce_kernel`` sums the splits in a fixed
+    order, casts and scatters them into the parameters' layouts).
 
-    POINTWISE=False: columns are (group channel, tap) of ``weight``; program axis 1 walks taps x chunks.
-    POINTWISE=True: columns are ``weight_pw``'s; the first column tile also sums dy for the bias.
-    Partials go to ``partial_ptr[split, ...]`` in ACC_DTYPE and are summed by the launcher: a fixed
-    order, so the result is deterministic.
+    Rows are weight columns, so the tensor-core tile has BLOCK_R >= 64 rows whatever the group size:
+    - centre programs (the first CENTRE_PROGRAMS): rows are all M input channels at the centre tap and
+      columns all N filters: one dense 1 x 1 weight gradient that holds both weight_pw and the in-group
+      centre taps (column c of partial);
+    - off-centre programs: rows are (tap, channel) pairs of one group's k x k kernels without the
+      centre, CHANNELS_PER_TAP channels of BLOCK_R // CHANNELS_PER_TAP taps (column
+      M + tap' * GROUP_IN + channel), and columns the group's filters.
+    A row's tap is a loop-invariant offset, so the x tile of every reduction step is one gather with
+    per-(pixel, tap) masks; the first centre row tile also sums dy for the bias (column COLUMNS - 1).
     """
-    pid_filters = tl.program_id(0)
-    pid_columns = tl.program_id(1)
-    split = tl.program_id(2)
-    tiles_per_group = tl.cdiv(GROUP_OUT, BLOCK_N)
-    group = pid_filters // tiles_per_group
-    n_local = (pid_filters % tiles_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    n_mask = n_local < GROUP_OUT
-    n = (group * GROUP_OUT + n_local).to(tl.int64)
+    BLOCK_P: tl.constexpr = BLOCK_B * BLOCK_H * BLOCK_W
+    TAPS_PER_TILE: tl.constexpr = BLOCK_R // CHANNELS_PER_TAP
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    r = tl.arange(0, BLOCK_R)
+    nr = tl.arange(0, BLOCK_N)
 
-    pointwise = M - GROUP_IN
-    if POINTWISE:
-        column = pid_columns * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C] weight_pw column
-        column_mask = column < pointwise
-        c = (column + tl.where(column >= group * GROUP_IN, GROUP_IN, 0)).to(tl.int64)
-        tap_h = PAD
-        tap_w = PAD
-    else:
-        chunks = tl.cdiv(GROUP_IN, BLOCK_C)
-        tap = pid_columns // chunks
-        column = (pid_columns % chunks) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C] channel in group
-        column_mask = column < GROUP_IN
-        c = (group * GROUP_IN + column).to(tl.int64)
-        tap_h = tap // K
-        tap_w = tap % K
+    # ---- what this program's rows and columns are (once per program) ----
+    centre = pid < CENTRE_PROGRAMS
+    q = tl.where(centre, 0, pid - CENTRE_PROGRAMS)
+    per_group = OFF_ROW_TILES * OFF_COL_TILES
+    group = q // per_group
+    off_row_tile = (q % per_group) // OFF_COL_TILES
+    off_col_tile = q % OFF_COL_TILES
+    centre_row_tile = pid // CENTRE_COL_TILES
+    centre_col_tile = pid % CENTRE_COL_TILES
 
-    acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
+    # off-centre rows: tap' (k x k taps without the centre) and channel within the group
+    tap_skip = off_row_tile // CHANNEL_BLOCKS * TAPS_PER_TILE + r // CHANNELS_PER_TAP
+    c_local = (off_row_tile % CHANNEL_BLOCKS) * CHANNELS_PER_TAP + r % CHANNELS_PER_TAP
+    centre_tap = (K * K) // 2
+    tap = tap_skip + (tap_skip >= centre_tap).to(tl.int32)
+    centre_c = centre_row_tile * BLOCK_R + r
+
+    row_ok = tl.where(centre, centre_c < M, (tap_skip < K * K - 1) & (c_local < GROUP_IN))
+    kh = tl.where(centre, PAD, tap // K)
+    kw = tl.where(centre, PAD, tap % K)
+    channel = tl.where(centre, centre_c, group * GROUP_IN + c_local)
+    column = tl.where(centre, centre_c, M + tap_skip * GROUP_IN + c_local)
+    n = tl.where(centre, centre_col_tile * BLOCK_N + nr, group * GROUP_OUT + off_col_tile * BLOCK_N + nr)
+    n_ok = tl.where(centre, n < N, off_col_tile * BLOCK_N + nr < GROUP_OUT)
+    kh = tl.where(row_ok, kh, -(1 << 20))  # an invalid row fails every pixel's test
+    row_offs = (tl.where(row_ok, kh, PAD) - PAD) * sxh + (kw - PAD) * sxw + channel * sxc  # [BLOCK_R]
+
+    mp = tl.arange(0, BLOCK_P)
+    pb = mp // (BLOCK_H * BLOCK_W)
+    ph = (mp // BLOCK_W) % BLOCK_H
+    pw = mp % BLOCK_W
+    x_offs = (pb * sxb + ph * STRIDE * sxh + pw * STRIDE * sxw)[:, None] + row_offs[None, :]  # [BLOCK_P, BLOCK_R]
+    dy_offs = (pb * sdyb + ph * sdyh + pw * sdyw)[:, None] + n[None, :] * sdyc  # [BLOCK_P, BLOCK_N]
+    ih_rel = ph * STRIDE - PAD
+    iw_rel = pw * STRIDE - PAD
+
+    acc = tl.zeros((BLOCK_R, BLOCK_N), dtype=ACC_DTYPE)
     bias_acc = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
-    p_range = tl.arange(0, BLOCK_P)
-    total_pixels = B * Ho * Wo
-    first = split.to(tl.int64) * PIXELS_PER_SPLIT
-    for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
-        pixel = first + p0 + p_range  # [BLOCK_P]
-        pixel_mask = (pixel < total_pixels) & (p0 + p_range < PIXELS_PER_SPLIT)
-        b = pixel // (Ho * Wo)
-        ho = (pixel // Wo) % Ho
-        wo = pixel % Wo
-        dy = tl.load(dy_ptr + b[None, :] * sdyb + n[:, None] * sdyc + ho[None, :] * sdyh + wo[None, :] * sdyw,
-                     mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
-        hi = ho * STRIDE - PAD + tap_h
-        wi = wo * STRIDE - PAD + tap_w
-        inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        x = tl.load(x_ptr + b[:, None] * sxb + c[None, :] * sxc + hi[:, None] * sxh + wi[:, None] * sxw,
-                    mask=inside[:, None] & column_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
-        acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-        if POINTWISE and HAS_BIAS:
-            bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
+    # ---- reduction over this split's pixel tiles, walked with counters ----
+    first = split * TILES_PER_SPLIT
+    steps = tl.minimum(PIXEL_TILES - first, TILES_PER_SPLIT)
+    tile_w = first % TILES_W
+    tile_h = (first // TILES_W) % TILES_H
+    b0 = first // (TILES_W * TILES_H) * BLOCK_B
+    for _ in range(0, steps):
+        oh0 = tile_h * BLOCK_H
+        ow0 = tile_w * BLOCK_W
+        pixel_ok = (b0 + pb < B) & (ph + oh0 < Ho) & (pw + ow0 < Wo)  # [BLOCK_P]
+        inside = (_unsigned_below((ih_rel + oh0 * STRIDE)[:, None] + kh[None, :], H)
+                  & _unsigned_below((iw_rel + ow0 * STRIDE)[:, None] + kw[None, :], W)
+                  & pixel_ok[:, None])  # [BLOCK_P, BLOCK_R]
+        x_tile = x_ptr + (b0.to(tl.int64) * sxb + oh0 * STRIDE * sxh + ow0 * STRIDE * sxw)
+        dy_tile = dy_ptr + (b0.to(tl.int64) * sdyb + oh0 * sdyh + ow0 * sdyw)
+        xs = tl.load(x_tile + x_offs, mask=inside, other=0.0)  # [BLOCK_P, BLOCK_R]
+        dys = tl.load(dy_tile + dy_offs, mask=pixel_ok[:, None] & n_ok[None, :], other=0.0)  # [BLOCK_P, BLOCK_N]
+        acc = tl.dot(tl.trans(xs), dys, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        if HAS_BIAS:
+            bias_acc += tl.sum(dys.to(ACC_DTYPE), axis=0)
+        tile_w += 1
+        next_row = tile_w == TILES_W
+        tile_w = tl.where(next_row, 0, tile_w)
+        tile_h = tl.where(next_row, tile_h + 1, tile_h)
+        next_image = tile_h == TILES_H
+        tile_h = tl.where(next_image, 0, tile_h)
+        b0 = tl.where(next_image, b0 + BLOCK_B, b0)
 
-    if POINTWISE:
-        out = partial_ptr + split.to(tl.int64) * N * pointwise + n[:, None] * pointwise + column[None, :]
-    else:
-        out = (partial_ptr + split.to(tl.int64) * N * GROUP_IN * K * K
-               + n[:, None] * (GROUP_IN * K * K) + column[None, :] * (K * K) + tap_h * K + tap_w)
-    tl.store(out, acc, mask=n_mask[:, None] & column_mask[None, :])
-    if POINTWISE and HAS_BIAS:
-        if pid_columns == 0:
-            tl.store(partial_bias_ptr + split.to(tl.int64) * N + n, bias_acc, mask=n_mask)
+    out = partial_ptr + split.to(tl.int64) * N * COLUMNS
+    tl.store(out + n[None, :] * COLUMNS + column[:, None], acc, mask=row_ok[:, None] & n_ok[None, :])
+    if HAS_BIAS:
+        tl.store(out + n * COLUMNS + (COLUMNS - 1), bias_acc, mask=n_ok & centre & (centre_row_tile == 0))
+
+
+@triton.jit
+def hetconv_weight_reduce_kernel(
+    partial_ptr, dw_ptr, dpw_ptr, db_ptr,
+    N, M, GROUP_IN, GROUP_OUT, COLUMNS, SPLITS,
+    sdwn, sdwc, sdwh, sdww,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Sum partial[split, n, column] over the splits (in order) and scatter each column, cast, to its
+    parameter: weight (centre tap of in-group channels and the off-centre taps), weight_pw, bias."""
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
+    mask = e < N * COLUMNS
+    total = tl.zeros((BLOCK,), dtype=ACC_DTYPE)
+    ptrs = partial_ptr + e
+    for _ in range(0, SPLITS):
+        total += tl.load(ptrs, mask=mask, other=0.0)
+        ptrs += N * COLUMNS  # a pointer bump: 64-bit however many splits
+
+    n = e // COLUMNS
+    col = e % COLUMNS
+    group = n // GROUP_OUT
+    own_start = group * GROUP_IN
+    is_centre = col < M
+    in_group = is_centre & (col >= own_start) & (col < own_start + GROUP_IN)
+    tap_skip = (col - M) // GROUP_IN
+    tap = tap_skip + (tap_skip >= (K * K) // 2).to(tl.int32)
+    off_centre = (col >= M) & (tap_skip < K * K - 1)
+    # weight[n, channel, kh, kw]
+    w_channel = tl.where(in_group, col - own_start, (col - M) % GROUP_IN)
+    w_tap = tl.where(in_group, (K * K) // 2, tap)
+    w_offs = n * sdwn + w_channel * sdwc + (w_tap // K) * sdwh + (w_tap % K) * sdww
+    tl.store(dw_ptr + w_offs, total.to(dw_ptr.dtype.element_ty), mask=mask & (in_group | off_centre))
+    pw_column = col - tl.where(col >= own_start + GROUP_IN, GROUP_IN, 0)
+    tl.store(dpw_ptr + n * (M - GROUP_IN) + pw_column, total.to(dpw_ptr.dtype.element_ty),
+             mask=mask & is_centre & ~in_group)
+    if HAS_BIAS:
+        tl.store(db_ptr + n, total.to(db_ptr.dtype.element_ty), mask=mask & (col == COLUMNS - 1))

@@ -1,4 +1,19 @@
-"""Host side of the HetConv2d kernels: allocation, grids, tile configs and their candidates."""
+"""Host side of the HetConv2d kernels: allocation, layouts, grids, tile configs and their candidates.
+
+Layouts. The kernels read activations channels_last (NHWC in memory). An NCHW or strided input is
+converted once at the boundary (one copy): read through NCHW strides, every activation load of an
+implicit GEMM becomes a scalar 2-byte load at a tap-shifted, unaligned address, which costs more than
+the copy (sm_90 SASS of the forward, bf16, 64 channels, p=4: 32 LDG.E.U16 and 90 instructions per HGMMA
+in the main loop through NCHW strides; 0 and 45 channels_last). Outputs are written through their strides in the caller's layout.
+The weight is read through its strides; channels_last ([N, k, k, M/p] in memory, the layout HetConv2d
+allocates its parameter in) lets the forward and the input gradient load it as 16-byte vectors. Any
+other weight layout is copied to channels_last per call (one small launch): nothing is cached, so
+nothing can go stale (``.data`` writes, ``load_state_dict``, optimizers all see the parameter itself).
+
+Launches: forward 1; backward 3 (input gradient, weight-gradient partials, one kernel that sums the
+partials, casts them and scatters them into weight, weight_pw and bias), for channels_last inputs and a
+channels_last weight.
+"""
 
 from __future__ import annotations
 
@@ -7,78 +22,160 @@ import triton
 
 from tritonconv.ops.hetconv import kernels
 from tritonconv.ops.hetconv.spec import HetConvSpec
-from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
+from tritonconv.tiles import MIN_DOT_TILE, GemmTile, accumulator_dtype, dot_precision, reduction_splits
 from tritonconv._layout import empty, empty_like_layout
 
 # The kernels the tuner measures; "backward" runs the input and the weight kernel.
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
 
+# The weight layout the kernels read without a copy (HetConv2d allocates its weight in it).
+KERNEL_WEIGHT_FORMAT = torch.channels_last
+
+# Hopper's wgmma needs 64 rows per warp group; fewer rows lower to mma.sync (HMMA).
+WGMMA_ROWS = 64
+INT32_LIMIT = 2**31
+REDUCE_BLOCK = 1024  # elements per program of the weight-gradient reduction
+
 _CANDIDATES = {
-    # rows = pixels, cols = filters of one group, reduce = channels
+    # rows = output pixels (a [batch, rows, columns] tile), cols = filters of one group,
+    # reduce = channels of one group. Every candidate compiles for sm_90 within the H100's shared memory
+    # in bf16 and fp32 without spilling in bf16 (256x256 tiles spill; 256x64x64 at 3 stages needs
+    # 245760 bytes in fp32).
     "forward": [
-        GemmTile(128, 64, 32, 4, 3), GemmTile(128, 128, 32, 8, 3), GemmTile(64, 64, 64, 4, 3),
-        GemmTile(128, 64, 64, 4, 4), GemmTile(64, 128, 32, 4, 4), GemmTile(128, 128, 64, 8, 3),
-        GemmTile(256, 64, 32, 8, 3), GemmTile(64, 32, 64, 4, 4), GemmTile(128, 32, 64, 4, 3),
-        GemmTile(256, 128, 32, 8, 3), GemmTile(64, 64, 32, 4, 2), GemmTile(32, 64, 64, 4, 4),
+        GemmTile(128, 64, 64, 4, 3), GemmTile(128, 128, 64, 8, 3), GemmTile(128, 64, 32, 4, 4),
+        GemmTile(64, 64, 64, 4, 3), GemmTile(256, 64, 64, 8, 2), GemmTile(128, 256, 64, 8, 2),
+        GemmTile(256, 128, 64, 8, 2), GemmTile(128, 128, 32, 8, 4), GemmTile(64, 128, 64, 4, 3),
+        GemmTile(64, 32, 64, 4, 4), GemmTile(128, 32, 64, 4, 3), GemmTile(256, 64, 32, 8, 2),
     ],
-    # rows = filters of one group, cols = weight columns, reduce = output pixels
+    # rows = weight columns (channel x tap), cols = filters, reduce = output pixels; rows >= 64 (wgmma).
+    # 128-pixel steps spill in fp32 (the per-(pixel, tap) mask tile), so the reduce block stays 64.
     "backward_weight": [
         GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3), GemmTile(64, 128, 64, 8, 3),
-        GemmTile(32, 64, 128, 4, 3), GemmTile(64, 32, 128, 4, 4), GemmTile(128, 128, 32, 8, 3),
-        GemmTile(64, 64, 128, 4, 3), GemmTile(32, 32, 128, 4, 4),
+        GemmTile(128, 128, 64, 8, 3), GemmTile(64, 32, 64, 4, 4), GemmTile(128, 32, 64, 4, 3),
+        GemmTile(64, 64, 32, 4, 4), GemmTile(128, 64, 32, 4, 4),
     ],
 }
 _CANDIDATES["backward_input"] = _CANDIDATES["forward"]  # rows = input pixels, cols = channels, reduce = filters
 
-_DEFAULTS = {"forward": GemmTile(128, 64, 32, 4, 3), "backward_input": GemmTile(128, 64, 32, 4, 3),
+_DEFAULTS = {"forward": GemmTile(128, 64, 64, 4, 3), "backward_input": GemmTile(128, 64, 64, 4, 3),
              "backward_weight": GemmTile(64, 64, 64, 4, 3)}
 
 
+def _pow2(n: int) -> int:
+    return triton.next_power_of_2(max(n, 1))
+
+
 def _gemm_extent(spec: HetConvSpec, kernel: str) -> tuple[int, int, int]:
-    """(rows, cols, reduce) of the kernel's GEMM, to fit tiles to the shape."""
+    """(rows, cols, reduce) of the kernel's GEMM, to fit tiles to the shape. Pixel extents are rounded
+    per axis, as the kernels tile (batch, rows, columns)."""
     if kernel == "forward":
-        return spec.batch * spec.out_height * spec.out_width, spec.group_out, spec.in_channels
+        pixels = _pow2(spec.batch) * _pow2(spec.out_height) * _pow2(spec.out_width)
+        return pixels, spec.group_out, spec.group_in
     if kernel == "backward_input":
-        return spec.batch * spec.height * spec.width, spec.group_in, spec.out_channels
-    return spec.group_out, max(spec.group_in, spec.in_channels - spec.group_in), spec.batch * spec.out_height * spec.out_width
+        s = spec.stride
+        pixels = _pow2(spec.batch) * _pow2(-(-spec.height // s)) * _pow2(-(-spec.width // s))
+        return pixels, spec.group_in, spec.group_out
+    pixels = _pow2(spec.batch) * _pow2(spec.out_height) * _pow2(spec.out_width)
+    rows = max(spec.in_channels, (spec.kernel_size**2 - 1) * spec.group_in)
+    return rows, spec.group_out, pixels
+
+
+def _fit(tile: GemmTile, spec: HetConvSpec, kernel: str) -> GemmTile:
+    fitted = tile.fitted(*_gemm_extent(spec, kernel))
+    if kernel == "backward_weight" and fitted.block_rows < WGMMA_ROWS:
+        fitted = GemmTile(WGMMA_ROWS, fitted.block_cols, fitted.block_reduce, fitted.num_warps, fitted.num_stages,
+                          fitted.splits)
+    return fitted
 
 
 def default_tile(spec: HetConvSpec, kernel: str) -> GemmTile:
-    return _DEFAULTS[kernel].fitted(*_gemm_extent(spec, kernel))
+    return _fit(_DEFAULTS[kernel], spec, kernel)
 
 
 def candidate_tiles(spec: HetConvSpec, kernel: str) -> list[GemmTile]:
     """Distinct candidate tiles for this shape (fitting can make several candidates equal)."""
-    fitted = [tile.fitted(*_gemm_extent(spec, kernel)) for tile in _CANDIDATES[kernel]]
-    return list(dict.fromkeys(fitted))
+    return list(dict.fromkeys(_fit(tile, spec, kernel) for tile in _CANDIDATES[kernel]))
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
-    return tuple(t.stride())
+# ---- layouts and tiles ------------------------------------------------------------------------------
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """The kernels' activation layout: a no-op for channels_last tensors, one copy otherwise."""
+    return t if t.is_contiguous(memory_format=torch.channels_last) else t.contiguous(memory_format=torch.channels_last)
 
 
 def _weight_for_kernels(weight: torch.Tensor) -> torch.Tensor:
-    """channels_last, so a [channels, filters] tile of one tap is contiguous along channels; a no-op
-    for models moved to channels_last, a small copy otherwise."""
-    return weight.contiguous(memory_format=torch.channels_last)
+    return weight if weight.is_contiguous(memory_format=KERNEL_WEIGHT_FORMAT) else \
+        weight.contiguous(memory_format=KERNEL_WEIGHT_FORMAT)
 
 
+def layout_copies(x: torch.Tensor, weight: torch.Tensor) -> str:
+    """What the launchers copy for this call's layouts (for ``explain``), or '' when nothing."""
+    notes = []
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        notes.append("the input (and in the backward the output gradient) is not channels_last: it is copied to "
+                     "channels_last at the kernel boundary, once per call (the kernels' loads are 16-byte vectors "
+                     "along channels; read through NCHW strides they would be scalar 2-byte loads); outputs keep "
+                     "the input's layout")
+    if not weight.is_contiguous(memory_format=KERNEL_WEIGHT_FORMAT):
+        notes.append("the weight is not channels_last: it is copied to channels_last per call (HetConv2d allocates "
+                     "it so)")
+    return "; ".join(notes)
+
+
+def pixel_tile(block_rows: int, batch: int, height: int, width: int) -> tuple[int, int, int]:
+    """(BLOCK_B, BLOCK_H, BLOCK_W): a [images, rows, columns] tile of about ``block_rows`` pixels; several
+    images share a tile only when one image is smaller than it. At least MIN_DOT_TILE rows."""
+    block_w = min(_pow2(width), block_rows)
+    block_h = min(_pow2(height), max(block_rows // block_w, 1))
+    block_b = min(_pow2(batch), max(block_rows // (block_w * block_h), 1))
+    block_b = max(block_b, -(-MIN_DOT_TILE // (block_w * block_h)))
+    return block_b, block_h, block_w
+
+
+def _even_block(block: int, extent: int) -> tuple[int, bool]:
+    """The largest power-of-two block <= ``block`` (and >= the dot minimum) that divides ``extent``, and
+    True; else ``block`` fitted to the extent and False (the kernels' per-element path)."""
+    candidate = block
+    while candidate >= MIN_DOT_TILE:
+        if extent % candidate == 0:
+            return candidate, True
+        candidate //= 2
+    return min(block, max(MIN_DOT_TILE, _pow2(extent))), False
+
+
+def fits_int32(block_b: int, *tensors: torch.Tensor) -> bool:
+    """The kernels address inside a tile's BLOCK_B images in int32 (only the tile base is int64)."""
+    return all(block_b * t[:1].numel() < INT32_LIMIT for t in tensors)
+
+
+def _grid_tiles(block_b, block_h, block_w, batch, height, width):
+    return triton.cdiv(batch, block_b), triton.cdiv(height, block_h), triton.cdiv(width, block_w)
+
+
+# ---- launchers --------------------------------------------------------------------------------------
 
 def forward(x, weight, weight_pw, bias, spec: HetConvSpec, tile: GemmTile) -> torch.Tensor:
     y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
-    weight, weight_pw = _weight_for_kernels(weight), weight_pw.contiguous()
-    grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
-            spec.p * triton.cdiv(spec.group_out, tile.block_cols))
-    kernels.hetconv_fwd_kernel[grid](
-        x, weight, weight_pw, bias.contiguous() if bias is not None else weight, y,
-        spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height, spec.out_width,
-        *_strides(x), *_strides(y), *_strides(weight),
-        spec.group_in, spec.group_out,
-        K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding,
-        HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
-        BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
+    block_b, block_h, block_w = pixel_tile(tile.block_rows, spec.batch, spec.out_height, spec.out_width)
+    if not fits_int32(block_b, x, y):
+        from tritonconv.ops.hetconv import reference  # a single image past 2^31 elements
+        return reference.fallback_forward(x, weight, weight_pw, bias, spec).contiguous(
+            memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
+    x, weight, weight_pw = _channels_last(x), _weight_for_kernels(weight), weight_pw.contiguous()
+    block_k, even = _even_block(tile.block_reduce, spec.group_in)
+    filter_tiles = spec.p * triton.cdiv(spec.group_out, tile.block_cols)
+    images, tiles_h, tiles_w = _grid_tiles(block_b, block_h, block_w, spec.batch, spec.out_height, spec.out_width)
+    kernels.hetconv_fwd_kernel[(filter_tiles * images * tiles_h * tiles_w,)](
+        x, weight, weight_pw, bias.contiguous() if bias is not None else None, y,
+        spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
+        *x.stride(), *y.stride(), *weight.stride(),
+        spec.group_in, spec.group_out, filter_tiles, tiles_h, tiles_w,
+        K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, HAS_BIAS=bias is not None, EVEN_K=even,
+        DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
+        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_N=tile.block_cols, BLOCK_K=block_k,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return y
@@ -88,50 +185,88 @@ def backward_input(dy, weight, weight_pw, spec: HetConvSpec, tile: GemmTile, lik
     dx = empty_like_layout(spec.input_shape, like)
     if dx.numel() == 0:
         return dx
-    weight = _weight_for_kernels(weight)
-    grid = (triton.cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
-            spec.p * triton.cdiv(spec.group_in, tile.block_cols))
-    kernels.hetconv_bwd_input_kernel[grid](
-        dy, weight, weight_pw.contiguous(), dx,
+    s = spec.stride
+    block_b, block_h, block_w = pixel_tile(tile.block_rows, spec.batch, -(-spec.height // s), -(-spec.width // s))
+    if not fits_int32(block_b, dx, dy):
+        from tritonconv.ops.hetconv import reference
+        zeros = torch.zeros(spec.input_shape, device=dy.device, dtype=dy.dtype)
+        dx_ref = reference.fallback_backward(dy, zeros, weight, weight_pw, spec, True, False)[0]
+        return dx.copy_(dx_ref)
+    dy, weight, weight_pw = _channels_last(dy), _weight_for_kernels(weight), weight_pw.contiguous()
+    block_k, even = _even_block(tile.block_reduce, spec.group_out)
+    channel_tiles = spec.p * triton.cdiv(spec.group_in, tile.block_cols)
+    images, tiles_h, tiles_w = _grid_tiles(block_b, block_h, block_w, spec.batch, -(-spec.height // s),
+                                           -(-spec.width // s))
+    kernels.hetconv_bwd_input_kernel[(channel_tiles * images * s * s * tiles_h * tiles_w,)](
+        dy, weight, weight_pw, dx,
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height, spec.out_width,
-        *_strides(dy), *_strides(dx), *_strides(weight),
-        spec.group_in, spec.group_out,
-        K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding,
+        *dy.stride(), *dx.stride(), *weight.stride(),
+        spec.group_in, spec.group_out, channel_tiles, tiles_h, tiles_w,
+        K=spec.kernel_size, STRIDE=s, PAD=spec.padding, EVEN_K=even,
         DOT_PRECISION=dot_precision(dy.dtype), ACC_DTYPE=accumulator_dtype(dy.dtype),
-        BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
+        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_N=tile.block_cols, BLOCK_K=block_k,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return dx
 
 
-def backward_weight(dy, x, spec: HetConvSpec, tile: GemmTile):
-    """(grad weight, grad weight_pw, grad bias or None), each reduced over the batch in fp32 (fp64)."""
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+def backward_weight(dy, x, spec: HetConvSpec, tile: GemmTile, weight: torch.Tensor | None = None):
+    """(grad weight, grad weight_pw, grad bias or None), reduced over the batch in fp32 (fp64).
+
+    Grad weight comes back in ``weight``'s layout (channels_last without one), so autograd accumulates
+    it into the parameter without a copy.
+    """
+    dtype = x.dtype
+    dw_format = KERNEL_WEIGHT_FORMAT if weight is None or weight.is_contiguous(memory_format=KERNEL_WEIGHT_FORMAT) \
+        else torch.contiguous_format
+    dw = empty(spec.weight_shape, device=x.device, dtype=dtype, memory_format=dw_format)
+    dpw = empty(spec.weight_pw_shape, device=x.device, dtype=dtype)
+    db = empty(spec.out_channels, device=x.device, dtype=dtype) if spec.bias else None
     pixels = spec.batch * spec.out_height * spec.out_width
-    pointwise = spec.in_channels - spec.group_in
-    filter_tiles = spec.p * triton.cdiv(spec.group_out, tile.block_rows)
-    tap_tiles = spec.kernel_size**2 * triton.cdiv(spec.group_in, tile.block_cols)
-    # The bias is summed by the first column tile of the pointwise launch, which runs even when p=1.
-    pointwise_tiles = max(1, triton.cdiv(pointwise, tile.block_cols))
-    splits = reduction_splits(tile, filter_tiles * (tap_tiles + pointwise_tiles), pixels, x.device)
-    pixels_per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
-
-    partial_w = empty((splits, *spec.weight_shape), device=x.device, dtype=acc_dtype)
-    partial_pw = empty((splits, *spec.weight_pw_shape), device=x.device, dtype=acc_dtype)
-    partial_bias = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
     if pixels == 0:
-        zero = lambda t: torch.zeros(t.shape[1:], device=x.device, dtype=x.dtype) if t is not None else None
-        return zero(partial_w), zero(partial_pw), zero(partial_bias)
+        return dw.zero_(), dpw.zero_(), db.zero_() if db is not None else None
 
-    common = dict(K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, HAS_BIAS=spec.bias,
-                  DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
-                  BLOCK_N=tile.block_rows, BLOCK_C=tile.block_cols, BLOCK_P=tile.block_reduce,
-                  num_warps=tile.num_warps, num_stages=tile.num_stages)
-    args = (spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height,
-            spec.out_width, *_strides(x), *_strides(dy), spec.group_in, spec.group_out, pixels_per_split)
-    kernels.hetconv_bwd_weight_kernel[(filter_tiles, tap_tiles, splits)](
-        x, dy, partial_w, partial_w, *args, POINTWISE=False, **common)
-    kernels.hetconv_bwd_weight_kernel[(filter_tiles, pointwise_tiles, splits)](
-        x, dy, partial_pw, partial_bias if partial_bias is not None else partial_pw, *args, POINTWISE=True, **common)
-    reduce = lambda t: t.sum(0).to(x.dtype) if t is not None else None
-    return reduce(partial_w), reduce(partial_pw), reduce(partial_bias)
+    block_b, block_h, block_w = pixel_tile(tile.block_reduce, spec.batch, spec.out_height, spec.out_width)
+    if not fits_int32(block_b, x, dy):
+        from tritonconv.ops.hetconv import reference
+        weight_stub = torch.empty(spec.weight_shape, device=x.device, dtype=dtype)
+        pw_stub = torch.empty(spec.weight_pw_shape, device=x.device, dtype=dtype)
+        _, gw, gpw, gb = reference.fallback_backward(dy, x, weight_stub, pw_stub, spec, False, True)
+        return dw.copy_(gw), dpw.copy_(gpw), db.copy_(gb) if db is not None else None
+    x, dy = _channels_last(x), _channels_last(dy)
+    k2 = spec.kernel_size**2
+    block_r, block_n = tile.block_rows, tile.block_cols
+    channels_per_tap = min(_pow2(spec.group_in), block_r)
+    channel_blocks = triton.cdiv(spec.group_in, channels_per_tap)
+    off_row_tiles = channel_blocks * triton.cdiv(k2 - 1, block_r // channels_per_tap) if k2 > 1 else 0
+    off_col_tiles = triton.cdiv(spec.group_out, block_n)
+    centre_col_tiles = triton.cdiv(spec.out_channels, block_n)
+    centre_programs = triton.cdiv(spec.in_channels, block_r) * centre_col_tiles
+    programs = centre_programs + spec.p * off_row_tiles * off_col_tiles
+    images, tiles_h, tiles_w = _grid_tiles(block_b, block_h, block_w, spec.batch, spec.out_height, spec.out_width)
+    pixel_tiles = images * tiles_h * tiles_w
+    splits = reduction_splits(tile, programs, pixel_tiles * tile.block_reduce, x.device)
+    tiles_per_split = triton.cdiv(pixel_tiles, splits)
+    splits = triton.cdiv(pixel_tiles, tiles_per_split)
+    columns = spec.in_channels + (k2 - 1) * spec.group_in + (1 if spec.bias else 0)
+    acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    partial = empty((splits, spec.out_channels, columns), device=x.device, dtype=acc_dtype)
+
+    kernels.hetconv_bwd_weight_kernel[(programs, splits)](
+        x, dy, partial,
+        spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height, spec.out_width,
+        *x.stride(), *dy.stride(),
+        spec.group_in, spec.group_out, columns,
+        centre_col_tiles, centre_programs, off_col_tiles, channel_blocks, max(off_row_tiles, 1),
+        tiles_h, tiles_w, pixel_tiles, tiles_per_split,
+        K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, HAS_BIAS=spec.bias,
+        CHANNELS_PER_TAP=channels_per_tap, DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype),
+        BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w,
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
+    )
+    kernels.hetconv_weight_reduce_kernel[(triton.cdiv(spec.out_channels * columns, REDUCE_BLOCK),)](
+        partial, dw, dpw, db,
+        spec.out_channels, spec.in_channels, spec.group_in, spec.group_out, columns, splits, *dw.stride(),
+        K=spec.kernel_size, HAS_BIAS=spec.bias, ACC_DTYPE=accumulator_dtype(dtype), BLOCK=REDUCE_BLOCK,
+    )
+    return dw, dpw, db

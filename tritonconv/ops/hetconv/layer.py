@@ -40,7 +40,10 @@ class HetConv2d(nn.Module):
         self.in_channels, self.out_channels, self.kernel_size, self.stride, self.p = (
             in_channels, out_channels, kernel_size, stride, p)
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // p, kernel_size, kernel_size, **factory))
+        # channels_last: the layout the kernels read without a copy (launch.KERNEL_WEIGHT_FORMAT); the
+        # shape, and so the state_dict, is nn.Conv2d(M, N, k, groups=p).weight's.
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // p, kernel_size, kernel_size, **factory,
+                                               memory_format=torch.channels_last))
         self.weight_pw = nn.Parameter(torch.empty(out_channels, in_channels - in_channels // p, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()

@@ -52,7 +52,7 @@ def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tens
     if decision.backend == "triton":
         with dispatch.launching():
             dx = launch.backward_input(grad, weight, weight_pw, spec, decision.tiles["backward_input"], x) if need_input else None
-            dw, dpw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"]) if need_weights else (None,) * 3
+            dw, dpw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"], weight) if need_weights else (None,) * 3
     else:
         dx, dw, dpw, db = reference.fallback_backward(grad.contiguous(memory_format=memory_format_of(x)), x, weight,
                                                       weight_pw, spec, need_input, need_weights)
@@ -100,4 +100,8 @@ def explain(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor]
             p: int = 4, pass_: str = "forward") -> dispatch.Decision:
     """The backend this call's ``pass_`` would take, and why, without running it."""
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
-    return dispatch.decide(OPERATOR, spec, pass_, x.device)
+    decision = dispatch.decide(OPERATOR, spec, pass_, x.device)
+    copies = launch.layout_copies(x, weight)
+    if decision.backend == "triton" and copies:
+        decision = dispatch.Decision(decision.backend, f"{decision.reason}; {copies}", decision.tiles)
+    return decision
