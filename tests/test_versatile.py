@@ -120,7 +120,7 @@ def test_batch_zero():
     (dict(in_channels=8, out_channels=12, kernel_size=3, delta=8), "delta=8 must be smaller"),
     (dict(in_channels=8, out_channels=12, kernel_size=3, padding=-1), "padding=-1"),
     (dict(in_channels=8, out_channels=12, kernel_size=3, g=0), "g=0"),
-    (dict(in_channels=8, out_channels=10, kernel_size=9), "kernel_size=9 must be at most 7"),
+    (dict(in_channels=8, out_channels=10, kernel_size=0), "kernel_size=0"),  # k=9 is valid: the fallback runs it
 ])
 def test_divisibility_and_hyperparameters_are_checked(kwargs, words):
     with pytest.raises(ValueError, match=words):

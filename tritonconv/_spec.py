@@ -7,6 +7,11 @@ import torch
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
 
+def batch_bucket(batch: int) -> int:
+    """Batch sizes share a tuning entry per power-of-two bucket (a new batch size does not re-tune)."""
+    return 1 << max(batch - 1, 0).bit_length()
+
+
 def check_dtype_name(dtype: str) -> None:
     if dtype not in DTYPES:
         raise TypeError(f"dtype={dtype!r} is not supported; expected one of {tuple(DTYPES)}")

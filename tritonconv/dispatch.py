@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import triton
 
-from tritonconv import env, hardware
+from tritonconv import env, hardware, tiles
 from tritonconv.tiles import GemmTile
 from tritonconv.tuning_cache import CacheKey, TuningCache, default_cache, source_hash
 
@@ -39,11 +39,15 @@ class Operator:
     kernel_sources: tuple[Path, ...]
     kernels_of_pass: dict  # pass -> tuple of kernel names it launches
     default_tile: Callable  # (spec, kernel name) -> GemmTile
+    # (spec) -> why our kernels cannot take this valid call, or None. What no backend can compute is
+    # refused earlier, as invalid input; this is what only the fallback can.
+    triton_unsupported: Callable = lambda spec: None
 
     @functools.cached_property
     def source(self) -> str:
-        """Hash of the kernel source, read once per process (the kernels are compiled once too)."""
-        return source_hash(*self.kernel_sources)
+        """Hash of the kernel source and the launchers with their tile tables (and the shared tile
+        code), read once per process: editing any of them invalidates the measurements."""
+        return source_hash(*self.kernel_sources, Path(tiles.__file__))
 
     def cache_key(self, spec, pass_: str, device: torch.device) -> CacheKey:
         return CacheKey(self.name, pass_, spec.tuning_key(), hardware.device_name_of(device),
@@ -157,6 +161,12 @@ def _decide(operator: Operator, spec, pass_: str, device: torch.device, forced: 
     runnable, why_not = can_run
     if forced == "fallback":
         return Decision("fallback", "forced (use_backend or TRITONCONV_BACKEND=fallback)")
+    unsupported = operator.triton_unsupported(spec)
+    if unsupported and forced == "triton":
+        raise BackendUnavailable(f"backend 'triton' was forced for {operator.name} ({spec.describe()}), "
+                                 f"but our kernels cannot take it: {unsupported}")
+    if unsupported:
+        return Decision("fallback", f"our kernels cannot take it ({unsupported}): the fallback computes it")
     if forced == "triton" and not runnable:
         raise BackendUnavailable(f"backend 'triton' was forced for {operator.name} ({spec.describe()}), "
                                  f"but it cannot run here: {why_not}")

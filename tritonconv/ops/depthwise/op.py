@@ -13,13 +13,14 @@ from tritonconv import dispatch
 from tritonconv._layout import memory_format_of, missing_as_empty
 from tritonconv._validation import check_tensor
 from tritonconv.ops.depthwise import kernels, launch, reference
-from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation
+from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation, triton_unsupported
 
 OPERATOR = dispatch.Operator(
     name="depthwise",
-    kernel_sources=(Path(kernels.__file__),),
+    kernel_sources=(Path(kernels.__file__), Path(launch.__file__)),
     kernels_of_pass={"forward": ("forward",), "backward": ("backward_input", "backward_weight")},
     default_tile=launch.default_tile,
+    triton_unsupported=triton_unsupported,
 )
 
 

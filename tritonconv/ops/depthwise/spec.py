@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._validation import check_int_choice, check_positive_int, check_same, check_shape, check_tensor, dtype_name
-from tritonconv._spec import ConvSpecShapes, check_dtype_name
+from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
+from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name
 from tritonconv.accounting import Cost
 
 # Activation name -> the constexpr code the kernels branch on.
@@ -33,7 +33,7 @@ def validate_window(kernel_size, stride, padding, dilation, *, kernel_name: str 
     check_positive_int(kernel_name, kernel_size)
     if kernel_size % 2 == 0:
         raise ValueError(f"{kernel_name}={kernel_size} must be odd: the window is centred on its output pixel")
-    check_int_choice("stride", stride, (1, 2))
+    check_positive_int("stride", stride)
     check_positive_int("padding", padding, minimum=0)
     check_positive_int("dilation", dilation)
 
@@ -49,9 +49,10 @@ def check_spatial(height: int, width: int, kernel_size: int, stride: int, paddin
                          f"(kernel_size={kernel_size}, dilation={dilation}, padding={padding})")
 
 
-def batch_bucket(batch: int) -> int:
-    """Batch sizes share a tuning entry per power-of-two bucket (a new batch size does not re-tune)."""
-    return 1 << max(batch - 1, 0).bit_length()
+def triton_unsupported(spec) -> str | None:
+    """What the Triton depthwise kernels (and the fused dwsep kernels built on them) cannot take."""
+    return f"stride={spec.stride}; the kernels take stride 1 or 2" if spec.stride not in (1, 2) else None
+
 
 
 def layout_of(x: torch.Tensor) -> bool:

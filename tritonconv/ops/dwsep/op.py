@@ -12,16 +12,17 @@ from torch import Tensor
 from tritonconv import dispatch
 from tritonconv.ops.depthwise import kernels as depthwise_kernels
 from tritonconv._layout import memory_format_of, missing_as_empty
-from tritonconv.ops.depthwise.spec import default_padding, normalize_activation
+from tritonconv.ops.depthwise.spec import default_padding, normalize_activation, triton_unsupported
 from tritonconv.ops.dwsep import kernels, launch, reference
 from tritonconv.ops.dwsep.spec import DwSepSpec
 
 OPERATOR = dispatch.Operator(
     name="dwsep",
-    kernel_sources=(Path(kernels.__file__), Path(depthwise_kernels.__file__)),
+    kernel_sources=(Path(kernels.__file__), Path(launch.__file__), Path(depthwise_kernels.__file__)),
     kernels_of_pass={"forward": ("forward",),
                      "backward": ("backward_mid", "backward_pw_weight", "backward_input", "backward_weight")},
     default_tile=launch.default_tile,
+    triton_unsupported=triton_unsupported,
 )
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv._spec import ConvSpecShapes, check_dtype_name
 from tritonconv.accounting import Cost
-from tritonconv.ops.depthwise.spec import (DepthwiseSpec, batch_bucket, check_spatial, layout_of,
+from tritonconv._spec import batch_bucket
+from tritonconv.ops.depthwise.spec import (DepthwiseSpec, check_spatial, layout_of,
                                            normalize_activation, output_size, validate_window)
 
 

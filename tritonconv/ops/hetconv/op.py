@@ -12,13 +12,14 @@ from torch import Tensor
 from tritonconv import dispatch
 from tritonconv._layout import memory_format_of, missing_as_empty
 from tritonconv.ops.hetconv import kernels, launch, reference
-from tritonconv.ops.hetconv.spec import HetConvSpec
+from tritonconv.ops.hetconv.spec import HetConvSpec, triton_unsupported
 
 OPERATOR = dispatch.Operator(
     name="hetconv",
-    kernel_sources=(Path(kernels.__file__),),
+    kernel_sources=(Path(kernels.__file__), Path(launch.__file__)),
     kernels_of_pass={"forward": ("forward",), "backward": ("backward_input", "backward_weight")},
     default_tile=launch.default_tile,
+    triton_unsupported=triton_unsupported,
 )
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from tritonconv._validation import check_int_choice, check_positive_int, check_same, check_shape, check_tensor, dtype_name
-from tritonconv._spec import ConvSpecShapes, check_dtype_name
+from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
+from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name
 from tritonconv.accounting import Cost
 
 
@@ -21,7 +21,7 @@ def validate_hyperparameters(in_channels, out_channels, kernel_size, stride, p) 
         raise ValueError(
             f"kernel_size={kernel_size} must be odd: the 1 x 1 kernels sit on the centre tap of the k x k window"
         )
-    check_int_choice("stride", stride, (1, 2))
+    check_positive_int("stride", stride)
     check_positive_int("p", p)
     if in_channels % p or out_channels % p:
         raise ValueError(
@@ -29,9 +29,10 @@ def validate_hyperparameters(in_channels, out_channels, kernel_size, stride, p) 
         )
 
 
-def batch_bucket(batch: int) -> int:
-    """Batch sizes share a tuning entry per power-of-two bucket (a new batch size does not re-tune)."""
-    return 1 << max(batch - 1, 0).bit_length()
+def triton_unsupported(spec: "HetConvSpec") -> str | None:
+    """What the Triton kernels cannot take (the fallback computes it)."""
+    return f"stride={spec.stride}; the kernels take stride 1 or 2" if spec.stride not in (1, 2) else None
+
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from tritonconv.ops.shift.spec import ShiftSpec
 
 OPERATOR = dispatch.Operator(
     name="shift",
-    kernel_sources=(Path(kernels.__file__),),
+    kernel_sources=(Path(kernels.__file__), Path(launch.__file__)),
     kernels_of_pass={"forward": ("forward",), "backward": ("backward_input", "backward_weight")},
     default_tile=launch.default_tile,
 )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
-from tritonconv._spec import ConvSpecShapes, check_dtype_name
+from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name
 from tritonconv.accounting import Cost
 
 ASSIGNMENTS = ("interleaved", "grouped")
@@ -25,10 +25,6 @@ def validate_hyperparameters(in_channels, out_channels, kernel_size, dilation, s
     if assignment not in ASSIGNMENTS:
         raise ValueError(f"assignment={assignment!r} is not known; expected one of {ASSIGNMENTS}")
 
-
-def batch_bucket(batch: int) -> int:
-    """Batch sizes share a tuning entry per power-of-two bucket."""
-    return 1 << max(batch - 1, 0).bit_length()
 
 
 def channel_shifts(in_channels: int, kernel_size: int, dilation: int, assignment: str) -> list[tuple[int, int]]:

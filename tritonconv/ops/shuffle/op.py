@@ -17,7 +17,7 @@ from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 
 OPERATOR = dispatch.Operator(
     name="shuffle_conv",
-    kernel_sources=(Path(kernels.__file__),),
+    kernel_sources=(Path(kernels.__file__), Path(launch.__file__)),
     kernels_of_pass={"forward": ("forward",), "backward": ("backward_input", "backward_weight")},
     default_tile=launch.default_tile,
 )

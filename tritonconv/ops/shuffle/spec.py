@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
-from tritonconv._spec import ConvSpecShapes, check_dtype_name
+from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name
 from tritonconv.accounting import Cost
 
 
@@ -24,9 +24,6 @@ def validate_hyperparameters(in_channels, out_channels, groups, shuffle_groups) 
     if out_channels % shuffle_groups:
         raise ValueError(f"shuffle_groups={shuffle_groups} must divide out_channels={out_channels}")
 
-
-def batch_bucket(batch: int) -> int:
-    return 1 << max(batch - 1, 0).bit_length()
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,14 @@ from torch import Tensor
 from tritonconv import dispatch
 from tritonconv._layout import memory_format_of, missing_as_empty
 from tritonconv.ops.versatile import kernels, launch, reference
-from tritonconv.ops.versatile.spec import VersatileSpec
+from tritonconv.ops.versatile.spec import VersatileSpec, triton_unsupported
 
 OPERATOR = dispatch.Operator(
     name="versatile",
-    kernel_sources=(Path(kernels.__file__),),
+    kernel_sources=(Path(kernels.__file__), Path(launch.__file__)),
     kernels_of_pass={"forward": ("forward",), "backward": ("backward_input", "backward_weight")},
     default_tile=launch.default_tile,
+    triton_unsupported=triton_unsupported,
 )
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
-from tritonconv._spec import ConvSpecShapes, check_dtype_name
+from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name
 from tritonconv.accounting import Cost
 
 MAX_KERNEL_SIZE = 7  # s_num = 4 accumulators of [BLOCK_M, BLOCK_N] in the forward kernel
@@ -18,9 +18,6 @@ def validate_hyperparameters(in_channels, out_channels, kernel_size, stride, pad
     check_positive_int("in_channels", in_channels)
     check_positive_int("out_channels", out_channels)
     check_positive_int("kernel_size", kernel_size)
-    if kernel_size > MAX_KERNEL_SIZE:
-        raise ValueError(f"kernel_size={kernel_size} must be at most {MAX_KERNEL_SIZE}: the kernel keeps one "
-                         "accumulator per spatial secondary, at most 4")
     check_positive_int("stride", stride)
     if padding is not None:
         check_positive_int("padding", padding, minimum=0)
@@ -44,9 +41,13 @@ def spatial_secondaries(kernel_size: int) -> int:
     return (kernel_size + 1) // 2
 
 
-def batch_bucket(batch: int) -> int:
-    """Batch sizes share a tuning entry per power-of-two bucket."""
-    return 1 << max(batch - 1, 0).bit_length()
+def triton_unsupported(spec: "VersatileSpec") -> str | None:
+    """What the Triton kernels cannot take (the fallback computes it)."""
+    if spec.kernel_size > MAX_KERNEL_SIZE:
+        return (f"kernel_size={spec.kernel_size}; the kernels keep one accumulator per spatial secondary and take "
+                f"kernel_size <= {MAX_KERNEL_SIZE}")
+    return None
+
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,44 @@
+"""Valid calls our kernels cannot take go to the fallback, with the reason in explain(); forcing
+triton on them says why it cannot. Only what no backend can compute is a ValueError."""
+
+import copy
+
+import pytest
+import torch
+
+import tritonconv
+from tritonconv import BackendUnavailable
+
+from conftest import DEVICE
+from test_contract import relative_error
+
+CASES = [
+    ("hetconv stride 3", lambda: tritonconv.HetConv2d(8, 8, 3, stride=3, p=4, bias=True), (2, 8, 7, 8), "stride=3"),
+    ("versatile k=9", lambda: tritonconv.VersatileConv2d(4, 10, 9, delta=0), (1, 4, 10, 9), "kernel_size=9"),
+    ("depthwise stride 3", lambda: tritonconv.DepthwiseConv2d(4, 3, stride=3, multiplier=2), (2, 4, 9, 8),
+     "stride=3"),
+    ("dwsep stride 3", lambda: tritonconv.DepthwiseSeparableConv2d(4, 6, 3, stride=3, activation="relu"),
+     (2, 4, 9, 8), "stride=3"),
+]
+
+
+@pytest.mark.parametrize("name, build, shape, words", CASES, ids=[c[0] for c in CASES])
+def test_unsupported_calls_go_to_the_fallback(name, build, shape, words):
+    torch.manual_seed(0)
+    layer = build().to(DEVICE)
+    x = torch.randn(shape, device=DEVICE, requires_grad=True)
+    for pass_ in ("forward", "backward"):
+        decision = layer.explain(x, pass_)
+        assert decision.backend == "fallback" and words in decision.reason, decision
+    reference = copy.deepcopy(layer).double()
+    x64 = x.detach().double().requires_grad_(True)
+    y, y64 = layer(x), reference(x64)
+    y.square().sum().backward()
+    y64.square().sum().backward()
+    assert relative_error(y, y64) < 1e-5
+    assert relative_error(x.grad, x64.grad) < 1e-5
+    for p, p64 in zip(layer.parameters(), reference.parameters()):
+        assert relative_error(p.grad, p64.grad) < 1e-5
+    with pytest.raises(BackendUnavailable, match=f"cannot take it: {words}"):
+        with tritonconv.use_backend("triton"):
+            layer(x)
