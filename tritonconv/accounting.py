@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tritonconv.dispatch import use_backend
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,8 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     once in eval mode, on a random input on its parameters' device, through the fallback backend (only
     shapes matter); its training mode is restored.
     """
+
+    from tritonconv.dispatch import use_backend  # here, not at import: the cost model stays a leaf module
 
     if len(input_shape) < 1 or any(int(d) <= 0 for d in input_shape):
         raise ValueError(f"input_shape={tuple(input_shape)} must be a tuple of positive sizes")
