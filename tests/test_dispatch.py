@@ -304,3 +304,16 @@ def test_a_cache_folder_chmod_000_is_ignored_with_one_warning(tmp_path, every_wa
         folder.chmod(0o755)
     assert all(d.backend == "triton" and "Permission denied" in d.reason for d in decisions)
     assert len(runtime_warnings(every_warning)) == 1
+
+
+def test_spec_is_memoized_on_what_it_reads_of_the_tensors():
+    x, weight, weight_pw = torch.randn(2, 8, 5, 5), torch.randn(8, 2, 3, 3), torch.randn(8, 6)
+    spec = HetConvSpec.from_tensors(x, weight, weight_pw, None, stride=1, p=4)
+    assert HetConvSpec.from_tensors(x.clone(), weight, weight_pw, None, stride=1, p=4) is spec
+    nhwc = HetConvSpec.from_tensors(x.contiguous(memory_format=torch.channels_last), weight, weight_pw, None,
+                                    stride=1, p=4)
+    assert nhwc.channels_last and not spec.channels_last
+    assert HetConvSpec.from_tensors(x, weight, weight_pw, None, stride=2, p=4).stride == 2
+    for _ in range(2):  # a call that raises is not remembered
+        with pytest.raises(TypeError, match="dtype"):
+            HetConvSpec.from_tensors(x.double(), weight, weight_pw, None, stride=1, p=4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
@@ -32,3 +34,36 @@ class ConvSpecShapes:
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, self.out_channels, self.out_height, self.out_width)
+
+
+_SPECS_KEPT = 4096
+
+
+def memoized_from_tensors(build):
+    """``from_tensors`` as a classmethod memoized on what it reads of the tensors (shape, strides,
+    dtype, device) and on the other arguments: every layer call builds its spec, and validating it
+    again costs tens of microseconds. A call that raises is not stored, so it raises every time.
+    Sizes torch.compile traces symbolically are not hashable: those calls are built each time."""
+    specs: dict = {}
+
+    @functools.wraps(build)
+    def from_tensors(cls, *args, **kwargs):
+        key = (cls, *map(_call_key, args), *((name, _call_key(v)) for name, v in kwargs.items()))
+        try:
+            spec = specs.get(key)
+        except TypeError:  # symbolic sizes
+            return build(cls, *args, **kwargs)
+        if spec is None:
+            spec = build(cls, *args, **kwargs)
+            if len(specs) >= _SPECS_KEPT:
+                specs.clear()
+            specs[key] = spec
+        return spec
+
+    return classmethod(from_tensors)
+
+
+def _call_key(value):
+    if isinstance(value, torch.Tensor):
+        return value.shape, value.stride(), value.dtype, value.device
+    return type(value), value

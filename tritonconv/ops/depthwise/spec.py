@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
-from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name
+from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
 from tritonconv.accounting import Cost
 
 # Activation name -> the constexpr code the kernels branch on.
@@ -147,7 +147,7 @@ class DepthwiseSpec(ConvSpecShapes):
         return (f"dw {self.in_channels}->{self.out_channels}{cat} k{self.kernel_size} s{self.stride} "
                 f"d{self.dilation} {self.height}x{self.width} b{self.batch}")
 
-    @classmethod
+    @memoized_from_tensors
     def from_tensors(cls, x, weight, bias, *, stride: int, padding: int, dilation: int, multiplier: int,
                      activation: str, concat_input: bool = False) -> "DepthwiseSpec":
         """Validate a call's tensors against each other and describe it."""

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
-from tritonconv._spec import ConvSpecShapes, check_dtype_name
+from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
 from tritonconv.accounting import Cost
-from tritonconv._spec import batch_bucket
 from tritonconv.ops.depthwise.spec import (DepthwiseSpec, check_spatial, layout_of,
                                            normalize_activation, output_size, validate_window)
 
@@ -99,7 +98,7 @@ class DwSepSpec(ConvSpecShapes):
         return (f"dwsep {self.in_channels}->{self.out_channels} k{self.kernel_size} s{self.stride} d{self.dilation} "
                 f"{self.height}x{self.width} b{self.batch}")
 
-    @classmethod
+    @memoized_from_tensors
     def from_tensors(cls, x, dw_weight, dw_bias, pw_weight, pw_bias, *, stride: int, padding: int, dilation: int,
                      activation: str, out_activation: str) -> "DwSepSpec":
         """Validate a call's tensors against each other and describe it."""

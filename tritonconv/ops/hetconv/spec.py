@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
-from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name
+from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
 from tritonconv.accounting import Cost
 
 
@@ -123,7 +123,7 @@ class HetConvSpec(ConvSpecShapes):
         )
 
     # ---- construction from a call ----------------------------------------------------------
-    @classmethod
+    @memoized_from_tensors
     def from_tensors(cls, x, weight, weight_pw, bias, *, stride: int, p: int) -> "HetConvSpec":
         """Validate a call's tensors against each other and describe it."""
         check_tensor("input", x, rank=4)

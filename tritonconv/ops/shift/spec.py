@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
-from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name
+from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
 from tritonconv.accounting import Cost
 
 ASSIGNMENTS = ("interleaved", "grouped")
@@ -121,7 +121,7 @@ class ShiftSpec(ConvSpecShapes):
                 f"s{self.stride} {self.assignment} {self.height}x{self.width} b{self.batch}")
 
     # ---- construction from a call ----------------------------------------------------------
-    @classmethod
+    @memoized_from_tensors
     def from_tensors(cls, x, weight, bias, *, kernel_size: int, dilation: int, stride: int,
                      assignment: str) -> "ShiftSpec":
         """Validate a call's tensors against each other and describe it."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
-from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name
+from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
 from tritonconv.accounting import Cost
 
 
@@ -90,7 +90,7 @@ class ShuffleConvSpec(ConvSpecShapes):
         return (f"{self.in_channels}->{self.out_channels} 1x1 groups{self.groups} shuffle{self.shuffle_groups} "
                 f"{self.height}x{self.width} b{self.batch}")
 
-    @classmethod
+    @memoized_from_tensors
     def from_tensors(cls, x, weight, bias, *, groups: int, shuffle_groups: int) -> "ShuffleConvSpec":
         check_tensor("input", x, rank=4)
         check_tensor("weight", weight, rank=4)

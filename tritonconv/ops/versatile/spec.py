@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
-from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name
+from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
 from tritonconv.accounting import Cost
 
 MAX_KERNEL_SIZE = 7  # s_num = 4 accumulators of [BLOCK_M, BLOCK_N] in the forward kernel
@@ -149,7 +149,7 @@ class VersatileSpec(ConvSpecShapes):
                 f"b{self.batch}")
 
     # ---- construction from a call ----------------------------------------------------------
-    @classmethod
+    @memoized_from_tensors
     def from_tensors(cls, x, weight, bias, *, out_channels: int, stride: int, padding: int | None, dilation: int,
                      delta: int, g: int) -> "VersatileSpec":
         """Validate a call's tensors against each other and describe it."""
