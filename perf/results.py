@@ -57,7 +57,11 @@ def git_commit(repo: Path = REPO_ROOT) -> str:
     """``git rev-parse --short HEAD``, with "-dirty" for uncommitted changes; "unknown" without git.
 
     The results folder itself is left out of the dirty check: writing results must not mark the
-    next run's code as changed."""
+    next run's code as changed. TRITONCONV_COMMIT, where set, wins (a copy of the tree without .git)."""
+    from tritonconv import env
+
+    if env.commit_override():
+        return env.commit_override()
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
                               check=True).stdout.strip()
