@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit_parser.add_argument("--no-calls", action="store_true",
                               help="skip the launches-per-call and host-time measurement")
     audit_parser.add_argument("--out", type=Path, default=audit.DEFAULT_OUT,
-                              help=f"folder for kernels.csv, calls.csv, SUMMARY.md (default: {_rel(audit.DEFAULT_OUT)})")
+                              help="folder for kernels.csv, calls.csv, SUMMARY.md "
+                                   f"(default: {_rel(audit.DEFAULT_OUT)})")
     audit_parser.add_argument("--list", action="store_true",
                               help="print the specs and kernels that would be compiled, compile nothing, and exit")
     return parser

@@ -522,20 +522,25 @@ def _aliases_an_input(out, args, kwargs) -> bool:
 
 
 def _call_workload(harness, spec, names):
-    """CPU inputs of the call, small (the harness's ``shrink``) but of the spec's dtype and layout: the
-    side ops then cost microseconds and the host path is what is timed."""
+    """CPU inputs of the call, small (the harness's ``shrink``) but of the spec's dtype and layout (4-D
+    parameters too, in channels_last): the side ops then cost microseconds and the host path is what
+    is timed."""
     small = replace(harness.shrink(spec), dtype=spec.dtype)
     work = harness.make_workload(small, torch.device("cpu"))
     tensors = dict(work.tensors)
     for name in names:
         if tensors.get(name) is not None:
-            tensors[name] = tensors[name].detach().requires_grad_()
+            tensor = tensors[name].detach()
+            if spec.channels_last and tensor.dim() == 4:  # as model.to(memory_format=channels_last) leaves them
+                tensor = tensor.contiguous(memory_format=torch.channels_last)
+            tensors[name] = tensor.requires_grad_()
     return small, tensors, work.grad
 
 
-HOST_TIMING = ("CPU tensors of the harness's small shape, one thread, denormals flushed; Triton launches replaced by a "
-               "recorder that only appends; best of 5 rounds of 20 calls; bwd = (fwd + autograd.grad) - fwd. Excludes the launches' own "
-               "host cost (Triton's launcher, the CUDA driver) and the tuning-cache lookup a CUDA call makes.")
+HOST_TIMING = ("CPU tensors of the harness's small shape, one thread, denormals flushed; Triton launches replaced "
+               "by a recorder that only appends; best of 5 rounds of 20 calls; bwd = (fwd + autograd.grad) - fwd. "
+               "Excludes the launches' own host cost (Triton's launcher, the CUDA driver) and the tuning-cache "
+               "lookup a CUDA call makes.")
 
 
 def measure_call(case: Case, *, rounds: int = 5, calls: int = 20) -> list[dict]:
@@ -670,7 +675,8 @@ def write(kernel_rows: list[dict], call_rows: list[dict], out_dir) -> list:
     out_dir = Path(out_dir)
     kernels_table, calls_table = _tables()
     kernels = kernels_table.append(kernel_rows, out_dir / "kernels.csv")
-    calls = calls_table.append(call_rows, out_dir / "calls.csv") if call_rows else calls_table.read(out_dir / "calls.csv")
+    calls_csv = out_dir / "calls.csv"
+    calls = calls_table.append(call_rows, calls_csv) if call_rows else calls_table.read(calls_csv)
     (out_dir / "SUMMARY.md").write_text(summary(kernels, calls))
     return [out_dir / "kernels.csv", out_dir / "calls.csv", out_dir / "SUMMARY.md"]
 
@@ -690,9 +696,32 @@ def _verdicts(rows: list[dict]) -> dict:
     return verdicts
 
 
-def _worst(rows: list[dict], column: str, pick=max, fmt="{}"):
-    values = [r[column] for r in rows if r[column] is not None]
+def _worst(rows: list[dict], value, pick=max, fmt="{}") -> str:
+    """``pick`` over the rows of ``value`` (a column, or a function of a row), formatted; "-" if none."""
+    values = [value(r) if callable(value) else r[value] for r in rows]
+    values = [v for v in values if v is not None]
     return fmt.format(pick(values)) if values else "-"
+
+
+# (heading, the worst over a kernel's compiled rows): what SUMMARY.md and the console table show.
+FIGURES = (
+    ("regs", lambda ok: _worst(ok, "registers")),
+    ("spills (LDL+STL)", lambda ok: _worst(ok, lambda r: r["spill_loads"] + r["spill_stores"])),
+    ("smem KB", lambda ok: _worst(ok, lambda r: r["shared_bytes"] / 1024, fmt="{:.1f}")),
+    ("warps/SM", lambda ok: _worst(ok, "resident_warps", pick=min)),
+    ("tensor core", lambda ok: "/".join(sorted({r["tensor_core"] for r in ok})) or "-"),
+    ("LDG 8/16-bit", lambda ok: _worst(ok, lambda r: r["ldg_8"] + r["ldg_16"])),
+    ("LDG.128 / LDGSTS.128", lambda ok: f"{_worst(ok, 'ldg_128', pick=min)} / {_worst(ok, 'ldgsts_128', pick=min)}"),
+    ("div64 (in loops)", lambda ok: f"{_worst(ok, 'div64_calls')} ({_worst(ok, 'div64_in_loops')})"),
+    ("instr/TC", lambda ok: _worst(ok, "instructions_per_tensor_core", fmt="{:.1f}")),
+    ("instr/FFMA", lambda ok: _worst(ok, "instructions_per_ffma", fmt="{:.1f}")),
+)
+
+
+def _figure_cells(rows: list[dict]) -> list[str]:
+    ok = [r for r in rows if r["status"] == "ok"]
+    failed = len(rows) - len(ok)
+    return [f"{len(rows)}" + (f", {failed} failed" if failed else ""), *(figure(ok) for _, figure in FIGURES)]
 
 
 _SUMMARY_TARGETS = ("spills", "hgmma", "instructions_per_tc", "scalar16", "div64_loop", "depthwise_ffma", "shared")
@@ -725,31 +754,17 @@ def summary(kernels, calls) -> str:
     lines.append(f"- `bwd_launches`: backward of a training step in at most {MAX_BACKWARD_LAUNCHES} launches "
                  "(Triton launches plus torch ops launched beside them)")
     lines.append("")
-    header = ("| kernel | rows | regs | spills (LDL+STL) | smem KB | warps/SM | tensor core | LDG 8/16-bit | "
-              "LDG.128 / LDGSTS.128 | div64 (in loops) | instr/TC | instr/FFMA | "
-              + " | ".join(_SUMMARY_TARGETS) + " |")
+    header = "| " + " | ".join(["kernel", "rows", *(h for h, _ in FIGURES), *_SUMMARY_TARGETS]) + " |"
     for layer in dict.fromkeys(r["layer"] for r in krows):
         mine = [r for r in krows if r["layer"] == layer]
         shapes = len({r["shape"] for r in mine})
         dtypes = ", ".join(sorted({f"{r['dtype']} {'NHWC' if r['channels_last'] else 'NCHW'}" for r in mine}))
         lines += [f"## {layer}", "", f"{shapes} shapes ({dtypes}); {len(mine)} compiled launches.", "",
-                  header, "|" + "---|" * (12 + len(_SUMMARY_TARGETS))]
+                  header, "|" + "---|" * (2 + len(FIGURES) + len(_SUMMARY_TARGETS))]
         for kernel in dict.fromkeys((r["kernel"], r["triton_kernel"]) for r in mine):
             rows = [r for r in mine if (r["kernel"], r["triton_kernel"]) == kernel]
-            ok = [r for r in rows if r["status"] == "ok"]
             verdicts = _verdicts(rows)
-            failed = len(rows) - len(ok)
-            cells = [f"{kernel[0]} (`{kernel[1]}`)", f"{len(rows)}" + (f", {failed} failed" if failed else ""),
-                     _worst(ok, "registers"), f"{_worst(ok, 'spill_loads')}+{_worst(ok, 'spill_stores')}",
-                     _worst([{"kb": r["shared_bytes"] / 1024} for r in ok], "kb", fmt="{:.1f}"),
-                     _worst(ok, "resident_warps", pick=min),
-                     "/".join(sorted({r["tensor_core"] for r in ok})) or "-",
-                     _worst([{"n": r["ldg_8"] + r["ldg_16"]} for r in ok], "n"),
-                     f"{_worst(ok, 'ldg_128', pick=min)} / {_worst(ok, 'ldgsts_128', pick=min)}",
-                     f"{_worst(ok, 'div64_calls')} ({_worst(ok, 'div64_in_loops')})",
-                     _worst(ok, "instructions_per_tensor_core", fmt="{:.1f}"),
-                     _worst(ok, "instructions_per_ffma", fmt="{:.1f}")]
-            cells += [verdicts[name] for name in _SUMMARY_TARGETS]
+            cells = [f"{kernel[0]} (`{kernel[1]}`)", *_figure_cells(rows), *(verdicts[n] for n in _SUMMARY_TARGETS)]
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", *_call_lines([r for r in crows if r["layer"] == layer]), ""]
     return "\n".join(lines) + "\n"
@@ -776,61 +791,20 @@ def _call_lines(rows: list[dict]) -> list[str]:
 
 def console_table(kernel_rows: list[dict], call_rows: list[dict]) -> str:
     """This run's worst figures per layer and kernel, and its launches per call, for the terminal."""
-    lines = [f"{'layer':10s} {'kernel':20s} {'rows':>4s} {'regs':>4s} {'spill':>5s} {'smemKB':>6s} {'warps':>5s} "
-             f"{'TC':6s} {'ld16':>4s} {'div64':>5s} {'inLoop':>6s} {'i/TC':>6s} {'i/FFMA':>6s}  fails"]
+    table = [["layer", "kernel", "rows", *(h for h, _ in FIGURES), "fails"]]
     for layer, kernel in dict.fromkeys((r["layer"], r["kernel"]) for r in kernel_rows):
         rows = [r for r in kernel_rows if (r["layer"], r["kernel"]) == (layer, kernel)]
-        ok = [r for r in rows if r["status"] == "ok"]
         fails = sorted({g for r in rows for g in r["gates_failed"].split()})
-
-        def worst(column, pick=max, fmt="{}"):
-            return _worst(ok, column, pick, fmt)
-        spills = _worst([{"n": r["spill_loads"] + r["spill_stores"]} for r in ok], "n")
-        scalar = _worst([{"n": r["ldg_8"] + r["ldg_16"]} for r in ok], "n")
-        lines.append(f"{layer:10s} {kernel:20s} {len(rows):4d} {worst('registers'):>4s} {spills:>5s} "
-                     f"{_worst([{'kb': r['shared_bytes'] / 1024} for r in ok], 'kb', fmt='{:.0f}'):>6s} "
-                     f"{worst('resident_warps', min):>5s} {'/'.join(sorted({r['tensor_core'] for r in ok})):6s} "
-                     f"{scalar:>4s} {worst('div64_calls'):>5s} {worst('div64_in_loops'):>6s} "
-                     f"{worst('instructions_per_tensor_core', fmt='{:.1f}'):>6s} "
-                     f"{worst('instructions_per_ffma', fmt='{:.1f}'):>6s}  {' '.join(fails)}")
+        table.append([layer, kernel, *_figure_cells(rows), " ".join(fails)])
     if call_rows:
-        lines += ["", f"{'layer':10s} {'pass':4s} {'triton':>6s} {'torch':>5s} {'total':>5s} {'host us':>8s}"]
+        table += [[], ["layer", "pass", "triton", "torch ops", "launches", "host us"]]
         for layer, pass_ in dict.fromkeys((r["layer"], r["pass"]) for r in call_rows):
             rows = [r for r in call_rows if (r["layer"], r["pass"]) == (layer, pass_)]
-            worst_row = max(rows, key=lambda r: r["launches"])
-            lines.append(f"{layer:10s} {pass_:4s} {worst_row['triton_launches']:6d} {worst_row['torch_ops']:5d} "
-                         f"{worst_row['launches']:5d} {max(r['host_us'] for r in rows):8.0f}")
+            worst = max(rows, key=lambda r: r["launches"])
+            table.append([layer, pass_, str(worst["triton_launches"]), str(worst["torch_ops"]),
+                          str(worst["launches"]), _worst(rows, "host_us", fmt="{:.0f}")])
+    widths = [max(len(row[i]) for row in table if len(row) > i) for i in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
+    if call_rows:
         lines.append(f"(host us: {HOST_TIMING})")
     return "\n".join(lines)
-
-
-# ---- the CI gates ------------------------------------------------------------------------------------------
-# What each dtype is gated on: bf16 (the precision the targets are about) on everything, fp32 on what
-# only it can break (its tiles need twice the shared memory).
-GATE_DTYPES = {"bfloat16": tuple(GATES), "float32": ("compiles", "shared")}
-GATE_BATCH = 128  # meta tensors: the batch costs nothing; 128 is the tuner's and the perf suite's
-
-
-def gate_results(layer: str, compiler: Compiler | None = None) -> list[dict]:
-    """The CI gates on every kernel's default tile, on the first conv of the layer's first shape set in
-    channels_last: one entry per (dtype, kernel, launch) with the gates it fails and its figures."""
-    compiler = compiler or Compiler()
-    found = []
-    for dtype, gates in GATE_DTYPES.items():
-        case = cases(layer, None, batch=GATE_BATCH, dtype=dtype, channels_last=True, first_only=True)[0]
-        for row in audit_case(case, compiler):
-            failed = [g for g in gate_failures(row) if g in gates]
-            found.append({"layer": layer, "kernel": row["kernel"], "launch": row["launch"], "dtype": row["dtype"],
-                          "triton_kernel": row["triton_kernel"], "shape": row["shape"], "tile": row["tile"],
-                          "failed": failed, "figures": gate_figures(row)})
-    return found
-
-
-def gate_figures(row: dict) -> str:
-    """The numbers behind the gates, for a failure message."""
-    if row["status"] != "ok":
-        return row["error"]
-    return (f"{row['registers']} regs, {row['spill_loads']}+{row['spill_stores']} LDL+STL, {row['shared_bytes']} B "
-            f"shared, {row['dots']} dots on {row['tensor_core']} ({row['hgmma']} HGMMA, {row['hmma']} HMMA), "
-            f"{row['ldg_8'] + row['ldg_16']} scalar 8/16-bit LDG, {row['div64_calls']} div64 calls "
-            f"({row['div64_in_loops']} in loops)")

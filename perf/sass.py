@@ -204,8 +204,8 @@ def counts(listing: Listing) -> dict:
         "hot_loop_ffma": hot.ffma if hot else None,
         "instructions_per_tensor_core": hot.instructions / hot.tensor_core if hot and hot.tensor_core else None,
         "instructions_per_ffma": hot.instructions / hot.ffma if hot and not hot.tensor_core else None,
-        "work_loops": "; ".join(f"{l.start:#x}-{l.end:#x}: {l.instructions} instr, {l.tensor_core} tc, {l.ffma} ffma"
-                                for l in found if l.tensor_core or l.ffma),
+        "work_loops": "; ".join(f"{loop.start:#x}-{loop.end:#x}: {loop.instructions} instr, {loop.tensor_core} tc, "
+                                f"{loop.ffma} ffma" for loop in found if loop.tensor_core or loop.ffma),
     }
 
 

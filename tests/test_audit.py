@@ -209,10 +209,10 @@ def test_summary_reports_worst_figures_and_verdicts(tmp_path):
               "triton_kernels": "k", "torch_op_names": "sum " * t, "host_us": 50.0, "host_timing": "how", **env}
              for p, n, t in (("fwd", 1, 0), ("bwd", 3, 5))]
     text = audit.summary(kernels_table.frame(rows), calls_table.frame(calls))
-    line = next(l for l in text.splitlines() if l.startswith("| forward"))
+    line = next(row for row in text.splitlines() if row.startswith("| forward"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[2] == "148" and cells[6] == "HGMMA" and cells[10] == "60.2"
-    verdicts = dict(zip(audit._SUMMARY_TARGETS, cells[12:]))
+    verdicts = dict(zip(audit._SUMMARY_TARGETS, cells[12:], strict=True))
     assert verdicts["instructions_per_tc"] == "NOT met" and verdicts["hgmma"] == "met"
     assert verdicts["depthwise_ffma"] == "n/a"
     assert "bwd_launches: NOT met" in text
