@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 
 import torch
 import triton
+from torch.utils._python_dispatch import TorchDispatchMode
 from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
@@ -485,7 +486,7 @@ def _layer_calls() -> dict:
 _ALLOCATIONS = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "new_empty_like"}
 
 
-class TorchOpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+class TorchOpCounter(TorchDispatchMode):
     """Records the aten ops that would launch a GPU kernel: not views, not allocations, not ops that
     return their input unchanged (``.to`` of the same dtype, ``.contiguous`` of a contiguous tensor).
     Our custom ops are entered, so the ops inside their launch path are seen."""
@@ -791,20 +792,23 @@ def _call_lines(rows: list[dict]) -> list[str]:
 
 def console_table(kernel_rows: list[dict], call_rows: list[dict]) -> str:
     """This run's worst figures per layer and kernel, and its launches per call, for the terminal."""
-    table = [["layer", "kernel", "rows", *(h for h, _ in FIGURES), "fails"]]
+    kernels = [["layer", "kernel", "rows", *(h for h, _ in FIGURES), "fails"]]
     for layer, kernel in dict.fromkeys((r["layer"], r["kernel"]) for r in kernel_rows):
         rows = [r for r in kernel_rows if (r["layer"], r["kernel"]) == (layer, kernel)]
-        fails = sorted({g for r in rows for g in r["gates_failed"].split()})
-        table.append([layer, kernel, *_figure_cells(rows), " ".join(fails)])
+        fails = sorted({g for r in rows for g in (r["gates_failed"] or "").split()})
+        kernels.append([layer, kernel, *_figure_cells(rows), " ".join(fails)])
+    lines = _aligned(kernels)
     if call_rows:
-        table += [[], ["layer", "pass", "triton", "torch ops", "launches", "host us"]]
+        calls = [["layer", "pass", "triton", "torch ops", "launches", "host us"]]
         for layer, pass_ in dict.fromkeys((r["layer"], r["pass"]) for r in call_rows):
             rows = [r for r in call_rows if (r["layer"], r["pass"]) == (layer, pass_)]
             worst = max(rows, key=lambda r: r["launches"])
-            table.append([layer, pass_, str(worst["triton_launches"]), str(worst["torch_ops"]),
+            calls.append([layer, pass_, str(worst["triton_launches"]), str(worst["torch_ops"]),
                           str(worst["launches"]), _worst(rows, "host_us", fmt="{:.0f}")])
-    widths = [max(len(row[i]) for row in table if len(row) > i) for i in range(len(table[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
-    if call_rows:
-        lines.append(f"(host us: {HOST_TIMING})")
+        lines += ["", *_aligned(calls), f"(host us: {HOST_TIMING})"]
     return "\n".join(lines)
+
+
+def _aligned(table: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in table]

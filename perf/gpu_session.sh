@@ -25,7 +25,9 @@ ROOT=$PWD
 DRY_RUN=${DRY_RUN:-0}
 [ "${1:-}" = "--dry-run" ] && DRY_RUN=1
 PY=${PYTHON:-python3}
-OUT_DIR=${OUT:-$ROOT/perf/results/gpu-session}
+if [ -n "${OUT:-}" ]; then OUT_DIR=$OUT
+elif [ "$DRY_RUN" = 1 ]; then OUT_DIR=${TMPDIR:-/tmp}/gpu-session-dry-run  # a check leaves perf/results alone
+else OUT_DIR=$ROOT/perf/results/gpu-session; fi
 LOGS=$OUT_DIR/logs
 SUMMARY=$OUT_DIR/SUMMARY.md
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
