@@ -450,6 +450,38 @@ def gate_failures(row: dict, gates: dict = GATES) -> list[str]:
     return [name for name, (_, check, applies) in gates.items() if applies(row) and not check(row)]
 
 
+# ---- the CI gates ------------------------------------------------------------------------------------------
+# What each dtype is gated on: bf16 (the precision the targets are about) on everything, fp32 on what
+# only it can break (its tiles need twice the shared memory).
+GATE_DTYPES = {"bfloat16": tuple(GATES), "float32": ("compiles", "shared")}
+GATE_BATCH = 128  # meta tensors: the batch costs nothing; 128 is the tuner's and the perf suite's
+
+
+def gate_results(layer: str, compiler: Compiler | None = None) -> list[dict]:
+    """The CI gates on every kernel's default tile, on the first conv of the layer's first shape set in
+    channels_last: one entry per (dtype, kernel, launch) with the gates it fails and its figures."""
+    compiler = compiler or Compiler()
+    found = []
+    for dtype, gates in GATE_DTYPES.items():
+        case = cases(layer, None, batch=GATE_BATCH, dtype=dtype, channels_last=True, first_only=True)[0]
+        for row in audit_case(case, compiler):
+            failed = [g for g in gate_failures(row) if g in gates]
+            found.append({"layer": layer, "kernel": row["kernel"], "launch": row["launch"], "dtype": row["dtype"],
+                          "triton_kernel": row["triton_kernel"], "shape": row["shape"], "tile": row["tile"],
+                          "failed": failed, "figures": gate_figures(row)})
+    return found
+
+
+def gate_figures(row: dict) -> str:
+    """The numbers behind the gates, for a failure message."""
+    if row["status"] != "ok":
+        return row["error"]
+    return (f"{row['registers']} regs, {row['spill_loads']}+{row['spill_stores']} LDL+STL, {row['shared_bytes']} B "
+            f"shared, {row['dots']} dots on {row['tensor_core']} ({row['hgmma']} HGMMA, {row['hmma']} HMMA), "
+            f"{row['ldg_8'] + row['ldg_16']} scalar 8/16-bit LDG, {row['div64_calls']} div64 calls "
+            f"({row['div64_in_loops']} in loops)")
+
+
 # ---- launches and host time per layer call ----------------------------------------------------------------
 def _layer_calls() -> dict:
     """Layer -> (the workload tensors the call differentiates, the public functional call on them)."""

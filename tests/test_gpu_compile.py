@@ -89,6 +89,7 @@ def test_every_layer_is_gated():
 
 
 def test_known_violations_name_a_gate_a_reason_and_an_issue():
+    assert callable(audit.gate_results) and set(audit.GATE_DTYPES) == {"bfloat16", "float32"}
     for (layer, kernel, gate), (reason, issue) in KNOWN_VIOLATIONS.items():
         assert layer in GATE_LAYERS, layer
         kernels = [k for _, k in audit.kernel_passes(audit.harnesses()[layer].operator)]
