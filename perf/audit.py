@@ -711,7 +711,7 @@ def write(kernel_rows: list[dict], call_rows: list[dict], out_dir) -> list:
     calls_csv = out_dir / "calls.csv"
     calls = calls_table.append(call_rows, calls_csv) if call_rows else calls_table.read(calls_csv)
     (out_dir / "SUMMARY.md").write_text(summary(kernels, calls))
-    return [out_dir / "kernels.csv", out_dir / "calls.csv", out_dir / "SUMMARY.md"]
+    return [path for path in (out_dir / "kernels.csv", calls_csv, out_dir / "SUMMARY.md") if path.exists()]
 
 
 # ---- SUMMARY.md ------------------------------------------------------------------------------------------
