@@ -30,8 +30,8 @@ ISSUES = (HETCONV, DEPTHWISE, SHIFT)
 # Causes shared by several entries (read from the kernels and their SASS, see `python -m perf audit`).
 _WEIGHT_COLUMN = "the depthwise weight column w[c, tap] has stride k*k: read with 2-byte loads"
 _PIXEL_DIV64 = "int64 pixel -> (b, h, w) // and % for every pixel block inside the reduction loop"
-_SMALL_ROWS = "its filter tile, fitted to the layer, has under 64 rows (wgmma's minimum): mma.sync"
 _NO_HINT = "channel counts that are not multiples of 16 leave the pixel stride without a divisibility hint"
+_SMALL_ROWS = "its filter tile, fitted to the layer, has under 64 rows (wgmma's minimum): mma.sync"
 
 # (layer, kernel, gate) -> (why it fails today, the issue that fixes it). The gated shape of each layer
 # is the first conv of its headline network: `python tests/compile_for_gpu.py LAYER` prints its figures.
@@ -46,17 +46,6 @@ KNOWN_VIOLATIONS = {
     ("dwsep", "backward_pw_weight", "hgmma"): (_SMALL_ROWS + " (16 output channels)", DEPTHWISE),
     ("dwsep", "backward_pw_weight", "scalar16"): (_WEIGHT_COLUMN + " (recomputed depthwise tile)", DEPTHWISE),
     ("dwsep", "backward_pw_weight", "div64_loop"): (_PIXEL_DIV64, DEPTHWISE),
-    ("dwsep", "backward_input", "scalar16"): ("no wide load at all: dy, out and weights read 2 bytes at a time "
-                                              "(the depthwise grad-input kernel)", DEPTHWISE),
-    ("dwsep", "backward_weight", "div64_loop"): (_PIXEL_DIV64 + " (the depthwise grad-weight kernel)", DEPTHWISE),
-    ("depthwise", "forward", "scalar16"): (_WEIGHT_COLUMN, DEPTHWISE),
-    ("depthwise", "backward_input", "scalar16"): ("no wide load at all: dy, out and weights read 2 bytes at a time",
-                                                  DEPTHWISE),
-    ("depthwise", "backward_weight", "div64_loop"): (_PIXEL_DIV64, DEPTHWISE),
-    ("ghost", "forward", "scalar16"): (_NO_HINT + " (8 maps): every load is 2 bytes", DEPTHWISE),
-    ("ghost", "backward_input", "scalar16"): (_NO_HINT + " (8 maps): every load is 2 bytes", DEPTHWISE),
-    ("ghost", "backward_weight", "scalar16"): (_NO_HINT + " (8 maps): every load is 2 bytes", DEPTHWISE),
-    ("ghost", "backward_weight", "div64_loop"): (_PIXEL_DIV64, DEPTHWISE),
     ("shift", "forward", "scalar16"): ("each channel's own shift makes the activation tile a 2-byte gather", SHIFT),
     ("shift", "backward_weight", "hgmma"): (_SMALL_ROWS + " (16 filters)", SHIFT),
     ("shift", "backward_weight", "scalar16"): ("each channel's own shift makes the activation tile a 2-byte gather",

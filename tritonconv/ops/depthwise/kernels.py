@@ -1,11 +1,21 @@
 """Triton kernels for the depthwise convolution (and the activation helpers the fused depthwise-
 separable kernels share).
 
-Output channel o reads input channel ``o // MULT`` (torch's ``groups=C`` order). A program owns a
-[BLOCK_P pixels, BLOCK_C channels] tile and walks the K*K taps: depthwise work is a per-channel
-multiply-add, so no tl.dot is involved and the kernel is bound by memory traffic. Tensors are addressed
-through explicit strides (NCHW, channels_last and channel-offset views take the same code); pointers
-that can pass 2^31 elements are int64. Weights are contiguous [OC, 1, K, K].
+Output channel o reads input channel ``o // MULT`` (torch's ``groups=C`` order; MULT is a constexpr).
+Depthwise work is a per-channel multiply-add, so no tl.dot is involved and the kernels are bound by
+memory traffic; what they must avoid is spending instructions per byte:
+
+- forward / grad input: a program owns [BLOCK_P pixels of one image, BLOCK_C channels]; every tap
+  reads each pixel's channels with one contiguous vector load (channels_last) and its filters with one
+  more (weights [K*K, OC]). Triton has no indexable register tile, so a haloed tile loaded once and
+  shifted per tap is not expressible; the taps' re-reads of neighbouring pixels hit L1/L2.
+- grad weight: every tap (and the bias) of a channel tile in one program: each pixel block's dz and
+  its whole x window are read once; partials per split, reduced by one more kernel in a fixed order.
+
+Index math is int32 and outside the loops (one division per program); only the image's base offset
+is int64. Tensors are addressed through explicit strides (NCHW, channels_last and channel-offset views
+take the same code), the pixel strides arriving divided by VEC (see ``launch._vector_width``).
+``depthwise_tile`` (the fused dwsep kernels' helper) still reads weights [OC, 1, K, K].
 """
 
 import triton
@@ -63,156 +73,255 @@ def depthwise_tile(x_ptr, w_ptr, bias_ptr, b, ho, wo, pixel_mask, c, o, o_mask,
 
 
 @triton.jit
+def _image_pixels(pid_pixels, HW_OUT, W_OUT, BLOCK_P: tl.constexpr):
+    """The program's pixels of one image (int32): their index, mask, row and column. The only
+    division of the kernel, once per program."""
+    p = pid_pixels * BLOCK_P + tl.arange(0, BLOCK_P)  # [BLOCK_P]
+    return p, p < HW_OUT, p // W_OUT, p % W_OUT
+
+
+@triton.jit
 def depthwise_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr, copy_ptr,
-    B, C, H, W, OC, Ho, Wo, MULT,
-    sxb, sxc, sxh, sxw,
-    syb, syc, syh, syw,
-    scb, scc, sch, scw,
+    C_V, H, W, OC_V, Ho, Wo,
+    sxb, sxc, sxh_v, sxw_v,
+    syb, syc, syh_v, syw_v,
+    scb, scc, sch_v, scw_v,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, ACT: tl.constexpr,
-    HAS_BIAS: tl.constexpr, COPY_INPUT: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    MULT: tl.constexpr, HAS_BIAS: tl.constexpr, COPY_INPUT: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    VEC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """y[b, o, ho, wo] = act(sum_tap x[b, o // MULT, ...] w[o, tap] + bias[o]).
+    """y[b, o, ho, wo] = act(sum_tap x[b, o // MULT, ...] w[tap, o] + bias[o]); grid (pixel tiles of one
+    image, channel tiles, batch).
 
-    COPY_INPUT (Ghost module, stride 1, same-size window): the same program also copies its tile of
-    x into ``copy_ptr`` (the first C channels of the concatenated output), so no torch.cat is needed.
+    Weights are [K*K, OC] (a tap's filters contiguous). Pixel strides arrive divided by VEC (a power
+    of two dividing them and the channel counts C = C_V*VEC, OC = OC_V*VEC), so that in channels_last
+    every tap reads VEC contiguous, aligned channels per pixel with one vector load. Offsets inside an
+    image are int32; the image's base offset is int64. COPY_INPUT (Ghost module, same-size window): the
+    program also copies its tile of x into ``copy_ptr`` (the first C channels of the concatenated output).
     """
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
-    pixel = pid_pixels.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)  # [BLOCK_P]
-    pixel_mask = pixel < B * Ho * Wo
-    b = pixel // (Ho * Wo)
-    ho = (pixel // Wo) % Ho
-    wo = pixel % Wo
-    o = pid_channels.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
-    o_mask = o < OC
-    c = o // MULT
-    x_rows = x_ptr + b * sxb  # [BLOCK_P]
+    b = tl.program_id(2).to(tl.int64)
+    p, pixel_mask, ho, wo = _image_pixels(pid_pixels, Ho * Wo, Wo, BLOCK_P)
+    o = pid_channels * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    o_mask = o < OC_V * VEC
+    if MULT > 1:
+        c = o // MULT
+    else:
+        c = o
+    x_image = x_ptr + b * sxb
+    sxh = sxh_v * VEC
+    sxw = sxw_v * VEC
+    hi0 = ho * STRIDE - PAD  # [BLOCK_P]
+    wi0 = wo * STRIDE - PAD
+    x_offsets = (hi0 * sxh + wi0 * sxw)[:, None] + (c * sxc)[None, :]  # [BLOCK_P, BLOCK_C] int32
 
-    acc = depthwise_tile(x_ptr, w_ptr, bias_ptr, b, ho, wo, pixel_mask, c, o, o_mask, H, W, sxb, sxc, sxh, sxw,
-                         K, STRIDE, PAD, DIL, HAS_BIAS, ACC_DTYPE, BLOCK_P, BLOCK_C)  # [BLOCK_P, BLOCK_C]
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
+    for kh in range(0, K):
+        hi = hi0 + kh * DIL
+        row_ok = pixel_mask & (hi >= 0) & (hi < H)  # [BLOCK_P]
+        for kw in tl.static_range(K):
+            wi = wi0 + kw * DIL
+            inside = row_ok & (wi >= 0) & (wi < W)
+            xv = tl.load(x_image + x_offsets + (kh * DIL * sxh + kw * DIL * sxw),
+                         mask=inside[:, None] & o_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
+            wv = tl.load(w_ptr + (kh * K + kw) * (OC_V * VEC) + o, mask=o_mask, other=0.0)  # [BLOCK_C]
+            acc += xv.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + o, mask=o_mask, other=0.0).to(ACC_DTYPE)[None, :]
     acc = activate(acc, ACT)
-    y_ptrs = y_ptr + b[:, None] * syb + o[None, :] * syc + ho[:, None] * syh + wo[:, None] * syw
+    y_ptrs = y_ptr + b * syb + ((ho * (syh_v * VEC) + wo * (syw_v * VEC))[:, None] + (o * syc)[None, :])
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=pixel_mask[:, None] & o_mask[None, :])
 
     if COPY_INPUT:
         # Channel tiles here index input channels; the grid covers max(OC, C) channels.
-        ci = pid_channels.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
-        copy_mask = pixel_mask[:, None] & (ci < C)[None, :]
-        xv = tl.load(x_rows[:, None] + ho[:, None] * sxh + wo[:, None] * sxw + ci[None, :] * sxc,
+        ci = pid_channels * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+        copy_mask = pixel_mask[:, None] & (ci < C_V * VEC)[None, :]
+        xv = tl.load(x_image + ((ho * sxh + wo * sxw)[:, None] + (ci * sxc)[None, :]),
                      mask=copy_mask, other=0.0)  # [BLOCK_P, BLOCK_C]
-        tl.store(copy_ptr + b[:, None] * scb + ci[None, :] * scc + ho[:, None] * sch + wo[:, None] * scw,
+        tl.store(copy_ptr + b * scb + ((ho * (sch_v * VEC) + wo * (scw_v * VEC))[:, None] + (ci * scc)[None, :]),
                  xv, mask=copy_mask)
 
 
 @triton.jit
 def depthwise_bwd_input_kernel(
     dy_ptr, y_ptr, w_ptr, add_ptr, dx_ptr,
-    B, C, H, W, OC, Ho, Wo, MULT,
-    sdyb, sdyc, sdyh, sdyw,
-    syb, syc, syh, syw,
-    sab, sac, sah, saw,
-    sdxb, sdxc, sdxh, sdxw,
+    C_V, H, W, OC_V, Ho, Wo,
+    sdyb, sdyc, sdyh_v, sdyw_v,
+    syb, syc, syh_v, syw_v,
+    sab, sac, sah_v, saw_v,
+    sdxb, sdxc, sdxh_v, sdxw_v,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, ACT: tl.constexpr,
-    HAS_ADD: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    MULT: tl.constexpr, HAS_ADD: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    VEC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """dx[b, c, hi, wi] = sum_{j, tap} dz[b, c*MULT + j, ho, wo] w[c*MULT + j, tap] (+ add[b, c, hi, wi]).
+    """dx[b, c, hi, wi] = sum_{j, tap} dz[b, c*MULT + j, ho, wo] w[tap, c*MULT + j] (+ add[b, c, hi, wi]);
+    grid (pixel tiles of one image, channel tiles, batch), strides as in the forward.
 
     dz = dy where the activation passes (read from the forward output y). ``add`` is the gradient
-    that reaches x directly (the Ghost module's concatenated copy of its input).
+    that reaches x directly (the Ghost module's concatenated copy of its input). Stride 2 (the only
+    other stride) is a parity test and a shift per pixel and kernel row: no division in the loop.
     """
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
-    pixel = pid_pixels.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)  # [BLOCK_P]
-    pixel_mask = pixel < B * H * W
-    b = pixel // (H * W)
-    hi = (pixel // W) % H
-    wi = pixel % W
-    c = pid_channels.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
-    c_mask = c < C
+    b = tl.program_id(2).to(tl.int64)
+    p, pixel_mask, hi, wi = _image_pixels(pid_pixels, H * W, W, BLOCK_P)
+    c = pid_channels * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    c_mask = c < C_V * VEC
+    dy_image = dy_ptr + b * sdyb
+    y_image = y_ptr + b * syb
+    sdyh = sdyh_v * VEC
+    sdyw = sdyw_v * VEC
+    syh = syh_v * VEC
+    syw = syw_v * VEC
+    SHIFT: tl.constexpr = STRIDE // 2  # stride 1 or 2
 
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
-    for step in range(0, MULT * K * K):
-        o = c * MULT + step // (K * K)  # [BLOCK_C]
-        o_mask = c_mask & (o < OC)
-        tap = step % (K * K)
-        ho_strided = hi + PAD - (tap // K) * DIL
-        wo_strided = wi + PAD - (tap % K) * DIL
-        ho = ho_strided // STRIDE
-        wo = wo_strided // STRIDE
-        hit = (pixel_mask & (ho_strided >= 0) & (wo_strided >= 0)
-               & (ho_strided % STRIDE == 0) & (wo_strided % STRIDE == 0) & (ho < Ho) & (wo < Wo))
-        mask = hit[:, None] & o_mask[None, :]
-        offset = b[:, None] * sdyb + o[None, :] * sdyc + ho[:, None] * sdyh + wo[:, None] * sdyw
-        dz = tl.load(dy_ptr + offset, mask=mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_P, BLOCK_C]
-        if ACT != ACT_NONE:
-            yv = tl.load(y_ptr + b[:, None] * syb + o[None, :] * syc + ho[:, None] * syh + wo[:, None] * syw,
-                         mask=mask, other=0.0)  # [BLOCK_P, BLOCK_C]
-            dz = activation_grad(dz, yv, ACT)
-        wv = tl.load(w_ptr + o * (K * K) + tap, mask=o_mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_C]
-        acc += dz * wv[None, :]
+    for kh in range(0, K):
+        ho_strided = hi + (PAD - kh * DIL)  # [BLOCK_P]
+        ho = ho_strided >> SHIFT
+        row_hit = pixel_mask & (ho_strided >= 0) & (ho < Ho)
+        if STRIDE == 2:
+            row_hit = row_hit & ((ho_strided & 1) == 0)
+        for kw in tl.static_range(K):
+            wo_strided = wi + (PAD - kw * DIL)
+            wo = wo_strided >> SHIFT
+            hit = row_hit & (wo_strided >= 0) & (wo < Wo)
+            if STRIDE == 2:
+                hit = hit & ((wo_strided & 1) == 0)
+            for j in tl.static_range(MULT):
+                if MULT > 1:
+                    o = c * MULT + j  # [BLOCK_C]
+                else:
+                    o = c
+                o_mask = c_mask & (o < OC_V * VEC)
+                mask = hit[:, None] & o_mask[None, :]
+                dz = tl.load(dy_image + ((ho * sdyh + wo * sdyw)[:, None] + (o * sdyc)[None, :]),
+                             mask=mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_P, BLOCK_C]
+                if ACT != ACT_NONE:
+                    yv = tl.load(y_image + ((ho * syh + wo * syw)[:, None] + (o * syc)[None, :]),
+                                 mask=mask, other=0.0)  # [BLOCK_P, BLOCK_C]
+                    dz = activation_grad(dz, yv, ACT)
+                wv = tl.load(w_ptr + (kh * K + kw) * (OC_V * VEC) + o, mask=o_mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_C]
+                acc += dz * wv[None, :]
+    pixel_offsets_mask = pixel_mask[:, None] & c_mask[None, :]
     if HAS_ADD:
-        acc += tl.load(add_ptr + b[:, None] * sab + c[None, :] * sac + hi[:, None] * sah + wi[:, None] * saw,
-                       mask=pixel_mask[:, None] & c_mask[None, :], other=0.0).to(ACC_DTYPE)
-    dx_ptrs = dx_ptr + b[:, None] * sdxb + c[None, :] * sdxc + hi[:, None] * sdxh + wi[:, None] * sdxw
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=pixel_mask[:, None] & c_mask[None, :])
+        acc += tl.load(add_ptr + b * sab + ((hi * (sah_v * VEC) + wi * (saw_v * VEC))[:, None] + (c * sac)[None, :]),
+                       mask=pixel_offsets_mask, other=0.0).to(ACC_DTYPE)
+    dx_ptrs = dx_ptr + b * sdxb + ((hi * (sdxh_v * VEC) + wi * (sdxw_v * VEC))[:, None] + (c * sdxc)[None, :])
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=pixel_offsets_mask)
 
 
 @triton.jit
 def depthwise_bwd_weight_kernel(
-    x_ptr, dy_ptr, y_ptr, partial_w_ptr, partial_bias_ptr,
-    B, C, H, W, OC, Ho, Wo, MULT, PIXELS_PER_SPLIT,
-    sxb, sxc, sxh, sxw,
-    sdyb, sdyc, sdyh, sdyw,
-    syb, syc, syh, syw,
+    x_ptr, dy_ptr, y_ptr, partial_ptr,
+    C_V, H, W, OC_V, Ho, Wo, IMAGES_PER_SPLIT, B, PIXELS_PER_SPLIT, WO_STEP, HO_STEP,
+    sxb, sxc, sxh_v, sxw_v,
+    sdyb, sdyc, sdyh_v, sdyw_v,
+    syb, syc, syh_v, syw_v,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, ACT: tl.constexpr,
-    HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    MULT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, VEC: tl.constexpr,
+    TAPS: tl.constexpr, ROWS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Partial grad weight (and bias) over one split of the output pixels, for one tap (axis 1).
+    """Partial grad weight (and bias) of every tap over one split (a range of images x a range of each
+    image's output pixels); grid (channel tiles, image splits, pixel splits).
 
-    Partials go to ``partial_w_ptr[split, o, tap]`` in ACC_DTYPE and are summed by the launcher in a
-    fixed order, so the result is deterministic. The tap-0 programs also write the bias partials.
+    Each pixel block reads dz [BLOCK_P, BLOCK_C] and x [BLOCK_P, TAPS, BLOCK_C] (the window of every tap,
+    TAPS >= K*K + 1) once and accumulates dz * x over the pixels into [TAPS, BLOCK_C]; tap K*K multiplies
+    by 1 (grad bias). Partials go to ``partial_ptr[split, tap, o]`` in ACC_DTYPE and are reduced by
+    ``depthwise_reduce_weight_kernel`` in a fixed order (deterministic). The pixel walk steps (ho, wo)
+    by (HO_STEP, WO_STEP) = divmod(BLOCK_P, Wo) with a carry: no division in the loop.
     """
     pid_channels = tl.program_id(0)
-    tap = tl.program_id(1)
-    split = tl.program_id(2)
-    o = pid_channels.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
-    o_mask = o < OC
-    c = o // MULT
+    pid_images = tl.program_id(1)
+    pid_pixels = tl.program_id(2)
+    o = pid_channels * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    o_mask = o < OC_V * VEC
+    if MULT > 1:
+        c = o // MULT
+    else:
+        c = o
+    sxh = sxh_v * VEC
+    sxw = sxw_v * VEC
+    tap = tl.arange(0, TAPS)  # [TAPS]
     kh = tap // K
     kw = tap % K
+    tap_valid = tap < K * K
+    tap_offsets = (kh * DIL * sxh + kw * DIL * sxw)[None, :, None] + (c * sxc)[None, None, :]  # [1, TAPS, BLOCK_C]
+    is_bias = (tap == K * K)[None, :, None]  # [1, TAPS, 1]
+    c_mask3 = o_mask[None, None, :]
+    dz_channels = (o * sdyc)[None, None, :]
+    y_channels = (o * syc)[None, None, :]
 
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
-    bias_acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
+    pixels = Ho * Wo
+    first_pixel = pid_pixels * PIXELS_PER_SPLIT
+    last_pixel = tl.minimum(first_pixel + PIXELS_PER_SPLIT, pixels)
     p_range = tl.arange(0, BLOCK_P)
-    first = split.to(tl.int64) * PIXELS_PER_SPLIT
-    for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
-        pixel = first + p0 + p_range  # [BLOCK_P]
-        pixel_mask = (pixel < B * Ho * Wo) & (p0 + p_range < PIXELS_PER_SPLIT)
-        b = pixel // (Ho * Wo)
-        ho = (pixel // Wo) % Ho
-        wo = pixel % Wo
-        mask = pixel_mask[:, None] & o_mask[None, :]
-        dz = tl.load(dy_ptr + b[:, None] * sdyb + o[None, :] * sdyc + ho[:, None] * sdyh + wo[:, None] * sdyw,
-                     mask=mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_P, BLOCK_C]
-        if ACT != ACT_NONE:
-            yv = tl.load(y_ptr + b[:, None] * syb + o[None, :] * syc + ho[:, None] * syh + wo[:, None] * syw,
-                         mask=mask, other=0.0)  # [BLOCK_P, BLOCK_C]
-            dz = activation_grad(dz, yv, ACT)
-        hi = ho * STRIDE - PAD + kh * DIL
-        wi = wo * STRIDE - PAD + kw * DIL
-        inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        xv = tl.load(x_ptr + b[:, None] * sxb + c[None, :] * sxc + hi[:, None] * sxh + wi[:, None] * sxw,
-                     mask=inside[:, None] & o_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
-        acc += dz * xv.to(ACC_DTYPE)
-        if HAS_BIAS:
-            bias_acc += dz
+    start = first_pixel + p_range  # [BLOCK_P]
+    ho0 = start // Wo
+    wo0 = start % Wo
+    acc = tl.zeros((TAPS, BLOCK_C), dtype=ACC_DTYPE)
+    first_image = pid_images * IMAGES_PER_SPLIT
+    # int64 once per program; the loop steps the pointers an image at a time.
+    x_image = x_ptr + first_image.to(tl.int64) * sxb
+    dy_image = dy_ptr + first_image.to(tl.int64) * sdyb
+    y_image = y_ptr + first_image.to(tl.int64) * syb
+    for _ in range(first_image, tl.minimum(first_image + IMAGES_PER_SPLIT, B)):
+        ho = ho0
+        wo = wo0
+        for p0 in range(first_pixel, last_pixel, BLOCK_P):
+            pixel_mask = p0 + p_range < last_pixel  # [BLOCK_P]
+            dz_offsets = (ho * (sdyh_v * VEC) + wo * (sdyw_v * VEC))[:, None, None] + dz_channels
+            mask = pixel_mask[:, None, None] & c_mask3  # [BLOCK_P, 1, BLOCK_C]
+            dz = tl.load(dy_image + dz_offsets, mask=mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_P, 1, BLOCK_C]
+            if ACT != ACT_NONE:
+                yv = tl.load(y_image + ((ho * (syh_v * VEC) + wo * (syw_v * VEC))[:, None, None] + y_channels),
+                             mask=mask, other=0.0)  # [BLOCK_P, 1, BLOCK_C]
+                dz = activation_grad(dz, yv, ACT)
+            hi = (ho * STRIDE - PAD)[:, None] + kh[None, :] * DIL  # [BLOCK_P, TAPS]
+            wi = (wo * STRIDE - PAD)[:, None] + kw[None, :] * DIL
+            inside = (pixel_mask[:, None] & tap_valid[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W))
+            x_offsets = ((ho * STRIDE - PAD) * sxh + (wo * STRIDE - PAD) * sxw)[:, None, None] + tap_offsets
+            xv = tl.load(x_image + x_offsets, mask=inside[:, :, None] & c_mask3,
+                         other=0.0).to(ACC_DTYPE)  # [BLOCK_P, TAPS, BLOCK_C]
+            if HAS_BIAS:
+                xv = tl.where(is_bias, 1.0, xv)
+            acc += tl.sum(dz * xv, axis=0)  # [TAPS, BLOCK_C]
+            wo += WO_STEP
+            ho += HO_STEP
+            carry = wo >= Wo
+            wo = tl.where(carry, wo - Wo, wo)
+            ho = tl.where(carry, ho + 1, ho)
+        x_image += sxb
+        dy_image += sdyb
+        y_image += syb
 
-    partial = split.to(tl.int64) * OC
-    tl.store(partial_w_ptr + (partial + o) * (K * K) + tap, tl.sum(acc, axis=0), mask=o_mask)
+    split = pid_images * tl.num_programs(2) + pid_pixels
+    out = partial_ptr + split.to(tl.int64) * (TAPS * OC_V * VEC) + (tap * (OC_V * VEC))[:, None] + o[None, :]
+    tl.store(out, acc, mask=(tap < ROWS)[:, None] & o_mask[None, :])
+
+
+@triton.jit
+def depthwise_reduce_weight_kernel(
+    partial_ptr, dw_ptr, db_ptr, SPLITS, OC_V,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, VEC: tl.constexpr,
+    TAPS: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """dw[o, 0, kh, kw] (and db[o]) = the sum of the splits' partials in split order (deterministic),
+    written in the parameters' dtype and [OC, 1, K, K] layout."""
+    o = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    o_mask = o < OC_V * VEC
+    tap = tl.arange(0, TAPS)  # [TAPS]
+    mask = (tap < ROWS)[:, None] & o_mask[None, :]
+    offsets = (tap * (OC_V * VEC))[:, None] + o[None, :]  # [TAPS, BLOCK_C]
+    acc = tl.zeros((TAPS, BLOCK_C), dtype=ACC_DTYPE)
+    partials = partial_ptr + offsets  # [TAPS, BLOCK_C]
+    for _ in range(0, SPLITS):
+        acc += tl.load(partials, mask=mask, other=0.0)
+        partials += TAPS * OC_V * VEC
+    tl.store(dw_ptr + o[None, :] * (K * K) + tap[:, None], acc.to(dw_ptr.dtype.element_ty),
+             mask=(tap < K * K)[:, None] & o_mask[None, :])
     if HAS_BIAS:
-        if tap == 0:
-            tl.store(partial_bias_ptr + partial + o, tl.sum(bias_acc, axis=0), mask=o_mask)
+        db = tl.sum(tl.where((tap == K * K)[:, None], acc, 0.0), axis=0)  # [BLOCK_C]
+        tl.store(db_ptr + o, db.to(db_ptr.dtype.element_ty), mask=o_mask)

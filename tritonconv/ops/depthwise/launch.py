@@ -2,9 +2,17 @@
 
 Tiles: ``block_rows`` pixels x ``block_cols`` channels; ``block_reduce`` is unused (no GEMM reduction)
 and ``splits`` divides the weight gradient's pixel reduction.
+
+Weights: the kernels read them as [k*k, OC] (each tap's filters contiguous, one vector load per tap).
+That layout is made per call by one transpose of the [OC, 1, k, k] parameter (OC*k*k elements, a
+fraction of a percent of the bytes the conv moves), not cached across calls: a cache keyed on the
+parameter's data_ptr and _version would miss writes through ``.data`` and go stale. Strided and NCHW
+inputs take the same kernels through explicit strides; vector loads need channels_last (VEC).
 """
 
 from __future__ import annotations
+
+from math import gcd
 
 import torch
 import triton
@@ -33,13 +41,13 @@ _DEFAULTS = {"forward": GemmTile(64, 64, 16, 4, 2), "backward_input": GemmTile(6
 
 
 def _extent(spec: DepthwiseSpec, kernel: str) -> tuple[int, int, int]:
-    """(pixels, channels, unused) the tile is fitted to."""
+    """(pixels of one image, channels, unused) the tile is fitted to: a program stays in one image."""
     if kernel == "forward":
         channels = max(spec.out_channels, spec.in_channels) if spec.concat_input else spec.out_channels
-        return spec.batch * spec.out_height * spec.out_width, channels, 1
+        return spec.out_height * spec.out_width, channels, 1
     if kernel == "backward_input":
-        return spec.batch * spec.height * spec.width, spec.in_channels, 1
-    return spec.batch * spec.out_height * spec.out_width, spec.out_channels, 1
+        return spec.height * spec.width, spec.in_channels, 1
+    return spec.out_height * spec.out_width, spec.out_channels, 1
 
 
 def default_tile(spec: DepthwiseSpec, kernel: str) -> GemmTile:
@@ -51,9 +59,46 @@ def candidate_tiles(spec: DepthwiseSpec, kernel: str) -> list[GemmTile]:
 
 
 
+# Elements of the weight-gradient kernel's [pixels, taps, channels] window tile (64 per thread at 4 warps).
+_WINDOW_TILE_ELEMENTS = 8192
+_MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2 (the batch is axis 2 of the pixel kernels)
+
+
 def _window(spec: DepthwiseSpec, activation: str) -> dict:
     return dict(K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation,
-                ACT=ACTIVATIONS[activation], ACC_DTYPE=accumulator_dtype(spec.torch_dtype))
+                ACT=ACTIVATIONS[activation], MULT=spec.multiplier, ACC_DTYPE=accumulator_dtype(spec.torch_dtype))
+
+
+def _vector_width(channels, *tensors) -> int:
+    """The largest power of two up to 8 (16 bytes of bf16) dividing the channel counts and every
+    tensor's batch and pixel strides, when every tensor has contiguous channels (channels_last); else 1.
+    Pixel strides reach the kernels divided by it, so the compiler knows each pixel's channels start
+    aligned (the JIT's own hint only covers multiples of 16: it misses 8, 24 or 40 channels)."""
+    if any(t.shape[1] > 1 and t.stride(1) != 1 for t in tensors):
+        return 1
+    common = gcd(*channels, *(s for t in tensors for s in (t.stride(0), t.stride(2), t.stride(3))))
+    return next(v for v in (8, 4, 2, 1) if common % v == 0)
+
+
+def _strides(t: torch.Tensor, vec: int) -> tuple[int, int, int, int]:
+    """(batch, channel, height / vec, width / vec) strides."""
+    sb, sc, sh, sw = t.stride()
+    return sb, sc, sh // vec, sw // vec
+
+
+def _check_image_offsets(*tensors) -> None:
+    """Offsets inside one image are int32 (the image's base is int64)."""
+    for t in tensors:
+        if sum((n - 1) * s for n, s in zip(t.shape[1:], t.stride()[1:])) >= 2**31:
+            raise ValueError(f"one image of a tensor of shape {tuple(t.shape)} spans 2^31 elements or more; "
+                             f"the depthwise kernels address an image with int32 offsets")
+    if tensors[0].shape[0] > _MAX_GRID_YZ:
+        raise ValueError(f"batch {tensors[0].shape[0]} exceeds {_MAX_GRID_YZ}, the grid's batch axis")
+
+
+def _taps_major(weight: torch.Tensor) -> torch.Tensor:
+    """[OC, 1, k, k] -> [k*k, OC] contiguous (one small transpose per call, see the module docstring)."""
+    return weight.reshape(weight.shape[0], -1).t().contiguous()
 
 
 def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tensor:
@@ -64,14 +109,17 @@ def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tenso
     # A channel-offset view: the kernel writes the maps straight into their place in ``out``.
     y = out[:, spec.in_channels:] if spec.concat_input else out
     copy = out[:, :spec.in_channels] if spec.concat_input else out
+    _check_image_offsets(x, out)
+    vec = _vector_width((spec.in_channels, spec.out_channels), x, y, copy)
     channels = max(spec.out_channels, spec.in_channels) if spec.concat_input else spec.out_channels
-    grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
-            triton.cdiv(channels, tile.block_cols))
+    grid = (triton.cdiv(spec.out_height * spec.out_width, tile.block_rows), triton.cdiv(channels, tile.block_cols),
+            spec.batch)
+    weight_t = _taps_major(weight)
     kernels.depthwise_fwd_kernel[grid](
-        x, weight.contiguous(), bias.contiguous() if bias is not None else weight, y, copy,
-        spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height, spec.out_width,
-        spec.multiplier, *x.stride(), *y.stride(), *copy.stride(),
-        **_window(spec, spec.activation), HAS_BIAS=bias is not None, COPY_INPUT=spec.concat_input,
+        x, weight_t, bias.contiguous() if bias is not None else weight_t, y, copy,
+        spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
+        *_strides(x, vec), *_strides(y, vec), *_strides(copy, vec),
+        **_window(spec, spec.activation), HAS_BIAS=bias is not None, COPY_INPUT=spec.concat_input, VEC=vec,
         BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols, num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return out
@@ -87,13 +135,15 @@ def backward_input(dy, y, weight, spec: DepthwiseSpec, tile: GemmTile, like: tor
         return dx
     y = y if ACTIVATIONS[activation] else dy
     add_ = add if add is not None else dx
-    grid = (triton.cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
-            triton.cdiv(spec.in_channels, tile.block_cols))
+    _check_image_offsets(dx, dy, y, add_)
+    vec = _vector_width((spec.in_channels, spec.out_channels), dy, y, add_, dx)
+    grid = (triton.cdiv(spec.height * spec.width, tile.block_rows), triton.cdiv(spec.in_channels, tile.block_cols),
+            spec.batch)
     kernels.depthwise_bwd_input_kernel[grid](
-        dy, y, weight.contiguous(), add_, dx,
-        spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height, spec.out_width,
-        spec.multiplier, *dy.stride(), *y.stride(), *add_.stride(), *dx.stride(),
-        **_window(spec, activation), HAS_ADD=add is not None,
+        dy, y, _taps_major(weight), add_, dx,
+        spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
+        *_strides(dy, vec), *_strides(y, vec), *_strides(add_, vec), *_strides(dx, vec),
+        **_window(spec, activation), HAS_ADD=add is not None, VEC=vec,
         BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols, num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return dx
@@ -101,27 +151,50 @@ def backward_input(dy, y, weight, spec: DepthwiseSpec, tile: GemmTile, like: tor
 
 def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: str | None = None,
                     has_bias: bool | None = None):
-    """(grad weight [OC, 1, K, K], grad bias [OC] or None), reduced over pixels in fp32 (fp64)."""
+    """(grad weight [OC, 1, K, K], grad bias [OC] or None), reduced over pixels in fp32 (fp64).
+
+    Two launches: the partials of every tap (and the bias) per split of the pixels, then their reduction
+    in split order, written in the parameters' dtype and layout.
+    """
     activation = spec.activation if activation is None else activation
     has_bias = spec.bias if has_bias is None else has_bias
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    pixels = spec.batch * spec.out_height * spec.out_width
-    if pixels == 0:
+    image_pixels = spec.out_height * spec.out_width
+    if spec.batch * image_pixels == 0:
         return (torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype),
                 torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if has_bias else None)
-    channel_tiles = triton.cdiv(spec.out_channels, tile.block_cols)
-    taps = spec.kernel_size**2
-    splits = reduction_splits(GemmTile(tile.block_rows, tile.block_cols, tile.block_rows, splits=tile.splits),
-                              channel_tiles * taps, pixels, x.device)
-    pixels_per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_rows) * tile.block_rows
-    partial_w = empty((splits, *spec.weight_shape), device=x.device, dtype=acc_dtype)
-    partial_b = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if has_bias else None
     y = y if ACTIVATIONS[activation] else dy
-    kernels.depthwise_bwd_weight_kernel[(channel_tiles, taps, splits)](
-        x, dy, y, partial_w, partial_b if partial_b is not None else partial_w,
-        spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height, spec.out_width,
-        spec.multiplier, pixels_per_split, *x.stride(), *dy.stride(), *y.stride(),
-        **_window(spec, activation), HAS_BIAS=has_bias,
-        BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols, num_warps=tile.num_warps, num_stages=tile.num_stages,
+    _check_image_offsets(x, dy, y)
+    vec = _vector_width((spec.in_channels, spec.out_channels), x, dy, y)
+    taps = spec.kernel_size**2
+    rows = taps + int(has_bias)  # the bias is one more "tap" (its input is 1)
+    window = triton.next_power_of_2(rows)
+    block_c = tile.block_cols
+    block_p = max(1, min(tile.block_rows, _WINDOW_TILE_ELEMENTS // (window * block_c)))
+    channel_tiles = triton.cdiv(spec.out_channels, block_c)
+    splits = reduction_splits(GemmTile(block_p, block_c, block_p, splits=tile.splits), channel_tiles,
+                              spec.batch * image_pixels, x.device)
+    image_splits = min(splits, spec.batch)
+    images_per_split = triton.cdiv(spec.batch, image_splits)
+    image_splits = triton.cdiv(spec.batch, images_per_split)
+    pixel_splits = max(1, min(triton.cdiv(splits, image_splits), triton.cdiv(image_pixels, block_p)))
+    pixels_per_split = triton.cdiv(triton.cdiv(image_pixels, pixel_splits), block_p) * block_p
+    pixel_splits = triton.cdiv(image_pixels, pixels_per_split)
+    partial = empty((image_splits * pixel_splits, window, spec.out_channels), device=x.device, dtype=acc_dtype)
+    common = dict(K=spec.kernel_size, HAS_BIAS=has_bias, ACC_DTYPE=accumulator_dtype(spec.torch_dtype), VEC=vec,
+                  TAPS=window, ROWS=rows)
+    kernels.depthwise_bwd_weight_kernel[(channel_tiles, image_splits, pixel_splits)](
+        x, dy, y, partial,
+        spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
+        images_per_split, spec.batch, pixels_per_split, block_p % spec.out_width, block_p // spec.out_width,
+        *_strides(x, vec), *_strides(dy, vec), *_strides(y, vec),
+        STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation, ACT=ACTIVATIONS[activation], MULT=spec.multiplier,
+        **common, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
-    return partial_w.sum(0).to(x.dtype), partial_b.sum(0).to(x.dtype) if partial_b is not None else None
+    grad_w = empty(spec.weight_shape, device=x.device, dtype=x.dtype)
+    grad_b = empty((spec.out_channels,), device=x.device, dtype=x.dtype) if has_bias else None
+    kernels.depthwise_reduce_weight_kernel[(channel_tiles,)](
+        partial, grad_w, grad_b if grad_b is not None else grad_w, image_splits * pixel_splits,
+        spec.out_channels // vec, **common, BLOCK_C=block_c, num_warps=4,
+    )
+    return grad_w, grad_b
