@@ -50,15 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shapes", required=True,
                         help="a shape set of the layer (hetconv: vgg16 = CIFAR-10 32x32 + ImageNet 224x224, "
                              "vgg16_cifar, vgg16_imagenet, resnet50) or a JSON file listing convolutions")
-    parser.add_argument("--p", type=int, default=4, help="HetConv: part of the channels with k x k kernels is 1/p (default 4)")
-    parser.add_argument("--batch", type=int, default=128, help="batch size (default 128; tuned per power-of-two bucket)")
+    parser.add_argument("--p", type=int, default=4,
+                        help="HetConv: part of the channels with k x k kernels is 1/p (default 4)")
+    parser.add_argument("--batch", type=int, default=128,
+                        help="batch size (default 128; tuned per power-of-two bucket)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="data type (default bf16)")
     parser.add_argument("--channels-last", action="store_true", help="tune for channels_last (NHWC) inputs")
     parser.add_argument("--pass", dest="passes", choices=sorted(PASSES), default="both",
                         help="forward, backward or both (default)")
     parser.add_argument("--force", action="store_true", help="re-measure shapes already in the cache")
     parser.add_argument("--max-tiles", type=int, default=None, help="try only the first N candidate tiles per kernel")
-    parser.add_argument("--cache", type=Path, default=None, help="cache file (default: $TRITONCONV_CACHE_DIR/tuning.json)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="cache file (default: $TRITONCONV_CACHE_DIR/tuning.json)")
     return parser
 
 
@@ -111,7 +114,8 @@ def tune(harness, specs, args, device) -> pd.DataFrame:
     cache = TuningCache(args.cache) if args.cache else TuningCache()
     rows, not_saved = [], None
     jobs = [(label, count, spec, pass_) for label, count, spec in specs for pass_ in PASSES[args.passes]]
-    for label, count, spec, pass_ in tqdm(jobs, desc=f"tuning {args.layer} on {hardware.device_name_of(device)}", unit="pass"):
+    description = f"tuning {args.layer} on {hardware.device_name_of(device)}"
+    for label, count, spec, pass_ in tqdm(jobs, desc=description, unit="pass"):
         result = tune_pass(harness, spec, pass_, device, cache, force=args.force, max_tiles=args.max_tiles)
         best = "+".join(f"{tile['block_rows']}x{tile['block_cols']}x{tile['block_reduce']}w{tile['num_warps']}"
                         f"s{tile['num_stages']}" for tile in result.tiles.values()) or "-"

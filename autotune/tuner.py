@@ -101,7 +101,8 @@ def tune_pass(harness: Harness, spec, pass_: str, device: torch.device, cache: T
             "winner": winner, "tiles": tiles, "failed": failed,
             "timings_ms": {"triton": triton_ms, "fallback": fallback_ms, "candidates": candidates_ms},
             "device": hardware.device_name_of(device), **hardware.versions(),
-            "spec": spec.describe(), "tuned_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "spec": spec.describe(),
+            "tuned_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         })
     except CacheWriteError as error:
         not_saved = str(error)

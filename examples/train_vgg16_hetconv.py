@@ -30,7 +30,9 @@ def vgg16(p: int, width: float, num_classes: int = NUM_CLASSES) -> nn.Sequential
     """``vgg16_cifar(p)`` with every channel count multiplied by ``width`` (each must stay divisible by p)."""
     if width == 1:
         return tritonconv.models.vgg16_cifar(p=p, num_classes=num_classes)
-    scale = lambda channels: max(p, int(round(channels * width)))
+    def scale(channels):
+        return max(p, int(round(channels * width)))
+
     layers: list[nn.Module] = []
     in_channels = 3
     for item in VGG16_CONFIG:

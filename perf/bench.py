@@ -13,12 +13,11 @@ from typing import Callable, Iterable
 
 import torch
 
+from perf import UsageError, results
 from tritonconv import dispatch, env, hardware
 from tritonconv.harness import Workload, max_relative_error, tolerance
 from tritonconv.ops.registry import HARNESSES
 from tritonconv.tuning_cache import default_cache
-
-from perf import UsageError, results
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # CLI pass name -> the dispatcher's passes it runs, in order.

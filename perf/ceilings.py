@@ -12,9 +12,8 @@ from typing import Callable
 
 import torch
 
-from tritonconv import hardware
-
 from perf import results
+from tritonconv import hardware
 
 CEILINGS_JSON = results.RESULTS_DIR / "ceilings.json"
 COPY_BYTES = 1 << 30  # 1 GiB copied: far past any L2, so the copy runs at device-memory speed

@@ -23,7 +23,8 @@ def test_dynamic_shapes_forward_and_backward(name):
     torch.manual_seed(0)
     factory, channels = LAYERS[name]
     layer = factory().to(DEVICE)
-    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend="aot_eager" if DEVICE.type == "cpu" else "inductor")
+    backend = "aot_eager" if DEVICE.type == "cpu" else "inductor"
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend=backend)
     for batch, height, width in ((2, 5, 6), (3, 7, 4)):
         x = torch.randn(batch, channels, height, width, device=DEVICE, requires_grad=True)
         out = compiled(x)

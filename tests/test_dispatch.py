@@ -4,13 +4,14 @@ import json
 
 import pytest
 import torch
-from conftest import RUNNING_AS_ROOT
 
 import tritonconv
 from tritonconv import dispatch
 from tritonconv.dispatch import BackendUnavailable, Operator
 from tritonconv.ops.hetconv import OPERATOR, HetConvSpec
 from tritonconv.tuning_cache import TuningCache
+
+from conftest import RUNNING_AS_ROOT
 
 CUDA = torch.device("cuda")  # decide() only reads the device's type and name: no GPU is touched
 SPEC = HetConvSpec(8, 16, 16, 10, 10, 3, 1, 4, False, "bfloat16")
@@ -21,7 +22,8 @@ def test_cpu_under_the_interpreter_runs_triton():
     decision = dispatch.decide(OPERATOR, CPU_SPEC, "forward", torch.device("cpu"))
     assert decision.backend == "triton" and "TRITON_INTERPRET" in decision.reason
     assert set(decision.tiles) == {"forward"}
-    assert set(dispatch.decide(OPERATOR, CPU_SPEC, "backward", torch.device("cpu")).tiles) == {"backward_input", "backward_weight"}
+    backward = dispatch.decide(OPERATOR, CPU_SPEC, "backward", torch.device("cpu"))
+    assert set(backward.tiles) == {"backward_input", "backward_weight"}
 
 
 def test_cpu_bfloat16_goes_to_torch_and_cannot_be_forced_to_the_interpreter():
@@ -69,7 +71,8 @@ def test_forced_backend_reaches_the_backward(monkeypatch):
 
 def store(cache, spec, pass_, winner, tiles=None, operator=OPERATOR):
     cache.store(operator.cache_key(spec, pass_, CUDA), {
-        "winner": winner, "tiles": tiles or {}, "timings_ms": {"triton": 1.0, "fallback": 2.0 if winner == "triton" else 0.5},
+        "winner": winner, "tiles": tiles or {},
+        "timings_ms": {"triton": 1.0, "fallback": 2.0 if winner == "triton" else 0.5},
         "device": "test-gpu"})
 
 
@@ -272,7 +275,8 @@ def unreadable_states():
                                 "does not hold an 'entries' table"),
         "foreign format": (lambda folder, deny: write(folder, b'{"format": 999, "entries": {}}'), "has format 999"),
         "a folder named tuning.json": (a_folder, "cannot be read (Is a directory"),
-        "TRITONCONV_CACHE_DIR is a file": (a_file_as_cache_dir, "cannot be read (Not a directory: a file, not a folder"),
+        "TRITONCONV_CACHE_DIR is a file": (a_file_as_cache_dir,
+                                           "cannot be read (Not a directory: a file, not a folder"),
         "cache folder not searchable (simulated chmod 000)": (unsearchable, "cannot be read (Permission denied"),
     }
 

@@ -10,9 +10,8 @@ from tritonconv.dispatch import use_backend
 from tritonconv.harness import max_relative_error, tolerance
 from tritonconv.ops.depthwise import DepthwiseConv2d, depthwise_conv2d
 from tritonconv.ops.depthwise.harness import HARNESS as DEPTHWISE_HARNESS
-from tritonconv.ops.dwsep import DepthwiseSeparableConv2d, DwSepSpec, dwsep_conv2d
+from tritonconv.ops.dwsep import DepthwiseSeparableConv2d, DwSepSpec, dwsep_conv2d, shapes
 from tritonconv.ops.dwsep.harness import HARNESS as DWSEP_HARNESS
-from tritonconv.ops.dwsep import shapes
 
 ACT = {None: lambda z: z, "relu": F.relu, "relu6": F.relu6}
 

@@ -67,7 +67,10 @@ KERNEL_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=[f"b{s[0]}_m{s[1]}_n{s[2]}_{s[3]}x{s[4]}_k{s[5]}_s{s[6]}_p{s[7]}" for s in SHAPES])
+SHAPE_IDS = [f"b{s[0]}_m{s[1]}_n{s[2]}_{s[3]}x{s[4]}_k{s[5]}_s{s[6]}_p{s[7]}" for s in SHAPES]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_forward_and_gradients(shape, dtype):
     run_case(*shape, dtype, channels_last=False)

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from tritonconv import count_macs, use_backend
-from tritonconv.ops.rotflip import RotFlipConv2d
-from tritonconv.ops.rotflip import reference
+from tritonconv.ops.rotflip import RotFlipConv2d, reference
 
 from conftest import DEVICE
 

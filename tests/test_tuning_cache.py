@@ -4,10 +4,11 @@ import json
 import multiprocessing
 
 import pytest
-from conftest import RUNNING_AS_ROOT
 
 from tritonconv import tuning_cache
 from tritonconv.tuning_cache import FORMAT_VERSION, CacheKey, CacheWriteError, TuningCache
+
+from conftest import RUNNING_AS_ROOT
 
 
 def key(i, source="abc"):
@@ -100,7 +101,8 @@ def test_failed_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
 def test_a_malformed_entry_is_answered_as_missing_and_reported_once(tmp_path, every_warning):
     path = tmp_path / "tuning.json"
     path.write_text(json.dumps({"format": FORMAT_VERSION, "entries": {
-        str(key(1)): {"winner": "triton", "tiles": {"forward": {"block_rows": 20, "block_cols": 16, "block_reduce": 16}}},
+        str(key(1)): {"winner": "triton",
+                      "tiles": {"forward": {"block_rows": 20, "block_cols": 16, "block_reduce": 16}}},
         str(key(2)): {"winner": "fallback"}}}))
     cache = TuningCache(path)
     for _ in range(3):
@@ -137,10 +139,12 @@ def unwritable_folders():
         return tmp_path / "cache" / "tuning.json", None, False
 
     return {
-        "read-only folder (simulated chmod 555)": (lambda t: (existing_cache(t), t / "cache", True), "Permission denied"),
+        "read-only folder (simulated chmod 555)": (lambda t: (existing_cache(t), t / "cache", True),
+                                                   "Permission denied"),
         "folder not searchable (simulated chmod 000)": (lambda t: (existing_cache(t), t / "cache", False),
                                                         "Permission denied"),
-        "folder cannot be created (simulated)": (lambda t: (t / "cache" / "tuning.json", t, False), "Permission denied"),
+        "folder cannot be created (simulated)": (lambda t: (t / "cache" / "tuning.json", t, False),
+                                                 "Permission denied"),
         "a file where the folder should be": (a_file_as_the_folder, "is a file, not a folder"),
         "a folder where the file should be": (a_folder_as_the_file, "Is a directory"),
     }

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DEVICE
 from tritonconv.dispatch import use_backend
-from tritonconv.ops.versatile import VersatileConv2d, VersatileSpec
-from tritonconv.ops.versatile import reference
+from tritonconv.ops.versatile import VersatileConv2d, VersatileSpec, reference
 from tritonconv.ops.versatile.harness import HARNESS
+
+from conftest import DEVICE
 
 
 def _oracle(layer: VersatileConv2d, x: torch.Tensor) -> torch.Tensor:
@@ -189,7 +189,8 @@ def test_torch_compile_fullgraph_forward_and_backward():
 def test_opcheck():
     layer = VersatileConv2d(4, 8, 3, delta=1, device=DEVICE, dtype=torch.float64)
     x = torch.randn(1, 4, 4, 5, device=DEVICE, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(torch.ops.tritonconv.versatile_conv2d.default, (x, layer.weight, layer.bias, 8, 1, 1, 1, 1, 1),
+    args = (x, layer.weight, layer.bias, 8, 1, 1, 1, 1, 1)
+    torch.library.opcheck(torch.ops.tritonconv.versatile_conv2d.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 

@@ -54,7 +54,8 @@ def check_input(x, in_channels: int, *, window: tuple[int, int, int] | None = No
     least as large as the layer's ``window`` = (kernel_size, padding, dilation) once padded."""
     check_tensor("input", x, rank=4)
     if x.shape[1] != in_channels:
-        raise ValueError(f"input has {x.shape[1]} channels (shape {tuple(x.shape)}); expected in_channels={in_channels}")
+        raise ValueError(f"input has {x.shape[1]} channels (shape {tuple(x.shape)}); "
+                         f"expected in_channels={in_channels}")
     height, width = x.shape[2], x.shape[3]
     if height == 0 or width == 0:
         raise ValueError(f"input has spatial size {height} x {width} (shape {tuple(x.shape)}); expected at least 1 x 1")

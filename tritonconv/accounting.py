@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 
-
 @dataclass(frozen=True)
 class Cost:
     """``macs`` multiply-accumulates; ``bytes`` each input, weight and output moved once."""

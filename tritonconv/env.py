@@ -3,9 +3,9 @@
 | variable | meaning | default |
 |---|---|---|
 | TRITONCONV_BACKEND | force every dispatch: ``auto``, ``triton`` or ``fallback`` | ``auto`` |
-| TRITONCONV_CACHE_DIR | folder holding the tuning cache ``tuning.json`` | ``$XDG_CACHE_HOME/tritonconv`` or ``~/.cache/tritonconv`` |
+| TRITONCONV_CACHE_DIR | the folder of ``tuning.json`` | ``$XDG_CACHE_HOME/tritonconv`` or ``~/.cache/tritonconv`` |
 | TRITON_INTERPRET | Triton's own switch: ``1`` runs kernels on the CPU through its interpreter | unset |
-| TRITONCONV_COMMIT | the git commit the perf suite records where the checkout has no ``.git`` (a copy on a GPU machine) | ``git rev-parse`` |
+| TRITONCONV_COMMIT | the commit perf records where there is no ``.git`` (a GPU machine's copy) | ``git rev-parse`` |
 """
 
 from __future__ import annotations

@@ -203,7 +203,8 @@ def depthwise_bwd_input_kernel(
                     yv = tl.load(y_image + ((ho * syh + wo * syw)[:, None] + (o * syc)[None, :]),
                                  mask=mask, other=0.0)  # [BLOCK_P, BLOCK_C]
                     dz = activation_grad(dz, yv, ACT)
-                wv = tl.load(w_ptr + (kh * K + kw) * (OC_V * VEC) + o, mask=o_mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_C]
+                # [BLOCK_C]
+                wv = tl.load(w_ptr + (kh * K + kw) * (OC_V * VEC) + o, mask=o_mask, other=0.0).to(ACC_DTYPE)
                 acc += dz * wv[None, :]
     pixel_offsets_mask = pixel_mask[:, None] & c_mask[None, :]
     if HAS_ADD:

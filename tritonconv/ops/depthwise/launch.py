@@ -17,10 +17,10 @@ from math import gcd
 import torch
 import triton
 
+from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.depthwise import kernels
 from tritonconv.ops.depthwise.spec import ACTIVATIONS, DepthwiseSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, reduction_splits
-from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
 

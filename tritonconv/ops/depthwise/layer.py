@@ -8,12 +8,12 @@ import math
 import torch
 from torch import Tensor, nn
 
+from tritonconv._layout import layer_operands
 from tritonconv._validation import check_bool, check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.depthwise.op import depthwise_conv2d, explain
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation, validate_window
-from tritonconv._layout import layer_operands
 
 
 class DepthwiseConv2d(nn.Module):

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
+from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
 # Activation name -> the constexpr code the kernels branch on.
@@ -171,5 +171,6 @@ class DepthwiseSpec(ConvSpecShapes):
         validate_window(k, stride, padding, dilation)
         return cls(batch=x.shape[0], in_channels=in_channels, out_channels=out_channels, height=x.shape[2],
                    width=x.shape[3], kernel_size=k, stride=stride, padding=padding, dilation=dilation,
-                   multiplier=multiplier, bias=bias is not None, activation=normalize_activation("activation", activation),
+                   multiplier=multiplier, bias=bias is not None,
+                   activation=normalize_activation("activation", activation),
                    dtype=dtype_name(x.dtype), channels_last=layout_of(x), concat_input=concat_input)

@@ -14,7 +14,7 @@ from tritonconv.ops.dwsep.op import OPERATOR
 from tritonconv.ops.dwsep.spec import DwSepSpec
 
 _SETS = {"mobilenet_v2": lambda: shapes.mobilenet_v2(224),
-         "ghostnet": lambda: [l for l in shapes.ghostnet_separable(224) if l.out_channels is not None]}
+         "ghostnet": lambda: [layer for layer in shapes.ghostnet_separable(224) if layer.out_channels is not None]}
 SHAPE_SETS = tuple(_SETS)
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import torch
 import triton
 
+from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.depthwise import launch as depthwise_launch
 from tritonconv.ops.depthwise.spec import ACTIVATIONS
 from tritonconv.ops.dwsep import kernels
 from tritonconv.ops.dwsep.spec import DwSepSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
-from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_mid", "backward_pw_weight", "backward_input", "backward_weight")
 
@@ -142,7 +142,8 @@ def backward(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec, tiles: di
     """(dx, grad dw_weight, grad dw_bias, grad pw_weight, grad pw_bias); unneeded ones are None."""
     dz = backward_mid(dy, y, x, dw_weight, dw_bias, pw_weight, spec, tiles["backward_mid"])
     depthwise = spec.depthwise()
-    dx = depthwise_launch.backward_input(dz, dz, dw_weight, depthwise, tiles["backward_input"], x) if need_input else None
+    dx = (depthwise_launch.backward_input(dz, dz, dw_weight, depthwise, tiles["backward_input"], x)
+          if need_input else None)
     if not need_weights:
         return dx, None, None, None, None
     ddw, ddb = depthwise_launch.backward_weight(dz, dz, x, depthwise, tiles["backward_weight"])

@@ -7,13 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
+from tritonconv._layout import layer_operands
 from tritonconv._validation import check_bool, check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.depthwise.spec import default_padding, normalize_activation, validate_window
 from tritonconv.ops.dwsep.op import dwsep_conv2d, explain
 from tritonconv.ops.dwsep.spec import DwSepSpec
-from tritonconv._layout import layer_operands
 
 
 def _bn_affine(bn: nn.Module | None, name: str, channels: int):

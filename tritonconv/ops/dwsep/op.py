@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv.ops.depthwise import kernels as depthwise_kernels
 from tritonconv._layout import memory_format_of, missing_as_empty
+from tritonconv.ops.depthwise import kernels as depthwise_kernels
 from tritonconv.ops.depthwise.spec import default_padding, normalize_activation, triton_unsupported
 from tritonconv.ops.dwsep import kernels, launch, reference
 from tritonconv.ops.dwsep.spec import DwSepSpec

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
+from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
-from tritonconv.ops.depthwise.spec import (DepthwiseSpec, check_spatial, layout_of,
-                                           normalize_activation, output_size, validate_window)
+from tritonconv.ops.depthwise.spec import (
+    DepthwiseSpec,
+    check_spatial,
+    layout_of,
+    normalize_activation,
+    output_size,
+    validate_window,
+)
 
 
 @dataclass(frozen=True)

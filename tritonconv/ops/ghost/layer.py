@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tritonconv._layout import autocast_enabled, autocast_operands
 from tritonconv._validation import check_bool, check_input, check_int_choice, check_positive_int, check_same, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
-from tritonconv.ops.depthwise.op import depthwise_conv2d, explain as depthwise_explain, ghost_concat
+from tritonconv.ops.depthwise.op import depthwise_conv2d, ghost_concat
+from tritonconv.ops.depthwise.op import explain as depthwise_explain
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, validate_window
-from tritonconv._layout import autocast_enabled, autocast_operands
 
 
 def _folded(bn: nn.BatchNorm2d, weight: Tensor, rows: int) -> tuple[Tensor, Tensor]:
@@ -118,7 +119,8 @@ class GhostModule(nn.Module):
         batch, _, height, width = input_shape
         return DepthwiseSpec(batch, self.init_channels, self.kept_ghost_channels, *self._intrinsic_size(height, width),
                              self.dw_size, 1, self.dw_size // 2, 1, self.ratio - 1, True,
-                             "relu" if self.relu else "none", dtype_name(dtype or self.primary_conv[0].weight.dtype), channels_last,
+                             "relu" if self.relu else "none", dtype_name(dtype or self.primary_conv[0].weight.dtype),
+                             channels_last,
                              concat_input=True)
 
     def cost(self, input_shape) -> Cost:

@@ -52,7 +52,8 @@ class HetConvHarness:
             return torch.randn(*shape, device=device, dtype=spec.torch_dtype)
         x = in_layout(randn(*spec.input_shape), spec.channels_last)
         scale = 1.0 / (spec.group_in * spec.kernel_size**2 + spec.in_channels - spec.group_in) ** 0.5
-        tensors = {"x": x, "weight": randn(*spec.weight_shape) * scale, "weight_pw": randn(*spec.weight_pw_shape) * scale,
+        tensors = {"x": x, "weight": randn(*spec.weight_shape) * scale,
+                   "weight_pw": randn(*spec.weight_pw_shape) * scale,
                    "bias": randn(spec.out_channels) if spec.bias else None}
         return Workload(spec, tensors, in_layout(randn(*spec.output_shape), spec.channels_last))
 

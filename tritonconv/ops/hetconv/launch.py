@@ -4,7 +4,8 @@ Layouts. The kernels read activations channels_last (NHWC in memory). An NCHW or
 converted once at the boundary (one copy): read through NCHW strides, every activation load of an
 implicit GEMM becomes a scalar 2-byte load at a tap-shifted, unaligned address, which costs more than
 the copy (sm_90 SASS of the forward, bf16, 64 channels, p=4: 32 LDG.E.U16 and 90 instructions per HGMMA
-in the main loop through NCHW strides; 0 and 45 channels_last). Outputs are written through their strides in the caller's layout.
+in the main loop through NCHW strides; 0 and 45 channels_last). Outputs are written through their strides
+in the caller's layout.
 The weight is read through its strides; channels_last ([N, k, k, M/p] in memory, the layout HetConv2d
 allocates its parameter in) lets the forward and the input gradient load it as 16-byte vectors. Any
 other weight layout is copied to channels_last per call (one small launch): nothing is cached, so
@@ -20,10 +21,10 @@ from __future__ import annotations
 import torch
 import triton
 
+from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.hetconv import kernels
 from tritonconv.ops.hetconv.spec import HetConvSpec
 from tritonconv.tiles import MIN_DOT_TILE, GemmTile, accumulator_dtype, dot_precision, reduction_splits
-from tritonconv._layout import empty, empty_like_layout
 
 # The kernels the tuner measures; "backward" runs the input and the weight kernel.
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")

@@ -7,13 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
+from tritonconv._layout import layer_operands
 from tritonconv._validation import check_bool, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.hetconv import reference
 from tritonconv.ops.hetconv.op import explain, hetconv2d
 from tritonconv.ops.hetconv.spec import HetConvSpec, validate_hyperparameters
-from tritonconv._layout import layer_operands
 
 
 class HetConv2d(nn.Module):

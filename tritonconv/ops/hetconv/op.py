@@ -44,7 +44,8 @@ def _(x, weight, weight_pw, bias, stride, p):
 
 @torch.library.custom_op("tritonconv::hetconv2d_backward", mutates_args=())
 def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tensor, has_bias: bool, stride: int,
-                        p: int, need_input: bool, need_weights: bool, forced: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                        p: int, need_input: bool, need_weights: bool,
+                        forced: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad weight_pw, grad bias); grads that are not needed come back empty."""
     bias_stub = weight_pw.new_empty(weight.shape[0]) if has_bias else None
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias_stub, stride=stride, p=p)
@@ -52,8 +53,11 @@ def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tens
                                forced=dispatch.backward_forced(OPERATOR, x, forced))
     if decision.backend == "triton":
         with dispatch.launching():
-            dx = launch.backward_input(grad, weight, weight_pw, spec, decision.tiles["backward_input"], x) if need_input else None
-            dw, dpw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"], weight) if need_weights else (None,) * 3
+            dx = dw = dpw = db = None
+            if need_input:
+                dx = launch.backward_input(grad, weight, weight_pw, spec, decision.tiles["backward_input"], x)
+            if need_weights:
+                dw, dpw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"], weight)
     else:
         dx, dw, dpw, db = reference.fallback_backward(grad.contiguous(memory_format=memory_format_of(x)), x, weight,
                                                       weight_pw, spec, need_input, need_weights)

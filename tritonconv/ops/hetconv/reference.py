@@ -32,7 +32,8 @@ def to_dense(weight: torch.Tensor, weight_pw: torch.Tensor, p: int) -> torch.Ten
     centre = k // 2
     dense = weight.new_zeros(n, in_channels, k, k)
     for g in range(p):
-        dense[g * group_out:(g + 1) * group_out, g * group_in:(g + 1) * group_in] = weight[g * group_out:(g + 1) * group_out]
+        filters = slice(g * group_out, (g + 1) * group_out)
+        dense[filters, g * group_in:(g + 1) * group_in] = weight[filters]
     dense[:, :, centre, centre] += expand_pointwise(weight_pw, in_channels, p)[:, :, 0, 0]
     return dense
 

@@ -7,10 +7,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
+from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
-
 
 
 def validate_hyperparameters(in_channels, out_channels, kernel_size, stride, p) -> None:
