@@ -1,4 +1,4 @@
-"""Command line of the benchmark suite: ``python -m perf {run,ceilings,plot} --help``."""
+"""Command line of the benchmark suite: ``python -m perf {run,ceilings,plot,audit} --help``."""
 
 from __future__ import annotations
 
@@ -17,11 +17,47 @@ Benchmark suite of tritonconv: our Triton kernels against cuDNN, per shape of re
             appending to perf/results/benchmarks.csv
   ceilings  measure the GPU's bandwidth and matmul TFLOP/s for the roofline (needs a CUDA GPU)
   plot      draw roofline, FLOPs-vs-time and speedup figures from the CSV (no GPU needed)
+  audit     compile every kernel as launched for sm_90 and read its machine code: registers, spills,
+            shared memory, occupancy, HGMMA/HMMA, load widths, 64-bit division, instructions per
+            tensor-core instruction; launches and host time per layer call (no GPU needed)
 
 Typical session on a GPU machine:
   python -m perf ceilings
   python -m perf run --layer hetconv --shapes vgg16 --dtype bf16 --pass fwd+bwd --p 2 4 8
   python -m perf plot
+"""
+
+AUDIT_DESCRIPTION = """\
+Static performance audit for Hopper, no GPU needed (ptxas, nvdisasm and cuobjdump ship with triton).
+
+For each layer and shape set, every kernel the launchers issue (each kernel of the forward and the
+backward, every launch of it) is recorded by replacing JITFunction.run, specialised exactly as the JIT
+does on a GPU (Triton's own binder: integers equal to 1 become constexpr, integers divisible by 16
+and 16-byte-aligned pointers get divisibility hints; meta-device tensors as arguments, launchers sized
+for an H100's 132 SMs), compiled for sm_90a and read back. Per kernel, tile and shape:
+
+  registers, stack/local bytes, spills (LDL/STL instructions and bytes), shared memory, resident
+  blocks and warps per SM (65536 registers, 228 KB shared memory, 64 warps, 32 blocks per SM) and
+  which limit binds, tl.dot count, tensor-core instructions (HGMMA = wgmma, HMMA = mma.sync), FFMA,
+  global loads by width (LDG 8/16/32/64/128-bit, LDGSTS cp.async, UTMALDG TMA), CALLs into 64-bit
+  division/modulo (and how many sit inside loops), and the hottest loop (loops are found from
+  backward branches; the innermost loop with the most tensor-core instructions, else FFMA) with its
+  instructions per tensor-core instruction (per FFMA without tensor cores).
+
+Per layer call (the public functional op, one training step): Triton launches of the forward and
+the backward, the torch ops launched beside them (non-view, non-allocating aten ops on the launch
+path, counted with a dispatch mode), and host microseconds per pass, measured on the CPU with
+launches replaced by a no-op recorder (so the launches' own host cost is not included).
+
+Writes (merging: a re-audit of the same kernel, tile, shape, dtype and layout replaces its row)
+  OUT/kernels.csv   one row per kernel x tile x launch x shape x dtype, with triton/torch versions,
+                    git commit, target and timestamp
+  OUT/calls.csv     one row per layer call x pass
+  OUT/SUMMARY.md    per layer and kernel the worst figures and whether each tracked target is met
+
+Compilations are cached in-process (one per distinct specialisation) and on disk by triton. The
+default (each layer's first shape set, default tiles, bf16 channels_last) takes a few minutes on
+two cores; --all-tiles compiles every candidate tile of the tuner as well (much longer).
 """
 
 RUN_DESCRIPTION = """\
@@ -88,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m perf", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,ceilings,plot}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,ceilings,plot,audit}")
 
     run = sub.add_parser("run", help="time every backend on a network's shapes (needs a CUDA GPU)",
                          description=RUN_DESCRIPTION, epilog=_layers_epilog(),
@@ -141,7 +177,45 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--pass", dest="pass_", metavar="PASS", help="only this pass (fwd, bwd, fwd+bwd)")
     plot.add_argument("--layer", help="only this layer")
     plot.add_argument("--commit", help="only rows measured at this commit (as in the CSV's commit column)")
+
+    from perf import audit
+    audit_parser = sub.add_parser("audit", help="compile every kernel for sm_90 and read its machine code (no GPU)",
+                                  description=AUDIT_DESCRIPTION, epilog=_audit_epilog(),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    audit_parser.add_argument("--layer", nargs="+", default=["all"], metavar="LAYER",
+                              help="layers to audit, or 'all' (default: all)")
+    audit_parser.add_argument("--shapes", nargs="+", metavar="SET",
+                              help="shape sets to take the specs from (default: each layer's first); a layer "
+                                   "skips sets it does not have")
+    audit_parser.add_argument("--dtype", default="bf16", choices=tuple(bench.DTYPES), help="precision (default: bf16)")
+    audit_parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                              help="NHWC inputs and outputs, what the Hopper targets are about (default: on; "
+                                   "--no-channels-last for NCHW)")
+    audit_parser.add_argument("--batch", type=int, default=128, help="batch size of every spec (default: 128)")
+    audit_parser.add_argument("--p", type=int, metavar="P", help="HetConv's part count (default: the layer's own)")
+    audit_parser.add_argument("--all-tiles", action="store_true",
+                              help="every candidate tile the tuner tries, not only the default tile")
+    audit_parser.add_argument("--first-shape", action="store_true",
+                              help="only the first spec of each shape set (what the CI gates compile)")
+    audit_parser.add_argument("--no-calls", action="store_true",
+                              help="skip the launches-per-call and host-time measurement")
+    audit_parser.add_argument("--out", type=Path, default=audit.DEFAULT_OUT,
+                              help=f"folder for kernels.csv, calls.csv, SUMMARY.md (default: {_rel(audit.DEFAULT_OUT)})")
+    audit_parser.add_argument("--list", action="store_true",
+                              help="print the specs and kernels that would be compiled, compile nothing, and exit")
     return parser
+
+
+def _audit_epilog() -> str:
+    from perf import audit
+
+    lines = ["layers (shape sets, the first is the default):"]
+    for name, harness in audit.harnesses().items():
+        lines.append(f"  {name:10s} {', '.join(harness.shape_sets)}")
+    lines += ["", "examples:", "  python -m perf audit                                  # every layer, first shape set",
+              "  python -m perf audit --layer hetconv --shapes resnet50 --dtype fp32",
+              "  python -m perf audit --all-tiles --out perf/results/audit/all-tiles"]
+    return "\n".join(lines)
 
 
 def _rel(path: Path) -> str:
@@ -237,9 +311,34 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from perf import audit, bench
+
+    layers = audit.resolve_layers(args.layer)
+    options = {"p": args.p} if args.p is not None else {}
+    selected = audit.select(layers, args.shapes, batch=args.batch, dtype=bench.DTYPES[args.dtype],
+                            channels_last=args.channels_last, options=options, first_only=args.first_shape)
+    if args.list:
+        for case in selected:
+            kernels = " ".join(kernel for _, kernel in audit.kernel_passes(audit.harnesses()[case.layer].operator))
+            print(f"{case.layer:10s} {case.shape_set:14s} {case.label:18s} {case.spec.describe():40s} {kernels}")
+        print(f"{len(selected)} specs; nothing compiled (--list)")
+        return 0
+    try:
+        kernel_rows, call_rows = audit.run(selected, all_tiles=args.all_tiles, calls=not args.no_calls)
+    except audit.NotCompilable as error:
+        print(f"python -m perf audit: {error}", file=sys.stderr)
+        return 2
+    paths = audit.write(kernel_rows, call_rows, args.out)
+    print()
+    print(audit.console_table(kernel_rows, call_rows))
+    print("\nwritten: " + ", ".join(_rel(path) for path in paths))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"run": cmd_run, "ceilings": cmd_ceilings, "plot": cmd_plot}[args.command]
+    command = {"run": cmd_run, "ceilings": cmd_ceilings, "plot": cmd_plot, "audit": cmd_audit}[args.command]
     try:
         return command(args)
     except UsageError as error:

@@ -1,51 +1,141 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in stages that each fit one 10-minute call on a lent machine:
-#   bash perf/gpu_session.sh tests      # the whole test suite on the GPU (GPU tier included)
-#   bash perf/gpu_session.sh tune       # python -m autotune for every layer's model shapes (bf16, batch 128)
-#   bash perf/gpu_session.sh bench      # ceilings, perf run for every layer (bf16 + fp16, fwd and fwd+bwd), plots
-# Logs and a tarball of perf/results land in $OUT when the device tool runs it, else perf/results/gpu-session.
-# The tuning cache lives in .gpu-cache/ (git-ignored) so later stages on the same machine reuse it.
+# Everything that needs a GPU, as ONE command of at most 8 minutes for a lent GPU machine:
+#
+#   TRITONCONV_COMMIT=abc1234 bash perf/gpu_session.sh        # on the GPU machine (the hash written in)
+#   DRY_RUN=1 PYTHON=.venv/bin/python bash perf/gpu_session.sh  # here, no GPU: check every command
+#
+# Stages, in order, each under its own time cap (`timeout`) and all under one 8-minute deadline (a
+# stage gets what is left after what the last two stages need; one that would get under 10 s is
+# skipped): the GPU test tier (pytest -m gpu), the rest of the suite on the GPU, perf ceilings,
+# tuning HetConv's VGG-16 shapes, perf run for the headline sets (hetconv vgg16 p=4 bf16 batch 128
+# channels_last fwd, then fwd+bwd; then dwsep mobilenet_v2, shift, versatile fwd), perf plot and
+# perf audit. Everything lands in $OUT (the device tool's folder; else perf/results/gpu-session):
+# logs/ (one per stage), device.txt, SUMMARY.md (every stage: command, cap, seconds, exit status,
+# the test counts), tuning-cache/tuning.json, audit/, and a copy of perf/results (CSVs, plots,
+# ceilings) as perf-results/.
+#
+# The GPU machine's python is `python3` (PYTHON overrides) and its repo is a copy of the working tree
+# without .git: the commit comes from TRITONCONV_COMMIT. DRY_RUN=1 (or --dry-run) runs nothing on a
+# GPU: it checks that every python command imports its module and parses its arguments (perf run and
+# perf audit through --list, autotune through its spec resolution, pytest by collecting), that the
+# paths the stages read exist and that the folders they write are writable.
 set -uo pipefail
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export TRITONCONV_CACHE_DIR="$PWD/.gpu-cache"
-LOGS="${OUT:-perf/results/gpu-session}"
-mkdir -p "$LOGS" "$TRITONCONV_CACHE_DIR"
-status=0
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DRY_RUN=${DRY_RUN:-0}
+[ "${1:-}" = "--dry-run" ] && DRY_RUN=1
+PY=${PYTHON:-python3}
+OUT_DIR=${OUT:-$ROOT/perf/results/gpu-session}
+LOGS=$OUT_DIR/logs
+SUMMARY=$OUT_DIR/SUMMARY.md
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TRITONCONV_CACHE_DIR=$OUT_DIR/tuning-cache
+# perf.results.git_commit() reads TRITONCONV_COMMIT where there is no .git (the GPU machine's copy).
+COMMIT=${TRITONCONV_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo "unknown (set TRITONCONV_COMMIT)")}
+unset TRITON_INTERPRET
 
-stage_tests() {
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$LOGS/device.txt"
-    python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$LOGS/device.txt"
-    python3 -m pytest -q -n 4 tests 2>&1 | tee "$LOGS/tests.log" || status=1
-}
+TOTAL_S=460          # the whole session: 8 minutes less the slack a killed stage may take (--kill-after)
+FINAL_S=70           # kept back for the last stages (plot, audit) and the copy
+START=$(date +%s)
+DEADLINE=$((START + TOTAL_S))
+failures=0
 
-stage_tune() {
-    {
-        python3 -m autotune --layer hetconv --shapes vgg16 --dtype bf16 --batch 128 --p 4
-        python3 -m autotune --layer dwsep --shapes mobilenet_v2 --dtype bf16 --batch 64 --channels-last
-        python3 -m autotune --layer shift --shapes resnet50 --dtype bf16 --batch 64
-        python3 -m autotune --layer versatile --shapes vgg16 --dtype bf16 --batch 64
-    } 2>&1 | tee "$LOGS/tune.log" || status=1
-    cp "$TRITONCONV_CACHE_DIR/tuning.json" "$LOGS/tuning.json"
-}
-
-stage_bench() {
-    {
-        python3 -m perf ceilings
-        for dtype in bf16 fp16; do
-            for pass in fwd fwd+bwd; do
-                python3 -m perf run --layer all --dtype "$dtype" --pass "$pass" --no-progress
-            done
-        done
-        python3 -m perf plot
-    } 2>&1 | tee "$LOGS/bench.log" || status=1
-    tar czf "$LOGS/perf-results.tar.gz" perf/results
-}
-
-[ $# -gt 0 ] || { sed -n '2,7p' "$0"; exit 2; }
-for stage in "$@"; do
-    case "$stage" in
-        tests|tune|bench) "stage_$stage" ;;
-        *) echo "unknown stage '$stage'; expected tests, tune or bench" >&2; exit 2 ;;
-    esac
+mkdir -p "$LOGS" "$TRITONCONV_CACHE_DIR" || { echo "cannot create $OUT_DIR" >&2; exit 2; }
+touch "$SUMMARY" "$LOGS/.writable" || { echo "$OUT_DIR is not writable" >&2; exit 2; }
+rm -f "$LOGS/.writable"
+for need in tests perf/results tritonconv autotune; do
+    [ -e "$ROOT/$need" ] || { echo "missing $ROOT/$need" >&2; exit 2; }
 done
-exit $status
+command -v timeout >/dev/null || { echo "timeout (coreutils) is missing" >&2; exit 2; }
+command -v "$PY" >/dev/null || { echo "python '$PY' not found (set PYTHON)" >&2; exit 2; }
+
+{
+    echo "# GPU session $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo
+    echo "commit $COMMIT; dry run: $DRY_RUN; budget ${TOTAL_S} s"
+    echo
+    echo "| stage | cap s | took s | status | command |"
+    echo "|---|---|---|---|---|"
+} > "$SUMMARY"
+
+# stage NAME CAP RESERVE -- python -m MODULE ARGS...: run it under min(CAP, time left - RESERVE).
+stage() {
+    local name=$1 cap=$2 reserve=$3
+    shift 4
+    local log="$LOGS/$name.log" started status rc left shown
+    shown=$(printf '%q ' "$@")
+    started=$(date +%s)
+    if [ "$DRY_RUN" = 1 ]; then
+        shift 2  # python -m
+        "$PY" -m perf.session_check -m "$@" > "$log" 2>&1
+        rc=$?
+        status=$([ $rc = 0 ] && echo "checked" || echo "CHECK FAILED")
+    else
+        left=$((DEADLINE - started - reserve))
+        [ "$left" -lt "$cap" ] && cap=$left
+        if [ "$cap" -lt 10 ]; then
+            echo "| $name | - | 0 | skipped: out of time | \`$shown\` |" >> "$SUMMARY"
+            return
+        fi
+        echo "== $name (cap ${cap} s): $shown"
+        timeout --kill-after=15 "$cap" "$@" > "$log" 2>&1
+        rc=$?
+        case $rc in
+            0) status=ok ;;
+            124|137) status="timed out (what finished is kept)" ;;
+            *) status="failed (exit $rc)" ;;
+        esac
+    fi
+    [ $rc = 0 ] || failures=$((failures + 1))
+    echo "| $name | $cap | $(( $(date +%s) - started )) | $status | \`$shown\` |" >> "$SUMMARY"
+    tail -n 3 "$log" | sed 's/^/    /'
+}
+
+# ---- the machine ----
+{
+    echo "commit: $COMMIT"
+    if [ "$DRY_RUN" = 1 ]; then echo "dry run on $(hostname)"; else nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; fi
+    "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"
+} > "$OUT_DIR/device.txt" 2>&1 || failures=$((failures + 1))
+cat "$OUT_DIR/device.txt"
+
+PY_M=("$PY" -m)
+# ---- 1. tests: the GPU tier first, then the rest of the suite on the GPU as time allows ----
+stage tests-gpu 90 "$FINAL_S" -- "${PY_M[@]}" pytest -q -rfE -m gpu -n 4 -p no:cacheprovider tests
+stage tests-rest 45 "$FINAL_S" -- "${PY_M[@]}" pytest -q -rfE -m "not gpu" -n 8 -p no:cacheprovider tests
+# ---- 2. ceilings ----
+stage ceilings 35 "$FINAL_S" -- "${PY_M[@]}" perf ceilings
+# ---- 3. tuning and the headline benchmarks (rows reach the CSV spec by spec: a cut run keeps them) ----
+HETCONV=(--layer hetconv --shapes vgg16 --p 4 --dtype bf16 --batch 128 --channels-last)
+BENCH=(--backends triton fallback dense --no-progress)
+stage tune-hetconv 60 "$FINAL_S" -- "${PY_M[@]}" autotune "${HETCONV[@]}" --pass both --max-tiles 3
+stage bench-hetconv-fwd 45 "$FINAL_S" -- "${PY_M[@]}" perf run "${HETCONV[@]}" --pass fwd "${BENCH[@]}"
+stage bench-hetconv-fwdbwd 55 "$FINAL_S" -- "${PY_M[@]}" perf run "${HETCONV[@]}" --pass fwd+bwd "${BENCH[@]}"
+stage bench-dwsep 30 "$FINAL_S" -- "${PY_M[@]}" perf run --layer dwsep --shapes mobilenet_v2 --dtype bf16 --batch 128 --channels-last --pass fwd "${BENCH[@]}"
+stage bench-shift 25 "$FINAL_S" -- "${PY_M[@]}" perf run --layer shift --shapes shiftresnet20 --dtype bf16 --batch 128 --channels-last --pass fwd "${BENCH[@]}"
+stage bench-versatile 25 "$FINAL_S" -- "${PY_M[@]}" perf run --layer versatile --shapes vgg16 --dtype bf16 --batch 128 --channels-last --pass fwd "${BENCH[@]}"
+# ---- 4. figures and the static audit (compiled on this machine's CPUs) ----
+stage plot 10 55 -- "${PY_M[@]}" perf plot
+stage audit 50 5 -- "${PY_M[@]}" perf audit --first-shape --out "$OUT_DIR/audit"
+
+# ---- what comes back: perf/results (CSVs, plots, ceilings) unless $OUT_DIR is already inside it ----
+case "$OUT_DIR/" in
+    "$ROOT/perf/results/"*) ;;
+    *) if [ "$DRY_RUN" != 1 ]; then
+           rm -rf "$OUT_DIR/perf-results" && mkdir -p "$OUT_DIR/perf-results" \
+               && cp -r perf/results/. "$OUT_DIR/perf-results/" || failures=$((failures + 1))
+       fi ;;
+esac
+{
+    echo
+    echo "tests:"
+    for log in "$LOGS"/tests-*.log; do
+        [ -e "$log" ] || continue
+        counts=$(grep -E '[0-9]+ (passed|failed|error|skipped|deselected)|no tests ran' "$log" | tail -n 1)
+        echo "- $(basename "$log" .log): ${counts:-no pytest summary (cut by its cap, see the log)}"
+    done
+    echo
+    echo "$failures stage(s) not ok; session took $(( $(date +%s) - START )) s of ${TOTAL_S} s."
+} >> "$SUMMARY"
+cat "$SUMMARY"
+exit $(( failures > 0 ))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,7 +57,11 @@ def git_commit(repo: Path = REPO_ROOT) -> str:
     """``git rev-parse --short HEAD``, with "-dirty" for uncommitted changes; "unknown" without git.
 
     The results folder itself is left out of the dirty check: writing results must not mark the
-    next run's code as changed."""
+    next run's code as changed. TRITONCONV_COMMIT, where set, wins (a copy of the tree without .git)."""
+    from tritonconv import env
+
+    if env.commit_override():
+        return env.commit_override()
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
                               check=True).stdout.strip()
@@ -71,58 +76,84 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+@dataclass(frozen=True)
+class Table:
+    """A CSV of results: its columns with their pandas dtypes, and the key a re-run replaces rows on."""
+
+    schema: dict
+    key: tuple
+
+    @property
+    def columns(self) -> tuple:
+        return tuple(self.schema)
+
+    def frame(self, rows: list[dict]) -> pd.DataFrame:
+        """Rows as a frame in schema order and dtypes; every schema column must be present in every row."""
+        for i, row in enumerate(rows):
+            missing = [c for c in self.columns if c not in row]
+            if missing:
+                raise ValueError(f"row {i} lacks columns {missing}; every row needs all of {list(self.columns)}")
+        df = pd.DataFrame(rows, columns=list(self.columns) + sorted({k for r in rows for k in r} - set(self.columns)))
+        return self._typed(df)
+
+    def _typed(self, df: pd.DataFrame) -> pd.DataFrame:
+        for column, dtype in self.schema.items():
+            if column not in df:
+                df[column] = pd.Series(pd.NA, index=df.index, dtype=dtype)
+            elif dtype == "boolean" and df[column].dtype == object:
+                df[column] = df[column].map({True: True, False: False, "True": True, "False": False}).astype(dtype)
+            else:
+                df[column] = df[column].astype(dtype)
+        extra = [c for c in df.columns if c not in self.schema]
+        return df[list(self.columns) + extra]
+
+    def read(self, path: Path | str) -> pd.DataFrame:
+        """The CSV as a typed frame (an empty one if the file does not exist)."""
+        path = Path(path)
+        if not path.exists():
+            return self._typed(pd.DataFrame(columns=list(self.columns)))
+        strings = {c: "string" for c, t in self.schema.items() if t == "string"}
+        return self._typed(pd.read_csv(path, dtype=strings, keep_default_na=True))
+
+    def deduplicate(self, df: pd.DataFrame) -> pd.DataFrame:
+        """One row per key: the newest timestamp wins, and among equal timestamps the later row."""
+        ordered = df.sort_values("timestamp", kind="mergesort")
+        return ordered.drop_duplicates(subset=list(self.key), keep="last").reset_index(drop=True)
+
+    def append(self, rows: list[dict], path: Path | str) -> pd.DataFrame:
+        """Add ``rows`` to the CSV at ``path``, de-duplicate, and write it back atomically."""
+        path = Path(path)
+        new = self.frame(rows)
+        old = self.read(path)
+        combined = new if old.empty else pd.concat([old, new], ignore_index=True)
+        combined = self.deduplicate(combined)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write beside the target and rename: a reader never sees a half-written file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", newline="") as f:
+                combined.to_csv(f, index=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return combined
+
+
+BENCHMARKS = Table(SCHEMA, KEY)
+
+
 def frame(rows: list[dict]) -> pd.DataFrame:
-    """Rows as a frame in schema order and dtypes; every schema column must be present in every row."""
-    for i, row in enumerate(rows):
-        missing = [c for c in COLUMNS if c not in row]
-        if missing:
-            raise ValueError(f"row {i} lacks columns {missing}; every row needs all of {list(COLUMNS)}")
-    df = pd.DataFrame(rows, columns=list(COLUMNS) + sorted({k for r in rows for k in r} - set(COLUMNS)))
-    return _typed(df)
-
-
-def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    for column, dtype in SCHEMA.items():
-        if column not in df:
-            df[column] = pd.Series(pd.NA, index=df.index, dtype=dtype)
-        elif dtype == "boolean" and df[column].dtype == object:
-            df[column] = df[column].map({True: True, False: False, "True": True, "False": False}).astype(dtype)
-        else:
-            df[column] = df[column].astype(dtype)
-    extra = [c for c in df.columns if c not in SCHEMA]
-    return df[list(COLUMNS) + extra]
+    return BENCHMARKS.frame(rows)
 
 
 def read(path: Path | str = DEFAULT_CSV) -> pd.DataFrame:
-    """The CSV as a typed frame (an empty one if the file does not exist)."""
-    path = Path(path)
-    if not path.exists():
-        return _typed(pd.DataFrame(columns=list(COLUMNS)))
-    strings = {c: "string" for c, t in SCHEMA.items() if t == "string"}
-    return _typed(pd.read_csv(path, dtype=strings, keep_default_na=True))
+    return BENCHMARKS.read(path)
 
 
 def deduplicate(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per KEY: the newest timestamp wins, and among equal timestamps the later row."""
-    ordered = df.sort_values("timestamp", kind="mergesort")
-    return ordered.drop_duplicates(subset=list(KEY), keep="last").reset_index(drop=True)
+    return BENCHMARKS.deduplicate(df)
 
 
 def append(rows: list[dict], path: Path | str = DEFAULT_CSV) -> pd.DataFrame:
-    """Add ``rows`` to the CSV at ``path``, de-duplicate, and write it back atomically."""
-    path = Path(path)
-    new = frame(rows)
-    old = read(path)
-    combined = new if old.empty else pd.concat([old, new], ignore_index=True)
-    combined = deduplicate(combined)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename: a reader never sees a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            combined.to_csv(f, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return combined
+    return BENCHMARKS.append(rows, path)

@@ -5,6 +5,7 @@
 | TRITONCONV_BACKEND | force every dispatch: ``auto``, ``triton`` or ``fallback`` | ``auto`` |
 | TRITONCONV_CACHE_DIR | folder holding the tuning cache ``tuning.json`` | ``$XDG_CACHE_HOME/tritonconv`` or ``~/.cache/tritonconv`` |
 | TRITON_INTERPRET | Triton's own switch: ``1`` runs kernels on the CPU through its interpreter | unset |
+| TRITONCONV_COMMIT | the git commit the perf suite records where the checkout has no ``.git`` (a copy on a GPU machine) | ``git rev-parse`` |
 """
 
 from __future__ import annotations
@@ -43,3 +44,8 @@ def _cache_dir(explicit: str | None, xdg: str | None) -> Path:
 def triton_interpret() -> bool:
     """True when Triton kernels run through the CPU interpreter."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def commit_override() -> str | None:
+    """The commit TRITONCONV_COMMIT names, if set (results are recorded under it instead of git's)."""
+    return os.environ.get("TRITONCONV_COMMIT", "").strip() or None
