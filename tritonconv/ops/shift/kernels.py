@@ -24,48 +24,104 @@ def _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K: tl.constexpr, DIL: tl.co
 
 
 @triton.jit
+def _pixel_coordinates(pid, B, Ho, Wo, BLOCK: tl.constexpr):
+    """(pixel mask, image b as int64, row ho, column wo as int32) of one block of output pixels: the
+    int64 division happens once per program, offsets inside one image are int32."""
+    pixel = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
+    b = pixel // (Ho * Wo)
+    in_image = (pixel - b * (Ho * Wo)).to(tl.int32)
+    ho = in_image // Wo
+    return pixel < B * Ho * Wo, b, ho, in_image - ho * Wo
+
+
+@triton.jit
 def shift_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr,
     B, C, H, W, N, Ho, Wo,
     sxb, sxc, sxh, sxw,
     syb, syc, syh, syw,
     SHIFTED_CHANNELS, SHIFT_GROUP,
-    K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr,
-    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr, SEGMENTED: tl.constexpr,
+    GROUP_ALIGN: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """y[b, n, ho, wo] = sum_c w[n, c] x[b, c, ho*S + dh_c, wo*S + dw_c]: rows pixels, cols filters."""
+    """y[b, n, ho, wo] = sum_c w[n, c] x[b, c, ho*S + dh_c, wo*S + dw_c]: rows pixels, cols filters.
+
+    SEGMENTED (at least one dot's worth of channels per direction): the reduction walks the k^2
+    directions one after another, then the unshifted remainder. A chunk's channels share one shift, so
+    the activation tile is one row address per pixel plus a channel run (contiguous in the grouped
+    assignment: vector loads in channels_last) and the border is a per-row mask. ``w_ptr`` is then the
+    weight in that reduction order ([N, C], direction d's channels at columns [d*G, (d+1)*G)).
+    Otherwise every channel of a chunk carries its own shift (a gather) and ``w_ptr`` is the [N, C]
+    weight itself. GROUP_ALIGN: a power of two dividing G (the launcher's promise; the JIT only hints
+    multiples of 16), so that the channel runs of G = 8, 24, 56, ... still load 16 bytes at a time.
+    """
     pid_pixels = tl.program_id(0)
     pid_filters = tl.program_id(1)
-    n = pid_filters.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    n = pid_filters * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     n_mask = n < N
-    pixel = pid_pixels.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    pixel_mask = pixel < B * Ho * Wo
-    b = pixel // (Ho * Wo)
-    h = (pixel // Wo) % Ho * STRIDE  # stride applies after the shift
-    w = pixel % Wo * STRIDE
+    pixel_mask, b, ho, wo = _pixel_coordinates(pid_pixels, B, Ho, Wo, BLOCK_M)
+    h = ho * STRIDE  # stride applies after the shift
+    w = wo * STRIDE
     x_rows = x_ptr + b * sxb  # [BLOCK_M]
+    w_cols = w_ptr + n * C  # [BLOCK_N]
+    k_range = tl.arange(0, BLOCK_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for c0 in range(0, C, BLOCK_K):
-        c = c0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-        c_mask = c < C
-        dh, dw = _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, DIL, GROUPED)
-        hi = h[:, None] + dh[None, :]  # [BLOCK_M, BLOCK_K]: every channel at its own shifted address
-        wi = w[:, None] + dw[None, :]
-        inside = (pixel_mask[:, None] & c_mask[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W))
-        a = tl.load(x_rows[:, None] + c.to(tl.int64)[None, :] * sxc + hi * sxh + wi * sxw,
-                    mask=inside, other=0.0)  # [BLOCK_M, BLOCK_K]
-        wt = tl.load(w_ptr + n[None, :] * C + c[:, None], mask=c_mask[:, None] & n_mask[None, :],
-                     other=0.0)  # [BLOCK_K, BLOCK_N]
-        acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    if SEGMENTED:
+        if GROUPED:
+            channel_step = 1  # direction d owns channels [d*G, (d+1)*G)
+        else:
+            channel_step = K * K  # direction d owns channels d, d + k^2, d + 2k^2, ...
+        group = SHIFT_GROUP // GROUP_ALIGN * GROUP_ALIGN  # = G, written so the compiler sees its divisor
+        for d in range(0, K * K):
+            hi = h + DIL * (d // K - K // 2)  # [BLOCK_M]
+            wi = w + DIL * (d % K - K // 2)
+            row_inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+            if GROUPED:
+                first = d * group
+            else:
+                first = d
+            x_seg = x_rows + hi * sxh + wi * sxw + first * sxc  # [BLOCK_M]
+            w_seg = w_cols + d * group  # [BLOCK_N]
+            for i0 in range(0, group, BLOCK_K):
+                i = i0 + k_range  # [BLOCK_K] position in the direction's channels
+                i_mask = i < group
+                a = tl.load(x_seg[:, None] + (i * channel_step)[None, :] * sxc,
+                            mask=row_inside[:, None] & i_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+                wt = tl.load(w_seg[None, :] + i[:, None], mask=i_mask[:, None] & n_mask[None, :],
+                             other=0.0)  # [BLOCK_K, BLOCK_N]
+                acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        x_centre = x_rows + h * sxh + w * sxw  # [BLOCK_M] the unshifted remainder
+        for c0 in range(K * K * group, C, BLOCK_K):  # K*K*group == SHIFTED_CHANNELS
+            c = c0 + k_range  # [BLOCK_K]
+            c_mask = c < C
+            a = tl.load(x_centre[:, None] + c[None, :] * sxc, mask=pixel_mask[:, None] & c_mask[None, :],
+                        other=0.0)  # [BLOCK_M, BLOCK_K]
+            wt = tl.load(w_cols[None, :] + c[:, None], mask=c_mask[:, None] & n_mask[None, :],
+                         other=0.0)  # [BLOCK_K, BLOCK_N]
+            acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    else:
+        x_pixels = x_rows + h * sxh + w * sxw  # [BLOCK_M]
+        for c0 in range(0, C, BLOCK_K):
+            c = c0 + k_range  # [BLOCK_K]
+            c_mask = c < C
+            dh, dw = _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, DIL, GROUPED)
+            # every channel at its own shifted address: row offset + column offset, the border by one
+            # unsigned compare per coordinate
+            inside = (((h[:, None] + dh[None, :]).to(tl.uint32) < H) & ((w[:, None] + dw[None, :]).to(tl.uint32) < W)
+                      & pixel_mask[:, None] & c_mask[None, :])  # [BLOCK_M, BLOCK_K]
+            a = tl.load(x_pixels[:, None] + (c * sxc + dh * sxh + dw * sxw)[None, :], mask=inside,
+                        other=0.0)  # [BLOCK_M, BLOCK_K]
+            wt = tl.load(w_cols[None, :] + c[:, None], mask=c_mask[:, None] & n_mask[None, :],
+                         other=0.0)  # [BLOCK_K, BLOCK_N]
+            acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(ACC_DTYPE)[None, :]
-    ho = h // STRIDE
-    wo = w // STRIDE
-    y_ptrs = y_ptr + b[:, None] * syb + n[None, :] * syc + ho[:, None] * syh + wo[:, None] * syw
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=pixel_mask[:, None] & n_mask[None, :])
+    y_rows = y_ptr + b * syb + ho * syh + wo * syw  # [BLOCK_M]
+    tl.store(y_rows[:, None] + n[None, :] * syc, acc.to(y_ptr.dtype.element_ty),
+             mask=pixel_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit
@@ -85,38 +141,47 @@ def shift_bwd_input_kernel(
     GEMM. The opposite shift is in the store: ds[c, q] goes to dx[c, q + d_c]. Element (q, c) whose
     target falls outside the image is stored as 0 at the wrapped position (q + d_c) mod (H, W), which
     is exactly a dx position whose source lies outside the image: every dx element is written once.
+    The wrap is a conditional add (``_wrapped``), int32 within the image: no division in the epilogue.
     """
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
     c = pid_channels * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     c_mask = c < C
-    pixel = pid_pixels.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    pixel_mask = pixel < B * H * W
-    b = pixel // (H * W)
-    hq = (pixel // W) % H
-    wq = pixel % W
+    pixel_mask, b, hq, wq = _pixel_coordinates(pid_pixels, B, H, W, BLOCK_M)
     on_grid = pixel_mask & (hq % STRIDE == 0) & (wq % STRIDE == 0)
     dy_rows = dy_ptr + b * sdyb + (hq // STRIDE) * sdyh + (wq // STRIDE) * sdyw  # [BLOCK_M]
+    w_cols = w_ptr + c  # [BLOCK_N]
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for n0 in range(0, N, BLOCK_K):
         n = n0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
         n_mask = n < N
-        a = tl.load(dy_rows[:, None] + n.to(tl.int64)[None, :] * sdyc, mask=on_grid[:, None] & n_mask[None, :],
+        a = tl.load(dy_rows[:, None] + n[None, :] * sdyc, mask=on_grid[:, None] & n_mask[None, :],
                     other=0.0)  # [BLOCK_M, BLOCK_K]
-        wt = tl.load(w_ptr + n.to(tl.int64)[:, None] * C + c[None, :], mask=n_mask[:, None] & c_mask[None, :],
+        wt = tl.load(w_cols[None, :] + n[:, None] * C, mask=n_mask[:, None] & c_mask[None, :],
                      other=0.0)  # [BLOCK_K, BLOCK_N]
         acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
-    dh, dw = _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, DIL, GROUPED)
-    th = hq[:, None] + dh[None, :]  # [BLOCK_M, BLOCK_N]
-    tw = wq[:, None] + dw[None, :]
-    lands_inside = (th >= 0) & (th < H) & (tw >= 0) & (tw < W)
-    th = (th % H + H) % H  # the same under C and Python remainder semantics
-    tw = (tw % W + W) % W
+    dh, dw = _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, DIL, GROUPED)  # [BLOCK_N]
+    th = _wrapped(hq, dh, H)  # [BLOCK_M, BLOCK_N]
+    tw = _wrapped(wq, dw, W)
+    lands_inside = ((hq[:, None] + dh[None, :] == th) & (wq[:, None] + dw[None, :] == tw))
     value = tl.where(lands_inside, acc, 0.0)
-    dx_ptrs = dx_ptr + b[:, None] * sdxb + c.to(tl.int64)[None, :] * sdxc + th * sdxh + tw * sdxw
-    tl.store(dx_ptrs, value.to(dx_ptr.dtype.element_ty), mask=pixel_mask[:, None] & c_mask[None, :])
+    dx_rows = dx_ptr + b * sdxb  # [BLOCK_M]
+    tl.store(dx_rows[:, None] + c[None, :] * sdxc + th * sdxh + tw * sdxw, value.to(dx_ptr.dtype.element_ty),
+             mask=pixel_mask[:, None] & c_mask[None, :])
+
+
+@triton.jit
+def _wrapped(q, d, size):
+    """``(q + d) mod size`` for q in [0, size) without a division: one conditional wrap when |d| < size;
+    a shift of the whole image or more moves nothing inside, and the identity is a bijection too.
+    Equal to q + d exactly where that lands inside. [len(q), len(d)]."""
+    t = q[:, None] + d[None, :]
+    t = tl.where(t < 0, t + size, t)
+    t = tl.where(t >= size, t - size, t)
+    whole = (d >= size) | (d <= -size)
+    return tl.where(whole[None, :], q[:, None], t)
 
 
 @triton.jit

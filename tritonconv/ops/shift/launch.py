@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 
 from tritonconv.ops.shift import kernels
 from tritonconv.ops.shift.spec import ShiftSpec
-from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
+from tritonconv.tiles import MIN_DOT_TILE, GemmTile, accumulator_dtype, dot_precision, reduction_splits
 from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
@@ -33,10 +35,17 @@ _DEFAULTS = {"forward": GemmTile(128, 64, 32, 4, 3), "backward_input": GemmTile(
              "backward_weight": GemmTile(64, 64, 64, 4, 3)}
 
 
+def segmented(spec: ShiftSpec) -> bool:
+    """Whether the forward reduces direction by direction: each direction owns at least one dot's
+    worth of channels (fewer would pad every direction's chunk with masked channels)."""
+    return spec.shift_group >= MIN_DOT_TILE
+
+
 def _gemm_extent(spec: ShiftSpec, kernel: str) -> tuple[int, int, int]:
     """(rows, cols, reduce) of the kernel's GEMM, to fit tiles to the shape."""
-    if kernel == "forward":
-        return spec.batch * spec.out_height * spec.out_width, spec.out_channels, spec.in_channels
+    if kernel == "forward":  # segmented: a chunk holds the channels of one direction
+        reduce = spec.shift_group if segmented(spec) else spec.in_channels
+        return spec.batch * spec.out_height * spec.out_width, spec.out_channels, reduce
     if kernel == "backward_input":
         return spec.batch * spec.height * spec.width, spec.in_channels, spec.out_channels
     return spec.out_channels, spec.in_channels, spec.batch * spec.out_height * spec.out_width
@@ -66,16 +75,32 @@ def _sizes(spec: ShiftSpec) -> tuple:
             spec.out_width)
 
 
+def reduction_ordered_weight(weight: torch.Tensor, spec: ShiftSpec) -> torch.Tensor:
+    """The [N, C] weight with its input channels in the segmented forward's reduction order: direction d's
+    channels at columns [d*G, (d+1)*G), then the unshifted remainder. The grouped assignment is already
+    in that order; the interleaved one (direction d = channels d, d + k^2, ...) is one transposing copy
+    of the weight per call (N*C elements, derived from the current values: nothing is cached)."""
+    weight = weight.reshape(spec.out_channels, spec.in_channels)
+    if spec.assignment == "grouped" or not segmented(spec):
+        return weight.contiguous()
+    n, shifted = spec.out_channels, spec.shifted_channels
+    by_direction = weight[:, :shifted].reshape(n, spec.shift_group, spec.kernel_size**2).transpose(1, 2)
+    if shifted == spec.in_channels:
+        return by_direction.reshape(n, shifted)
+    return torch.cat([by_direction.reshape(n, shifted), weight[:, shifted:]], dim=1)
+
+
 def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
     y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
-    weight = weight.reshape(spec.out_channels, spec.in_channels).contiguous()
+    weight = reduction_ordered_weight(weight, spec)
     grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
             triton.cdiv(spec.out_channels, tile.block_cols))
     kernels.shift_fwd_kernel[grid](
         x, weight, bias.contiguous() if bias is not None else weight, y, *_sizes(spec), *x.stride(), *y.stride(),
-        *_shift_args(spec), HAS_BIAS=bias is not None, **_constexprs(spec, x.dtype),
+        *_shift_args(spec), SEGMENTED=segmented(spec),
+        GROUP_ALIGN=math.gcd(max(spec.shift_group, 1), 16), HAS_BIAS=bias is not None, **_constexprs(spec, x.dtype),
         BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
         num_warps=tile.num_warps, num_stages=tile.num_stages)
     return y
