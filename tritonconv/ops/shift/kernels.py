@@ -35,6 +35,33 @@ def _pixel_coordinates(pid, B, Ho, Wo, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _pixel_walk_start(first, B, Ho, Wo, BLOCK: tl.constexpr):
+    """(b, ho, wo) as int32 [BLOCK] of pixels ``first + arange(BLOCK)`` (first int64, divided once)."""
+    first_b = first // (Ho * Wo)
+    in_image = (first - first_b * (Ho * Wo)).to(tl.int32) + tl.arange(0, BLOCK)  # < Ho*Wo + BLOCK
+    images = in_image // (Ho * Wo)
+    in_image -= images * (Ho * Wo)
+    ho = in_image // Wo
+    return first_b.to(tl.int32) + images, ho, in_image - ho * Wo
+
+
+@triton.jit
+def _pixel_walk_step(b, ho, wo, Ho, Wo, BLOCK: tl.constexpr):
+    """(b, ho, wo) advanced by BLOCK pixels without a division per pixel: BLOCK = step_b*Ho*Wo +
+    step_h*Wo + step_w (scalars, step_w < Wo, step_h < Ho), then one carry per coordinate."""
+    step_b = BLOCK // (Ho * Wo)
+    step_h = (BLOCK - step_b * (Ho * Wo)) // Wo
+    step_w = BLOCK - step_b * (Ho * Wo) - step_h * Wo
+    wo = wo + step_w
+    carry = wo >= Wo
+    wo = tl.where(carry, wo - Wo, wo)
+    ho = ho + step_h + carry.to(tl.int32)
+    carry = ho >= Ho
+    ho = tl.where(carry, ho - Ho, ho)
+    return b + step_b + carry.to(tl.int32), ho, wo
+
+
+@triton.jit
 def shift_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr,
     B, C, H, W, N, Ho, Wo,
@@ -191,45 +218,75 @@ def shift_bwd_weight_kernel(
     sxb, sxc, sxh, sxw,
     sdyb, sdyc, sdyh, sdyw,
     SHIFTED_CHANNELS, SHIFT_GROUP, PIXELS_PER_SPLIT,
-    K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr,
-    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr, SEGMENTED: tl.constexpr,
+    GROUP_ALIGN: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """Partial dw[n, c] = sum_pixels dy[b, n, ho, wo] x[b, c, ho*S + dh_c, wo*S + dw_c] over one split of
     the output pixels, [BLOCK_N, BLOCK_C] per program; the first column tile also sums dy for the bias.
-    Partials go to ``partial_ptr[split]`` and the launcher sums them in a fixed order (deterministic)."""
+    Partials go to ``partial_ptr[split]`` and the launcher sums them in a fixed order (deterministic).
+
+    SEGMENTED: column tile t < k^2 * cdiv(G, BLOCK_C) holds channels of one direction (as the forward's
+    reduction chunks), the tiles after it the unshifted remainder: one shift per program, so the x tile
+    is a row address per pixel plus a channel run, its border a row mask. Otherwise every channel of
+    the tile carries its own shift. Pixels: the split's first pixel is divided once in int64; the
+    loop walks (b, ho, wo) in int32 with carries (``_pixel_walk_step``), no division per pixel.
+    """
     pid_filters = tl.program_id(0)
-    pid_channels = tl.program_id(1)
+    pid_columns = tl.program_id(1)
     split = tl.program_id(2)
-    n = pid_filters.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    n = pid_filters * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     n_mask = n < N
-    c = pid_channels * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
-    c_mask = c < C
-    dh, dw = _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, DIL, GROUPED)
+    c_range = tl.arange(0, BLOCK_C)
+    if SEGMENTED:
+        group = SHIFT_GROUP // GROUP_ALIGN * GROUP_ALIGN  # = G, written so the compiler sees its divisor
+        chunks = tl.cdiv(group, BLOCK_C)
+        d = tl.minimum(pid_columns // chunks, K * K)  # k^2: the remainder
+        i = (pid_columns - d * chunks) * BLOCK_C + c_range  # [BLOCK_C] position in the direction's channels
+        if GROUPED:
+            c = d * group + i  # the remainder starts at k^2 * G as well
+        else:
+            c = tl.where(d < K * K, i * (K * K) + d, K * K * group + i)
+        c_mask = tl.where(d < K * K, i < group, c < C)
+        dh = tl.where(d < K * K, DIL * (d // K - K // 2), 0)  # scalars: one shift for the program
+        dw = tl.where(d < K * K, DIL * (d % K - K // 2), 0)
+    else:
+        c = pid_columns * BLOCK_C + c_range  # [BLOCK_C]
+        c_mask = c < C
+        dh_c, dw_c = _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, DIL, GROUPED)
+        column_offset = dh_c * sxh + dw_c * sxw  # [BLOCK_C]
 
     acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
-    bias_acc = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
+    bias_acc = tl.zeros((BLOCK_N, BLOCK_P), dtype=ACC_DTYPE)  # summed across pixels once, after the loop
     p_range = tl.arange(0, BLOCK_P)
     first = split.to(tl.int64) * PIXELS_PER_SPLIT
+    count = tl.minimum(B * Ho * Wo - first, PIXELS_PER_SPLIT).to(tl.int32)  # pixels in this split
+    b32, ho, wo = _pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each
     for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
-        pixel = first + p0 + p_range  # [BLOCK_P]
-        pixel_mask = (pixel < B * Ho * Wo) & (p0 + p_range < PIXELS_PER_SPLIT)
-        b = pixel // (Ho * Wo)
-        ho = (pixel // Wo) % Ho
-        wo = pixel % Wo
-        dy = tl.load(dy_ptr + b[None, :] * sdyb + n[:, None] * sdyc + ho[None, :] * sdyh + wo[None, :] * sdyw,
+        pixel_mask = p0 + p_range < count
+        b = b32.to(tl.int64)
+        dy = tl.load((dy_ptr + b * sdyb + ho * sdyh + wo * sdyw)[None, :] + n[:, None] * sdyc,
                      mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
-        hi = ho[:, None] * STRIDE + dh[None, :]  # [BLOCK_P, BLOCK_C]
-        wi = wo[:, None] * STRIDE + dw[None, :]
-        inside = pixel_mask[:, None] & c_mask[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        x = tl.load(x_ptr + b[:, None] * sxb + c.to(tl.int64)[None, :] * sxc + hi * sxh + wi * sxw,
-                    mask=inside, other=0.0)  # [BLOCK_P, BLOCK_C]
+        if SEGMENTED:
+            hi = ho * STRIDE + dh  # [BLOCK_P]
+            wi = wo * STRIDE + dw
+            row_inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+            x = tl.load((x_ptr + b * sxb + hi * sxh + wi * sxw)[:, None] + c[None, :] * sxc,
+                        mask=row_inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
+        else:
+            inside = (((ho * STRIDE)[:, None] + dh_c[None, :]).to(tl.uint32) < H) \
+                & (((wo * STRIDE)[:, None] + dw_c[None, :]).to(tl.uint32) < W) \
+                & pixel_mask[:, None] & c_mask[None, :]  # [BLOCK_P, BLOCK_C]
+            x_pixels = x_ptr + b * sxb + ho * STRIDE * sxh + wo * STRIDE * sxw  # [BLOCK_P]
+            x = tl.load(x_pixels[:, None] + (c * sxc + column_offset)[None, :], mask=inside,
+                        other=0.0)  # [BLOCK_P, BLOCK_C]
         acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
         if HAS_BIAS:
-            bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
+            bias_acc += dy.to(ACC_DTYPE)
+        b32, ho, wo = _pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
 
     out = partial_ptr + split.to(tl.int64) * N * C + n[:, None] * C + c[None, :]
     tl.store(out, acc, mask=n_mask[:, None] & c_mask[None, :])
     if HAS_BIAS:
-        if pid_channels == 0:
-            tl.store(partial_bias_ptr + split.to(tl.int64) * N + n, bias_acc, mask=n_mask)
+        if pid_columns == 0:
+            tl.store(partial_bias_ptr + split.to(tl.int64) * N + n, tl.sum(bias_acc, axis=1), mask=n_mask)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import triton
@@ -13,6 +14,9 @@ from tritonconv.tiles import MIN_DOT_TILE, GemmTile, accumulator_dtype, dot_prec
 from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
+
+# Hopper's wgmma needs 64 rows per warp group; fewer rows lower to mma.sync (HMMA).
+WGMMA_ROWS = 64
 
 _CANDIDATES = {
     # rows = pixels, cols = filters, reduce = channels (backward_input: cols = channels, reduce = filters)
@@ -29,9 +33,10 @@ _CANDIDATES = {
         GemmTile(64, 64, 128, 4, 4), GemmTile(32, 32, 128, 4, 4),
     ],
 }
-_CANDIDATES["backward_input"] = _CANDIDATES["forward"]
+# 128x64 tiles at 4 warps spill in the grad-input epilogue (the shifted store's per-element targets)
+_CANDIDATES["backward_input"] = [GemmTile(128, 64, 64, 8, 3), *_CANDIDATES["forward"]]
 
-_DEFAULTS = {"forward": GemmTile(128, 64, 32, 4, 3), "backward_input": GemmTile(128, 64, 32, 4, 3),
+_DEFAULTS = {"forward": GemmTile(128, 64, 32, 4, 3), "backward_input": GemmTile(128, 64, 64, 8, 3),
              "backward_weight": GemmTile(64, 64, 64, 4, 3)}
 
 
@@ -48,16 +53,37 @@ def _gemm_extent(spec: ShiftSpec, kernel: str) -> tuple[int, int, int]:
         return spec.batch * spec.out_height * spec.out_width, spec.out_channels, reduce
     if kernel == "backward_input":
         return spec.batch * spec.height * spec.width, spec.in_channels, spec.out_channels
-    return spec.out_channels, spec.in_channels, spec.batch * spec.out_height * spec.out_width
+    cols = spec.shift_group if segmented(spec) else spec.in_channels  # segmented: one direction per tile
+    return spec.out_channels, cols, spec.batch * spec.out_height * spec.out_width
+
+
+def _fitted(tile: GemmTile, spec: ShiftSpec, kernel: str) -> GemmTile:
+    fitted = tile.fitted(*_gemm_extent(spec, kernel))
+    if kernel == "backward_weight" and fitted.block_rows < WGMMA_ROWS:  # masked filter rows beat mma.sync
+        fitted = replace(fitted, block_rows=WGMMA_ROWS)
+    return fitted
 
 
 def default_tile(spec: ShiftSpec, kernel: str) -> GemmTile:
-    return _DEFAULTS[kernel].fitted(*_gemm_extent(spec, kernel))
+    return _fitted(_DEFAULTS[kernel], spec, kernel)
 
 
 def candidate_tiles(spec: ShiftSpec, kernel: str) -> list[GemmTile]:
-    return list(dict.fromkeys(tile.fitted(*_gemm_extent(spec, kernel)) for tile in _CANDIDATES[kernel]))
+    return list(dict.fromkeys(_fitted(tile, spec, kernel) for tile in _CANDIDATES[kernel]))
 
+
+
+def _group_align(spec: ShiftSpec) -> int:
+    """A power of two (at most 16) dividing the channels per direction: the kernels' alignment promise."""
+    return math.gcd(max(spec.shift_group, 1), 16)
+
+
+def _weight_column_tiles(spec: ShiftSpec, block_cols: int) -> int:
+    """Column tiles of the grad-weight grid: per direction when segmented (then the remainder)."""
+    if not segmented(spec):
+        return triton.cdiv(spec.in_channels, block_cols)
+    remainder = spec.in_channels - spec.shifted_channels
+    return spec.kernel_size**2 * triton.cdiv(spec.shift_group, block_cols) + triton.cdiv(remainder, block_cols)
 
 
 def _shift_args(spec: ShiftSpec) -> tuple[int, int]:
@@ -100,7 +126,7 @@ def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
     kernels.shift_fwd_kernel[grid](
         x, weight, bias.contiguous() if bias is not None else weight, y, *_sizes(spec), *x.stride(), *y.stride(),
         *_shift_args(spec), SEGMENTED=segmented(spec),
-        GROUP_ALIGN=math.gcd(max(spec.shift_group, 1), 16), HAS_BIAS=bias is not None, **_constexprs(spec, x.dtype),
+        GROUP_ALIGN=_group_align(spec), HAS_BIAS=bias is not None, **_constexprs(spec, x.dtype),
         BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
         num_warps=tile.num_warps, num_stages=tile.num_stages)
     return y
@@ -128,15 +154,16 @@ def backward_weight(dy, x, spec: ShiftSpec, tile: GemmTile):
         db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None
         return torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype), db
     filter_tiles = triton.cdiv(spec.out_channels, tile.block_rows)
-    channel_tiles = triton.cdiv(spec.in_channels, tile.block_cols)
+    channel_tiles = _weight_column_tiles(spec, tile.block_cols)
     splits = reduction_splits(tile, filter_tiles * channel_tiles, pixels, x.device)
     pixels_per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
     partial_w = empty((splits, spec.out_channels, spec.in_channels), device=x.device, dtype=acc_dtype)
     partial_bias = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
     kernels.shift_bwd_weight_kernel[(filter_tiles, channel_tiles, splits)](
         x, dy, partial_w, partial_bias if partial_bias is not None else partial_w, *_sizes(spec),
-        *x.stride(), *dy.stride(), *_shift_args(spec), pixels_per_split, HAS_BIAS=spec.bias,
-        **_constexprs(spec, x.dtype), BLOCK_N=tile.block_rows, BLOCK_C=tile.block_cols,
-        BLOCK_P=tile.block_reduce, num_warps=tile.num_warps, num_stages=tile.num_stages)
+        *x.stride(), *dy.stride(), *_shift_args(spec), pixels_per_split, SEGMENTED=segmented(spec),
+        GROUP_ALIGN=_group_align(spec), HAS_BIAS=spec.bias, **_constexprs(spec, x.dtype),
+        BLOCK_N=tile.block_rows, BLOCK_C=tile.block_cols, BLOCK_P=tile.block_reduce, num_warps=tile.num_warps,
+        num_stages=tile.num_stages)
     dw = partial_w.sum(0).to(x.dtype).reshape(spec.weight_shape)
     return dw, partial_bias.sum(0).to(x.dtype) if partial_bias is not None else None
