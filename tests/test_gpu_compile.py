@@ -61,13 +61,6 @@ KNOWN_VIOLATIONS = {
     ("ghost", "backward_weight", "div64_loop"): (_PIXEL_DIV64, DEPTHWISE),
     ("shift", "forward", "scalar16"): (_ONE_PER_DIRECTION, SHIFT),
     ("shift", "backward_weight", "scalar16"): (_ONE_PER_DIRECTION, SHIFT),
-    ("versatile", "forward", "scalar16"): ("no wide load at all: weights gathered per (row, tap) with stride k*k, "
-                                           "activations 2 bytes at a time", SHIFT),
-    ("versatile", "backward_input", "scalar16"): ("weights gathered per (row, tap) with stride k*k: 2-byte loads",
-                                                  SHIFT),
-    ("versatile", "backward_weight", "hgmma"): (_SMALL_ROWS + " (32-row filter tile)", SHIFT),
-    ("versatile", "backward_weight", "div64_loop"): (_PIXEL_DIV64 + " (grad weight and the bias channel sum)",
-                                                     SHIFT),
     ("shuffle", "forward", "spills"): ("255 registers and still spilling (884 LDL/STL) at the 128x64x32 tile", SHIFT),
     ("shuffle", "forward", "scalar16"): (_NO_HINT + " (24 input channels): 2-byte loads", SHIFT),
     ("shuffle", "backward_input", "spills"): ("255 registers and still spilling (157 LDL/STL) at 128x32x32", SHIFT),
