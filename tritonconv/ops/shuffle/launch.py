@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import torch
 import triton
 
@@ -12,10 +15,14 @@ from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
 
+# Hopper's wgmma needs 64 rows per warp group; fewer rows lower to mma.sync (HMMA).
+WGMMA_ROWS = 64
+
 _CANDIDATES = {
     # rows = pixels, cols = filters (grad input: channels) of one group, reduce = the group's channels
+    # (128x64 at 4 warps spills in the shuffled store: every output element has its own address)
     "forward": [
-        GemmTile(128, 64, 32, 4, 3), GemmTile(128, 32, 32, 4, 3), GemmTile(64, 64, 64, 4, 3),
+        GemmTile(128, 64, 32, 8, 3), GemmTile(128, 64, 32, 4, 3), GemmTile(128, 32, 32, 4, 3), GemmTile(64, 64, 64, 4, 3),
         GemmTile(256, 64, 32, 8, 3), GemmTile(64, 32, 32, 4, 4), GemmTile(128, 128, 32, 8, 3),
     ],
     # rows = filters of one group, cols = the group's channels, reduce = pixels
@@ -26,7 +33,7 @@ _CANDIDATES = {
 }
 _CANDIDATES["backward_input"] = _CANDIDATES["forward"]
 
-_DEFAULTS = {"forward": GemmTile(128, 64, 32, 4, 3), "backward_input": GemmTile(128, 64, 32, 4, 3),
+_DEFAULTS = {"forward": GemmTile(128, 64, 32, 8, 3), "backward_input": GemmTile(128, 64, 32, 4, 3),
              "backward_weight": GemmTile(64, 64, 64, 4, 3)}
 
 
@@ -39,12 +46,19 @@ def _gemm_extent(spec: ShuffleConvSpec, kernel: str) -> tuple[int, int, int]:
     return spec.group_out, spec.group_in, pixels
 
 
+def _fitted(tile: GemmTile, spec: ShuffleConvSpec, kernel: str) -> GemmTile:
+    fitted = tile.fitted(*_gemm_extent(spec, kernel))
+    if kernel == "backward_weight" and fitted.block_rows < WGMMA_ROWS:  # masked filter rows beat mma.sync
+        fitted = replace(fitted, block_rows=WGMMA_ROWS)
+    return fitted
+
+
 def default_tile(spec: ShuffleConvSpec, kernel: str) -> GemmTile:
-    return _DEFAULTS[kernel].fitted(*_gemm_extent(spec, kernel))
+    return _fitted(_DEFAULTS[kernel], spec, kernel)
 
 
 def candidate_tiles(spec: ShuffleConvSpec, kernel: str) -> list[GemmTile]:
-    return list(dict.fromkeys(tile.fitted(*_gemm_extent(spec, kernel)) for tile in _CANDIDATES[kernel]))
+    return list(dict.fromkeys(_fitted(tile, spec, kernel) for tile in _CANDIDATES[kernel]))
 
 
 
@@ -67,7 +81,7 @@ def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Ten
             spec.groups * triton.cdiv(spec.group_out, tile.block_cols))
     kernels.shuffle_conv_fwd_kernel[grid](
         x, weight, bias.contiguous() if bias is not None else weight, y, *_sizes(spec), *x.stride(), spec.width, *y.stride(),
-        HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
+        ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), spec.group_in, 8), HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
         **_tile_args(tile))
     return y
 
