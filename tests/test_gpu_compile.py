@@ -40,10 +40,6 @@ _NO_HINT = "channel counts that are not multiples of 16 leave the pixel stride w
 # (layer, kernel, gate) -> (why it fails today, the issue that fixes it). The gated shape of each layer
 # is the first conv of its headline network: `python tests/compile_for_gpu.py LAYER` prints its figures.
 KNOWN_VIOLATIONS = {
-    ("hetconv", "backward_input", "div64_loop"): ("int64 n // GROUP_OUT for every filter block of the 1x1 loop",
-                                                  HETCONV),
-    ("hetconv", "backward_weight", "hgmma"): (_SMALL_ROWS + " (16 filters per group at p=4)", HETCONV),
-    ("hetconv", "backward_weight", "div64_loop"): (_PIXEL_DIV64, HETCONV),
     ("dwsep", "forward", "scalar16"): (_WEIGHT_COLUMN + " (fused depthwise tile)", DEPTHWISE),
     ("dwsep", "backward_mid", "scalar16"): (_WEIGHT_COLUMN + " (recomputed depthwise tile)", DEPTHWISE),
     ("dwsep", "backward_pw_weight", "spills"): ("the recomputed depthwise tile beside the dot: 3 LDL/STL", DEPTHWISE),
