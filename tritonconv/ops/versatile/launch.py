@@ -34,14 +34,15 @@ _CANDIDATES = {
         GemmTile(64, 32, 64, 4, 4), GemmTile(32, 64, 64, 4, 4),
     ],
     # rows = primary filters, cols = weight channels of one tap, reduce = output pixels
+    # (4 warps spill where n_w is not a multiple of 8: the upstream tile is read 2 bytes at a time)
     "backward_weight": [
-        GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3), GemmTile(64, 128, 64, 8, 3),
+        GemmTile(64, 64, 64, 8, 3), GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3), GemmTile(64, 128, 64, 8, 3),
         GemmTile(32, 64, 128, 4, 3), GemmTile(64, 32, 128, 4, 4), GemmTile(32, 32, 128, 4, 4),
     ],
 }
 
 _DEFAULTS = {"forward": GemmTile(64, 64, 32, 4, 3), "backward_input": GemmTile(128, 64, 64, 8, 3),
-             "backward_weight": GemmTile(64, 64, 64, 4, 3)}
+             "backward_weight": GemmTile(64, 64, 64, 8, 3)}
 
 _BIAS_BLOCK = (64, 32)  # (channels, pixels) per program of the grad-bias reduction (more pixels spill unaligned)
 
