@@ -92,7 +92,7 @@ def as_if_on_h100() -> Iterator[None]:
 
     saved = tiles.multiprocessor_count, hardware.triton_can_run
     tiles.multiprocessor_count = lambda device: MULTIPROCESSORS
-    hardware.triton_can_run = lambda device: (True, "perf audit: launches are recorded, not run")
+    hardware.triton_can_run = lambda device, dtype=None: (True, "perf audit: launches are recorded, not run")
     try:
         yield
     finally:
