@@ -240,63 +240,10 @@ def occupancy(registers: int, shared: int, num_warps: int) -> dict:
 
 
 # ---- what to compile: every launch of every kernel of a layer on a shape set --------------------------
-class ShuffleHarness:
-    """The shuffled grouped 1 x 1 conv is not tuned on its own (no ``registry`` harness); the audit
-    drives its launchers through this much of the harness interface, on ShuffleNet V1 (g=3, 224 px)."""
-
-    shape_sets = ("shufflenet_v1",)
-    # (name, in, out, groups, shuffle groups, size): each stage's first unit, then a repeated unit.
-    _LAYERS = (("stage2.0.conv1", 24, 60, 1, 3, 56), ("stage2.0.conv2", 60, 216, 3, 1, 28),
-               ("stage2.1.conv1", 240, 60, 3, 3, 28), ("stage2.1.conv2", 60, 240, 3, 1, 28),
-               ("stage3.0.conv1", 240, 120, 3, 3, 28), ("stage3.1.conv1", 480, 120, 3, 3, 14),
-               ("stage3.1.conv2", 120, 480, 3, 1, 14), ("stage4.1.conv1", 960, 240, 3, 3, 7),
-               ("stage4.1.conv2", 240, 960, 3, 1, 7))
-
-    @property
-    def operator(self):
-        from tritonconv.ops.shuffle.op import OPERATOR
-        return OPERATOR
-
-    def specs_for(self, shape_set, *, batch, dtype, channels_last=False):
-        from tritonconv.ops.shuffle.spec import ShuffleConvSpec
-
-        if shape_set not in self.shape_sets:
-            raise ValueError(f"shape set {shape_set!r} is not known for shuffle; expected one of {self.shape_sets}")
-        return [(name, 1, ShuffleConvSpec(batch, c, n, size, size, groups, shuffle, False, dtype, channels_last))
-                for name, c, n, groups, shuffle, size in self._LAYERS]
-
-    def make_workload(self, spec, device):
-        from tritonconv.harness import Workload, in_layout
-
-        def randn(*shape):
-            return torch.randn(*shape, device=device, dtype=spec.torch_dtype)
-        tensors = {"x": in_layout(randn(*spec.input_shape), spec.channels_last),
-                   "weight": randn(*spec.weight_shape), "bias": randn(spec.out_channels) if spec.bias else None}
-        return Workload(spec, tensors, in_layout(randn(*spec.output_shape), spec.channels_last))
-
-    def candidate_tiles(self, spec, kernel):
-        from tritonconv.ops.shuffle import launch
-        return launch.candidate_tiles(spec, kernel)
-
-    def triton(self, kernel, work, tile):
-        from tritonconv.harness import WeightBiasHarness
-        from tritonconv.ops.shuffle import launch
-
-        plumbing = WeightBiasHarness()
-        plumbing.launch = launch
-        return plumbing.triton(kernel, work, tile)
-
-    def shrink(self, spec):
-        """Batch 2, 7x5 pixels, at most 8 channels per group in and 4 per shuffle group out."""
-        out = spec.groups * spec.shuffle_groups * min(spec.group_out // spec.shuffle_groups, 4)
-        return replace(spec, batch=2, in_channels=spec.groups * min(spec.group_in, 8), out_channels=out,
-                       height=min(spec.height, 7), width=min(spec.width, 5))
-
-
 def harnesses() -> dict:
-    """Every layer the audit knows: the registry's, plus the shuffled grouped 1 x 1 conv."""
+    """Every layer the audit knows: the registry's."""
     from tritonconv.ops.registry import HARNESSES
-    return {**HARNESSES, "shuffle": ShuffleHarness()}
+    return dict(HARNESSES)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,10 @@ def test_assignments_differ_by_a_channel_permutation():
     (30, 17, 5, 8, 5, 1, 2, "grouped", True),       # k = 5, odd filter count
     (5, 6, 4, 3, 3, 1, 1, "grouped", True),         # C < k^2: nothing is shifted
     (18, 5, 3, 4, 3, 3, 1, "interleaved", True),    # shift as large as the image
+    # 16+ channels per direction: the forward reduces direction by direction (segmented)
+    (147, 16, 4, 5, 3, 1, 1, "interleaved", True),  # remainder after 9 x 16 channels
+    (147, 16, 5, 4, 3, 2, 2, "grouped", False),
+    (288, 16, 3, 3, 3, 1, 1, "interleaved", True),  # 32 per direction, no remainder
 ])
 def test_forward_and_gradients_float64(in_c, out_c, h, w, k, dilation, stride, assignment, bias):
     torch.manual_seed(0)
@@ -76,6 +80,16 @@ def test_low_precision_forward(dtype, tol):
         got = layer.to(dtype)(x)
     assert got.dtype == dtype
     torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol)
+
+
+def test_weight_written_through_data_is_seen_by_the_next_call():
+    """The interleaved segmented forward reads the weight in reduction order, derived on every call."""
+    layer = ShiftConv2d(144, 16, device=DEVICE, dtype=torch.float64)
+    x = torch.randn(1, 144, 3, 4, device=DEVICE, dtype=torch.float64)
+    with torch.no_grad():
+        layer(x)
+        layer.weight.data.mul_(-2.0)
+        torch.testing.assert_close(layer(x), _oracle(layer, x))
 
 
 def test_channels_last_and_non_contiguous_inputs():

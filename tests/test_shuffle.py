@@ -143,6 +143,26 @@ def test_opcheck():
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
+def test_harness_shape_sets_and_shrunk_kernels():
+    from tritonconv.harness import max_relative_error
+    from tritonconv.ops.registry import HARNESSES
+    from tritonconv.ops.shuffle.harness import HARNESS
+
+    assert HARNESSES["shuffle"] is HARNESS
+    specs = HARNESS.specs_for("shufflenet_v1", batch=2, dtype="float32")
+    first = specs[0][2]
+    assert (first.in_channels, first.out_channels, first.groups, first.shuffle_groups) == (24, 60, 1, 3)
+    assert {spec.shuffle_groups for _, _, spec in specs if spec.shuffle_groups > 1} == {3, 8}
+    assert sum(count for name, count, _ in specs if name.startswith("g8.")) == 2 * sum((4, 8, 4))
+    assert all(spec.groups == 8 for _, _, spec in HARNESS.specs_for("shufflenet_v1", batch=2, dtype="float32",
+                                                                     groups=8)[1:])
+    _, _, spec = specs[-1]  # g=8, stage 4: 384 -> 1536 in 8 groups
+    work = HARNESS.make_workload(HARNESS.shrink(spec), DEVICE)
+    for kernel in ("forward", "backward_input", "backward_weight"):
+        tile = HARNESS.candidate_tiles(work.spec, kernel)[0]
+        assert max_relative_error(HARNESS.triton(kernel, work, tile)(), HARNESS.expected(kernel, work)) < 1e-4
+
+
 @pytest.mark.gpu
 def test_bfloat16_on_gpu():
     layer = ShuffledGroupConv2d(240, 60, 3, 3, device=DEVICE, dtype=torch.bfloat16)

@@ -24,48 +24,131 @@ def _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K: tl.constexpr, DIL: tl.co
 
 
 @triton.jit
+def _pixel_coordinates(pid, B, Ho, Wo, BLOCK: tl.constexpr):
+    """(pixel mask, image b as int64, row ho, column wo as int32) of one block of output pixels: the
+    int64 division happens once per program, offsets inside one image are int32."""
+    pixel = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
+    b = pixel // (Ho * Wo)
+    in_image = (pixel - b * (Ho * Wo)).to(tl.int32)
+    ho = in_image // Wo
+    return pixel < B * Ho * Wo, b, ho, in_image - ho * Wo
+
+
+@triton.jit
+def _pixel_walk_start(first, B, Ho, Wo, BLOCK: tl.constexpr):
+    """(b, ho, wo) as int32 [BLOCK] of pixels ``first + arange(BLOCK)`` (first int64, divided once)."""
+    first_b = first // (Ho * Wo)
+    in_image = (first - first_b * (Ho * Wo)).to(tl.int32) + tl.arange(0, BLOCK)  # < Ho*Wo + BLOCK
+    images = in_image // (Ho * Wo)
+    in_image -= images * (Ho * Wo)
+    ho = in_image // Wo
+    return first_b.to(tl.int32) + images, ho, in_image - ho * Wo
+
+
+@triton.jit
+def _pixel_walk_step(b, ho, wo, Ho, Wo, BLOCK: tl.constexpr):
+    """(b, ho, wo) advanced by BLOCK pixels without a division per pixel: BLOCK = step_b*Ho*Wo +
+    step_h*Wo + step_w (scalars, step_w < Wo, step_h < Ho), then one carry per coordinate."""
+    step_b = BLOCK // (Ho * Wo)
+    step_h = (BLOCK - step_b * (Ho * Wo)) // Wo
+    step_w = BLOCK - step_b * (Ho * Wo) - step_h * Wo
+    wo = wo + step_w
+    carry = wo >= Wo
+    wo = tl.where(carry, wo - Wo, wo)
+    ho = ho + step_h + carry.to(tl.int32)
+    carry = ho >= Ho
+    ho = tl.where(carry, ho - Ho, ho)
+    return b + step_b + carry.to(tl.int32), ho, wo
+
+
+@triton.jit
 def shift_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr,
     B, C, H, W, N, Ho, Wo,
     sxb, sxc, sxh, sxw,
     syb, syc, syh, syw,
     SHIFTED_CHANNELS, SHIFT_GROUP,
-    K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr,
-    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr, SEGMENTED: tl.constexpr,
+    GROUP_ALIGN: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """y[b, n, ho, wo] = sum_c w[n, c] x[b, c, ho*S + dh_c, wo*S + dw_c]: rows pixels, cols filters."""
+    """y[b, n, ho, wo] = sum_c w[n, c] x[b, c, ho*S + dh_c, wo*S + dw_c]: rows pixels, cols filters.
+
+    SEGMENTED (at least one dot's worth of channels per direction): the reduction walks the k^2
+    directions one after another, then the unshifted remainder. A chunk's channels share one shift, so
+    the activation tile is one row address per pixel plus a channel run (contiguous in the grouped
+    assignment: vector loads in channels_last) and the border is a per-row mask. ``w_ptr`` is then the
+    weight in that reduction order ([N, C], direction d's channels at columns [d*G, (d+1)*G)).
+    Otherwise every channel of a chunk carries its own shift (a gather) and ``w_ptr`` is the [N, C]
+    weight itself. GROUP_ALIGN: a power of two dividing G (the launcher's promise; the JIT only hints
+    multiples of 16), so that the channel runs of G = 8, 24, 56, ... still load 16 bytes at a time.
+    """
     pid_pixels = tl.program_id(0)
     pid_filters = tl.program_id(1)
-    n = pid_filters.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    n = pid_filters * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     n_mask = n < N
-    pixel = pid_pixels.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    pixel_mask = pixel < B * Ho * Wo
-    b = pixel // (Ho * Wo)
-    h = (pixel // Wo) % Ho * STRIDE  # stride applies after the shift
-    w = pixel % Wo * STRIDE
+    pixel_mask, b, ho, wo = _pixel_coordinates(pid_pixels, B, Ho, Wo, BLOCK_M)
+    h = ho * STRIDE  # stride applies after the shift
+    w = wo * STRIDE
     x_rows = x_ptr + b * sxb  # [BLOCK_M]
+    w_cols = w_ptr + n * C  # [BLOCK_N]
+    k_range = tl.arange(0, BLOCK_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for c0 in range(0, C, BLOCK_K):
-        c = c0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-        c_mask = c < C
-        dh, dw = _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, DIL, GROUPED)
-        hi = h[:, None] + dh[None, :]  # [BLOCK_M, BLOCK_K]: every channel at its own shifted address
-        wi = w[:, None] + dw[None, :]
-        inside = (pixel_mask[:, None] & c_mask[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W))
-        a = tl.load(x_rows[:, None] + c.to(tl.int64)[None, :] * sxc + hi * sxh + wi * sxw,
-                    mask=inside, other=0.0)  # [BLOCK_M, BLOCK_K]
-        wt = tl.load(w_ptr + n[None, :] * C + c[:, None], mask=c_mask[:, None] & n_mask[None, :],
-                     other=0.0)  # [BLOCK_K, BLOCK_N]
-        acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    if SEGMENTED:
+        if GROUPED:
+            channel_step = 1  # direction d owns channels [d*G, (d+1)*G)
+        else:
+            channel_step = K * K  # direction d owns channels d, d + k^2, d + 2k^2, ...
+        group = SHIFT_GROUP // GROUP_ALIGN * GROUP_ALIGN  # = G, written so the compiler sees its divisor
+        for d in range(0, K * K):
+            hi = h + DIL * (d // K - K // 2)  # [BLOCK_M]
+            wi = w + DIL * (d % K - K // 2)
+            row_inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+            if GROUPED:
+                first = d * group
+            else:
+                first = d
+            x_seg = x_rows + hi * sxh + wi * sxw + first * sxc  # [BLOCK_M]
+            w_seg = w_cols + d * group  # [BLOCK_N]
+            for i0 in range(0, group, BLOCK_K):
+                i = i0 + k_range  # [BLOCK_K] position in the direction's channels
+                i_mask = i < group
+                a = tl.load(x_seg[:, None] + (i * channel_step)[None, :] * sxc,
+                            mask=row_inside[:, None] & i_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+                wt = tl.load(w_seg[None, :] + i[:, None], mask=i_mask[:, None] & n_mask[None, :],
+                             other=0.0)  # [BLOCK_K, BLOCK_N]
+                acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        x_centre = x_rows + h * sxh + w * sxw  # [BLOCK_M] the unshifted remainder
+        for c0 in range(K * K * group, C, BLOCK_K):  # K*K*group == SHIFTED_CHANNELS
+            c = c0 + k_range  # [BLOCK_K]
+            c_mask = c < C
+            a = tl.load(x_centre[:, None] + c[None, :] * sxc, mask=pixel_mask[:, None] & c_mask[None, :],
+                        other=0.0)  # [BLOCK_M, BLOCK_K]
+            wt = tl.load(w_cols[None, :] + c[:, None], mask=c_mask[:, None] & n_mask[None, :],
+                         other=0.0)  # [BLOCK_K, BLOCK_N]
+            acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    else:
+        x_pixels = x_rows + h * sxh + w * sxw  # [BLOCK_M]
+        for c0 in range(0, C, BLOCK_K):
+            c = c0 + k_range  # [BLOCK_K]
+            c_mask = c < C
+            dh, dw = _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, DIL, GROUPED)
+            # every channel at its own shifted address: row offset + column offset, the border by one
+            # unsigned compare per coordinate
+            inside = (((h[:, None] + dh[None, :]).to(tl.uint32) < H) & ((w[:, None] + dw[None, :]).to(tl.uint32) < W)
+                      & pixel_mask[:, None] & c_mask[None, :])  # [BLOCK_M, BLOCK_K]
+            a = tl.load(x_pixels[:, None] + (c * sxc + dh * sxh + dw * sxw)[None, :], mask=inside,
+                        other=0.0)  # [BLOCK_M, BLOCK_K]
+            wt = tl.load(w_cols[None, :] + c[:, None], mask=c_mask[:, None] & n_mask[None, :],
+                         other=0.0)  # [BLOCK_K, BLOCK_N]
+            acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(ACC_DTYPE)[None, :]
-    ho = h // STRIDE
-    wo = w // STRIDE
-    y_ptrs = y_ptr + b[:, None] * syb + n[None, :] * syc + ho[:, None] * syh + wo[:, None] * syw
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=pixel_mask[:, None] & n_mask[None, :])
+    y_rows = y_ptr + b * syb + ho * syh + wo * syw  # [BLOCK_M]
+    tl.store(y_rows[:, None] + n[None, :] * syc, acc.to(y_ptr.dtype.element_ty),
+             mask=pixel_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit
@@ -85,38 +168,47 @@ def shift_bwd_input_kernel(
     GEMM. The opposite shift is in the store: ds[c, q] goes to dx[c, q + d_c]. Element (q, c) whose
     target falls outside the image is stored as 0 at the wrapped position (q + d_c) mod (H, W), which
     is exactly a dx position whose source lies outside the image: every dx element is written once.
+    The wrap is a conditional add (``_wrapped``), int32 within the image: no division in the epilogue.
     """
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
     c = pid_channels * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     c_mask = c < C
-    pixel = pid_pixels.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    pixel_mask = pixel < B * H * W
-    b = pixel // (H * W)
-    hq = (pixel // W) % H
-    wq = pixel % W
+    pixel_mask, b, hq, wq = _pixel_coordinates(pid_pixels, B, H, W, BLOCK_M)
     on_grid = pixel_mask & (hq % STRIDE == 0) & (wq % STRIDE == 0)
     dy_rows = dy_ptr + b * sdyb + (hq // STRIDE) * sdyh + (wq // STRIDE) * sdyw  # [BLOCK_M]
+    w_cols = w_ptr + c  # [BLOCK_N]
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for n0 in range(0, N, BLOCK_K):
         n = n0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
         n_mask = n < N
-        a = tl.load(dy_rows[:, None] + n.to(tl.int64)[None, :] * sdyc, mask=on_grid[:, None] & n_mask[None, :],
+        a = tl.load(dy_rows[:, None] + n[None, :] * sdyc, mask=on_grid[:, None] & n_mask[None, :],
                     other=0.0)  # [BLOCK_M, BLOCK_K]
-        wt = tl.load(w_ptr + n.to(tl.int64)[:, None] * C + c[None, :], mask=n_mask[:, None] & c_mask[None, :],
+        wt = tl.load(w_cols[None, :] + n[:, None] * C, mask=n_mask[:, None] & c_mask[None, :],
                      other=0.0)  # [BLOCK_K, BLOCK_N]
         acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
-    dh, dw = _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, DIL, GROUPED)
-    th = hq[:, None] + dh[None, :]  # [BLOCK_M, BLOCK_N]
-    tw = wq[:, None] + dw[None, :]
-    lands_inside = (th >= 0) & (th < H) & (tw >= 0) & (tw < W)
-    th = (th % H + H) % H  # the same under C and Python remainder semantics
-    tw = (tw % W + W) % W
+    dh, dw = _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, DIL, GROUPED)  # [BLOCK_N]
+    th = _wrapped(hq, dh, H)  # [BLOCK_M, BLOCK_N]
+    tw = _wrapped(wq, dw, W)
+    lands_inside = ((hq[:, None] + dh[None, :] == th) & (wq[:, None] + dw[None, :] == tw))
     value = tl.where(lands_inside, acc, 0.0)
-    dx_ptrs = dx_ptr + b[:, None] * sdxb + c.to(tl.int64)[None, :] * sdxc + th * sdxh + tw * sdxw
-    tl.store(dx_ptrs, value.to(dx_ptr.dtype.element_ty), mask=pixel_mask[:, None] & c_mask[None, :])
+    dx_rows = dx_ptr + b * sdxb  # [BLOCK_M]
+    tl.store(dx_rows[:, None] + c[None, :] * sdxc + th * sdxh + tw * sdxw, value.to(dx_ptr.dtype.element_ty),
+             mask=pixel_mask[:, None] & c_mask[None, :])
+
+
+@triton.jit
+def _wrapped(q, d, size):
+    """``(q + d) mod size`` for q in [0, size) without a division: one conditional wrap when |d| < size;
+    a shift of the whole image or more moves nothing inside, and the identity is a bijection too.
+    Equal to q + d exactly where that lands inside. [len(q), len(d)]."""
+    t = q[:, None] + d[None, :]
+    t = tl.where(t < 0, t + size, t)
+    t = tl.where(t >= size, t - size, t)
+    whole = (d >= size) | (d <= -size)
+    return tl.where(whole[None, :], q[:, None], t)
 
 
 @triton.jit
@@ -126,45 +218,75 @@ def shift_bwd_weight_kernel(
     sxb, sxc, sxh, sxw,
     sdyb, sdyc, sdyh, sdyw,
     SHIFTED_CHANNELS, SHIFT_GROUP, PIXELS_PER_SPLIT,
-    K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr,
-    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr, SEGMENTED: tl.constexpr,
+    GROUP_ALIGN: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """Partial dw[n, c] = sum_pixels dy[b, n, ho, wo] x[b, c, ho*S + dh_c, wo*S + dw_c] over one split of
     the output pixels, [BLOCK_N, BLOCK_C] per program; the first column tile also sums dy for the bias.
-    Partials go to ``partial_ptr[split]`` and the launcher sums them in a fixed order (deterministic)."""
+    Partials go to ``partial_ptr[split]`` and the launcher sums them in a fixed order (deterministic).
+
+    SEGMENTED: column tile t < k^2 * cdiv(G, BLOCK_C) holds channels of one direction (as the forward's
+    reduction chunks), the tiles after it the unshifted remainder: one shift per program, so the x tile
+    is a row address per pixel plus a channel run, its border a row mask. Otherwise every channel of
+    the tile carries its own shift. Pixels: the split's first pixel is divided once in int64; the
+    loop walks (b, ho, wo) in int32 with carries (``_pixel_walk_step``), no division per pixel.
+    """
     pid_filters = tl.program_id(0)
-    pid_channels = tl.program_id(1)
+    pid_columns = tl.program_id(1)
     split = tl.program_id(2)
-    n = pid_filters.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    n = pid_filters * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     n_mask = n < N
-    c = pid_channels * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
-    c_mask = c < C
-    dh, dw = _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, DIL, GROUPED)
+    c_range = tl.arange(0, BLOCK_C)
+    if SEGMENTED:
+        group = SHIFT_GROUP // GROUP_ALIGN * GROUP_ALIGN  # = G, written so the compiler sees its divisor
+        chunks = tl.cdiv(group, BLOCK_C)
+        d = tl.minimum(pid_columns // chunks, K * K)  # k^2: the remainder
+        i = (pid_columns - d * chunks) * BLOCK_C + c_range  # [BLOCK_C] position in the direction's channels
+        if GROUPED:
+            c = d * group + i  # the remainder starts at k^2 * G as well
+        else:
+            c = tl.where(d < K * K, i * (K * K) + d, K * K * group + i)
+        c_mask = tl.where(d < K * K, i < group, c < C)
+        dh = tl.where(d < K * K, DIL * (d // K - K // 2), 0)  # scalars: one shift for the program
+        dw = tl.where(d < K * K, DIL * (d % K - K // 2), 0)
+    else:
+        c = pid_columns * BLOCK_C + c_range  # [BLOCK_C]
+        c_mask = c < C
+        dh_c, dw_c = _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, DIL, GROUPED)
+        column_offset = dh_c * sxh + dw_c * sxw  # [BLOCK_C]
 
     acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
-    bias_acc = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
+    bias_acc = tl.zeros((BLOCK_N, BLOCK_P), dtype=ACC_DTYPE)  # summed across pixels once, after the loop
     p_range = tl.arange(0, BLOCK_P)
     first = split.to(tl.int64) * PIXELS_PER_SPLIT
+    count = tl.minimum(B * Ho * Wo - first, PIXELS_PER_SPLIT).to(tl.int32)  # pixels in this split
+    b32, ho, wo = _pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each
     for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
-        pixel = first + p0 + p_range  # [BLOCK_P]
-        pixel_mask = (pixel < B * Ho * Wo) & (p0 + p_range < PIXELS_PER_SPLIT)
-        b = pixel // (Ho * Wo)
-        ho = (pixel // Wo) % Ho
-        wo = pixel % Wo
-        dy = tl.load(dy_ptr + b[None, :] * sdyb + n[:, None] * sdyc + ho[None, :] * sdyh + wo[None, :] * sdyw,
+        pixel_mask = p0 + p_range < count
+        b = b32.to(tl.int64)
+        dy = tl.load((dy_ptr + b * sdyb + ho * sdyh + wo * sdyw)[None, :] + n[:, None] * sdyc,
                      mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
-        hi = ho[:, None] * STRIDE + dh[None, :]  # [BLOCK_P, BLOCK_C]
-        wi = wo[:, None] * STRIDE + dw[None, :]
-        inside = pixel_mask[:, None] & c_mask[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        x = tl.load(x_ptr + b[:, None] * sxb + c.to(tl.int64)[None, :] * sxc + hi * sxh + wi * sxw,
-                    mask=inside, other=0.0)  # [BLOCK_P, BLOCK_C]
+        if SEGMENTED:
+            hi = ho * STRIDE + dh  # [BLOCK_P]
+            wi = wo * STRIDE + dw
+            row_inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+            x = tl.load((x_ptr + b * sxb + hi * sxh + wi * sxw)[:, None] + c[None, :] * sxc,
+                        mask=row_inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
+        else:
+            inside = (((ho * STRIDE)[:, None] + dh_c[None, :]).to(tl.uint32) < H) \
+                & (((wo * STRIDE)[:, None] + dw_c[None, :]).to(tl.uint32) < W) \
+                & pixel_mask[:, None] & c_mask[None, :]  # [BLOCK_P, BLOCK_C]
+            x_pixels = x_ptr + b * sxb + ho * STRIDE * sxh + wo * STRIDE * sxw  # [BLOCK_P]
+            x = tl.load(x_pixels[:, None] + (c * sxc + column_offset)[None, :], mask=inside,
+                        other=0.0)  # [BLOCK_P, BLOCK_C]
         acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
         if HAS_BIAS:
-            bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
+            bias_acc += dy.to(ACC_DTYPE)
+        b32, ho, wo = _pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
 
     out = partial_ptr + split.to(tl.int64) * N * C + n[:, None] * C + c[None, :]
     tl.store(out, acc, mask=n_mask[:, None] & c_mask[None, :])
     if HAS_BIAS:
-        if pid_channels == 0:
-            tl.store(partial_bias_ptr + split.to(tl.int64) * N + n, bias_acc, mask=n_mask)
+        if pid_columns == 0:
+            tl.store(partial_bias_ptr + split.to(tl.int64) * N + n, tl.sum(bias_acc, axis=1), mask=n_mask)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import torch
 import triton
 
 from tritonconv.ops.shift import kernels
 from tritonconv.ops.shift.spec import ShiftSpec
-from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
+from tritonconv.tiles import MIN_DOT_TILE, GemmTile, accumulator_dtype, dot_precision, reduction_splits
 from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
+
+# Hopper's wgmma needs 64 rows per warp group; fewer rows lower to mma.sync (HMMA).
+WGMMA_ROWS = 64
 
 _CANDIDATES = {
     # rows = pixels, cols = filters, reduce = channels (backward_input: cols = channels, reduce = filters)
@@ -27,28 +33,57 @@ _CANDIDATES = {
         GemmTile(64, 64, 128, 4, 4), GemmTile(32, 32, 128, 4, 4),
     ],
 }
-_CANDIDATES["backward_input"] = _CANDIDATES["forward"]
+# 128x64 tiles at 4 warps spill in the grad-input epilogue (the shifted store's per-element targets)
+_CANDIDATES["backward_input"] = [GemmTile(128, 64, 64, 8, 3), *_CANDIDATES["forward"]]
 
-_DEFAULTS = {"forward": GemmTile(128, 64, 32, 4, 3), "backward_input": GemmTile(128, 64, 32, 4, 3),
+_DEFAULTS = {"forward": GemmTile(128, 64, 32, 4, 3), "backward_input": GemmTile(128, 64, 64, 8, 3),
              "backward_weight": GemmTile(64, 64, 64, 4, 3)}
+
+
+def segmented(spec: ShiftSpec) -> bool:
+    """Whether the forward reduces direction by direction: each direction owns at least one dot's
+    worth of channels (fewer would pad every direction's chunk with masked channels)."""
+    return spec.shift_group >= MIN_DOT_TILE
 
 
 def _gemm_extent(spec: ShiftSpec, kernel: str) -> tuple[int, int, int]:
     """(rows, cols, reduce) of the kernel's GEMM, to fit tiles to the shape."""
-    if kernel == "forward":
-        return spec.batch * spec.out_height * spec.out_width, spec.out_channels, spec.in_channels
+    if kernel == "forward":  # segmented: a chunk holds the channels of one direction
+        reduce = spec.shift_group if segmented(spec) else spec.in_channels
+        return spec.batch * spec.out_height * spec.out_width, spec.out_channels, reduce
     if kernel == "backward_input":
         return spec.batch * spec.height * spec.width, spec.in_channels, spec.out_channels
-    return spec.out_channels, spec.in_channels, spec.batch * spec.out_height * spec.out_width
+    cols = spec.shift_group if segmented(spec) else spec.in_channels  # segmented: one direction per tile
+    return spec.out_channels, cols, spec.batch * spec.out_height * spec.out_width
+
+
+def _fitted(tile: GemmTile, spec: ShiftSpec, kernel: str) -> GemmTile:
+    fitted = tile.fitted(*_gemm_extent(spec, kernel))
+    if kernel == "backward_weight" and fitted.block_rows < WGMMA_ROWS:  # masked filter rows beat mma.sync
+        fitted = replace(fitted, block_rows=WGMMA_ROWS)
+    return fitted
 
 
 def default_tile(spec: ShiftSpec, kernel: str) -> GemmTile:
-    return _DEFAULTS[kernel].fitted(*_gemm_extent(spec, kernel))
+    return _fitted(_DEFAULTS[kernel], spec, kernel)
 
 
 def candidate_tiles(spec: ShiftSpec, kernel: str) -> list[GemmTile]:
-    return list(dict.fromkeys(tile.fitted(*_gemm_extent(spec, kernel)) for tile in _CANDIDATES[kernel]))
+    return list(dict.fromkeys(_fitted(tile, spec, kernel) for tile in _CANDIDATES[kernel]))
 
+
+
+def _group_align(spec: ShiftSpec) -> int:
+    """A power of two (at most 16) dividing the channels per direction: the kernels' alignment promise."""
+    return math.gcd(max(spec.shift_group, 1), 16)
+
+
+def _weight_column_tiles(spec: ShiftSpec, block_cols: int) -> int:
+    """Column tiles of the grad-weight grid: per direction when segmented (then the remainder)."""
+    if not segmented(spec):
+        return triton.cdiv(spec.in_channels, block_cols)
+    remainder = spec.in_channels - spec.shifted_channels
+    return spec.kernel_size**2 * triton.cdiv(spec.shift_group, block_cols) + triton.cdiv(remainder, block_cols)
 
 
 def _shift_args(spec: ShiftSpec) -> tuple[int, int]:
@@ -66,16 +101,32 @@ def _sizes(spec: ShiftSpec) -> tuple:
             spec.out_width)
 
 
+def reduction_ordered_weight(weight: torch.Tensor, spec: ShiftSpec) -> torch.Tensor:
+    """The [N, C] weight with its input channels in the segmented forward's reduction order: direction d's
+    channels at columns [d*G, (d+1)*G), then the unshifted remainder. The grouped assignment is already
+    in that order; the interleaved one (direction d = channels d, d + k^2, ...) is one transposing copy
+    of the weight per call (N*C elements, derived from the current values: nothing is cached)."""
+    weight = weight.reshape(spec.out_channels, spec.in_channels)
+    if spec.assignment == "grouped" or not segmented(spec):
+        return weight.contiguous()
+    n, shifted = spec.out_channels, spec.shifted_channels
+    by_direction = weight[:, :shifted].reshape(n, spec.shift_group, spec.kernel_size**2).transpose(1, 2)
+    if shifted == spec.in_channels:
+        return by_direction.reshape(n, shifted)
+    return torch.cat([by_direction.reshape(n, shifted), weight[:, shifted:]], dim=1)
+
+
 def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
     y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
-    weight = weight.reshape(spec.out_channels, spec.in_channels).contiguous()
+    weight = reduction_ordered_weight(weight, spec)
     grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
             triton.cdiv(spec.out_channels, tile.block_cols))
     kernels.shift_fwd_kernel[grid](
         x, weight, bias.contiguous() if bias is not None else weight, y, *_sizes(spec), *x.stride(), *y.stride(),
-        *_shift_args(spec), HAS_BIAS=bias is not None, **_constexprs(spec, x.dtype),
+        *_shift_args(spec), SEGMENTED=segmented(spec),
+        GROUP_ALIGN=_group_align(spec), HAS_BIAS=bias is not None, **_constexprs(spec, x.dtype),
         BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
         num_warps=tile.num_warps, num_stages=tile.num_stages)
     return y
@@ -103,15 +154,16 @@ def backward_weight(dy, x, spec: ShiftSpec, tile: GemmTile):
         db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None
         return torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype), db
     filter_tiles = triton.cdiv(spec.out_channels, tile.block_rows)
-    channel_tiles = triton.cdiv(spec.in_channels, tile.block_cols)
+    channel_tiles = _weight_column_tiles(spec, tile.block_cols)
     splits = reduction_splits(tile, filter_tiles * channel_tiles, pixels, x.device)
     pixels_per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
     partial_w = empty((splits, spec.out_channels, spec.in_channels), device=x.device, dtype=acc_dtype)
     partial_bias = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
     kernels.shift_bwd_weight_kernel[(filter_tiles, channel_tiles, splits)](
         x, dy, partial_w, partial_bias if partial_bias is not None else partial_w, *_sizes(spec),
-        *x.stride(), *dy.stride(), *_shift_args(spec), pixels_per_split, HAS_BIAS=spec.bias,
-        **_constexprs(spec, x.dtype), BLOCK_N=tile.block_rows, BLOCK_C=tile.block_cols,
-        BLOCK_P=tile.block_reduce, num_warps=tile.num_warps, num_stages=tile.num_stages)
+        *x.stride(), *dy.stride(), *_shift_args(spec), pixels_per_split, SEGMENTED=segmented(spec),
+        GROUP_ALIGN=_group_align(spec), HAS_BIAS=spec.bias, **_constexprs(spec, x.dtype),
+        BLOCK_N=tile.block_rows, BLOCK_C=tile.block_cols, BLOCK_P=tile.block_reduce, num_warps=tile.num_warps,
+        num_stages=tile.num_stages)
     dw = partial_w.sum(0).to(x.dtype).reshape(spec.weight_shape)
     return dw, partial_bias.sum(0).to(x.dtype) if partial_bias is not None else None

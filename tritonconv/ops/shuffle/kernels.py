@@ -4,7 +4,10 @@ Filter n of the conv lands on output channel ``pos(n) = (n mod (N/sg)) sg + n //
 SHUFFLE_GROUPS): the forward stores there and the backward kernels read the gradient there, so the
 shuffle never costs a pass over memory. Group gr holds filters ``[gr N/G, (gr+1) N/G)`` and channels
 ``[gr C/G, (gr+1) C/G)``. ``w_ptr`` is the contiguous [N, C/G] weight; tensors go through explicit
-strides (NCHW and channels_last take the same code); large index arithmetic is int64.
+strides (NCHW and channels_last take the same code). Index arithmetic that can pass 2^31 elements is
+int64, done once per program; channel indices and offsets inside one image are int32, and the
+shuffled position is an int32 vector computed once per program (per reduction chunk in the grad
+input), never a 64-bit division.
 """
 
 import triton
@@ -12,9 +15,31 @@ import triton.language as tl
 
 
 @triton.jit
-def _shuffled(n, N, SHUFFLE_GROUPS):
+def _shuffled(n, N, SHUFFLE_GROUPS, SHUFFLED: tl.constexpr):
+    """pos(n) of int32 filters n: block k = n // (N/sg) of the filters goes to every sg-th channel.
+    Not SHUFFLED (sg = 1): n itself, so that the compiler sees contiguous channels."""
+    if not SHUFFLED:
+        return n
     per_group = N // SHUFFLE_GROUPS
-    return (n % per_group) * SHUFFLE_GROUPS + n // per_group
+    block = n // per_group
+    return (n - block * per_group) * SHUFFLE_GROUPS + block
+
+
+@triton.jit
+def _pixel_rows(pid, P, HW, W, BLOCK: tl.constexpr, INT32_PIXELS: tl.constexpr):
+    """(mask, b as int64, h, w as int32) of one block of pixels; int32 division when the pixel count
+    fits (INT32_PIXELS, the launcher's check), one int64 division per pixel otherwise."""
+    if INT32_PIXELS:
+        pixel = pid * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
+        b = pixel // HW
+        in_image = pixel - b * HW
+        b = b.to(tl.int64)
+    else:
+        pixel = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
+        b = pixel // HW
+        in_image = (pixel - b * HW).to(tl.int32)
+    h = in_image // W
+    return pixel < P, b, h, in_image - h * W
 
 
 @triton.jit
@@ -23,38 +48,41 @@ def shuffle_conv_fwd_kernel(
     P, HW, N, GROUP_IN, GROUP_OUT, SHUFFLE_GROUPS,
     sxb, sxc, sxh, sxw, W,
     syb, syc, syh, syw,
-    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """y[b, pos(n), h, w]: rows pixels, cols the filters of one group, reduce the group's channels."""
+    """y[b, pos(n), h, w]: rows pixels, cols the filters of one group, reduce the group's channels.
+
+    ALIGN divides the input's strides and the group's channel count (the launcher's promise; the JIT
+    only hints multiples of 16): rewritten as multiples of it, 24 or 40 channels still load 16 bytes
+    at a time in channels_last.
+    """
     pid_pixels = tl.program_id(0)
     pid_filters = tl.program_id(1)
     tiles_per_group = tl.cdiv(GROUP_OUT, BLOCK_N)
     group = pid_filters // tiles_per_group
     n_local = (pid_filters % tiles_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     n_mask = n_local < GROUP_OUT
-    n = (group * GROUP_OUT + n_local).to(tl.int64)
-    pixel = pid_pixels.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    pixel_mask = pixel < P
-    b = pixel // HW
-    h = (pixel % HW) // W
-    w = pixel % W
-    x_rows = x_ptr + b * sxb + h * sxh + w * sxw  # [BLOCK_M]
+    n = group * GROUP_OUT + n_local
+    group_in = GROUP_IN // ALIGN * ALIGN  # = GROUP_IN, written so the compiler sees its divisor
+    pixel_mask, b, h, w = _pixel_rows(pid_pixels, P, HW, W, BLOCK_M, INT32_PIXELS)
+    x_rows = (x_ptr + b * (sxb // ALIGN * ALIGN) + h * (sxh // ALIGN * ALIGN) + w * (sxw // ALIGN * ALIGN)
+              + group * group_in * sxc)  # [BLOCK_M] the group's first channel
+    w_cols = w_ptr + n * group_in  # [BLOCK_N]
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for c0 in range(0, GROUP_IN, BLOCK_K):
+    for c0 in range(0, group_in, BLOCK_K):
         c_local = c0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-        c_mask = c_local < GROUP_IN
-        c = (group * GROUP_IN + c_local).to(tl.int64)
-        a = tl.load(x_rows[:, None] + c[None, :] * sxc, mask=pixel_mask[:, None] & c_mask[None, :],
+        c_mask = c_local < group_in
+        a = tl.load(x_rows[:, None] + c_local[None, :] * sxc, mask=pixel_mask[:, None] & c_mask[None, :],
                     other=0.0)  # [BLOCK_M, BLOCK_K]
-        wt = tl.load(w_ptr + n[None, :] * GROUP_IN + c_local[:, None], mask=c_mask[:, None] & n_mask[None, :],
+        wt = tl.load(w_cols[None, :] + c_local[:, None], mask=c_mask[:, None] & n_mask[None, :],
                      other=0.0)  # [BLOCK_K, BLOCK_N]
         acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(ACC_DTYPE)[None, :]
-    out_channel = _shuffled(n, N, SHUFFLE_GROUPS)  # [BLOCK_N]: the shuffle is this store address
-    y_ptrs = (y_ptr + (b * syb + h * syh + w * syw)[:, None] + out_channel[None, :] * syc)
+    out_channel = _shuffled(n, N, SHUFFLE_GROUPS, SHUFFLED)  # [BLOCK_N]: the shuffle is this store address
+    y_ptrs = (y_ptr + b * syb + h * syh + w * syw)[:, None] + out_channel[None, :] * syc
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=pixel_mask[:, None] & n_mask[None, :])
 
 
@@ -64,35 +92,35 @@ def shuffle_conv_bwd_input_kernel(
     P, HW, N, GROUP_IN, GROUP_OUT, SHUFFLE_GROUPS,
     sdyb, sdyc, sdyh, sdyw, W,
     sdxb, sdxc, sdxh, sdxw,
-    DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """dx[b, c, h, w] = sum_n w[n, c] dy[b, pos(n), h, w] over the filters of c's group."""
+    """dx[b, c, h, w] = sum_n w[n, c] dy[b, pos(n), h, w] over the filters of c's group. ALIGN divides
+    dy's strides and the group widths (as in the forward)."""
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
     tiles_per_group = tl.cdiv(GROUP_IN, BLOCK_N)
     group = pid_channels // tiles_per_group
     c_local = (pid_channels % tiles_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    c_mask = c_local < GROUP_IN
-    c = (group * GROUP_IN + c_local).to(tl.int64)
-    pixel = pid_pixels.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    pixel_mask = pixel < P
-    b = pixel // HW
-    h = (pixel % HW) // W
-    w = pixel % W
-    dy_rows = dy_ptr + b * sdyb + h * sdyh + w * sdyw  # [BLOCK_M]
+    group_in = GROUP_IN // ALIGN * ALIGN  # = GROUP_IN, GROUP_OUT: written so the compiler sees the divisor
+    group_out = GROUP_OUT // ALIGN * ALIGN
+    c_mask = c_local < group_in
+    c = group * group_in + c_local
+    pixel_mask, b, h, w = _pixel_rows(pid_pixels, P, HW, W, BLOCK_M, INT32_PIXELS)
+    dy_rows = dy_ptr + b * (sdyb // ALIGN * ALIGN) + h * (sdyh // ALIGN * ALIGN) + w * (sdyw // ALIGN * ALIGN)
+    w_cols = w_ptr + c_local  # [BLOCK_N]
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for n0 in range(0, GROUP_OUT, BLOCK_K):
+    for n0 in range(0, group_out, BLOCK_K):
         n_local = n0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-        n_mask = n_local < GROUP_OUT
-        n = (group * GROUP_OUT + n_local).to(tl.int64)
-        a = tl.load(dy_rows[:, None] + _shuffled(n, N, SHUFFLE_GROUPS)[None, :] * sdyc,
+        n_mask = n_local < group_out
+        n = group * group_out + n_local
+        a = tl.load(dy_rows[:, None] + _shuffled(n, N, SHUFFLE_GROUPS, SHUFFLED)[None, :] * sdyc,
                     mask=pixel_mask[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-        wt = tl.load(w_ptr + n[:, None] * GROUP_IN + c_local[None, :], mask=n_mask[:, None] & c_mask[None, :],
+        wt = tl.load(w_cols[None, :] + n[:, None] * group_in, mask=n_mask[:, None] & c_mask[None, :],
                      other=0.0)  # [BLOCK_K, BLOCK_N]
         acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-    dx_ptrs = dx_ptr + (b * sdxb + h * sdxh + w * sdxw)[:, None] + c[None, :] * sdxc
+    dx_ptrs = (dx_ptr + b * sdxb + h * sdxh + w * sdxw)[:, None] + c[None, :] * sdxc
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=pixel_mask[:, None] & c_mask[None, :])
 
 
@@ -102,37 +130,48 @@ def shuffle_conv_bwd_weight_kernel(
     P, HW, N, GROUP_IN, GROUP_OUT, SHUFFLE_GROUPS, PIXELS_PER_SPLIT,
     sxb, sxc, sxh, sxw, W,
     sdyb, sdyc, sdyh, sdyw,
-    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    ALIGN: tl.constexpr, SHUFFLED: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """Partial dw[n, c_local] (and, in the first column tile, the bias sums) over one split of the pixels;
-    the launcher sums the partials in a fixed order (deterministic)."""
+    the launcher sums the partials in a fixed order (deterministic). ALIGN divides x's strides and the
+    group widths (as in the forward)."""
     pid_filters = tl.program_id(0)
     pid_columns = tl.program_id(1)
     split = tl.program_id(2)
     tiles_per_group = tl.cdiv(GROUP_OUT, BLOCK_N)
     group = pid_filters // tiles_per_group
     n_local = (pid_filters % tiles_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    n_mask = n_local < GROUP_OUT
-    n = (group * GROUP_OUT + n_local).to(tl.int64)
-    dy_channel = _shuffled(n, N, SHUFFLE_GROUPS)
+    group_in = GROUP_IN // ALIGN * ALIGN  # = GROUP_IN, GROUP_OUT: written so the compiler sees the divisor
+    group_out = GROUP_OUT // ALIGN * ALIGN
+    n_mask = n_local < group_out
+    n = group * group_out + n_local
+    dy_channel = _shuffled(n, N, SHUFFLE_GROUPS, SHUFFLED)  # [BLOCK_N]
     c_local = pid_columns * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
-    c_mask = c_local < GROUP_IN
-    c = (group * GROUP_IN + c_local).to(tl.int64)
+    c_mask = c_local < group_in
+    c = group * group_in + c_local
+    sxb = sxb // ALIGN * ALIGN
+    sxh = sxh // ALIGN * ALIGN
+    sxw = sxw // ALIGN * ALIGN
 
     acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
     bias_acc = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
     p_range = tl.arange(0, BLOCK_P)
     first = split.to(tl.int64) * PIXELS_PER_SPLIT
+    count = tl.minimum(P - first, PIXELS_PER_SPLIT).to(tl.int32)  # pixels in this split
+    first_b = first // HW  # the split's first pixel, divided once in int64
+    first_in_image = (first - first_b * HW).to(tl.int32)
     for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
-        pixel = first + p0 + p_range  # [BLOCK_P]
-        pixel_mask = (pixel < P) & (p0 + p_range < PIXELS_PER_SPLIT)
-        b = pixel // HW
-        h = (pixel % HW) // W
-        w = pixel % W
-        dy = tl.load(dy_ptr + (b * sdyb + h * sdyh + w * sdyw)[None, :] + dy_channel[:, None] * sdyc,
+        pixel_mask = p0 + p_range < count
+        since = first_in_image + p0 + p_range  # [BLOCK_P] int32 pixels since the image of the first
+        images = since // HW
+        in_image = since - images * HW
+        h = in_image // W
+        w = in_image - h * W
+        b = first_b + images
+        dy = tl.load((dy_ptr + b * sdyb + h * sdyh + w * sdyw)[None, :] + dy_channel[:, None] * sdyc,
                      mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
-        x = tl.load(x_ptr + (b * sxb + h * sxh + w * sxw)[:, None] + c[None, :] * sxc,
+        x = tl.load((x_ptr + b * sxb + h * sxh + w * sxw)[:, None] + c[None, :] * sxc,
                     mask=pixel_mask[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
         acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
         if HAS_BIAS:

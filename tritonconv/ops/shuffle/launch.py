@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import torch
 import triton
 
@@ -12,10 +15,15 @@ from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
 
+# Hopper's wgmma needs 64 rows per warp group; fewer rows lower to mma.sync (HMMA).
+WGMMA_ROWS = 64
+
 _CANDIDATES = {
     # rows = pixels, cols = filters (grad input: channels) of one group, reduce = the group's channels
+    # (128x64 at 4 warps spills: the shuffled store and the shuffled dy gather give every element its own
+    # address)
     "forward": [
-        GemmTile(128, 64, 32, 4, 3), GemmTile(128, 32, 32, 4, 3), GemmTile(64, 64, 64, 4, 3),
+        GemmTile(128, 64, 32, 8, 3), GemmTile(128, 64, 32, 4, 3), GemmTile(128, 32, 32, 4, 3), GemmTile(64, 64, 64, 4, 3),
         GemmTile(256, 64, 32, 8, 3), GemmTile(64, 32, 32, 4, 4), GemmTile(128, 128, 32, 8, 3),
     ],
     # rows = filters of one group, cols = the group's channels, reduce = pixels
@@ -26,7 +34,7 @@ _CANDIDATES = {
 }
 _CANDIDATES["backward_input"] = _CANDIDATES["forward"]
 
-_DEFAULTS = {"forward": GemmTile(128, 64, 32, 4, 3), "backward_input": GemmTile(128, 64, 32, 4, 3),
+_DEFAULTS = {"forward": GemmTile(128, 64, 32, 8, 3), "backward_input": GemmTile(128, 64, 32, 8, 3),
              "backward_weight": GemmTile(64, 64, 64, 4, 3)}
 
 
@@ -39,13 +47,28 @@ def _gemm_extent(spec: ShuffleConvSpec, kernel: str) -> tuple[int, int, int]:
     return spec.group_out, spec.group_in, pixels
 
 
+def _fitted(tile: GemmTile, spec: ShuffleConvSpec, kernel: str) -> GemmTile:
+    fitted = tile.fitted(*_gemm_extent(spec, kernel))
+    if kernel == "backward_weight" and fitted.block_rows < WGMMA_ROWS:  # masked filter rows beat mma.sync
+        fitted = replace(fitted, block_rows=WGMMA_ROWS)
+    return fitted
+
+
+_MAX_BLOCK_ROWS = max(tile.block_rows for tiles in _CANDIDATES.values() for tile in tiles)
+
+
 def default_tile(spec: ShuffleConvSpec, kernel: str) -> GemmTile:
-    return _DEFAULTS[kernel].fitted(*_gemm_extent(spec, kernel))
+    return _fitted(_DEFAULTS[kernel], spec, kernel)
 
 
 def candidate_tiles(spec: ShuffleConvSpec, kernel: str) -> list[GemmTile]:
-    return list(dict.fromkeys(tile.fitted(*_gemm_extent(spec, kernel)) for tile in _CANDIDATES[kernel]))
+    return list(dict.fromkeys(_fitted(tile, spec, kernel) for tile in _CANDIDATES[kernel]))
 
+
+
+def _int32_pixels(spec: ShuffleConvSpec) -> bool:
+    """Whether pixel indices (and one block past them) fit int32: the kernels divide them in int32."""
+    return spec.batch * spec.height * spec.width + _MAX_BLOCK_ROWS < 2**31
 
 
 def _sizes(spec: ShuffleConvSpec) -> tuple:
@@ -67,7 +90,8 @@ def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Ten
             spec.groups * triton.cdiv(spec.group_out, tile.block_cols))
     kernels.shuffle_conv_fwd_kernel[grid](
         x, weight, bias.contiguous() if bias is not None else weight, y, *_sizes(spec), *x.stride(), spec.width, *y.stride(),
-        HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
+        ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), spec.group_in, 8),
+        INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
         **_tile_args(tile))
     return y
 
@@ -81,7 +105,8 @@ def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torc
             spec.groups * triton.cdiv(spec.group_in, tile.block_cols))
     kernels.shuffle_conv_bwd_input_kernel[grid](
         dy, weight, dx, *_sizes(spec), *dy.stride(), spec.width, *dx.stride(),
-        DOT_PRECISION=dot_precision(dy.dtype), ACC_DTYPE=accumulator_dtype(dy.dtype), **_tile_args(tile))
+        ALIGN=math.gcd(dy.stride(0), dy.stride(2), dy.stride(3), spec.group_in, spec.group_out, 8),
+        INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, DOT_PRECISION=dot_precision(dy.dtype), ACC_DTYPE=accumulator_dtype(dy.dtype), **_tile_args(tile))
     return dx
 
 
@@ -100,7 +125,9 @@ def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile):
     partial_b = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
     kernels.shuffle_conv_bwd_weight_kernel[(filter_tiles, column_tiles, splits)](
         x, dy, partial_w, partial_b if partial_b is not None else partial_w, *_sizes(spec), per_split,
-        *x.stride(), spec.width, *dy.stride(), HAS_BIAS=spec.bias, DOT_PRECISION=dot_precision(x.dtype),
+        *x.stride(), spec.width, *dy.stride(),
+        ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), spec.group_in, spec.group_out, 8),
+        SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=spec.bias, DOT_PRECISION=dot_precision(x.dtype),
         ACC_DTYPE=accumulator_dtype(x.dtype), **_tile_args(tile, ("BLOCK_N", "BLOCK_C", "BLOCK_P")))
     dw = partial_w.sum(0).to(x.dtype).reshape(spec.weight_shape)
     return dw, partial_b.sum(0).to(x.dtype) if partial_b is not None else None

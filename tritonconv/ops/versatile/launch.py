@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import torch
 import triton
 
@@ -12,7 +15,9 @@ from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
 
-# Four [BLOCK_M, BLOCK_N] accumulators live in the forward: its tiles are smaller than a plain GEMM's.
+# Hopper's wgmma needs 64 rows per warp group; fewer rows lower to mma.sync (HMMA).
+WGMMA_ROWS = 64
+
 _CANDIDATES = {
     # rows = output pixels, cols = (offset, primary filter) columns, reduce = input channels per tap
     "forward": [
@@ -22,22 +27,24 @@ _CANDIDATES = {
     ],
     # rows = input pixels, cols = input channels, reduce = columns per tap
     # (128x64x64 needs 360 KB of shared memory with 4 stages and 245 KB with 3 in fp32 on sm_90: 2 here)
+    # (128x64 at 4 warps spills where n_w is not a multiple of 8: the upstream tile is read 2 bytes at a time)
     "backward_input": [
-        GemmTile(128, 64, 32, 4, 3), GemmTile(128, 128, 32, 8, 3), GemmTile(64, 64, 64, 4, 3),
+        GemmTile(128, 64, 64, 8, 3), GemmTile(128, 64, 32, 4, 3), GemmTile(128, 128, 32, 8, 3), GemmTile(64, 64, 64, 4, 3),
         GemmTile(128, 64, 64, 4, 2), GemmTile(64, 128, 32, 4, 4), GemmTile(256, 64, 32, 8, 3),
         GemmTile(64, 32, 64, 4, 4), GemmTile(32, 64, 64, 4, 4),
     ],
     # rows = primary filters, cols = weight channels of one tap, reduce = output pixels
+    # (4 warps spill where n_w is not a multiple of 8: the upstream tile is read 2 bytes at a time)
     "backward_weight": [
-        GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3), GemmTile(64, 128, 64, 8, 3),
+        GemmTile(64, 64, 64, 8, 3), GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3), GemmTile(64, 128, 64, 8, 3),
         GemmTile(32, 64, 128, 4, 3), GemmTile(64, 32, 128, 4, 4), GemmTile(32, 32, 128, 4, 4),
     ],
 }
 
-_DEFAULTS = {"forward": GemmTile(64, 64, 32, 4, 3), "backward_input": GemmTile(128, 64, 32, 4, 3),
-             "backward_weight": GemmTile(64, 64, 64, 4, 3)}
+_DEFAULTS = {"forward": GemmTile(64, 64, 32, 4, 3), "backward_input": GemmTile(128, 64, 64, 8, 3),
+             "backward_weight": GemmTile(64, 64, 64, 8, 3)}
 
-_BIAS_BLOCK = (64, 128)  # (channels, pixels) per program of the grad-bias reduction
+_BIAS_BLOCK = (64, 32)  # (channels, pixels) per program of the grad-bias reduction (more pixels spill unaligned)
 
 
 def _gemm_extent(spec: VersatileSpec, kernel: str) -> tuple[int, int, int]:
@@ -50,12 +57,19 @@ def _gemm_extent(spec: VersatileSpec, kernel: str) -> tuple[int, int, int]:
     return spec.n_w, spec.c_hat, spec.batch * spec.out_height * spec.out_width
 
 
+def _fitted(tile: GemmTile, spec: VersatileSpec, kernel: str) -> GemmTile:
+    fitted = tile.fitted(*_gemm_extent(spec, kernel))
+    if kernel == "backward_weight" and fitted.block_rows < WGMMA_ROWS:  # masked filter rows beat mma.sync
+        fitted = replace(fitted, block_rows=WGMMA_ROWS)
+    return fitted
+
+
 def default_tile(spec: VersatileSpec, kernel: str) -> GemmTile:
-    return _DEFAULTS[kernel].fitted(*_gemm_extent(spec, kernel))
+    return _fitted(_DEFAULTS[kernel], spec, kernel)
 
 
 def candidate_tiles(spec: VersatileSpec, kernel: str) -> list[GemmTile]:
-    return list(dict.fromkeys(tile.fitted(*_gemm_extent(spec, kernel)) for tile in _CANDIDATES[kernel]))
+    return list(dict.fromkeys(_fitted(tile, spec, kernel) for tile in _CANDIDATES[kernel]))
 
 
 
@@ -64,18 +78,31 @@ def _common(spec: VersatileSpec, dtype: torch.dtype) -> dict:
                 DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))
 
 
+def tap_major(weight: torch.Tensor) -> torch.Tensor:
+    """[n_w, c_hat, K, K] -> [K*K, n_w, c_hat] contiguous: one tap's [filters, channels] block is
+    contiguous (the kernels' weight operand). One copy of the weight per call, from its current
+    values: nothing is cached."""
+    n_w, c_hat, k, _ = weight.shape
+    return weight.permute(2, 3, 0, 1).reshape(k * k, n_w, c_hat).contiguous()
+
+
+def window_align(spec: VersatileSpec) -> int:
+    """A power of two (at most 16) dividing every channel window's start j*g."""
+    return 16 if spec.n_c == 1 else math.gcd(spec.g, 16)
+
+
 def forward(x, weight, bias, spec: VersatileSpec, tile: GemmTile) -> torch.Tensor:
     y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
-    weight = weight.contiguous()
+    weight = tap_major(weight)
     grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
             spec.n_c * triton.cdiv(spec.n_w, tile.block_cols))
     kernels.versatile_fwd_kernel[grid](
         x, weight, bias.contiguous() if bias is not None else weight, y,
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *x.stride(), *y.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g,
-        S_NUM=spec.s_num, HAS_BIAS=bias is not None, **_common(spec, x.dtype),
+        S_NUM=spec.s_num, WINDOW_ALIGN=window_align(spec), HAS_BIAS=bias is not None, **_common(spec, x.dtype),
         BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
         num_warps=tile.num_warps, num_stages=tile.num_stages)
     return y
@@ -88,10 +115,10 @@ def backward_input(dy, weight, spec: VersatileSpec, tile: GemmTile, like: torch.
     grid = (triton.cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
             triton.cdiv(spec.in_channels, tile.block_cols))
     kernels.versatile_bwd_input_kernel[grid](
-        dy, weight.contiguous(), dx,
+        dy, tap_major(weight), dx,
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *dy.stride(), *dx.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c,
-        **_common(spec, dy.dtype), BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
+        WINDOW_ALIGN=window_align(spec), **_common(spec, dy.dtype), BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
         num_warps=tile.num_warps, num_stages=tile.num_stages)
     return dx
 
@@ -112,7 +139,7 @@ def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile):
     kernels.versatile_bwd_weight_kernel[(filter_tiles, column_tiles, splits)](
         x, dy, partial_w, spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *x.stride(), *dy.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c, pixels_per_split,
-        **_common(spec, x.dtype), BLOCK_N=tile.block_rows, BLOCK_C=tile.block_cols, BLOCK_P=tile.block_reduce,
+        WINDOW_ALIGN=window_align(spec), **_common(spec, x.dtype), BLOCK_N=tile.block_rows, BLOCK_C=tile.block_cols, BLOCK_P=tile.block_reduce,
         num_warps=tile.num_warps, num_stages=tile.num_stages)
     db = None
     if spec.bias:
