@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DEVICE
 from tritonconv.dispatch import use_backend
-from tritonconv.ops.shift import ShiftConv2d, ShiftSpec, explain
-from tritonconv.ops.shift import reference
+from tritonconv.ops.shift import ShiftConv2d, ShiftSpec, explain, reference
 from tritonconv.ops.shift.harness import HARNESS
 from tritonconv.ops.shift.spec import channel_shifts
+
+from conftest import DEVICE
 
 
 def _oracle(layer: ShiftConv2d, x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +131,8 @@ def test_batch_zero():
     (lambda: ShiftConv2d(8, 4, dilation=0), ValueError, "dilation=0"),
     (lambda: ShiftConv2d(0, 4), ValueError, "in_channels=0"),
     (lambda: ShiftConv2d(8, 4)(torch.randn(8, 5, 5)), ValueError, "input must have 4 dimensions"),
-    (lambda: ShiftConv2d(8, 4)(torch.randn(1, 7, 5, 5)), ValueError, "input has 7 channels (shape (1, 7, 5, 5)); expected in_channels=8"),
+    (lambda: ShiftConv2d(8, 4)(torch.randn(1, 7, 5, 5)), ValueError,
+     "input has 7 channels (shape (1, 7, 5, 5)); expected in_channels=8"),
     (lambda: ShiftConv2d(8, 4)(torch.ones(1, 8, 5, 5, dtype=torch.int64)), TypeError, "dtype int64"),
     (lambda: ShiftConv2d(8, 4)(torch.randn(1, 8, 5, 5, dtype=torch.float64)), TypeError, "must match"),
     (lambda: ShiftConv2d(8, 4)("x"), TypeError, "torch.Tensor"),
@@ -170,7 +171,8 @@ def test_opcheck():
 
 def test_harness_shape_sets_and_shrunk_kernels():
     from tritonconv.harness import max_relative_error
-    assert [spec.in_channels for _, _, spec in HARNESS.specs_for("shiftresnet20", batch=2, dtype="float32")][:2] == [16, 16]
+    specs = HARNESS.specs_for("shiftresnet20", batch=2, dtype="float32")
+    assert [spec.in_channels for _, _, spec in specs][:2] == [16, 16]
     _, _, spec = HARNESS.specs_for("resnet50", batch=4, dtype="float32")[-1]
     work = HARNESS.make_workload(HARNESS.shrink(spec), DEVICE)
     for kernel in ("forward", "backward_input", "backward_weight"):

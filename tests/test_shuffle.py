@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DEVICE
 from tritonconv.dispatch import use_backend
 from tritonconv.ops.shuffle import ShuffledGroupConv2d, ShuffleUnit, channel_shuffle
+
+from conftest import DEVICE
 
 
 def _oracle(layer: ShuffledGroupConv2d, x):

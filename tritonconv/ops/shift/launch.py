@@ -8,10 +8,10 @@ from dataclasses import replace
 import torch
 import triton
 
+from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.shift import kernels
 from tritonconv.ops.shift.spec import ShiftSpec
 from tritonconv.tiles import MIN_DOT_TILE, GemmTile, accumulator_dtype, dot_precision, reduction_splits
-from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
 

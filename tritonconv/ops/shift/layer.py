@@ -7,12 +7,12 @@ import math
 import torch
 from torch import Tensor, nn
 
+from tritonconv._layout import layer_operands
 from tritonconv._validation import check_bool, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.shift.op import explain, shift_conv2d
 from tritonconv.ops.shift.spec import ShiftSpec, validate_hyperparameters
-from tritonconv._layout import layer_operands
 
 
 class ShiftConv2d(nn.Module):

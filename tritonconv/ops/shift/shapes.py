@@ -20,7 +20,8 @@ def shiftresnet20(expansion: int = 1, resolution: int = 32) -> list[zoo.ConvLaye
         for block in range(blocks):
             stride = 2 if stage > 1 and block == 0 else 1
             for conv, (cin, s) in enumerate(((in_channels, stride), (width, 1)), start=1):
-                layers.append(zoo.ConvLayer(f"layer{stage}.{block}.csc{conv}", cin * expansion, width, 3, s, size, size))
+                name = f"layer{stage}.{block}.csc{conv}"
+                layers.append(zoo.ConvLayer(name, cin * expansion, width, 3, s, size, size))
                 size = (size - 1) // s + 1
             in_channels = width
     return layers

@@ -48,7 +48,8 @@ def shuffle_conv_fwd_kernel(
     P, HW, N, GROUP_IN, GROUP_OUT, SHUFFLE_GROUPS,
     sxb, sxc, sxh, sxw, W,
     syb, syc, syh, syw,
-    ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y[b, pos(n), h, w]: rows pixels, cols the filters of one group, reduce the group's channels.
@@ -92,7 +93,8 @@ def shuffle_conv_bwd_input_kernel(
     P, HW, N, GROUP_IN, GROUP_OUT, SHUFFLE_GROUPS,
     sdyb, sdyc, sdyh, sdyw, W,
     sdxb, sdxc, sdxh, sdxw,
-    ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[b, c, h, w] = sum_n w[n, c] dy[b, pos(n), h, w] over the filters of c's group. ALIGN divides

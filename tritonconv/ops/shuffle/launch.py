@@ -8,10 +8,10 @@ from dataclasses import replace
 import torch
 import triton
 
+from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.shuffle import kernels
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
-from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
 
@@ -23,7 +23,8 @@ _CANDIDATES = {
     # (128x64 at 4 warps spills: the shuffled store and the shuffled dy gather give every element its own
     # address)
     "forward": [
-        GemmTile(128, 64, 32, 8, 3), GemmTile(128, 64, 32, 4, 3), GemmTile(128, 32, 32, 4, 3), GemmTile(64, 64, 64, 4, 3),
+        GemmTile(128, 64, 32, 8, 3), GemmTile(128, 64, 32, 4, 3), GemmTile(128, 32, 32, 4, 3),
+        GemmTile(64, 64, 64, 4, 3),
         GemmTile(256, 64, 32, 8, 3), GemmTile(64, 32, 32, 4, 4), GemmTile(128, 128, 32, 8, 3),
     ],
     # rows = filters of one group, cols = the group's channels, reduce = pixels
@@ -89,9 +90,11 @@ def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Ten
     grid = (triton.cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
             spec.groups * triton.cdiv(spec.group_out, tile.block_cols))
     kernels.shuffle_conv_fwd_kernel[grid](
-        x, weight, bias.contiguous() if bias is not None else weight, y, *_sizes(spec), *x.stride(), spec.width, *y.stride(),
+        x, weight, bias.contiguous() if bias is not None else weight, y,
+        *_sizes(spec), *x.stride(), spec.width, *y.stride(),
         ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), spec.group_in, 8),
-        INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
+        INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=bias is not None,
+        DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
         **_tile_args(tile))
     return y
 
@@ -106,7 +109,8 @@ def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torc
     kernels.shuffle_conv_bwd_input_kernel[grid](
         dy, weight, dx, *_sizes(spec), *dy.stride(), spec.width, *dx.stride(),
         ALIGN=math.gcd(dy.stride(0), dy.stride(2), dy.stride(3), spec.group_in, spec.group_out, 8),
-        INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, DOT_PRECISION=dot_precision(dy.dtype), ACC_DTYPE=accumulator_dtype(dy.dtype), **_tile_args(tile))
+        INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, DOT_PRECISION=dot_precision(dy.dtype),
+        ACC_DTYPE=accumulator_dtype(dy.dtype), **_tile_args(tile))
     return dx
 
 

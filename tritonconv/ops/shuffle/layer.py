@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tritonconv._layout import layer_operands
 from tritonconv._validation import check_bool, check_int_choice, check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.shuffle.op import explain, shuffle_conv1x1
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec, validate_hyperparameters
-from tritonconv._layout import layer_operands
 
 
 class ShuffledGroupConv2d(nn.Module):

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
+from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
-
 
 
 def validate_hyperparameters(in_channels, out_channels, groups, shuffle_groups) -> None:
@@ -79,7 +78,8 @@ class ShuffleConvSpec(ConvSpecShapes):
         pixels = self.batch * self.height * self.width
         n_params = self.parameter_count()
         elements = pixels * (self.in_channels + self.out_channels)
-        return Cost(macs=pixels * self.out_channels * self.group_in, bytes=(elements + n_params) * self.torch_dtype.itemsize)
+        return Cost(macs=pixels * self.out_channels * self.group_in,
+                    bytes=(elements + n_params) * self.torch_dtype.itemsize)
 
     def tuning_key(self) -> str:
         layout = "nhwc" if self.channels_last else "nchw"

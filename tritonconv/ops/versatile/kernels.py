@@ -131,9 +131,10 @@ def versatile_bwd_input_kernel(
 
     A tap of ring r was used by secondaries 0..r: one dot per secondary with the same weight tile
     (as many MACs as the forward; the upstream tiles go to the tensor cores as loaded, in their own
-    precision, rather than summed and rounded in registers). A chunk holds filters of one window j, so its weight tile is w[tap, f, c - j*g] of the tap-major
-    [K*K, n_w, c_hat] weight (``launch.tap_major``): contiguous along the channels, the window's edges
-    a per-channel mask. WINDOW_ALIGN divides every window start j*g (as in the forward).
+    precision, rather than summed and rounded in registers). A chunk holds filters of one window j, so
+    its weight tile is w[tap, f, c - j*g] of the tap-major [K*K, n_w, c_hat] weight
+    (``launch.tap_major``): contiguous along the channels, the window's edges a per-channel mask.
+    WINDOW_ALIGN divides every window start j*g (as in the forward).
     """
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
@@ -246,7 +247,7 @@ def versatile_bwd_weight_kernel(
 @triton.jit
 def channel_sum_kernel(
     dy_ptr, partial_ptr,
-    B, O, Ho, Wo,
+    B, OUT_CHANNELS, Ho, Wo,
     sdyb, sdyc, sdyh, sdyw,
     PIXELS_PER_SPLIT,
     ACC_DTYPE: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -255,7 +256,7 @@ def channel_sum_kernel(
     pid_channels = tl.program_id(0)
     split = tl.program_id(1)
     o = pid_channels * BLOCK_O + tl.arange(0, BLOCK_O)  # [BLOCK_O]
-    o_mask = o < O
+    o_mask = o < OUT_CHANNELS
     acc = tl.zeros((BLOCK_O,), dtype=ACC_DTYPE)
     p_range = tl.arange(0, BLOCK_P)
     first = split.to(tl.int64) * PIXELS_PER_SPLIT
@@ -263,8 +264,9 @@ def channel_sum_kernel(
     b32, ho, wo = _pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each, walked without division
     for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
         pixel_mask = p0 + p_range < count
-        dy = tl.load(dy_ptr + o.to(tl.int64)[:, None] * sdyc + (b32.to(tl.int64) * sdyb + ho * sdyh + wo * sdyw)[None, :],
+        pixel_offsets = b32.to(tl.int64) * sdyb + ho * sdyh + wo * sdyw  # [BLOCK_P]
+        dy = tl.load(dy_ptr + o.to(tl.int64)[:, None] * sdyc + pixel_offsets[None, :],
                      mask=o_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_O, BLOCK_P]
         acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
         b32, ho, wo = _pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
-    tl.store(partial_ptr + split.to(tl.int64) * O + o, acc, mask=o_mask)
+    tl.store(partial_ptr + split.to(tl.int64) * OUT_CHANNELS + o, acc, mask=o_mask)

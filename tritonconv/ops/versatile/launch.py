@@ -8,10 +8,10 @@ from dataclasses import replace
 import torch
 import triton
 
+from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.versatile import kernels
 from tritonconv.ops.versatile.spec import VersatileSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
-from tritonconv._layout import empty, empty_like_layout
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
 
@@ -29,14 +29,16 @@ _CANDIDATES = {
     # (128x64x64 needs 360 KB of shared memory with 4 stages and 245 KB with 3 in fp32 on sm_90: 2 here)
     # (128x64 at 4 warps spills where n_w is not a multiple of 8: the upstream tile is read 2 bytes at a time)
     "backward_input": [
-        GemmTile(128, 64, 64, 8, 3), GemmTile(128, 64, 32, 4, 3), GemmTile(128, 128, 32, 8, 3), GemmTile(64, 64, 64, 4, 3),
+        GemmTile(128, 64, 64, 8, 3), GemmTile(128, 64, 32, 4, 3), GemmTile(128, 128, 32, 8, 3),
+        GemmTile(64, 64, 64, 4, 3),
         GemmTile(128, 64, 64, 4, 2), GemmTile(64, 128, 32, 4, 4), GemmTile(256, 64, 32, 8, 3),
         GemmTile(64, 32, 64, 4, 4), GemmTile(32, 64, 64, 4, 4),
     ],
     # rows = primary filters, cols = weight channels of one tap, reduce = output pixels
     # (4 warps spill where n_w is not a multiple of 8: the upstream tile is read 2 bytes at a time)
     "backward_weight": [
-        GemmTile(64, 64, 64, 8, 3), GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3), GemmTile(64, 128, 64, 8, 3),
+        GemmTile(64, 64, 64, 8, 3), GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3),
+        GemmTile(64, 128, 64, 8, 3),
         GemmTile(32, 64, 128, 4, 3), GemmTile(64, 32, 128, 4, 4), GemmTile(32, 32, 128, 4, 4),
     ],
 }
@@ -118,7 +120,8 @@ def backward_input(dy, weight, spec: VersatileSpec, tile: GemmTile, like: torch.
         dy, tap_major(weight), dx,
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *dy.stride(), *dx.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c,
-        WINDOW_ALIGN=window_align(spec), **_common(spec, dy.dtype), BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
+        WINDOW_ALIGN=window_align(spec), **_common(spec, dy.dtype),
+        BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
         num_warps=tile.num_warps, num_stages=tile.num_stages)
     return dx
 
@@ -139,7 +142,8 @@ def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile):
     kernels.versatile_bwd_weight_kernel[(filter_tiles, column_tiles, splits)](
         x, dy, partial_w, spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *x.stride(), *dy.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c, pixels_per_split,
-        WINDOW_ALIGN=window_align(spec), **_common(spec, x.dtype), BLOCK_N=tile.block_rows, BLOCK_C=tile.block_cols, BLOCK_P=tile.block_reduce,
+        WINDOW_ALIGN=window_align(spec), **_common(spec, x.dtype),
+        BLOCK_N=tile.block_rows, BLOCK_C=tile.block_cols, BLOCK_P=tile.block_reduce,
         num_warps=tile.num_warps, num_stages=tile.num_stages)
     db = None
     if spec.bias:

@@ -7,13 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
+from tritonconv._layout import layer_operands
 from tritonconv._validation import check_bool, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.versatile import reference
 from tritonconv.ops.versatile.op import explain, versatile_conv2d
 from tritonconv.ops.versatile.spec import VersatileSpec, spatial_secondaries, validate_hyperparameters
-from tritonconv._layout import layer_operands
 
 
 class VersatileConv2d(nn.Module):

@@ -58,8 +58,11 @@ def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias
                                forced=dispatch.backward_forced(OPERATOR, x, forced))
     if decision.backend == "triton":
         with dispatch.launching():
-            dx = launch.backward_input(grad, weight, spec, decision.tiles["backward_input"], x) if need_input else None
-            dw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"]) if need_weights else (None,) * 2
+            dx = dw = db = None
+            if need_input:
+                dx = launch.backward_input(grad, weight, spec, decision.tiles["backward_input"], x)
+            if need_weights:
+                dw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"])
     else:
         dx, dw, db = reference.fallback_backward(grad, x, weight, spec, need_input, need_weights)
         dx = dx.contiguous(memory_format=memory_format_of(x)) if dx is not None else None
