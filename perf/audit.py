@@ -707,10 +707,19 @@ def _figure_cells(rows: list[dict]) -> list[str]:
 _SUMMARY_TARGETS = ("spills", "hgmma", "instructions_per_tc", "scalar16", "div64_loop", "depthwise_ffma", "shared")
 
 
+def _latest_per_layer(rows: list[dict]) -> list[dict]:
+    """The CSVs keep every commit's rows (history); the summary speaks of each layer's newest audit."""
+    newest: dict = {}
+    for row in rows:
+        if row["layer"] not in newest or row["timestamp"] > newest[row["layer"]]["timestamp"]:
+            newest[row["layer"]] = row
+    return [r for r in rows if r["commit"] == newest[r["layer"]]["commit"]]
+
+
 def summary(kernels, calls) -> str:
     """Markdown: per layer and kernel the worst figures over the audited shapes and tiles, and which
     targets each kernel meets; launches and host time per layer call."""
-    krows, crows = _records(kernels), _records(calls)
+    krows, crows = _latest_per_layer(_records(kernels)), _latest_per_layer(_records(calls))
     commits = sorted({r["commit"] for r in krows})
     lines = [
         "# Static audit for Hopper (sm_90a), compiled on the CPU",

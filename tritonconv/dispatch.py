@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import triton
 
-from tritonconv import env, hardware, tiles
+from tritonconv import env, hardware, kernel_helpers, tiles
 from tritonconv.tiles import GemmTile
 from tritonconv.tuning_cache import CacheKey, TuningCache, default_cache, source_hash
 
@@ -46,8 +46,8 @@ class Operator:
     @functools.cached_property
     def source(self) -> str:
         """Hash of the kernel source and the launchers with their tile tables (and the shared tile
-        code), read once per process: editing any of them invalidates the measurements."""
-        return source_hash(*self.kernel_sources, Path(tiles.__file__))
+        code and jit helpers), read once per process: editing any of them invalidates the measurements."""
+        return source_hash(*self.kernel_sources, Path(tiles.__file__), Path(kernel_helpers.__file__))
 
     def cache_key(self, spec, pass_: str, device: torch.device) -> CacheKey:
         return CacheKey(self.name, pass_, spec.tuning_key(), hardware.device_name_of(device),

@@ -9,6 +9,8 @@ contiguous [N, C] weight. Index arithmetic that can pass 2^31 elements is int64.
 import triton
 import triton.language as tl
 
+from tritonconv.kernel_helpers import pixel_walk_start, pixel_walk_step
+
 
 @triton.jit
 def _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K: tl.constexpr, DIL: tl.constexpr, GROUPED: tl.constexpr):
@@ -32,33 +34,6 @@ def _pixel_coordinates(pid, B, Ho, Wo, BLOCK: tl.constexpr):
     in_image = (pixel - b * (Ho * Wo)).to(tl.int32)
     ho = in_image // Wo
     return pixel < B * Ho * Wo, b, ho, in_image - ho * Wo
-
-
-@triton.jit
-def _pixel_walk_start(first, B, Ho, Wo, BLOCK: tl.constexpr):
-    """(b, ho, wo) as int32 [BLOCK] of pixels ``first + arange(BLOCK)`` (first int64, divided once)."""
-    first_b = first // (Ho * Wo)
-    in_image = (first - first_b * (Ho * Wo)).to(tl.int32) + tl.arange(0, BLOCK)  # < Ho*Wo + BLOCK
-    images = in_image // (Ho * Wo)
-    in_image -= images * (Ho * Wo)
-    ho = in_image // Wo
-    return first_b.to(tl.int32) + images, ho, in_image - ho * Wo
-
-
-@triton.jit
-def _pixel_walk_step(b, ho, wo, Ho, Wo, BLOCK: tl.constexpr):
-    """(b, ho, wo) advanced by BLOCK pixels without a division per pixel: BLOCK = step_b*Ho*Wo +
-    step_h*Wo + step_w (scalars, step_w < Wo, step_h < Ho), then one carry per coordinate."""
-    step_b = BLOCK // (Ho * Wo)
-    step_h = (BLOCK - step_b * (Ho * Wo)) // Wo
-    step_w = BLOCK - step_b * (Ho * Wo) - step_h * Wo
-    wo = wo + step_w
-    carry = wo >= Wo
-    wo = tl.where(carry, wo - Wo, wo)
-    ho = ho + step_h + carry.to(tl.int32)
-    carry = ho >= Ho
-    ho = tl.where(carry, ho - Ho, ho)
-    return b + step_b + carry.to(tl.int32), ho, wo
 
 
 @triton.jit
@@ -230,7 +205,7 @@ def shift_bwd_weight_kernel(
     reduction chunks), the tiles after it the unshifted remainder: one shift per program, so the x tile
     is a row address per pixel plus a channel run, its border a row mask. Otherwise every channel of
     the tile carries its own shift. Pixels: the split's first pixel is divided once in int64; the
-    loop walks (b, ho, wo) in int32 with carries (``_pixel_walk_step``), no division per pixel.
+    loop walks (b, ho, wo) in int32 with carries (``pixel_walk_step``), no division per pixel.
     """
     pid_filters = tl.program_id(0)
     pid_columns = tl.program_id(1)
@@ -261,7 +236,7 @@ def shift_bwd_weight_kernel(
     p_range = tl.arange(0, BLOCK_P)
     first = split.to(tl.int64) * PIXELS_PER_SPLIT
     count = tl.minimum(B * Ho * Wo - first, PIXELS_PER_SPLIT).to(tl.int32)  # pixels in this split
-    b32, ho, wo = _pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each
+    b32, ho, wo = pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each
     for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
         pixel_mask = p0 + p_range < count
         b = b32.to(tl.int64)
@@ -283,7 +258,7 @@ def shift_bwd_weight_kernel(
         acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
         if HAS_BIAS:
             bias_acc += dy.to(ACC_DTYPE)
-        b32, ho, wo = _pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
+        b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
 
     out = partial_ptr + split.to(tl.int64) * N * C + n[:, None] * C + c[None, :]
     tl.store(out, acc, mask=n_mask[:, None] & c_mask[None, :])

@@ -14,32 +14,7 @@ says. Index arithmetic that can pass 2^31 elements is int64 (offsets inside one 
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _pixel_walk_start(first, B, Ho, Wo, BLOCK: tl.constexpr):
-    """(b, ho, wo) as int32 [BLOCK] of pixels ``first + arange(BLOCK)`` (first int64, divided once)."""
-    first_b = first // (Ho * Wo)
-    in_image = (first - first_b * (Ho * Wo)).to(tl.int32) + tl.arange(0, BLOCK)  # < Ho*Wo + BLOCK
-    images = in_image // (Ho * Wo)
-    in_image -= images * (Ho * Wo)
-    ho = in_image // Wo
-    return first_b.to(tl.int32) + images, ho, in_image - ho * Wo
-
-
-@triton.jit
-def _pixel_walk_step(b, ho, wo, Ho, Wo, BLOCK: tl.constexpr):
-    """(b, ho, wo) advanced by BLOCK pixels without a division per pixel: BLOCK = step_b*Ho*Wo +
-    step_h*Wo + step_w (scalars, step_w < Wo, step_h < Ho), then one carry per coordinate."""
-    step_b = BLOCK // (Ho * Wo)
-    step_h = (BLOCK - step_b * (Ho * Wo)) // Wo
-    step_w = BLOCK - step_b * (Ho * Wo) - step_h * Wo
-    wo = wo + step_w
-    carry = wo >= Wo
-    wo = tl.where(carry, wo - Wo, wo)
-    ho = ho + step_h + carry.to(tl.int32)
-    carry = ho >= Ho
-    ho = tl.where(carry, ho - Ho, ho)
-    return b + step_b + carry.to(tl.int32), ho, wo
+from tritonconv.kernel_helpers import pixel_walk_start, pixel_walk_step
 
 
 @triton.jit
@@ -220,7 +195,7 @@ def versatile_bwd_weight_kernel(
     p_range = tl.arange(0, BLOCK_P)
     first = split.to(tl.int64) * PIXELS_PER_SPLIT
     count = tl.minimum(B * Ho * Wo - first, PIXELS_PER_SPLIT).to(tl.int32)  # pixels in this split
-    b32, ho, wo = _pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each, walked without division
+    b32, ho, wo = pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each, walked without division
     for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
         pixel_mask = p0 + p_range < count
         b = b32.to(tl.int64)
@@ -237,7 +212,7 @@ def versatile_bwd_weight_kernel(
                 dy = tl.load(dy_pixels[None, :] + channel[:, None] * sdyc,
                              mask=f_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
                 acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-        b32, ho, wo = _pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
+        b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
 
     out = (partial_ptr + split.to(tl.int64) * N_W * C_HAT * K * K + f.to(tl.int64)[:, None] * (C_HAT * K * K)
            + c[None, :] * (K * K) + tap)
@@ -261,12 +236,12 @@ def channel_sum_kernel(
     p_range = tl.arange(0, BLOCK_P)
     first = split.to(tl.int64) * PIXELS_PER_SPLIT
     count = tl.minimum(B * Ho * Wo - first, PIXELS_PER_SPLIT).to(tl.int32)  # pixels in this split
-    b32, ho, wo = _pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each, walked without division
+    b32, ho, wo = pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each, walked without division
     for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
         pixel_mask = p0 + p_range < count
         pixel_offsets = b32.to(tl.int64) * sdyb + ho * sdyh + wo * sdyw  # [BLOCK_P]
         dy = tl.load(dy_ptr + o.to(tl.int64)[:, None] * sdyc + pixel_offsets[None, :],
                      mask=o_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_O, BLOCK_P]
         acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
-        b32, ho, wo = _pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
+        b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
     tl.store(partial_ptr + split.to(tl.int64) * OUT_CHANNELS + o, acc, mask=o_mask)

@@ -1,0 +1,31 @@
+"""Triton helpers shared by several operators' kernels (part of every operator's tuning-cache key)."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def pixel_walk_start(first, B, Ho, Wo, BLOCK: tl.constexpr):
+    """(b, ho, wo) as int32 [BLOCK] of pixels ``first + arange(BLOCK)`` (first int64, divided once)."""
+    first_b = first // (Ho * Wo)
+    in_image = (first - first_b * (Ho * Wo)).to(tl.int32) + tl.arange(0, BLOCK)  # < Ho*Wo + BLOCK
+    images = in_image // (Ho * Wo)
+    in_image -= images * (Ho * Wo)
+    ho = in_image // Wo
+    return first_b.to(tl.int32) + images, ho, in_image - ho * Wo
+
+
+@triton.jit
+def pixel_walk_step(b, ho, wo, Ho, Wo, BLOCK: tl.constexpr):
+    """(b, ho, wo) advanced by BLOCK pixels without a division per pixel: BLOCK = step_b*Ho*Wo +
+    step_h*Wo + step_w (scalars, step_w < Wo, step_h < Ho), then one carry per coordinate."""
+    step_b = BLOCK // (Ho * Wo)
+    step_h = (BLOCK - step_b * (Ho * Wo)) // Wo
+    step_w = BLOCK - step_b * (Ho * Wo) - step_h * Wo
+    wo = wo + step_w
+    carry = wo >= Wo
+    wo = tl.where(carry, wo - Wo, wo)
+    ho = ho + step_h + carry.to(tl.int32)
+    carry = ho >= Ho
+    ho = tl.where(carry, ho - Ho, ho)
+    return b + step_b + carry.to(tl.int32), ho, wo
