@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._layout import memory_format_of, missing_as_empty
+from tritonconv._op import fake_gradients, fake_output, run_backward, run_forward
 from tritonconv._validation import check_tensor
 from tritonconv.ops.depthwise import kernels, launch, reference
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation, triton_unsupported
@@ -34,18 +34,14 @@ def _spec(x, weight, bias, stride, padding, dilation, multiplier, activation, co
 def _depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int, dilation: int,
                       multiplier: int, activation: str, concat_input: bool) -> Tensor:
     spec = _spec(x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input)
-    decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
-    dispatch.note_forward(OPERATOR, x)
-    if decision.backend == "triton":
-        with dispatch.launching():
-            return launch.forward(x, weight, bias, spec, decision.tiles["forward"])
-    return reference.fallback_forward(x, weight, bias, spec).contiguous(memory_format=memory_format_of(x))
+    return run_forward(OPERATOR, spec, x, lambda tiles: launch.forward(x, weight, bias, spec, tiles["forward"]),
+                       lambda: reference.fallback_forward(x, weight, bias, spec))
 
 
 @_depthwise_conv2d.register_fake
 def _(x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input):
     spec = _spec(x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input)
-    return x.new_empty(spec.output_shape).contiguous(memory_format=memory_format_of(x))
+    return fake_output(x, spec)
 
 
 @torch.library.custom_op("tritonconv::depthwise_conv2d_backward", mutates_args=())
@@ -55,31 +51,26 @@ def _depthwise_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
                                forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
     spec = _spec(x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input)
-    decision = dispatch.decide(OPERATOR, spec, "backward", x.device,
-                               forced=dispatch.backward_forced(OPERATOR, x, forced))
-    dx = dw = db = None
-    if decision.backend == "triton":
-        with dispatch.launching():
-            channels = spec.in_channels if concat_input else 0
-            maps_grad, maps = grad[:, channels:], out[:, channels:]
-            if need_input:
-                dx = launch.backward_input(maps_grad, maps, weight, spec, decision.tiles["backward_input"], x,
-                                           add=grad[:, :channels] if concat_input else None)
-            if need_weights:
-                dw, db = launch.backward_weight(maps_grad, maps, x, spec, decision.tiles["backward_weight"])
-    else:
-        dx, dw, db = reference.fallback_backward(grad, x, weight, bias, spec, need_input, need_weights)
-        dx = dx.contiguous(memory_format=memory_format_of(x)) if dx is not None else None
-    return missing_as_empty((dx, dw, db), x)
+
+    def triton(tiles):
+        channels = spec.in_channels if concat_input else 0  # the copied input leads the output
+        maps_grad, maps = grad[:, channels:], out[:, channels:]
+        dx = dw = db = None
+        if need_input:
+            dx = launch.backward_input(maps_grad, maps, weight, spec, tiles["backward_input"], x,
+                                       add=grad[:, :channels] if concat_input else None)
+        if need_weights:
+            dw, db = launch.backward_weight(maps_grad, maps, x, spec, tiles["backward_weight"])
+        return dx, dw, db
+
+    return run_backward(OPERATOR, spec, x, forced, triton,
+                        lambda: reference.fallback_backward(grad, x, weight, bias, spec, need_input, need_weights))
 
 
 @_depthwise_conv2d_backward.register_fake
 def _(grad, x, weight, bias, out, stride, padding, dilation, multiplier, activation, concat_input, need_input,
       need_weights, forced):
-    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else x.new_empty(0)
-    if not need_weights:
-        return dx, x.new_empty(0), x.new_empty(0)
-    return dx, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0]) if bias is not None else x.new_empty(0)
+    return fake_gradients(x, need_input, need_weights, weight, bias)
 
 
 def _setup_context(ctx, inputs, output):

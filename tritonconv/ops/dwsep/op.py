@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._layout import memory_format_of, missing_as_empty
+from tritonconv._op import fake_gradients, fake_output, run_backward, run_forward
 from tritonconv.ops.depthwise import kernels as depthwise_kernels
 from tritonconv.ops.depthwise.spec import default_padding, normalize_activation, triton_unsupported
 from tritonconv.ops.dwsep import kernels, launch, reference
@@ -36,19 +36,15 @@ def _dwsep_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_we
                   pw_bias: Optional[Tensor], stride: int, padding: int, dilation: int, activation: str,
                   out_activation: str) -> Tensor:
     spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation)
-    decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
-    dispatch.note_forward(OPERATOR, x)
-    if decision.backend == "triton":
-        with dispatch.launching():
-            return launch.forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec, decision.tiles["forward"])
-    y = reference.fallback_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec)
-    return y.contiguous(memory_format=memory_format_of(x))
+    return run_forward(OPERATOR, spec, x,
+                       lambda tiles: launch.forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec, tiles["forward"]),
+                       lambda: reference.fallback_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec))
 
 
 @_dwsep_conv2d.register_fake
 def _(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation):
     spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation)
-    return x.new_empty(spec.output_shape).contiguous(memory_format=memory_format_of(x))
+    return fake_output(x, spec)
 
 
 @torch.library.custom_op("tritonconv::dwsep_conv2d_backward", mutates_args=())
@@ -58,28 +54,18 @@ def _dwsep_conv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: 
                            forced: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad input, grad dw_weight, grad dw_bias, grad pw_weight, grad pw_bias); unneeded ones come back empty."""
     spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation)
-    decision = dispatch.decide(OPERATOR, spec, "backward", x.device,
-                               forced=dispatch.backward_forced(OPERATOR, x, forced))
-    if decision.backend == "triton":
-        with dispatch.launching():
-            grads = launch.backward(grad, out, x, dw_weight, dw_bias, pw_weight, spec, decision.tiles, need_input,
-                                    need_weights)
-    else:
-        grads = reference.fallback_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, spec, need_input,
-                                            need_weights)
-        if grads[0] is not None:
-            grads = (grads[0].contiguous(memory_format=memory_format_of(x)), *grads[1:])
-    return missing_as_empty(grads, x)
+    return run_backward(
+        OPERATOR, spec, x, forced,
+        lambda tiles: launch.backward(grad, out, x, dw_weight, dw_bias, pw_weight, spec, tiles, need_input,
+                                      need_weights),
+        lambda: reference.fallback_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, spec, need_input,
+                                            need_weights))
 
 
 @_dwsep_conv2d_backward.register_fake
 def _(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, out, stride, padding, dilation, activation, out_activation,
       need_input, need_weights, forced):
-    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else x.new_empty(0)
-    if not need_weights:
-        return dx, x.new_empty(0), x.new_empty(0), x.new_empty(0), x.new_empty(0)
-    like = lambda t: t.new_empty(t.shape) if t is not None else x.new_empty(0)  # noqa: E731
-    return dx, like(dw_weight), like(dw_bias), like(pw_weight), like(pw_bias)
+    return fake_gradients(x, need_input, need_weights, dw_weight, dw_bias, pw_weight, pw_bias)
 
 
 def _setup_context(ctx, inputs, output):

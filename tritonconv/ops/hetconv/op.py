@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._layout import memory_format_of, missing_as_empty
+from tritonconv._layout import memory_format_of
+from tritonconv._op import fake_gradients, fake_output, run_backward, run_forward
 from tritonconv.ops.hetconv import kernels, launch, reference
 from tritonconv.ops.hetconv.spec import HetConvSpec, triton_unsupported
 
@@ -27,19 +28,15 @@ OPERATOR = dispatch.Operator(
 @torch.library.custom_op("tritonconv::hetconv2d", mutates_args=())
 def _hetconv2d(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor], stride: int, p: int) -> Tensor:
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
-    decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
-    dispatch.note_forward(OPERATOR, x)
-    if decision.backend == "triton":
-        with dispatch.launching():
-            return launch.forward(x, weight, weight_pw, bias, spec, decision.tiles["forward"])
-    y = reference.fallback_forward(x, weight, weight_pw, bias, spec)
-    return y.contiguous(memory_format=memory_format_of(x))
+    return run_forward(OPERATOR, spec, x,
+                       lambda tiles: launch.forward(x, weight, weight_pw, bias, spec, tiles["forward"]),
+                       lambda: reference.fallback_forward(x, weight, weight_pw, bias, spec))
 
 
 @_hetconv2d.register_fake
 def _(x, weight, weight_pw, bias, stride, p):
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
-    return x.new_empty(spec.output_shape).contiguous(memory_format=memory_format_of(x))
+    return fake_output(x, spec)
 
 
 @torch.library.custom_op("tritonconv::hetconv2d_backward", mutates_args=())
@@ -49,29 +46,20 @@ def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tens
     """(grad input, grad weight, grad weight_pw, grad bias); grads that are not needed come back empty."""
     bias_stub = weight_pw.new_empty(weight.shape[0]) if has_bias else None
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias_stub, stride=stride, p=p)
-    decision = dispatch.decide(OPERATOR, spec, "backward", x.device,
-                               forced=dispatch.backward_forced(OPERATOR, x, forced))
-    if decision.backend == "triton":
-        with dispatch.launching():
-            dx = dw = dpw = db = None
-            if need_input:
-                dx = launch.backward_input(grad, weight, weight_pw, spec, decision.tiles["backward_input"], x)
-            if need_weights:
-                dw, dpw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"], weight)
-    else:
-        dx, dw, dpw, db = reference.fallback_backward(grad.contiguous(memory_format=memory_format_of(x)), x, weight,
-                                                      weight_pw, spec, need_input, need_weights)
-        dx = dx.contiguous(memory_format=memory_format_of(x)) if dx is not None else None
-    return missing_as_empty((dx, dw, dpw, db), x)
+
+    def triton(tiles):
+        dx = launch.backward_input(grad, weight, weight_pw, spec, tiles["backward_input"], x) if need_input else None
+        if not need_weights:
+            return dx, None, None, None
+        return dx, *launch.backward_weight(grad, x, spec, tiles["backward_weight"], weight)
+
+    return run_backward(OPERATOR, spec, x, forced, triton, lambda: reference.fallback_backward(
+        grad.contiguous(memory_format=memory_format_of(x)), x, weight, weight_pw, spec, need_input, need_weights))
 
 
 @_hetconv2d_backward.register_fake
 def _(grad, x, weight, weight_pw, has_bias, stride, p, need_input, need_weights, forced):
-    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else None
-    if not need_weights:
-        return missing_as_empty((dx, None, None, None), x)
-    db = x.new_empty(weight.shape[0]) if has_bias else None
-    return missing_as_empty((dx, weight.new_empty(weight.shape), weight_pw.new_empty(weight_pw.shape), db), x)
+    return fake_gradients(x, need_input, need_weights, weight, weight_pw, (weight.shape[0],) if has_bias else None)
 
 
 def _setup_context(ctx, inputs, output):

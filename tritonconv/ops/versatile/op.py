@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._layout import memory_format_of, missing_as_empty
+from tritonconv._op import fake_gradients, fake_output, run_backward, run_forward, weight_bias_backward
 from tritonconv.ops.versatile import kernels, launch, reference
 from tritonconv.ops.versatile.spec import VersatileSpec, triton_unsupported
 
@@ -33,18 +33,14 @@ def _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g) ->
 def _versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_channels: int, stride: int,
                       padding: int, dilation: int, delta: int, g: int) -> Tensor:
     spec = _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
-    decision = dispatch.decide(OPERATOR, spec, "forward", x.device)
-    dispatch.note_forward(OPERATOR, x)
-    if decision.backend == "triton":
-        with dispatch.launching():
-            return launch.forward(x, weight, bias, spec, decision.tiles["forward"])
-    return reference.fallback_forward(x, weight, bias, spec).contiguous(memory_format=memory_format_of(x))
+    return run_forward(OPERATOR, spec, x, lambda tiles: launch.forward(x, weight, bias, spec, tiles["forward"]),
+                       lambda: reference.fallback_forward(x, weight, bias, spec))
 
 
 @_versatile_conv2d.register_fake
 def _(x, weight, bias, out_channels, stride, padding, dilation, delta, g):
     spec = _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
-    return x.new_empty(spec.output_shape).contiguous(memory_format=memory_format_of(x))
+    return fake_output(x, spec)
 
 
 @torch.library.custom_op("tritonconv::versatile_conv2d_backward", mutates_args=())
@@ -54,27 +50,15 @@ def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
     bias_stub = weight.new_empty(out_channels) if has_bias else None
     spec = _spec(x, weight, bias_stub, out_channels, stride, padding, dilation, delta, g)
-    decision = dispatch.decide(OPERATOR, spec, "backward", x.device,
-                               forced=dispatch.backward_forced(OPERATOR, x, forced))
-    if decision.backend == "triton":
-        with dispatch.launching():
-            dx = dw = db = None
-            if need_input:
-                dx = launch.backward_input(grad, weight, spec, decision.tiles["backward_input"], x)
-            if need_weights:
-                dw, db = launch.backward_weight(grad, x, spec, decision.tiles["backward_weight"])
-    else:
-        dx, dw, db = reference.fallback_backward(grad, x, weight, spec, need_input, need_weights)
-        dx = dx.contiguous(memory_format=memory_format_of(x)) if dx is not None else None
-    return missing_as_empty((dx, dw, db), x)
+    return run_backward(
+        OPERATOR, spec, x, forced,
+        lambda tiles: weight_bias_backward(launch, grad, x, weight, spec, tiles, need_input, need_weights),
+        lambda: reference.fallback_backward(grad, x, weight, spec, need_input, need_weights))
 
 
 @_versatile_conv2d_backward.register_fake
 def _(grad, x, weight, has_bias, out_channels, stride, padding, dilation, delta, g, need_input, need_weights, forced):
-    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else None
-    if not need_weights:
-        return missing_as_empty((dx, None, None), x)
-    return missing_as_empty((dx, weight.new_empty(weight.shape), x.new_empty(out_channels) if has_bias else None), x)
+    return fake_gradients(x, need_input, need_weights, weight, (out_channels,) if has_bias else None)
 
 
 def _setup_context(ctx, inputs, output):

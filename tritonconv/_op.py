@@ -1,0 +1,66 @@
+"""The body every operator's custom ops share: decide, run our kernels or the fallback, lay out the
+result. Each operator's ``op.py`` keeps only what is its own (the typed signatures torch.library
+needs, how to build its spec, which launchers and which fallback to call)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor
+
+from tritonconv import dispatch
+from tritonconv._layout import memory_format_of, missing_as_empty
+
+
+def run_forward(operator: dispatch.Operator, spec, x: Tensor, triton: Callable[[dict], Tensor],
+                fallback: Callable[[], Tensor]) -> Tensor:
+    """The forward op's body: ``triton(tiles)`` or ``fallback()``, the output in ``x``'s layout. Notes
+    the backend forced around the call for its backward (see ``dispatch.note_forward``)."""
+    decision = dispatch.decide(operator, spec, "forward", x.device)
+    dispatch.note_forward(operator, x)
+    if decision.backend == "triton":
+        with dispatch.launching():
+            return triton(decision.tiles)
+    return fallback().contiguous(memory_format=memory_format_of(x))
+
+
+def run_backward(operator: dispatch.Operator, spec, x: Tensor, forced: str, triton: Callable[[dict], tuple],
+                 fallback: Callable[[], tuple]) -> tuple:
+    """The backward op's body: the gradients (grad input first) from ``triton(tiles)`` or
+    ``fallback()``, grad input in ``x``'s layout, each missing one as its own empty tensor."""
+    decision = dispatch.decide(operator, spec, "backward", x.device,
+                               forced=dispatch.backward_forced(operator, x, forced))
+    if decision.backend == "triton":
+        with dispatch.launching():
+            grads = tuple(triton(decision.tiles))
+    else:
+        dx, *rest = fallback()
+        grads = (dx.contiguous(memory_format=memory_format_of(x)) if dx is not None else None, *rest)
+    return missing_as_empty(grads, x)
+
+
+def weight_bias_backward(launch, grad: Tensor, x: Tensor, weight: Tensor, spec, tiles: dict, need_input: bool,
+                         need_weights: bool) -> tuple:
+    """(dx, dw, db) through the launchers of an operator whose parameters are ``weight`` and ``bias``
+    (``launch.backward_input(grad, weight, spec, tile, like)``, ``launch.backward_weight(grad, x, spec,
+    tile) -> (dw, db)``): shift, shuffle, versatile."""
+    dx = launch.backward_input(grad, weight, spec, tiles["backward_input"], x) if need_input else None
+    dw, db = launch.backward_weight(grad, x, spec, tiles["backward_weight"]) if need_weights else (None, None)
+    return dx, dw, db
+
+
+def fake_output(x: Tensor, spec) -> Tensor:
+    """A forward op's fake (shape-only) result: ``spec.output_shape`` in ``x``'s layout."""
+    return x.new_empty(spec.output_shape).contiguous(memory_format=memory_format_of(x))
+
+
+def fake_gradients(x: Tensor, need_input: bool, need_weights: bool, *params) -> tuple:
+    """A backward op's fake result: grad input in ``x``'s layout, then one gradient per parameter,
+    each shaped like the tensor or the shape given (None: the parameter is absent)."""
+    def like(param):
+        if not need_weights or param is None:
+            return None
+        return param.new_empty(param.shape) if isinstance(param, Tensor) else x.new_empty(param)
+
+    dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else None
+    return missing_as_empty((dx, *map(like, params)), x)
