@@ -198,3 +198,37 @@ def test_fallback_matches_triton(device):
         assert module.explain(x).backend == "triton"  # explain outside the block: auto
     for a, b in zip(results["triton"], results["fallback"]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("activation", [None, "relu6"])
+def test_channel_offset_views_stay_aligned(activation, device):
+    """The backward reads ``grad[:, C:]`` and ``out[:, C:]``: with C = 12 (4 mod 8) those views start
+    8 bytes past a 16-byte boundary in fp16. The launcher hands the kernels the aligned base and the
+    lead in units of VEC (vector loads kept); the results match torch."""
+    from tritonconv.ops.depthwise import launch
+    from tritonconv.ops.depthwise.op import ghost_concat
+
+    torch.manual_seed(0)
+    c = 12
+    out = torch.empty(2, 2 * c, 5, 4, device=device, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    view = out[:, c:]
+    vec = launch._vector_width((c, c), view, out)
+    base, *strides, lead_v = launch._operand(view, vec)
+    assert vec == 4 and base.data_ptr() % 16 == 0 and lead_v * vec * 2 == view.data_ptr() - base.data_ptr()
+    assert strides == [view.stride(0) // 4, 1, view.stride(2) // 4, view.stride(3) // 4]
+
+    x = torch.randn(2, c, 5, 4, device=device).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(c, 1, 3, 3, device=device), torch.randn(c, device=device)
+    grad = torch.randn(2, 2 * c, 5, 4, device=device).contiguous(memory_format=torch.channels_last)
+    leaves = [t.half().requires_grad_() for t in (x, weight, bias)]
+    with use_backend("triton"):
+        y = ghost_concat(*leaves, activation=activation)
+        got = torch.autograd.grad(y, leaves, grad.half())
+    ref_leaves = [t.half().double().requires_grad_() for t in (x, weight, bias)]
+    maps = nn.functional.conv2d(ref_leaves[0], ref_leaves[1], ref_leaves[2], padding=1, groups=c)
+    maps = nn.functional.relu6(maps) if activation == "relu6" else maps
+    expected = torch.cat([ref_leaves[0], maps], 1)
+    wanted = torch.autograd.grad(expected, ref_leaves, grad.half().double())
+    torch.testing.assert_close(y.double(), expected, rtol=2e-3, atol=2e-3)
+    for a, b in zip(got, wanted):
+        torch.testing.assert_close(a.double(), b, rtol=2e-3, atol=1e-2)

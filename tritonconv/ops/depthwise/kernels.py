@@ -14,7 +14,10 @@ memory traffic; what they must avoid is spending instructions per byte:
 
 Index math is int32 and outside the loops (one division per program); only the image's base offset
 is int64. Tensors are addressed through explicit strides (NCHW, channels_last and channel-offset views
-take the same code), the pixel strides arriving divided by VEC (see ``launch._vector_width``).
+take the same code), the batch and pixel strides arriving divided by VEC (see ``launch._vector_width``).
+Each tensor arrives as a 16-byte-aligned pointer plus an offset in units of VEC (``*_off_v``): a
+channel-slice view (the Ghost backward's ``grad[:, C:]``) would otherwise lose the JIT's alignment
+hint and every load in it would be scalar.
 ``depthwise_tile`` (the fused dwsep kernels' helper) still reads weights [OC, 1, K, K].
 """
 
@@ -84,9 +87,9 @@ def _image_pixels(pid_pixels, HW_OUT, W_OUT, BLOCK_P: tl.constexpr):
 def depthwise_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr, copy_ptr,
     C_V, H, W, OC_V, Ho, Wo,
-    sxb, sxc, sxh_v, sxw_v,
-    syb, syc, syh_v, syw_v,
-    scb, scc, sch_v, scw_v,
+    sxb_v, sxc, sxh_v, sxw_v, x_off_v,
+    syb_v, syc, syh_v, syw_v, y_off_v,
+    scb_v, scc, sch_v, scw_v, c_off_v,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, ACT: tl.constexpr,
     MULT: tl.constexpr, HAS_BIAS: tl.constexpr, COPY_INPUT: tl.constexpr, ACC_DTYPE: tl.constexpr,
     VEC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -110,7 +113,7 @@ def depthwise_fwd_kernel(
         c = o // MULT
     else:
         c = o
-    x_image = x_ptr + b * sxb
+    x_image = x_ptr + (b * sxb_v + x_off_v) * VEC
     sxh = sxh_v * VEC
     sxw = sxw_v * VEC
     hi0 = ho * STRIDE - PAD  # [BLOCK_P]
@@ -131,7 +134,8 @@ def depthwise_fwd_kernel(
     if HAS_BIAS:
         acc += tl.load(bias_ptr + o, mask=o_mask, other=0.0).to(ACC_DTYPE)[None, :]
     acc = activate(acc, ACT)
-    y_ptrs = y_ptr + b * syb + ((ho * (syh_v * VEC) + wo * (syw_v * VEC))[:, None] + (o * syc)[None, :])
+    y_image = y_ptr + (b * syb_v + y_off_v) * VEC
+    y_ptrs = y_image + ((ho * (syh_v * VEC) + wo * (syw_v * VEC))[:, None] + (o * syc)[None, :])
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=pixel_mask[:, None] & o_mask[None, :])
 
     if COPY_INPUT:
@@ -140,7 +144,8 @@ def depthwise_fwd_kernel(
         copy_mask = pixel_mask[:, None] & (ci < C_V * VEC)[None, :]
         xv = tl.load(x_image + ((ho * sxh + wo * sxw)[:, None] + (ci * sxc)[None, :]),
                      mask=copy_mask, other=0.0)  # [BLOCK_P, BLOCK_C]
-        tl.store(copy_ptr + b * scb + ((ho * (sch_v * VEC) + wo * (scw_v * VEC))[:, None] + (ci * scc)[None, :]),
+        copy_image = copy_ptr + (b * scb_v + c_off_v) * VEC
+        tl.store(copy_image + ((ho * (sch_v * VEC) + wo * (scw_v * VEC))[:, None] + (ci * scc)[None, :]),
                  xv, mask=copy_mask)
 
 
@@ -148,10 +153,10 @@ def depthwise_fwd_kernel(
 def depthwise_bwd_input_kernel(
     dy_ptr, y_ptr, w_ptr, add_ptr, dx_ptr,
     C_V, H, W, OC_V, Ho, Wo,
-    sdyb, sdyc, sdyh_v, sdyw_v,
-    syb, syc, syh_v, syw_v,
-    sab, sac, sah_v, saw_v,
-    sdxb, sdxc, sdxh_v, sdxw_v,
+    sdyb_v, sdyc, sdyh_v, sdyw_v, dy_off_v,
+    syb_v, syc, syh_v, syw_v, y_off_v,
+    sab_v, sac, sah_v, saw_v, a_off_v,
+    sdxb_v, sdxc, sdxh_v, sdxw_v, dx_off_v,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, ACT: tl.constexpr,
     MULT: tl.constexpr, HAS_ADD: tl.constexpr, ACC_DTYPE: tl.constexpr,
     VEC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -169,8 +174,8 @@ def depthwise_bwd_input_kernel(
     p, pixel_mask, hi, wi = _image_pixels(pid_pixels, H * W, W, BLOCK_P)
     c = pid_channels * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     c_mask = c < C_V * VEC
-    dy_image = dy_ptr + b * sdyb
-    y_image = y_ptr + b * syb
+    dy_image = dy_ptr + (b * sdyb_v + dy_off_v) * VEC
+    y_image = y_ptr + (b * syb_v + y_off_v) * VEC
     sdyh = sdyh_v * VEC
     sdyw = sdyw_v * VEC
     syh = syh_v * VEC
@@ -208,9 +213,11 @@ def depthwise_bwd_input_kernel(
                 acc += dz * wv[None, :]
     pixel_offsets_mask = pixel_mask[:, None] & c_mask[None, :]
     if HAS_ADD:
-        acc += tl.load(add_ptr + b * sab + ((hi * (sah_v * VEC) + wi * (saw_v * VEC))[:, None] + (c * sac)[None, :]),
+        add_image = add_ptr + (b * sab_v + a_off_v) * VEC
+        acc += tl.load(add_image + ((hi * (sah_v * VEC) + wi * (saw_v * VEC))[:, None] + (c * sac)[None, :]),
                        mask=pixel_offsets_mask, other=0.0).to(ACC_DTYPE)
-    dx_ptrs = dx_ptr + b * sdxb + ((hi * (sdxh_v * VEC) + wi * (sdxw_v * VEC))[:, None] + (c * sdxc)[None, :])
+    dx_image = dx_ptr + (b * sdxb_v + dx_off_v) * VEC
+    dx_ptrs = dx_image + ((hi * (sdxh_v * VEC) + wi * (sdxw_v * VEC))[:, None] + (c * sdxc)[None, :])
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=pixel_offsets_mask)
 
 
@@ -218,9 +225,9 @@ def depthwise_bwd_input_kernel(
 def depthwise_bwd_weight_kernel(
     x_ptr, dy_ptr, y_ptr, partial_ptr,
     C_V, H, W, OC_V, Ho, Wo, IMAGES_PER_SPLIT, B, PIXELS_PER_SPLIT, WO_STEP, HO_STEP,
-    sxb, sxc, sxh_v, sxw_v,
-    sdyb, sdyc, sdyh_v, sdyw_v,
-    syb, syc, syh_v, syw_v,
+    sxb_v, sxc, sxh_v, sxw_v, x_off_v,
+    sdyb_v, sdyc, sdyh_v, sdyw_v, dy_off_v,
+    syb_v, syc, syh_v, syw_v, y_off_v,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, ACT: tl.constexpr,
     MULT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, VEC: tl.constexpr,
     TAPS: tl.constexpr, ROWS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -264,11 +271,12 @@ def depthwise_bwd_weight_kernel(
     wo0 = start % Wo
     acc = tl.zeros((TAPS, BLOCK_C), dtype=ACC_DTYPE)
     first_image = pid_images * IMAGES_PER_SPLIT
-    # int64 once per program; the loop steps the pointers an image at a time.
-    x_image = x_ptr + first_image.to(tl.int64) * sxb
-    dy_image = dy_ptr + first_image.to(tl.int64) * sdyb
-    y_image = y_ptr + first_image.to(tl.int64) * syb
+    image64 = first_image.to(tl.int64)
     for _ in range(first_image, tl.minimum(first_image + IMAGES_PER_SPLIT, B)):
+        # int64 once per image (strides and offsets in units of VEC, so the bases stay VEC-aligned).
+        x_image = x_ptr + (image64 * sxb_v + x_off_v) * VEC
+        dy_image = dy_ptr + (image64 * sdyb_v + dy_off_v) * VEC
+        y_image = y_ptr + (image64 * syb_v + y_off_v) * VEC
         ho = ho0
         wo = wo0
         for p0 in range(first_pixel, last_pixel, BLOCK_P):
@@ -294,9 +302,7 @@ def depthwise_bwd_weight_kernel(
             carry = wo >= Wo
             wo = tl.where(carry, wo - Wo, wo)
             ho = tl.where(carry, ho + 1, ho)
-        x_image += sxb
-        dy_image += sdyb
-        y_image += syb
+        image64 += 1
 
     split = pid_images * tl.num_programs(2) + pid_pixels
     out = partial_ptr + split.to(tl.int64) * (TAPS * OC_V * VEC) + (tap * (OC_V * VEC))[:, None] + o[None, :]

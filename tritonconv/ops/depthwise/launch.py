@@ -8,6 +8,8 @@ That layout is made per call by one transpose of the [OC, 1, k, k] parameter (OC
 fraction of a percent of the bytes the conv moves), not cached across calls: a cache keyed on the
 parameter's data_ptr and _version would miss writes through ``.data`` and go stale. Strided and NCHW
 inputs take the same kernels through explicit strides; vector loads need channels_last (VEC).
+Every tensor reaches the kernels as its 16-byte-aligned base (``_operand``) and an offset, so that a
+channel-offset view (the Ghost module's ``grad[:, C:]`` with C = 4 mod 8) keeps vector loads.
 """
 
 from __future__ import annotations
@@ -69,21 +71,37 @@ def _window(spec: DepthwiseSpec, activation: str) -> dict:
                 ACT=ACTIVATIONS[activation], MULT=spec.multiplier, ACC_DTYPE=accumulator_dtype(spec.torch_dtype))
 
 
+_POINTER_ALIGNMENT = 16  # bytes: the JIT hints a pointer (divisibility 16) only at this alignment
+
+
+def _lead(t: torch.Tensor) -> int:
+    """Elements from the 16-byte-aligned address at or below ``t``'s first element up to it; 0 when
+    that address lies before ``t``'s storage (or falls inside an element)."""
+    misaligned = t.data_ptr() % _POINTER_ALIGNMENT
+    lead, partial = divmod(misaligned, t.element_size())
+    return lead if not partial and lead <= t.storage_offset() else 0
+
+
 def _vector_width(channels, *tensors) -> int:
-    """The largest power of two up to 8 (16 bytes of bf16) dividing the channel counts and every
-    tensor's batch and pixel strides, when every tensor has contiguous channels (channels_last); else 1.
-    Pixel strides reach the kernels divided by it, so the compiler knows each pixel's channels start
-    aligned (the JIT's own hint only covers multiples of 16: it misses 8, 24 or 40 channels)."""
+    """The largest power of two up to 8 (16 bytes of bf16) dividing the channel counts, every tensor's
+    batch and pixel strides and its lead (``_lead``), when every tensor has contiguous channels
+    (channels_last); else 1. Those strides and leads reach the kernels divided by it, so the compiler
+    knows each pixel's channels start aligned (the JIT's own hint only covers multiples of 16: it misses
+    8, 24 or 40 channels, and any pointer that is not 16-byte aligned)."""
     if any(t.shape[1] > 1 and t.stride(1) != 1 for t in tensors):
         return 1
-    common = gcd(*channels, *(s for t in tensors for s in (t.stride(0), t.stride(2), t.stride(3))))
+    common = gcd(*channels, *(s for t in tensors for s in (t.stride(0), t.stride(2), t.stride(3), _lead(t))))
     return next(v for v in (8, 4, 2, 1) if common % v == 0)
 
 
-def _strides(t: torch.Tensor, vec: int) -> tuple[int, int, int, int]:
-    """(batch, channel, height / vec, width / vec) strides."""
+def _operand(t: torch.Tensor, vec: int) -> tuple:
+    """(``t`` from its 16-byte-aligned base: a view of the same storage starting ``_lead(t)`` elements
+    earlier, then the batch / vec, channel, height / vec, width / vec strides and the lead / vec): the
+    kernel adds the lead back, and its pointer argument keeps the JIT's alignment hint."""
+    lead = _lead(t)
+    base = t.as_strided(t.shape, t.stride(), t.storage_offset() - lead) if lead else t
     sb, sc, sh, sw = t.stride()
-    return sb, sc, sh // vec, sw // vec
+    return base, sb // vec, sc, sh // vec, sw // vec, lead // vec
 
 
 def _check_image_offsets(*tensors) -> None:
@@ -115,10 +133,11 @@ def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tenso
     grid = (triton.cdiv(spec.out_height * spec.out_width, tile.block_rows), triton.cdiv(channels, tile.block_cols),
             spec.batch)
     weight_t = _taps_major(weight)
+    (x_, *x_strides), (y_, *y_strides), (copy_, *copy_strides) = (_operand(t, vec) for t in (x, y, copy))
     kernels.depthwise_fwd_kernel[grid](
-        x, weight_t, bias.contiguous() if bias is not None else weight_t, y, copy,
+        x_, weight_t, bias.contiguous() if bias is not None else weight_t, y_, copy_,
         spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
-        *_strides(x, vec), *_strides(y, vec), *_strides(copy, vec),
+        *x_strides, *y_strides, *copy_strides,
         **_window(spec, spec.activation), HAS_BIAS=bias is not None, COPY_INPUT=spec.concat_input, VEC=vec,
         BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols, num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
@@ -139,10 +158,12 @@ def backward_input(dy, y, weight, spec: DepthwiseSpec, tile: GemmTile, like: tor
     vec = _vector_width((spec.in_channels, spec.out_channels), dy, y, add_, dx)
     grid = (triton.cdiv(spec.height * spec.width, tile.block_rows), triton.cdiv(spec.in_channels, tile.block_cols),
             spec.batch)
+    (dy_, *dy_strides), (y_, *y_strides), (a_, *a_strides), (dx_, *dx_strides) = (
+        _operand(t, vec) for t in (dy, y, add_, dx))
     kernels.depthwise_bwd_input_kernel[grid](
-        dy, y, _taps_major(weight), add_, dx,
+        dy_, y_, _taps_major(weight), a_, dx_,
         spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
-        *_strides(dy, vec), *_strides(y, vec), *_strides(add_, vec), *_strides(dx, vec),
+        *dy_strides, *y_strides, *a_strides, *dx_strides,
         **_window(spec, activation), HAS_ADD=add is not None, VEC=vec,
         BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols, num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
@@ -183,11 +204,12 @@ def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: s
     partial = empty((image_splits * pixel_splits, window, spec.out_channels), device=x.device, dtype=acc_dtype)
     common = dict(K=spec.kernel_size, HAS_BIAS=has_bias, ACC_DTYPE=accumulator_dtype(spec.torch_dtype), VEC=vec,
                   TAPS=window, ROWS=rows)
+    (x_, *x_strides), (dy_, *dy_strides), (y_, *y_strides) = (_operand(t, vec) for t in (x, dy, y))
     kernels.depthwise_bwd_weight_kernel[(channel_tiles, image_splits, pixel_splits)](
-        x, dy, y, partial,
+        x_, dy_, y_, partial,
         spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
         images_per_split, spec.batch, pixels_per_split, block_p % spec.out_width, block_p // spec.out_width,
-        *_strides(x, vec), *_strides(dy, vec), *_strides(y, vec),
+        *x_strides, *dy_strides, *y_strides,
         STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation, ACT=ACTIVATIONS[activation], MULT=spec.multiplier,
         **common, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
