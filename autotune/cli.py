@@ -11,9 +11,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from autotune.tuner import tune_pass, validate_candidates
 from tritonconv import env, hardware, zoo
 from tritonconv.ops.registry import HARNESSES
+from tritonconv.tuner import tune_pass, validate_candidates
 from tritonconv.tuning_cache import TuningCache
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}

@@ -203,8 +203,9 @@ def entry_problem(entry, kernels: tuple[str, ...] | None) -> str | None:
 
     An entry is a table with ``winner`` "triton" or "fallback"; optional ``tiles`` {kernel: tile} for
     kernels in ``kernels`` (None: any name), each one a kernel compiles (``tiles.tile_dict_problem``);
-    optional ``timings_ms`` {"triton"/"fallback": ms or null, "candidates": {name: ms}} with finite ms
-    >= 0; optional ``failed`` {name: why}. Other fields (device, versions, spec, date) are notes.
+    optional ``timings_ms`` {"triton"/"fallback": ms or null, "candidates": {name: ms}, "spread": {name:
+    [p20, p80]}} with finite ms >= 0; optional ``failed`` {name: why}. Other fields (device, versions,
+    spec, date, the noise band) are notes.
     """
     if not isinstance(entry, dict):
         return f"it is {type(entry).__name__} {entry!r}, not a table"
@@ -227,13 +228,23 @@ def entry_problem(entry, kernels: tuple[str, ...] | None) -> str | None:
     candidates = timings.get("candidates", {})
     if not isinstance(candidates, dict):
         return f"'timings_ms.candidates' is {type(candidates).__name__}, not a table"
+    spread = timings.get("spread", {})
+    if not isinstance(spread, dict):
+        return f"'timings_ms.spread' is {type(spread).__name__}, not a table"
     measured = {name: timings[name] for name in WINNERS if timings.get(name) is not None}
     for name, ms in [*measured.items(), *candidates.items()]:
-        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) or ms < 0:
+        if not _is_ms(ms):
             return f"timing {name!r} is {ms!r}, not a finite number of milliseconds >= 0"
+    for name, p20_p80 in spread.items():
+        if not isinstance(p20_p80, list) or len(p20_p80) != 2 or not all(_is_ms(ms) for ms in p20_p80):
+            return f"spread {name!r} is {p20_p80!r}, not [p20, p80] milliseconds >= 0"
     if not isinstance(entry.get("failed", {}), dict):
         return f"'failed' is {type(entry['failed']).__name__}, not a table"
     return None
+
+
+def _is_ms(ms) -> bool:
+    return not isinstance(ms, bool) and isinstance(ms, (int, float)) and math.isfinite(ms) and ms >= 0
 
 
 def _describe(error: OSError) -> str:

@@ -1,11 +1,17 @@
 """Per-shape tuning: time every candidate tile of every kernel of a pass and the fallback, keep the
-winner in the persistent cache; or, without a GPU, check every candidate under the interpreter."""
+winner in the persistent cache; or, without a GPU, check every candidate under the interpreter.
+
+Winners are deterministic: a candidate within ``NOISE_BAND`` of the fastest is as good as the fastest,
+so among those the fallback wins over the Triton kernels, and the smallest tile over larger ones;
+re-tuning the same shape on the same GPU then picks the same winner although the clock is noisy.
+"""
 
 from __future__ import annotations
 
 import datetime
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -39,10 +45,58 @@ def _describe_failure(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[-1] if lines else ''}"[:300]
 
 
-def time_ms(fn) -> float:
-    """Median milliseconds of ``fn`` with CUDA events, L2 flushed between runs."""
+# Two timings whose medians differ by less than this fraction are a tie: run-to-run noise of
+# do_bench on one GPU is 1-2 %, so 3 % keeps re-tuning from flipping between near-equal candidates.
+NOISE_BAND = 0.03
+
+
+class Timing(NamedTuple):
+    """Milliseconds of one candidate: the 20th, 50th and 80th percentile of its runs."""
+
+    p20: float
+    p50: float
+    p80: float
+
+
+def time_ms(fn) -> Timing:
+    """p20/p50/p80 milliseconds of ``fn`` with CUDA events, L2 flushed between runs (needs a GPU)."""
     import triton.testing
-    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    p20, p50, p80 = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.2, 0.5, 0.8])
+    return Timing(float(p20), float(p50), float(p80))
+
+
+def _measure(timer: Callable, fn) -> Timing:
+    """The timer's answer as a Timing (a timer may return a single number: its spread is then 0)."""
+    result = timer(fn)
+    if isinstance(result, (int, float)):
+        return Timing(float(result), float(result), float(result))
+    return Timing(*(float(v) for v in result))
+
+
+def within_noise(ms: float, best: float, band: float = NOISE_BAND) -> bool:
+    """Whether ``ms`` is as good as ``best`` up to the noise band."""
+    return ms <= best * (1 + band)
+
+
+def tile_size_key(tile) -> tuple:
+    """Order of preference among tied tiles: the smallest block first, then fewer warps and stages
+    (a total order, so the choice never depends on the order the candidates were timed in)."""
+    return (tile.block_rows * tile.block_cols * tile.block_reduce, tile.num_warps, tile.num_stages,
+            tile.splits, tile.label())
+
+
+def pick_tile(timed: list, band: float = NOISE_BAND):
+    """(tile, ms) of the smallest tile among those within ``band`` of the fastest; ``timed``: [(tile, ms)]."""
+    fastest = min(ms for _, ms in timed)
+    return min(((tile, ms) for tile, ms in timed if within_noise(ms, fastest, band)),
+               key=lambda pair: tile_size_key(pair[0]))
+
+
+def pick_winner(triton_ms: float | None, fallback_ms: float, band: float = NOISE_BAND) -> str:
+    """"triton" only when it beats the fallback by more than the noise band."""
+    if triton_ms is None or within_noise(fallback_ms, triton_ms, band):
+        return "fallback"
+    return "triton"
 
 
 def check_tile(harness: Harness, kernel: str, work, tile, expected) -> str | None:
@@ -58,8 +112,11 @@ def check_tile(harness: Harness, kernel: str, work, tile, expected) -> str | Non
 
 
 def tune_pass(harness: Harness, spec, pass_: str, device: torch.device, cache: TuningCache, *,
-              force: bool = False, max_tiles: int | None = None) -> PassResult:
+              force: bool = False, max_tiles: int | None = None, timer: Callable | None = None) -> PassResult:
     """Measure ``pass_`` of ``spec`` on the GPU and store the winner, unless the cache has it already.
+
+    ``timer(fn)`` returns a ``Timing`` (or milliseconds) of the closure ``fn``; default ``time_ms``
+    (a GPU clock). Each timing is stored with its p20/p80 spread.
 
     A malformed cached entry is measured again; a cache that cannot be written is reported (a warning
     and ``not_saved``) and the measurement still returned.
@@ -72,34 +129,40 @@ def tune_pass(harness: Harness, spec, pass_: str, device: torch.device, cache: T
         return PassResult(pass_, entry["winner"], entry.get("tiles", {}), timings.get("triton"),
                           timings.get("fallback"), cache_hit=True, failed=entry.get("failed", {}))
 
+    timer = timer or time_ms
     work = harness.make_workload(spec, device)
-    candidates_ms, failed, best = {}, {}, {}
+    candidates_ms, spread_ms, failed, best = {}, {}, {}, {}
     for kernel in operator.kernels_of_pass[pass_]:
         expected = harness.expected(kernel, work)
+        timed = []
         for tile in harness.candidate_tiles(spec, kernel)[:max_tiles]:
             name = f"{kernel}:{tile.label()}"
             problem = check_tile(harness, kernel, work, tile, expected)
             if problem is None:
                 try:
-                    candidates_ms[name] = time_ms(harness.triton(kernel, work, tile))
+                    timing = _measure(timer, harness.triton(kernel, work, tile))
                 except Exception as exc:
                     problem = _describe_failure(exc)
             if problem is not None:
                 failed[name] = problem
                 continue
-            if kernel not in best or candidates_ms[name] < best[kernel][1]:
-                best[kernel] = (tile, candidates_ms[name])
+            candidates_ms[name], spread_ms[name] = timing.p50, [timing.p20, timing.p80]
+            timed.append((tile, timing.p50))
+        if timed:
+            best[kernel] = pick_tile(timed)
         del expected
-    fallback_ms = time_ms(harness.fallback(pass_, work))
+    fallback = _measure(timer, harness.fallback(pass_, work))
+    fallback_ms, spread_ms["fallback"] = fallback.p50, [fallback.p20, fallback.p80]
     complete = all(kernel in best for kernel in operator.kernels_of_pass[pass_])
     triton_ms = sum(ms for _, ms in best.values()) if complete else None
-    winner = "triton" if triton_ms is not None and triton_ms < fallback_ms else "fallback"
+    winner = pick_winner(triton_ms, fallback_ms)
     tiles = {kernel: tile.to_dict() for kernel, (tile, _) in best.items()}
     not_saved = None
     try:
         cache.store(key, {
             "winner": winner, "tiles": tiles, "failed": failed,
-            "timings_ms": {"triton": triton_ms, "fallback": fallback_ms, "candidates": candidates_ms},
+            "timings_ms": {"triton": triton_ms, "fallback": fallback_ms, "candidates": candidates_ms,
+                           "spread": spread_ms, "noise_band": NOISE_BAND},
             "device": hardware.device_name_of(device), **hardware.versions(),
             "spec": spec.describe(),
             "tuned_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
