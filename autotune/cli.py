@@ -13,8 +13,8 @@ from tqdm import tqdm
 
 from tritonconv import env, hardware, zoo
 from tritonconv.ops.registry import HARNESSES
-from tritonconv.tuner import tune_pass, validate_candidates
-from tritonconv.tuning_cache import TuningCache
+from tritonconv.tuner import export_cache, import_cache, tune_pass, validate_candidates
+from tritonconv.tuning_cache import CacheImportError, CacheWriteError, TuningCache
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 PASSES = {"fwd": ("forward",), "bwd": ("backward",), "both": ("forward", "backward")}
@@ -38,6 +38,7 @@ examples:
   python -m autotune --layer hetconv --shapes vgg16
   python -m autotune --layer hetconv --shapes resnet50 --p 8 --dtype fp16 --batch 64
   python -m autotune --layer hetconv --shapes my_shapes.json
+  python -m autotune --export tuned.json      # ship it; on the other machine: --import tuned.json
       my_shapes.json: [{"in_channels": 64, "out_channels": 128, "height": 56, "width": 56,
                         "kernel_size": 3, "stride": 1, "name": "block1"}, ...]
 """
@@ -46,8 +47,8 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m autotune", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layer", required=True, choices=sorted(HARNESSES), help="which layer's kernels to tune")
-    parser.add_argument("--shapes", required=True,
+    parser.add_argument("--layer", choices=sorted(HARNESSES), help="which layer's kernels to tune")
+    parser.add_argument("--shapes",
                         help="a shape set of the layer (hetconv: vgg16 = CIFAR-10 32x32 + ImageNet 224x224, "
                              "vgg16_cifar, vgg16_imagenet, resnet50) or a JSON file listing convolutions")
     parser.add_argument("--p", type=int, default=4,
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tiles", type=int, default=None, help="try only the first N candidate tiles per kernel")
     parser.add_argument("--cache", type=Path, default=None,
                         help="cache file (default: $TRITONCONV_CACHE_DIR/tuning.json)")
+    shipping = parser.add_mutually_exclusive_group()
+    shipping.add_argument("--export", type=Path, metavar="FILE",
+                          help="write the cache's entries to FILE (to ship with a model or to another machine)")
+    shipping.add_argument("--import", dest="import_", type=Path, metavar="FILE",
+                          help="merge FILE (written by --export) into the cache; every entry is checked first "
+                               "and a bad file is refused with the cache untouched")
     return parser
 
 
@@ -146,8 +153,28 @@ def validate(harness, specs, args, device) -> tuple[pd.DataFrame, dict]:
     return pd.DataFrame(rows), failures
 
 
+def ship(args) -> int:
+    """--export / --import."""
+    cache = TuningCache(args.cache) if args.cache else TuningCache()
+    try:
+        if args.export:
+            count = export_cache(args.export, cache)
+            print(f"exported {count} entries of {cache.path} to {args.export}")
+        else:
+            count = import_cache(args.import_, cache)
+            print(f"imported {count} entries of {args.import_} into {cache.path}")
+    except (CacheImportError, CacheWriteError) as error:
+        raise SystemExit(str(error))
+    return 0
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.export or args.import_:
+        return ship(args)
+    if not args.layer or not args.shapes:
+        parser.error("--layer and --shapes are required (or --export / --import FILE)")
     if args.batch < 1:
         raise SystemExit(f"--batch {args.batch}: expected a positive batch size")
     if args.p < 1:

@@ -227,3 +227,66 @@ def test_the_tie_rules():
         big, small = small, big
     assert tuner.pick_tile([(big, 1.0), (small, 1.02)]) == (small, 1.02)
     assert tuner.pick_tile([(big, 1.0), (small, 1.04)]) == (big, 1.0)
+
+
+def test_export_then_import_into_an_empty_cache_gives_the_same_decisions(tmp_path, fake_clock):
+    tuned = TuningCache(tmp_path / "a" / "tuning.json")
+    other = HetConvSpec(1, 8, 16, 5, 5, 3, 1, 4, False, "float32")
+    for spec in (SPEC, other):
+        for pass_ in ("forward", "backward"):
+            tuner.tune_pass(HARNESS, spec, pass_, torch.device("cpu"), tuned, max_tiles=2)
+    shipped = tmp_path / "shipped.json"
+    assert main(["--cache", str(tuned.path), "--export", str(shipped)]) == 0
+    empty = TuningCache(tmp_path / "b" / "tuning.json")
+    assert main(["--cache", str(empty.path), "--import", str(shipped)]) == 0
+    assert empty.entries() == tuned.entries() and len(empty.entries()) == 4
+    for spec in (SPEC, other):
+        for pass_ in ("forward", "backward"):
+            before = dispatch.decide(HARNESS.operator, spec, pass_, torch.device("cuda"), cache=tuned)
+            after = dispatch.decide(HARNESS.operator, spec, pass_, torch.device("cuda"), cache=empty)
+            assert after == before and "measured" in after.reason
+
+
+def test_the_cache_key_carries_the_torch_version():
+    key = HARNESS.operator.cache_key(SPEC, "forward", torch.device("cpu"))
+    assert key.torch == torch.__version__ and f"|{torch.__version__}|" in str(key)
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"{not json", "is not valid JSON"),
+    (b'{"format": 99, "entries": {}}', "has format 99"),
+    (None, "num_warps=5"),
+    ("bad key", "is not a key op|pass|shape"),
+    ("unknown op", "no operator 'nosuchop'"),
+    ("wrong kernel", "not a kernel of this pass"),
+])
+def test_a_malformed_import_is_refused_and_leaves_the_cache_untouched(tmp_path, fake_clock, content, says):
+    cache = TuningCache(tmp_path / "tuning.json")
+    tuner.tune_pass(HARNESS, SPEC, "forward", torch.device("cpu"), cache, max_tiles=1)
+    before = cache.path.read_bytes()
+    good = tmp_path / "good.json"
+    cache.export(good)
+    data = json.loads(good.read_text())
+    name, entry = next(iter(data["entries"].items()))
+    if content is None:
+        entry["tiles"]["forward"]["num_warps"] = 5
+    elif content == "bad key":
+        data["entries"]["hetconv|forward"] = entry
+    elif content == "unknown op":
+        data["entries"]["nosuchop" + name[len("hetconv"):]] = entry
+    elif content == "wrong kernel":
+        entry["tiles"]["backward_weight"] = entry["tiles"]["forward"]
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(content if isinstance(content, bytes) else json.dumps(data).encode())
+    with pytest.raises(SystemExit, match="cannot import .*bad.json") as refused:
+        main(["--cache", str(cache.path), "--import", str(bad)])
+    assert says in str(refused.value) and "the tuning cache was not changed" in str(refused.value)
+    assert cache.path.read_bytes() == before
+
+
+def test_export_and_import_need_no_layer(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--shapes", "vgg16"])
+    assert "--layer and --shapes are required" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="cannot import .*missing.json"):
+        main(["--cache", str(tmp_path / "tuning.json"), "--import", str(tmp_path / "missing.json")])

@@ -50,7 +50,7 @@ class Operator:
         return source_hash(*self.kernel_sources, Path(tiles.__file__), Path(kernel_helpers.__file__))
 
     def cache_key(self, spec, pass_: str, device: torch.device) -> CacheKey:
-        return CacheKey(self.name, pass_, spec.tuning_key(), hardware.device_name_of(device),
+        return CacheKey(self.name, pass_, spec.tuning_key(), hardware.device_name_of(device), torch.__version__,
                         triton.__version__, self.source)
 
 

@@ -17,7 +17,7 @@ import torch
 
 from tritonconv import hardware
 from tritonconv.harness import Harness, max_relative_error, tolerance
-from tritonconv.tuning_cache import CacheWriteError, TuningCache
+from tritonconv.tuning_cache import CacheKey, CacheWriteError, TuningCache, default_cache
 
 
 @dataclass
@@ -197,3 +197,27 @@ def validate_candidates(harness: Harness, spec, pass_: str, device: torch.device
                 failed[f"{kernel}:{tile.label()}"] = problem
     return failed
 
+
+
+def harnesses_by_operator() -> dict:
+    """Every registered harness, by its operator's name (imported on first use: the registry imports
+    every operator)."""
+    from tritonconv.ops.registry import HARNESSES
+    return {harness.operator.name: harness for harness in HARNESSES.values()}
+
+
+def kernels_of_key(key: CacheKey) -> tuple | None:
+    """The kernels an entry under ``key`` may hold tiles for; None for an op or pass unknown here."""
+    harness = harnesses_by_operator().get(key.op)
+    return None if harness is None else harness.operator.kernels_of_pass.get(key.kernel)
+
+
+def export_cache(path, cache: TuningCache | None = None) -> int:
+    """Write the tuning cache's well-formed entries to ``path``; returns how many."""
+    return (cache or default_cache()).export(path)
+
+
+def import_cache(path, cache: TuningCache | None = None) -> int:
+    """Merge a file ``export_cache`` wrote into the tuning cache, every entry checked as a lookup checks
+    it (tiles for the kernels of its op's pass); CacheImportError, the cache unchanged, if one is bad."""
+    return (cache or default_cache()).import_file(path, kernels_of=kernels_of_key)
