@@ -20,10 +20,18 @@ __all__ = [
     "LinearConv2d", "LinearConvSpec", "RotFlipConv2d", "ShiftConv2d", "ShiftSpec", "ShuffleUnit",
     "ShuffledGroupConv2d", "VersatileConv2d", "VersatileSpec", "blocks", "channel_shuffle", "convert",
     "correlation_loss", "count_macs", "depthwise_conv2d", "dwsep_conv2d", "explain", "hetconv2d", "models",
-    "shift_conv2d", "shuffle_conv1x1", "use_backend", "versatile_conv2d",
+    "shift_conv2d", "shuffle_conv1x1", "tune", "use_backend", "versatile_conv2d",
 ]
 
 
 def explain(layer, x, pass_: str = "forward") -> Decision:
     """Which backend ``layer(x)`` (``pass_="backward"``: its backward) takes, and why."""
     return layer.explain(x, pass_)
+
+
+def tune(model, example_inputs, passes=("forward", "backward"), force: bool = False, **options):
+    """Tune every tritonconv layer call ``model`` makes on ``example_inputs`` into the tuning cache and
+    return a pandas DataFrame of the winners (see ``tritonconv.tuner.tune``; options: ``cache``,
+    ``max_tiles``, ``timer``, ``progress``)."""
+    from tritonconv.tuner import tune as tune_calls  # pandas and the registry, loaded when first used
+    return tune_calls(model, example_inputs, passes, force, **options)

@@ -142,11 +142,50 @@ def launching():
         yield
 
 
+@dataclass(frozen=True)
+class Call:
+    """One call ``decide`` was asked about while ``collecting``: what ``tritonconv.tune`` tunes."""
+
+    operator: Operator
+    spec: object
+    pass_: str
+    device: torch.device
+    where: str | None  # the module path the collector's ``where()`` gave, if any
+
+
+# Process-wide, not a context variable: a backward's decide() runs on autograd's worker thread.
+_collectors: list = []
+_collectors_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def collecting(where: Callable[[], str | None] = lambda: None):
+    """Record every call ``decide`` is asked about inside the block (on any thread) into the list it
+    yields, as ``Call``s; ``where()`` names the caller (``tritonconv.tune`` gives the module path)."""
+    calls: list[Call] = []
+    collector = (calls, where)
+    with _collectors_lock:
+        _collectors.append(collector)
+    try:
+        yield calls
+    finally:
+        with _collectors_lock:
+            _collectors.remove(collector)
+
+
+def _record(operator: Operator, spec, pass_: str, device: torch.device) -> None:
+    with _collectors_lock:
+        for calls, where in _collectors:
+            calls.append(Call(operator, spec, pass_, device, where()))
+
+
 def decide(operator: Operator, spec, pass_: str, device: torch.device, *, forced: str | None = None,
            cache: TuningCache | None = None) -> Decision:
     """Which backend runs this call, with which tiles, and why."""
     if pass_ not in PASSES:
         raise ValueError(f"pass_={pass_!r}; expected one of {PASSES}")
+    if _collectors:
+        _record(operator, spec, pass_, device)
     forced = forced or forced_backend()
     cache = cache or default_cache()
     generation = cache.generation() if device.type == "cuda" else 0

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import datetime
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, NamedTuple
 
+import pandas as pd
 import torch
+from tqdm import tqdm
 
-from tritonconv import hardware
+from tritonconv import dispatch, env, hardware
+from tritonconv.dispatch import PASSES
 from tritonconv.harness import Harness, max_relative_error, tolerance
+from tritonconv.tiles import GemmTile
 from tritonconv.tuning_cache import CacheKey, CacheWriteError, TuningCache, default_cache
 
 
@@ -221,3 +225,110 @@ def import_cache(path, cache: TuningCache | None = None) -> int:
     """Merge a file ``export_cache`` wrote into the tuning cache, every entry checked as a lookup checks
     it (tiles for the kernels of its op's pass); CacheImportError, the cache unchanged, if one is bad."""
     return (cache or default_cache()).import_file(path, kernels_of=kernels_of_key)
+
+
+# ---- tuning a model: every tritonconv call it makes ----------------------------------------------------
+def collect_calls(model: torch.nn.Module, example_inputs, passes=("forward", "backward")) -> list:
+    """Run ``model`` once on ``example_inputs`` with the fallback forced (and its backward when ``passes``
+    has "backward"); return every ``dispatch.Call`` of a tritonconv op it made in those passes, each with
+    the path of the innermost module running it (a backward: those of its forward). The model's buffers
+    (batch-norm statistics) and gradients are left as they were."""
+    unknown = set(passes) - set(PASSES)
+    if unknown or not passes:
+        raise ValueError(f"passes={passes!r}; expected some of {PASSES}")
+    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if "backward" in passes:
+        inputs = [x.detach().requires_grad_(True) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+                  for x in inputs]
+    stack: list[str] = []
+    names = {module: name for name, module in model.named_modules()}
+
+    def enter(module, args):
+        stack.append(names.get(module, ""))
+
+    def leave(module, args, output):
+        stack.pop()
+
+    handles = [hook for module in names for hook in (module.register_forward_pre_hook(enter),
+                                                     module.register_forward_hook(leave))]
+    buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
+    grads = {param: param.grad for param in model.parameters()}
+    try:
+        with dispatch.use_backend("fallback"), dispatch.collecting(lambda: stack[-1] if stack else None) as calls:
+            output = model(*inputs)
+            if "backward" in passes:
+                tensors = [t for t in _tensors_of(output) if t.requires_grad]
+                if tensors:
+                    torch.autograd.backward([t.float().sum() for t in tensors])
+    finally:
+        for handle in handles:
+            handle.remove()
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
+        for param, grad in grads.items():
+            param.grad = grad
+    # A backward runs outside every module's forward: it is named after the forward of the same call.
+    forward_where: dict = {}
+    for call in calls:
+        if call.pass_ == "forward" and call.where:
+            forward_where.setdefault((call.operator, call.spec), {})[call.where] = None
+    calls = [replace(call, where=", ".join(forward_where.get((call.operator, call.spec), ())) or None)
+             if call.where is None else call for call in calls]
+    return [call for call in calls if call.pass_ in passes]
+
+
+def _tensors_of(output) -> list:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in _tensors_of(item)]
+    return []
+
+
+def _tiles_label(tiles: dict) -> str:
+    return "+".join(f"{kernel}={GemmTile.from_dict(tile).label()}" for kernel, tile in tiles.items()) or "-"
+
+
+def tune(model: torch.nn.Module, example_inputs, passes=("forward", "backward"), force: bool = False, *,
+         cache: TuningCache | None = None, max_tiles: int | None = None, timer: Callable | None = None,
+         progress: bool = True) -> pd.DataFrame:
+    """Tune every tritonconv call ``model`` makes on ``example_inputs`` and store the winners.
+
+    The model runs once (``collect_calls``); each distinct (operator, shape as the cache keys it, pass)
+    is tuned once with ``tune_pass`` (cache hits cost nothing unless ``force``). Without a GPU (and no
+    ``timer``) nothing is timed or stored: every candidate tile is checked under Triton's interpreter on
+    a shrunk copy of the shape, as ``python -m autotune`` does. Returns one row per distinct call: module
+    paths, operator, spec, pass, winner, tiles, triton/fallback ms, speedup, cache (hit / new / not
+    saved / checked) and failed tiles.
+    """
+    cache = cache or default_cache()
+    jobs: dict[str, list] = {}
+    for call in collect_calls(model, example_inputs, passes):
+        name = str(call.operator.cache_key(call.spec, call.pass_, call.device))
+        jobs.setdefault(name, [call, []])[1].append(call.where or call.operator.name)
+    harnesses, seen, rows = harnesses_by_operator(), set(), []
+    for call, where in tqdm(jobs.values(), desc="tuning tritonconv layers", unit="pass", disable=not progress):
+        operator, spec, pass_, device = call.operator, call.spec, call.pass_, call.device
+        modules = dict.fromkeys(name for names in where for name in names.split(", "))
+        row = {"module": ", ".join(modules), "operator": operator.name, "spec": spec.describe(),
+               "pass": pass_, "winner": None, "tiles": "-", "triton ms": None, "fallback ms": None,
+               "speedup": None, "cache": None, "failed tiles": 0}
+        harness = harnesses.get(operator.name)
+        unsupported = operator.triton_unsupported(spec)
+        if harness is None or unsupported:
+            row.update(winner="fallback", cache=f"not tuned: {unsupported or 'no tuning harness for ' + operator.name}")
+        elif timer is not None or (device.type == "cuda" and not env.triton_interpret()):
+            result = tune_pass(harness, spec, pass_, device, cache, force=force, max_tiles=max_tiles, timer=timer)
+            row.update(winner=result.winner, tiles=_tiles_label(result.tiles), speedup=result.speedup,
+                       **{"triton ms": result.triton_ms, "fallback ms": result.fallback_ms,
+                          "cache": "hit" if result.cache_hit else "not saved" if result.not_saved else "new",
+                          "failed tiles": len(result.failed)})
+        else:
+            failed = validate_candidates(harness, spec, pass_, torch.device("cpu"), max_tiles=max_tiles, seen=seen)
+            row.update(cache="checked (no GPU: nothing timed or stored)", **{"failed tiles": len(failed)})
+            row["failures"] = failed
+        rows.append(row)
+    return pd.DataFrame(rows)
