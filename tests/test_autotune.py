@@ -290,3 +290,21 @@ def test_export_and_import_need_no_layer(tmp_path, capsys):
     assert "--layer and --shapes are required" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="cannot import .*missing.json"):
         main(["--cache", str(tmp_path / "tuning.json"), "--import", str(tmp_path / "missing.json")])
+
+
+def test_the_gpu_clock_gives_p20_p50_p80(monkeypatch):
+    import triton.testing
+    asked = {}
+
+    def do_bench(fn, warmup, rep, quantiles):
+        asked["quantiles"] = quantiles
+        return [1.0, 2.0, 3.5]
+    monkeypatch.setattr(triton.testing, "do_bench", do_bench)
+    assert tuner.time_ms(lambda: None) == tuner.Timing(1.0, 2.0, 3.5) and asked["quantiles"] == [0.2, 0.5, 0.8]
+
+
+def test_the_session_check_knows_export_import_and_model(tmp_path):
+    from perf.session_check import CheckFailed, check_autotune
+    assert "no shape set" in check_autotune(["--cache", str(tmp_path / "tuning.json"), "--export", "x.json"])
+    with pytest.raises(CheckFailed, match="--layer and --shapes are required"):
+        check_autotune(["--shapes", "vgg16"])
