@@ -241,7 +241,8 @@ def _tune_first_call(operator: Operator, spec, pass_: str, device: torch.device,
     harness = tuner.harnesses_by_operator().get(operator.name)
     if harness is None:
         raise LookupError(f"no tuning harness for {operator.name}")
-    tuner.tune_pass(harness, spec, pass_, device, cache)
+    with torch.no_grad():  # the measurement's own tensors are no part of the user's graph
+        tuner.tune_pass(harness, spec, pass_, device, cache)
 
 
 def _first_call(operator, spec, pass_, device, forced, can_run, cache, decision: Decision) -> Decision:
