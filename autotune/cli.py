@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import json
 from pathlib import Path
@@ -11,10 +12,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from autotune.tuner import tune_pass, validate_candidates
 from tritonconv import env, hardware, zoo
 from tritonconv.ops.registry import HARNESSES
-from tritonconv.tuning_cache import TuningCache
+from tritonconv.tuner import export_cache, import_cache, tune_pass, validate_candidates
+from tritonconv.tuner import tune as model_tune
+from tritonconv.tuning_cache import CacheImportError, CacheWriteError, TuningCache
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 PASSES = {"fwd": ("forward",), "bwd": ("backward",), "both": ("forward", "backward")}
@@ -38,6 +40,8 @@ examples:
   python -m autotune --layer hetconv --shapes vgg16
   python -m autotune --layer hetconv --shapes resnet50 --p 8 --dtype fp16 --batch 64
   python -m autotune --layer hetconv --shapes my_shapes.json
+  python -m autotune --model torchvision.models:mobilenet_v2 --input-shape 64,3,224,224   # a converted one
+  python -m autotune --export tuned.json      # ship it; on the other machine: --import tuned.json
       my_shapes.json: [{"in_channels": 64, "out_channels": 128, "height": 56, "width": 56,
                         "kernel_size": 3, "stride": 1, "name": "block1"}, ...]
 """
@@ -46,8 +50,8 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m autotune", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layer", required=True, choices=sorted(HARNESSES), help="which layer's kernels to tune")
-    parser.add_argument("--shapes", required=True,
+    parser.add_argument("--layer", choices=sorted(HARNESSES), help="which layer's kernels to tune")
+    parser.add_argument("--shapes",
                         help="a shape set of the layer (hetconv: vgg16 = CIFAR-10 32x32 + ImageNet 224x224, "
                              "vgg16_cifar, vgg16_imagenet, resnet50) or a JSON file listing convolutions")
     parser.add_argument("--p", type=int, default=4,
@@ -62,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tiles", type=int, default=None, help="try only the first N candidate tiles per kernel")
     parser.add_argument("--cache", type=Path, default=None,
                         help="cache file (default: $TRITONCONV_CACHE_DIR/tuning.json)")
+    parser.add_argument("--model", metavar="PKG.MODULE:FACTORY",
+                        help="tune every tritonconv layer call of the model FACTORY() returns (instead of "
+                             "--layer/--shapes); needs --input-shape")
+    parser.add_argument("--input-shape", metavar="N,C,H,W", help="with --model: the example input's shape")
+    shipping = parser.add_mutually_exclusive_group()
+    shipping.add_argument("--export", type=Path, metavar="FILE",
+                          help="write the cache's entries to FILE (to ship with a model or to another machine)")
+    shipping.add_argument("--import", dest="import_", type=Path, metavar="FILE",
+                          help="merge FILE (written by --export) into the cache; every entry is checked first "
+                               "and a bad file is refused with the cache untouched")
     return parser
 
 
@@ -146,8 +160,84 @@ def validate(harness, specs, args, device) -> tuple[pd.DataFrame, dict]:
     return pd.DataFrame(rows), failures
 
 
+def load_model(target: str) -> torch.nn.Module:
+    module_name, _, factory = target.partition(":")
+    if not module_name or not factory:
+        raise SystemExit(f"--model {target}: expected pkg.module:factory")
+    try:
+        build = getattr(importlib.import_module(module_name), factory)
+    except (ImportError, AttributeError) as error:
+        raise SystemExit(f"--model {target}: {error}")
+    model = build()
+    if not isinstance(model, torch.nn.Module):
+        raise SystemExit(f"--model {target}: {factory}() returned {type(model).__name__}, not a torch module")
+    return model
+
+
+def parse_shape(text: str | None) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(size) for size in (text or "").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise SystemExit(f"--input-shape {text}: expected positive sizes separated by commas, e.g. 8,3,224,224")
+    return shape
+
+
+def tune_a_model(args) -> int:
+    """--model: ``tritonconv.tune`` on the factory's model and a random input of --input-shape."""
+    model, shape = load_model(args.model), parse_shape(args.input_shape)
+    on_gpu = torch.cuda.is_available() and not env.triton_interpret()
+    device, dtype = torch.device("cuda" if on_gpu else "cpu"), getattr(torch, DTYPES[args.dtype])
+    model = model.to(device=device, dtype=dtype)
+    x = torch.randn(shape, device=device, dtype=dtype)
+    if args.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if not on_gpu:
+        print("No CUDA GPU: nothing is timed and the tuning cache is not written. Checking every candidate tile "
+              "against the float64 reference under Triton's interpreter, on a shrunk copy of each shape.")
+    table = model_tune(model, x, PASSES[args.passes], args.force, max_tiles=args.max_tiles,
+                       cache=TuningCache(args.cache) if args.cache else None)
+    if table.empty:
+        print(f"--model {args.model}: it made no tritonconv layer call on an input of shape {shape}")
+        return 1
+    failures = {f"{row.module} {row._asdict()['pass']} {name}": why for row in table.itertuples()
+                for name, why in (getattr(row, "failures", None) or {}).items()}
+    print(table.drop(columns=["failures"], errors="ignore").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if failures:
+        print(f"\n{len(failures)} candidate tiles FAILED:")
+        for name, why in failures.items():
+            print(f"  {name}: {why}")
+        return 1
+    if not on_gpu:
+        print("\nall candidate tiles match the reference")
+    return 0
+
+
+def ship(args) -> int:
+    """--export / --import."""
+    cache = TuningCache(args.cache) if args.cache else TuningCache()
+    try:
+        if args.export:
+            count = export_cache(args.export, cache)
+            print(f"exported {count} entries of {cache.path} to {args.export}")
+        else:
+            count = import_cache(args.import_, cache)
+            print(f"imported {count} entries of {args.import_} into {cache.path}")
+    except (CacheImportError, CacheWriteError) as error:
+        raise SystemExit(str(error))
+    return 0
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.export or args.import_:
+        return ship(args)
+    if args.model:
+        return tune_a_model(args)
+    if not args.layer or not args.shapes:
+        parser.error("--layer and --shapes are required (or --model, or --export / --import FILE)")
     if args.batch < 1:
         raise SystemExit(f"--batch {args.batch}: expected a positive batch size")
     if args.p < 1:

@@ -66,6 +66,11 @@ def check_autotune(args: list[str]) -> str:
     from tritonconv.ops.registry import HARNESSES
 
     parsed = _parsed(build_parser(), args)
+    if parsed.export or parsed.import_ or parsed.model:
+        _writable(parsed.cache.parent if parsed.cache else env.cache_dir())
+        return "export / import / model: no shape set to resolve"
+    if not parsed.layer or not parsed.shapes:
+        raise CheckFailed("--layer and --shapes are required (or --model, or --export / --import FILE)")
     try:
         specs = resolve_specs(HARNESSES[parsed.layer], parsed)
     except SystemExit as exit_:

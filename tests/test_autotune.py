@@ -5,9 +5,8 @@ import json
 import pytest
 import torch
 
-from autotune import tuner
 from autotune.cli import build_parser, main, tune
-from tritonconv import dispatch
+from tritonconv import dispatch, tuner
 from tritonconv.ops.hetconv import HetConvSpec
 from tritonconv.ops.hetconv.harness import HARNESS
 from tritonconv.tuning_cache import TuningCache
@@ -153,3 +152,159 @@ def test_a_malformed_cached_entry_is_measured_again_and_replaced(tmp_path, fake_
     assert not result.cache_hit
     assert any("num_warps=5" in str(w.message) for w in every_warning)
     assert cache.lookup(key, ("forward",))["tiles"] == result.tiles  # the new measurement took its place
+
+
+class TaggedHarness:
+    """The real harness, with each closure tagged by what it runs (its tile, or "fallback") for a timer."""
+
+    def __getattr__(self, name):
+        return getattr(HARNESS, name)
+
+    def triton(self, kernel, work, tile):
+        run = HARNESS.triton(kernel, work, tile)
+
+        def tagged():
+            return run()
+        tagged.what = tile
+        return tagged
+
+    def fallback(self, pass_, work):
+        run = HARNESS.fallback(pass_, work)
+
+        def tagged():
+            return run()
+        tagged.what = "fallback"
+        return tagged
+
+
+def noisy_timer(true_ms, seed, noise=0.01):
+    """A clock giving each closure its true time, each percentile off by up to +-``noise``."""
+    import random
+    rng = random.Random(seed)
+
+    def timer(fn):
+        ms = true_ms(fn.what)
+        p20, p50, p80 = sorted(ms * (1 + rng.uniform(-noise, noise)) for _ in range(3))
+        return tuner.Timing(p20, p50, p80)
+    return timer
+
+
+def test_near_tied_tiles_give_the_same_winner_on_every_re_tuning(tmp_path):
+    cache = TuningCache(tmp_path / "tuning.json")
+    tiles = HARNESS.candidate_tiles(SPEC, "forward")[:3]
+    tied = tiles[:2]
+    smaller = min(tied, key=tuner.tile_size_key)
+    true_ms = {tiles[0]: 1.0, tiles[1]: 1.005, tiles[2]: 2.0, "fallback": 5.0}
+    winners = set()
+    for seed in range(5):
+        result = tuner.tune_pass(TaggedHarness(), SPEC, "forward", torch.device("cpu"), cache, force=True,
+                                 max_tiles=3, timer=noisy_timer(true_ms.__getitem__, seed))
+        assert result.winner == "triton"
+        winners.add(tuple(sorted(result.tiles["forward"].items())))
+    assert winners == {tuple(sorted(smaller.to_dict().items()))}
+    entry = cache.lookup(HARNESS.operator.cache_key(SPEC, "forward", torch.device("cpu")))
+    spread = entry["timings_ms"]["spread"]
+    assert set(spread) == {f"forward:{t.label()}" for t in tiles} | {"fallback"}
+    assert all(p20 <= entry["timings_ms"]["candidates"].get(name, p20) <= p80 for name, (p20, p80) in spread.items())
+
+
+@pytest.mark.parametrize("fallback_ms, winner", [(1.01, "fallback"), (0.99, "fallback"), (1.5, "triton")])
+def test_a_triton_win_inside_the_noise_band_goes_to_the_fallback(tmp_path, fallback_ms, winner):
+    cache = TuningCache(tmp_path / "tuning.json")
+    for seed in range(3):
+        result = tuner.tune_pass(TaggedHarness(), SPEC, "forward", torch.device("cpu"), cache, force=True,
+                                 max_tiles=1, timer=noisy_timer(lambda what: fallback_ms if what == "fallback" else 1.0,
+                                                                seed))
+        assert result.winner == winner
+
+
+def test_the_tie_rules():
+    assert tuner.NOISE_BAND == 0.03
+    assert tuner.pick_winner(1.0, 1.029) == "fallback" and tuner.pick_winner(1.0, 1.031) == "triton"
+    assert tuner.pick_winner(None, 9.0) == "fallback"
+    big, small = HARNESS.candidate_tiles(SPEC, "forward")[:2]
+    if tuner.tile_size_key(big) < tuner.tile_size_key(small):
+        big, small = small, big
+    assert tuner.pick_tile([(big, 1.0), (small, 1.02)]) == (small, 1.02)
+    assert tuner.pick_tile([(big, 1.0), (small, 1.04)]) == (big, 1.0)
+
+
+def test_export_then_import_into_an_empty_cache_gives_the_same_decisions(tmp_path, fake_clock):
+    tuned = TuningCache(tmp_path / "a" / "tuning.json")
+    other = HetConvSpec(1, 8, 16, 5, 5, 3, 1, 4, False, "float32")
+    for spec in (SPEC, other):
+        for pass_ in ("forward", "backward"):
+            tuner.tune_pass(HARNESS, spec, pass_, torch.device("cpu"), tuned, max_tiles=2)
+    shipped = tmp_path / "shipped.json"
+    assert main(["--cache", str(tuned.path), "--export", str(shipped)]) == 0
+    empty = TuningCache(tmp_path / "b" / "tuning.json")
+    assert main(["--cache", str(empty.path), "--import", str(shipped)]) == 0
+    assert empty.entries() == tuned.entries() and len(empty.entries()) == 4
+    for spec in (SPEC, other):
+        for pass_ in ("forward", "backward"):
+            before = dispatch.decide(HARNESS.operator, spec, pass_, torch.device("cuda"), cache=tuned)
+            after = dispatch.decide(HARNESS.operator, spec, pass_, torch.device("cuda"), cache=empty)
+            assert after == before and "measured" in after.reason
+
+
+def test_the_cache_key_carries_the_torch_version():
+    key = HARNESS.operator.cache_key(SPEC, "forward", torch.device("cpu"))
+    assert key.torch == torch.__version__ and f"|{torch.__version__}|" in str(key)
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"{not json", "is not valid JSON"),
+    (b'{"format": 99, "entries": {}}', "has format 99"),
+    (None, "num_warps=5"),
+    ("bad key", "is not a key op|pass|shape"),
+    ("unknown op", "no operator 'nosuchop'"),
+    ("wrong kernel", "not a kernel of this pass"),
+])
+def test_a_malformed_import_is_refused_and_leaves_the_cache_untouched(tmp_path, fake_clock, content, says):
+    cache = TuningCache(tmp_path / "tuning.json")
+    tuner.tune_pass(HARNESS, SPEC, "forward", torch.device("cpu"), cache, max_tiles=1)
+    before = cache.path.read_bytes()
+    good = tmp_path / "good.json"
+    cache.export(good)
+    data = json.loads(good.read_text())
+    name, entry = next(iter(data["entries"].items()))
+    if content is None:
+        entry["tiles"]["forward"]["num_warps"] = 5
+    elif content == "bad key":
+        data["entries"]["hetconv|forward"] = entry
+    elif content == "unknown op":
+        data["entries"]["nosuchop" + name[len("hetconv"):]] = entry
+    elif content == "wrong kernel":
+        entry["tiles"]["backward_weight"] = entry["tiles"]["forward"]
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(content if isinstance(content, bytes) else json.dumps(data).encode())
+    with pytest.raises(SystemExit, match="cannot import .*bad.json") as refused:
+        main(["--cache", str(cache.path), "--import", str(bad)])
+    assert says in str(refused.value) and "the tuning cache was not changed" in str(refused.value)
+    assert cache.path.read_bytes() == before
+
+
+def test_export_and_import_need_no_layer(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--shapes", "vgg16"])
+    assert "--layer and --shapes are required" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="cannot import .*missing.json"):
+        main(["--cache", str(tmp_path / "tuning.json"), "--import", str(tmp_path / "missing.json")])
+
+
+def test_the_gpu_clock_gives_p20_p50_p80(monkeypatch):
+    import triton.testing
+    asked = {}
+
+    def do_bench(fn, warmup, rep, quantiles):
+        asked["quantiles"] = quantiles
+        return [1.0, 2.0, 3.5]
+    monkeypatch.setattr(triton.testing, "do_bench", do_bench)
+    assert tuner.time_ms(lambda: None) == tuner.Timing(1.0, 2.0, 3.5) and asked["quantiles"] == [0.2, 0.5, 0.8]
+
+
+def test_the_session_check_knows_export_import_and_model(tmp_path):
+    from perf.session_check import CheckFailed, check_autotune
+    assert "no shape set" in check_autotune(["--cache", str(tmp_path / "tuning.json"), "--export", "x.json"])
+    with pytest.raises(CheckFailed, match="--layer and --shapes are required"):
+        check_autotune(["--shapes", "vgg16"])

@@ -12,7 +12,7 @@ from conftest import RUNNING_AS_ROOT
 
 
 def key(i, source="abc"):
-    return CacheKey("hetconv", "forward", f"shape{i}", "gpu", "3.6.0", source)
+    return CacheKey("hetconv", "forward", f"shape{i}", "gpu", "2.9.0", "3.6.0", source)
 
 
 def test_store_and_lookup_across_instances(tmp_path):

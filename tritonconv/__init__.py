@@ -3,7 +3,7 @@
 from tritonconv import blocks, models
 from tritonconv.accounting import Cost, count_macs
 from tritonconv.convert import ConversionReport, convert
-from tritonconv.dispatch import BackendUnavailable, Decision, use_backend
+from tritonconv.dispatch import BackendUnavailable, Decision, explaining, set_tuning, use_backend
 from tritonconv.ops.depthwise import DepthwiseConv2d, DepthwiseSpec, depthwise_conv2d
 from tritonconv.ops.dwsep import DepthwiseSeparableConv2d, DwSepSpec, dwsep_conv2d
 from tritonconv.ops.ghost import GhostModule
@@ -20,10 +20,20 @@ __all__ = [
     "LinearConv2d", "LinearConvSpec", "RotFlipConv2d", "ShiftConv2d", "ShiftSpec", "ShuffleUnit",
     "ShuffledGroupConv2d", "VersatileConv2d", "VersatileSpec", "blocks", "channel_shuffle", "convert",
     "correlation_loss", "count_macs", "depthwise_conv2d", "dwsep_conv2d", "explain", "hetconv2d", "models",
-    "shift_conv2d", "shuffle_conv1x1", "use_backend", "versatile_conv2d",
+    "set_tuning", "shift_conv2d", "shuffle_conv1x1", "tune", "use_backend", "versatile_conv2d",
 ]
 
 
 def explain(layer, x, pass_: str = "forward") -> Decision:
-    """Which backend ``layer(x)`` (``pass_="backward"``: its backward) takes, and why."""
-    return layer.explain(x, pass_)
+    """Which backend ``layer(x)`` (``pass_="backward"``: its backward) takes, and why (with first-call
+    tuning on, what it would measure: explaining runs and tunes nothing)."""
+    with explaining():
+        return layer.explain(x, pass_)
+
+
+def tune(model, example_inputs, passes=("forward", "backward"), force: bool = False, **options):
+    """Tune every tritonconv layer call ``model`` makes on ``example_inputs`` into the tuning cache and
+    return a pandas DataFrame of the winners (see ``tritonconv.tuner.tune``; options: ``cache``,
+    ``max_tiles``, ``timer``, ``progress``)."""
+    from tritonconv.tuner import tune as tune_calls  # pandas and the registry, loaded when first used
+    return tune_calls(model, example_inputs, passes, force, **options)

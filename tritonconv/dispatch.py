@@ -13,7 +13,8 @@ import contextlib
 import contextvars
 import functools
 import threading
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -50,7 +51,7 @@ class Operator:
         return source_hash(*self.kernel_sources, Path(tiles.__file__), Path(kernel_helpers.__file__))
 
     def cache_key(self, spec, pass_: str, device: torch.device) -> CacheKey:
-        return CacheKey(self.name, pass_, spec.tuning_key(), hardware.device_name_of(device),
+        return CacheKey(self.name, pass_, spec.tuning_key(), hardware.device_name_of(device), torch.__version__,
                         triton.__version__, self.source)
 
 
@@ -59,6 +60,7 @@ class Decision:
     backend: str  # "triton" or "fallback"
     reason: str
     tiles: dict = field(default_factory=dict)  # kernel name -> GemmTile, for "triton"
+    untuned: bool = False  # the cache had no usable entry for this CUDA call: first-call tuning may measure it
 
     def __str__(self) -> str:
         tiles = ", ".join(f"{k}={t.label()}" for k, t in self.tiles.items())
@@ -142,16 +144,132 @@ def launching():
         yield
 
 
+@dataclass(frozen=True)
+class Call:
+    """One call ``decide`` was asked about while ``collecting``: what ``tritonconv.tune`` tunes."""
+
+    operator: Operator
+    spec: object
+    pass_: str
+    device: torch.device
+    where: str | None  # the module path the collector's ``where()`` gave, if any
+
+
+# Process-wide, not a context variable: a backward's decide() runs on autograd's worker thread.
+_collectors: list = []
+_collectors_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def collecting(where: Callable[[], str | None] = lambda: None):
+    """Record every call ``decide`` is asked about inside the block (on any thread) into the list it
+    yields, as ``Call``s; ``where()`` names the caller (``tritonconv.tune`` gives the module path)."""
+    calls: list[Call] = []
+    collector = (calls, where)
+    with _collectors_lock:
+        _collectors.append(collector)
+    try:
+        yield calls
+    finally:
+        with _collectors_lock:
+            _collectors.remove(collector)
+
+
+def _record(operator: Operator, spec, pass_: str, device: torch.device) -> None:
+    with _collectors_lock:
+        for calls, where in _collectors:
+            calls.append(Call(operator, spec, pass_, device, where()))
+
+
 def decide(operator: Operator, spec, pass_: str, device: torch.device, *, forced: str | None = None,
            cache: TuningCache | None = None) -> Decision:
     """Which backend runs this call, with which tiles, and why."""
     if pass_ not in PASSES:
         raise ValueError(f"pass_={pass_!r}; expected one of {PASSES}")
+    if _collectors:
+        _record(operator, spec, pass_, device)
     forced = forced or forced_backend()
     cache = cache or default_cache()
     generation = cache.generation() if device.type == "cuda" else 0
-    return _decide(operator, spec, pass_, device, forced, hardware.triton_can_run(device, spec.dtype), cache,
-                   generation)
+    can_run = hardware.triton_can_run(device, spec.dtype)
+    decision = _decide(operator, spec, pass_, device, forced, can_run, cache, generation)
+    if decision.untuned and tuning_mode() == "first-call":
+        decision = _first_call(operator, spec, pass_, device, forced, can_run, cache, decision)
+    return decision
+
+
+# ---- first-call tuning: opt-in, never while torch.compile traces or a CUDA graph is captured ------------
+_tuning_override: str | None = None
+_first_call_tried: set = set()  # cache keys tuned (or failed to) in this process: each is tried once
+_first_call_lock = threading.Lock()
+_explaining: contextvars.ContextVar[bool] = contextvars.ContextVar("tritonconv_explaining", default=False)
+
+
+def set_tuning(mode: str | None) -> None:
+    """``"first-call"``: a CUDA call whose shape the cache has no entry for is tuned (``tune_pass``, the
+    winner stored) before it runs; ``"off"``: never; None: back to TRITONCONV_TUNING (default off)."""
+    global _tuning_override
+    if mode is not None and mode not in env.TUNING_CHOICES:
+        raise ValueError(f"tuning mode {mode!r}; expected one of {env.TUNING_CHOICES} or None")
+    _tuning_override = mode
+
+
+def tuning_mode() -> str:
+    return _tuning_override or env.tuning_mode()
+
+
+@contextlib.contextmanager
+def explaining():
+    """``decide`` inside the block says what first-call tuning would do instead of doing it."""
+    token = _explaining.set(True)
+    try:
+        yield
+    finally:
+        _explaining.reset(token)
+
+
+def _capturing() -> bool:
+    try:
+        return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    except RuntimeError:
+        return False
+
+
+def _tune_first_call(operator: Operator, spec, pass_: str, device: torch.device, cache: TuningCache) -> None:
+    """Measure this call's pass and store the winner (the tuner, imported on first use: it imports us)."""
+    from tritonconv import tuner
+    harness = tuner.harnesses_by_operator().get(operator.name)
+    if harness is None:
+        raise LookupError(f"no tuning harness for {operator.name}")
+    with torch.no_grad():  # the measurement's own tensors are no part of the user's graph
+        tuner.tune_pass(harness, spec, pass_, device, cache)
+
+
+def _first_call(operator, spec, pass_, device, forced, can_run, cache, decision: Decision) -> Decision:
+    if forced != "auto":
+        return decision
+    if torch.compiler.is_compiling():
+        return replace(decision, reason=f"{decision.reason}; first-call tuning is not done while torch.compile "
+                                        "traces (the call is tuned the first time it runs eagerly)")
+    if _capturing():
+        return replace(decision, reason=f"{decision.reason}; first-call tuning is not done during CUDA graph "
+                                        "capture")
+    if _explaining.get():
+        return replace(decision, reason=f"{decision.reason}; first-call tuning (set_tuning / TRITONCONV_TUNING) "
+                                        "will measure it when it first runs")
+    key = str(operator.cache_key(spec, pass_, device))
+    with _first_call_lock:
+        if key in _first_call_tried:
+            return decision
+        _first_call_tried.add(key)
+        try:
+            _tune_first_call(operator, spec, pass_, device, cache)
+        except Exception as error:  # a failed measurement must not fail the user's call
+            warnings.warn(f"first-call tuning of {operator.name} {pass_} ({spec.describe()}) failed: {error}; "
+                          "running untuned", RuntimeWarning, stacklevel=4)
+            return replace(decision, reason=f"{decision.reason}; first-call tuning failed: {error}")
+    tuned = _decide(operator, spec, pass_, device, forced, can_run, cache, cache.generation())
+    return replace(tuned, reason=f"{tuned.reason} (tuned at its first call)")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -181,10 +299,10 @@ def _decide(operator: Operator, spec, pass_: str, device: torch.device, forced: 
     if device.type != "cuda":
         return Decision("triton", "CPU tensors under TRITON_INTERPRET=1 run the Triton kernels", tiles)
     if rejected:
-        return Decision("triton", f"{rejected}: Triton with default tiles", tiles)
+        return Decision("triton", f"{rejected}: Triton with default tiles", tiles, untuned=True)
     if entry is None:
         return Decision("triton", f"not tuned for this shape on {hardware.device_name_of(device)}: Triton "
-                                  "with default tiles (run `python -m autotune` to measure)", tiles)
+                                  "with default tiles (run `python -m autotune` to measure)", tiles, untuned=True)
     timings = entry.get("timings_ms", {})
     measured = (f"measured triton {_ms(timings.get('triton'), 'no working tile')} vs fallback "
                 f"{_ms(timings.get('fallback'), 'not measured')} on {entry.get('device', '?')}")

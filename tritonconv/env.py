@@ -3,6 +3,7 @@
 | variable | meaning | default |
 |---|---|---|
 | TRITONCONV_BACKEND | force every dispatch: ``auto``, ``triton`` or ``fallback`` | ``auto`` |
+| TRITONCONV_TUNING | ``first-call``: tune an untuned shape on a GPU at its first call (``off``: never) | ``off`` |
 | TRITONCONV_CACHE_DIR | the folder of ``tuning.json`` | ``$XDG_CACHE_HOME/tritonconv`` or ``~/.cache/tritonconv`` |
 | TRITON_INTERPRET | Triton's own switch: ``1`` runs kernels on the CPU through its interpreter | unset |
 | TRITONCONV_COMMIT | the commit perf records where there is no ``.git`` (a GPU machine's copy) | ``git rev-parse`` |
@@ -24,6 +25,17 @@ def backend_override() -> str:
         raise ValueError(
             f"TRITONCONV_BACKEND={value!r} is not a backend; expected one of {BACKEND_CHOICES}"
         )
+    return value
+
+
+TUNING_CHOICES = ("off", "first-call")
+
+
+def tuning_mode() -> str:
+    """When shapes are tuned without ``python -m autotune``: TRITONCONV_TUNING, validated."""
+    value = os.environ.get("TRITONCONV_TUNING", "off").strip().lower() or "off"
+    if value not in TUNING_CHOICES:
+        raise ValueError(f"TRITONCONV_TUNING={value!r} is not a tuning mode; expected one of {TUNING_CHOICES}")
     return value
 
 

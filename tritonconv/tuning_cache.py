@@ -20,6 +20,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from filelock import FileLock
 
@@ -43,17 +44,31 @@ def source_hash(*paths: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+class CacheImportError(ValueError):
+    """A file given to ``TuningCache.import_file`` is not a tuning cache this tritonconv can use; the
+    cache was not changed."""
+
+
 @dataclass(frozen=True)
 class CacheKey:
     op: str
     kernel: str  # "forward" / "backward" (backend choice) or a kernel name (tile choice)
     shape: str  # the spec's tuning_key: batch bucketed
     device: str
+    torch: str  # cuDNN, the fallback's engine, changes with it
     triton: str
     source: str
 
     def __str__(self) -> str:
-        return "|".join((self.op, self.kernel, self.shape, self.device, self.triton, self.source))
+        return "|".join((self.op, self.kernel, self.shape, self.device, self.torch, self.triton, self.source))
+
+    @classmethod
+    def parse(cls, name: str) -> "CacheKey":
+        """The key ``str(key)`` wrote; ValueError for anything else."""
+        parts = name.split("|") if isinstance(name, str) else []
+        if len(parts) != 7 or not all(parts):
+            raise ValueError(f"{name!r} is not a key op|pass|shape|device|torch|triton|source")
+        return cls(*parts)
 
 
 class TuningCache:
@@ -88,17 +103,7 @@ class TuningCache:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return {}, None
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            return {}, f"is not UTF-8 text ({error})"
-        except (ValueError, RecursionError) as error:  # JSONDecodeError, or an int too long to convert
-            return {}, f"is not valid JSON ({error})"
-        if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
-            return {}, "does not hold an 'entries' table"
-        if data.get("format") != FORMAT_VERSION:
-            return {}, f"has format {data.get('format')!r}, this tritonconv writes {FORMAT_VERSION}"
-        return data["entries"], None
+        return _parse(raw)
 
     def _refresh(self) -> None:
         """Re-read the snapshot if the file changed; the caller holds ``_mutex``."""
@@ -166,15 +171,66 @@ class TuningCache:
         problem = entry_problem(entry, None)
         if problem:
             raise ValueError(f"not a tuning cache entry: {problem}")
+        self._write({key: entry})
+
+    def export(self, path: Path | str) -> int:
+        """Write every well-formed entry to ``path`` (a cache file another machine can import);
+        returns how many. Raises CacheWriteError when this cache cannot be read or ``path`` written."""
+        with self._mutex:
+            self._refresh()
+            problem, entries = self._problem, dict(self._snapshot)
+        if problem:
+            raise CacheWriteError(f"cannot export: {problem}")
+        entries = {name: entry for name, entry in entries.items() if entry_problem(entry, None) is None}
         try:
-            self._store(key, entry)
+            _write_atomically(Path(path), entries)
+        except OSError as error:
+            raise CacheWriteError(f"cannot write {path}: {_describe(error)}") from error
+        return len(entries)
+
+    def import_file(self, path: Path | str, kernels_of: Callable[[CacheKey], tuple | None] | None = None) -> int:
+        """Merge the entries of the cache file ``path`` (``export`` wrote it) into this cache, under
+        the lock as ``store`` does; returns how many. Every entry is checked as ``lookup`` checks it
+        (``entry_problem``; ``kernels_of(key)``: the kernels its tiles may be for, None for an
+        unknown op): one bad entry refuses the whole file with CacheImportError, the cache unchanged."""
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as error:
+            raise CacheImportError(f"cannot import {path}: {_describe(error)}; the tuning cache was not changed")
+        entries, problem = _parse(raw)
+        problems = [problem] if problem else []
+        parsed = {}
+        for name, entry in entries.items():
+            try:
+                key = CacheKey.parse(name)
+            except ValueError as error:
+                problems.append(f"entry {name!r}: {error}")
+                continue
+            kernels = kernels_of(key) if kernels_of else None
+            if kernels_of and kernels is None:
+                problems.append(f"entry {name!r}: no operator {key.op!r} with a pass {key.kernel!r} here")
+                continue
+            entry_error = entry_problem(entry, kernels)
+            if entry_error:
+                problems.append(f"entry {name!r}: {entry_error}")
+            parsed[key] = entry
+        if problems:
+            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+            raise CacheImportError(f"cannot import {path}: {'it ' if problem else ''}{shown}; "
+                                   "the tuning cache was not changed")
+        self._write(parsed)
+        return len(parsed)
+
+    def _write(self, new: dict) -> None:
+        try:
+            self._store(new)
         except OSError as error:
             raise CacheWriteError(f"cannot write the tuning cache {self.path}: {_describe(error)}; "
                                   "the file was left as it was") from error
         with self._mutex:
             self._snapshot_stamp = None  # re-read on next lookup, even if the new file has the old stamp
 
-    def _store(self, key: CacheKey, entry: dict) -> None:
+    def _store(self, new: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path) + ".lock"):
             entries, problem = self._read_file()  # an unreadable file raises: it is not ours to replace
@@ -183,19 +239,39 @@ class TuningCache:
                 os.replace(self.path, aside)
                 warnings.warn(f"tuning cache {self.path} {problem}; moved it to {aside} and started a new one",
                               RuntimeWarning, stacklevel=3)
-            entries = {k: v for k, v in entries.items() if not _stale(k, key)}
-            entries[str(key)] = entry
-            payload = json.dumps({"format": FORMAT_VERSION, "entries": entries}, indent=1, sort_keys=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tuning-", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(payload)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            for key, entry in new.items():
+                entries = {k: v for k, v in entries.items() if not _stale(k, key)}
+                entries[str(key)] = entry
+            _write_atomically(self.path, entries)
+
+
+def _write_atomically(path: Path, entries: dict) -> None:
+    payload = json.dumps({"format": FORMAT_VERSION, "entries": entries}, indent=1, sort_keys=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _parse(raw: bytes) -> tuple[dict, str | None]:
+    """(entries, problem) of a cache file's bytes."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        return {}, f"is not UTF-8 text ({error})"
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, or an int too long to convert
+        return {}, f"is not valid JSON ({error})"
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
+        return {}, "does not hold an 'entries' table"
+    if data.get("format") != FORMAT_VERSION:
+        return {}, f"has format {data.get('format')!r}, this tritonconv writes {FORMAT_VERSION}"
+    return data["entries"], None
 
 
 def entry_problem(entry, kernels: tuple[str, ...] | None) -> str | None:
@@ -203,8 +279,9 @@ def entry_problem(entry, kernels: tuple[str, ...] | None) -> str | None:
 
     An entry is a table with ``winner`` "triton" or "fallback"; optional ``tiles`` {kernel: tile} for
     kernels in ``kernels`` (None: any name), each one a kernel compiles (``tiles.tile_dict_problem``);
-    optional ``timings_ms`` {"triton"/"fallback": ms or null, "candidates": {name: ms}} with finite ms
-    >= 0; optional ``failed`` {name: why}. Other fields (device, versions, spec, date) are notes.
+    optional ``timings_ms`` {"triton"/"fallback": ms or null, "candidates": {name: ms}, "spread": {name:
+    [p20, p80]}} with finite ms >= 0; optional ``failed`` {name: why}. Other fields (device, versions,
+    spec, date, the noise band) are notes.
     """
     if not isinstance(entry, dict):
         return f"it is {type(entry).__name__} {entry!r}, not a table"
@@ -227,13 +304,23 @@ def entry_problem(entry, kernels: tuple[str, ...] | None) -> str | None:
     candidates = timings.get("candidates", {})
     if not isinstance(candidates, dict):
         return f"'timings_ms.candidates' is {type(candidates).__name__}, not a table"
+    spread = timings.get("spread", {})
+    if not isinstance(spread, dict):
+        return f"'timings_ms.spread' is {type(spread).__name__}, not a table"
     measured = {name: timings[name] for name in WINNERS if timings.get(name) is not None}
     for name, ms in [*measured.items(), *candidates.items()]:
-        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) or ms < 0:
+        if not _is_ms(ms):
             return f"timing {name!r} is {ms!r}, not a finite number of milliseconds >= 0"
+    for name, p20_p80 in spread.items():
+        if not isinstance(p20_p80, list) or len(p20_p80) != 2 or not all(_is_ms(ms) for ms in p20_p80):
+            return f"spread {name!r} is {p20_p80!r}, not [p20, p80] milliseconds >= 0"
     if not isinstance(entry.get("failed", {}), dict):
         return f"'failed' is {type(entry['failed']).__name__}, not a table"
     return None
+
+
+def _is_ms(ms) -> bool:
+    return not isinstance(ms, bool) and isinstance(ms, (int, float)) and math.isfinite(ms) and ms >= 0
 
 
 def _describe(error: OSError) -> str:
@@ -248,10 +335,10 @@ def _describe(error: OSError) -> str:
 
 
 def _stale(existing: str, new: CacheKey) -> bool:
-    """An entry for the same op, kernel, shape and device measured on other kernel source or triton."""
+    """An entry for the same op, kernel, shape and device measured on other kernel source, torch or
+    triton (or written before the key had the torch version)."""
     parts = existing.split("|")
-    return (len(parts) == 6 and parts[:4] == [new.op, new.kernel, new.shape, new.device]
-            and (parts[4], parts[5]) != (new.triton, new.source))
+    return parts[:4] == [new.op, new.kernel, new.shape, new.device] and existing != str(new)
 
 
 _default_cache = TuningCache()
