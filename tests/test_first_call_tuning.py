@@ -102,3 +102,17 @@ def test_a_failed_first_call_measurement_warns_and_runs_untuned(tmp_path, monkey
     assert "not tuned" in dispatch.decide(OPERATOR, SPEC, "backward", CUDA, cache=cache).reason
     assert len(calls) == 1  # tried once per process
     assert any("first-call tuning of hetconv backward" in str(w.message) for w in every_warning)
+
+
+def test_every_explain_path_tunes_nothing(tmp_path, measured):
+    """Layers' own explain() methods reach dispatch.explain, which never measures (not only
+    tritonconv.explain): with first-call tuning on, asking is not tuning."""
+    tritonconv.set_tuning("first-call")
+    decision = dispatch.explain(OPERATOR, SPEC, "forward", CUDA)
+    assert measured == [] and "first-call tuning" in decision.reason
+    import inspect
+
+    from tritonconv.ops import depthwise, dwsep, hetconv, shift, shuffle, versatile
+    for module in (depthwise.op, dwsep.op, hetconv.op, shift.op, shuffle.op, versatile.op):
+        source = inspect.getsource(module.explain)
+        assert "dispatch.explain(" in source and "dispatch.decide(" not in source, module.__name__

@@ -228,6 +228,13 @@ def explaining():
         _explaining.reset(token)
 
 
+def explain(operator: Operator, spec, pass_: str, device: torch.device) -> Decision:
+    """What ``decide`` answers for this call, running and tuning nothing: every ``explain()`` of the
+    library asks this (layers' own ``explain`` methods included, not only ``tritonconv.explain``)."""
+    with explaining():
+        return decide(operator, spec, pass_, device)
+
+
 def _capturing() -> bool:
     try:
         return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()

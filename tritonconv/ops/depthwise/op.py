@@ -130,4 +130,4 @@ def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: in
     padding = default_padding(weight.shape[-1], dilation) if padding is None else padding
     spec = _spec(x, weight, bias, stride, padding, dilation, multiplier,
                  normalize_activation("activation", activation), False)
-    return dispatch.decide(OPERATOR, spec, pass_, x.device)
+    return dispatch.explain(OPERATOR, spec, pass_, x.device)

@@ -111,4 +111,4 @@ def explain(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: 
     """The backend this call's ``pass_`` would take, and why, without running it."""
     spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, _padding(dw_weight, padding, dilation), dilation,
                  normalize_activation("activation", activation), normalize_activation("out_activation", out_activation))
-    return dispatch.decide(OPERATOR, spec, pass_, x.device)
+    return dispatch.explain(OPERATOR, spec, pass_, x.device)

@@ -93,7 +93,7 @@ def explain(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor]
             p: int = 4, pass_: str = "forward") -> dispatch.Decision:
     """The backend this call's ``pass_`` would take, and why, without running it."""
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
-    decision = dispatch.decide(OPERATOR, spec, pass_, x.device)
+    decision = dispatch.explain(OPERATOR, spec, pass_, x.device)
     copies = launch.layout_copies(x, weight)
     if decision.backend == "triton" and copies:
         decision = dispatch.Decision(decision.backend, f"{decision.reason}; {copies}", decision.tiles)

@@ -90,4 +90,4 @@ def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, kernel_siz
     """The backend this call's ``pass_`` would take, and why, without running it."""
     spec = ShiftSpec.from_tensors(x, weight, bias, kernel_size=kernel_size, dilation=dilation, stride=stride,
                                   assignment=assignment)
-    return dispatch.decide(OPERATOR, spec, pass_, x.device)
+    return dispatch.explain(OPERATOR, spec, pass_, x.device)

@@ -101,4 +101,4 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
 def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, groups: int = 1, shuffle_groups: int = 1,
             pass_: str = "forward") -> dispatch.Decision:
     spec = ShuffleConvSpec.from_tensors(x, weight, bias, groups=groups, shuffle_groups=shuffle_groups)
-    return dispatch.decide(OPERATOR, spec, pass_, x.device)
+    return dispatch.explain(OPERATOR, spec, pass_, x.device)

@@ -96,4 +96,4 @@ def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_channels: int
             pass_: str = "forward") -> dispatch.Decision:
     """The backend this call's ``pass_`` would take, and why, without running it."""
     spec = _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
-    return dispatch.decide(OPERATOR, spec, pass_, x.device)
+    return dispatch.explain(OPERATOR, spec, pass_, x.device)
