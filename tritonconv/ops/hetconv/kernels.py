@@ -20,7 +20,10 @@ Addressing (what keeps the hot loops short on the GPU):
   (input gradient) below BLOCK_K puts BLOCK_K // TAP_CH taps side by side in one K block, so the dot of
   each step is BLOCK_K deep and the per-step addressing, masks and pipeline bookkeeping are shared by
   several taps (at 16 channels per group one dot per tap was 16 deep: sm_90 bf16 44-47 SASS
-  instructions per HGMMA; packed 4 x 16: 15-16). The padding mask is per (pixel, tap slot); TAP_CH is
+  instructions per HGMMA; packed 4 x 16: 18-19). The trip count is kept a runtime value (a constant
+  3-5 step loop is unrolled: 26-32 per HGMMA, its setup included). The padding mask is per (pixel, tap
+  slot): with K * K <= 31 a per-row word of in-image taps is built once and each test is one AND with
+  the slot's one-hot bit (about four instructions fewer per 16-byte load than two compares); TAP_CH is
   at least a 16-byte vector in the kernels' dtypes at 16 channels, so vectors never straddle two taps and
   the loads stay 16-byte. Slots past the last tap are masked: their loads move nothing but their MMA work
   is done on zeros (3 of 12 slots for a 3 x 3 kernel at 4 taps per block, 1 of 10 at 2 taps).
@@ -100,14 +103,28 @@ def hetconv_fwd_kernel(
         ch = k_range % TAP_CH
         a_base = x_rows[:, None] + (ch * sxc)[None, :]  # [BLOCK_M, BLOCK_K]
         w_base = n[None, :] * swn + (ch * swc)[:, None]  # [BLOCK_K, BLOCK_N]
-        for step in range(0, tl.cdiv(K * K, TAPS)):
+        if K * K <= 31:
+            # Bit t of a row's word: tap t reads inside the image (built once), so the padding test of a
+            # (pixel, tap slot) is one AND with the slot's one-hot bit.
+            w_bits = tl.zeros_like(iw0)
+            for d in tl.static_range(K):
+                w_bits |= _unsigned_below(iw0 + d, W).to(tl.int32) << d
+            tap_bits = tl.zeros_like(iw0)
+            for d in tl.static_range(K):
+                tap_bits |= tl.where(_unsigned_below(ih0 + d, H), w_bits << (d * K), 0)
+        # cdiv(K * K, TAPS) steps, counted from the runtime GROUP_IN (== TAP_CH) so that the trip count is
+        # not a constant: a constant 3-5 step loop is unrolled, and unrolled it costs more per HGMMA.
+        for step in range(0, tl.cdiv(K * K * GROUP_IN, BLOCK_K)):
             t = step * TAPS + slot  # [BLOCK_K]
             kh = t // K
             kw = t - kh * K
             tap_ok = t < K * K
-            kh_test = tl.where(tap_ok, kh, -(1 << 20))  # a padding slot past the last tap fails every test
-            inside = (_unsigned_below(ih0[:, None] + kh_test[None, :], H)
-                      & _unsigned_below(iw0[:, None] + kw[None, :], W))  # [BLOCK_M, BLOCK_K]
+            if K * K <= 31:
+                inside = (tap_bits[:, None] & (1 << tl.minimum(t, 31))[None, :]) != 0  # bit 31 is never set
+            else:
+                kh_test = tl.where(tap_ok, kh, -(1 << 20))  # a padding slot past the last tap fails every test
+                inside = (_unsigned_below(ih0[:, None] + kh_test[None, :], H)
+                          & _unsigned_below(iw0[:, None] + kw[None, :], W))  # [BLOCK_M, BLOCK_K]
             a = tl.load(x_group + (kh * sxh + kw * sxw)[None, :] + a_base, mask=inside, other=0.0)
             w = tl.load(w_ptr + (kh * swh + kw * sww)[:, None] + w_base, mask=tap_ok[:, None] & n_mask[None, :],
                         other=0.0)
@@ -235,19 +252,34 @@ def hetconv_bwd_input_kernel(
         a_base = dy_rows[:, None] + ((filters + f) * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
         w_base = ((filters + f) * swn)[:, None] + c_local[None, :] * swc  # [BLOCK_K, BLOCK_N]
         taps = taps_h * taps_w
-        for step in range(0, tl.cdiv(taps, TAPS)):
+        # t // taps_w as a multiply and a shift: exact while t * taps_w < 2**16 (t < taps + TAPS here)
+        w_magic = (65536 + taps_w - 1) // taps_w
+        if K * K <= 31:
+            # Bit i * taps_w + j of a row's word: the phase's tap (i, j) reaches an output pixel (built once;
+            # the padding test of a (pixel, tap slot) is one AND with the slot's one-hot bit).
+            w_bits = tl.zeros_like(qw)
+            for d in tl.static_range(K):
+                w_bits |= ((d < taps_w) & _unsigned_below(qw + (dw0 - d), Wo)).to(tl.int32) << d
+            tap_bits = tl.zeros_like(qw)
+            for d in tl.static_range(K):
+                tap_bits |= tl.where((d < taps_h) & _unsigned_below(qh_test + (dh0 - d), Ho), w_bits << (d * taps_w), 0)
+        for step in range(0, tl.cdiv(taps * GROUP_OUT, BLOCK_K)):  # cdiv(taps, TAPS), not a constant (forward)
             t = step * TAPS + slot  # [BLOCK_K]
             if STRIDE == 1:
                 i = t // K
                 j = t - i * K
             else:
-                i = t // taps_w
+                i = (t * w_magic) >> 16
                 j = t - i * taps_w
             tap_ok = t < taps
-            dh = tl.where(tap_ok, dh0 - i, -(1 << 20))  # a padding slot past the last tap fails every test
             dw = dw0 - j
-            hit = (_unsigned_below(qh_test[:, None] + dh[None, :], Ho)
-                   & _unsigned_below(qw[:, None] + dw[None, :], Wo))  # [BLOCK_M, BLOCK_K]
+            if K * K <= 31:
+                dh = dh0 - i
+                hit = (tap_bits[:, None] & (1 << tl.minimum(t, 31))[None, :]) != 0  # bit 31 is never set
+            else:
+                dh = tl.where(tap_ok, dh0 - i, -(1 << 20))  # a padding slot past the last tap fails every test
+                hit = (_unsigned_below(qh_test[:, None] + dh[None, :], Ho)
+                       & _unsigned_below(qw[:, None] + dw[None, :], Wo))  # [BLOCK_M, BLOCK_K]
             a = tl.load(dy_tile + (dh * sdyh + dw * sdyw)[None, :] + a_base, mask=hit, other=0.0)
             w = tl.load(w_ptr + ((kh0 + i * STRIDE) * swh + (kw0 + j * STRIDE) * sww)[:, None] + w_base,
                         mask=tap_ok[:, None] & c_mask[None, :], other=0.0)
