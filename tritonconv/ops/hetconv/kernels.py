@@ -16,6 +16,17 @@ Addressing (what keeps the hot loops short on the GPU):
   every tile is contiguous along channels, so loads are 16-byte vectors. Weights are read through their
   strides; ``weight`` channels_last ([N, k, k, M/p] in memory, which HetConv2d allocates) makes the tile
   of one tap contiguous along channels for both the forward and the input gradient.
+- Packed taps (TAP_CH < BLOCK_K): a group of a power-of-two number of channels (forward) or filters
+  (input gradient) below BLOCK_K puts BLOCK_K // TAP_CH taps side by side in one K block, so the dot of
+  each step is BLOCK_K deep and the per-step addressing, masks and pipeline bookkeeping are shared by
+  several taps (at 16 channels per group one dot per tap was 16 deep: sm_90 bf16 44-47 SASS
+  instructions per HGMMA; packed 4 x 16: 18-19). The trip count is kept a runtime value (a constant
+  3-5 step loop is unrolled: 26-32 per HGMMA, its setup included). The padding mask is per (pixel, tap
+  slot): with K * K <= 31 a per-row word of in-image taps is built once and each test is one AND with
+  the slot's one-hot bit (about four instructions fewer per 16-byte load than two compares); TAP_CH is
+  at least a 16-byte vector in the kernels' dtypes at 16 channels, so vectors never straddle two taps and
+  the loads stay 16-byte. Slots past the last tap are masked: their loads move nothing but their MMA work
+  is done on zeros (3 of 12 slots for a 3 x 3 kernel at 4 taps per block, 1 of 10 at 2 taps).
 - EVEN_K: the group's channels (forward) or filters (input gradient) are a multiple of BLOCK_K, so no
   chunk crosses a group boundary and the 1 x 1 ranges on both sides of the own group are addressed with
   one scalar shift per chunk; otherwise a per-element path (odd group sizes) is taken.
@@ -42,7 +53,7 @@ def hetconv_fwd_kernel(
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TAP_CH: tl.constexpr,
 ):
     """y[b, n, ho, wo]: rows are the output pixels of one tile, columns the filters of one group.
 
@@ -83,29 +94,65 @@ def hetconv_fwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
 
     # k x k taps over the group's own channels: one flat loop over (tap, channel chunk) so it pipelines.
-    chunks = tl.cdiv(GROUP_IN, BLOCK_K)
-    kh = 0
-    kw = 0
-    c0 = 0
-    for _ in range(0, K * K * chunks):
-        inside = _unsigned_below(ih0 + kh, H) & _unsigned_below(iw0 + kw, W)  # [BLOCK_M]
-        a_ptrs = x_group + (kh * sxh + kw * sxw + c0 * sxc) + a_offs
-        w_ptrs = w_ptr + (kh * swh + kw * sww + c0 * swc) + w_offs
-        if EVEN_K:
-            a = tl.load(a_ptrs, mask=inside[:, None], other=0.0)
-            w = tl.load(w_ptrs, mask=n_mask[None, :], other=0.0)
-        else:
-            c_mask = k_range < GROUP_IN - c0
-            a = tl.load(a_ptrs, mask=inside[:, None] & c_mask[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
-        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-        c0 += BLOCK_K
-        next_tap = c0 >= GROUP_IN
-        c0 = tl.where(next_tap, 0, c0)
-        kw = tl.where(next_tap, kw + 1, kw)
-        next_row = kw == K
-        kw = tl.where(next_row, 0, kw)
-        kh = tl.where(next_row, kh + 1, kh)
+    if TAP_CH < BLOCK_K:
+        # Packed taps (GROUP_IN == TAP_CH, a power of two below BLOCK_K): column r of a K block is channel
+        # r % TAP_CH of tap step * TAPS + r // TAP_CH, so one dot covers TAPS taps. A thread's 16-byte
+        # vector lies inside one tap, so the per-column tap arithmetic is done once per vector.
+        TAPS: tl.constexpr = BLOCK_K // TAP_CH
+        slot = k_range // TAP_CH
+        ch = k_range % TAP_CH
+        a_base = x_rows[:, None] + (ch * sxc)[None, :]  # [BLOCK_M, BLOCK_K]
+        w_base = n[None, :] * swn + (ch * swc)[:, None]  # [BLOCK_K, BLOCK_N]
+        if K * K <= 31:
+            # Bit t of a row's word: tap t reads inside the image (built once), so the padding test of a
+            # (pixel, tap slot) is one AND with the slot's one-hot bit.
+            w_bits = tl.zeros_like(iw0)
+            for d in tl.static_range(K):
+                w_bits |= _unsigned_below(iw0 + d, W).to(tl.int32) << d
+            tap_bits = tl.zeros_like(iw0)
+            for d in tl.static_range(K):
+                tap_bits |= tl.where(_unsigned_below(ih0 + d, H), w_bits << (d * K), 0)
+        # cdiv(K * K, TAPS) steps, counted from the runtime GROUP_IN (== TAP_CH) so that the trip count is
+        # not a constant: a constant 3-5 step loop is unrolled, and unrolled it costs more per HGMMA.
+        for step in range(0, tl.cdiv(K * K * GROUP_IN, BLOCK_K)):
+            t = step * TAPS + slot  # [BLOCK_K]
+            kh = t // K
+            kw = t - kh * K
+            tap_ok = t < K * K
+            if K * K <= 31:
+                inside = (tap_bits[:, None] & (1 << tl.minimum(t, 31))[None, :]) != 0  # bit 31 is never set
+            else:
+                kh_test = tl.where(tap_ok, kh, -(1 << 20))  # a padding slot past the last tap fails every test
+                inside = (_unsigned_below(ih0[:, None] + kh_test[None, :], H)
+                          & _unsigned_below(iw0[:, None] + kw[None, :], W))  # [BLOCK_M, BLOCK_K]
+            a = tl.load(x_group + (kh * sxh + kw * sxw)[None, :] + a_base, mask=inside, other=0.0)
+            w = tl.load(w_ptr + (kh * swh + kw * sww)[:, None] + w_base, mask=tap_ok[:, None] & n_mask[None, :],
+                        other=0.0)
+            acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    else:
+        chunks = tl.cdiv(GROUP_IN, BLOCK_K)
+        kh = 0
+        kw = 0
+        c0 = 0
+        for _ in range(0, K * K * chunks):
+            inside = _unsigned_below(ih0 + kh, H) & _unsigned_below(iw0 + kw, W)  # [BLOCK_M]
+            a_ptrs = x_group + (kh * sxh + kw * sxw + c0 * sxc) + a_offs
+            w_ptrs = w_ptr + (kh * swh + kw * sww + c0 * swc) + w_offs
+            if EVEN_K:
+                a = tl.load(a_ptrs, mask=inside[:, None], other=0.0)
+                w = tl.load(w_ptrs, mask=n_mask[None, :], other=0.0)
+            else:
+                c_mask = k_range < GROUP_IN - c0
+                a = tl.load(a_ptrs, mask=inside[:, None] & c_mask[None, :], other=0.0)
+                w = tl.load(w_ptrs, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+            acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+            c0 += BLOCK_K
+            next_tap = c0 >= GROUP_IN
+            c0 = tl.where(next_tap, 0, c0)
+            kw = tl.where(next_tap, kw + 1, kw)
+            next_row = kw == K
+            kw = tl.where(next_row, 0, kw)
+            kh = tl.where(next_row, kh + 1, kh)
 
     # 1 x 1 kernels at the centre tap over the channels before and after the group (weight_pw column j
     # is channel j before the group and j + GROUP_IN after it).
@@ -146,7 +193,7 @@ def hetconv_bwd_input_kernel(
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
     EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TAP_CH: tl.constexpr,
 ):
     """dx[b, c, hi, wi]: rows are input pixels of one stride phase, columns the channels of one group.
 
@@ -196,31 +243,73 @@ def hetconv_bwd_input_kernel(
     dw0 = (phase_w + PAD) // STRIDE
     taps_h = (K - kh0 + STRIDE - 1) // STRIDE
     taps_w = (K - kw0 + STRIDE - 1) // STRIDE
-    chunks = tl.cdiv(GROUP_OUT, BLOCK_K)
-    i = 0
-    j = 0
-    n0 = 0
-    for _ in range(0, taps_h * taps_w * chunks):
-        dh = dh0 - i
-        dw = dw0 - j
-        hit = _unsigned_below(qh_test + dh, Ho) & _unsigned_below(qw + dw, Wo)  # [BLOCK_M]
-        a_ptrs = dy_tile + ((filters + n0) * sdyc + dh * sdyh + dw * sdyw) + a_offs
-        w_ptrs = w_ptr + ((filters + n0) * swn + (kh0 + i * STRIDE) * swh + (kw0 + j * STRIDE) * sww) + w_offs
-        if EVEN_K:
-            a = tl.load(a_ptrs, mask=hit[:, None], other=0.0)
-            w = tl.load(w_ptrs, mask=c_mask[None, :], other=0.0)
-        else:
-            n_mask = k_range < GROUP_OUT - n0
-            a = tl.load(a_ptrs, mask=hit[:, None] & n_mask[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=n_mask[:, None] & c_mask[None, :], other=0.0)
-        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-        n0 += BLOCK_K
-        next_tap = n0 >= GROUP_OUT
-        n0 = tl.where(next_tap, 0, n0)
-        j = tl.where(next_tap, j + 1, j)
-        next_row = j == taps_w
-        j = tl.where(next_row, 0, j)
-        i = tl.where(next_row, i + 1, i)
+    if TAP_CH < BLOCK_K:
+        # Packed taps (GROUP_OUT == TAP_CH, a power of two below BLOCK_K), as in the forward: column r of a
+        # K block is filter r % TAP_CH of this phase's tap step * TAPS + r // TAP_CH.
+        TAPS: tl.constexpr = BLOCK_K // TAP_CH
+        slot = k_range // TAP_CH
+        f = k_range % TAP_CH
+        a_base = dy_rows[:, None] + ((filters + f) * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
+        w_base = ((filters + f) * swn)[:, None] + c_local[None, :] * swc  # [BLOCK_K, BLOCK_N]
+        taps = taps_h * taps_w
+        # t // taps_w as a multiply and a shift: exact while t * taps_w < 2**16 (t < taps + TAPS here)
+        w_magic = (65536 + taps_w - 1) // taps_w
+        if K * K <= 31:
+            # Bit i * taps_w + j of a row's word: the phase's tap (i, j) reaches an output pixel (built once;
+            # the padding test of a (pixel, tap slot) is one AND with the slot's one-hot bit).
+            w_bits = tl.zeros_like(qw)
+            for d in tl.static_range(K):
+                w_bits |= ((d < taps_w) & _unsigned_below(qw + (dw0 - d), Wo)).to(tl.int32) << d
+            tap_bits = tl.zeros_like(qw)
+            for d in tl.static_range(K):
+                tap_bits |= tl.where((d < taps_h) & _unsigned_below(qh_test + (dh0 - d), Ho), w_bits << (d * taps_w), 0)
+        for step in range(0, tl.cdiv(taps * GROUP_OUT, BLOCK_K)):  # cdiv(taps, TAPS), not a constant (forward)
+            t = step * TAPS + slot  # [BLOCK_K]
+            if STRIDE == 1:
+                i = t // K
+                j = t - i * K
+            else:
+                i = (t * w_magic) >> 16
+                j = t - i * taps_w
+            tap_ok = t < taps
+            dw = dw0 - j
+            if K * K <= 31:
+                dh = dh0 - i
+                hit = (tap_bits[:, None] & (1 << tl.minimum(t, 31))[None, :]) != 0  # bit 31 is never set
+            else:
+                dh = tl.where(tap_ok, dh0 - i, -(1 << 20))  # a padding slot past the last tap fails every test
+                hit = (_unsigned_below(qh_test[:, None] + dh[None, :], Ho)
+                       & _unsigned_below(qw[:, None] + dw[None, :], Wo))  # [BLOCK_M, BLOCK_K]
+            a = tl.load(dy_tile + (dh * sdyh + dw * sdyw)[None, :] + a_base, mask=hit, other=0.0)
+            w = tl.load(w_ptr + ((kh0 + i * STRIDE) * swh + (kw0 + j * STRIDE) * sww)[:, None] + w_base,
+                        mask=tap_ok[:, None] & c_mask[None, :], other=0.0)
+            acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    else:
+        chunks = tl.cdiv(GROUP_OUT, BLOCK_K)
+        i = 0
+        j = 0
+        n0 = 0
+        for _ in range(0, taps_h * taps_w * chunks):
+            dh = dh0 - i
+            dw = dw0 - j
+            hit = _unsigned_below(qh_test + dh, Ho) & _unsigned_below(qw + dw, Wo)  # [BLOCK_M]
+            a_ptrs = dy_tile + ((filters + n0) * sdyc + dh * sdyh + dw * sdyw) + a_offs
+            w_ptrs = w_ptr + ((filters + n0) * swn + (kh0 + i * STRIDE) * swh + (kw0 + j * STRIDE) * sww) + w_offs
+            if EVEN_K:
+                a = tl.load(a_ptrs, mask=hit[:, None], other=0.0)
+                w = tl.load(w_ptrs, mask=c_mask[None, :], other=0.0)
+            else:
+                n_mask = k_range < GROUP_OUT - n0
+                a = tl.load(a_ptrs, mask=hit[:, None] & n_mask[None, :], other=0.0)
+                w = tl.load(w_ptrs, mask=n_mask[:, None] & c_mask[None, :], other=0.0)
+            acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+            n0 += BLOCK_K
+            next_tap = n0 >= GROUP_OUT
+            n0 = tl.where(next_tap, 0, n0)
+            j = tl.where(next_tap, j + 1, j)
+            next_row = j == taps_w
+            j = tl.where(next_row, 0, j)
+            i = tl.where(next_row, i + 1, i)
 
     # 1 x 1 part, on the stride grid: filter n before this group reads channel c at weight_pw column
     # c - GROUP_IN, a filter after it at column c.

@@ -71,14 +71,37 @@ def _gemm_extent(spec: HetConvSpec, kernel: str) -> tuple[int, int, int]:
     per axis, as the kernels tile (batch, rows, columns)."""
     if kernel == "forward":
         pixels = _pow2(spec.batch) * _pow2(spec.out_height) * _pow2(spec.out_width)
-        return pixels, spec.group_out, spec.group_in
+        return pixels, spec.group_out, _reduce_extent(spec.group_in, spec.kernel_size)
     if kernel == "backward_input":
         s = spec.stride
         pixels = _pow2(spec.batch) * _pow2(-(-spec.height // s)) * _pow2(-(-spec.width // s))
-        return pixels, spec.group_in, spec.group_out
+        return pixels, spec.group_in, _reduce_extent(spec.group_out, spec.kernel_size)
     pixels = _pow2(spec.batch) * _pow2(spec.out_height) * _pow2(spec.out_width)
     rows = max(spec.in_channels, (spec.kernel_size**2 - 1) * spec.group_in)
     return rows, spec.group_out, pixels
+
+
+def _reduce_extent(group: int, kernel_size: int) -> int:
+    """The reduction a K block is fitted to: a power-of-two group's k x k taps are packed into K blocks
+    (``_k_blocks``), so its extent is taps x channels; any other group is reduced per tap."""
+    return kernel_size**2 * group if _is_pow2(group) else group
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _k_blocks(block: int, group: int) -> tuple[int, bool, int]:
+    """(BLOCK_K, EVEN_K, TAP_CH) for a group of ``group`` channels (forward) or filters (input gradient).
+
+    A power-of-two group smaller than the K block packs BLOCK_K // group taps into each K block
+    (TAP_CH = group): per-tap addressing and loop overhead are shared by one larger dot. Its 1 x 1 part
+    then takes the per-element path (EVEN_K False), whose chunks of BLOCK_K span several groups. Otherwise
+    one K block is a chunk of one tap's channels (TAP_CH = BLOCK_K), as ``_even_block`` fits it."""
+    if _is_pow2(group) and group < block:
+        return block, False, group
+    block_k, even = _even_block(block, group)
+    return block_k, even, block_k
 
 
 def _fit(tile: GemmTile, spec: HetConvSpec, kernel: str) -> GemmTile:
@@ -166,7 +189,7 @@ def forward(x, weight, weight_pw, bias, spec: HetConvSpec, tile: GemmTile) -> to
         return reference.fallback_forward(x, weight, weight_pw, bias, spec).contiguous(
             memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
     x, weight, weight_pw = _channels_last(x), _weight_for_kernels(weight), weight_pw.contiguous()
-    block_k, even = _even_block(tile.block_reduce, spec.group_in)
+    block_k, even, tap_ch = _k_blocks(tile.block_reduce, spec.group_in)
     filter_tiles = spec.p * triton.cdiv(spec.group_out, tile.block_cols)
     images, tiles_h, tiles_w = _grid_tiles(block_b, block_h, block_w, spec.batch, spec.out_height, spec.out_width)
     kernels.hetconv_fwd_kernel[(filter_tiles * images * tiles_h * tiles_w,)](
@@ -176,7 +199,7 @@ def forward(x, weight, weight_pw, bias, spec: HetConvSpec, tile: GemmTile) -> to
         spec.group_in, spec.group_out, filter_tiles, tiles_h, tiles_w,
         K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, HAS_BIAS=bias is not None, EVEN_K=even,
         DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
-        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_N=tile.block_cols, BLOCK_K=block_k,
+        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_N=tile.block_cols, BLOCK_K=block_k, TAP_CH=tap_ch,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return y
@@ -194,7 +217,7 @@ def backward_input(dy, weight, weight_pw, spec: HetConvSpec, tile: GemmTile, lik
         dx_ref = reference.fallback_backward(dy, zeros, weight, weight_pw, spec, True, False)[0]
         return dx.copy_(dx_ref)
     dy, weight, weight_pw = _channels_last(dy), _weight_for_kernels(weight), weight_pw.contiguous()
-    block_k, even = _even_block(tile.block_reduce, spec.group_out)
+    block_k, even, tap_ch = _k_blocks(tile.block_reduce, spec.group_out)
     channel_tiles = spec.p * triton.cdiv(spec.group_in, tile.block_cols)
     images, tiles_h, tiles_w = _grid_tiles(block_b, block_h, block_w, spec.batch, -(-spec.height // s),
                                            -(-spec.width // s))
@@ -205,7 +228,7 @@ def backward_input(dy, weight, weight_pw, spec: HetConvSpec, tile: GemmTile, lik
         spec.group_in, spec.group_out, channel_tiles, tiles_h, tiles_w,
         K=spec.kernel_size, STRIDE=s, PAD=spec.padding, EVEN_K=even,
         DOT_PRECISION=dot_precision(dy.dtype), ACC_DTYPE=accumulator_dtype(dy.dtype),
-        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_N=tile.block_cols, BLOCK_K=block_k,
+        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_N=tile.block_cols, BLOCK_K=block_k, TAP_CH=tap_ch,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return dx
