@@ -42,3 +42,16 @@ def test_unsupported_calls_go_to_the_fallback(name, build, shape, words):
     with pytest.raises(BackendUnavailable, match=f"cannot take it: {words}"):
         with tritonconv.use_backend("triton"):
             layer(x)
+
+
+def test_images_past_int32_go_to_the_fallback_with_the_reason():
+    """The kernels address inside an image in int32: a larger image is the fallback's, and says so
+    (the launchers used to take the reference path silently). Specs cost nothing: no tensor is made."""
+    from tritonconv import dispatch
+    from tritonconv.ops.hetconv import OPERATOR, HetConvSpec
+
+    big = HetConvSpec(2, 64, 64, 6000, 6000, 3, 1, 4, False, "float32")  # 64 * 6000^2 = 2.3e9 per image
+    small = HetConvSpec(2, 64, 64, 5000, 5000, 3, 1, 4, False, "float32")  # 1.6e9
+    decision = dispatch.decide(OPERATOR, big, "forward", torch.device("cpu"))
+    assert decision.backend == "fallback" and "past 2^31" in decision.reason
+    assert dispatch.decide(OPERATOR, small, "forward", torch.device("cpu")).backend == "triton"
