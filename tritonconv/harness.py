@@ -12,6 +12,7 @@ from types import ModuleType
 from typing import Callable, Protocol
 
 import torch
+import torch.nn.functional as F
 
 from tritonconv.dispatch import Operator
 from tritonconv.tiles import GemmTile
@@ -84,10 +85,39 @@ class WeightBiasHarness:
     ``launch.backward_input(dy, weight, spec, tile, like)``, ``launch.backward_weight(dy, x, spec, tile)
     -> (dw, db)``, ``launch.candidate_tiles(spec, kernel)``, ``reference.fallback_forward(x, weight,
     bias, spec)`` and ``reference.fallback_backward(dy, x, weight, spec, need_input, need_weights)
-    -> (dx, dw, db)``. Subclasses add the operator, shape sets, workloads, dense conv and shrinking."""
+    -> (dx, dw, db)``. Subclasses add the operator, shape sets, shrinking, and the two facts the
+    workload and the dense conv need: ``weight_fan_in(spec)`` and ``dense_window(spec)``."""
 
     launch: ModuleType
     reference: ModuleType
+
+    def weight_fan_in(self, spec) -> int:
+        """Inputs each output reads: random weights are scaled by 1/sqrt of it."""
+        raise NotImplementedError
+
+    def dense_window(self, spec) -> tuple[int, int, int, int]:
+        """(kernel_size, stride, padding, dilation) of the ordinary conv the layer replaces."""
+        raise NotImplementedError
+
+    def make_workload(self, spec, device: torch.device) -> Workload:
+        def randn(*shape):
+            return torch.randn(*shape, device=device, dtype=spec.torch_dtype)
+        tensors = {"x": in_layout(randn(*spec.input_shape), spec.channels_last),
+                   "weight": randn(*spec.weight_shape) / self.weight_fan_in(spec) ** 0.5,
+                   "bias": randn(spec.out_channels) if spec.bias else None}
+        return Workload(spec, tensors, in_layout(randn(*spec.output_shape), spec.channels_last))
+
+    def dense(self, pass_, work):
+        spec, t = work.spec, work.tensors
+        k, stride, padding, dilation = self.dense_window(spec)
+        weight = in_layout(torch.randn(spec.out_channels, spec.in_channels, k, k, device=t["x"].device,
+                                       dtype=t["x"].dtype) * 0.05, spec.channels_last)
+        if pass_ == "forward":
+            return lambda: (F.conv2d(t["x"], weight, t["bias"], stride, padding, dilation),)
+        conv_bwd = torch.ops.aten.convolution_backward
+        return lambda: tuple(g for g in conv_bwd(work.grad, t["x"], weight, [spec.out_channels] if spec.bias else None,
+                                                 [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], 1,
+                                                 [True, True, spec.bias]) if g is not None)
 
     def candidate_tiles(self, spec, kernel):
         return self.launch.candidate_tiles(spec, kernel)

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
-import torch.nn.functional as F
-
 from tritonconv import zoo
-from tritonconv.harness import WeightBiasHarness, Workload, in_layout
+from tritonconv.harness import WeightBiasHarness
 from tritonconv.ops.shift import launch, reference, shapes
 from tritonconv.ops.shift.op import OPERATOR
 from tritonconv.ops.shift.spec import ShiftSpec
@@ -40,26 +37,12 @@ class ShiftHarness(WeightBiasHarness):
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
 
-    def make_workload(self, spec: ShiftSpec, device) -> Workload:
-        def randn(*shape):
-            return torch.randn(*shape, device=device, dtype=spec.torch_dtype)
-        tensors = {"x": in_layout(randn(*spec.input_shape), spec.channels_last),
-                   "weight": randn(*spec.weight_shape) / spec.in_channels**0.5,
-                   "bias": randn(spec.out_channels) if spec.bias else None}
-        return Workload(spec, tensors, in_layout(randn(*spec.output_shape), spec.channels_last))
+    def weight_fan_in(self, spec: ShiftSpec) -> int:
+        return spec.in_channels
 
-    def dense(self, pass_, work):
+    def dense_window(self, spec: ShiftSpec) -> tuple[int, int, int, int]:
         """The k x k conv (padding k//2) that shift + 1 x 1 replaces."""
-        spec, t = work.spec, work.tensors
-        k, pad = spec.kernel_size, spec.dilation * (spec.kernel_size // 2)
-        weight = in_layout(torch.randn(spec.out_channels, spec.in_channels, k, k, device=t["x"].device,
-                                     dtype=t["x"].dtype) * 0.05, spec.channels_last)
-        if pass_ == "forward":
-            return lambda: (F.conv2d(t["x"], weight, t["bias"], spec.stride, pad, spec.dilation),)
-        conv_bwd = torch.ops.aten.convolution_backward
-        return lambda: tuple(g for g in conv_bwd(work.grad, t["x"], weight, [spec.out_channels] if spec.bias else None,
-                                                 [spec.stride] * 2, [pad] * 2, [spec.dilation] * 2, False, [0, 0], 1,
-                                                 [True, True, spec.bias]) if g is not None)
+        return spec.kernel_size, spec.stride, spec.dilation * (spec.kernel_size // 2), spec.dilation
 
     def shrink(self, spec: ShiftSpec) -> ShiftSpec:
         """Batch 2, 7x5 pixels, at most 2 channels per direction (plus a remainder) and 16 filters."""

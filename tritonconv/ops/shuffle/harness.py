@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
-import torch.nn.functional as F
-
-from tritonconv.harness import WeightBiasHarness, Workload, in_layout
+from tritonconv.harness import WeightBiasHarness
 from tritonconv.ops.shuffle import launch, reference
 from tritonconv.ops.shuffle.op import OPERATOR
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
@@ -63,25 +60,12 @@ class ShuffleHarness(WeightBiasHarness):
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
 
-    def make_workload(self, spec: ShuffleConvSpec, device) -> Workload:
-        def randn(*shape):
-            return torch.randn(*shape, device=device, dtype=spec.torch_dtype)
-        tensors = {"x": in_layout(randn(*spec.input_shape), spec.channels_last),
-                   "weight": randn(*spec.weight_shape) / spec.group_in**0.5,
-                   "bias": randn(spec.out_channels) if spec.bias else None}
-        return Workload(spec, tensors, in_layout(randn(*spec.output_shape), spec.channels_last))
+    def weight_fan_in(self, spec: ShuffleConvSpec) -> int:
+        return spec.group_in
 
-    def dense(self, pass_, work):
+    def dense_window(self, spec: ShuffleConvSpec) -> tuple[int, int, int, int]:
         """The ungrouped 1 x 1 conv with the same channels (what the grouped conv + shuffle replaces)."""
-        spec, t = work.spec, work.tensors
-        weight = in_layout(torch.randn(spec.out_channels, spec.in_channels, 1, 1, device=t["x"].device,
-                                     dtype=t["x"].dtype) * 0.05, spec.channels_last)
-        if pass_ == "forward":
-            return lambda: (F.conv2d(t["x"], weight, t["bias"]),)
-        conv_bwd = torch.ops.aten.convolution_backward
-        return lambda: tuple(g for g in conv_bwd(work.grad, t["x"], weight, [spec.out_channels] if spec.bias else None,
-                                                 [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-                                                 [True, True, spec.bias]) if g is not None)
+        return 1, 1, 0, 1
 
     def shrink(self, spec: ShuffleConvSpec) -> ShuffleConvSpec:
         """Batch 2, 7x5 pixels, at most 8 channels per group in and 4 per shuffle group out."""

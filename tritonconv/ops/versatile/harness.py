@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
-import torch.nn.functional as F
-
 from tritonconv import zoo
-from tritonconv.harness import WeightBiasHarness, Workload, in_layout
+from tritonconv.harness import WeightBiasHarness
 from tritonconv.ops.versatile import launch, reference
 from tritonconv.ops.versatile.op import OPERATOR
 from tritonconv.ops.versatile.spec import VersatileSpec
@@ -50,26 +47,12 @@ class VersatileHarness(WeightBiasHarness):
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
 
-    def make_workload(self, spec: VersatileSpec, device) -> Workload:
-        def randn(*shape):
-            return torch.randn(*shape, device=device, dtype=spec.torch_dtype)
-        tensors = {"x": in_layout(randn(*spec.input_shape), spec.channels_last),
-                   "weight": randn(*spec.weight_shape) / (spec.c_hat * spec.kernel_size**2) ** 0.5,
-                   "bias": randn(spec.out_channels) if spec.bias else None}
-        return Workload(spec, tensors, in_layout(randn(*spec.output_shape), spec.channels_last))
+    def weight_fan_in(self, spec: VersatileSpec) -> int:
+        return spec.c_hat * spec.kernel_size**2
 
-    def dense(self, pass_, work):
+    def dense_window(self, spec: VersatileSpec) -> tuple[int, int, int, int]:
         """The ordinary k x k conv with the same channels, stride, padding and dilation."""
-        spec, t = work.spec, work.tensors
-        k = spec.kernel_size
-        weight = in_layout(torch.randn(spec.out_channels, spec.in_channels, k, k, device=t["x"].device,
-                                     dtype=t["x"].dtype) * 0.05, spec.channels_last)
-        if pass_ == "forward":
-            return lambda: (F.conv2d(t["x"], weight, t["bias"], spec.stride, spec.padding, spec.dilation),)
-        conv_bwd = torch.ops.aten.convolution_backward
-        return lambda: tuple(g for g in conv_bwd(work.grad, t["x"], weight, [spec.out_channels] if spec.bias else None,
-                                                 [spec.stride] * 2, [spec.padding] * 2, [spec.dilation] * 2, False,
-                                                 [0, 0], 1, [True, True, spec.bias]) if g is not None)
+        return spec.kernel_size, spec.stride, spec.padding, spec.dilation
 
     def shrink(self, spec: VersatileSpec) -> VersatileSpec:
         """Batch 2, 7x6 pixels, at most 6 seen channels and 2 primary filters: same k, stride, padding,
