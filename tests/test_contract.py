@@ -8,6 +8,7 @@ an element a kernel forgets to write fails here too.
 from __future__ import annotations
 
 import copy
+import inspect
 import threading
 
 import pytest
@@ -16,17 +17,13 @@ from torch import nn
 
 import tritonconv
 from tritonconv import dispatch
+from tritonconv.harness import relative_error
 
 from conftest import DEVICE
 from layer_cases import CASES, LayerCase, layer_classes, oracle
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4 if DEVICE.type == "cpu" else 3e-3, torch.float16: 5e-3,
              torch.bfloat16: 3e-2}
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    actual, expected = actual.double(), expected.double()
-    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
@@ -287,7 +284,6 @@ def test_bad_constructor_arguments(case):
 
 def _rebuild(module, **changes):
     """The case's layer built again with some constructor arguments changed."""
-    import inspect
     parameters = inspect.signature(type(module).__init__).parameters
     kwargs = {name: getattr(module, name) for name in parameters
               if name not in ("self", "device", "dtype") and hasattr(module, name)

@@ -8,9 +8,9 @@ import torch
 
 import tritonconv
 from tritonconv import BackendUnavailable
+from tritonconv.harness import relative_error
 
 from conftest import DEVICE
-from test_contract import relative_error
 
 CASES = [
     ("hetconv stride 3", lambda: tritonconv.HetConv2d(8, 8, 3, stride=3, p=4, bias=True), (2, 8, 7, 8), "stride=3"),

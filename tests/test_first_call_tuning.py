@@ -2,6 +2,8 @@
 traces or a CUDA graph is captured, and explain() says what it would do (decide() only reads the
 device's type and name: no GPU is touched; the measurement runs on the CPU with a stand-in clock)."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -110,8 +112,6 @@ def test_every_explain_path_tunes_nothing(tmp_path, measured):
     tritonconv.set_tuning("first-call")
     decision = dispatch.explain(OPERATOR, SPEC, "forward", CUDA)
     assert measured == [] and "first-call tuning" in decision.reason
-    import inspect
-
     from tritonconv.ops import depthwise, dwsep, hetconv, shift, shuffle, versatile
     for module in (depthwise.op, dwsep.op, hetconv.op, shift.op, shuffle.op, versatile.op):
         source = inspect.getsource(module.explain)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tritonconv._validation import check_input
+
 
 def memory_format_of(x: Tensor) -> torch.memory_format:
     """channels_last for an NHWC-strided 4-D tensor (that is not also plain contiguous), else contiguous."""
@@ -32,7 +34,6 @@ AUTOCAST_DEVICE_TYPES = ("cuda", "cpu")  # autocast has no state for others (met
 
 def layer_operands(x: Tensor, in_channels: int, *params, window: tuple[int, int, int] | None = None):
     """A layer's input checked (``_validation.check_input``), then it and the parameters autocast."""
-    from tritonconv._validation import check_input
     check_input(x, in_channels, window=window)
     return autocast_operands(x, *params)
 
