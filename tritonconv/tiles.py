@@ -15,6 +15,17 @@ BLOCK_FIELDS = ("block_rows", "block_cols", "block_reduce")
 MAX_BLOCK_NUMEL = triton.language.TRITON_MAX_TENSOR_NUMEL  # the compiler's limit on one tensor's elements
 
 
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for the host. triton.cdiv and triton.next_power_of_2 are constexpr functions in
+    triton 3.6, about 2 us per call from Python: the launchers call these on every layer call instead."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1), for the host (see ``cdiv``)."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
 @dataclass(frozen=True)
 class GemmTile:
     """One program computes a [block_rows, block_cols] output tile, reducing block_reduce at a time.
@@ -45,7 +56,7 @@ class GemmTile:
     def fitted(self, rows: int, cols: int, reduce: int) -> "GemmTile":
         """Shrink blocks that are larger than the problem (never below the dot minimum)."""
         def fit(block, extent):
-            return min(block, max(MIN_DOT_TILE, triton.next_power_of_2(max(extent, 1))))
+            return min(block, max(MIN_DOT_TILE, next_power_of_2(max(extent, 1))))
         return GemmTile(fit(self.block_rows, rows), fit(self.block_cols, cols), fit(self.block_reduce, reduce),
                         self.num_warps, self.num_stages, self.splits)
 
@@ -105,8 +116,8 @@ def multiprocessor_count(device: torch.device) -> int:
 
 def reduction_splits(tile: GemmTile, programs: int, reduce: int, device: torch.device) -> int:
     """How many programs share one reduction: enough to fill the GPU about twice, no more."""
-    chunks = triton.cdiv(max(reduce, 1), tile.block_reduce)
+    chunks = cdiv(max(reduce, 1), tile.block_reduce)
     if tile.splits:
         return max(1, min(tile.splits, chunks))
-    wanted = triton.cdiv(2 * multiprocessor_count(device), max(programs, 1))
+    wanted = cdiv(2 * multiprocessor_count(device), max(programs, 1))
     return max(1, min(wanted, chunks))

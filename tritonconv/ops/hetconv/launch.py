@@ -19,12 +19,19 @@ channels_last weight.
 from __future__ import annotations
 
 import torch
-import triton
 
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.hetconv import kernels
 from tritonconv.ops.hetconv.spec import HetConvSpec
-from tritonconv.tiles import MIN_DOT_TILE, GemmTile, accumulator_dtype, dot_precision, reduction_splits
+from tritonconv.tiles import (
+    MIN_DOT_TILE,
+    GemmTile,
+    accumulator_dtype,
+    cdiv,
+    dot_precision,
+    next_power_of_2,
+    reduction_splits,
+)
 
 # The kernels the tuner measures; "backward" runs the input and the weight kernel.
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
@@ -63,7 +70,7 @@ _DEFAULTS = {"forward": GemmTile(128, 64, 64, 4, 3), "backward_input": GemmTile(
 
 
 def _pow2(n: int) -> int:
-    return triton.next_power_of_2(max(n, 1))
+    return next_power_of_2(max(n, 1))
 
 
 def _gemm_extent(spec: HetConvSpec, kernel: str) -> tuple[int, int, int]:
@@ -174,7 +181,7 @@ def fits_int32(block_b: int, *tensors: torch.Tensor) -> bool:
 
 
 def _grid_tiles(block_b, block_h, block_w, batch, height, width):
-    return triton.cdiv(batch, block_b), triton.cdiv(height, block_h), triton.cdiv(width, block_w)
+    return cdiv(batch, block_b), cdiv(height, block_h), cdiv(width, block_w)
 
 
 # ---- launchers --------------------------------------------------------------------------------------
@@ -190,7 +197,7 @@ def forward(x, weight, weight_pw, bias, spec: HetConvSpec, tile: GemmTile) -> to
             memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
     x, weight, weight_pw = _channels_last(x), _weight_for_kernels(weight), weight_pw.contiguous()
     block_k, even, tap_ch = _k_blocks(tile.block_reduce, spec.group_in)
-    filter_tiles = spec.p * triton.cdiv(spec.group_out, tile.block_cols)
+    filter_tiles = spec.p * cdiv(spec.group_out, tile.block_cols)
     images, tiles_h, tiles_w = _grid_tiles(block_b, block_h, block_w, spec.batch, spec.out_height, spec.out_width)
     kernels.hetconv_fwd_kernel[(filter_tiles * images * tiles_h * tiles_w,)](
         x, weight, weight_pw, bias.contiguous() if bias is not None else None, y,
@@ -218,7 +225,7 @@ def backward_input(dy, weight, weight_pw, spec: HetConvSpec, tile: GemmTile, lik
         return dx.copy_(dx_ref)
     dy, weight, weight_pw = _channels_last(dy), _weight_for_kernels(weight), weight_pw.contiguous()
     block_k, even, tap_ch = _k_blocks(tile.block_reduce, spec.group_out)
-    channel_tiles = spec.p * triton.cdiv(spec.group_in, tile.block_cols)
+    channel_tiles = spec.p * cdiv(spec.group_in, tile.block_cols)
     images, tiles_h, tiles_w = _grid_tiles(block_b, block_h, block_w, spec.batch, -(-spec.height // s),
                                            -(-spec.width // s))
     kernels.hetconv_bwd_input_kernel[(channel_tiles * images * s * s * tiles_h * tiles_w,)](
@@ -261,17 +268,17 @@ def backward_weight(dy, x, spec: HetConvSpec, tile: GemmTile, weight: torch.Tens
     k2 = spec.kernel_size**2
     block_r, block_n = tile.block_rows, tile.block_cols
     channels_per_tap = min(_pow2(spec.group_in), block_r)
-    channel_blocks = triton.cdiv(spec.group_in, channels_per_tap)
-    off_row_tiles = channel_blocks * triton.cdiv(k2 - 1, block_r // channels_per_tap) if k2 > 1 else 0
-    off_col_tiles = triton.cdiv(spec.group_out, block_n)
-    centre_col_tiles = triton.cdiv(spec.out_channels, block_n)
-    centre_programs = triton.cdiv(spec.in_channels, block_r) * centre_col_tiles
+    channel_blocks = cdiv(spec.group_in, channels_per_tap)
+    off_row_tiles = channel_blocks * cdiv(k2 - 1, block_r // channels_per_tap) if k2 > 1 else 0
+    off_col_tiles = cdiv(spec.group_out, block_n)
+    centre_col_tiles = cdiv(spec.out_channels, block_n)
+    centre_programs = cdiv(spec.in_channels, block_r) * centre_col_tiles
     programs = centre_programs + spec.p * off_row_tiles * off_col_tiles
     images, tiles_h, tiles_w = _grid_tiles(block_b, block_h, block_w, spec.batch, spec.out_height, spec.out_width)
     pixel_tiles = images * tiles_h * tiles_w
     splits = reduction_splits(tile, programs, pixel_tiles * tile.block_reduce, x.device)
-    tiles_per_split = triton.cdiv(pixel_tiles, splits)
-    splits = triton.cdiv(pixel_tiles, tiles_per_split)
+    tiles_per_split = cdiv(pixel_tiles, splits)
+    splits = cdiv(pixel_tiles, tiles_per_split)
     columns = spec.in_channels + (k2 - 1) * spec.group_in + (1 if spec.bias else 0)
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     partial = empty((splits, spec.out_channels, columns), device=x.device, dtype=acc_dtype)
@@ -288,7 +295,7 @@ def backward_weight(dy, x, spec: HetConvSpec, tile: GemmTile, weight: torch.Tens
         BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
-    kernels.hetconv_weight_reduce_kernel[(triton.cdiv(spec.out_channels * columns, REDUCE_BLOCK),)](
+    kernels.hetconv_weight_reduce_kernel[(cdiv(spec.out_channels * columns, REDUCE_BLOCK),)](
         partial, dw, dpw, db,
         spec.out_channels, spec.in_channels, spec.group_in, spec.group_out, columns, splits, *dw.stride(),
         K=spec.kernel_size, HAS_BIAS=spec.bias, ACC_DTYPE=accumulator_dtype(dtype), BLOCK=REDUCE_BLOCK,

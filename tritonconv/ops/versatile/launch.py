@@ -6,12 +6,11 @@ import math
 from dataclasses import replace
 
 import torch
-import triton
 
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.versatile import kernels
 from tritonconv.ops.versatile.spec import VersatileSpec
-from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
+from tritonconv.tiles import GemmTile, accumulator_dtype, cdiv, dot_precision, reduction_splits
 
 KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
 
@@ -98,8 +97,8 @@ def forward(x, weight, bias, spec: VersatileSpec, tile: GemmTile) -> torch.Tenso
     if y.numel() == 0:
         return y
     weight = tap_major(weight)
-    grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
-            spec.n_c * triton.cdiv(spec.n_w, tile.block_cols))
+    grid = (cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
+            spec.n_c * cdiv(spec.n_w, tile.block_cols))
     kernels.versatile_fwd_kernel[grid](
         x, weight, bias.contiguous() if bias is not None else weight, y,
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
@@ -114,8 +113,8 @@ def backward_input(dy, weight, spec: VersatileSpec, tile: GemmTile, like: torch.
     dx = empty_like_layout(spec.input_shape, like)
     if dx.numel() == 0:
         return dx
-    grid = (triton.cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
-            triton.cdiv(spec.in_channels, tile.block_cols))
+    grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
+            cdiv(spec.in_channels, tile.block_cols))
     kernels.versatile_bwd_input_kernel[grid](
         dy, tap_major(weight), dx,
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
@@ -134,10 +133,10 @@ def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile):
     if pixels == 0:
         db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None
         return torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype), db
-    filter_tiles = triton.cdiv(spec.n_w, tile.block_rows)
-    column_tiles = spec.kernel_size**2 * triton.cdiv(spec.c_hat, tile.block_cols)
+    filter_tiles = cdiv(spec.n_w, tile.block_rows)
+    column_tiles = spec.kernel_size**2 * cdiv(spec.c_hat, tile.block_cols)
     splits = reduction_splits(tile, filter_tiles * column_tiles, pixels, x.device)
-    pixels_per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
+    pixels_per_split = cdiv(cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
     partial_w = empty((splits, *spec.weight_shape), device=x.device, dtype=acc_dtype)
     kernels.versatile_bwd_weight_kernel[(filter_tiles, column_tiles, splits)](
         x, dy, partial_w, spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
@@ -148,9 +147,9 @@ def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile):
     db = None
     if spec.bias:
         block_o, block_p = _BIAS_BLOCK
-        channel_tiles = triton.cdiv(spec.out_channels, block_o)
+        channel_tiles = cdiv(spec.out_channels, block_o)
         bias_splits = reduction_splits(GemmTile(block_o, 1, block_p), channel_tiles, pixels, x.device)
-        per_split = triton.cdiv(triton.cdiv(pixels, bias_splits), block_p) * block_p
+        per_split = cdiv(cdiv(pixels, bias_splits), block_p) * block_p
         partial_b = empty((bias_splits, spec.out_channels), device=x.device, dtype=acc_dtype)
         kernels.channel_sum_kernel[(channel_tiles, bias_splits)](
             dy, partial_b, spec.batch, spec.out_channels, spec.out_height, spec.out_width, *dy.stride(), per_split,
