@@ -1,4 +1,4 @@
-"""Command line of the benchmark suite: ``python -m perf {run,ceilings,plot,audit} --help``."""
+"""Command line of the benchmark suite: ``python -m perf {run,ceilings,plot,audit,host} --help``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ Benchmark suite of tritonconv: our Triton kernels against cuDNN, per shape of re
   audit     compile every kernel as launched for sm_90 and read its machine code: registers, spills,
             shared memory, occupancy, HGMMA/HMMA, load widths, 64-bit division, instructions per
             tensor-core instruction; launches and host time per layer call (no GPU needed)
+  host      the host cost of one layer call (our Python, torch's dispatch and, on a GPU, the
+            launches) next to a plain F.conv2d of the same shape, appending to perf/results/host.csv
 
 Typical session on a GPU machine:
   python -m perf ceilings
@@ -124,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m perf", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,ceilings,plot,audit}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,ceilings,plot,audit,host}")
 
     run = sub.add_parser("run", help="time every backend on a network's shapes (needs a CUDA GPU)",
                          description=RUN_DESCRIPTION, epilog=_layers_epilog(),
@@ -204,6 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
                                    f"(default: {_rel(audit.DEFAULT_OUT)})")
     audit_parser.add_argument("--list", action="store_true",
                               help="print the specs and kernels that would be compiled, compile nothing, and exit")
+    from perf import host
+    host_parser = sub.add_parser("host", help="host microseconds per layer call next to F.conv2d",
+                                 description=host.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    host_parser.add_argument("--layer", nargs="+", default=["all"], metavar="LAYER",
+                             help="layers to measure, or 'all' (default: all)")
+    host_parser.add_argument("--shapes", nargs="+", metavar="SET",
+                             help="shape sets (default: each layer's first); a layer skips sets it does not have")
+    host_parser.add_argument("--dtype", default="bf16", choices=tuple(bench.DTYPES), help="precision (default: bf16)")
+    host_parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                             help="NHWC inputs and parameters (default: on)")
+    host_parser.add_argument("--all-specs", action="store_true",
+                             help="every spec of each shape set (default: the first of each)")
+    host_parser.add_argument("--device", default=None,
+                             help="cuda (real launches) or cpu (launches recorded); default: cuda when present")
+    host_parser.add_argument("--calls", type=int, default=20, help="calls per timed loop (default: 20)")
+    host_parser.add_argument("--rounds", type=int, default=5, help="timed loops, the best is kept (default: 5)")
+    host_parser.add_argument("--out", type=Path, default=host.DEFAULT_CSV,
+                             help=f"CSV to append to (default: {_rel(host.DEFAULT_CSV)})")
+    host_parser.add_argument("--list", action="store_true", help="print the specs that would be measured and exit")
     return parser
 
 
@@ -337,9 +358,40 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_host(args) -> int:
+    import torch
+
+    from perf import audit, bench, host
+    from tritonconv import env
+
+    if args.calls < 1 or args.rounds < 1:
+        raise UsageError(f"--calls {args.calls} and --rounds {args.rounds} must be positive integers")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type not in ("cuda", "cpu"):
+        raise UsageError(f"--device {args.device}: expected cuda or cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return _no_gpu("host --device cuda", "torch.cuda.is_available() is False")
+    if device.type == "cpu" and env.triton_interpret():
+        raise UsageError("TRITON_INTERPRET is set: the CPU measurement records the JIT's launches; unset it")
+    selected = audit.select(audit.resolve_layers(args.layer), args.shapes, batch=128,
+                            dtype=bench.DTYPES[args.dtype], channels_last=args.channels_last,
+                            first_only=not args.all_specs)
+    if args.list:
+        for case in selected:
+            print(f"{case.layer:10s} {case.shape_set:14s} {case.label:18s} {case.spec.describe()}")
+        print(f"{len(selected)} specs on {device}; nothing measured (--list)")
+        return 0
+    rows = host.run(selected, device, rounds=args.rounds, calls=args.calls)
+    host.write(rows, args.out)
+    print(host.table(rows))
+    print(f"\n{rows[0]['timing']}\nwritten: {_rel(args.out)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"run": cmd_run, "ceilings": cmd_ceilings, "plot": cmd_plot, "audit": cmd_audit}[args.command]
+    command = {"run": cmd_run, "ceilings": cmd_ceilings, "plot": cmd_plot, "audit": cmd_audit,
+               "host": cmd_host}[args.command]
     try:
         return command(args)
     except UsageError as error:

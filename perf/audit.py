@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
-from perf import sass
+from perf import host, sass
 
 TARGET = GPUTarget("cuda", 90, 32)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "audit"
@@ -430,37 +430,6 @@ def gate_figures(row: dict) -> str:
 
 
 # ---- launches and host time per layer call ----------------------------------------------------------------
-def _layer_calls() -> dict:
-    """Layer -> (the workload tensors the call differentiates, the public functional call on them)."""
-    from tritonconv.ops.depthwise.op import depthwise_conv2d, ghost_concat
-    from tritonconv.ops.dwsep.op import dwsep_conv2d
-    from tritonconv.ops.hetconv.op import hetconv2d
-    from tritonconv.ops.shift.op import shift_conv2d
-    from tritonconv.ops.shuffle.op import shuffle_conv1x1
-    from tritonconv.ops.versatile.op import versatile_conv2d
-
-    return {
-        "hetconv": (("x", "weight", "weight_pw", "bias"),
-                    lambda t, s: hetconv2d(t["x"], t["weight"], t["weight_pw"], t["bias"], s.stride, s.p)),
-        "dwsep": (("x", "dw_weight", "dw_bias", "pw_weight", "pw_bias"),
-                  lambda t, s: dwsep_conv2d(t["x"], t["dw_weight"], t["dw_bias"], t["pw_weight"], t["pw_bias"],
-                                            s.stride, s.padding, s.dilation, s.activation, s.out_activation)),
-        "depthwise": (("x", "weight", "bias"),
-                      lambda t, s: depthwise_conv2d(t["x"], t["weight"], t["bias"], s.stride, s.padding, s.dilation,
-                                                    s.activation)),
-        "ghost": (("x", "weight", "bias"),
-                  lambda t, s: ghost_concat(t["x"], t["weight"], t["bias"], s.multiplier, s.activation)),
-        "shift": (("x", "weight", "bias"),
-                  lambda t, s: shift_conv2d(t["x"], t["weight"], t["bias"], s.kernel_size, s.dilation, s.stride,
-                                            s.assignment)),
-        "versatile": (("x", "weight", "bias"),
-                      lambda t, s: versatile_conv2d(t["x"], t["weight"], t["bias"], s.out_channels, s.stride,
-                                                    s.padding, s.dilation, s.delta, s.g)),
-        "shuffle": (("x", "weight", "bias"),
-                    lambda t, s: shuffle_conv1x1(t["x"], t["weight"], t["bias"], s.groups, s.shuffle_groups)),
-    }
-
-
 # Allocations launch nothing on a GPU; in-place and out= ops do even though they return an alias.
 _ALLOCATIONS = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "new_empty_like"}
 
@@ -501,38 +470,19 @@ def _aliases_an_input(out, args, kwargs) -> bool:
     return any(t.numel() and t.untyped_storage().data_ptr() in storages for t in _tensors(out))
 
 
-def _call_workload(harness, spec, names):
-    """CPU inputs of the call, small (the harness's ``shrink``) but of the spec's dtype and layout (4-D
-    parameters too, in channels_last): the side ops then cost microseconds and the host path is what
-    is timed."""
-    small = replace(harness.shrink(spec), dtype=spec.dtype)
-    work = harness.make_workload(small, torch.device("cpu"))
-    tensors = dict(work.tensors)
-    for name in names:
-        if tensors.get(name) is not None:
-            tensor = tensors[name].detach()
-            if spec.channels_last and tensor.dim() == 4:  # as model.to(memory_format=channels_last) leaves them
-                tensor = tensor.contiguous(memory_format=torch.channels_last)
-            tensors[name] = tensor.requires_grad_()
-    return small, tensors, work.grad
-
-
-HOST_TIMING = ("CPU tensors of the harness's small shape, one thread, denormals flushed; Triton launches replaced "
-               "by a recorder that only appends; best of 5 rounds of 20 calls; bwd = (fwd + autograd.grad) - fwd. "
-               "Excludes the launches' own host cost (Triton's launcher, the CUDA driver) and the tuning-cache "
-               "lookup a CUDA call makes.")
+HOST_TIMING = host.RECORDED_TIMING.format(rounds=5, calls=20)
 
 
 def measure_call(case: Case, *, rounds: int = 5, calls: int = 20) -> list[dict]:
     """Launches per pass of one training step of the layer's public op (forward with autograd, then its
     backward), the torch ops launched beside them, and host microseconds per pass (see HOST_TIMING)."""
     harness = harnesses()[case.layer]
-    names, call = _layer_calls()[case.layer]
-    spec, tensors, grad = _call_workload(harness, case.spec, names)
+    names, call = host.layer_calls()[case.layer]
+    spec, tensors, work = host.call_workload(harness, case.spec, names, torch.device("cpu"))
     # autograd.grad, not .backward(): no AccumulateGrad into .grad, which in a network the input (an
     # activation) never has and the parameters, their .grad set to None by zero_grad, take without a copy.
     wrt = [tensors[name] for name in names if tensors.get(name) is not None]
-    with recording() as launches, as_if_on_h100(), _flushing_denormals():
+    with recording() as launches, as_if_on_h100(), host.flushing_denormals():
         counted = {}
         for pass_ in ("fwd", "bwd"):
             launches.clear()
@@ -540,16 +490,16 @@ def measure_call(case: Case, *, rounds: int = 5, calls: int = 20) -> list[dict]:
                 if pass_ == "fwd":
                     out = call(tensors, spec)
                 else:
-                    torch.autograd.grad(out, wrt, grad)
+                    torch.autograd.grad(out, wrt, work.grad)
             counted[pass_] = ([launch.kernel.__name__ for launch in launches], counter.ops)
 
         def forward():
             return call(tensors, spec)
 
         def step():
-            torch.autograd.grad(call(tensors, spec), wrt, grad)
+            torch.autograd.grad(call(tensors, spec), wrt, work.grad)
 
-        fwd_us, step_us = _best_us(forward, rounds, calls), _best_us(step, rounds, calls)
+        (fwd_us, _), (step_us, _) = host.best_us(forward, rounds, calls), host.best_us(step, rounds, calls)
     rows = []
     for pass_, host_us in (("fwd", fwd_us), ("bwd", step_us - fwd_us)):
         kernels, ops = counted[pass_]
@@ -560,32 +510,6 @@ def measure_call(case: Case, *, rounds: int = 5, calls: int = 20) -> list[dict]:
                      "triton_kernels": " ".join(kernels), "torch_op_names": " ".join(ops),
                      "host_us": round(host_us, 1), "host_timing": HOST_TIMING})
     return rows
-
-
-@contextlib.contextmanager
-def _flushing_denormals() -> Iterator[None]:
-    """Buffers the recorded kernels never write hold garbage; denormals in it make the CPU's side ops
-    (partial sums) a hundred times slower than on clean data. Flush them for the measurement, on one
-    thread (the flag is per thread; a GPU's host path is one thread too)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
-        torch.set_num_threads(threads)
-
-
-def _best_us(fn: Callable[[], object], rounds: int, calls: int) -> float:
-    fn()  # first call: imports, caches
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - started) / calls)
-    return best * 1e6
 
 
 # ---- the tables ----------------------------------------------------------------------------------------

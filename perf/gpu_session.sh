@@ -8,8 +8,8 @@
 # stage gets what is left after what the last two stages need; one that would get under 10 s is
 # skipped): the GPU test tier (pytest -m gpu), the rest of the suite on the GPU, perf ceilings,
 # tuning HetConv's VGG-16 shapes, perf run for the headline sets (hetconv vgg16 p=4 bf16 batch 128
-# channels_last fwd, then fwd+bwd; then dwsep mobilenet_v2, shift, versatile fwd), perf plot and
-# perf audit. Everything lands in $OUT (the device tool's folder; else perf/results/gpu-session):
+# channels_last fwd, then fwd+bwd; then dwsep mobilenet_v2, shift, versatile fwd), the host cost per
+# layer call with real launches (perf host), perf plot and perf audit. Everything lands in $OUT (the device tool's folder; else perf/results/gpu-session):
 # logs/ (one per stage), device.txt, SUMMARY.md (every stage: command, cap, seconds, exit status,
 # the test counts), tuning-cache/tuning.json, audit/, and a copy of perf/results (CSVs, plots,
 # ceilings) as perf-results/.
@@ -116,6 +116,7 @@ stage bench-hetconv-fwdbwd 55 "$FINAL_S" -- "${PY_M[@]}" perf run "${HETCONV[@]}
 stage bench-dwsep 30 "$FINAL_S" -- "${PY_M[@]}" perf run --layer dwsep --shapes mobilenet_v2 --dtype bf16 --batch 128 --channels-last --pass fwd "${BENCH[@]}"
 stage bench-shift 25 "$FINAL_S" -- "${PY_M[@]}" perf run --layer shift --shapes shiftresnet20 --dtype bf16 --batch 128 --channels-last --pass fwd "${BENCH[@]}"
 stage bench-versatile 25 "$FINAL_S" -- "${PY_M[@]}" perf run --layer versatile --shapes vgg16 --dtype bf16 --batch 128 --channels-last --pass fwd "${BENCH[@]}"
+stage host 30 "$FINAL_S" -- "${PY_M[@]}" perf host --layer hetconv dwsep shift depthwise
 # ---- 4. figures and the static audit (compiled on this machine's CPUs) ----
 stage plot 10 55 -- "${PY_M[@]}" perf plot
 stage audit 50 5 -- "${PY_M[@]}" perf audit --first-shape --out "$OUT_DIR/audit"

@@ -4,9 +4,9 @@
 
 checks ``python -m MODULE ARG ...`` as far as it can on a machine without a GPU, and exits non-zero
 on the first problem: the module imports; its arguments parse with its own parser; what they name
-exists (layers, shape sets, options: through ``--list`` for ``perf run`` and ``perf audit``, through
-the tuner's own spec resolution for ``autotune``); the files it reads exist and the folders it writes
-are writable; ``pytest`` collects the tests it would run. Nothing is timed, tuned or compiled.
+exists (layers, shape sets, options: through ``--list`` for ``perf run``, ``perf audit`` and
+``perf host``, through the tuner's own spec resolution for ``autotune``); the files it reads exist
+and the folders it writes are writable; ``pytest`` collects the tests it would run. Nothing is timed, tuned or compiled.
 """
 
 from __future__ import annotations
@@ -44,13 +44,14 @@ def check_perf(args: list[str]) -> str:
     from perf.__main__ import build_parser, main
 
     parsed = _parsed(build_parser(), args)
-    if parsed.command in ("run", "audit"):
+    if parsed.command in ("run", "audit", "host"):
         listed = io.StringIO()
         with contextlib.redirect_stdout(listed):
             code = main([*args, "--list"])
         if code != 0:
             raise CheckFailed(f"`perf {parsed.command} ... --list` exits {code}")
-        target = parsed.csv.parent if parsed.command == "run" else parsed.out
+        target = parsed.out if parsed.command == "audit" else (parsed.csv if parsed.command == "run"
+                                                                 else parsed.out).parent
         _writable(target)
         return f"--list gives {len(listed.getvalue().splitlines())} lines; writes {target}"
     if parsed.command == "ceilings":

@@ -1,0 +1,201 @@
+"""Host cost of one layer call, ``python -m perf host``: the Python between a user's call of our
+functional op and its kernels' launches, next to a plain ``F.conv2d`` of the same shape.
+
+On a CUDA GPU the launches are real: the loop of calls is timed without synchronising (launches are
+asynchronous, and the shrunk shapes keep each kernel far shorter than its call's host path), so the
+time is what the host spends per call, Triton's launcher and the driver included; the GPU time of the
+same loop (CUDA events) is recorded beside it, to show the GPU did not set the pace. Without a GPU the
+Triton launches are replaced by a recorder that only appends (``perf.audit.recording``), so the time
+is our Python and torch's dispatch only, and the plain conv, which computes on the CPU, is an upper
+bound of its host cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+DEFAULT_CSV = Path(__file__).resolve().parent / "results" / "host.csv"
+
+RECORDED_TIMING = ("CPU tensors of the harness's small shape, one thread, denormals flushed; Triton launches "
+                   "replaced by a recorder that only appends; best of {rounds} rounds of {calls} calls; bwd = "
+                   "(fwd + autograd.grad) - fwd. Excludes the launches' own host cost (Triton's launcher, the CUDA "
+                   "driver) and the tuning-cache lookup a CUDA call makes.")
+CUDA_TIMING = ("CUDA tensors of the harness's small shape, real launches; wall time of {calls} calls without "
+               "synchronising, best of {rounds} rounds; bwd = (fwd + autograd.grad) - fwd; gpu_us: the GPU time "
+               "of the same calls (CUDA events).")
+
+
+def layer_calls() -> dict:
+    """Layer -> (the workload tensors the call differentiates, the public functional call on them)."""
+    from tritonconv.ops.depthwise.op import depthwise_conv2d, ghost_concat
+    from tritonconv.ops.dwsep.op import dwsep_conv2d
+    from tritonconv.ops.hetconv.op import hetconv2d
+    from tritonconv.ops.shift.op import shift_conv2d
+    from tritonconv.ops.shuffle.op import shuffle_conv1x1
+    from tritonconv.ops.versatile.op import versatile_conv2d
+
+    return {
+        "hetconv": (("x", "weight", "weight_pw", "bias"),
+                    lambda t, s: hetconv2d(t["x"], t["weight"], t["weight_pw"], t["bias"], s.stride, s.p)),
+        "dwsep": (("x", "dw_weight", "dw_bias", "pw_weight", "pw_bias"),
+                  lambda t, s: dwsep_conv2d(t["x"], t["dw_weight"], t["dw_bias"], t["pw_weight"], t["pw_bias"],
+                                            s.stride, s.padding, s.dilation, s.activation, s.out_activation)),
+        "depthwise": (("x", "weight", "bias"),
+                      lambda t, s: depthwise_conv2d(t["x"], t["weight"], t["bias"], s.stride, s.padding, s.dilation,
+                                                    s.activation)),
+        "ghost": (("x", "weight", "bias"),
+                  lambda t, s: ghost_concat(t["x"], t["weight"], t["bias"], s.multiplier, s.activation)),
+        "shift": (("x", "weight", "bias"),
+                  lambda t, s: shift_conv2d(t["x"], t["weight"], t["bias"], s.kernel_size, s.dilation, s.stride,
+                                            s.assignment)),
+        "versatile": (("x", "weight", "bias"),
+                      lambda t, s: versatile_conv2d(t["x"], t["weight"], t["bias"], s.out_channels, s.stride,
+                                                    s.padding, s.dilation, s.delta, s.g)),
+        "shuffle": (("x", "weight", "bias"),
+                    lambda t, s: shuffle_conv1x1(t["x"], t["weight"], t["bias"], s.groups, s.shuffle_groups)),
+    }
+
+
+def call_workload(harness, spec, names, device: torch.device):
+    """(small spec, inputs, output gradient) of the call: the harness's ``shrink`` of the spec, of its
+    dtype and layout (4-D parameters too, in channels_last, as ``model.to(memory_format=...)`` leaves
+    them), the differentiated tensors requiring grad. Small, so that on the CPU the side ops cost
+    microseconds and on a GPU the kernels are shorter than the host path: the host path is what is timed."""
+    small = replace(harness.shrink(spec), dtype=spec.dtype)
+    work = harness.make_workload(small, device)
+    tensors = dict(work.tensors)
+    for name in names:
+        if tensors.get(name) is not None:
+            tensor = tensors[name].detach()
+            if spec.channels_last and tensor.dim() == 4:
+                tensor = tensor.contiguous(memory_format=torch.channels_last)
+            tensors[name] = tensor.requires_grad_()
+    return small, tensors, work
+
+
+@contextlib.contextmanager
+def flushing_denormals() -> Iterator[None]:
+    """Buffers the recorded kernels never write hold garbage; denormals in it make the CPU's side ops
+    (partial sums) a hundred times slower than on clean data. Flush them for the measurement, on one
+    thread (the flag is per thread; a GPU's host path is one thread too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+
+
+def best_us(fn: Callable[[], object], rounds: int, calls: int, device: torch.device = torch.device("cpu")) -> tuple:
+    """(host microseconds per call, GPU microseconds per call or None): the best of ``rounds`` loops of
+    ``calls`` calls. On CUDA the loop is not synchronised inside, only between rounds."""
+    cuda = device.type == "cuda"
+    fn()  # first call: imports, caches, compilation
+    best, gpu = float("inf"), None
+    for _ in range(rounds):
+        if cuda:
+            torch.cuda.synchronize(device)
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        started = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - started
+        if cuda:
+            stop.record()
+            torch.cuda.synchronize(device)
+        if elapsed < best:
+            best = elapsed
+            gpu = start.elapsed_time(stop) * 1e3 / calls if cuda else None
+    return best * 1e6 / calls, gpu
+
+
+def _dense_calls(harness, work) -> tuple[Callable, Callable]:
+    """The plain conv of the same in/out shape: forward, and forward + its backward."""
+    forward, backward = harness.dense("forward", work), harness.dense("backward", work)
+    return forward, lambda: (forward(), backward())
+
+
+def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20) -> list[dict]:
+    """Host microseconds per pass of one training step of the layer's public op, and of the plain conv."""
+    from perf.audit import as_if_on_h100, harnesses, recording
+
+    harness = harnesses()[case.layer]
+    names, call = layer_calls()[case.layer]
+    spec, tensors, work = call_workload(harness, case.spec, names, device)
+    wrt = [tensors[name] for name in names if tensors.get(name) is not None]
+
+    def forward():
+        return call(tensors, spec)
+
+    def step():
+        # autograd.grad, not .backward(): no AccumulateGrad into .grad, which in a network the input never
+        # has and parameters (their .grad set to None by zero_grad) take without a copy.
+        torch.autograd.grad(call(tensors, spec), wrt, work.grad)
+
+    dense_forward, dense_step = _dense_calls(harness, work)
+    cuda = device.type == "cuda"
+    with contextlib.ExitStack() as stack:
+        if not cuda:
+            stack.enter_context(recording())
+            stack.enter_context(as_if_on_h100())
+            stack.enter_context(flushing_denormals())
+        fwd, fwd_gpu = best_us(forward, rounds, calls, device)
+        full, full_gpu = best_us(step, rounds, calls, device)
+        dense_fwd, _ = best_us(dense_forward, rounds, calls, device)
+        dense_full, _ = best_us(dense_step, rounds, calls, device)
+    timing = (CUDA_TIMING if cuda else RECORDED_TIMING).format(rounds=rounds, calls=calls)
+    rows = []
+    for pass_, ours, dense, gpu in (("fwd", fwd, dense_fwd, fwd_gpu),
+                                    ("bwd", full - fwd, dense_full - dense_fwd,
+                                     None if full_gpu is None else full_gpu - fwd_gpu)):
+        rows.append({"layer": case.layer, "shape_set": case.shape_set, "label": case.label,
+                     "shape": spec.describe(), "dtype": spec.dtype, "channels_last": bool(spec.channels_last),
+                     "pass": pass_, "host_us": round(ours, 1), "dense_us": round(dense, 1),
+                     "gpu_us": None if gpu is None else round(gpu, 1), "launches": "cuda" if cuda else "recorded",
+                     "timing": timing})
+    return rows
+
+
+SCHEMA = {"layer": "string", "shape_set": "string", "label": "string", "shape": "string", "dtype": "string",
+          "channels_last": "boolean", "pass": "string", "host_us": "Float64", "dense_us": "Float64",
+          "gpu_us": "Float64", "launches": "string", "timing": "string", "device": "string", "torch": "string",
+          "triton": "string", "commit": "string", "timestamp": "string"}
+KEY = ("layer", "shape", "dtype", "channels_last", "pass", "device", "launches")
+
+
+def run(selected: list, device: torch.device, *, rounds: int = 5, calls: int = 20) -> list[dict]:
+    """Measure every case; each row with the device, versions and commit."""
+    import triton
+
+    from perf import results
+    from tritonconv import hardware
+
+    shared = {"device": hardware.device_name_of(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "triton": triton.__version__, "commit": results.git_commit(),
+              "timestamp": results.utc_now()}
+    return [{**row, **shared} for case in selected for row in measure(case, device, rounds=rounds, calls=calls)]
+
+
+def write(rows: list[dict], path: Path = DEFAULT_CSV):
+    from perf import results
+    return results.Table(SCHEMA, KEY).append(rows, path)
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'layer':10s} {'shape':44s} {'pass':4s} {'ours us':>8s} {'F.conv2d us':>11s} {'ratio':>6s} "
+             f"{'gpu us':>7s}"]
+    for row in rows:
+        ratio = row["host_us"] / row["dense_us"] if row["dense_us"] > 0 else float("nan")
+        gpu = "-" if row["gpu_us"] is None else f"{row['gpu_us']:.1f}"
+        lines.append(f"{row['layer']:10s} {row['shape'][:44]:44s} {row['pass']:4s} {row['host_us']:8.1f} "
+                     f"{row['dense_us']:11.1f} {ratio:6.2f} {gpu:>7s}")
+    return "\n".join(lines)

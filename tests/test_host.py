@@ -1,0 +1,37 @@
+"""``python -m perf host``: the host cost of a layer call next to F.conv2d, on the CPU with the launches
+recorded (the JIT's kernels, so it runs without TRITON_INTERPRET, in a process of its own)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from perf.__main__ import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_host_reports_each_pass_of_each_layer_next_to_the_plain_conv(tmp_path):
+    out = tmp_path / "host.csv"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "perf", "host", "--layer", "hetconv", "shuffle", "--calls", "2",
+                           "--rounds", "1", "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = pd.read_csv(out)
+    assert sorted(zip(rows["layer"], rows["pass"])) == [("hetconv", "bwd"), ("hetconv", "fwd"),
+                                                         ("shuffle", "bwd"), ("shuffle", "fwd")]
+    assert (rows["host_us"] > 0).all() and (rows["dense_us"] > 0).all()
+    assert set(rows["launches"]) == {"recorded"} and set(rows["device"]) == {"cpu"}
+    assert rows["gpu_us"].isna().all()
+    assert "ours us" in done.stdout and "F.conv2d us" in done.stdout
+
+
+def test_host_refuses_interpreted_kernels_and_bad_counts(capsys):
+    assert main(["host", "--device", "cpu"]) == 2  # conftest sets TRITON_INTERPRET: nothing to record
+    assert "TRITON_INTERPRET" in capsys.readouterr().err
+    assert main(["host", "--calls", "0"]) == 2
+    assert "--calls 0" in capsys.readouterr().err
+
