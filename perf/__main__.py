@@ -284,8 +284,10 @@ def cmd_run(args) -> int:
     if args.list:
         for case in found:
             flops, bytes_ = bench.work_of(case.spec, args.pass_)
+            unfused = bench.unfused_bytes_of(case.spec, args.pass_)
             print(f"{case.layer:10s} {case.shape_set:16s} {case.label:18s} {case.spec.describe():36s} "
-                  f"x{case.count}  {flops / 1e9:9.2f} GFLOP  {bytes_ / 1e6:9.2f} MB")
+                  f"x{case.count}  {flops / 1e9:9.2f} GFLOP  {bytes_ / 1e6:9.2f} MB"
+                  + (f" (unfused {unfused / 1e6:.2f} MB)" if unfused else ""))
         return 0
     reason = bench.gpu_missing_reason()
     if reason:
@@ -299,13 +301,19 @@ def cmd_run(args) -> int:
 
 
 def _summary(rows: list[dict]) -> None:
-    print(f"\n{'layer':10s} {'label':18s} {'shape':36s} {'backend':9s} {'ms p50':>9s} {'TFLOP/s':>8s}  status")
+    """One line per row: time, TFLOP/s and GB/s of the layer's compulsory bytes (the same work for every
+    backend), and the MB moved: the layer's compulsory bytes, and the unfused formulation's where it has one."""
+    print(f"\n{'layer':10s} {'label':18s} {'shape':36s} {'backend':9s} {'ms p50':>9s} {'TFLOP/s':>8s} {'GB/s':>7s} "
+          f"{'MB (unfused)':>16s}  status")
     for row in rows:
         ms = row["ms_p50"]
         rate = f"{row['flops'] / (ms * 1e-3) / 1e12:8.1f}" if ms is not None else f"{'-':>8s}"
+        bandwidth = f"{row['bytes'] / (ms * 1e-3) / 1e9:7.0f}" if ms is not None else f"{'-':>7s}"
+        moved = f"{row['bytes'] / 1e6:.1f}" + (f" ({row['unfused_bytes'] / 1e6:.1f})" if row["unfused_bytes"] else "")
         timed = f"{ms:9.4f}" if ms is not None else f"{'-':>9s}"
         status = row["status"] if row["status"] == "ok" else f"failed: {row['note']}"
-        print(f"{row['layer']:10s} {row['label']:18s} {row['shape']:36s} {row['backend']:9s} {timed} {rate}  {status}")
+        print(f"{row['layer']:10s} {row['label']:18s} {row['shape']:36s} {row['backend']:9s} {timed} {rate} "
+              f"{bandwidth} {moved:>16s}  {status}")
 
 
 def cmd_ceilings(args) -> int:

@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import pandas as pd
 import torch
 import triton
 from torch.utils._python_dispatch import TorchDispatchMode
 from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
-from perf import host, sass
+from perf import bench, host, sass
 
 TARGET = GPUTarget("cuda", 90, 32)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "audit"
@@ -503,12 +504,14 @@ def measure_call(case: Case, *, rounds: int = 5, calls: int = 20) -> list[dict]:
     rows = []
     for pass_, host_us in (("fwd", fwd_us), ("bwd", step_us - fwd_us)):
         kernels, ops = counted[pass_]
+        _, bytes_ = bench.work_of(case.spec, pass_)
         rows.append({"layer": case.layer, "shape_set": case.shape_set, "label": case.label,
                      "shape": case.spec.describe(), "dtype": _short_dtype(case.spec.dtype),
                      "channels_last": bool(case.spec.channels_last), "pass": pass_,
                      "triton_launches": len(kernels), "torch_ops": len(ops), "launches": len(kernels) + len(ops),
                      "triton_kernels": " ".join(kernels), "torch_op_names": " ".join(ops),
-                     "host_us": round(host_us, 1), "host_timing": HOST_TIMING})
+                     "host_us": round(host_us, 1), "host_timing": HOST_TIMING, "bytes": bytes_,
+                     "unfused_bytes": bench.unfused_bytes_of(case.spec, pass_)})
     return rows
 
 
@@ -538,6 +541,8 @@ KERNEL_SCHEMA = {
 CALL_SCHEMA = {
     **_CASE_COLUMNS, "pass": "string", "triton_launches": "Int64", "torch_ops": "Int64", "launches": "Int64",
     "triton_kernels": "string", "torch_op_names": "string", "host_us": "Float64", "host_timing": "string",
+    "bytes": "Int64",            # the pass's compulsory traffic at the full shape (perf.bench.work_of)
+    "unfused_bytes": "Int64",    # what the unfused formulation moves (perf.bench.unfused_bytes_of), if any
     **_RUN_COLUMNS,
 }
 
@@ -686,8 +691,9 @@ def summary(kernels, calls) -> str:
 def _call_lines(rows: list[dict]) -> list[str]:
     if not rows:
         return ["(launches per call not measured)"]
-    lines = ["| pass | Triton launches | torch ops beside them | launches | host us (see note) | target |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| pass | Triton launches | torch ops beside them | launches | host us (see note) | MB moved, all shapes: "
+             "ours / unfused | target |",
+             "|---|---|---|---|---|---|---|"]
     for pass_ in ("fwd", "bwd"):
         mine = [r for r in rows if r["pass"] == pass_]
         if not mine:
@@ -696,10 +702,23 @@ def _call_lines(rows: list[dict]) -> list[str]:
         target = ("met" if worst["launches"] <= MAX_BACKWARD_LAUNCHES else "NOT met") if pass_ == "bwd" else ""
         ops = f"{worst['torch_ops']} ({worst['torch_op_names']})" if worst["torch_ops"] else "0"
         lines.append(f"| {pass_} | {worst['triton_launches']} ({worst['triton_kernels']}) | {ops} | "
-                     f"{worst['launches']} | {_worst(mine, 'host_us', fmt='{:.0f}')} | "
+                     f"{worst['launches']} | {_worst(mine, 'host_us', fmt='{:.0f}')} | {_bytes_moved(mine)} | "
                      + (f"bwd_launches: {target}" if target else "") + " |")
     lines += ["", f"Host time: {rows[0]['host_timing']}"]
     return lines
+
+
+def _bytes_moved(rows: list[dict]) -> str:
+    """Compulsory MB summed over the rows, and the unfused formulation's where every row has it."""
+    known = [r for r in rows if not pd.isna(r.get("bytes"))]
+    if not known:
+        return "-"
+    ours = sum(r["bytes"] for r in known) / 1e6
+    unfused = [r.get("unfused_bytes") for r in known]
+    if any(pd.isna(u) for u in unfused):
+        return f"{ours:.0f}"
+    theirs = sum(unfused) / 1e6
+    return f"{ours:.0f} / {theirs:.0f} ({ours / theirs:.2f}x)"
 
 
 def console_table(kernel_rows: list[dict], call_rows: list[dict]) -> str:

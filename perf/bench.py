@@ -159,6 +159,15 @@ def work_of(spec, pass_: str) -> tuple[int, int]:
     return PASS_WORK[pass_] * cost.flops, PASS_WORK[pass_] * cost.bytes
 
 
+def unfused_bytes_of(spec, pass_: str) -> int | None:
+    """Bytes the unfused formulation of the layer moves for ``pass_`` (``spec.unfused_cost()``: it writes
+    and re-reads the intermediates our kernels keep on chip), scaled as ``work_of``; None where the layer
+    fuses nothing."""
+    unfused = getattr(spec, "unfused_cost", None)
+    cost = unfused() if unfused else None
+    return PASS_WORK[pass_] * cost.bytes if cost else None
+
+
 def dense_flops_of(spec, pass_: str) -> int | None:
     """FLOPs of the ordinary conv the layer replaces, where the spec can say (``dense_cost``)."""
     dense_cost = getattr(spec, "dense_cost", None)
@@ -304,7 +313,8 @@ def measure(cases: list[Case], *, dtype: str, pass_: str, backends: Iterable[str
             base = {"layer": case.layer, "shape": case.spec.describe(), "label": case.label,
                     "shape_set": case.shape_set, "count": case.count, "dtype": dtype, "pass": pass_,
                     "batch": case.spec.batch, "channels_last": case.spec.channels_last, "flops": flops,
-                    "bytes": bytes_, "dense_flops": dense_flops_of(case.spec, pass_), "tiles": None, "tuned": None,
+                    "bytes": bytes_, "unfused_bytes": unfused_bytes_of(case.spec, pass_),
+                    "dense_flops": dense_flops_of(case.spec, pass_), "tiles": None, "tuned": None,
                     **shared}
             try:
                 work = harness.make_workload(case.spec, device)

@@ -40,6 +40,7 @@ SCHEMA = {
     "ms_p80": "Float64",
     "flops": "Int64",           # the layer's work for this pass (spec.cost()), same for every backend
     "bytes": "Int64",           # its compulsory traffic for this pass, same for every backend
+    "unfused_bytes": "Int64",   # what the unfused formulation moves (intermediates written and re-read)
     "dense_flops": "Int64",     # what the ordinary conv of the same shape does, where the spec says
     "gpu": "string",
     "torch": "string",

@@ -106,6 +106,10 @@ def test_parameters_and_cost():
     spec = layer.spec((2, 128, 14, 14))
     assert spec.cost().macs == 2 * 14 * 14 * 128 * (9 + 128)
     assert spec.cost().macs / spec.dense_cost().macs == pytest.approx(1 / 128 + 1 / 9)
+    # fused: x, y and the weights once (fp32); the unfused pair also writes and re-reads the intermediate
+    x, mid, y = 2 * 128 * 14 * 14, 2 * 128 * 14 * 14, 2 * 128 * 14 * 14
+    assert spec.cost().bytes == 4 * (x + y + 17_792)
+    assert spec.unfused_cost().bytes == 4 * (x + 2 * mid + y + 17_792)
     assert DepthwiseSeparableConv2d(8, 4, 3, bias=False).dw_bias is None
 
 

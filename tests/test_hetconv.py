@@ -284,6 +284,10 @@ def test_parameter_count_and_mac_ratio():
     assert sum(t.numel() for t in layer.parameters()) == n * m * (1 + (k * k - 1) / p) + n
     spec = layer.spec((2, m, 10, 10))
     assert spec.cost().macs / spec.dense_cost().macs == pytest.approx(1 / p + (1 - 1 / p) / k**2)
+    # the fallback reads x twice, writes two partial outputs, and the add reads them and writes y
+    x, y = 2 * m * 10 * 10, 2 * n * 10 * 10
+    expanded = n * (m // p * k * k + m + 1)  # grouped weight, the [N, M] 1 x 1 weight, the bias
+    assert spec.unfused_cost().bytes == 4 * (2 * x + 5 * y + expanded)
 
 
 # ---- bad input -----------------------------------------------------------------------------------

@@ -320,6 +320,19 @@ def test_run_list_needs_no_gpu(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 7 * 2  # ResNet-50's seven distinct bottleneck 3x3 shapes, at two values of p
     assert sum(" p2 " in line for line in lines) == 7 and all("GFLOP" in line for line in lines)
+    assert all("(unfused " in line for line in lines)  # HetConv's fallback passes over memory more often
+
+
+def test_bytes_moved_by_the_unfused_form_are_reported_where_the_layer_fuses_something():
+    from tritonconv.ops.depthwise.spec import DepthwiseSpec
+
+    plain = DepthwiseSpec(2, 8, 8, 6, 6)
+    ghost = DepthwiseSpec(2, 8, 8, 6, 6, concat_input=True)
+    assert bench.unfused_bytes_of(plain, "fwd") is None
+    x = maps = 2 * 8 * 6 * 6
+    # depthwise writes its maps, then cat reads the input and the maps and writes both
+    assert bench.unfused_bytes_of(ghost, "fwd") == ghost.cost().bytes + 4 * (x + 2 * maps)
+    assert bench.unfused_bytes_of(ghost, "fwd+bwd") == 3 * bench.unfused_bytes_of(ghost, "fwd")
 
 
 def test_a_spec_whose_inputs_cannot_be_made_fails_every_backend_and_the_run_goes_on(monkeypatch):

@@ -136,6 +136,17 @@ class DepthwiseSpec(ConvSpecShapes):
         elements = self.batch * self.in_channels * self.height * self.width + pixels * self.total_out_channels
         return Cost(macs=macs, bytes=(elements + params) * self.torch_dtype.itemsize)
 
+    def unfused_cost(self) -> Cost | None:
+        """With ``concat_input`` (the Ghost module), the unfused form: the depthwise conv writes its maps,
+        then ``torch.cat`` reads the input and the maps back and writes both. None without it (nothing is
+        fused)."""
+        if not self.concat_input:
+            return None
+        x = self.batch * self.in_channels * self.height * self.width
+        maps = self.batch * self.out_channels * self.out_height * self.out_width
+        fused = self.cost()
+        return Cost(macs=fused.macs, bytes=fused.bytes + (x + 2 * maps) * self.torch_dtype.itemsize)
+
     def tuning_key(self) -> str:
         layout = "nhwc" if self.channels_last else "nchw"
         return (f"b{batch_bucket(self.batch)}_c{self.in_channels}_o{self.out_channels}_x{self.multiplier}"

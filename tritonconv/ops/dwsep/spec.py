@@ -84,6 +84,13 @@ class DwSepSpec(ConvSpecShapes):
         elements = self.batch * self.in_channels * self.height * self.width + pixels * self.out_channels
         return Cost(macs=macs, bytes=(elements + params) * self.torch_dtype.itemsize)
 
+    def unfused_cost(self) -> Cost:
+        """The unfused pair (cuDNN depthwise, then cuDNN 1 x 1): the depthwise conv writes the
+        [B, C, Ho, Wo] intermediate and the 1 x 1 conv reads it back, on top of what the fused layer moves."""
+        intermediate = self.batch * self.in_channels * self.out_height * self.out_width
+        fused = self.cost()
+        return Cost(macs=fused.macs, bytes=fused.bytes + 2 * intermediate * self.torch_dtype.itemsize)
+
     def dense_cost(self) -> Cost:
         """The ordinary k x k conv C -> N of the same shape (what the layer replaces)."""
         pixels = self.batch * self.out_height * self.out_width

@@ -114,6 +114,15 @@ class HetConvSpec(ConvSpecShapes):
         dense = replace(self, p=1)
         return dense.cost()
 
+    def unfused_cost(self) -> Cost:
+        """The published formulation (the fallback): the grouped k x k conv and the 1 x 1 conv with the
+        expanded [N, M] weight each read the input and write an output, and the add reads both back and
+        writes the result: the input twice and five output-sized passes, against our once and once."""
+        x = self.batch * self.in_channels * self.height * self.width
+        y = self.batch * self.out_channels * self.out_height * self.out_width
+        params = self.out_channels * (self.group_in * self.kernel_size**2 + self.in_channels + int(self.bias))
+        return Cost(macs=self.cost().macs, bytes=(2 * x + 5 * y + params) * self.torch_dtype.itemsize)
+
     # ---- tuning key ----------------------------------------------------------------------------
     def tuning_key(self) -> str:
         """Everything that changes the best kernel config, with the batch bucketed."""
