@@ -321,3 +321,20 @@ def test_spec_is_memoized_on_what_it_reads_of_the_tensors():
     for _ in range(2):  # a call that raises is not remembered
         with pytest.raises(TypeError, match="dtype"):
             HetConvSpec.from_tensors(x.double(), weight, weight_pw, None, stride=1, p=4)
+
+
+def test_tuning_keys_are_generated_from_the_declared_fields():
+    from dataclasses import fields
+
+    from tritonconv.ops.registry import HARNESSES
+    from tritonconv.ops.shuffle.spec import ShuffleConvSpec
+
+    for name, harness in HARNESSES.items():
+        spec = harness.specs_for(harness.shape_sets[0], batch=100, dtype="bfloat16")[0][2]
+        key = spec.tuning_key()
+        assert key.startswith("batch=128,"), f"{name}: the batch is keyed on its bucket: {key}"
+        assert [part.split("=")[0] for part in key.split(",")] == [
+            f.name for f in fields(spec) if f.name not in spec.NOT_TUNED], name
+    # the shuffle's grouping changes the stores, so it is part of the key (the hand-written key left it out)
+    keys = {ShuffleConvSpec(2, 6, 12, 4, 4, groups=3, shuffle_groups=g).tuning_key() for g in (1, 3)}
+    assert len(keys) == 2

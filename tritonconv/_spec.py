@@ -1,8 +1,10 @@
-"""What every operator spec shares: the dtype names it accepts, and its NCHW input and output shapes."""
+"""What every operator spec shares: the dtype names it accepts, its NCHW input and output shapes, and
+its tuning key."""
 
 from __future__ import annotations
 
 import functools
+from dataclasses import fields
 
 import torch
 
@@ -21,7 +23,27 @@ def check_dtype_name(dtype: str) -> None:
 
 class ConvSpecShapes:
     """Mixin of the frozen spec dataclasses: they have fields ``batch``, ``in_channels``,
-    ``out_channels``, ``height``, ``width``, ``dtype`` and properties ``out_height``, ``out_width``."""
+    ``out_channels``, ``height``, ``width``, ``dtype`` and properties ``out_height``, ``out_width``.
+
+    The tuning key is generated from the fields: every field, in declaration order, but those a spec
+    declares in ``NOT_TUNED`` (they change addresses, not which tiles are fastest); a field named in
+    ``TUNING_BUCKETS`` is keyed on its bucket (the batch: a new batch size does not re-tune).
+    """
+
+    NOT_TUNED: tuple = ()
+    TUNING_BUCKETS: dict = {"batch": batch_bucket}
+
+    def tuning_key(self) -> str:
+        """``name=value`` of every tuned field, comma-separated (booleans as 0/1)."""
+        parts = []
+        for field in fields(self):
+            if field.name in self.NOT_TUNED:
+                continue
+            value = getattr(self, field.name)
+            bucket = self.TUNING_BUCKETS.get(field.name)
+            value = bucket(value) if bucket else int(value) if isinstance(value, bool) else value
+            parts.append(f"{field.name}={value}")
+        return ",".join(parts)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, check_dtype_name, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -85,8 +85,6 @@ class DepthwiseSpec(ConvSpecShapes):
     channels_last: bool = False
     concat_input: bool = False
 
-    op = "depthwise"
-
     def __post_init__(self):
         check_positive_int("batch", self.batch, minimum=0)
         check_positive_int("in_channels", self.in_channels)
@@ -147,11 +145,6 @@ class DepthwiseSpec(ConvSpecShapes):
         fused = self.cost()
         return Cost(macs=fused.macs, bytes=fused.bytes + (x + 2 * maps) * self.torch_dtype.itemsize)
 
-    def tuning_key(self) -> str:
-        layout = "nhwc" if self.channels_last else "nchw"
-        return (f"b{batch_bucket(self.batch)}_c{self.in_channels}_o{self.out_channels}_x{self.multiplier}"
-                f"_h{self.height}_w{self.width}_k{self.kernel_size}_s{self.stride}_p{self.padding}_d{self.dilation}"
-                f"_bias{int(self.bias)}_{self.activation}_cat{int(self.concat_input)}_{self.dtype}_{layout}")
 
     def describe(self) -> str:
         cat = " +input" if self.concat_input else ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, check_dtype_name, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.ops.depthwise.spec import (
@@ -34,8 +34,6 @@ class DwSepSpec(ConvSpecShapes):
     out_activation: str = "none"
     dtype: str = "float32"
     channels_last: bool = False
-
-    op = "dwsep"
 
     def __post_init__(self):
         check_positive_int("batch", self.batch, minimum=0)
@@ -99,12 +97,6 @@ class DwSepSpec(ConvSpecShapes):
                     + self.in_channels * self.out_channels * self.kernel_size**2)
         return Cost(macs=macs, bytes=elements * self.torch_dtype.itemsize)
 
-    def tuning_key(self) -> str:
-        layout = "nhwc" if self.channels_last else "nchw"
-        return (f"b{batch_bucket(self.batch)}_c{self.in_channels}_n{self.out_channels}_h{self.height}_w{self.width}"
-                f"_k{self.kernel_size}_s{self.stride}_p{self.padding}_d{self.dilation}"
-                f"_bias{int(self.dw_bias)}{int(self.pw_bias)}_{self.activation}_{self.out_activation}"
-                f"_{self.dtype}_{layout}")
 
     def describe(self) -> str:
         return (f"dwsep {self.in_channels}->{self.out_channels} k{self.kernel_size} s{self.stride} d{self.dilation} "

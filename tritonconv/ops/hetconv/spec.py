@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, check_dtype_name, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -55,8 +55,6 @@ class HetConvSpec(ConvSpecShapes):
     bias: bool = False
     dtype: str = "float32"
     channels_last: bool = False
-
-    op = "hetconv"
 
     def __post_init__(self):
         validate_hyperparameters(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.p)
@@ -123,15 +121,7 @@ class HetConvSpec(ConvSpecShapes):
         params = self.out_channels * (self.group_in * self.kernel_size**2 + self.in_channels + int(self.bias))
         return Cost(macs=self.cost().macs, bytes=(2 * x + 5 * y + params) * self.torch_dtype.itemsize)
 
-    # ---- tuning key ----------------------------------------------------------------------------
-    def tuning_key(self) -> str:
-        """Everything that changes the best kernel config, with the batch bucketed."""
-        layout = "nhwc" if self.channels_last else "nchw"
-        return (
-            f"b{batch_bucket(self.batch)}_m{self.in_channels}_n{self.out_channels}_h{self.height}_w{self.width}"
-            f"_k{self.kernel_size}_s{self.stride}_p{self.p}_bias{int(self.bias)}_{self.dtype}_{layout}"
-        )
-
+    # ---- description ---------------------------------------------------------------------------
     def describe(self) -> str:
         return (
             f"{self.in_channels}->{self.out_channels} k{self.kernel_size} s{self.stride} p{self.p} "

@@ -79,8 +79,6 @@ class LinearConvSpec:
     sparsity: float | None = None
     dtype: str = "float32"
 
-    op = "linearconv"
-
     def __post_init__(self):
         validate_hyperparameters(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
                                  self.dilation, self.groups, self.variant, self.rank, self.sparsity)

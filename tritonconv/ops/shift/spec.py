@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, check_dtype_name, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -57,7 +57,8 @@ class ShiftSpec(ConvSpecShapes):
     dtype: str = "float32"
     channels_last: bool = False
 
-    op = "shift"
+    # The assignment and the dilation change addresses, not the GEMM's shape: they share tuning entries.
+    NOT_TUNED = ("dilation", "assignment")
 
     def __post_init__(self):
         validate_hyperparameters(self.in_channels, self.out_channels, self.kernel_size, self.dilation, self.stride,
@@ -108,14 +109,7 @@ class ShiftSpec(ConvSpecShapes):
         extra_params = self.out_channels * self.in_channels * (self.kernel_size**2 - 1)
         return Cost(macs=base.macs * self.kernel_size**2, bytes=base.bytes + extra_params * self.torch_dtype.itemsize)
 
-    # ---- tuning key ----------------------------------------------------------------------------
-    def tuning_key(self) -> str:
-        """Everything that changes the best kernel config, with the batch bucketed (the assignment and
-        dilation only change addresses, not the GEMM's shape)."""
-        layout = "nhwc" if self.channels_last else "nchw"
-        return (f"b{batch_bucket(self.batch)}_c{self.in_channels}_n{self.out_channels}_h{self.height}"
-                f"_w{self.width}_k{self.kernel_size}_s{self.stride}_bias{int(self.bias)}_{self.dtype}_{layout}")
-
+    # ---- description ---------------------------------------------------------------------------
     def describe(self) -> str:
         return (f"{self.in_channels}->{self.out_channels} shift k{self.kernel_size} d{self.dilation} "
                 f"s{self.stride} {self.assignment} {self.height}x{self.width} b{self.batch}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, check_dtype_name, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -39,8 +39,6 @@ class ShuffleConvSpec(ConvSpecShapes):
     bias: bool = False
     dtype: str = "float32"
     channels_last: bool = False
-
-    op = "shuffle_conv"
 
     def __post_init__(self):
         validate_hyperparameters(self.in_channels, self.out_channels, self.groups, self.shuffle_groups)
@@ -81,10 +79,6 @@ class ShuffleConvSpec(ConvSpecShapes):
         return Cost(macs=pixels * self.out_channels * self.group_in,
                     bytes=(elements + n_params) * self.torch_dtype.itemsize)
 
-    def tuning_key(self) -> str:
-        layout = "nhwc" if self.channels_last else "nchw"
-        return (f"b{batch_bucket(self.batch)}_c{self.in_channels}_n{self.out_channels}_h{self.height}_w{self.width}"
-                f"_g{self.groups}_bias{int(self.bias)}_{self.dtype}_{layout}")
 
     def describe(self) -> str:
         return (f"{self.in_channels}->{self.out_channels} 1x1 groups{self.groups} shuffle{self.shuffle_groups} "

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, batch_bucket, check_dtype_name, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, check_dtype_name, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -66,8 +66,6 @@ class VersatileSpec(ConvSpecShapes):
     bias: bool = True
     dtype: str = "float32"
     channels_last: bool = False
-
-    op = "versatile"
 
     def __post_init__(self):
         validate_hyperparameters(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
@@ -136,13 +134,7 @@ class VersatileSpec(ConvSpecShapes):
         elements = self.batch * self.in_channels * self.height * self.width + pixels * self.out_channels
         return Cost(macs=pixels * n_params, bytes=(elements + n_params) * self.torch_dtype.itemsize)
 
-    # ---- tuning key ----------------------------------------------------------------------------
-    def tuning_key(self) -> str:
-        layout = "nhwc" if self.channels_last else "nchw"
-        return (f"b{batch_bucket(self.batch)}_c{self.in_channels}_o{self.out_channels}_h{self.height}_w{self.width}"
-                f"_k{self.kernel_size}_s{self.stride}_p{self.padding}_d{self.dilation}_delta{self.delta}_g{self.g}"
-                f"_bias{int(self.bias)}_{self.dtype}_{layout}")
-
+    # ---- description ---------------------------------------------------------------------------
     def describe(self) -> str:
         return (f"{self.in_channels}->{self.out_channels} versatile k{self.kernel_size} s{self.stride} "
                 f"p{self.padding} d{self.dilation} delta{self.delta} g{self.g} {self.height}x{self.width} "
