@@ -387,7 +387,8 @@ TARGETS = {
     "depthwise_ffma": (f"depthwise main loop at most {MAX_DEPTHWISE_INSTRUCTIONS_PER_FFMA} SASS instructions per FFMA",
                        lambda r: r["instructions_per_ffma"] is not None
                        and r["instructions_per_ffma"] <= MAX_DEPTHWISE_INSTRUCTIONS_PER_FFMA,
-                       lambda r: bool(r["depthwise"]) and not r["dots"]),
+                       # kernels of the depthwise module that multiply-add (not the mask or the reduction)
+                       lambda r: bool(r["depthwise"]) and not r["dots"] and bool(r["ffma"])),
 }
 
 

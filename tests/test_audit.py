@@ -160,7 +160,7 @@ def test_the_op_counter_counts_what_would_launch_a_kernel():
 def _row(**overrides):
     row = {"status": "ok", "dtype": "bf16", "channels_last": True, "dots": 1, "hgmma": 4, "hmma": 0,
            "spill_stores": 0, "spill_loads": 0, "ldg_8": 0, "ldg_16": 4, "div64_in_loops": 0, "shared_bytes": 1024,
-           "instructions_per_tensor_core": 20.0, "instructions_per_ffma": None, "depthwise": False}
+           "instructions_per_tensor_core": 20.0, "instructions_per_ffma": None, "ffma": 0, "depthwise": False}
     row.update(overrides)
     return row
 
@@ -185,9 +185,12 @@ def test_gates_on_one_row(overrides, failed):
 def test_targets_on_one_row():
     targets = {**audit.GATES, **audit.TARGETS}
     assert audit.gate_failures(_row(instructions_per_tensor_core=60.0), targets) == ["instructions_per_tc"]
-    depthwise = _row(dots=0, hgmma=0, depthwise=True, instructions_per_tensor_core=None, instructions_per_ffma=9.0)
+    depthwise = _row(dots=0, hgmma=0, depthwise=True, instructions_per_tensor_core=None, instructions_per_ffma=9.0,
+                     ffma=72)
     assert audit.gate_failures(depthwise, targets) == ["depthwise_ffma"]
     assert audit.gate_failures({**depthwise, "instructions_per_ffma": 5.5}, targets) == []
+    # a depthwise-module kernel without multiply-adds (the activation mask, the partials' reduction)
+    assert audit.gate_failures({**depthwise, "instructions_per_ffma": None, "ffma": 0}, targets) == []
 
 
 def test_summary_reports_worst_figures_and_verdicts(tmp_path):

@@ -10,6 +10,7 @@ from tritonconv.dispatch import use_backend
 from tritonconv.harness import max_relative_error, tolerance
 from tritonconv.ops.depthwise import DepthwiseConv2d, depthwise_conv2d
 from tritonconv.ops.depthwise.harness import HARNESS as DEPTHWISE_HARNESS
+from tritonconv.ops.depthwise.spec import DepthwiseSpec
 from tritonconv.ops.dwsep import DepthwiseSeparableConv2d, DwSepSpec, dwsep_conv2d, shapes
 from tritonconv.ops.dwsep.harness import HARNESS as DWSEP_HARNESS
 
@@ -266,6 +267,43 @@ def test_depthwise_float64(c, multiplier, k, stride, dilation, act, bias, channe
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("wrt", ["input", "weights", "both"])
+def test_depthwise_backward_paths_float64(wrt, device):
+    """The backward's three launch plans with an activation: dz masked by the weight gradient and read by
+    the input gradient (both), masked by its own launch (input only), or only inside the weight gradient."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 8, 9, 7, device=device, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(8, 1, 5, 5, device=device, dtype=torch.float64)
+    bias = torch.randn(8, device=device, dtype=torch.float64)
+    x.requires_grad_(wrt != "weights")
+    weight.requires_grad_(wrt != "input")
+    bias.requires_grad_(wrt != "input")
+    wrt_tensors = [t for t in (x, weight, bias) if t.requires_grad]
+    y = depthwise_conv2d(x, weight, bias, 2, None, 1, "relu6")
+    copies = [t.detach().clone().requires_grad_() for t in wrt_tensors]
+    by_name = dict(zip([n for n, t in (("x", x), ("w", weight), ("b", bias)) if t.requires_grad], copies))
+    expected = F.relu6(F.conv2d(by_name.get("x", x.detach()), by_name.get("w", weight.detach()),
+                                by_name.get("b", bias.detach()), 2, 2, 1, 8))
+    grad = torch.randn_like(expected)
+    for a, e in zip(torch.autograd.grad(y, wrt_tensors, grad), torch.autograd.grad(expected, copies, grad)):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+def test_depthwise_weight_relayout_follows_in_place_updates(device):
+    """The kernels' [k*k, C] copy of the weight is kept per parameter version: an optimizer's in-place
+    step (or any write autograd sees) must show in the next call."""
+    layer = DepthwiseConv2d(8, 3).to(device, torch.float64)
+    x = torch.randn(2, 8, 6, 6, device=device, dtype=torch.float64)
+    first = layer(x)
+    torch.testing.assert_close(layer(x), first, rtol=0, atol=0)
+    with torch.no_grad():
+        layer.weight.mul_(2)
+        layer.bias.zero_()
+    torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight, None, 1, 1, 1, 8), rtol=1e-12, atol=1e-12)
+    layer.weight = nn.Parameter(torch.randn_like(layer.weight))
+    torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight, None, 1, 1, 1, 8), rtol=1e-12, atol=1e-12)
+
+
 def test_depthwise_bad_inputs(device):
     with pytest.raises(ValueError, match="input has 3 channels but weight has shape"):
         depthwise_conv2d(torch.randn(1, 3, 5, 5, device=device), torch.randn(4, 1, 3, 3, device=device))
@@ -291,8 +329,30 @@ def test_mobilenet_v2_shape_set():
         DWSEP_HARNESS.specs_for("vgg16", batch=1, dtype="float32")
 
 
+def test_efficientnet_b0_shape_set():
+    """The published EfficientNet-B0 (Tan & Le 2019, table 1; torchvision's efficientnet_b0): 16 MBConv
+    blocks, 9 of them 5 x 5, at 112, 56, 28, 14 and 7 px."""
+    layers = shapes.efficientnet_b0(224)
+    assert len(layers) == 16
+    assert sum(layer.kernel_size == 5 for layer in layers) == 9
+    assert [layer.stride for layer in layers].count(2) == 4
+    assert (layers[0].in_channels, layers[0].out_channels, layers[0].height) == (32, 16, 112)  # expansion 1
+    assert (layers[3].in_channels, layers[3].kernel_size, layers[3].stride, layers[3].height) == (144, 5, 2, 56)
+    assert (layers[-1].in_channels, layers[-1].out_channels, layers[-1].kernel_size, layers[-1].height) == (
+        1152, 320, 3, 7)
+    # 1x1 projections: EfficientNet-B0's block outputs
+    assert [layer.out_channels for layer in layers] == [16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192,
+                                                        192, 320]
+    for harness, kind in ((DWSEP_HARNESS, DwSepSpec), (DEPTHWISE_HARNESS, DepthwiseSpec)):
+        specs = harness.specs_for("efficientnet_b0", batch=8, dtype="bfloat16", channels_last=True)
+        assert sum(count for _, count, _ in specs) == 16 and all(isinstance(s, kind) for _, _, s in specs)
+        assert {s.kernel_size for _, _, s in specs} == {3, 5}
+        assert "efficientnet_b0" in harness.shape_sets
+
+
 @pytest.mark.parametrize("harness, shape_set", [(DWSEP_HARNESS, "mobilenet_v2"), (DWSEP_HARNESS, "ghostnet"),
-                                                (DEPTHWISE_HARNESS, "ghostnet")])
+                                                (DEPTHWISE_HARNESS, "ghostnet"), (DWSEP_HARNESS, "efficientnet_b0"),
+                                                (DEPTHWISE_HARNESS, "efficientnet_b0")])
 def test_harness_kernels_match_expected(harness, shape_set, device):
     _, _, spec = harness.specs_for(shape_set, batch=8, dtype="float32", channels_last=True)[1]
     small = harness.shrink(spec)

@@ -17,13 +17,15 @@ from tritonconv.ops.depthwise.op import OPERATOR
 from tritonconv.ops.depthwise.spec import DepthwiseSpec
 from tritonconv.ops.dwsep import shapes
 
-_SETS = {"mobilenet_v2": lambda: shapes.mobilenet_v2(224), "ghostnet": lambda: shapes.ghostnet_separable(224)}
+_SETS = {"mobilenet_v2": lambda: shapes.mobilenet_v2(224), "ghostnet": lambda: shapes.ghostnet_separable(224),
+         "efficientnet_b0": lambda: shapes.efficientnet_b0(224)}
 SHAPE_SETS = tuple(_SETS)
 
 
 def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = False) -> list:
     """(label, count, spec) for every depthwise conv of ``shape_set`` (BN folded into its bias): MobileNetV2's
-    (ReLU6 fused) and GhostNet's stride-2 ``conv_dw`` and shortcut depthwise convs."""
+    (ReLU6 fused), GhostNet's stride-2 ``conv_dw`` and shortcut depthwise convs, EfficientNet-B0's
+    MBConv depthwise convs (3 x 3 and 5 x 5, their SiLU not fused)."""
     if shape_set not in _SETS:
         raise ValueError(f"shape set {shape_set!r} is not known for depthwise; expected one of {SHAPE_SETS}")
     out = []

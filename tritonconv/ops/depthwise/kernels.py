@@ -9,8 +9,13 @@ memory traffic; what they must avoid is spending instructions per byte:
   reads each pixel's channels with one contiguous vector load (channels_last) and its filters with one
   more (weights [K*K, OC]). Triton has no indexable register tile, so a haloed tile loaded once and
   shifted per tap is not expressible; the taps' re-reads of neighbouring pixels hit L1/L2.
-- grad weight: every tap (and the bias) of a channel tile in one program: each pixel block's dz and
-  its whole x window are read once; partials per split, reduced by one more kernel in a fixed order.
+- grad input: the same correlation over dz, the gradient of the pre-activation: the activation's mask
+  is applied once per element beforehand (``depthwise_grad_mask_kernel``, or by the grad-weight kernel,
+  which reads dy and y anyway), not once per tap.
+- grad weight: the taps of up to ``ROWS`` kernel rows (and the bias) of a channel tile in one program:
+  each pixel block's dz and its x window are read once and multiplied into a [pixels, taps, channels]
+  accumulator, reduced over pixels once after the loop; partials per split, reduced by one more
+  kernel in a fixed order.
 
 Index math is int32 and outside the loops (one division per program); only the image's base offset
 is int64. Tensors are addressed through explicit strides (NCHW, channels_last and channel-offset views
@@ -150,23 +155,52 @@ def depthwise_fwd_kernel(
 
 
 @triton.jit
-def depthwise_bwd_input_kernel(
-    dy_ptr, y_ptr, w_ptr, add_ptr, dx_ptr,
-    C_V, H, W, OC_V, Ho, Wo,
+def depthwise_grad_mask_kernel(
+    dy_ptr, y_ptr, dz_ptr, OC_V, Ho, Wo,
     sdyb_v, sdyc, sdyh_v, sdyw_v, dy_off_v,
     syb_v, syc, syh_v, syw_v, y_off_v,
+    sdzb_v, sdzc, sdzh_v, sdzw_v, dz_off_v,
+    ACT: tl.constexpr, VEC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """dz = dy where the activation passes (decided from its output y), else 0; grid (pixel tiles of
+    one image, channel tiles, batch). A select: dz in dy's dtype is exact. It runs once per element so
+    that the grad-input kernel, which reads each dz k*k times, does not redo it per tap."""
+    pid_pixels = tl.program_id(0)
+    pid_channels = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    p, pixel_mask, ho, wo = _image_pixels(pid_pixels, Ho * Wo, Wo, BLOCK_P)
+    o = pid_channels * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    mask = pixel_mask[:, None] & (o < OC_V * VEC)[None, :]  # [BLOCK_P, BLOCK_C]
+    dy_image = dy_ptr + (b * sdyb_v + dy_off_v) * VEC
+    y_image = y_ptr + (b * syb_v + y_off_v) * VEC
+    dz_image = dz_ptr + (b * sdzb_v + dz_off_v) * VEC
+    g = tl.load(dy_image + ((ho * (sdyh_v * VEC) + wo * (sdyw_v * VEC))[:, None] + (o * sdyc)[None, :]),
+                mask=mask, other=0.0)  # [BLOCK_P, BLOCK_C]
+    v = tl.load(y_image + ((ho * (syh_v * VEC) + wo * (syw_v * VEC))[:, None] + (o * syc)[None, :]),
+                mask=mask, other=0.0)  # [BLOCK_P, BLOCK_C]
+    dz = activation_grad(g, v, ACT)
+    tl.store(dz_image + ((ho * (sdzh_v * VEC) + wo * (sdzw_v * VEC))[:, None] + (o * sdzc)[None, :]),
+             dz.to(dz_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def depthwise_bwd_input_kernel(
+    dz_ptr, w_ptr, add_ptr, dx_ptr,
+    C_V, H, W, OC_V, Ho, Wo,
+    sdzb_v, sdzc, sdzh_v, sdzw_v, dz_off_v,
     sab_v, sac, sah_v, saw_v, a_off_v,
     sdxb_v, sdxc, sdxh_v, sdxw_v, dx_off_v,
-    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, ACT: tl.constexpr,
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
     MULT: tl.constexpr, HAS_ADD: tl.constexpr, ACC_DTYPE: tl.constexpr,
     VEC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """dx[b, c, hi, wi] = sum_{j, tap} dz[b, c*MULT + j, ho, wo] w[tap, c*MULT + j] (+ add[b, c, hi, wi]);
     grid (pixel tiles of one image, channel tiles, batch), strides as in the forward.
 
-    dz = dy where the activation passes (read from the forward output y). ``add`` is the gradient
-    that reaches x directly (the Ghost module's concatenated copy of its input). Stride 2 (the only
-    other stride) is a parity test and a shift per pixel and kernel row: no division in the loop.
+    dz is the gradient of the pre-activation (``depthwise_grad_mask_kernel`` applies the activation
+    once per element beforehand). ``add`` is the gradient that reaches x directly (the Ghost module's
+    concatenated copy of its input). Stride 2 (the only other stride) is a parity test and a shift per
+    pixel and kernel row: no division in the loop.
     """
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
@@ -174,12 +208,9 @@ def depthwise_bwd_input_kernel(
     p, pixel_mask, hi, wi = _image_pixels(pid_pixels, H * W, W, BLOCK_P)
     c = pid_channels * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     c_mask = c < C_V * VEC
-    dy_image = dy_ptr + (b * sdyb_v + dy_off_v) * VEC
-    y_image = y_ptr + (b * syb_v + y_off_v) * VEC
-    sdyh = sdyh_v * VEC
-    sdyw = sdyw_v * VEC
-    syh = syh_v * VEC
-    syw = syw_v * VEC
+    dz_image = dz_ptr + (b * sdzb_v + dz_off_v) * VEC
+    sdzh = sdzh_v * VEC
+    sdzw = sdzw_v * VEC
     SHIFT: tl.constexpr = STRIDE // 2  # stride 1 or 2
 
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
@@ -201,13 +232,8 @@ def depthwise_bwd_input_kernel(
                 else:
                     o = c
                 o_mask = c_mask & (o < OC_V * VEC)
-                mask = hit[:, None] & o_mask[None, :]
-                dz = tl.load(dy_image + ((ho * sdyh + wo * sdyw)[:, None] + (o * sdyc)[None, :]),
-                             mask=mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_P, BLOCK_C]
-                if ACT != ACT_NONE:
-                    yv = tl.load(y_image + ((ho * syh + wo * syw)[:, None] + (o * syc)[None, :]),
-                                 mask=mask, other=0.0)  # [BLOCK_P, BLOCK_C]
-                    dz = activation_grad(dz, yv, ACT)
+                dz = tl.load(dz_image + ((ho * sdzh + wo * sdzw)[:, None] + (o * sdzc)[None, :]),
+                             mask=hit[:, None] & o_mask[None, :], other=0.0).to(ACC_DTYPE)  # [BLOCK_P, BLOCK_C]
                 # [BLOCK_C]
                 wv = tl.load(w_ptr + (kh * K + kw) * (OC_V * VEC) + o, mask=o_mask, other=0.0).to(ACC_DTYPE)
                 acc += dz * wv[None, :]
@@ -223,28 +249,35 @@ def depthwise_bwd_input_kernel(
 
 @triton.jit
 def depthwise_bwd_weight_kernel(
-    x_ptr, dy_ptr, y_ptr, partial_ptr,
+    x_ptr, dy_ptr, y_ptr, dz_ptr, partial_ptr,
     C_V, H, W, OC_V, Ho, Wo, IMAGES_PER_SPLIT, B, PIXELS_PER_SPLIT, WO_STEP, HO_STEP,
     sxb_v, sxc, sxh_v, sxw_v, x_off_v,
     sdyb_v, sdyc, sdyh_v, sdyw_v, dy_off_v,
     syb_v, syc, syh_v, syw_v, y_off_v,
+    sdzb_v, sdzc, sdzh_v, sdzw_v, dz_off_v,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, ACT: tl.constexpr,
-    MULT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, VEC: tl.constexpr,
-    TAPS: tl.constexpr, ROWS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    MULT: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_DZ: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    VEC: tl.constexpr, ROWS: tl.constexpr, TAPS: tl.constexpr, PARTIAL_ROWS: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Partial grad weight (and bias) of every tap over one split (a range of images x a range of each
-    image's output pixels); grid (channel tiles, image splits, pixel splits).
+    """Partial grad weight (and bias) of ROWS kernel rows over one split (a range of images x a range
+    of each image's output pixels); grid (channel tiles x row groups, image splits, pixel splits).
 
-    Each pixel block reads dz [BLOCK_P, BLOCK_C] and x [BLOCK_P, TAPS, BLOCK_C] (the window of every tap,
-    TAPS >= K*K + 1) once and accumulates dz * x over the pixels into [TAPS, BLOCK_C]; tap K*K multiplies
-    by 1 (grad bias). Partials go to ``partial_ptr[split, tap, o]`` in ACC_DTYPE and are reduced by
+    Each pixel block reads dz [BLOCK_P, BLOCK_C] once (dy masked by the activation, from its output y;
+    WRITE_DZ also stores that dz for the grad-input kernel) and the x window of its ROWS*K taps
+    [BLOCK_P, TAPS, BLOCK_C] (one vector load per pixel and tap), and accumulates dz * x elementwise:
+    the reduction over pixels happens once, after the loop. The tap axis lies in each thread's
+    registers, so its padding (TAPS is a power of two >= ROWS*K) is folded away at compile time. Partials
+    go to ``partial_ptr[split, kh*K + kw (K*K: bias), o]`` in ACC_DTYPE, reduced by
     ``depthwise_reduce_weight_kernel`` in a fixed order (deterministic). The pixel walk steps (ho, wo)
     by (HO_STEP, WO_STEP) = divmod(BLOCK_P, Wo) with a carry: no division in the loop.
     """
-    pid_channels = tl.program_id(0)
+    ROW_GROUPS: tl.constexpr = (K + ROWS - 1) // ROWS
+    pid = tl.program_id(0)
     pid_images = tl.program_id(1)
     pid_pixels = tl.program_id(2)
-    o = pid_channels * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    row_group = pid % ROW_GROUPS
+    o = (pid // ROW_GROUPS) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     o_mask = o < OC_V * VEC
     if MULT > 1:
         c = o // MULT
@@ -252,15 +285,13 @@ def depthwise_bwd_weight_kernel(
         c = o
     sxh = sxh_v * VEC
     sxw = sxw_v * VEC
-    tap = tl.arange(0, TAPS)  # [TAPS]
-    kh = tap // K
+    tap = tl.arange(0, TAPS)  # [TAPS]: row_group * ROWS + tap // K, tap % K
+    kh = row_group * ROWS + tap // K
     kw = tap % K
-    tap_valid = tap < K * K
-    tap_offsets = (kh * DIL * sxh + kw * DIL * sxw)[None, :, None] + (c * sxc)[None, None, :]  # [1, TAPS, BLOCK_C]
-    is_bias = (tap == K * K)[None, :, None]  # [1, TAPS, 1]
-    c_mask3 = o_mask[None, None, :]
-    dz_channels = (o * sdyc)[None, None, :]
-    y_channels = (o * syc)[None, None, :]
+    live = (tap < ROWS * K)[None, :, None]  # [1, TAPS, 1], known at compile time per register
+    tap_valid = (tap < ROWS * K) & (kh < K)  # [TAPS]
+    x_taps = (kh * (DIL * sxh) + kw * (DIL * sxw))[None, :, None] + (c * sxc)[None, None, :]  # [1, TAPS, BLOCK_C]
+    c_mask = o_mask[None, :]  # [1, BLOCK_C]
 
     pixels = Ho * Wo
     first_pixel = pid_pixels * PIXELS_PER_SPLIT
@@ -269,7 +300,8 @@ def depthwise_bwd_weight_kernel(
     start = first_pixel + p_range  # [BLOCK_P]
     ho0 = start // Wo
     wo0 = start % Wo
-    acc = tl.zeros((TAPS, BLOCK_C), dtype=ACC_DTYPE)
+    acc = tl.zeros((BLOCK_P, TAPS, BLOCK_C), dtype=ACC_DTYPE)
+    bias_acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
     first_image = pid_images * IMAGES_PER_SPLIT
     image64 = first_image.to(tl.int64)
     for _ in range(first_image, tl.minimum(first_image + IMAGES_PER_SPLIT, B)):
@@ -277,26 +309,34 @@ def depthwise_bwd_weight_kernel(
         x_image = x_ptr + (image64 * sxb_v + x_off_v) * VEC
         dy_image = dy_ptr + (image64 * sdyb_v + dy_off_v) * VEC
         y_image = y_ptr + (image64 * syb_v + y_off_v) * VEC
+        dz_image = dz_ptr + (image64 * sdzb_v + dz_off_v) * VEC
         ho = ho0
         wo = wo0
         for p0 in range(first_pixel, last_pixel, BLOCK_P):
             pixel_mask = p0 + p_range < last_pixel  # [BLOCK_P]
-            dz_offsets = (ho * (sdyh_v * VEC) + wo * (sdyw_v * VEC))[:, None, None] + dz_channels
-            mask = pixel_mask[:, None, None] & c_mask3  # [BLOCK_P, 1, BLOCK_C]
-            dz = tl.load(dy_image + dz_offsets, mask=mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_P, 1, BLOCK_C]
+            mask = pixel_mask[:, None] & c_mask  # [BLOCK_P, BLOCK_C]
+            dz = tl.load(dy_image + ((ho * (sdyh_v * VEC) + wo * (sdyw_v * VEC))[:, None] + (o * sdyc)[None, :]),
+                         mask=mask, other=0.0)  # [BLOCK_P, BLOCK_C]
             if ACT != ACT_NONE:
-                yv = tl.load(y_image + ((ho * (syh_v * VEC) + wo * (syw_v * VEC))[:, None, None] + y_channels),
-                             mask=mask, other=0.0)  # [BLOCK_P, 1, BLOCK_C]
+                yv = tl.load(y_image + ((ho * (syh_v * VEC) + wo * (syw_v * VEC))[:, None] + (o * syc)[None, :]),
+                             mask=mask, other=0.0)  # [BLOCK_P, BLOCK_C]
                 dz = activation_grad(dz, yv, ACT)
-            hi = (ho * STRIDE - PAD)[:, None] + kh[None, :] * DIL  # [BLOCK_P, TAPS]
-            wi = (wo * STRIDE - PAD)[:, None] + kw[None, :] * DIL
-            inside = (pixel_mask[:, None] & tap_valid[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W))
-            x_offsets = ((ho * STRIDE - PAD) * sxh + (wo * STRIDE - PAD) * sxw)[:, None, None] + tap_offsets
-            xv = tl.load(x_image + x_offsets, mask=inside[:, :, None] & c_mask3,
-                         other=0.0).to(ACC_DTYPE)  # [BLOCK_P, TAPS, BLOCK_C]
+                if WRITE_DZ:
+                    tl.store(dz_image + ((ho * (sdzh_v * VEC) + wo * (sdzw_v * VEC))[:, None] + (o * sdzc)[None, :]),
+                             dz.to(dz_ptr.dtype.element_ty), mask=mask & (row_group == 0))
+            dz = dz.to(ACC_DTYPE)
             if HAS_BIAS:
-                xv = tl.where(is_bias, 1.0, xv)
-            acc += tl.sum(dz * xv, axis=0)  # [TAPS, BLOCK_C]
+                bias_acc += dz
+            hi = ho * STRIDE - PAD  # [BLOCK_P]
+            wi = wo * STRIDE - PAD
+            hi_tap = hi[:, None] + (kh * DIL)[None, :]  # [BLOCK_P, TAPS]
+            wi_tap = wi[:, None] + (kw * DIL)[None, :]
+            inside = (pixel_mask[:, None] & tap_valid[None, :] & (hi_tap >= 0) & (hi_tap < H)
+                      & (wi_tap >= 0) & (wi_tap < W))  # [BLOCK_P, TAPS]
+            xv = tl.load(x_image + ((hi * sxh + wi * sxw)[:, None, None] + x_taps),
+                         mask=inside[:, :, None] & c_mask[:, None, :], other=0.0)  # [BLOCK_P, TAPS, BLOCK_C]
+            # Padding taps add -0.0 (x + -0.0 == x for every x), which the compiler drops.
+            acc += tl.where(live, dz[:, None, :] * xv.to(ACC_DTYPE), -0.0)
             wo += WO_STEP
             ho += HO_STEP
             carry = wo >= Wo
@@ -305,30 +345,36 @@ def depthwise_bwd_weight_kernel(
         image64 += 1
 
     split = pid_images * tl.num_programs(2) + pid_pixels
-    out = partial_ptr + split.to(tl.int64) * (TAPS * OC_V * VEC) + (tap * (OC_V * VEC))[:, None] + o[None, :]
-    tl.store(out, acc, mask=(tap < ROWS)[:, None] & o_mask[None, :])
+    out = partial_ptr + split.to(tl.int64) * (PARTIAL_ROWS * OC_V * VEC)
+    rows = kh * K + kw  # [TAPS]
+    grad = tl.sum(acc, axis=0)  # [TAPS, BLOCK_C]
+    tl.store(out + (rows * (OC_V * VEC))[:, None] + o[None, :], grad, mask=tap_valid[:, None] & o_mask[None, :])
+    if HAS_BIAS:
+        if row_group == 0:
+            tl.store(out + (K * K) * (OC_V * VEC) + o, tl.sum(bias_acc, axis=0), mask=o_mask)
 
 
 @triton.jit
 def depthwise_reduce_weight_kernel(
     partial_ptr, dw_ptr, db_ptr, SPLITS, OC_V,
     K: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, VEC: tl.constexpr,
-    TAPS: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+    PARTIAL_ROWS: tl.constexpr, ROWS_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """dw[o, 0, kh, kw] (and db[o]) = the sum of the splits' partials in split order (deterministic),
-    written in the parameters' dtype and [OC, 1, K, K] layout."""
+    written in the parameters' dtype and [OC, 1, K, K] layout. Partials: [SPLITS, PARTIAL_ROWS, OC]
+    (rows kh*K + kw, then the bias); ROWS_P is PARTIAL_ROWS rounded up to a power of two."""
     o = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     o_mask = o < OC_V * VEC
-    tap = tl.arange(0, TAPS)  # [TAPS]
-    mask = (tap < ROWS)[:, None] & o_mask[None, :]
-    offsets = (tap * (OC_V * VEC))[:, None] + o[None, :]  # [TAPS, BLOCK_C]
-    acc = tl.zeros((TAPS, BLOCK_C), dtype=ACC_DTYPE)
-    partials = partial_ptr + offsets  # [TAPS, BLOCK_C]
+    row = tl.arange(0, ROWS_P)  # [ROWS_P]
+    mask = (row < PARTIAL_ROWS)[:, None] & o_mask[None, :]
+    offsets = (row * (OC_V * VEC))[:, None] + o[None, :]  # [ROWS_P, BLOCK_C]
+    acc = tl.zeros((ROWS_P, BLOCK_C), dtype=ACC_DTYPE)
+    partials = partial_ptr + offsets  # [ROWS_P, BLOCK_C]
     for _ in range(0, SPLITS):
         acc += tl.load(partials, mask=mask, other=0.0)
-        partials += TAPS * OC_V * VEC
-    tl.store(dw_ptr + o[None, :] * (K * K) + tap[:, None], acc.to(dw_ptr.dtype.element_ty),
-             mask=(tap < K * K)[:, None] & o_mask[None, :])
+        partials += PARTIAL_ROWS * OC_V * VEC
+    tl.store(dw_ptr + o[None, :] * (K * K) + row[:, None], acc.to(dw_ptr.dtype.element_ty),
+             mask=(row < K * K)[:, None] & o_mask[None, :])
     if HAS_BIAS:
-        db = tl.sum(tl.where((tap == K * K)[:, None], acc, 0.0), axis=0)  # [BLOCK_C]
+        db = tl.sum(tl.where((row == K * K)[:, None], acc, 0.0), axis=0)  # [BLOCK_C]
         tl.store(db_ptr + o, db.to(db_ptr.dtype.element_ty), mask=o_mask)

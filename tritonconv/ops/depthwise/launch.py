@@ -4,10 +4,12 @@ Tiles: ``block_rows`` pixels x ``block_cols`` channels; ``block_reduce`` is unus
 and ``splits`` divides the weight gradient's pixel reduction.
 
 Weights: the kernels read them as [k*k, OC] (each tap's filters contiguous, one vector load per tap).
-That layout is made per call by one transpose of the [OC, 1, k, k] parameter (OC*k*k elements, a
-fraction of a percent of the bytes the conv moves), not cached across calls: a cache keyed on the
-parameter's data_ptr and _version would miss writes through ``.data`` and go stale. Strided and NCHW
-inputs take the same kernels through explicit strides; vector loads need channels_last (VEC).
+That layout is made by one transpose of the [OC, 1, k, k] parameter once per parameter version and
+kept beside it (``_taps_major``): a training step's forward makes it, its backward and every inference
+call reuse it. The key is the tensor itself (weakly held), its ``_version`` (bumped by every in-place
+write autograd sees: optimizers, ``load_state_dict``, ``nn.init``) and its data_ptr; a write through
+``.data`` bypasses the version counter, and autograd's own saved-tensor check, alike. Strided and
+NCHW inputs take the same kernels through explicit strides; vector loads need channels_last (VEC).
 Every tensor reaches the kernels as its 16-byte-aligned base (``_operand``) and an offset, so that a
 channel-offset view (the Ghost module's ``grad[:, C:]`` with C = 4 mod 8) keeps vector loads.
 """
@@ -18,6 +20,7 @@ from math import gcd
 
 import torch
 import triton
+from torch.utils.weak import WeakIdKeyDictionary
 
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.depthwise import kernels
@@ -61,8 +64,6 @@ def candidate_tiles(spec: DepthwiseSpec, kernel: str) -> list[GemmTile]:
 
 
 
-# Elements of the weight-gradient kernel's [pixels, taps, channels] window tile (64 per thread at 4 warps).
-_WINDOW_TILE_ELEMENTS = 8192
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2 (the batch is axis 2 of the pixel kernels)
 
 
@@ -114,9 +115,21 @@ def _check_image_offsets(*tensors) -> None:
         raise ValueError(f"batch {tensors[0].shape[0]} exceeds {_MAX_GRID_YZ}, the grid's batch axis")
 
 
+# weight -> (its _version, data_ptr, shape and dtype when re-laid out, the [k*k, OC] copy)
+_TAPS_MAJOR: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
 def _taps_major(weight: torch.Tensor) -> torch.Tensor:
-    """[OC, 1, k, k] -> [k*k, OC] contiguous (one small transpose per call, see the module docstring)."""
-    return weight.reshape(weight.shape[0], -1).t().contiguous()
+    """[OC, 1, k, k] -> [k*k, OC] contiguous, made once per parameter version (see the module docstring)."""
+    if weight.is_inference():  # no version counter: nothing to key a cache on
+        return weight.reshape(weight.shape[0], -1).t().contiguous()
+    key = (weight._version, weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype)
+    cached = _TAPS_MAJOR.get(weight)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    taps = weight.detach().reshape(weight.shape[0], -1).t().contiguous()
+    _TAPS_MAJOR[weight] = (key, taps)
+    return taps
 
 
 def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tensor:
@@ -144,38 +157,75 @@ def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tenso
     return out
 
 
+def masked_gradient(dy, y, spec: DepthwiseSpec, tile: GemmTile, like: torch.Tensor,
+                    activation: str | None = None) -> torch.Tensor:
+    """dz = dy where the activation passes (decided from its output ``y``), else 0: [B, OC, Ho, Wo] in
+    dy's dtype (exact: a select), laid out like ``like``."""
+    activation = spec.activation if activation is None else activation
+    dz = empty_like_layout((spec.batch, spec.out_channels, spec.out_height, spec.out_width), like, dtype=dy.dtype)
+    if dz.numel() == 0:
+        return dz
+    _check_image_offsets(dy, y, dz)
+    vec = _vector_width((spec.out_channels,), dy, y, dz)
+    grid = (triton.cdiv(spec.out_height * spec.out_width, tile.block_rows), triton.cdiv(spec.out_channels,
+            tile.block_cols), spec.batch)
+    (dy_, *dy_strides), (y_, *y_strides), (dz_, *dz_strides) = (_operand(t, vec) for t in (dy, y, dz))
+    kernels.depthwise_grad_mask_kernel[grid](
+        dy_, y_, dz_, spec.out_channels // vec, spec.out_height, spec.out_width, *dy_strides, *y_strides, *dz_strides,
+        ACT=ACTIVATIONS[activation], VEC=vec, BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols,
+        num_warps=tile.num_warps,
+    )
+    return dz
+
+
 def backward_input(dy, y, weight, spec: DepthwiseSpec, tile: GemmTile, like: torch.Tensor,
                    activation: str | None = None, add: torch.Tensor | None = None) -> torch.Tensor:
-    """dx from the maps' gradient ``dy`` ([B, OC, Ho, Wo]); ``y`` (the maps) masks it through the
-    activation; ``add`` is added to dx (a gradient reaching x directly)."""
+    """dx from the maps' gradient ``dy`` ([B, OC, Ho, Wo], any float dtype; it may be ``y`` itself
+    when there is no activation); ``y`` (the maps) masks it through the activation, first, once per
+    element (``masked_gradient``, one more launch); ``add`` is added to dx (a gradient reaching x
+    directly)."""
     activation = spec.activation if activation is None else activation
     dx = empty_like_layout(spec.input_shape, like)
     if dx.numel() == 0:
         return dx
-    y = y if ACTIVATIONS[activation] else dy
+    dz = masked_gradient(dy, y, spec, tile, like, activation) if ACTIVATIONS[activation] else dy
     add_ = add if add is not None else dx
-    _check_image_offsets(dx, dy, y, add_)
-    vec = _vector_width((spec.in_channels, spec.out_channels), dy, y, add_, dx)
+    _check_image_offsets(dx, dz, add_)
+    vec = _vector_width((spec.in_channels, spec.out_channels), dz, add_, dx)
     grid = (triton.cdiv(spec.height * spec.width, tile.block_rows), triton.cdiv(spec.in_channels, tile.block_cols),
             spec.batch)
-    (dy_, *dy_strides), (y_, *y_strides), (a_, *a_strides), (dx_, *dx_strides) = (
-        _operand(t, vec) for t in (dy, y, add_, dx))
+    (dz_, *dz_strides), (a_, *a_strides), (dx_, *dx_strides) = (_operand(t, vec) for t in (dz, add_, dx))
     kernels.depthwise_bwd_input_kernel[grid](
-        dy_, y_, _taps_major(weight), a_, dx_,
+        dz_, _taps_major(weight), a_, dx_,
         spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
-        *dy_strides, *y_strides, *a_strides, *dx_strides,
-        **_window(spec, activation), HAS_ADD=add is not None, VEC=vec,
+        *dz_strides, *a_strides, *dx_strides,
+        K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation, MULT=spec.multiplier,
+        ACC_DTYPE=accumulator_dtype(spec.torch_dtype), HAS_ADD=add is not None, VEC=vec,
         BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols, num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return dx
 
 
+# Live taps (kernel rows x k) one weight-gradient program accumulates: the rest of the rows go to
+# other programs. 9 covers k=3 whole; k=5 takes 2 rows, k=7 one.
+_TAPS_PER_PROGRAM = 12
+# fp32 accumulator registers per thread the weight-gradient tile may take (taps x its pixel-channel share).
+_ACCUMULATOR_REGISTERS = 96
+
+
+def _weight_grad_rows(kernel_size: int) -> int:
+    return max(1, min(kernel_size, _TAPS_PER_PROGRAM // kernel_size))
+
+
 def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: str | None = None,
-                    has_bias: bool | None = None):
-    """(grad weight [OC, 1, K, K], grad bias [OC] or None), reduced over pixels in fp32 (fp64).
+                    has_bias: bool | None = None, grad_out: torch.Tensor | None = None):
+    """(grad weight [OC, 1, K, K], grad bias [OC] or None), reduced over pixels in fp32 (fp64). ``dy``
+    may be any float dtype and may be ``y`` itself when there is no activation.
 
     Two launches: the partials of every tap (and the bias) per split of the pixels, then their reduction
-    in split order, written in the parameters' dtype and layout.
+    in split order, written in the parameters' dtype and layout. ``grad_out`` (with an activation): a
+    [B, OC, Ho, Wo] tensor the first launch also writes dz (dy masked by the activation) into, for
+    ``backward_input`` to read instead of masking again.
     """
     activation = spec.activation if activation is None else activation
     has_bias = spec.bias if has_bias is None else has_bias
@@ -185,15 +235,21 @@ def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: s
         return (torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype),
                 torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if has_bias else None)
     y = y if ACTIVATIONS[activation] else dy
-    _check_image_offsets(x, dy, y)
-    vec = _vector_width((spec.in_channels, spec.out_channels), x, dy, y)
-    taps = spec.kernel_size**2
-    rows = taps + int(has_bias)  # the bias is one more "tap" (its input is 1)
-    window = triton.next_power_of_2(rows)
+    write_dz = grad_out is not None and bool(ACTIVATIONS[activation])
+    dz = grad_out if write_dz else dy
+    _check_image_offsets(x, dy, y, dz)
+    vec = _vector_width((spec.in_channels, spec.out_channels), x, dy, y, dz)
+    k = spec.kernel_size
+    rows = _weight_grad_rows(k)
+    row_groups = triton.cdiv(k, rows)
+    taps = triton.next_power_of_2(rows * k)
+    partial_rows = k * k + int(has_bias)  # the bias is one more row
     block_c = tile.block_cols
-    block_p = max(1, min(tile.block_rows, _WINDOW_TILE_ELEMENTS // (window * block_c)))
+    threads = 32 * tile.num_warps
+    fitting = max(1, _ACCUMULATOR_REGISTERS * threads // (rows * k * block_c))
+    block_p = max(1, min(tile.block_rows, 1 << (fitting.bit_length() - 1)))
     channel_tiles = triton.cdiv(spec.out_channels, block_c)
-    splits = reduction_splits(GemmTile(block_p, block_c, block_p, splits=tile.splits), channel_tiles,
+    splits = reduction_splits(GemmTile(block_p, block_c, block_p, splits=tile.splits), channel_tiles * row_groups,
                               spec.batch * image_pixels, x.device)
     image_splits = min(splits, spec.batch)
     images_per_split = triton.cdiv(spec.batch, image_splits)
@@ -201,22 +257,25 @@ def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: s
     pixel_splits = max(1, min(triton.cdiv(splits, image_splits), triton.cdiv(image_pixels, block_p)))
     pixels_per_split = triton.cdiv(triton.cdiv(image_pixels, pixel_splits), block_p) * block_p
     pixel_splits = triton.cdiv(image_pixels, pixels_per_split)
-    partial = empty((image_splits * pixel_splits, window, spec.out_channels), device=x.device, dtype=acc_dtype)
-    common = dict(K=spec.kernel_size, HAS_BIAS=has_bias, ACC_DTYPE=accumulator_dtype(spec.torch_dtype), VEC=vec,
-                  TAPS=window, ROWS=rows)
-    (x_, *x_strides), (dy_, *dy_strides), (y_, *y_strides) = (_operand(t, vec) for t in (x, dy, y))
-    kernels.depthwise_bwd_weight_kernel[(channel_tiles, image_splits, pixel_splits)](
-        x_, dy_, y_, partial,
+    partial = empty((image_splits * pixel_splits, partial_rows, spec.out_channels), device=x.device, dtype=acc_dtype)
+    common = dict(K=k, HAS_BIAS=has_bias, ACC_DTYPE=accumulator_dtype(spec.torch_dtype), VEC=vec,
+                  PARTIAL_ROWS=partial_rows)
+    (x_, *x_strides), (dy_, *dy_strides), (y_, *y_strides), (dz_, *dz_strides) = (
+        _operand(t, vec) for t in (x, dy, y, dz))
+    kernels.depthwise_bwd_weight_kernel[(channel_tiles * row_groups, image_splits, pixel_splits)](
+        x_, dy_, y_, dz_, partial,
         spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
         images_per_split, spec.batch, pixels_per_split, block_p % spec.out_width, block_p // spec.out_width,
-        *x_strides, *dy_strides, *y_strides,
+        *x_strides, *dy_strides, *y_strides, *dz_strides,
         STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation, ACT=ACTIVATIONS[activation], MULT=spec.multiplier,
-        **common, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=tile.num_warps, num_stages=tile.num_stages,
+        WRITE_DZ=write_dz, ROWS=rows, TAPS=taps, **common,
+        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     grad_w = empty(spec.weight_shape, device=x.device, dtype=x.dtype)
     grad_b = empty((spec.out_channels,), device=x.device, dtype=x.dtype) if has_bias else None
     kernels.depthwise_reduce_weight_kernel[(channel_tiles,)](
         partial, grad_w, grad_b if grad_b is not None else grad_w, image_splits * pixel_splits,
-        spec.out_channels // vec, **common, BLOCK_C=block_c, num_warps=4,
+        spec.out_channels // vec, **common, ROWS_P=triton.next_power_of_2(partial_rows), BLOCK_C=block_c,
+        num_warps=4,
     )
     return grad_w, grad_b

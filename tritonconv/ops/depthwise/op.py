@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
+from tritonconv._layout import empty_like_layout
 from tritonconv._op import fake_gradients, fake_output, run_backward, run_forward
 from tritonconv._validation import check_tensor
 from tritonconv.ops.depthwise import kernels, launch, reference
@@ -56,9 +57,17 @@ def _depthwise_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
         channels = spec.in_channels if concat_input else 0  # the copied input leads the output
         maps_grad, maps = grad[:, channels:], out[:, channels:]
         dx = dw = db = None
+        add = grad[:, :channels] if concat_input else None
+        if need_weights and need_input and spec.activation != "none":
+            # The weight gradient masks dy by the activation anyway: it writes that dz for the input
+            # gradient too, which then needs no masking launch of its own.
+            dz = empty_like_layout((spec.batch, spec.out_channels, spec.out_height, spec.out_width), x,
+                                   dtype=grad.dtype)
+            dw, db = launch.backward_weight(maps_grad, maps, x, spec, tiles["backward_weight"], grad_out=dz)
+            dx = launch.backward_input(dz, dz, weight, spec, tiles["backward_input"], x, activation="none", add=add)
+            return dx, dw, db
         if need_input:
-            dx = launch.backward_input(maps_grad, maps, weight, spec, tiles["backward_input"], x,
-                                       add=grad[:, :channels] if concat_input else None)
+            dx = launch.backward_input(maps_grad, maps, weight, spec, tiles["backward_input"], x, add=add)
         if need_weights:
             dw, db = launch.backward_weight(maps_grad, maps, x, spec, tiles["backward_weight"])
         return dx, dw, db

@@ -14,13 +14,15 @@ from tritonconv.ops.dwsep.op import OPERATOR
 from tritonconv.ops.dwsep.spec import DwSepSpec
 
 _SETS = {"mobilenet_v2": lambda: shapes.mobilenet_v2(224),
-         "ghostnet": lambda: [layer for layer in shapes.ghostnet_separable(224) if layer.out_channels is not None]}
+         "ghostnet": lambda: [layer for layer in shapes.ghostnet_separable(224) if layer.out_channels is not None],
+         "efficientnet_b0": lambda: shapes.efficientnet_b0(224)}
 SHAPE_SETS = tuple(_SETS)
 
 
 def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = False) -> list:
     """(label, count, spec) for every depthwise + pointwise pair of ``shape_set`` (BN folded into the biases):
-    MobileNetV2's depthwise + project convs (ReLU6 between, linear output), GhostNet's shortcut pairs."""
+    MobileNetV2's depthwise + project convs (ReLU6 between, linear output), GhostNet's shortcut pairs,
+    EfficientNet-B0's MBConv depthwise + project convs as shapes (``shapes.efficientnet_b0``)."""
     if shape_set not in _SETS:
         raise ValueError(f"shape set {shape_set!r} is not known for dwsep; expected one of {SHAPE_SETS}")
     out = []

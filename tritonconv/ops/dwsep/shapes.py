@@ -1,7 +1,8 @@
 """Depthwise-separable and Ghost layers of real networks, as the tuner's and the perf suite's shape sets.
 
 Each function walks the network's own definition (torchvision's MobileNetV2, the official GhostNet
-code) at a square input and lists, in order, the layers our operators replace.
+code, torchvision's EfficientNet-B0) at a square input and lists, in order, the layers our operators
+replace.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from dataclasses import dataclass
 # torchvision MobileNetV2 inverted residual settings: expansion t, output channels c, repeats n, stride s.
 MOBILENET_V2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                          (6, 160, 3, 2), (6, 320, 1, 1))
+
+# torchvision EfficientNet-B0 MBConv stages: expansion, kernel, stride, input channels, output channels, repeats.
+EFFICIENTNET_B0_STAGES = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
+                          (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1))
 
 # Official GhostNet 1.0x bottlenecks per stage: (dw kernel k, expansion size, output channels, SE ratio, stride).
 GHOSTNET_CONFIG = (
@@ -79,6 +84,22 @@ def mobilenet_v2(resolution: int = 224, width_mult: float = 1.0) -> list[Separab
             layers.append(SeparableLayer(f"features.{len(layers) + 1}_{size}px", hidden, out, 3, stride, size, size,
                                          "relu6", "none"))
             channels, size = out, _after(size, stride)
+    return layers
+
+
+def efficientnet_b0(resolution: int = 224) -> list[SeparableLayer]:
+    """The depthwise conv and the 1 x 1 projection of every MBConv block of EfficientNet-B0 (16 blocks,
+    9 of them with 5 x 5 depthwise filters), as shapes: in the network a squeeze-and-excitation block
+    sits between the two and the depthwise conv's activation is SiLU, which the kernels do not fuse,
+    so the layers carry none."""
+    layers, size = [], _after(resolution, 2)  # stem: 3x3 stride 2 to 32 channels
+    for stage, (expansion, k, s, in_channels, out, repeats) in enumerate(EFFICIENTNET_B0_STAGES, start=1):
+        for i in range(repeats):
+            stride = s if i == 0 else 1
+            hidden = (in_channels if i == 0 else out) * expansion
+            # torchvision's module path: features[stage][i].block
+            layers.append(SeparableLayer(f"features.{stage}.{i}_k{k}_{size}px", hidden, out, k, stride, size, size))
+            size = _after(size, stride)
     return layers
 
 
