@@ -25,7 +25,7 @@ def _row(**overrides) -> dict:
            "count": 1, "backend": "triton", "dtype": "bf16", "pass": "fwd", "batch": 64, "channels_last": False,
            "tf32": True, "status": "ok", "max_rel_error": 4e-3, "note": "fixture", "tiles": "forward=128x64x32_w4_st3",
            "tuned": False, "ms_p20": 0.010, "ms_p50": 0.011, "ms_p80": 0.012, "flops": 1_610_612_736,
-           "bytes": 16_801_792, "dense_flops": 4_831_838_208, "gpu": GPU, "torch": "2.11.0+cu130",
+           "bytes": 16_801_792, "unfused_bytes": 58_720_256, "dense_flops": 4_831_838_208, "gpu": GPU, "torch": "2.11.0+cu130",
            "triton": "3.6.0", "commit": "abc1234", "timestamp": "2026-01-01T00:00:00+00:00"}
     row.update(overrides)
     return row
@@ -277,6 +277,7 @@ def test_measure_records_failed_backends_untimed(monkeypatch):
     assert by_backend["dense"]["max_rel_error"] is None
     flops, bytes_ = bench.work_of(case.spec, "fwd")
     assert all(r["flops"] == flops and r["bytes"] == bytes_ for r in rows)
+    assert all(r["unfused_bytes"] == bench.unfused_bytes_of(case.spec, "fwd") > bytes_ for r in rows)
     assert rows[0]["shape"] == case.spec.describe() and rows[0]["gpu"] == "triton-interpreter-cpu"
     assert set(results.COLUMNS) <= set(rows[0])  # the rows fit the CSV schema as they are
 
