@@ -1,7 +1,8 @@
 """Triton kernels for ShiftConv2d (SPEC section 3): the shift lives in the 1 x 1 GEMM's addresses.
 
-Channel c is read at ``(h + dh_c, w + dw_c)`` (zero outside the image); ``_channel_shift`` computes
-(dh_c, dw_c) from the channel index, so no shift table and no shifted tensor exist. Tensors are
+Channel c is read at ``(h + dh_c, w + dw_c)`` (zero outside the image); ``_channel_shift`` and
+``_channel_direction`` compute the shift from the channel index, so no shift table and no shifted
+tensor exist. Tensors are
 addressed through explicit strides (NCHW and channels_last take the same code); ``w_ptr`` is the
 contiguous [N, C] weight. Index arithmetic that can pass 2^31 elements is int64.
 """
@@ -23,6 +24,17 @@ def _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K: tl.constexpr, DIL: tl.co
     dh = tl.where(shifted, DIL * (direction // K - K // 2), 0)
     dw = tl.where(shifted, DIL * (direction % K - K // 2), 0)
     return dh, dw
+
+
+@triton.jit
+def _channel_direction(c, SHIFTED_CHANNELS, SHIFT_GROUP, K: tl.constexpr, GROUPED: tl.constexpr):
+    """Direction index (0 ... k^2 - 1, row-major over (dh, dw)) of channels ``c``; the unshifted
+    remainder gets the centre direction k^2 // 2, whose shift is (0, 0)."""
+    if GROUPED:
+        direction = c // SHIFT_GROUP
+    else:
+        direction = c % (K * K)
+    return tl.where(c < SHIFTED_CHANNELS, direction, (K * K) // 2)
 
 
 @triton.jit
@@ -54,9 +66,10 @@ def shift_fwd_kernel(
     the activation tile is one row address per pixel plus a channel run (contiguous in the grouped
     assignment: vector loads in channels_last) and the border is a per-row mask. ``w_ptr`` is then the
     weight in that reduction order ([N, C], direction d's channels at columns [d*G, (d+1)*G)).
-    Otherwise every channel of a chunk carries its own shift (a gather) and ``w_ptr`` is the [N, C]
-    weight itself. GROUP_ALIGN: a power of two dividing G (the launcher's promise; the JIT only hints
-    multiples of 16), so that the channel runs of G = 8, 24, 56, ... still load 16 bytes at a time.
+    Otherwise (fewer than 16 channels per direction) the reduction walks contiguous chunks of channels
+    and, inside each, the k^2 directions (see below); ``w_ptr`` is the [N, C] weight itself.
+    GROUP_ALIGN: a power of two dividing G (the launcher's promise; the JIT only hints multiples of 16),
+    so that the channel runs of G = 8, 24, 56, ... still load 16 bytes at a time.
     """
     pid_pixels = tl.program_id(0)
     pid_filters = tl.program_id(1)
@@ -104,20 +117,27 @@ def shift_fwd_kernel(
                          other=0.0)  # [BLOCK_K, BLOCK_N]
             acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
     else:
+        # Direction by direction inside each chunk of BLOCK_K consecutive channels: the chunk is loaded
+        # contiguously (16-byte vectors in channels_last) once per direction at that direction's pixel
+        # offset, the channels of other directions are selected away (a select, not a multiplication by
+        # zero, so that an Inf read at a foreign shift stays out) and one dot per direction accumulates.
+        # k^2 dots per chunk instead of one: these are the layers with fewer than 16 channels per
+        # direction, memory-bound by far, and every load is a vector and every dot a wgmma.
         x_pixels = x_rows + h * sxh + w * sxw  # [BLOCK_M]
         for c0 in range(0, C, BLOCK_K):
             c = c0 + k_range  # [BLOCK_K]
             c_mask = c < C
-            dh, dw = _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, DIL, GROUPED)
-            # every channel at its own shifted address: row offset + column offset, the border by one
-            # unsigned compare per coordinate
-            inside = (((h[:, None] + dh[None, :]).to(tl.uint32) < H) & ((w[:, None] + dw[None, :]).to(tl.uint32) < W)
-                      & pixel_mask[:, None] & c_mask[None, :])  # [BLOCK_M, BLOCK_K]
-            a = tl.load(x_pixels[:, None] + (c * sxc + dh * sxh + dw * sxw)[None, :], mask=inside,
-                        other=0.0)  # [BLOCK_M, BLOCK_K]
+            direction = _channel_direction(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, GROUPED)  # [BLOCK_K]
             wt = tl.load(w_cols[None, :] + c[:, None], mask=c_mask[:, None] & n_mask[None, :],
                          other=0.0)  # [BLOCK_K, BLOCK_N]
-            acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+            for d in tl.static_range(K * K):
+                row_inside = (pixel_mask & ((h + DIL * (d // K - K // 2)).to(tl.uint32) < H)
+                              & ((w + DIL * (d % K - K // 2)).to(tl.uint32) < W))  # [BLOCK_M]
+                shift = DIL * (d // K - K // 2) * sxh + DIL * (d % K - K // 2) * sxw
+                a = tl.load((x_pixels + shift)[:, None] + (c * sxc)[None, :],
+                            mask=row_inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+                a = tl.where((direction == d)[None, :], a, tl.zeros_like(a))
+                acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(ACC_DTYPE)[None, :]
@@ -203,9 +223,10 @@ def shift_bwd_weight_kernel(
 
     SEGMENTED: column tile t < k^2 * cdiv(G, BLOCK_C) holds channels of one direction (as the forward's
     reduction chunks), the tiles after it the unshifted remainder: one shift per program, so the x tile
-    is a row address per pixel plus a channel run, its border a row mask. Otherwise every channel of
-    the tile carries its own shift. Pixels: the split's first pixel is divided once in int64; the
-    loop walks (b, ho, wo) in int32 with carries (``pixel_walk_step``), no division per pixel.
+    is a row address per pixel plus a channel run, its border a row mask. Otherwise the tile's channels
+    are contiguous and the pixels are reduced once per direction (see below). Pixels: the split's first
+    pixel is divided once in int64; the loop walks (b, ho, wo) in int32 with carries
+    (``pixel_walk_step``), no division per pixel.
     """
     pid_filters = tl.program_id(0)
     pid_columns = tl.program_id(1)
@@ -228,37 +249,52 @@ def shift_bwd_weight_kernel(
     else:
         c = pid_columns * BLOCK_C + c_range  # [BLOCK_C]
         c_mask = c < C
-        dh_c, dw_c = _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, DIL, GROUPED)
-        column_offset = dh_c * sxh + dw_c * sxw  # [BLOCK_C]
+        direction = _channel_direction(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, GROUPED)  # [BLOCK_C]
 
     acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
     bias_acc = tl.zeros((BLOCK_N, BLOCK_P), dtype=ACC_DTYPE)  # summed across pixels once, after the loop
     p_range = tl.arange(0, BLOCK_P)
     first = split.to(tl.int64) * PIXELS_PER_SPLIT
     count = tl.minimum(B * Ho * Wo - first, PIXELS_PER_SPLIT).to(tl.int32)  # pixels in this split
-    b32, ho, wo = pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each
-    for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
-        pixel_mask = p0 + p_range < count
-        b = b32.to(tl.int64)
-        dy = tl.load((dy_ptr + b * sdyb + ho * sdyh + wo * sdyw)[None, :] + n[:, None] * sdyc,
-                     mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
-        if SEGMENTED:
+    if SEGMENTED:
+        b32, ho, wo = pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each
+        for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
+            pixel_mask = p0 + p_range < count
+            b = b32.to(tl.int64)
+            dy = tl.load((dy_ptr + b * sdyb + ho * sdyh + wo * sdyw)[None, :] + n[:, None] * sdyc,
+                         mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
             hi = ho * STRIDE + dh  # [BLOCK_P]
             wi = wo * STRIDE + dw
             row_inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
             x = tl.load((x_ptr + b * sxb + hi * sxh + wi * sxw)[:, None] + c[None, :] * sxc,
                         mask=row_inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
-        else:
-            inside = (((ho * STRIDE)[:, None] + dh_c[None, :]).to(tl.uint32) < H) \
-                & (((wo * STRIDE)[:, None] + dw_c[None, :]).to(tl.uint32) < W) \
-                & pixel_mask[:, None] & c_mask[None, :]  # [BLOCK_P, BLOCK_C]
-            x_pixels = x_ptr + b * sxb + ho * STRIDE * sxh + wo * STRIDE * sxw  # [BLOCK_P]
-            x = tl.load(x_pixels[:, None] + (c * sxc + column_offset)[None, :], mask=inside,
-                        other=0.0)  # [BLOCK_P, BLOCK_C]
-        acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-        if HAS_BIAS:
-            bias_acc += dy.to(ACC_DTYPE)
-        b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
+            acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+            if HAS_BIAS:
+                bias_acc += dy.to(ACC_DTYPE)
+            b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
+    else:
+        # One pass over the split's pixels per direction, each a plain GEMM of dy with x at that
+        # direction's offset over the whole (contiguous) channel tile; the columns of the direction are
+        # kept from its pass (a select of results: values read at a foreign shift never mix in). k^2
+        # passes: these layers have fewer than 16 channels per direction and are memory-bound by far.
+        for d in tl.static_range(K * K):
+            acc_d = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
+            b32, ho, wo = pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each
+            for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
+                pixel_mask = p0 + p_range < count
+                b = b32.to(tl.int64)
+                dy = tl.load((dy_ptr + b * sdyb + ho * sdyh + wo * sdyw)[None, :] + n[:, None] * sdyc,
+                             mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
+                hi = ho * STRIDE + DIL * (d // K - K // 2)  # [BLOCK_P]
+                wi = wo * STRIDE + DIL * (d % K - K // 2)
+                row_inside = pixel_mask & (hi.to(tl.uint32) < H) & (wi.to(tl.uint32) < W)
+                x = tl.load((x_ptr + b * sxb + hi * sxh + wi * sxw)[:, None] + c[None, :] * sxc,
+                            mask=row_inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
+                acc_d = tl.dot(dy, x, acc_d, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+                if HAS_BIAS and d == 0:
+                    bias_acc += dy.to(ACC_DTYPE)
+                b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
+            acc = tl.where((direction == d)[None, :], acc_d, acc)
 
     out = partial_ptr + split.to(tl.int64) * N * C + n[:, None] * C + c[None, :]
     tl.store(out, acc, mask=n_mask[:, None] & c_mask[None, :])

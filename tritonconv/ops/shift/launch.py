@@ -65,7 +65,11 @@ def _fitted(tile: GemmTile, spec: ShiftSpec, kernel: str) -> GemmTile:
 
 
 def default_tile(spec: ShiftSpec, kernel: str) -> GemmTile:
-    return _fitted(_DEFAULTS[kernel], spec, kernel)
+    tile = _fitted(_DEFAULTS[kernel], spec, kernel)
+    if kernel == "backward_weight" and not segmented(spec) and tile.block_rows * tile.block_cols > 64 * 32:
+        # the per-direction passes hold two accumulators: 64 x 64 at 4 warps spills
+        tile = replace(tile, num_warps=8)
+    return tile
 
 
 def candidate_tiles(spec: ShiftSpec, kernel: str) -> list[GemmTile]:

@@ -13,6 +13,8 @@ input), never a 64-bit division.
 import triton
 import triton.language as tl
 
+from tritonconv.kernel_helpers import pixel_walk_start, pixel_walk_step
+
 
 @triton.jit
 def _shuffled(n, N, SHUFFLE_GROUPS, SHUFFLED: tl.constexpr):
@@ -132,12 +134,15 @@ def shuffle_conv_bwd_weight_kernel(
     P, HW, N, GROUP_IN, GROUP_OUT, SHUFFLE_GROUPS, PIXELS_PER_SPLIT,
     sxb, sxc, sxh, sxw, W,
     sdyb, sdyc, sdyh, sdyw,
-    ALIGN: tl.constexpr, SHUFFLED: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    ALIGN: tl.constexpr, FLAT: tl.constexpr, SHUFFLED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """Partial dw[n, c_local] (and, in the first column tile, the bias sums) over one split of the pixels;
     the launcher sums the partials in a fixed order (deterministic). ALIGN divides x's strides and the
-    group widths (as in the forward)."""
+    group widths (as in the forward). FLAT (the launcher's check, e.g. channels_last): pixel p of x
+    and dy lies at p times the w stride, so the loop only bumps two tile pointers; otherwise (b, h, w)
+    are walked with carries. No division inside the loop either way."""
     pid_filters = tl.program_id(0)
     pid_columns = tl.program_id(1)
     split = tl.program_id(2)
@@ -161,23 +166,34 @@ def shuffle_conv_bwd_weight_kernel(
     p_range = tl.arange(0, BLOCK_P)
     first = split.to(tl.int64) * PIXELS_PER_SPLIT
     count = tl.minimum(P - first, PIXELS_PER_SPLIT).to(tl.int32)  # pixels in this split
-    first_b = first // HW  # the split's first pixel, divided once in int64
-    first_in_image = (first - first_b * HW).to(tl.int32)
-    for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
-        pixel_mask = p0 + p_range < count
-        since = first_in_image + p0 + p_range  # [BLOCK_P] int32 pixels since the image of the first
-        images = since // HW
-        in_image = since - images * HW
-        h = in_image // W
-        w = in_image - h * W
-        b = first_b + images
-        dy = tl.load((dy_ptr + b * sdyb + h * sdyh + w * sdyw)[None, :] + dy_channel[:, None] * sdyc,
-                     mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
-        x = tl.load((x_ptr + b * sxb + h * sxh + w * sxw)[:, None] + c[None, :] * sxc,
-                    mask=pixel_mask[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
-        acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-        if HAS_BIAS:
-            bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
+    if FLAT:
+        # pixel p of both tensors lies at p * (w stride): the tiles' pointers are built once and bumped
+        x_tile = (x_ptr + first * sxw) + (p_range * sxw)[:, None] + (c * sxc)[None, :]  # [BLOCK_P, BLOCK_C]
+        dy_tile = ((dy_ptr + first * sdyw) + (p_range * sdyw)[None, :]
+                   + (dy_channel * sdyc)[:, None])  # [BLOCK_N, BLOCK_P]
+        for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
+            pixel_mask = p0 + p_range < count
+            dy = tl.load(dy_tile, mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
+            x = tl.load(x_tile, mask=pixel_mask[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
+            acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+            if HAS_BIAS:
+                bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
+            x_tile += BLOCK_P * sxw
+            dy_tile += BLOCK_P * sdyw
+    else:
+        # (b, h, w) walked in int32 with carries: the split's first pixel is divided once
+        b32, h, w = pixel_walk_start(first, 0, HW // W, W, BLOCK_P)  # [BLOCK_P] each
+        for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
+            pixel_mask = p0 + p_range < count
+            b = b32.to(tl.int64)
+            dy = tl.load((dy_ptr + b * sdyb + h * sdyh + w * sdyw)[None, :] + dy_channel[:, None] * sdyc,
+                         mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
+            x = tl.load((x_ptr + b * sxb + h * sxh + w * sxw)[:, None] + c[None, :] * sxc,
+                        mask=pixel_mask[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
+            acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+            if HAS_BIAS:
+                bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
+            b32, h, w = pixel_walk_step(b32, h, w, HW // W, W, BLOCK_P)
     out = partial_ptr + split.to(tl.int64) * N * GROUP_IN + n[:, None] * GROUP_IN + c_local[None, :]
     tl.store(out, acc, mask=n_mask[:, None] & c_mask[None, :])
     if HAS_BIAS:

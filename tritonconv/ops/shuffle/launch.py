@@ -72,6 +72,14 @@ def _int32_pixels(spec: ShuffleConvSpec) -> bool:
     return spec.batch * spec.height * spec.width + _MAX_BLOCK_ROWS < 2**31
 
 
+def _flat_pixels(t: torch.Tensor) -> bool:
+    """Whether pixel p = (b*H + h)*W + w of ``t`` lies at p * (w stride), as in channels_last: the
+    weight gradient then walks pixels by bumping one pointer."""
+    _, _, height, width = t.shape
+    sb, _, sh, sw = t.stride()
+    return (t.shape[0] == 1 or sb == height * width * sw) and (height == 1 or sh == width * sw)
+
+
 def _sizes(spec: ShuffleConvSpec) -> tuple:
     return (spec.batch * spec.height * spec.width, spec.height * spec.width, spec.out_channels, spec.group_in,
             spec.group_out, spec.shuffle_groups)
@@ -131,7 +139,8 @@ def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile):
         x, dy, partial_w, partial_b if partial_b is not None else partial_w, *_sizes(spec), per_split,
         *x.stride(), spec.width, *dy.stride(),
         ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), spec.group_in, spec.group_out, 8),
-        SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=spec.bias, DOT_PRECISION=dot_precision(x.dtype),
-        ACC_DTYPE=accumulator_dtype(x.dtype), **_tile_args(tile, ("BLOCK_N", "BLOCK_C", "BLOCK_P")))
+        FLAT=_flat_pixels(x) and _flat_pixels(dy), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=spec.bias,
+        DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
+        **_tile_args(tile, ("BLOCK_N", "BLOCK_C", "BLOCK_P")))
     dw = partial_w.sum(0).to(x.dtype).reshape(spec.weight_shape)
     return dw, partial_b.sum(0).to(x.dtype) if partial_b is not None else None
