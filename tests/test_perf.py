@@ -25,8 +25,8 @@ def _row(**overrides) -> dict:
            "count": 1, "backend": "triton", "dtype": "bf16", "pass": "fwd", "batch": 64, "channels_last": False,
            "tf32": True, "status": "ok", "max_rel_error": 4e-3, "note": "fixture", "tiles": "forward=128x64x32_w4_st3",
            "tuned": False, "ms_p20": 0.010, "ms_p50": 0.011, "ms_p80": 0.012, "flops": 1_610_612_736,
-           "bytes": 16_801_792, "unfused_bytes": 58_720_256, "dense_flops": 4_831_838_208, "gpu": GPU, "torch": "2.11.0+cu130",
-           "triton": "3.6.0", "commit": "abc1234", "timestamp": "2026-01-01T00:00:00+00:00"}
+           "bytes": 16_801_792, "unfused_bytes": 58_720_256, "dense_flops": 4_831_838_208, "gpu": GPU,
+           "torch": "2.11.0+cu130", "triton": "3.6.0", "commit": "abc1234", "timestamp": "2026-01-01T00:00:00+00:00"}
     row.update(overrides)
     return row
 
