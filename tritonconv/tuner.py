@@ -202,7 +202,6 @@ def validate_candidates(harness: Harness, spec, pass_: str, device: torch.device
     return failed
 
 
-
 def harnesses_by_operator() -> dict:
     """Every registered harness, by its operator's name (imported on first use: the registry imports
     every operator)."""

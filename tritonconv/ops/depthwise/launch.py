@@ -63,7 +63,6 @@ def candidate_tiles(spec: DepthwiseSpec, kernel: str) -> list[GemmTile]:
     return list(dict.fromkeys(tile.fitted(*_extent(spec, kernel)) for tile in _CANDIDATES[kernel]))
 
 
-
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2 (the batch is axis 2 of the pixel kernels)
 
 

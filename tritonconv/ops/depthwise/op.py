@@ -25,7 +25,6 @@ OPERATOR = dispatch.Operator(
 )
 
 
-
 def _spec(x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input) -> DepthwiseSpec:
     return DepthwiseSpec.from_tensors(x, weight, bias, stride=stride, padding=padding, dilation=dilation,
                                       multiplier=multiplier, activation=activation, concat_input=concat_input)

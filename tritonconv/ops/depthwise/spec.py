@@ -54,7 +54,6 @@ def triton_unsupported(spec) -> str | None:
     return f"stride={spec.stride}; the kernels take stride 1 or 2" if spec.stride not in (1, 2) else None
 
 
-
 def layout_of(x: torch.Tensor) -> bool:
     """True for a channels_last (NHWC-strided) 4-d tensor."""
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -144,7 +143,6 @@ class DepthwiseSpec(ConvSpecShapes):
         maps = self.batch * self.out_channels * self.out_height * self.out_width
         fused = self.cost()
         return Cost(macs=fused.macs, bytes=fused.bytes + (x + 2 * maps) * self.torch_dtype.itemsize)
-
 
     def describe(self) -> str:
         cat = " +input" if self.concat_input else ""

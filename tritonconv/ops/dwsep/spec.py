@@ -97,7 +97,6 @@ class DwSepSpec(ConvSpecShapes):
                     + self.in_channels * self.out_channels * self.kernel_size**2)
         return Cost(macs=macs, bytes=elements * self.torch_dtype.itemsize)
 
-
     def describe(self) -> str:
         return (f"dwsep {self.in_channels}->{self.out_channels} k{self.kernel_size} s{self.stride} d{self.dilation} "
                 f"{self.height}x{self.width} b{self.batch}")

@@ -24,7 +24,6 @@ OPERATOR = dispatch.Operator(
 )
 
 
-
 @torch.library.custom_op("tritonconv::hetconv2d", mutates_args=())
 def _hetconv2d(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor], stride: int, p: int) -> Tensor:
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)

@@ -41,7 +41,6 @@ def triton_unsupported(spec: "HetConvSpec") -> str | None:
     return None
 
 
-
 @dataclass(frozen=True)
 class HetConvSpec(ConvSpecShapes):
     batch: int

@@ -29,7 +29,6 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
             for layer, count in zoo.unique(_shape_set(shape_set, expansion))]
 
 
-
 class ShiftHarness(WeightBiasHarness):
     operator = OPERATOR
     launch = launch

@@ -76,7 +76,6 @@ def candidate_tiles(spec: ShiftSpec, kernel: str) -> list[GemmTile]:
     return list(dict.fromkeys(_fitted(tile, spec, kernel) for tile in _CANDIDATES[kernel]))
 
 
-
 def _group_align(spec: ShiftSpec) -> int:
     """A power of two (at most 16) dividing the channels per direction: the kernels' alignment promise."""
     return math.gcd(max(spec.shift_group, 1), 16)

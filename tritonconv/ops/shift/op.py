@@ -22,7 +22,6 @@ OPERATOR = dispatch.Operator(
 )
 
 
-
 @torch.library.custom_op("tritonconv::shift_conv2d", mutates_args=())
 def _shift_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], kernel_size: int, dilation: int, stride: int,
                   assignment: str) -> Tensor:

@@ -26,7 +26,6 @@ def validate_hyperparameters(in_channels, out_channels, kernel_size, dilation, s
         raise ValueError(f"assignment={assignment!r} is not known; expected one of {ASSIGNMENTS}")
 
 
-
 def channel_shifts(in_channels: int, kernel_size: int, dilation: int, assignment: str) -> list[tuple[int, int]]:
     """(dh, dw) of every input channel: ``s[c, h, w] = x[c, h + dh, w + dw]`` (SPEC section 3)."""
     k2 = kernel_size**2

@@ -66,7 +66,6 @@ def candidate_tiles(spec: ShuffleConvSpec, kernel: str) -> list[GemmTile]:
     return list(dict.fromkeys(_fitted(tile, spec, kernel) for tile in _CANDIDATES[kernel]))
 
 
-
 def _int32_pixels(spec: ShuffleConvSpec) -> bool:
     """Whether pixel indices (and one block past them) fit int32: the kernels divide them in int32."""
     return spec.batch * spec.height * spec.width + _MAX_BLOCK_ROWS < 2**31

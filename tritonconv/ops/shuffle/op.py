@@ -23,7 +23,6 @@ OPERATOR = dispatch.Operator(
 )
 
 
-
 @torch.library.custom_op("tritonconv::shuffle_conv1x1", mutates_args=())
 def _shuffle_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int, shuffle_groups: int) -> Tensor:
     spec = ShuffleConvSpec.from_tensors(x, weight, bias, groups=groups, shuffle_groups=shuffle_groups)

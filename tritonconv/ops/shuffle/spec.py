@@ -24,7 +24,6 @@ def validate_hyperparameters(in_channels, out_channels, groups, shuffle_groups) 
         raise ValueError(f"shuffle_groups={shuffle_groups} must divide out_channels={out_channels}")
 
 
-
 @dataclass(frozen=True)
 class ShuffleConvSpec(ConvSpecShapes):
     """``shuffle(conv1x1(x, weight, bias, groups=groups), shuffle_groups)``; shuffle_groups=1: no shuffle."""
@@ -78,7 +77,6 @@ class ShuffleConvSpec(ConvSpecShapes):
         elements = pixels * (self.in_channels + self.out_channels)
         return Cost(macs=pixels * self.out_channels * self.group_in,
                     bytes=(elements + n_params) * self.torch_dtype.itemsize)
-
 
     def describe(self) -> str:
         return (f"{self.in_channels}->{self.out_channels} 1x1 groups{self.groups} shuffle{self.shuffle_groups} "

@@ -39,7 +39,6 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
     return out
 
 
-
 class VersatileHarness(WeightBiasHarness):
     operator = OPERATOR
     launch = launch

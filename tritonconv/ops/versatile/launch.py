@@ -73,7 +73,6 @@ def candidate_tiles(spec: VersatileSpec, kernel: str) -> list[GemmTile]:
     return list(dict.fromkeys(_fitted(tile, spec, kernel) for tile in _CANDIDATES[kernel]))
 
 
-
 def _common(spec: VersatileSpec, dtype: torch.dtype) -> dict:
     return dict(K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation,
                 DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))

@@ -23,7 +23,6 @@ OPERATOR = dispatch.Operator(
 )
 
 
-
 def _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g) -> VersatileSpec:
     return VersatileSpec.from_tensors(x, weight, bias, out_channels=out_channels, stride=stride, padding=padding,
                                       dilation=dilation, delta=delta, g=g)

@@ -49,7 +49,6 @@ def triton_unsupported(spec: "VersatileSpec") -> str | None:
     return None
 
 
-
 @dataclass(frozen=True)
 class VersatileSpec(ConvSpecShapes):
     batch: int
