@@ -33,9 +33,6 @@ from tritonconv.tiles import (
     reduction_splits,
 )
 
-# The kernels the tuner measures; "backward" runs the input and the weight kernel.
-KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
-
 # The weight layout the kernels read without a copy (HetConv2d allocates its weight in it).
 KERNEL_WEIGHT_FORMAT = torch.channels_last
 

@@ -13,8 +13,6 @@ from tritonconv.ops.shift import kernels
 from tritonconv.ops.shift.spec import ShiftSpec
 from tritonconv.tiles import MIN_DOT_TILE, GemmTile, accumulator_dtype, dot_precision, reduction_splits
 
-KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
-
 # Hopper's wgmma needs 64 rows per warp group; fewer rows lower to mma.sync (HMMA).
 WGMMA_ROWS = 64
 

@@ -13,8 +13,6 @@ from tritonconv.ops.shuffle import kernels
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
 
-KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
-
 # Hopper's wgmma needs 64 rows per warp group; fewer rows lower to mma.sync (HMMA).
 WGMMA_ROWS = 64
 

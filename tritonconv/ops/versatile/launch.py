@@ -12,8 +12,6 @@ from tritonconv.ops.versatile import kernels
 from tritonconv.ops.versatile.spec import VersatileSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, cdiv, dot_precision, reduction_splits
 
-KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
-
 # Hopper's wgmma needs 64 rows per warp group; fewer rows lower to mma.sync (HMMA).
 WGMMA_ROWS = 64
 
