@@ -37,7 +37,7 @@ def device_name_of(device: torch.device) -> str:
         return device_name(None)
     if device.type == "cuda":
         return device_name(device.index if device.index is not None else torch.cuda.current_device())
-    return device_name(None) if env.triton_interpret() else "cpu"
+    return "cpu"
 
 
 def versions() -> dict[str, str]:

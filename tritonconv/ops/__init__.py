@@ -1,2 +1,15 @@
-"""One folder per operator, each with the same roles: spec, reference, kernels, launch, op (torch
-registration and dispatch)."""
+"""One folder per operator, each with the same roles:
+
+- ``spec.py``: the frozen description of a call (shapes, validation, cost, tuning key fields) and what
+  the Triton kernels cannot take (``triton_unsupported``: those calls go to the fallback with the reason);
+- ``kernels.py``: the Triton kernels;
+- ``launch.py``: their launchers (allocation, grids, the tiles' candidates and defaults);
+- ``reference.py``: the published formulation in plain torch (the fallback and the float64 oracle);
+- ``op.py``: the torch custom ops (fake shapes, autograd) and the per-call dispatch (``OPERATOR``);
+- ``layer.py``: the nn.Module users build models from;
+- ``harness.py``: what the tuner, the perf suite and the audit drive (workloads, kernels, shape sets).
+
+Layers built on another operator's kernels keep only their own roles: ``ghost`` (the Ghost module on
+the depthwise kernels), ``linearconv`` and ``rotflip`` (a filter bank composed per call, then one dense
+conv through the HetConv operator with p=1, or cuDNN). ``registry.py`` lists every harness.
+"""
