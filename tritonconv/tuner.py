@@ -312,15 +312,14 @@ def tune(model: torch.nn.Module, example_inputs, passes=("forward", "backward"),
     rank stores the owner's entries, so all ranks return the same table and dispatch to the same winners.
     """
     cache = cache or default_cache()
-    jobs: dict[str, list] = {}
+    jobs: dict[CacheKey, list] = {}
     for call in collect_calls(model, example_inputs, passes):
-        name = str(call.operator.cache_key(call.spec, call.pass_, call.device))
-        jobs.setdefault(name, [call, []])[1].append(call.where or call.operator.name)
-    harnesses, seen, ran_here = harnesses_by_operator(), set(), set()
+        key = call.operator.cache_key(call.spec, call.pass_, call.device)
+        jobs.setdefault(key, [call, []])[1].append(call.where or call.operator.name)
+    harnesses, seen = harnesses_by_operator(), set()
 
-    def tune_call(name: str, call: dispatch.Call) -> tuple[dict, dict | None]:
+    def tune_call(call: dispatch.Call) -> tuple[dict, dict | None]:
         """One distinct call's columns of the table, and the cache entry behind them (None: nothing stored)."""
-        ran_here.add(name)
         operator, spec, pass_, device = call.operator, call.spec, call.pass_, call.device
         harness = harnesses.get(operator.name)
         unsupported = operator.triton_unsupported(spec)
@@ -337,31 +336,39 @@ def tune(model: torch.nn.Module, example_inputs, passes=("forward", "backward"),
         return {"cache": "checked (no GPU: nothing timed or stored)", "failed tiles": len(failed),
                 "failures": failed}, None
 
-    def bar(names):
-        return tqdm(names, desc="tuning tritonconv layers", unit="pass", disable=not progress)
-
-    results = distributed.share({name: functools.partial(tune_call, name, call) for name, (call, _) in jobs.items()},
-                                bar)
-    adopt(cache, {call.operator.cache_key(call.spec, call.pass_, call.device):
-                  (results[name][1], call.operator.kernels_of_pass[call.pass_])
-                  for name, (call, _) in jobs.items() if name not in ran_here and results[name][1] is not None})
+    results = share_tuning({key: functools.partial(tune_call, call) for key, (call, _) in jobs.items()}, cache,
+                           entry_of=lambda result: result[1],
+                           progress=lambda keys: tqdm(keys, desc="tuning tritonconv layers", unit="pass",
+                                                      disable=not progress))
     rows = []
-    for name, (call, where) in jobs.items():
+    for key, (call, where) in jobs.items():
         modules = dict.fromkeys(module for names in where for module in names.split(", "))
         rows.append({"module": ", ".join(modules), "operator": call.operator.name, "spec": call.spec.describe(),
                      "pass": call.pass_, "winner": None, "tiles": "-", "triton ms": None, "fallback ms": None,
-                     "speedup": None, "cache": None, "failed tiles": 0, **results[name][0]})
+                     "speedup": None, "cache": None, "failed tiles": 0, **results[key][0]})
     return pd.DataFrame(rows)
 
 
-def adopt(cache: TuningCache, entries: dict) -> None:
-    """Store what other ranks tuned ({CacheKey: (entry, kernels of its pass)}: the owner's entry is
-    authoritative) wherever this rank's cache answers differently; a cache that cannot be written warns."""
-    differing = {key: entry for key, (entry, kernels) in entries.items() if cache.lookup(key, kernels) != entry}
-    if not differing:
-        return
-    try:
-        cache.store_all(differing)
-    except CacheWriteError as error:
-        warnings.warn(f"{error}; the winners other ranks tuned are not saved here (this rank's calls of those "
-                      "shapes run as its cache says)", RuntimeWarning, stacklevel=3)
+def share_tuning(work: dict, cache: TuningCache, entry_of: Callable = lambda result: result.entry,
+                 progress: Callable = iter) -> dict:
+    """Run ``work`` ({CacheKey: thunk}) split across the ranks (``distributed.share``; without a process
+    group, all of it here) and return every result by key; then store in ``cache`` the entries
+    (``entry_of(result)``, None for none) that other ranks' results carry and this rank's cache answers
+    differently: the owner's result is authoritative, so every rank ends with the same winners."""
+    ran_here = set()
+
+    def run(key, thunk):
+        ran_here.add(key)
+        return thunk()
+    shared = distributed.share({str(key): functools.partial(run, key, thunk) for key, thunk in work.items()},
+                               progress)
+    results = {key: shared[str(key)] for key in work}
+    others = {key: entry_of(result) for key, result in results.items() if key not in ran_here}
+    differing = {key: entry for key, entry in others.items() if entry is not None and cache.lookup(key) != entry}
+    if differing:
+        try:
+            cache.store_all(differing)
+        except CacheWriteError as error:
+            warnings.warn(f"{error}; the winners other ranks tuned are not saved here (this rank's calls of those "
+                          "shapes run as its cache says)", RuntimeWarning, stacklevel=2)
+    return results
