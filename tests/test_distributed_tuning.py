@@ -11,9 +11,11 @@ and name (no GPU is touched), as in test_first_call_tuning.py.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,8 +74,6 @@ class SleepingClock:
 
 def _tune_on_rank(rank: int, world: int, port: int, folder: str, results) -> None:
     _join(rank, world, port)
-    from pathlib import Path
-
     from tritonconv import dispatch, distributed, tuner
     from tritonconv.tuning_cache import TuningCache
     try:
@@ -178,10 +178,32 @@ def test_the_ranks_split_the_measurements_and_agree(tmp_path, world):
     assert all("rank 1: RuntimeError: out of memory" in rank["failure"] for rank in ranks)
 
 
+def _cli_then_first_call_on_rank(rank: int, ports: tuple, folder: str, results) -> None:
+    """``python -m autotune`` as torchrun starts it (the process group from the environment), then
+    first-call tuning in a group of this test's own."""
+    os.environ.update(TRITON_INTERPRET="1", WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]))
+    import contextlib
+    import io
+
+    from autotune import cli
+    checked, validate_candidates = [], cli.validate_candidates
+
+    def recording(harness, spec, pass_, *args, **options):
+        checked.append(spec.describe())
+        return validate_candidates(harness, spec, pass_, *args, **options)
+    cli.validate_candidates = recording
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = cli.main(["--layer", "hetconv", "--shapes", str(Path(folder) / "shapes.json"), "--dtype", "fp32",
+                           "--batch", "1", "--pass", "fwd", "--max-tiles", "1"])
+    results[f"cli {rank}"] = {"status": status, "checked": checked, "printed": printed.getvalue(),
+                              "group left": not dist.is_initialized()}
+    _first_call_on_rank(rank, ports[1], folder, results)
+
+
 def _first_call_on_rank(rank: int, port: int, folder: str, results) -> None:
     _join(rank, 2, port)
-    from pathlib import Path
-
     import tritonconv
     from tritonconv import dispatch, tuner
     from tritonconv.ops.hetconv import OPERATOR, HetConvSpec
@@ -224,11 +246,31 @@ def _first_call_on_rank(rank: int, port: int, folder: str, results) -> None:
         dist.destroy_process_group()
 
 
-def test_first_call_one_rank_tunes_the_other_runs_the_fallback_until_it_arrives(tmp_path):
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """What each of two ranks saw running the command line, then first-call tuning (one spawn for both)."""
+    folder = tmp_path_factory.mktemp("two-ranks")
+    (folder / "shapes.json").write_text(json.dumps(
+        [{"in_channels": 8, "out_channels": 8 * (i + 1), "height": 6, "width": 6, "name": f"conv{i}"}
+         for i in range(4)]))
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_first_call_on_rank, args=(_free_port(), str(tmp_path), results), nprocs=2, join=True)
-        tuner, waiter = results[0], results[1]
+        mp.spawn(_cli_then_first_call_on_rank, args=((_free_port(), _free_port()), str(folder), results), nprocs=2,
+                 join=True)
+        return dict(results)
+
+
+def test_under_torchrun_the_cli_splits_the_shapes_and_rank_0_prints(two_ranks):
+    ranks = [two_ranks["cli 0"], two_ranks["cli 1"]]
+    assert all(rank["status"] == 0 and rank["group left"] for rank in ranks)
+    checked = ranks[0]["checked"] + ranks[1]["checked"]
+    assert len(checked) == len(set(checked)) == 4 and len(ranks[0]["checked"]) == 2
+    assert "all candidate tiles match the reference" in ranks[0]["printed"] and ranks[1]["printed"] == ""
+    assert all(f"conv{i}" in ranks[0]["printed"] for i in range(4))
+
+
+def test_first_call_one_rank_tunes_the_other_runs_the_fallback_until_it_arrives(two_ranks):
+    tuner, waiter = two_ranks[0], two_ranks[1]
     assert tuner["tuned"] == ["forward"] and waiter["tuned"] == []  # measured once, by the claimant
     backend, _, reason = waiter["decisions"][0]
     assert backend == "fallback" and "another rank is tuning it" in reason
