@@ -266,11 +266,13 @@ def _first_call(operator, spec, pass_, device, forced, can_run, cache, decision:
     if _capturing():
         return replace(decision, reason=f"{decision.reason}; first-call tuning is not done during CUDA graph "
                                         "capture")
+    cache_key = operator.cache_key(spec, pass_, device)
+    key, kernels = str(cache_key), operator.kernels_of_pass[pass_]
+    if _explaining.get() and key in _peer_tuning:
+        return _waiting(decision)
     if _explaining.get():
         return replace(decision, reason=f"{decision.reason}; first-call tuning (set_tuning / TRITONCONV_TUNING) "
                                         "will measure it when it first runs")
-    cache_key = operator.cache_key(spec, pass_, device)
-    key, kernels = str(cache_key), operator.kernels_of_pass[pass_]
     with _first_call_lock:
         if key in _first_call_tried:
             return decision
@@ -292,6 +294,11 @@ def _first_call(operator, spec, pass_, device, forced, can_run, cache, decision:
     return replace(tuned, reason=f"{tuned.reason} (tuned at its first call)")
 
 
+def _waiting(decision: Decision) -> Decision:
+    return Decision("fallback", f"{decision.reason}; another rank is tuning it at its first call: the fallback "
+                                "runs until its winner arrives")
+
+
 def _from_peer(operator, spec, pass_, device, forced, can_run, cache, decision: Decision) -> Decision:
     """A shape another rank claimed: the fallback until its entry is published, then that entry
     (stored here too, so this rank's cache agrees). The caller holds ``_first_call_lock``."""
@@ -299,8 +306,7 @@ def _from_peer(operator, spec, pass_, device, forced, can_run, cache, decision: 
     key = str(cache_key)
     news = distributed.arrived(key)
     if news is None:
-        return Decision("fallback", f"{decision.reason}; another rank is tuning it at its first call: the fallback "
-                                    "runs until its winner arrives")
+        return _waiting(decision)
     _peer_tuning.discard(key)
     _first_call_tried.add(key)
     if news["entry"] is None:
