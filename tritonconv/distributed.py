@@ -1,8 +1,9 @@
 """Tuning under torch.distributed: every rank agrees on the winners, and no shape is measured twice.
 
 Everything here is a no-op unless a default process group is initialised with more than one rank;
-torch.distributed is imported only then (any backend: the object collectives and the store work over
-gloo, NCCL and MPI alike).
+torch.distributed is imported only when asked (any backend: the object collectives and the store work
+over gloo, NCCL and MPI alike; with NCCL each rank's CUDA device must be set, as its object collectives
+need).
 
 ``tune()`` and ``python -m autotune`` (``share``): the ranks gather the names of their work items (a
 cache key each, and the key names the GPU, so only ranks with the same GPU kind share an item); each
