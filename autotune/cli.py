@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import importlib
 import inspect
 import json
@@ -12,9 +14,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from tritonconv import env, hardware, zoo
+from tritonconv import distributed, env, hardware, zoo
 from tritonconv.ops.registry import HARNESSES
-from tritonconv.tuner import export_cache, import_cache, tune_pass, validate_candidates
+from tritonconv.tuner import export_cache, import_cache, share_tuning, tune_pass, validate_candidates
 from tritonconv.tuner import tune as model_tune
 from tritonconv.tuning_cache import CacheImportError, CacheWriteError, TuningCache
 
@@ -33,6 +35,9 @@ bucket. Cache: $TRITONCONV_CACHE_DIR/tuning.json (default ~/.cache/tritonconv/tu
 Without a GPU nothing is timed and the cache is not written: every candidate tile is checked against
 the reference under Triton's interpreter on a shrunk copy of each shape, and the FLOP/parameter table
 is printed.
+
+Under torchrun (WORLD_SIZE > 1) the ranks split the shapes: each is measured by one rank of its GPU
+kind (each rank on the GPU LOCAL_RANK), every rank stores every winner, and rank 0 prints the table.
 """
 
 EPILOG = """\
@@ -42,6 +47,7 @@ examples:
   python -m autotune --layer hetconv --shapes my_shapes.json
   python -m autotune --model torchvision.models:mobilenet_v2 --input-shape 64,3,224,224   # a converted one
   python -m autotune --export tuned.json      # ship it; on the other machine: --import tuned.json
+  torchrun --nproc-per-node 8 -m autotune --layer hetconv --shapes resnet50   # 8 GPUs share the work
       my_shapes.json: [{"in_channels": 64, "out_channels": 128, "height": 56, "width": 56,
                         "kernel_size": 3, "stride": 1, "name": "block1"}, ...]
 """
@@ -120,17 +126,44 @@ def resolve_specs(harness, args) -> list:
     return specs
 
 
+def _say(text: str) -> None:
+    """Print on rank 0 only: under torchrun every rank holds the same table."""
+    if distributed.rank() == 0:
+        print(text)
+
+
+@contextlib.contextmanager
+def _ranks():
+    """Under torchrun (WORLD_SIZE > 1) without a process group yet: join one for the duration, each
+    rank on the GPU LOCAL_RANK. Gloo, whatever the GPUs: the tuner only exchanges a few small tables."""
+    import torch.distributed as dist
+    if env.launched_world_size() <= 1 or not dist.is_available() or dist.is_initialized():
+        yield
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(env.local_rank())
+    dist.init_process_group("gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 def _params(spec) -> int | None:
     return spec.parameter_count() if hasattr(spec, "parameter_count") else None
 
 
 def tune(harness, specs, args, device) -> pd.DataFrame:
     cache = TuningCache(args.cache) if args.cache else TuningCache()
-    rows, not_saved = [], None
     jobs = [(label, count, spec, pass_) for label, count, spec in specs for pass_ in PASSES[args.passes]]
+    keys = [harness.operator.cache_key(spec, pass_, device) for _, _, spec, pass_ in jobs]
+    work = {key: functools.partial(tune_pass, harness, spec, pass_, device, cache, force=args.force,
+                                   max_tiles=args.max_tiles) for key, (_, _, spec, pass_) in zip(keys, jobs)}
     description = f"tuning {args.layer} on {hardware.device_name_of(device)}"
-    for label, count, spec, pass_ in tqdm(jobs, desc=description, unit="pass"):
-        result = tune_pass(harness, spec, pass_, device, cache, force=args.force, max_tiles=args.max_tiles)
+    results = share_tuning(work, cache, progress=functools.partial(tqdm, desc=description, unit="pass"))
+    rows, not_saved = [], None
+    for key, (label, count, spec, pass_) in zip(keys, jobs):
+        result = results[key]
         best = "+".join(f"{tile['block_rows']}x{tile['block_cols']}x{tile['block_reduce']}w{tile['num_warps']}"
                         f"s{tile['num_stages']}" for tile in result.tiles.values()) or "-"
         rows.append({"shape": f"{label}: {spec.describe()}", "pass": pass_, "GFLOPs": spec.cost().flops / 1e9,
@@ -139,18 +172,22 @@ def tune(harness, specs, args, device) -> pd.DataFrame:
                      "cache": "hit" if result.cache_hit else "not saved" if result.not_saved else "new",
                      "failed tiles": len(result.failed)})
         not_saved = not_saved or result.not_saved
-    print(f"cache: {cache.path}" + (f" (NOT SAVED: {not_saved})" if not_saved else ""))
+    _say(f"cache: {cache.path}" + (f" (NOT SAVED: {not_saved})" if not_saved else ""))
     return pd.DataFrame(rows)
 
 
 def validate(harness, specs, args, device) -> tuple[pd.DataFrame, dict]:
-    print("No CUDA GPU: nothing is timed and the tuning cache is not written. Checking every candidate tile "
+    _say("No CUDA GPU: nothing is timed and the tuning cache is not written. Checking every candidate tile "
           "against the float64 reference under Triton's interpreter, on a shrunk copy of each shape.")
     rows, failures, seen = [], {}, set()
     jobs = [(label, count, spec, pass_) for label, count, spec in specs for pass_ in PASSES[args.passes]]
-    for label, count, spec, pass_ in tqdm(jobs, desc="checking candidates", unit="pass"):
-        failed = validate_candidates(harness, spec, pass_, device, max_tiles=args.max_tiles, seen=seen)
-        failures.update({f"{label} {pass_} {name}": why for name, why in failed.items()})
+    keys = [harness.operator.cache_key(spec, pass_, device) for _, _, spec, pass_ in jobs]
+    work = {key: functools.partial(validate_candidates, harness, spec, pass_, device, max_tiles=args.max_tiles,
+                                   seen=seen) for key, (_, _, spec, pass_) in zip(keys, jobs)}
+    checked = distributed.share({str(key): thunk for key, thunk in work.items()},
+                                progress=functools.partial(tqdm, desc="checking candidates", unit="pass"))
+    for key, (label, count, spec, pass_) in zip(keys, jobs):
+        failures.update({f"{label} {pass_} {name}": why for name, why in checked[str(key)].items()})
     for label, count, spec in specs:
         cost, dense = spec.cost(), (spec.dense_cost() if hasattr(spec, "dense_cost") else None)
         rows.append({"shape": f"{label}: {spec.describe()}", "count": count, "GFLOPs": cost.flops / 1e9,
@@ -194,23 +231,23 @@ def tune_a_model(args) -> int:
     if args.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     if not on_gpu:
-        print("No CUDA GPU: nothing is timed and the tuning cache is not written. Checking every candidate tile "
+        _say("No CUDA GPU: nothing is timed and the tuning cache is not written. Checking every candidate tile "
               "against the float64 reference under Triton's interpreter, on a shrunk copy of each shape.")
     table = model_tune(model, x, PASSES[args.passes], args.force, max_tiles=args.max_tiles,
                        cache=TuningCache(args.cache) if args.cache else None)
     if table.empty:
-        print(f"--model {args.model}: it made no tritonconv layer call on an input of shape {shape}")
+        _say(f"--model {args.model}: it made no tritonconv layer call on an input of shape {shape}")
         return 1
     failures = {f"{row.module} {row._asdict()['pass']} {name}": why for row in table.itertuples()
                 for name, why in (getattr(row, "failures", None) or {}).items()}
-    print(table.drop(columns=["failures"], errors="ignore").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    _say(table.drop(columns=["failures"], errors="ignore").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if failures:
-        print(f"\n{len(failures)} candidate tiles FAILED:")
+        _say(f"\n{len(failures)} candidate tiles FAILED:")
         for name, why in failures.items():
-            print(f"  {name}: {why}")
+            _say(f"  {name}: {why}")
         return 1
     if not on_gpu:
-        print("\nall candidate tiles match the reference")
+        _say("\nall candidate tiles match the reference")
     return 0
 
 
@@ -234,10 +271,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.export or args.import_:
         return ship(args)
-    if args.model:
-        return tune_a_model(args)
-    if not args.layer or not args.shapes:
+    if not args.model and (not args.layer or not args.shapes):
         parser.error("--layer and --shapes are required (or --model, or --export / --import FILE)")
+    with _ranks():
+        return tune_a_model(args) if args.model else tune_shapes(args)
+
+
+def tune_shapes(args) -> int:
+    """--layer/--shapes: time every shape on a GPU, or check every candidate without one."""
     if args.batch < 1:
         raise SystemExit(f"--batch {args.batch}: expected a positive batch size")
     if args.p < 1:
@@ -248,14 +289,14 @@ def main(argv=None) -> int:
     pd.set_option("display.max_columns", 20)
     if torch.cuda.is_available() and not env.triton_interpret():
         table = tune(harness, specs, args, torch.device("cuda"))
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        _say(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         return 0
     table, failures = validate(harness, specs, args, torch.device("cpu"))
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    _say(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if failures:
-        print(f"\n{len(failures)} candidate tiles FAILED:")
+        _say(f"\n{len(failures)} candidate tiles FAILED:")
         for name, why in failures.items():
-            print(f"  {name}: {why}")
+            _say(f"  {name}: {why}")
         return 1
-    print("\nall candidate tiles match the reference")
+    _say("\nall candidate tiles match the reference")
     return 0

@@ -34,6 +34,7 @@ def explain(layer, x, pass_: str = "forward") -> Decision:
 def tune(model, example_inputs, passes=("forward", "backward"), force: bool = False, **options):
     """Tune every tritonconv layer call ``model`` makes on ``example_inputs`` into the tuning cache and
     return a pandas DataFrame of the winners (see ``tritonconv.tuner.tune``; options: ``cache``,
-    ``max_tiles``, ``timer``, ``progress``)."""
+    ``max_tiles``, ``timer``, ``progress``). Under torch.distributed every rank calls it: the ranks split
+    the calls and all end with the same winners (``tritonconv.distributed``)."""
     from tritonconv.tuner import tune as tune_calls  # pandas and the registry, loaded when first used
     return tune_calls(model, example_inputs, passes, force, **options)

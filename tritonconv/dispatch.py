@@ -21,9 +21,9 @@ from typing import Callable
 import torch
 import triton
 
-from tritonconv import env, hardware, kernel_helpers, tiles
+from tritonconv import distributed, env, hardware, kernel_helpers, tiles
 from tritonconv.tiles import GemmTile
-from tritonconv.tuning_cache import CacheKey, TuningCache, default_cache, source_hash
+from tritonconv.tuning_cache import CacheKey, CacheWriteError, TuningCache, default_cache, source_hash
 
 PASSES = ("forward", "backward")
 
@@ -201,13 +201,18 @@ def decide(operator: Operator, spec, pass_: str, device: torch.device, *, forced
 # ---- first-call tuning: opt-in, never while torch.compile traces or a CUDA graph is captured ------------
 _tuning_override: str | None = None
 _first_call_tried: set = set()  # cache keys tuned (or failed to) in this process: each is tried once
+_peer_tuning: set = set()  # cache keys another rank claimed (distributed.claim) and has not published yet
 _first_call_lock = threading.Lock()
 _explaining: contextvars.ContextVar[bool] = contextvars.ContextVar("tritonconv_explaining", default=False)
 
 
 def set_tuning(mode: str | None) -> None:
     """``"first-call"``: a CUDA call whose shape the cache has no entry for is tuned (``tune_pass``, the
-    winner stored) before it runs; ``"off"``: never; None: back to TRITONCONV_TUNING (default off)."""
+    winner stored) before it runs; ``"off"``: never; None: back to TRITONCONV_TUNING (default off).
+
+    Under torch.distributed the first rank to reach a shape tunes it and publishes the winner through
+    the process group's store; the other ranks run the fallback until it arrives, then the same tiles
+    (``tritonconv.distributed``: no collective, so ranks may call their layers in any order)."""
     global _tuning_override
     if mode is not None and mode not in env.TUNING_CHOICES:
         raise ValueError(f"tuning mode {mode!r}; expected one of {env.TUNING_CHOICES} or None")
@@ -261,22 +266,62 @@ def _first_call(operator, spec, pass_, device, forced, can_run, cache, decision:
     if _capturing():
         return replace(decision, reason=f"{decision.reason}; first-call tuning is not done during CUDA graph "
                                         "capture")
+    cache_key = operator.cache_key(spec, pass_, device)
+    key, kernels = str(cache_key), operator.kernels_of_pass[pass_]
+    if _explaining.get() and key in _peer_tuning:
+        return _waiting(decision)
     if _explaining.get():
         return replace(decision, reason=f"{decision.reason}; first-call tuning (set_tuning / TRITONCONV_TUNING) "
                                         "will measure it when it first runs")
-    key = str(operator.cache_key(spec, pass_, device))
     with _first_call_lock:
         if key in _first_call_tried:
             return decision
+        if key not in _peer_tuning and not distributed.claim(key):
+            _peer_tuning.add(key)
+        if key in _peer_tuning:
+            return _from_peer(operator, spec, pass_, device, forced, can_run, cache, decision)
         _first_call_tried.add(key)
         try:
             _tune_first_call(operator, spec, pass_, device, cache)
         except Exception as error:  # a failed measurement must not fail the user's call
+            distributed.publish(key, None, str(error))
             warnings.warn(f"first-call tuning of {operator.name} {pass_} ({spec.describe()}) failed: {error}; "
                           "running untuned", RuntimeWarning, stacklevel=4)
             return replace(decision, reason=f"{decision.reason}; first-call tuning failed: {error}")
+        entry = cache.lookup(cache_key, kernels)
+        distributed.publish(key, entry, None if entry else "its winner could not be saved")
     tuned = _decide(operator, spec, pass_, device, forced, can_run, cache, cache.generation())
     return replace(tuned, reason=f"{tuned.reason} (tuned at its first call)")
+
+
+def _waiting(decision: Decision) -> Decision:
+    return Decision("fallback", f"{decision.reason}; another rank is tuning it at its first call: the fallback "
+                                "runs until its winner arrives")
+
+
+def _from_peer(operator, spec, pass_, device, forced, can_run, cache, decision: Decision) -> Decision:
+    """A shape another rank claimed: the fallback until its entry is published, then that entry
+    (stored here too, so this rank's cache agrees). The caller holds ``_first_call_lock``."""
+    cache_key = operator.cache_key(spec, pass_, device)
+    key = str(cache_key)
+    news = distributed.arrived(key)
+    if news is None:
+        return _waiting(decision)
+    _peer_tuning.discard(key)
+    _first_call_tried.add(key)
+    if news["entry"] is None:
+        return replace(decision, reason=f"{decision.reason}; first-call tuning on rank {news['rank']} failed: "
+                                        f"{news['failure']}")
+    if cache.lookup(cache_key, operator.kernels_of_pass[pass_]) != news["entry"]:
+        try:
+            cache.store(cache_key, news["entry"])
+        except CacheWriteError as error:
+            warnings.warn(f"{error}; the winner rank {news['rank']} tuned for {operator.name} {pass_} "
+                          f"({spec.describe()}) is not saved here: running untuned", RuntimeWarning, stacklevel=5)
+            return replace(decision, reason=f"{decision.reason}; the winner rank {news['rank']} tuned could not be "
+                                            f"saved here: {error}")
+    tuned = _decide(operator, spec, pass_, device, forced, can_run, cache, cache.generation())
+    return replace(tuned, reason=f"{tuned.reason} (tuned at its first call by rank {news['rank']})")
 
 
 @functools.lru_cache(maxsize=4096)

@@ -7,6 +7,7 @@
 | TRITONCONV_CACHE_DIR | the folder of ``tuning.json`` | ``$XDG_CACHE_HOME/tritonconv`` or ``~/.cache/tritonconv`` |
 | TRITON_INTERPRET | Triton's own switch: ``1`` runs kernels on the CPU through its interpreter | unset |
 | TRITONCONV_COMMIT | the commit perf records where there is no ``.git`` (a GPU machine's copy) | ``git rev-parse`` |
+| WORLD_SIZE, LOCAL_RANK | set by torchrun: ``python -m autotune`` joins the ranks and shares the work | unset |
 """
 
 from __future__ import annotations
@@ -61,3 +62,13 @@ def triton_interpret() -> bool:
 def commit_override() -> str | None:
     """The commit TRITONCONV_COMMIT names, if set (results are recorded under it instead of git's)."""
     return os.environ.get("TRITONCONV_COMMIT", "").strip() or None
+
+
+def launched_world_size() -> int:
+    """How many processes torchrun started (WORLD_SIZE; 1 when not under a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def local_rank() -> int:
+    """This process's GPU on its node under torchrun (LOCAL_RANK; 0 when not under a launcher)."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0)

@@ -9,6 +9,7 @@ re-tuning the same shape on the same GPU then picks the same winner although the
 from __future__ import annotations
 
 import datetime
+import functools
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Callable, NamedTuple
@@ -17,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from tritonconv import dispatch, env, hardware
+from tritonconv import dispatch, distributed, env, hardware
 from tritonconv.dispatch import PASSES
 from tritonconv.harness import Harness, max_relative_error, tolerance
 from tritonconv.tiles import GemmTile
@@ -36,6 +37,7 @@ class PassResult:
     cache_hit: bool
     failed: dict = field(default_factory=dict)  # "kernel:tile" -> why it was skipped
     not_saved: str | None = None  # why a new measurement could not be written to the cache
+    entry: dict | None = field(default=None, repr=False)  # what the cache holds (or would) for it
 
     @property
     def speedup(self) -> float | None:
@@ -131,7 +133,7 @@ def tune_pass(harness: Harness, spec, pass_: str, device: torch.device, cache: T
     if entry is not None:
         timings = entry.get("timings_ms", {})
         return PassResult(pass_, entry["winner"], entry.get("tiles", {}), timings.get("triton"),
-                          timings.get("fallback"), cache_hit=True, failed=entry.get("failed", {}))
+                          timings.get("fallback"), cache_hit=True, failed=entry.get("failed", {}), entry=entry)
 
     timer = timer or time_ms
     work = harness.make_workload(spec, device)
@@ -162,20 +164,21 @@ def tune_pass(harness: Harness, spec, pass_: str, device: torch.device, cache: T
     winner = pick_winner(triton_ms, fallback_ms)
     tiles = {kernel: tile.to_dict() for kernel, (tile, _) in best.items()}
     not_saved = None
+    entry = {
+        "winner": winner, "tiles": tiles, "failed": failed,
+        "timings_ms": {"triton": triton_ms, "fallback": fallback_ms, "candidates": candidates_ms,
+                       "spread": spread_ms, "noise_band": NOISE_BAND},
+        "device": hardware.device_name_of(device), **hardware.versions(),
+        "spec": spec.describe(),
+        "tuned_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
     try:
-        cache.store(key, {
-            "winner": winner, "tiles": tiles, "failed": failed,
-            "timings_ms": {"triton": triton_ms, "fallback": fallback_ms, "candidates": candidates_ms,
-                           "spread": spread_ms, "noise_band": NOISE_BAND},
-            "device": hardware.device_name_of(device), **hardware.versions(),
-            "spec": spec.describe(),
-            "tuned_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        })
+        cache.store(key, entry)
     except CacheWriteError as error:
         not_saved = str(error)
         warnings.warn(f"{error}; tuning results are not saved", RuntimeWarning, stacklevel=2)
     return PassResult(pass_, winner, tiles, triton_ms, fallback_ms, cache_hit=False, failed=failed,
-                      not_saved=not_saved)
+                      not_saved=not_saved, entry=entry)
 
 
 def validate_candidates(harness: Harness, spec, pass_: str, device: torch.device, *, max_tiles: int | None = None,
@@ -302,32 +305,69 @@ def tune(model: torch.nn.Module, example_inputs, passes=("forward", "backward"),
     a shrunk copy of the shape, as ``python -m autotune`` does. Returns one row per distinct call: module
     paths, operator, spec, pass, winner, tiles, triton/fallback ms, speedup, cache (hit / new / not
     saved / checked) and failed tiles.
+
+    Under torch.distributed every rank must call it (``distributed.share``): the distinct calls are
+    split across the ranks with the same GPU kind, each measured (or checked) by one rank, and every
+    rank stores the owner's entries, so all ranks return the same table and dispatch to the same winners.
     """
     cache = cache or default_cache()
-    jobs: dict[str, list] = {}
+    jobs: dict[CacheKey, list] = {}
     for call in collect_calls(model, example_inputs, passes):
-        name = str(call.operator.cache_key(call.spec, call.pass_, call.device))
-        jobs.setdefault(name, [call, []])[1].append(call.where or call.operator.name)
-    harnesses, seen, rows = harnesses_by_operator(), set(), []
-    for call, where in tqdm(jobs.values(), desc="tuning tritonconv layers", unit="pass", disable=not progress):
+        key = call.operator.cache_key(call.spec, call.pass_, call.device)
+        jobs.setdefault(key, [call, []])[1].append(call.where or call.operator.name)
+    harnesses, seen = harnesses_by_operator(), set()
+
+    def tune_call(call: dispatch.Call) -> tuple[dict, dict | None]:
+        """One distinct call's columns of the table, and the cache entry behind them (None: nothing stored)."""
         operator, spec, pass_, device = call.operator, call.spec, call.pass_, call.device
-        modules = dict.fromkeys(name for names in where for name in names.split(", "))
-        row = {"module": ", ".join(modules), "operator": operator.name, "spec": spec.describe(),
-               "pass": pass_, "winner": None, "tiles": "-", "triton ms": None, "fallback ms": None,
-               "speedup": None, "cache": None, "failed tiles": 0}
         harness = harnesses.get(operator.name)
         unsupported = operator.triton_unsupported(spec)
         if harness is None or unsupported:
-            row.update(winner="fallback", cache=f"not tuned: {unsupported or 'no tuning harness for ' + operator.name}")
-        elif timer is not None or (device.type == "cuda" and not env.triton_interpret()):
+            return {"winner": "fallback",
+                    "cache": f"not tuned: {unsupported or 'no tuning harness for ' + operator.name}"}, None
+        if timer is not None or (device.type == "cuda" and not env.triton_interpret()):
             result = tune_pass(harness, spec, pass_, device, cache, force=force, max_tiles=max_tiles, timer=timer)
-            row.update(winner=result.winner, tiles=_tiles_label(result.tiles), speedup=result.speedup,
-                       **{"triton ms": result.triton_ms, "fallback ms": result.fallback_ms,
-                          "cache": "hit" if result.cache_hit else "not saved" if result.not_saved else "new",
-                          "failed tiles": len(result.failed)})
-        else:
-            failed = validate_candidates(harness, spec, pass_, torch.device("cpu"), max_tiles=max_tiles, seen=seen)
-            row.update(cache="checked (no GPU: nothing timed or stored)", **{"failed tiles": len(failed)})
-            row["failures"] = failed
-        rows.append(row)
+            return {"winner": result.winner, "tiles": _tiles_label(result.tiles), "speedup": result.speedup,
+                    "triton ms": result.triton_ms, "fallback ms": result.fallback_ms,
+                    "cache": "hit" if result.cache_hit else "not saved" if result.not_saved else "new",
+                    "failed tiles": len(result.failed)}, result.entry
+        failed = validate_candidates(harness, spec, pass_, torch.device("cpu"), max_tiles=max_tiles, seen=seen)
+        return {"cache": "checked (no GPU: nothing timed or stored)", "failed tiles": len(failed),
+                "failures": failed}, None
+
+    results = share_tuning({key: functools.partial(tune_call, call) for key, (call, _) in jobs.items()}, cache,
+                           entry_of=lambda result: result[1],
+                           progress=lambda keys: tqdm(keys, desc="tuning tritonconv layers", unit="pass",
+                                                      disable=not progress))
+    rows = []
+    for key, (call, where) in jobs.items():
+        modules = dict.fromkeys(module for names in where for module in names.split(", "))
+        rows.append({"module": ", ".join(modules), "operator": call.operator.name, "spec": call.spec.describe(),
+                     "pass": call.pass_, "winner": None, "tiles": "-", "triton ms": None, "fallback ms": None,
+                     "speedup": None, "cache": None, "failed tiles": 0, **results[key][0]})
     return pd.DataFrame(rows)
+
+
+def share_tuning(work: dict, cache: TuningCache, entry_of: Callable = lambda result: result.entry,
+                 progress: Callable = iter) -> dict:
+    """Run ``work`` ({CacheKey: thunk}) split across the ranks (``distributed.share``; without a process
+    group, all of it here) and return every result by key; then store in ``cache`` the entries
+    (``entry_of(result)``, None for none) that other ranks' results carry and this rank's cache answers
+    differently: the owner's result is authoritative, so every rank ends with the same winners."""
+    ran_here = set()
+
+    def run(key, thunk):
+        ran_here.add(key)
+        return thunk()
+    shared = distributed.share({str(key): functools.partial(run, key, thunk) for key, thunk in work.items()},
+                               progress)
+    results = {key: shared[str(key)] for key in work}
+    others = {key: entry_of(result) for key, result in results.items() if key not in ran_here}
+    differing = {key: entry for key, entry in others.items() if entry is not None and cache.lookup(key) != entry}
+    if differing:
+        try:
+            cache.store_all(differing)
+        except CacheWriteError as error:
+            warnings.warn(f"{error}; the winners other ranks tuned are not saved here (this rank's calls of those "
+                          "shapes run as its cache says)", RuntimeWarning, stacklevel=2)
+    return results

@@ -168,10 +168,15 @@ class TuningCache:
 
         Raises CacheWriteError, with the file left as it was, when the cache cannot be written.
         """
-        problem = entry_problem(entry, None)
-        if problem:
-            raise ValueError(f"not a tuning cache entry: {problem}")
-        self._write({key: entry})
+        self.store_all({key: entry})
+
+    def store_all(self, entries: dict) -> None:
+        """``store`` for many {CacheKey: entry} at once: one locked read-merge-write of the file."""
+        for key, entry in entries.items():
+            problem = entry_problem(entry, None)
+            if problem:
+                raise ValueError(f"not a tuning cache entry for {key}: {problem}")
+        self._write(dict(entries))
 
     def export(self, path: Path | str) -> int:
         """Write every well-formed entry to ``path`` (a cache file another machine can import);
