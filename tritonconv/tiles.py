@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Callable
 
 import torch
 import triton
@@ -59,6 +60,49 @@ class GemmTile:
             return min(block, max(MIN_DOT_TILE, next_power_of_2(max(extent, 1))))
         return GemmTile(fit(self.block_rows, rows), fit(self.block_cols, cols), fit(self.block_reduce, reduce),
                         self.num_warps, self.num_stages, self.splits)
+
+
+@dataclass(frozen=True)
+class KernelTiles:
+    """One kernel's tile table: its default tile, the tuner's candidates, the names the kernel gives the
+    tile's blocks (rows, cols, reduce; None where the launcher derives that block itself) and the fewest
+    rows it takes (a weight-gradient kernel keeps 64 filter rows: fewer would leave wgmma for mma.sync)."""
+
+    default: GemmTile
+    candidates: tuple[GemmTile, ...]
+    blocks: tuple[str | None, str | None, str | None]
+    min_rows: int = MIN_DOT_TILE
+
+    def launch_args(self, tile: GemmTile) -> dict:
+        """The tile as the kernel's keyword arguments: its named blocks, num_warps and num_stages."""
+        named = zip(self.blocks, (tile.block_rows, tile.block_cols, tile.block_reduce))
+        return {**{name: value for name, value in named if name}, "num_warps": tile.num_warps,
+                "num_stages": tile.num_stages}
+
+
+class TileTable:
+    """An operator's tiles: per kernel its ``KernelTiles``, and ``extent(spec, kernel)``, the (rows, cols,
+    reduce) of the kernel's GEMM on a shape, which every tile is fitted to (no block larger than the
+    problem). Declared in each operator's launch.py, whose source the tuning cache's key hashes."""
+
+    def __init__(self, kernels: dict[str, KernelTiles], extent: Callable[[object, str], tuple[int, int, int]]):
+        self.kernels = kernels
+        self.extent = extent
+
+    def __getitem__(self, kernel: str) -> KernelTiles:
+        return self.kernels[kernel]
+
+    def fitted(self, tile: GemmTile, spec, kernel: str) -> GemmTile:
+        fitted = tile.fitted(*self.extent(spec, kernel))
+        rows = self.kernels[kernel].min_rows
+        return fitted if fitted.block_rows >= rows else replace(fitted, block_rows=rows)
+
+    def default_tile(self, spec, kernel: str) -> GemmTile:
+        return self.fitted(self.kernels[kernel].default, spec, kernel)
+
+    def candidate_tiles(self, spec, kernel: str) -> list[GemmTile]:
+        """The distinct candidates fitted to this shape (fitting can make several equal)."""
+        return list(dict.fromkeys(self.fitted(tile, spec, kernel) for tile in self.kernels[kernel].candidates))
 
 
 def tile_dict_problem(data) -> str | None:

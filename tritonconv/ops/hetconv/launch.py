@@ -26,6 +26,8 @@ from tritonconv.ops.hetconv.spec import HetConvSpec
 from tritonconv.tiles import (
     MIN_DOT_TILE,
     GemmTile,
+    KernelTiles,
+    TileTable,
     accumulator_dtype,
     cdiv,
     dot_precision,
@@ -40,30 +42,6 @@ KERNEL_WEIGHT_FORMAT = torch.channels_last
 WGMMA_ROWS = 64
 INT32_LIMIT = 2**31
 REDUCE_BLOCK = 1024  # elements per program of the weight-gradient reduction
-
-_CANDIDATES = {
-    # rows = output pixels (a [batch, rows, columns] tile), cols = filters of one group,
-    # reduce = channels of one group. Every candidate compiles for sm_90 within the H100's shared memory
-    # in bf16 and fp32 without spilling in bf16 (256x256 tiles spill; 256x64x64 at 3 stages needs
-    # 245760 bytes in fp32).
-    "forward": [
-        GemmTile(128, 64, 64, 4, 3), GemmTile(128, 128, 64, 8, 3), GemmTile(128, 64, 32, 4, 4),
-        GemmTile(64, 64, 64, 4, 3), GemmTile(256, 64, 64, 8, 2), GemmTile(128, 256, 64, 8, 2),
-        GemmTile(256, 128, 64, 8, 2), GemmTile(128, 128, 32, 8, 4), GemmTile(64, 128, 64, 4, 3),
-        GemmTile(64, 32, 64, 4, 4), GemmTile(128, 32, 64, 4, 3), GemmTile(256, 64, 32, 8, 2),
-    ],
-    # rows = weight columns (channel x tap), cols = filters, reduce = output pixels; rows >= 64 (wgmma).
-    # 128-pixel steps spill in fp32 (the per-(pixel, tap) mask tile), so the reduce block stays 64.
-    "backward_weight": [
-        GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3), GemmTile(64, 128, 64, 8, 3),
-        GemmTile(128, 128, 64, 8, 3), GemmTile(64, 32, 64, 4, 4), GemmTile(128, 32, 64, 4, 3),
-        GemmTile(64, 64, 32, 4, 4), GemmTile(128, 64, 32, 4, 4),
-    ],
-}
-_CANDIDATES["backward_input"] = _CANDIDATES["forward"]  # rows = input pixels, cols = channels, reduce = filters
-
-_DEFAULTS = {"forward": GemmTile(128, 64, 64, 4, 3), "backward_input": GemmTile(128, 64, 64, 4, 3),
-             "backward_weight": GemmTile(64, 64, 64, 4, 3)}
 
 
 def _pow2(n: int) -> int:
@@ -108,21 +86,29 @@ def _k_blocks(block: int, group: int) -> tuple[int, bool, int]:
     return block_k, even, block_k
 
 
-def _fit(tile: GemmTile, spec: HetConvSpec, kernel: str) -> GemmTile:
-    fitted = tile.fitted(*_gemm_extent(spec, kernel))
-    if kernel == "backward_weight" and fitted.block_rows < WGMMA_ROWS:
-        fitted = GemmTile(WGMMA_ROWS, fitted.block_cols, fitted.block_reduce, fitted.num_warps, fitted.num_stages,
-                          fitted.splits)
-    return fitted
-
-
-def default_tile(spec: HetConvSpec, kernel: str) -> GemmTile:
-    return _fit(_DEFAULTS[kernel], spec, kernel)
-
-
-def candidate_tiles(spec: HetConvSpec, kernel: str) -> list[GemmTile]:
-    """Distinct candidate tiles for this shape (fitting can make several candidates equal)."""
-    return list(dict.fromkeys(_fit(tile, spec, kernel) for tile in _CANDIDATES[kernel]))
+# rows = output pixels (a [batch, rows, columns] tile: BLOCK_B x BLOCK_H x BLOCK_W, from ``pixel_tile``),
+# cols = filters of one group, reduce = channels of one group (BLOCK_K and TAP_CH from ``_k_blocks``).
+# Every candidate compiles for sm_90 within the H100's shared memory in bf16 and fp32 without spilling
+# in bf16 (256x256 tiles spill; 256x64x64 at 3 stages needs 245760 bytes in fp32).
+_PIXEL_ROWS = (
+    GemmTile(128, 64, 64, 4, 3), GemmTile(128, 128, 64, 8, 3), GemmTile(128, 64, 32, 4, 4),
+    GemmTile(64, 64, 64, 4, 3), GemmTile(256, 64, 64, 8, 2), GemmTile(128, 256, 64, 8, 2),
+    GemmTile(256, 128, 64, 8, 2), GemmTile(128, 128, 32, 8, 4), GemmTile(64, 128, 64, 4, 3),
+    GemmTile(64, 32, 64, 4, 4), GemmTile(128, 32, 64, 4, 3), GemmTile(256, 64, 32, 8, 2),
+)
+TILES = TileTable({
+    "forward": KernelTiles(GemmTile(128, 64, 64, 4, 3), _PIXEL_ROWS, (None, "BLOCK_N", None)),
+    # rows = input pixels, cols = channels, reduce = filters
+    "backward_input": KernelTiles(GemmTile(128, 64, 64, 4, 3), _PIXEL_ROWS, (None, "BLOCK_N", None)),
+    # rows = weight columns (channel x tap; >= 64 for wgmma), cols = filters, reduce = output pixels.
+    # 128-pixel steps spill in fp32 (the per-(pixel, tap) mask tile), so the reduce block stays 64.
+    "backward_weight": KernelTiles(GemmTile(64, 64, 64, 4, 3), (
+        GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3), GemmTile(64, 128, 64, 8, 3),
+        GemmTile(128, 128, 64, 8, 3), GemmTile(64, 32, 64, 4, 4), GemmTile(128, 32, 64, 4, 3),
+        GemmTile(64, 64, 32, 4, 4), GemmTile(128, 64, 32, 4, 4),
+    ), (None, None, None), min_rows=WGMMA_ROWS),
+}, extent=_gemm_extent)
+default_tile, candidate_tiles = TILES.default_tile, TILES.candidate_tiles
 
 
 # ---- layouts and tiles ------------------------------------------------------------------------------
@@ -203,8 +189,8 @@ def forward(x, weight, weight_pw, bias, spec: HetConvSpec, tile: GemmTile) -> to
         spec.group_in, spec.group_out, filter_tiles, tiles_h, tiles_w,
         K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, HAS_BIAS=bias is not None, EVEN_K=even,
         DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
-        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_N=tile.block_cols, BLOCK_K=block_k, TAP_CH=tap_ch,
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_K=block_k, TAP_CH=tap_ch,
+        **TILES["forward"].launch_args(tile),
     )
     return y
 
@@ -232,8 +218,8 @@ def backward_input(dy, weight, weight_pw, spec: HetConvSpec, tile: GemmTile, lik
         spec.group_in, spec.group_out, channel_tiles, tiles_h, tiles_w,
         K=spec.kernel_size, STRIDE=s, PAD=spec.padding, EVEN_K=even,
         DOT_PRECISION=dot_precision(dy.dtype), ACC_DTYPE=accumulator_dtype(dy.dtype),
-        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_N=tile.block_cols, BLOCK_K=block_k, TAP_CH=tap_ch,
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_K=block_k, TAP_CH=tap_ch,
+        **TILES["backward_input"].launch_args(tile),
     )
     return dx
 
@@ -290,7 +276,7 @@ def backward_weight(dy, x, spec: HetConvSpec, tile: GemmTile, weight: torch.Tens
         K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, HAS_BIAS=spec.bias,
         CHANNELS_PER_TAP=channels_per_tap, DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype),
         BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w,
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        **TILES["backward_weight"].launch_args(tile),
     )
     kernels.hetconv_weight_reduce_kernel[(cdiv(spec.out_channels * columns, REDUCE_BLOCK),)](
         partial, dw, dpw, db,

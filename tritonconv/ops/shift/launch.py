@@ -11,31 +11,15 @@ import triton
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.shift import kernels
 from tritonconv.ops.shift.spec import ShiftSpec
-from tritonconv.tiles import MIN_DOT_TILE, GemmTile, accumulator_dtype, dot_precision, reduction_splits
-
-# Hopper's wgmma needs 64 rows per warp group; fewer rows lower to mma.sync (HMMA).
-WGMMA_ROWS = 64
-
-_CANDIDATES = {
-    # rows = pixels, cols = filters, reduce = channels (backward_input: cols = channels, reduce = filters)
-    "forward": [
-        GemmTile(128, 64, 32, 4, 3), GemmTile(128, 128, 32, 8, 3), GemmTile(64, 64, 64, 4, 3),
-        GemmTile(128, 64, 64, 4, 4), GemmTile(64, 128, 32, 4, 4), GemmTile(128, 128, 64, 8, 3),
-        GemmTile(256, 64, 32, 8, 3), GemmTile(64, 32, 64, 4, 4), GemmTile(256, 128, 32, 8, 3),
-        GemmTile(32, 64, 64, 4, 4),
-    ],
-    # rows = filters, cols = channels, reduce = output pixels
-    "backward_weight": [
-        GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3), GemmTile(64, 128, 64, 8, 3),
-        GemmTile(32, 64, 128, 4, 3), GemmTile(64, 32, 128, 4, 4), GemmTile(128, 128, 32, 8, 3),
-        GemmTile(64, 64, 128, 4, 4), GemmTile(32, 32, 128, 4, 4),
-    ],
-}
-# 128x64 tiles at 4 warps spill in the grad-input epilogue (the shifted store's per-element targets)
-_CANDIDATES["backward_input"] = [GemmTile(128, 64, 64, 8, 3), *_CANDIDATES["forward"]]
-
-_DEFAULTS = {"forward": GemmTile(128, 64, 32, 4, 3), "backward_input": GemmTile(128, 64, 64, 8, 3),
-             "backward_weight": GemmTile(64, 64, 64, 4, 3)}
+from tritonconv.tiles import (
+    MIN_DOT_TILE,
+    GemmTile,
+    KernelTiles,
+    TileTable,
+    accumulator_dtype,
+    dot_precision,
+    reduction_splits,
+)
 
 
 def segmented(spec: ShiftSpec) -> bool:
@@ -55,23 +39,37 @@ def _gemm_extent(spec: ShiftSpec, kernel: str) -> tuple[int, int, int]:
     return spec.out_channels, cols, spec.batch * spec.out_height * spec.out_width
 
 
-def _fitted(tile: GemmTile, spec: ShiftSpec, kernel: str) -> GemmTile:
-    fitted = tile.fitted(*_gemm_extent(spec, kernel))
-    if kernel == "backward_weight" and fitted.block_rows < WGMMA_ROWS:  # masked filter rows beat mma.sync
-        fitted = replace(fitted, block_rows=WGMMA_ROWS)
-    return fitted
+# Hopper's wgmma needs 64 rows per warp group; fewer rows lower to mma.sync (HMMA).
+WGMMA_ROWS = 64
+_FORWARD = (
+    GemmTile(128, 64, 32, 4, 3), GemmTile(128, 128, 32, 8, 3), GemmTile(64, 64, 64, 4, 3),
+    GemmTile(128, 64, 64, 4, 4), GemmTile(64, 128, 32, 4, 4), GemmTile(128, 128, 64, 8, 3),
+    GemmTile(256, 64, 32, 8, 3), GemmTile(64, 32, 64, 4, 4), GemmTile(256, 128, 32, 8, 3),
+    GemmTile(32, 64, 64, 4, 4),
+)
+TILES = TileTable({
+    # rows = pixels, cols = filters, reduce = channels
+    "forward": KernelTiles(GemmTile(128, 64, 32, 4, 3), _FORWARD, ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
+    # rows = pixels, cols = channels, reduce = filters; 128x64 tiles at 4 warps spill in the epilogue (the
+    # shifted store's per-element targets)
+    "backward_input": KernelTiles(GemmTile(128, 64, 64, 8, 3), (GemmTile(128, 64, 64, 8, 3), *_FORWARD),
+                                  ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
+    # rows = filters (masked filter rows beat mma.sync), cols = channels, reduce = output pixels
+    "backward_weight": KernelTiles(GemmTile(64, 64, 64, 4, 3), (
+        GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3), GemmTile(64, 128, 64, 8, 3),
+        GemmTile(32, 64, 128, 4, 3), GemmTile(64, 32, 128, 4, 4), GemmTile(128, 128, 32, 8, 3),
+        GemmTile(64, 64, 128, 4, 4), GemmTile(32, 32, 128, 4, 4),
+    ), ("BLOCK_N", "BLOCK_C", "BLOCK_P"), min_rows=WGMMA_ROWS),
+}, extent=_gemm_extent)
+candidate_tiles = TILES.candidate_tiles
 
 
 def default_tile(spec: ShiftSpec, kernel: str) -> GemmTile:
-    tile = _fitted(_DEFAULTS[kernel], spec, kernel)
+    tile = TILES.default_tile(spec, kernel)
     if kernel == "backward_weight" and not segmented(spec) and tile.block_rows * tile.block_cols > 64 * 32:
         # the per-direction passes hold two accumulators: 64 x 64 at 4 warps spills
         tile = replace(tile, num_warps=8)
     return tile
-
-
-def candidate_tiles(spec: ShiftSpec, kernel: str) -> list[GemmTile]:
-    return list(dict.fromkeys(_fitted(tile, spec, kernel) for tile in _CANDIDATES[kernel]))
 
 
 def _group_align(spec: ShiftSpec) -> int:
@@ -128,8 +126,7 @@ def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
         x, weight, bias.contiguous() if bias is not None else weight, y, *_sizes(spec), *x.stride(), *y.stride(),
         *_shift_args(spec), SEGMENTED=segmented(spec),
         GROUP_ALIGN=_group_align(spec), HAS_BIAS=bias is not None, **_constexprs(spec, x.dtype),
-        BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
-        num_warps=tile.num_warps, num_stages=tile.num_stages)
+        **TILES["forward"].launch_args(tile))
     return y
 
 
@@ -142,8 +139,7 @@ def backward_input(dy, weight, spec: ShiftSpec, tile: GemmTile, like: torch.Tens
             triton.cdiv(spec.in_channels, tile.block_cols))
     kernels.shift_bwd_input_kernel[grid](
         dy, weight, dx, *_sizes(spec), *dy.stride(), *dx.stride(), *_shift_args(spec),
-        **_constexprs(spec, dy.dtype), BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols,
-        BLOCK_K=tile.block_reduce, num_warps=tile.num_warps, num_stages=tile.num_stages)
+        **_constexprs(spec, dy.dtype), **TILES["backward_input"].launch_args(tile))
     return dx
 
 
@@ -164,7 +160,6 @@ def backward_weight(dy, x, spec: ShiftSpec, tile: GemmTile):
         x, dy, partial_w, partial_bias if partial_bias is not None else partial_w, *_sizes(spec),
         *x.stride(), *dy.stride(), *_shift_args(spec), pixels_per_split, SEGMENTED=segmented(spec),
         GROUP_ALIGN=_group_align(spec), HAS_BIAS=spec.bias, **_constexprs(spec, x.dtype),
-        BLOCK_N=tile.block_rows, BLOCK_C=tile.block_cols, BLOCK_P=tile.block_reduce, num_warps=tile.num_warps,
-        num_stages=tile.num_stages)
+        **TILES["backward_weight"].launch_args(tile))
     dw = partial_w.sum(0).to(x.dtype).reshape(spec.weight_shape)
     return dw, partial_bias.sum(0).to(x.dtype) if partial_bias is not None else None

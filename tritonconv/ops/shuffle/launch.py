@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
 import triton
@@ -11,30 +10,7 @@ import triton
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.shuffle import kernels
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
-from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
-
-# Hopper's wgmma needs 64 rows per warp group; fewer rows lower to mma.sync (HMMA).
-WGMMA_ROWS = 64
-
-_CANDIDATES = {
-    # rows = pixels, cols = filters (grad input: channels) of one group, reduce = the group's channels
-    # (128x64 at 4 warps spills: the shuffled store and the shuffled dy gather give every element its own
-    # address)
-    "forward": [
-        GemmTile(128, 64, 32, 8, 3), GemmTile(128, 64, 32, 4, 3), GemmTile(128, 32, 32, 4, 3),
-        GemmTile(64, 64, 64, 4, 3),
-        GemmTile(256, 64, 32, 8, 3), GemmTile(64, 32, 32, 4, 4), GemmTile(128, 128, 32, 8, 3),
-    ],
-    # rows = filters of one group, cols = the group's channels, reduce = pixels
-    "backward_weight": [
-        GemmTile(64, 64, 64, 4, 3), GemmTile(32, 32, 128, 4, 4), GemmTile(64, 32, 128, 4, 4),
-        GemmTile(32, 64, 128, 4, 3),
-    ],
-}
-_CANDIDATES["backward_input"] = _CANDIDATES["forward"]
-
-_DEFAULTS = {"forward": GemmTile(128, 64, 32, 8, 3), "backward_input": GemmTile(128, 64, 32, 8, 3),
-             "backward_weight": GemmTile(64, 64, 64, 4, 3)}
+from tritonconv.tiles import GemmTile, KernelTiles, TileTable, accumulator_dtype, dot_precision, reduction_splits
 
 
 def _gemm_extent(spec: ShuffleConvSpec, kernel: str) -> tuple[int, int, int]:
@@ -46,22 +22,29 @@ def _gemm_extent(spec: ShuffleConvSpec, kernel: str) -> tuple[int, int, int]:
     return spec.group_out, spec.group_in, pixels
 
 
-def _fitted(tile: GemmTile, spec: ShuffleConvSpec, kernel: str) -> GemmTile:
-    fitted = tile.fitted(*_gemm_extent(spec, kernel))
-    if kernel == "backward_weight" and fitted.block_rows < WGMMA_ROWS:  # masked filter rows beat mma.sync
-        fitted = replace(fitted, block_rows=WGMMA_ROWS)
-    return fitted
-
-
-_MAX_BLOCK_ROWS = max(tile.block_rows for tiles in _CANDIDATES.values() for tile in tiles)
-
-
-def default_tile(spec: ShuffleConvSpec, kernel: str) -> GemmTile:
-    return _fitted(_DEFAULTS[kernel], spec, kernel)
-
-
-def candidate_tiles(spec: ShuffleConvSpec, kernel: str) -> list[GemmTile]:
-    return list(dict.fromkeys(_fitted(tile, spec, kernel) for tile in _CANDIDATES[kernel]))
+# Hopper's wgmma needs 64 rows per warp group; fewer rows lower to mma.sync (HMMA).
+WGMMA_ROWS = 64
+# rows = pixels, cols = filters (grad input: channels) of one group, reduce = the group's channels
+# (128x64 at 4 warps spills: the shuffled store and the shuffled dy gather give every element its own
+# address)
+_PIXEL_ROWS = (
+    GemmTile(128, 64, 32, 8, 3), GemmTile(128, 64, 32, 4, 3), GemmTile(128, 32, 32, 4, 3),
+    GemmTile(64, 64, 64, 4, 3),
+    GemmTile(256, 64, 32, 8, 3), GemmTile(64, 32, 32, 4, 4), GemmTile(128, 128, 32, 8, 3),
+)
+_PIXEL_BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+TILES = TileTable({
+    "forward": KernelTiles(GemmTile(128, 64, 32, 8, 3), _PIXEL_ROWS, _PIXEL_BLOCKS),
+    "backward_input": KernelTiles(GemmTile(128, 64, 32, 8, 3), _PIXEL_ROWS, _PIXEL_BLOCKS),
+    # rows = filters of one group (masked filter rows beat mma.sync), cols = the group's channels,
+    # reduce = pixels
+    "backward_weight": KernelTiles(GemmTile(64, 64, 64, 4, 3), (
+        GemmTile(64, 64, 64, 4, 3), GemmTile(32, 32, 128, 4, 4), GemmTile(64, 32, 128, 4, 4),
+        GemmTile(32, 64, 128, 4, 3),
+    ), ("BLOCK_N", "BLOCK_C", "BLOCK_P"), min_rows=WGMMA_ROWS),
+}, extent=_gemm_extent)
+default_tile, candidate_tiles = TILES.default_tile, TILES.candidate_tiles
+_MAX_BLOCK_ROWS = max(tile.block_rows for kernel in TILES.kernels.values() for tile in kernel.candidates)
 
 
 def _int32_pixels(spec: ShuffleConvSpec) -> bool:
@@ -82,11 +65,6 @@ def _sizes(spec: ShuffleConvSpec) -> tuple:
             spec.group_out, spec.shuffle_groups)
 
 
-def _tile_args(tile: GemmTile, names=("BLOCK_M", "BLOCK_N", "BLOCK_K")) -> dict:
-    return {names[0]: tile.block_rows, names[1]: tile.block_cols, names[2]: tile.block_reduce,
-            "num_warps": tile.num_warps, "num_stages": tile.num_stages}
-
-
 def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Tensor:
     y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
@@ -100,7 +78,7 @@ def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Ten
         ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), spec.group_in, 8),
         INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=bias is not None,
         DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
-        **_tile_args(tile))
+        **TILES["forward"].launch_args(tile))
     return y
 
 
@@ -115,7 +93,7 @@ def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torc
         dy, weight, dx, *_sizes(spec), *dy.stride(), spec.width, *dx.stride(),
         ALIGN=math.gcd(dy.stride(0), dy.stride(2), dy.stride(3), spec.group_in, spec.group_out, 8),
         INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, DOT_PRECISION=dot_precision(dy.dtype),
-        ACC_DTYPE=accumulator_dtype(dy.dtype), **_tile_args(tile))
+        ACC_DTYPE=accumulator_dtype(dy.dtype), **TILES["backward_input"].launch_args(tile))
     return dx
 
 
@@ -138,6 +116,6 @@ def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile):
         ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), spec.group_in, spec.group_out, 8),
         FLAT=_flat_pixels(x) and _flat_pixels(dy), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=spec.bias,
         DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
-        **_tile_args(tile, ("BLOCK_N", "BLOCK_C", "BLOCK_P")))
+        **TILES["backward_weight"].launch_args(tile))
     dw = partial_w.sum(0).to(x.dtype).reshape(spec.weight_shape)
     return dw, partial_b.sum(0).to(x.dtype) if partial_b is not None else None

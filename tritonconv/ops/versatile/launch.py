@@ -3,45 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
 
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.versatile import kernels
 from tritonconv.ops.versatile.spec import VersatileSpec
-from tritonconv.tiles import GemmTile, accumulator_dtype, cdiv, dot_precision, reduction_splits
-
-# Hopper's wgmma needs 64 rows per warp group; fewer rows lower to mma.sync (HMMA).
-WGMMA_ROWS = 64
-
-_CANDIDATES = {
-    # rows = output pixels, cols = (offset, primary filter) columns, reduce = input channels per tap
-    "forward": [
-        GemmTile(64, 64, 32, 4, 3), GemmTile(128, 64, 32, 8, 3), GemmTile(64, 32, 32, 4, 3),
-        GemmTile(128, 32, 32, 4, 3), GemmTile(64, 64, 64, 4, 2), GemmTile(32, 64, 32, 4, 3),
-        GemmTile(128, 64, 16, 8, 4), GemmTile(64, 128, 32, 8, 3),
-    ],
-    # rows = input pixels, cols = input channels, reduce = columns per tap
-    # (128x64x64 needs 360 KB of shared memory with 4 stages and 245 KB with 3 in fp32 on sm_90: 2 here)
-    # (128x64 at 4 warps spills where n_w is not a multiple of 8: the upstream tile is read 2 bytes at a time)
-    "backward_input": [
-        GemmTile(128, 64, 64, 8, 3), GemmTile(128, 64, 32, 4, 3), GemmTile(128, 128, 32, 8, 3),
-        GemmTile(64, 64, 64, 4, 3),
-        GemmTile(128, 64, 64, 4, 2), GemmTile(64, 128, 32, 4, 4), GemmTile(256, 64, 32, 8, 3),
-        GemmTile(64, 32, 64, 4, 4), GemmTile(32, 64, 64, 4, 4),
-    ],
-    # rows = primary filters, cols = weight channels of one tap, reduce = output pixels
-    # (4 warps spill where n_w is not a multiple of 8: the upstream tile is read 2 bytes at a time)
-    "backward_weight": [
-        GemmTile(64, 64, 64, 8, 3), GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3),
-        GemmTile(64, 128, 64, 8, 3),
-        GemmTile(32, 64, 128, 4, 3), GemmTile(64, 32, 128, 4, 4), GemmTile(32, 32, 128, 4, 4),
-    ],
-}
-
-_DEFAULTS = {"forward": GemmTile(64, 64, 32, 4, 3), "backward_input": GemmTile(128, 64, 64, 8, 3),
-             "backward_weight": GemmTile(64, 64, 64, 8, 3)}
+from tritonconv.tiles import GemmTile, KernelTiles, TileTable, accumulator_dtype, cdiv, dot_precision, reduction_splits
 
 _BIAS_BLOCK = (64, 32)  # (channels, pixels) per program of the grad-bias reduction (more pixels spill unaligned)
 
@@ -56,19 +24,34 @@ def _gemm_extent(spec: VersatileSpec, kernel: str) -> tuple[int, int, int]:
     return spec.n_w, spec.c_hat, spec.batch * spec.out_height * spec.out_width
 
 
-def _fitted(tile: GemmTile, spec: VersatileSpec, kernel: str) -> GemmTile:
-    fitted = tile.fitted(*_gemm_extent(spec, kernel))
-    if kernel == "backward_weight" and fitted.block_rows < WGMMA_ROWS:  # masked filter rows beat mma.sync
-        fitted = replace(fitted, block_rows=WGMMA_ROWS)
-    return fitted
-
-
-def default_tile(spec: VersatileSpec, kernel: str) -> GemmTile:
-    return _fitted(_DEFAULTS[kernel], spec, kernel)
-
-
-def candidate_tiles(spec: VersatileSpec, kernel: str) -> list[GemmTile]:
-    return list(dict.fromkeys(_fitted(tile, spec, kernel) for tile in _CANDIDATES[kernel]))
+# Hopper's wgmma needs 64 rows per warp group; fewer rows lower to mma.sync (HMMA).
+WGMMA_ROWS = 64
+TILES = TileTable({
+    # rows = output pixels, cols = (offset, primary filter) columns, reduce = input channels per tap
+    "forward": KernelTiles(GemmTile(64, 64, 32, 4, 3), (
+        GemmTile(64, 64, 32, 4, 3), GemmTile(128, 64, 32, 8, 3), GemmTile(64, 32, 32, 4, 3),
+        GemmTile(128, 32, 32, 4, 3), GemmTile(64, 64, 64, 4, 2), GemmTile(32, 64, 32, 4, 3),
+        GemmTile(128, 64, 16, 8, 4), GemmTile(64, 128, 32, 8, 3),
+    ), ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
+    # rows = input pixels, cols = input channels, reduce = columns per tap
+    # (128x64x64 needs 360 KB of shared memory with 4 stages and 245 KB with 3 in fp32 on sm_90: 2 here)
+    # (128x64 at 4 warps spills where n_w is not a multiple of 8: the upstream tile is read 2 bytes at a time)
+    "backward_input": KernelTiles(GemmTile(128, 64, 64, 8, 3), (
+        GemmTile(128, 64, 64, 8, 3), GemmTile(128, 64, 32, 4, 3), GemmTile(128, 128, 32, 8, 3),
+        GemmTile(64, 64, 64, 4, 3),
+        GemmTile(128, 64, 64, 4, 2), GemmTile(64, 128, 32, 4, 4), GemmTile(256, 64, 32, 8, 3),
+        GemmTile(64, 32, 64, 4, 4), GemmTile(32, 64, 64, 4, 4),
+    ), ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
+    # rows = primary filters (masked filter rows beat mma.sync), cols = weight channels of one tap,
+    # reduce = output pixels (4 warps spill where n_w is not a multiple of 8: the upstream tile is read 2
+    # bytes at a time)
+    "backward_weight": KernelTiles(GemmTile(64, 64, 64, 8, 3), (
+        GemmTile(64, 64, 64, 8, 3), GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3),
+        GemmTile(64, 128, 64, 8, 3),
+        GemmTile(32, 64, 128, 4, 3), GemmTile(64, 32, 128, 4, 4), GemmTile(32, 32, 128, 4, 4),
+    ), ("BLOCK_N", "BLOCK_C", "BLOCK_P"), min_rows=WGMMA_ROWS),
+}, extent=_gemm_extent)
+default_tile, candidate_tiles = TILES.default_tile, TILES.candidate_tiles
 
 
 def _common(spec: VersatileSpec, dtype: torch.dtype) -> dict:
@@ -101,8 +84,7 @@ def forward(x, weight, bias, spec: VersatileSpec, tile: GemmTile) -> torch.Tenso
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *x.stride(), *y.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g,
         S_NUM=spec.s_num, WINDOW_ALIGN=window_align(spec), HAS_BIAS=bias is not None, **_common(spec, x.dtype),
-        BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
-        num_warps=tile.num_warps, num_stages=tile.num_stages)
+        **TILES["forward"].launch_args(tile))
     return y
 
 
@@ -117,8 +99,7 @@ def backward_input(dy, weight, spec: VersatileSpec, tile: GemmTile, like: torch.
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *dy.stride(), *dx.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c,
         WINDOW_ALIGN=window_align(spec), **_common(spec, dy.dtype),
-        BLOCK_M=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_K=tile.block_reduce,
-        num_warps=tile.num_warps, num_stages=tile.num_stages)
+        **TILES["backward_input"].launch_args(tile))
     return dx
 
 
@@ -139,8 +120,7 @@ def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile):
         x, dy, partial_w, spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *x.stride(), *dy.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c, pixels_per_split,
         WINDOW_ALIGN=window_align(spec), **_common(spec, x.dtype),
-        BLOCK_N=tile.block_rows, BLOCK_C=tile.block_cols, BLOCK_P=tile.block_reduce,
-        num_warps=tile.num_warps, num_stages=tile.num_stages)
+        **TILES["backward_weight"].launch_args(tile))
     db = None
     if spec.bias:
         block_o, block_p = _BIAS_BLOCK
