@@ -6,7 +6,6 @@ import math
 from dataclasses import replace
 
 import torch
-import triton
 
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.shift import kernels
@@ -17,6 +16,7 @@ from tritonconv.tiles import (
     KernelTiles,
     TileTable,
     accumulator_dtype,
+    cdiv,
     dot_precision,
     reduction_splits,
 )
@@ -80,9 +80,9 @@ def _group_align(spec: ShiftSpec) -> int:
 def _weight_column_tiles(spec: ShiftSpec, block_cols: int) -> int:
     """Column tiles of the grad-weight grid: per direction when segmented (then the remainder)."""
     if not segmented(spec):
-        return triton.cdiv(spec.in_channels, block_cols)
+        return cdiv(spec.in_channels, block_cols)
     remainder = spec.in_channels - spec.shifted_channels
-    return spec.kernel_size**2 * triton.cdiv(spec.shift_group, block_cols) + triton.cdiv(remainder, block_cols)
+    return spec.kernel_size**2 * cdiv(spec.shift_group, block_cols) + cdiv(remainder, block_cols)
 
 
 def _shift_args(spec: ShiftSpec) -> tuple[int, int]:
@@ -120,8 +120,8 @@ def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
     if y.numel() == 0:
         return y
     weight = reduction_ordered_weight(weight, spec)
-    grid = (triton.cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
-            triton.cdiv(spec.out_channels, tile.block_cols))
+    grid = (cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
+            cdiv(spec.out_channels, tile.block_cols))
     kernels.shift_fwd_kernel[grid](
         x, weight, bias.contiguous() if bias is not None else weight, y, *_sizes(spec), *x.stride(), *y.stride(),
         *_shift_args(spec), SEGMENTED=segmented(spec),
@@ -135,8 +135,8 @@ def backward_input(dy, weight, spec: ShiftSpec, tile: GemmTile, like: torch.Tens
     if dx.numel() == 0:
         return dx
     weight = weight.reshape(spec.out_channels, spec.in_channels).contiguous()
-    grid = (triton.cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
-            triton.cdiv(spec.in_channels, tile.block_cols))
+    grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
+            cdiv(spec.in_channels, tile.block_cols))
     kernels.shift_bwd_input_kernel[grid](
         dy, weight, dx, *_sizes(spec), *dy.stride(), *dx.stride(), *_shift_args(spec),
         **_constexprs(spec, dy.dtype), **TILES["backward_input"].launch_args(tile))
@@ -150,10 +150,10 @@ def backward_weight(dy, x, spec: ShiftSpec, tile: GemmTile):
     if pixels == 0:
         db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None
         return torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype), db
-    filter_tiles = triton.cdiv(spec.out_channels, tile.block_rows)
+    filter_tiles = cdiv(spec.out_channels, tile.block_rows)
     channel_tiles = _weight_column_tiles(spec, tile.block_cols)
     splits = reduction_splits(tile, filter_tiles * channel_tiles, pixels, x.device)
-    pixels_per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
+    pixels_per_split = cdiv(cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
     partial_w = empty((splits, spec.out_channels, spec.in_channels), device=x.device, dtype=acc_dtype)
     partial_bias = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
     kernels.shift_bwd_weight_kernel[(filter_tiles, channel_tiles, splits)](

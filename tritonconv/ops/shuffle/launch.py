@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
 
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.shuffle import kernels
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
-from tritonconv.tiles import GemmTile, KernelTiles, TileTable, accumulator_dtype, dot_precision, reduction_splits
+from tritonconv.tiles import GemmTile, KernelTiles, TileTable, accumulator_dtype, cdiv, dot_precision, reduction_splits
 
 
 def _gemm_extent(spec: ShuffleConvSpec, kernel: str) -> tuple[int, int, int]:
@@ -70,8 +69,8 @@ def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Ten
     if y.numel() == 0:
         return y
     weight = weight.reshape(spec.out_channels, spec.group_in).contiguous()
-    grid = (triton.cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
-            spec.groups * triton.cdiv(spec.group_out, tile.block_cols))
+    grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
+            spec.groups * cdiv(spec.group_out, tile.block_cols))
     kernels.shuffle_conv_fwd_kernel[grid](
         x, weight, bias.contiguous() if bias is not None else weight, y,
         *_sizes(spec), *x.stride(), spec.width, *y.stride(),
@@ -87,8 +86,8 @@ def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torc
     if dx.numel() == 0:
         return dx
     weight = weight.reshape(spec.out_channels, spec.group_in).contiguous()
-    grid = (triton.cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
-            spec.groups * triton.cdiv(spec.group_in, tile.block_cols))
+    grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
+            spec.groups * cdiv(spec.group_in, tile.block_cols))
     kernels.shuffle_conv_bwd_input_kernel[grid](
         dy, weight, dx, *_sizes(spec), *dy.stride(), spec.width, *dx.stride(),
         ALIGN=math.gcd(dy.stride(0), dy.stride(2), dy.stride(3), spec.group_in, spec.group_out, 8),
@@ -104,10 +103,10 @@ def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile):
     if pixels == 0:
         db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None
         return torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype), db
-    filter_tiles = spec.groups * triton.cdiv(spec.group_out, tile.block_rows)
-    column_tiles = triton.cdiv(spec.group_in, tile.block_cols)
+    filter_tiles = spec.groups * cdiv(spec.group_out, tile.block_rows)
+    column_tiles = cdiv(spec.group_in, tile.block_cols)
     splits = reduction_splits(tile, filter_tiles * column_tiles, pixels, x.device)
-    per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
+    per_split = cdiv(cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
     partial_w = empty((splits, spec.out_channels, spec.group_in), device=x.device, dtype=acc_dtype)
     partial_b = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
     kernels.shuffle_conv_bwd_weight_kernel[(filter_tiles, column_tiles, splits)](
