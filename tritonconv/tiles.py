@@ -1,4 +1,5 @@
-"""Tile configurations shared by every implicit-GEMM kernel, and their fitting to a shape."""
+"""Tile configurations shared by every implicit-GEMM kernel, their fitting to a shape, and the split-K
+reduction (how many programs share one reduction, and the deterministic sum of their partials)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import torch
 import triton
 
 from tritonconv import env
+from tritonconv._layout import empty
+from tritonconv.kernel_helpers import split_sum_kernel
 
 MIN_DOT_TILE = 16  # the GPU compiler rejects tl.dot tiles under 16 (the interpreter does not)
 NUM_WARPS_CHOICES = (1, 2, 4, 8, 16)  # warps per program our launches use; 16 is 512 threads
@@ -156,6 +159,21 @@ def multiprocessor_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 1
+
+
+SPLIT_SUM_BLOCK = 1024  # elements per program of the partials' sum
+
+
+def sum_splits(partial: torch.Tensor, weight_shape: tuple, bias_shape: tuple | None, dtype: torch.dtype) -> tuple:
+    """(grad weight, grad bias or None) from a split-K kernel's ``partial`` [splits, total] (fp32 or fp64;
+    each row the split's flattened weight gradient, then its bias gradient): summed in split order, one
+    launch for both, in ``dtype``."""
+    splits, total = partial.shape
+    weight = empty(weight_shape, device=partial.device, dtype=dtype)
+    bias = empty(bias_shape, device=partial.device, dtype=dtype) if bias_shape is not None else None
+    split_sum_kernel[(cdiv(total, SPLIT_SUM_BLOCK),)](
+        partial, weight, bias if bias is not None else weight, splits, weight.numel(), total, BLOCK=SPLIT_SUM_BLOCK)
+    return weight, bias
 
 
 def reduction_splits(tile: GemmTile, programs: int, reduce: int, device: torch.device) -> int:

@@ -208,18 +208,19 @@ def _wrapped(q, d, size):
 
 @triton.jit
 def shift_bwd_weight_kernel(
-    x_ptr, dy_ptr, partial_ptr, partial_bias_ptr,
+    x_ptr, dy_ptr, partial_ptr,
     B, C, H, W, N, Ho, Wo,
     sxb, sxc, sxh, sxw,
     sdyb, sdyc, sdyh, sdyw,
-    SHIFTED_CHANNELS, SHIFT_GROUP, PIXELS_PER_SPLIT,
+    SHIFTED_CHANNELS, SHIFT_GROUP, PIXELS_PER_SPLIT, SPLIT_STRIDE,
     K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr, SEGMENTED: tl.constexpr,
     GROUP_ALIGN: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """Partial dw[n, c] = sum_pixels dy[b, n, ho, wo] x[b, c, ho*S + dh_c, wo*S + dw_c] over one split of
     the output pixels, [BLOCK_N, BLOCK_C] per program; the first column tile also sums dy for the bias.
-    Partials go to ``partial_ptr[split]`` and the launcher sums them in a fixed order (deterministic).
+    Partials go to row ``split`` of partial [splits, SPLIT_STRIDE] (dw flattened, then the bias) and the
+    launcher sums them in a fixed order (deterministic).
 
     SEGMENTED: column tile t < k^2 * cdiv(G, BLOCK_C) holds channels of one direction (as the forward's
     reduction chunks), the tiles after it the unshifted remainder: one shift per program, so the x tile
@@ -296,8 +297,8 @@ def shift_bwd_weight_kernel(
                 b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
             acc = tl.where((direction == d)[None, :], acc_d, acc)
 
-    out = partial_ptr + split.to(tl.int64) * N * C + n[:, None] * C + c[None, :]
-    tl.store(out, acc, mask=n_mask[:, None] & c_mask[None, :])
+    row = partial_ptr + split.to(tl.int64) * SPLIT_STRIDE
+    tl.store(row + n[:, None] * C + c[None, :], acc, mask=n_mask[:, None] & c_mask[None, :])
     if HAS_BIAS:
         if pid_columns == 0:
-            tl.store(partial_bias_ptr + split.to(tl.int64) * N + n, tl.sum(bias_acc, axis=1), mask=n_mask)
+            tl.store(row + N * C + n, tl.sum(bias_acc, axis=1), mask=n_mask)

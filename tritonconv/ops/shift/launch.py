@@ -19,6 +19,7 @@ from tritonconv.tiles import (
     cdiv,
     dot_precision,
     reduction_splits,
+    sum_splits,
 )
 
 
@@ -154,12 +155,11 @@ def backward_weight(dy, x, spec: ShiftSpec, tile: GemmTile):
     channel_tiles = _weight_column_tiles(spec, tile.block_cols)
     splits = reduction_splits(tile, filter_tiles * channel_tiles, pixels, x.device)
     pixels_per_split = cdiv(cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
-    partial_w = empty((splits, spec.out_channels, spec.in_channels), device=x.device, dtype=acc_dtype)
-    partial_bias = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
+    row = spec.out_channels * (spec.in_channels + spec.bias)  # dw flattened, then the bias
+    partial = empty((splits, row), device=x.device, dtype=acc_dtype)
     kernels.shift_bwd_weight_kernel[(filter_tiles, channel_tiles, splits)](
-        x, dy, partial_w, partial_bias if partial_bias is not None else partial_w, *_sizes(spec),
-        *x.stride(), *dy.stride(), *_shift_args(spec), pixels_per_split, SEGMENTED=segmented(spec),
+        x, dy, partial, *_sizes(spec), *x.stride(), *dy.stride(), *_shift_args(spec), pixels_per_split, row,
+        SEGMENTED=segmented(spec),
         GROUP_ALIGN=_group_align(spec), HAS_BIAS=spec.bias, **_constexprs(spec, x.dtype),
         **TILES["backward_weight"].launch_args(tile))
-    dw = partial_w.sum(0).to(x.dtype).reshape(spec.weight_shape)
-    return dw, partial_bias.sum(0).to(x.dtype) if partial_bias is not None else None
+    return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype)

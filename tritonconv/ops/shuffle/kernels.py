@@ -130,16 +130,17 @@ def shuffle_conv_bwd_input_kernel(
 
 @triton.jit
 def shuffle_conv_bwd_weight_kernel(
-    x_ptr, dy_ptr, partial_ptr, partial_bias_ptr,
-    P, HW, N, GROUP_IN, GROUP_OUT, SHUFFLE_GROUPS, PIXELS_PER_SPLIT,
+    x_ptr, dy_ptr, partial_ptr,
+    P, HW, N, GROUP_IN, GROUP_OUT, SHUFFLE_GROUPS, PIXELS_PER_SPLIT, SPLIT_STRIDE,
     sxb, sxc, sxh, sxw, W,
     sdyb, sdyc, sdyh, sdyw,
     ALIGN: tl.constexpr, FLAT: tl.constexpr, SHUFFLED: tl.constexpr, HAS_BIAS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """Partial dw[n, c_local] (and, in the first column tile, the bias sums) over one split of the pixels;
-    the launcher sums the partials in a fixed order (deterministic). ALIGN divides x's strides and the
+    """Partial dw[n, c_local] (and, in the first column tile, the bias sums) over one split of the pixels,
+    in row ``split`` of partial [splits, SPLIT_STRIDE] (dw flattened, then the bias); the launcher sums
+    the partials in a fixed order (deterministic). ALIGN divides x's strides and the
     group widths (as in the forward). FLAT (the launcher's check, e.g. channels_last): pixel p of x
     and dy lies at p times the w stride, so the loop only bumps two tile pointers; otherwise (b, h, w)
     are walked with carries. No division inside the loop either way."""
@@ -194,8 +195,8 @@ def shuffle_conv_bwd_weight_kernel(
             if HAS_BIAS:
                 bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
             b32, h, w = pixel_walk_step(b32, h, w, HW // W, W, BLOCK_P)
-    out = partial_ptr + split.to(tl.int64) * N * GROUP_IN + n[:, None] * GROUP_IN + c_local[None, :]
-    tl.store(out, acc, mask=n_mask[:, None] & c_mask[None, :])
+    row = partial_ptr + split.to(tl.int64) * SPLIT_STRIDE
+    tl.store(row + n[:, None] * GROUP_IN + c_local[None, :], acc, mask=n_mask[:, None] & c_mask[None, :])
     if HAS_BIAS:
         if pid_columns == 0:
-            tl.store(partial_bias_ptr + split.to(tl.int64) * N + n, bias_acc, mask=n_mask)
+            tl.store(row + N * GROUP_IN + n, bias_acc, mask=n_mask)

@@ -9,7 +9,16 @@ import torch
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.shuffle import kernels
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
-from tritonconv.tiles import GemmTile, KernelTiles, TileTable, accumulator_dtype, cdiv, dot_precision, reduction_splits
+from tritonconv.tiles import (
+    GemmTile,
+    KernelTiles,
+    TileTable,
+    accumulator_dtype,
+    cdiv,
+    dot_precision,
+    reduction_splits,
+    sum_splits,
+)
 
 
 def _gemm_extent(spec: ShuffleConvSpec, kernel: str) -> tuple[int, int, int]:
@@ -107,14 +116,13 @@ def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile):
     column_tiles = cdiv(spec.group_in, tile.block_cols)
     splits = reduction_splits(tile, filter_tiles * column_tiles, pixels, x.device)
     per_split = cdiv(cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
-    partial_w = empty((splits, spec.out_channels, spec.group_in), device=x.device, dtype=acc_dtype)
-    partial_b = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if spec.bias else None
+    row = spec.out_channels * (spec.group_in + spec.bias)  # dw flattened, then the bias
+    partial = empty((splits, row), device=x.device, dtype=acc_dtype)
     kernels.shuffle_conv_bwd_weight_kernel[(filter_tiles, column_tiles, splits)](
-        x, dy, partial_w, partial_b if partial_b is not None else partial_w, *_sizes(spec), per_split,
+        x, dy, partial, *_sizes(spec), per_split, row,
         *x.stride(), spec.width, *dy.stride(),
         ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), spec.group_in, spec.group_out, 8),
         FLAT=_flat_pixels(x) and _flat_pixels(dy), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=spec.bias,
         DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
         **TILES["backward_weight"].launch_args(tile))
-    dw = partial_w.sum(0).to(x.dtype).reshape(spec.weight_shape)
-    return dw, partial_b.sum(0).to(x.dtype) if partial_b is not None else None
+    return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype)
