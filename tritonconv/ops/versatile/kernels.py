@@ -169,15 +169,16 @@ def versatile_bwd_weight_kernel(
     B, C, H, W, Ho, Wo,
     sxb, sxc, sxh, sxw,
     sdyb, sdyc, sdyh, sdyw,
-    C_HAT, N_W, NQ, G, N_C, PIXELS_PER_SPLIT,
+    C_HAT, N_W, NQ, G, N_C, PIXELS_PER_SPLIT, SPLIT_STRIDE,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, WINDOW_ALIGN: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """Partial dw[f, c, tap] over one split of the output pixels: [BLOCK_N filters, BLOCK_C channels] of
     one tap (program axis 1 walks taps x channel chunks). Sums over every channel offset j and every
-    secondary that uses the tap. Partials go to ``partial_ptr[split]``; the launcher sums them in a
-    fixed order (deterministic)."""
+    secondary that uses the tap. Partials go to row ``split`` of partial [splits, SPLIT_STRIDE] (dw
+    flattened, then the bias's partials from ``channel_sum_kernel``); the launcher sums them in a fixed
+    order (deterministic)."""
     pid_filters = tl.program_id(0)
     pid_columns = tl.program_id(1)
     split = tl.program_id(2)
@@ -214,7 +215,7 @@ def versatile_bwd_weight_kernel(
                 acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
         b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
 
-    out = (partial_ptr + split.to(tl.int64) * N_W * C_HAT * K * K + f.to(tl.int64)[:, None] * (C_HAT * K * K)
+    out = (partial_ptr + split.to(tl.int64) * SPLIT_STRIDE + f.to(tl.int64)[:, None] * (C_HAT * K * K)
            + c[None, :] * (K * K) + tap)
     tl.store(out, acc, mask=f_mask[:, None] & c_mask[None, :])
 
@@ -224,10 +225,11 @@ def channel_sum_kernel(
     dy_ptr, partial_ptr,
     B, OUT_CHANNELS, Ho, Wo,
     sdyb, sdyc, sdyh, sdyw,
-    PIXELS_PER_SPLIT,
+    PIXELS_PER_SPLIT, SPLIT_STRIDE,
     ACC_DTYPE: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """Partial grad bias: partial[split, o] = sum of dy[:, o] over one split of the pixels."""
+    """Partial grad bias: partial[split * SPLIT_STRIDE + o] = sum of dy[:, o] over one split of the pixels
+    (``partial_ptr`` points at the bias's columns of the weight kernel's partial rows)."""
     pid_channels = tl.program_id(0)
     split = tl.program_id(1)
     o = pid_channels * BLOCK_O + tl.arange(0, BLOCK_O)  # [BLOCK_O]
@@ -244,4 +246,4 @@ def channel_sum_kernel(
                      mask=o_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_O, BLOCK_P]
         acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
         b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
-    tl.store(partial_ptr + split.to(tl.int64) * OUT_CHANNELS + o, acc, mask=o_mask)
+    tl.store(partial_ptr + split.to(tl.int64) * SPLIT_STRIDE + o, acc, mask=o_mask)

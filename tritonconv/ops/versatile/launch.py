@@ -9,7 +9,16 @@ import torch
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.versatile import kernels
 from tritonconv.ops.versatile.spec import VersatileSpec
-from tritonconv.tiles import GemmTile, KernelTiles, TileTable, accumulator_dtype, cdiv, dot_precision, reduction_splits
+from tritonconv.tiles import (
+    GemmTile,
+    KernelTiles,
+    TileTable,
+    accumulator_dtype,
+    cdiv,
+    dot_precision,
+    reduction_splits,
+    sum_splits,
+)
 
 _BIAS_BLOCK = (64, 32)  # (channels, pixels) per program of the grad-bias reduction (more pixels spill unaligned)
 
@@ -115,21 +124,18 @@ def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile):
     column_tiles = spec.kernel_size**2 * cdiv(spec.c_hat, tile.block_cols)
     splits = reduction_splits(tile, filter_tiles * column_tiles, pixels, x.device)
     pixels_per_split = cdiv(cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
-    partial_w = empty((splits, *spec.weight_shape), device=x.device, dtype=acc_dtype)
+    weight_columns = spec.n_w * spec.c_hat * spec.kernel_size**2
+    row = weight_columns + spec.out_channels * spec.bias  # dw flattened, then the bias
+    partial = empty((splits, row), device=x.device, dtype=acc_dtype)
     kernels.versatile_bwd_weight_kernel[(filter_tiles, column_tiles, splits)](
-        x, dy, partial_w, spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
+        x, dy, partial, spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *x.stride(), *dy.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c, pixels_per_split,
-        WINDOW_ALIGN=window_align(spec), **_common(spec, x.dtype),
+        row, WINDOW_ALIGN=window_align(spec), **_common(spec, x.dtype),
         **TILES["backward_weight"].launch_args(tile))
-    db = None
-    if spec.bias:
+    if spec.bias:  # the same pixel splits, into the bias's columns of the same rows
         block_o, block_p = _BIAS_BLOCK
-        channel_tiles = cdiv(spec.out_channels, block_o)
-        bias_splits = reduction_splits(GemmTile(block_o, 1, block_p), channel_tiles, pixels, x.device)
-        per_split = cdiv(cdiv(pixels, bias_splits), block_p) * block_p
-        partial_b = empty((bias_splits, spec.out_channels), device=x.device, dtype=acc_dtype)
-        kernels.channel_sum_kernel[(channel_tiles, bias_splits)](
-            dy, partial_b, spec.batch, spec.out_channels, spec.out_height, spec.out_width, *dy.stride(), per_split,
-            ACC_DTYPE=accumulator_dtype(x.dtype), BLOCK_O=block_o, BLOCK_P=block_p)
-        db = partial_b.sum(0).to(x.dtype)
-    return partial_w.sum(0).to(x.dtype), db
+        kernels.channel_sum_kernel[(cdiv(spec.out_channels, block_o), splits)](
+            dy, partial[:, weight_columns:], spec.batch, spec.out_channels, spec.out_height, spec.out_width,
+            *dy.stride(), pixels_per_split, row, ACC_DTYPE=accumulator_dtype(x.dtype), BLOCK_O=block_o,
+            BLOCK_P=block_p)
+    return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype)
