@@ -65,7 +65,8 @@ def layer_calls() -> dict:
 def call_workload(harness, spec, names, device: torch.device):
     """(small spec, inputs, output gradient) of the call: the harness's ``shrink`` of the spec, of its
     dtype and layout (4-D parameters too, in channels_last, as ``model.to(memory_format=...)`` leaves
-    them), the differentiated tensors requiring grad. Small, so that on the CPU the side ops cost
+    them, then in the layout the layer lays them out in again: the harness's ``parameter_layouts``), the
+    differentiated tensors requiring grad. Small, so that on the CPU the side ops cost
     microseconds and on a GPU the kernels are shorter than the host path: the host path is what is timed."""
     small = replace(harness.shrink(spec), dtype=spec.dtype)
     work = harness.make_workload(small, device)
@@ -75,6 +76,7 @@ def call_workload(harness, spec, names, device: torch.device):
             tensor = tensors[name].detach()
             if spec.channels_last and tensor.dim() == 4:
                 tensor = tensor.contiguous(memory_format=torch.channels_last)
+            tensor = getattr(harness, "parameter_layouts", {}).get(name, lambda t: t)(tensor)
             tensors[name] = tensor.requires_grad_()
     return small, tensors, work
 

@@ -29,12 +29,14 @@ def _train_step(rank: int, port: int, results) -> None:
         torch.manual_seed(0)
         model = torch.nn.Sequential(tritonconv.HetConv2d(4, 8, 3, p=2), torch.nn.ReLU(),
                                     tritonconv.ShiftConv2d(8, 8, 3), torch.nn.ReLU(),
-                                    tritonconv.DepthwiseSeparableConv2d(8, 4, 3))
+                                    tritonconv.DepthwiseSeparableConv2d(8, 4, 3), tritonconv.DepthwiseConv2d(4, 3))
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         torch.manual_seed(100 + rank)  # each rank its own batch
         x = torch.randn(2, 4, 6, 6)
         with tritonconv.use_backend("triton"):
             ddp(x).square().mean().backward()
+        # DDP's buckets take a gradient without a copy (or a stride warning) only in the parameter's strides.
+        assert all(p.grad.stride() == p.stride() for p in model.parameters() if p.dim() == 4 and p.shape[1] == 1)
         results[rank] = [p.grad.clone() for p in model.parameters()]
     finally:
         dist.destroy_process_group()

@@ -3,6 +3,9 @@
 An operator folder provides one ``Harness``: it makes inputs for a spec, runs each Triton kernel with
 a given tile, runs the fallback and the dense conv the layer replaces, and compares outputs. The
 tuner and the perf suite stay generic; adding an operator means adding its harness to ``registry``.
+A harness whose layer keeps a parameter in a layout of its own (the depthwise weights, taps-major)
+says so in ``parameter_layouts`` (name -> the function laying a tensor out so), which
+``perf.host.call_workload`` applies after the channels_last conversion, as the layer's ``_apply`` does.
 """
 
 from __future__ import annotations

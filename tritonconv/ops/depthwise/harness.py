@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from tritonconv.harness import Workload
 from tritonconv.ops.depthwise import launch, reference
+from tritonconv.ops.depthwise.layout import taps_major
 from tritonconv.ops.depthwise.op import OPERATOR
 from tritonconv.ops.depthwise.spec import DepthwiseSpec
 from tritonconv.ops.dwsep import shapes
@@ -41,6 +42,8 @@ class DepthwiseHarness:
     operator = OPERATOR
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
+    # How a layer lays out each parameter again after model.to(memory_format=...) (see perf.host).
+    parameter_layouts = {"weight": taps_major}
 
     def make_workload(self, spec: DepthwiseSpec, device) -> Workload:
         def randn(*shape):
@@ -48,7 +51,8 @@ class DepthwiseHarness:
         x = randn(*spec.input_shape)
         if spec.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        tensors = {"x": x, "weight": randn(*spec.weight_shape) / spec.kernel_size,
+        # The weight as the layers hold it (taps-major), so that what is measured is a layer's call.
+        tensors = {"x": x, "weight": taps_major(randn(*spec.weight_shape) / spec.kernel_size),
                    "bias": randn(spec.out_channels) if spec.bias else None}
         # The forward output: the backward kernels read it for the activation's mask.
         tensors["out"] = reference.fallback_forward(x, tensors["weight"], tensors["bias"], spec).contiguous(

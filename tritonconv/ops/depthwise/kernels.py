@@ -356,12 +356,13 @@ def depthwise_bwd_weight_kernel(
 
 @triton.jit
 def depthwise_reduce_weight_kernel(
-    partial_ptr, dw_ptr, db_ptr, SPLITS, OC_V,
+    partial_ptr, dw_ptr, db_ptr, SPLITS, OC_V, sdw_o, sdw_tap,
     K: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, VEC: tl.constexpr,
     PARTIAL_ROWS: tl.constexpr, ROWS_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """dw[o, 0, kh, kw] (and db[o]) = the sum of the splits' partials in split order (deterministic),
-    written in the parameters' dtype and [OC, 1, K, K] layout. Partials: [SPLITS, PARTIAL_ROWS, OC]
+    written in the parameters' dtype; dw[o, 0, kh, kw] lies at o * sdw_o + (kh*K + kw) * sdw_tap (taps-major:
+    1 and OC, a vector store per tap; contiguous: K*K and 1). Partials: [SPLITS, PARTIAL_ROWS, OC]
     (rows kh*K + kw, then the bias); ROWS_P is PARTIAL_ROWS rounded up to a power of two."""
     o = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     o_mask = o < OC_V * VEC
@@ -373,7 +374,7 @@ def depthwise_reduce_weight_kernel(
     for _ in range(0, SPLITS):
         acc += tl.load(partials, mask=mask, other=0.0)
         partials += PARTIAL_ROWS * OC_V * VEC
-    tl.store(dw_ptr + o[None, :] * (K * K) + row[:, None], acc.to(dw_ptr.dtype.element_ty),
+    tl.store(dw_ptr + o[None, :] * sdw_o + row[:, None] * sdw_tap, acc.to(dw_ptr.dtype.element_ty),
              mask=(row < K * K)[:, None] & o_mask[None, :])
     if HAS_BIAS:
         db = tl.sum(tl.where((row == K * K)[:, None], acc, 0.0), axis=0)  # [BLOCK_C]

@@ -3,12 +3,12 @@
 Tiles: ``block_rows`` pixels x ``block_cols`` channels; ``block_reduce`` is unused (no GEMM reduction)
 and ``splits`` divides the weight gradient's pixel reduction.
 
-Weights: the kernels read them as [k*k, OC] (each tap's filters contiguous, one vector load per tap).
-That layout is made by one transpose of the [OC, 1, k, k] parameter once per parameter version and
-kept beside it (``_taps_major``): a training step's forward makes it, its backward and every inference
-call reuse it. The key is the tensor itself (weakly held), its ``_version`` (bumped by every in-place
-write autograd sees: optimizers, ``load_state_dict``, ``nn.init``) and its data_ptr; a write through
-``.data`` bypasses the version counter, and autograd's own saved-tensor check, alike. Strided and
+Weights: the kernels read them as [k*k, OC] (each tap's filters contiguous, one vector load per tap):
+a taps-major [OC, 1, k, k] weight (``layout.is_taps_major``; the layers allocate theirs so and keep
+them so) is read as it is, any other is copied to taps-major per call (one launch). Nothing is cached,
+so no write (in place, through ``.data``, ``load_state_dict``) can leave a stale copy behind. The weight
+gradient is written in the weight's layout (``layout.grad_strides``), so autograd and DDP take it
+without a copy. Strided and
 NCHW inputs take the same kernels through explicit strides; vector loads need channels_last (VEC).
 Every tensor reaches the kernels as its 16-byte-aligned base (``_operand``) and an offset, so that a
 channel-offset view (the Ghost module's ``grad[:, C:]`` with C = 4 mod 8) keeps vector loads.
@@ -20,10 +20,10 @@ from math import gcd
 
 import torch
 import triton
-from torch.utils.weak import WeakIdKeyDictionary
 
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.depthwise import kernels
+from tritonconv.ops.depthwise.layout import empty_grad, grad_strides, taps_major
 from tritonconv.ops.depthwise.spec import ACTIVATIONS, DepthwiseSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, reduction_splits
 
@@ -114,23 +114,6 @@ def _check_image_offsets(*tensors) -> None:
         raise ValueError(f"batch {tensors[0].shape[0]} exceeds {_MAX_GRID_YZ}, the grid's batch axis")
 
 
-# weight -> (its _version, data_ptr, shape and dtype when re-laid out, the [k*k, OC] copy)
-_TAPS_MAJOR: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-
-def _taps_major(weight: torch.Tensor) -> torch.Tensor:
-    """[OC, 1, k, k] -> [k*k, OC] contiguous, made once per parameter version (see the module docstring)."""
-    if weight.is_inference():  # no version counter: nothing to key a cache on
-        return weight.reshape(weight.shape[0], -1).t().contiguous()
-    key = (weight._version, weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype)
-    cached = _TAPS_MAJOR.get(weight)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    taps = weight.detach().reshape(weight.shape[0], -1).t().contiguous()
-    _TAPS_MAJOR[weight] = (key, taps)
-    return taps
-
-
 def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tensor:
     """The op's output: depthwise maps, or ``cat([x, maps])`` written by the same launch (concat_input)."""
     out = empty_like_layout(spec.output_shape, x)
@@ -144,7 +127,7 @@ def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tenso
     channels = max(spec.out_channels, spec.in_channels) if spec.concat_input else spec.out_channels
     grid = (triton.cdiv(spec.out_height * spec.out_width, tile.block_rows), triton.cdiv(channels, tile.block_cols),
             spec.batch)
-    weight_t = _taps_major(weight)
+    weight_t = taps_major(weight)
     (x_, *x_strides), (y_, *y_strides), (copy_, *copy_strides) = (_operand(t, vec) for t in (x, y, copy))
     kernels.depthwise_fwd_kernel[grid](
         x_, weight_t, bias.contiguous() if bias is not None else weight_t, y_, copy_,
@@ -195,7 +178,7 @@ def backward_input(dy, y, weight, spec: DepthwiseSpec, tile: GemmTile, like: tor
             spec.batch)
     (dz_, *dz_strides), (a_, *a_strides), (dx_, *dx_strides) = (_operand(t, vec) for t in (dz, add_, dx))
     kernels.depthwise_bwd_input_kernel[grid](
-        dz_, _taps_major(weight), a_, dx_,
+        dz_, taps_major(weight), a_, dx_,
         spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
         *dz_strides, *a_strides, *dx_strides,
         K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation, MULT=spec.multiplier,
@@ -217,12 +200,14 @@ def _weight_grad_rows(kernel_size: int) -> int:
 
 
 def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: str | None = None,
-                    has_bias: bool | None = None, grad_out: torch.Tensor | None = None):
+                    has_bias: bool | None = None, grad_out: torch.Tensor | None = None,
+                    weight: torch.Tensor | None = None):
     """(grad weight [OC, 1, K, K], grad bias [OC] or None), reduced over pixels in fp32 (fp64). ``dy``
     may be any float dtype and may be ``y`` itself when there is no activation.
 
     Two launches: the partials of every tap (and the bias) per split of the pixels, then their reduction
-    in split order, written in the parameters' dtype and layout. ``grad_out`` (with an activation): a
+    in split order, written in the parameters' dtype, grad weight with ``layout.grad_strides(weight)``
+    (the weight's own strides; taps-major without ``weight``). ``grad_out`` (with an activation): a
     [B, OC, Ho, Wo] tensor the first launch also writes dz (dy masked by the activation) into, for
     ``backward_input`` to read instead of masking again.
     """
@@ -231,7 +216,7 @@ def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: s
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     image_pixels = spec.out_height * spec.out_width
     if spec.batch * image_pixels == 0:
-        return (torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype),
+        return (empty_grad(weight, spec.weight_shape, device=x.device, dtype=x.dtype).zero_(),
                 torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if has_bias else None)
     y = y if ACTIVATIONS[activation] else dy
     write_dz = grad_out is not None and bool(ACTIVATIONS[activation])
@@ -270,11 +255,12 @@ def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: s
         WRITE_DZ=write_dz, ROWS=rows, TAPS=taps, **common,
         BLOCK_P=block_p, BLOCK_C=block_c, num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
-    grad_w = empty(spec.weight_shape, device=x.device, dtype=x.dtype)
+    grad_w = empty_grad(weight, spec.weight_shape, device=x.device, dtype=x.dtype)
+    sdw_o, _, _, sdw_tap = grad_strides(weight, spec.weight_shape)
     grad_b = empty((spec.out_channels,), device=x.device, dtype=x.dtype) if has_bias else None
     kernels.depthwise_reduce_weight_kernel[(channel_tiles,)](
         partial, grad_w, grad_b if grad_b is not None else grad_w, image_splits * pixel_splits,
-        spec.out_channels // vec, **common, ROWS_P=triton.next_power_of_2(partial_rows), BLOCK_C=block_c,
-        num_warps=4,
+        spec.out_channels // vec, sdw_o, sdw_tap, **common, ROWS_P=triton.next_power_of_2(partial_rows),
+        BLOCK_C=block_c, num_warps=4,
     )
     return grad_w, grad_b

@@ -12,17 +12,20 @@ from tritonconv._layout import layer_operands
 from tritonconv._validation import check_bool, check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
+from tritonconv.ops.depthwise.layout import TapsMajorWeights, empty_taps_major
 from tritonconv.ops.depthwise.op import depthwise_conv2d, explain
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation, validate_window
 
 
-class DepthwiseConv2d(nn.Module):
+class DepthwiseConv2d(TapsMajorWeights):
     """``act(conv2d(x, weight, bias, stride, padding, dilation, groups=in_channels))``.
 
     Parameters: ``weight`` [C*multiplier, 1, k, k] (exactly ``nn.Conv2d(C, C*multiplier, k,
     groups=C).weight``), ``bias`` [C*multiplier] or None. ``padding=None`` means ``dilation*(k//2)``;
     ``activation`` is None, "relu" or "relu6" (fused into the kernel). ``kernel_size`` must be odd and
     ``stride`` 1 or 2. Each call is dispatched to the Triton kernel or cuDNN (``explain`` says why).
+    ``weight`` is laid out taps-major ([k, k, C*multiplier] in memory, what the kernels read without a
+    copy) and stays so through ``.to``, ``.half``, ``load_state_dict`` (see ``depthwise.layout``).
     """
 
     def __init__(self, in_channels: int, kernel_size: int = 3, stride: int = 1, padding: int | None = None,
@@ -42,9 +45,12 @@ class DepthwiseConv2d(nn.Module):
         self.activation = normalize_activation("activation", activation)
         out_channels = in_channels * multiplier
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(out_channels, 1, kernel_size, kernel_size, **factory))
+        self.weight = nn.Parameter(empty_taps_major((out_channels, 1, kernel_size, kernel_size), **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
+
+    def depthwise_weights(self):
+        return (self.weight,)
 
     def reset_parameters(self) -> None:
         # nn.Conv2d's default: uniform(+-1/sqrt(fan_in)) with fan_in = k*k for a depthwise filter.

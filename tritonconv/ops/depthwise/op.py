@@ -14,6 +14,7 @@ from tritonconv._layout import empty_like_layout
 from tritonconv._op import fake_gradients, fake_output, run_backward, run_forward
 from tritonconv._validation import check_tensor
 from tritonconv.ops.depthwise import kernels, launch, reference
+from tritonconv.ops.depthwise.layout import grad_strides, in_grad_layout, is_taps_major
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation, triton_unsupported
 
 OPERATOR = dispatch.Operator(
@@ -62,23 +63,31 @@ def _depthwise_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
             # gradient too, which then needs no masking launch of its own.
             dz = empty_like_layout((spec.batch, spec.out_channels, spec.out_height, spec.out_width), x,
                                    dtype=grad.dtype)
-            dw, db = launch.backward_weight(maps_grad, maps, x, spec, tiles["backward_weight"], grad_out=dz)
+            dw, db = launch.backward_weight(maps_grad, maps, x, spec, tiles["backward_weight"], grad_out=dz,
+                                            weight=weight)
             dx = launch.backward_input(dz, dz, weight, spec, tiles["backward_input"], x, activation="none", add=add)
             return dx, dw, db
         if need_input:
             dx = launch.backward_input(maps_grad, maps, weight, spec, tiles["backward_input"], x, add=add)
         if need_weights:
-            dw, db = launch.backward_weight(maps_grad, maps, x, spec, tiles["backward_weight"])
+            dw, db = launch.backward_weight(maps_grad, maps, x, spec, tiles["backward_weight"], weight=weight)
         return dx, dw, db
 
-    return run_backward(OPERATOR, spec, x, forced, triton,
-                        lambda: reference.fallback_backward(grad, x, weight, bias, spec, need_input, need_weights))
+    def fallback():
+        dx, dw, db = reference.fallback_backward(grad, x, weight, bias, spec, need_input, need_weights)
+        return dx, in_grad_layout(dw, weight), db
+
+    return run_backward(OPERATOR, spec, x, forced, triton, fallback)
+
 
 
 @_depthwise_conv2d_backward.register_fake
 def _(grad, x, weight, bias, out, stride, padding, dilation, multiplier, activation, concat_input, need_input,
       need_weights, forced):
-    return fake_gradients(x, need_input, need_weights, weight, bias)
+    dx, dw, db = fake_gradients(x, need_input, need_weights, weight, bias)
+    if need_weights:  # the weight gradient has the weight's strides (layout.grad_strides)
+        dw = weight.new_empty_strided(weight.shape, grad_strides(weight, weight.shape))
+    return dx, dw, db
 
 
 def _setup_context(ctx, inputs, output):
@@ -138,4 +147,12 @@ def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: in
     padding = default_padding(weight.shape[-1], dilation) if padding is None else padding
     spec = _spec(x, weight, bias, stride, padding, dilation, multiplier,
                  normalize_activation("activation", activation), False)
-    return dispatch.explain(OPERATOR, spec, pass_, x.device)
+    decision = dispatch.explain(OPERATOR, spec, pass_, x.device)
+    if decision.backend == "triton" and not is_taps_major(weight):
+        decision = dispatch.Decision(decision.backend, f"{decision.reason}; {WEIGHT_COPY_NOTE}", decision.tiles,
+                                     decision.untuned)
+    return decision
+
+
+WEIGHT_COPY_NOTE = ("the weight is not taps-major ([k*k, OC] in memory, as the layers allocate it): it is copied "
+                    "to taps-major per call (one more launch per pass)")

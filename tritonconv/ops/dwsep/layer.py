@@ -11,6 +11,7 @@ from tritonconv._layout import layer_operands
 from tritonconv._validation import check_bool, check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
+from tritonconv.ops.depthwise.layout import TapsMajorWeights, empty_taps_major
 from tritonconv.ops.depthwise.spec import default_padding, normalize_activation, validate_window
 from tritonconv.ops.dwsep.op import dwsep_conv2d, explain
 from tritonconv.ops.dwsep.spec import DwSepSpec
@@ -48,7 +49,7 @@ def _activation_of(act) -> str | None:
     raise ValueError(f"act={act!r} is not supported; expected None, nn.Identity, nn.ReLU, nn.ReLU6, 'relu' or 'relu6'")
 
 
-class DepthwiseSeparableConv2d(nn.Module):
+class DepthwiseSeparableConv2d(TapsMajorWeights):
     """``y = out_act(conv1x1(act(dwconv(x) + dw_bias)) + pw_bias)`` in one fused kernel (SPEC section 2).
 
     ``dwconv`` is ``conv2d(..., groups=in_channels)`` with ``kernel_size`` (odd), ``stride`` (1 or 2),
@@ -57,6 +58,7 @@ class DepthwiseSeparableConv2d(nn.Module):
     ``pw_bias`` [N] or None (``bias`` switches both). The depthwise result never goes to device memory
     in the forward; the backward recomputes it. Every call is dispatched to the Triton kernels or the
     unfused cuDNN pair (``explain`` says which and why); under autocast, operands are cast.
+    ``dw_weight`` is laid out taps-major ([k, k, C] in memory) and stays so (see ``depthwise.layout``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
@@ -75,11 +77,14 @@ class DepthwiseSeparableConv2d(nn.Module):
         self.activation = normalize_activation("activation", activation)
         self.out_activation = normalize_activation("out_activation", out_activation)
         factory = {"device": device, "dtype": dtype}
-        self.dw_weight = nn.Parameter(torch.empty(in_channels, 1, kernel_size, kernel_size, **factory))
+        self.dw_weight = nn.Parameter(empty_taps_major((in_channels, 1, kernel_size, kernel_size), **factory))
         self.dw_bias = nn.Parameter(torch.empty(in_channels, **factory)) if bias else None
         self.pw_weight = nn.Parameter(torch.empty(out_channels, in_channels, 1, 1, **factory))
         self.pw_bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
+
+    def depthwise_weights(self):
+        return (self.dw_weight,)
 
     def reset_parameters(self) -> None:
         # nn.Conv2d's default per conv: uniform(+-1/sqrt(fan_in)), fan_in k*k (depthwise) and C (pointwise).

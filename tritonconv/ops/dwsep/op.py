@@ -12,6 +12,7 @@ from torch import Tensor
 from tritonconv import dispatch
 from tritonconv._op import fake_gradients, fake_output, run_backward, run_forward
 from tritonconv.ops.depthwise import kernels as depthwise_kernels
+from tritonconv.ops.depthwise.layout import grad_strides, in_grad_layout
 from tritonconv.ops.depthwise.spec import default_padding, normalize_activation, triton_unsupported
 from tritonconv.ops.dwsep import kernels, launch, reference
 from tritonconv.ops.dwsep.spec import DwSepSpec
@@ -54,18 +55,23 @@ def _dwsep_conv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: 
                            forced: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad input, grad dw_weight, grad dw_bias, grad pw_weight, grad pw_bias); unneeded ones come back empty."""
     spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation)
-    return run_backward(
+    dx, ddw, *rest = run_backward(
         OPERATOR, spec, x, forced,
         lambda tiles: launch.backward(grad, out, x, dw_weight, dw_bias, pw_weight, spec, tiles, need_input,
                                       need_weights),
         lambda: reference.fallback_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, spec, need_input,
                                             need_weights))
+    # grad dw_weight with dw_weight's strides (depthwise.layout.grad_strides): no copy for the layer's own.
+    return dx, in_grad_layout(ddw, dw_weight) if need_weights else ddw, *rest
 
 
 @_dwsep_conv2d_backward.register_fake
 def _(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, out, stride, padding, dilation, activation, out_activation,
       need_input, need_weights, forced):
-    return fake_gradients(x, need_input, need_weights, dw_weight, dw_bias, pw_weight, pw_bias)
+    dx, ddw, *rest = fake_gradients(x, need_input, need_weights, dw_weight, dw_bias, pw_weight, pw_bias)
+    if need_weights:
+        ddw = dw_weight.new_empty_strided(dw_weight.shape, grad_strides(dw_weight, dw_weight.shape))
+    return dx, ddw, *rest
 
 
 def _setup_context(ctx, inputs, output):

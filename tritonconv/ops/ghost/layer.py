@@ -12,6 +12,7 @@ from tritonconv._layout import autocast_enabled, autocast_operands
 from tritonconv._validation import check_bool, check_input, check_int_choice, check_positive_int, check_same, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
+from tritonconv.ops.depthwise.layout import TapsMajorWeights
 from tritonconv.ops.depthwise.op import depthwise_conv2d, ghost_concat
 from tritonconv.ops.depthwise.op import explain as depthwise_explain
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, validate_window
@@ -26,7 +27,7 @@ def _folded(bn: nn.BatchNorm2d, weight: Tensor, rows: int) -> tuple[Tensor, Tens
     return weight[:rows] * scale[:, None, None, None], shift
 
 
-class GhostModule(nn.Module):
+class GhostModule(TapsMajorWeights):
     """``m = ceil(out/ratio)`` intrinsic maps from a k x k conv (+BN, ReLU), ``m*(ratio-1)`` ghost maps from
     a depthwise ``dw_size`` conv of them (channel multiplier ratio-1, +BN, ReLU); output
     ``cat([intrinsic, ghost])[:, :out]``. ``relu=False`` drops both ReLUs (GhostNet's second module).
@@ -39,6 +40,10 @@ class GhostModule(nn.Module):
     are kept) straight into one preallocated output: no torch.cat, no ghost maps thrown away.
     **Training** (batch statistics): BN needs the whole conv output first, so the ghost maps come from
     our depthwise kernel, then BN, ReLU and torch.cat, exactly as the original.
+
+    ``cheap_operation.0.weight`` is laid out taps-major ([dw_size, dw_size, m*(ratio-1)] in memory, what
+    the depthwise kernels read without a copy; BN folding keeps that layout) and stays so through ``.to``
+    and ``load_state_dict`` of the module (see ``depthwise.layout``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, ratio: int = 2, dw_size: int = 3,
@@ -70,6 +75,10 @@ class GhostModule(nn.Module):
             nn.BatchNorm2d(self.new_channels, **factory),
             nn.ReLU(inplace=True) if relu else nn.Sequential(),
         )
+        self.relay_depthwise_weights()
+
+    def depthwise_weights(self):
+        return (self.cheap_operation[0].weight,)
 
     @property
     def kept_ghost_channels(self) -> int:
