@@ -80,7 +80,6 @@ def _depthwise_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
     return run_backward(OPERATOR, spec, x, forced, triton, fallback)
 
 
-
 @_depthwise_conv2d_backward.register_fake
 def _(grad, x, weight, bias, out, stride, padding, dilation, multiplier, activation, concat_input, need_input,
       need_weights, forced):
