@@ -64,3 +64,28 @@ def fake_gradients(x: Tensor, need_input: bool, need_weights: bool, *params) -> 
 
     dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else None
     return missing_as_empty((dx, *map(like, params)), x)
+
+
+def register_training(forward_op, backward_op, *, params: int, saves_output: bool = False) -> None:
+    """The autograd formula of ``forward_op(x, *params, *hyperparameters)``, written once for every
+    operator: its backward is ``backward_op(grad, x, *params, [output,] *hyperparameters, need_input,
+    need_weights, forced)``, returning (grad input, one gradient per parameter). An absent parameter
+    (None, e.g. no bias) gets no gradient; ``saves_output`` passes the forward's output too (to undo an
+    activation). The backend forced around the forward is captured for the backward, which may run
+    on an autograd worker thread that does not see ``use_backend()``."""
+    def setup_context(ctx, inputs, output):
+        x, weights, ctx.hyperparameters = inputs[0], inputs[1:1 + params], inputs[1 + params:]
+        ctx.save_for_backward(x, *weights, *((output,) if saves_output else ()))
+        ctx.forced = dispatch.forced_for_backward()
+
+    def backward(ctx, grad):
+        x, *saved = ctx.saved_tensors
+        weights = saved[:params]
+        need_input = ctx.needs_input_grad[0]
+        need_weights = any(ctx.needs_input_grad[1:1 + params])
+        dx, *dweights = backward_op(grad, x, *saved, *ctx.hyperparameters, need_input, need_weights, ctx.forced)
+        return (dx if need_input else None,
+                *(g if need_weights and w is not None else None for g, w in zip(dweights, weights)),
+                *(None,) * len(ctx.hyperparameters))
+
+    forward_op.register_autograd(backward, setup_context=setup_context)

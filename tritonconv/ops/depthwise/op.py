@@ -11,7 +11,7 @@ from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv._layout import empty_like_layout
-from tritonconv._op import fake_gradients, fake_output, run_backward, run_forward
+from tritonconv._op import fake_gradients, fake_output, register_training, run_backward, run_forward
 from tritonconv._validation import check_tensor
 from tritonconv.ops.depthwise import kernels, launch, reference
 from tritonconv.ops.depthwise.layout import grad_strides, in_grad_layout, is_taps_major
@@ -89,25 +89,8 @@ def _(grad, x, weight, bias, out, stride, padding, dilation, multiplier, activat
     return dx, dw, db
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, stride, padding, dilation, multiplier, activation, concat_input = inputs
-    ctx.save_for_backward(x, weight, bias, output)
-    ctx.args = (stride, padding, dilation, multiplier, activation, concat_input)
-    # The backward may run on an autograd worker thread that does not see use_backend(): capture it.
-    ctx.forced = dispatch.forced_for_backward()
-
-
-def _backward(ctx, grad):
-    x, weight, bias, out = ctx.saved_tensors
-    need_input = ctx.needs_input_grad[0]
-    need_weights = any(ctx.needs_input_grad[1:3])
-    dx, dw, db = torch.ops.tritonconv.depthwise_conv2d_backward(grad, x, weight, bias, out, *ctx.args, need_input,
-                                                                 need_weights, ctx.forced)
-    return (dx if need_input else None, dw if need_weights else None,
-            db if need_weights and bias is not None else None) + (None,) * 6
-
-
-_depthwise_conv2d.register_autograd(_backward, setup_context=_setup_context)
+register_training(_depthwise_conv2d, torch.ops.tritonconv.depthwise_conv2d_backward, params=2,
+                  saves_output=True)
 
 
 def _multiplier(x, weight) -> int:

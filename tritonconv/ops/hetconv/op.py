@@ -11,7 +11,7 @@ from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv._layout import memory_format_of
-from tritonconv._op import fake_gradients, fake_output, run_backward, run_forward
+from tritonconv._op import fake_gradients, fake_output, register_training, run_backward, run_forward
 from tritonconv.ops.hetconv import kernels, launch, reference
 from tritonconv.ops.hetconv.spec import HetConvSpec, triton_unsupported
 
@@ -39,12 +39,11 @@ def _(x, weight, weight_pw, bias, stride, p):
 
 
 @torch.library.custom_op("tritonconv::hetconv2d_backward", mutates_args=())
-def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tensor, has_bias: bool, stride: int,
-                        p: int, need_input: bool, need_weights: bool,
+def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor],
+                        stride: int, p: int, need_input: bool, need_weights: bool,
                         forced: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad weight_pw, grad bias); grads that are not needed come back empty."""
-    bias_stub = weight_pw.new_empty(weight.shape[0]) if has_bias else None
-    spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias_stub, stride=stride, p=p)
+    spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
 
     def triton(tiles):
         dx = launch.backward_input(grad, weight, weight_pw, spec, tiles["backward_input"], x) if need_input else None
@@ -57,29 +56,11 @@ def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tens
 
 
 @_hetconv2d_backward.register_fake
-def _(grad, x, weight, weight_pw, has_bias, stride, p, need_input, need_weights, forced):
-    return fake_gradients(x, need_input, need_weights, weight, weight_pw, (weight.shape[0],) if has_bias else None)
+def _(grad, x, weight, weight_pw, bias, stride, p, need_input, need_weights, forced):
+    return fake_gradients(x, need_input, need_weights, weight, weight_pw, bias)
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, weight_pw, bias, stride, p = inputs
-    ctx.save_for_backward(x, weight, weight_pw)
-    ctx.has_bias, ctx.stride, ctx.p = bias is not None, stride, p
-    # The backward may run on an autograd worker thread that does not see use_backend(): capture it.
-    ctx.forced = dispatch.forced_for_backward()
-
-
-def _backward(ctx, grad):
-    x, weight, weight_pw = ctx.saved_tensors
-    need_input = ctx.needs_input_grad[0]
-    need_weights = any(ctx.needs_input_grad[1:4])
-    dx, dw, dpw, db = torch.ops.tritonconv.hetconv2d_backward(
-        grad, x, weight, weight_pw, ctx.has_bias, ctx.stride, ctx.p, need_input, need_weights, ctx.forced)
-    return (dx if need_input else None, dw if need_weights else None, dpw if need_weights else None,
-            db if need_weights and ctx.has_bias else None, None, None)
-
-
-_hetconv2d.register_autograd(_backward, setup_context=_setup_context)
+register_training(_hetconv2d, torch.ops.tritonconv.hetconv2d_backward, params=3)
 
 
 def hetconv2d(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor] = None, stride: int = 1,

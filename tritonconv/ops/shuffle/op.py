@@ -10,7 +10,14 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._op import fake_gradients, fake_output, run_backward, run_forward, weight_bias_backward
+from tritonconv._op import (
+    fake_gradients,
+    fake_output,
+    register_training,
+    run_backward,
+    run_forward,
+    weight_bias_backward,
+)
 from tritonconv._validation import check_positive_int
 from tritonconv.ops.shuffle import kernels, launch, reference
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
@@ -37,12 +44,11 @@ def _(x, weight, bias, groups, shuffle_groups):
 
 
 @torch.library.custom_op("tritonconv::shuffle_conv1x1_backward", mutates_args=())
-def _shuffle_conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias: bool, groups: int,
+def _shuffle_conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int,
                               shuffle_groups: int, need_input: bool, need_weights: bool,
                               forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
-    bias_stub = weight.new_empty(weight.shape[0]) if has_bias else None
-    spec = ShuffleConvSpec.from_tensors(x, weight, bias_stub, groups=groups, shuffle_groups=shuffle_groups)
+    spec = ShuffleConvSpec.from_tensors(x, weight, bias, groups=groups, shuffle_groups=shuffle_groups)
     return run_backward(
         OPERATOR, spec, x, forced,
         lambda tiles: weight_bias_backward(launch, grad, x, weight, spec, tiles, need_input, need_weights),
@@ -50,29 +56,11 @@ def _shuffle_conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias:
 
 
 @_shuffle_conv1x1_backward.register_fake
-def _(grad, x, weight, has_bias, groups, shuffle_groups, need_input, need_weights, forced):
-    return fake_gradients(x, need_input, need_weights, weight, (weight.shape[0],) if has_bias else None)
+def _(grad, x, weight, bias, groups, shuffle_groups, need_input, need_weights, forced):
+    return fake_gradients(x, need_input, need_weights, weight, bias)
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, groups, shuffle_groups = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.args = (bias is not None, groups, shuffle_groups)
-    # The backward may run on an autograd worker thread that does not see use_backend(): capture it.
-    ctx.forced = dispatch.forced_for_backward()
-
-
-def _backward(ctx, grad):
-    x, weight = ctx.saved_tensors
-    need_input = ctx.needs_input_grad[0]
-    need_weights = any(ctx.needs_input_grad[1:3])
-    dx, dw, db = torch.ops.tritonconv.shuffle_conv1x1_backward(grad, x, weight, *ctx.args, need_input, need_weights,
-                                                               ctx.forced)
-    return (dx if need_input else None, dw if need_weights else None,
-            db if need_weights and ctx.args[0] else None, None, None)
-
-
-_shuffle_conv1x1.register_autograd(_backward, setup_context=_setup_context)
+register_training(_shuffle_conv1x1, torch.ops.tritonconv.shuffle_conv1x1_backward, params=2)
 
 
 def shuffle_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, groups: int = 1,

@@ -10,7 +10,14 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._op import fake_gradients, fake_output, run_backward, run_forward, weight_bias_backward
+from tritonconv._op import (
+    fake_gradients,
+    fake_output,
+    register_training,
+    run_backward,
+    run_forward,
+    weight_bias_backward,
+)
 from tritonconv.ops.versatile import kernels, launch, reference
 from tritonconv.ops.versatile.spec import VersatileSpec, triton_unsupported
 
@@ -43,12 +50,11 @@ def _(x, weight, bias, out_channels, stride, padding, dilation, delta, g):
 
 
 @torch.library.custom_op("tritonconv::versatile_conv2d_backward", mutates_args=())
-def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias: bool, out_channels: int,
+def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], out_channels: int,
                                stride: int, padding: int, dilation: int, delta: int, g: int, need_input: bool,
                                need_weights: bool, forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
-    bias_stub = weight.new_empty(out_channels) if has_bias else None
-    spec = _spec(x, weight, bias_stub, out_channels, stride, padding, dilation, delta, g)
+    spec = _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
     return run_backward(
         OPERATOR, spec, x, forced,
         lambda tiles: weight_bias_backward(launch, grad, x, weight, spec, tiles, need_input, need_weights),
@@ -56,29 +62,11 @@ def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias
 
 
 @_versatile_conv2d_backward.register_fake
-def _(grad, x, weight, has_bias, out_channels, stride, padding, dilation, delta, g, need_input, need_weights, forced):
-    return fake_gradients(x, need_input, need_weights, weight, (out_channels,) if has_bias else None)
+def _(grad, x, weight, bias, out_channels, stride, padding, dilation, delta, g, need_input, need_weights, forced):
+    return fake_gradients(x, need_input, need_weights, weight, bias)
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, *hyper = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.has_bias, ctx.hyper = bias is not None, tuple(hyper)
-    # The backward may run on an autograd worker thread that does not see use_backend(): capture it.
-    ctx.forced = dispatch.forced_for_backward()
-
-
-def _backward(ctx, grad):
-    x, weight = ctx.saved_tensors
-    need_input = ctx.needs_input_grad[0]
-    need_weights = any(ctx.needs_input_grad[1:3])
-    dx, dw, db = torch.ops.tritonconv.versatile_conv2d_backward(grad, x, weight, ctx.has_bias, *ctx.hyper, need_input,
-                                                                need_weights, ctx.forced)
-    return (dx if need_input else None, dw if need_weights else None,
-            db if need_weights and ctx.has_bias else None) + (None,) * len(ctx.hyper)
-
-
-_versatile_conv2d.register_autograd(_backward, setup_context=_setup_context)
+register_training(_versatile_conv2d, torch.ops.tritonconv.versatile_conv2d_backward, params=2)
 
 
 def versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_channels: int, stride: int = 1,
