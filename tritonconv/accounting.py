@@ -47,12 +47,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     shapes matter); its training mode is restored.
     """
 
-    from tritonconv.dispatch import use_backend  # here, not at import: the cost model stays a leaf module
-
     if len(input_shape) < 1 or any(int(d) <= 0 for d in input_shape):
         raise ValueError(f"input_shape={tuple(input_shape)} must be a tuple of positive sizes")
     total = 0
-    handles = []
 
     def hook(module, inputs, output):
         nonlocal total
@@ -66,9 +63,17 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     counted = [m for m in model.modules() if hasattr(m, "cost") or isinstance(m, (nn.Conv2d, nn.Linear))]
     # A tritonconv layer's own submodules (if any) are inside its cost already.
     inside_ours = {id(sub) for m in counted if hasattr(m, "cost") for sub in m.modules() if sub is not m}
-    for module in counted:
-        if id(module) not in inside_ours:
-            handles.append(module.register_forward_hook(hook))
+    run_with_hooks(model, input_shape, [m for m in counted if id(m) not in inside_ours], hook)
+    return total
+
+
+def run_with_hooks(model: nn.Module, input_shape: tuple[int, ...], modules, hook) -> None:
+    """Run ``model`` once with the forward ``hook`` on each of ``modules``: in eval mode, without grad,
+    through the fallback backend (only shapes matter), on a random input of ``input_shape`` on the
+    parameters' device and dtype. The training mode is restored and the hooks removed."""
+    from tritonconv.dispatch import use_backend  # here, not at import: the cost model stays a leaf module
+
+    handles = [module.register_forward_hook(hook) for module in modules]
     was_training = model.training
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -81,4 +86,3 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return total

@@ -13,8 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from tritonconv.accounting import count_macs
-from tritonconv.dispatch import use_backend
+from tritonconv.accounting import count_macs, run_with_hooks
 from tritonconv.ops.hetconv import HetConv2d
 
 REPARAMETERISATION_NOTE = ("Converting a trained dense conv is a re-parameterisation, not an equivalence: "
@@ -96,19 +95,7 @@ def _conv_input_shapes(model: nn.Module, convs: dict[int, nn.Conv2d], input_shap
     def record(module, inputs, output) -> None:  # a hook returning a value would replace the output
         shapes.setdefault(id(module), tuple(inputs[0].shape))
 
-    handles = [conv.register_forward_hook(record) for conv in convs.values()]
-    was_training = model.training
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    try:
-        model.eval()
-        with torch.no_grad(), use_backend("fallback"):
-            model(torch.randn(*input_shape, device=device, dtype=dtype))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    run_with_hooks(model, input_shape, convs.values(), record)
     return shapes
 
 
