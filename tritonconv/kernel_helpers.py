@@ -35,7 +35,8 @@ def pixel_walk_step(b, ho, wo, Ho, Wo, BLOCK: tl.constexpr):
 def split_sum_kernel(partial_ptr, first_ptr, second_ptr, SPLITS, FIRST, TOTAL, BLOCK: tl.constexpr):
     """The deterministic end of a split-K reduction: out[e] = sum over the SPLITS rows of partial
     [SPLITS, TOTAL] in row order, cast to the outputs' dtype; elements [0, FIRST) go to ``first_ptr``
-    (the weight gradient), [FIRST, TOTAL) to ``second_ptr`` (the bias gradient), in one launch."""
+    (the weight gradient), [FIRST, TOTAL) to ``second_ptr`` (the bias gradient; None: TOTAL = FIRST),
+    in one launch."""
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
     mask = e < TOTAL
     ptrs = partial_ptr + e
@@ -44,4 +45,5 @@ def split_sum_kernel(partial_ptr, first_ptr, second_ptr, SPLITS, FIRST, TOTAL, B
         ptrs += TOTAL  # a pointer bump: 64-bit however many splits
         total += tl.load(ptrs, mask=mask, other=0.0)
     tl.store(first_ptr + e, total.to(first_ptr.dtype.element_ty), mask=mask & (e < FIRST))
-    tl.store(second_ptr + (e - FIRST), total.to(second_ptr.dtype.element_ty), mask=mask & (e >= FIRST))
+    if second_ptr is not None:
+        tl.store(second_ptr + (e - FIRST), total.to(second_ptr.dtype.element_ty), mask=mask & (e >= FIRST))

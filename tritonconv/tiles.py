@@ -172,7 +172,7 @@ def sum_splits(partial: torch.Tensor, weight_shape: tuple, bias_shape: tuple | N
     weight = empty(weight_shape, device=partial.device, dtype=dtype)
     bias = empty(bias_shape, device=partial.device, dtype=dtype) if bias_shape is not None else None
     split_sum_kernel[(cdiv(total, SPLIT_SUM_BLOCK),)](
-        partial, weight, bias if bias is not None else weight, splits, weight.numel(), total, BLOCK=SPLIT_SUM_BLOCK)
+        partial, weight, bias, splits, weight.numel(), total, BLOCK=SPLIT_SUM_BLOCK)
     return weight, bias
 
 

@@ -130,7 +130,7 @@ def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tenso
     weight_t = taps_major(weight)
     (x_, *x_strides), (y_, *y_strides), (copy_, *copy_strides) = (_operand(t, vec) for t in (x, y, copy))
     kernels.depthwise_fwd_kernel[grid](
-        x_, weight_t, bias.contiguous() if bias is not None else weight_t, y_, copy_,
+        x_, weight_t, bias.contiguous() if bias is not None else None, y_, copy_,
         spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
         *x_strides, *y_strides, *copy_strides,
         **_window(spec, spec.activation), HAS_BIAS=bias is not None, COPY_INPUT=spec.concat_input, VEC=vec,

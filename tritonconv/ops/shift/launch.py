@@ -124,7 +124,7 @@ def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
     grid = (cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
             cdiv(spec.out_channels, tile.block_cols))
     kernels.shift_fwd_kernel[grid](
-        x, weight, bias.contiguous() if bias is not None else weight, y, *_sizes(spec), *x.stride(), *y.stride(),
+        x, weight, bias.contiguous() if bias is not None else None, y, *_sizes(spec), *x.stride(), *y.stride(),
         *_shift_args(spec), SEGMENTED=segmented(spec),
         GROUP_ALIGN=_group_align(spec), HAS_BIAS=bias is not None, **_constexprs(spec, x.dtype),
         **TILES["forward"].launch_args(tile))

@@ -81,7 +81,7 @@ def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Ten
     grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
             spec.groups * cdiv(spec.group_out, tile.block_cols))
     kernels.shuffle_conv_fwd_kernel[grid](
-        x, weight, bias.contiguous() if bias is not None else weight, y,
+        x, weight, bias.contiguous() if bias is not None else None, y,
         *_sizes(spec), *x.stride(), spec.width, *y.stride(),
         ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), spec.group_in, 8),
         INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=bias is not None,

@@ -89,7 +89,7 @@ def forward(x, weight, bias, spec: VersatileSpec, tile: GemmTile) -> torch.Tenso
     grid = (cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
             spec.n_c * cdiv(spec.n_w, tile.block_cols))
     kernels.versatile_fwd_kernel[grid](
-        x, weight, bias.contiguous() if bias is not None else weight, y,
+        x, weight, bias.contiguous() if bias is not None else None, y,
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *x.stride(), *y.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g,
         S_NUM=spec.s_num, WINDOW_ALIGN=window_align(spec), HAS_BIAS=bias is not None, **_common(spec, x.dtype),
