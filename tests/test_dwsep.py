@@ -11,8 +11,9 @@ from tritonconv.harness import max_relative_error, tolerance
 from tritonconv.ops.depthwise import DepthwiseConv2d, depthwise_conv2d
 from tritonconv.ops.depthwise.harness import HARNESS as DEPTHWISE_HARNESS
 from tritonconv.ops.depthwise.spec import DepthwiseSpec
-from tritonconv.ops.dwsep import DepthwiseSeparableConv2d, DwSepSpec, dwsep_conv2d, shapes
+from tritonconv.ops.dwsep import DepthwiseSeparableConv2d, DwSepSpec, dwsep_conv2d
 from tritonconv.ops.dwsep.harness import HARNESS as DWSEP_HARNESS
+from tritonconv.zoo import separable
 
 ACT = {None: lambda z: z, "relu": F.relu, "relu6": F.relu6}
 
@@ -317,7 +318,7 @@ def test_depthwise_bad_inputs(device):
 # ---- shape sets and harnesses ---------------------------------------------------------------------
 
 def test_mobilenet_v2_shape_set():
-    layers = shapes.mobilenet_v2(224)
+    layers = separable.mobilenet_v2(224)
     assert len(layers) == 17  # one depthwise + project pair per inverted residual block
     assert (layers[0].in_channels, layers[0].out_channels, layers[0].height) == (32, 16, 112)
     assert (layers[1].in_channels, layers[1].stride) == (96, 2)
@@ -332,7 +333,7 @@ def test_mobilenet_v2_shape_set():
 def test_efficientnet_b0_shape_set():
     """The published EfficientNet-B0 (Tan & Le 2019, table 1; torchvision's efficientnet_b0): 16 MBConv
     blocks, 9 of them 5 x 5, at 112, 56, 28, 14 and 7 px."""
-    layers = shapes.efficientnet_b0(224)
+    layers = separable.efficientnet_b0(224)
     assert len(layers) == 16
     assert sum(layer.kernel_size == 5 for layer in layers) == 9
     assert [layer.stride for layer in layers].count(2) == 4

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from tritonconv.dispatch import use_backend
-from tritonconv.ops.dwsep import shapes
 from tritonconv.ops.ghost import GhostModule
 from tritonconv.ops.ghost.harness import HARNESS
+from tritonconv.zoo import separable
 
 
 class OfficialGhostModule(nn.Module):
@@ -125,7 +125,7 @@ def _ghostnet_1x_parameters() -> int:
 
     layers = [nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16)]
     channels = 16
-    for stage in shapes.GHOSTNET_CONFIG:
+    for stage in separable.GHOSTNET_CONFIG:
         for k, expansion, c, se_ratio, stride in stage:
             layers.append(GhostModule(channels, expansion, relu=True))
             if stride > 1:
@@ -149,7 +149,7 @@ def test_ghostnet_1x_parameter_count():
 
 def test_shape_set_and_harness(device):
     specs = HARNESS.specs_for("ghostnet", batch=8, dtype="float32")
-    assert sum(count for _, count, _ in specs) == len(shapes.ghostnet_ghost_modules()) == 32
+    assert sum(count for _, count, _ in specs) == len(separable.ghostnet_ghost_modules()) == 32
     label, _, spec = specs[3]
     assert spec.concat_input and spec.in_channels + spec.out_channels == spec.total_out_channels
     small = HARNESS.shrink(spec)

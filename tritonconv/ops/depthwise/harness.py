@@ -16,10 +16,10 @@ from tritonconv.ops.depthwise import launch, reference
 from tritonconv.ops.depthwise.layout import taps_major
 from tritonconv.ops.depthwise.op import OPERATOR
 from tritonconv.ops.depthwise.spec import DepthwiseSpec
-from tritonconv.ops.dwsep import shapes
+from tritonconv.zoo import separable
 
-_SETS = {"mobilenet_v2": lambda: shapes.mobilenet_v2(224), "ghostnet": lambda: shapes.ghostnet_separable(224),
-         "efficientnet_b0": lambda: shapes.efficientnet_b0(224)}
+_SETS = {"mobilenet_v2": lambda: separable.mobilenet_v2(224), "ghostnet": lambda: separable.ghostnet_separable(224),
+         "efficientnet_b0": lambda: separable.efficientnet_b0(224)}
 SHAPE_SETS = tuple(_SETS)
 
 
@@ -30,7 +30,7 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
     if shape_set not in _SETS:
         raise ValueError(f"shape set {shape_set!r} is not known for depthwise; expected one of {SHAPE_SETS}")
     out = []
-    for layer, count in shapes.unique(_SETS[shape_set]()):
+    for layer, count in separable.unique(_SETS[shape_set]()):
         spec = DepthwiseSpec(batch, layer.in_channels, layer.in_channels, layer.height, layer.width,
                              layer.kernel_size, layer.stride, layer.kernel_size // 2, 1, 1, True, layer.activation,
                              dtype, channels_last)

@@ -9,24 +9,25 @@ import torch.nn.functional as F
 
 from tritonconv.harness import Workload
 from tritonconv.ops.depthwise import launch as depthwise_launch
-from tritonconv.ops.dwsep import launch, reference, shapes
+from tritonconv.ops.dwsep import launch, reference
 from tritonconv.ops.dwsep.op import OPERATOR
 from tritonconv.ops.dwsep.spec import DwSepSpec
+from tritonconv.zoo import separable
 
-_SETS = {"mobilenet_v2": lambda: shapes.mobilenet_v2(224),
-         "ghostnet": lambda: [layer for layer in shapes.ghostnet_separable(224) if layer.out_channels is not None],
-         "efficientnet_b0": lambda: shapes.efficientnet_b0(224)}
+_SETS = {"mobilenet_v2": lambda: separable.mobilenet_v2(224),
+         "ghostnet": lambda: [layer for layer in separable.ghostnet_separable(224) if layer.out_channels is not None],
+         "efficientnet_b0": lambda: separable.efficientnet_b0(224)}
 SHAPE_SETS = tuple(_SETS)
 
 
 def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = False) -> list:
     """(label, count, spec) for every depthwise + pointwise pair of ``shape_set`` (BN folded into the biases):
     MobileNetV2's depthwise + project convs (ReLU6 between, linear output), GhostNet's shortcut pairs,
-    EfficientNet-B0's MBConv depthwise + project convs as shapes (``shapes.efficientnet_b0``)."""
+    EfficientNet-B0's MBConv depthwise + project convs as shapes (``separable.efficientnet_b0``)."""
     if shape_set not in _SETS:
         raise ValueError(f"shape set {shape_set!r} is not known for dwsep; expected one of {SHAPE_SETS}")
     out = []
-    for layer, count in shapes.unique(_SETS[shape_set]()):
+    for layer, count in separable.unique(_SETS[shape_set]()):
         spec = DwSepSpec(batch, layer.in_channels, layer.out_channels, layer.height, layer.width, layer.kernel_size,
                          layer.stride, layer.kernel_size // 2, 1, True, True, layer.activation, layer.out_activation,
                          dtype, channels_last)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tritonconv.ops.depthwise.harness import DepthwiseHarness
 from tritonconv.ops.depthwise.spec import DepthwiseSpec
-from tritonconv.ops.dwsep import shapes
+from tritonconv.zoo import separable
 
 SHAPE_SETS = ("ghostnet",)
 
@@ -16,7 +16,7 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
     if shape_set not in SHAPE_SETS:
         raise ValueError(f"shape set {shape_set!r} is not known for ghost; expected one of {SHAPE_SETS}")
     out = []
-    for layer, count in shapes.unique(shapes.ghostnet_ghost_modules(224)):
+    for layer, count in separable.unique(separable.ghostnet_ghost_modules(224)):
         m = layer.init_channels
         spec = DepthwiseSpec(batch, m, layer.out_channels - m, layer.height, layer.width, layer.dw_size, 1,
                              layer.dw_size // 2, 1, layer.ratio - 1, True, "relu" if layer.relu else "none", dtype,

@@ -6,15 +6,16 @@ from dataclasses import replace
 
 from tritonconv import zoo
 from tritonconv.harness import WeightBiasHarness
-from tritonconv.ops.shift import launch, reference, shapes
+from tritonconv.ops.shift import launch, reference
 from tritonconv.ops.shift.op import OPERATOR
 from tritonconv.ops.shift.spec import ShiftSpec
+from tritonconv.zoo.shift import resnet50_shift, shiftresnet20
 
 SHAPE_SETS = ("shiftresnet20", "resnet50")
 
 
 def _shape_set(name: str, expansion: int) -> list:
-    sets = {"shiftresnet20": lambda: shapes.shiftresnet20(expansion), "resnet50": lambda: shapes.resnet50_shift(224)}
+    sets = {"shiftresnet20": lambda: shiftresnet20(expansion), "resnet50": lambda: resnet50_shift(224)}
     if name not in sets:
         raise ValueError(f"shape set {name!r} is not known for shift; expected one of {SHAPE_SETS}")
     return sets[name]()
