@@ -120,8 +120,8 @@ def shuffle_conv_bwd_input_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[b, c, h, w] = sum_n w[n, c] dy[b, pos(n), h, w] over the filters of c's group. ALIGN divides
-    dy's strides and the group widths (as in the forward). BLOCKED (the launcher's check: no shuffle, or
-    shuffle groups = conv groups): pos is affine in the group's filters, pos(n) = n_local * sg + group."""
+    dy's strides and the group widths (as in the forward). BLOCKED (the launcher's check: shuffle groups
+    = conv groups): pos is affine in the group's filters, pos(n) = n_local * sg + group."""
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
     tiles_per_group = tl.cdiv(GROUP_IN, BLOCK_N)
@@ -134,29 +134,35 @@ def shuffle_conv_bwd_input_kernel(
     pixel_mask, b, h, w = _pixel_rows(pid_pixels, P, HW, W, BLOCK_M, INT32_PIXELS)
     dy_rows = dy_ptr + b * (sdyb // ALIGN * ALIGN) + h * (sdyh // ALIGN * ALIGN) + w * (sdyw // ALIGN * ALIGN)
     k_range = tl.arange(0, BLOCK_K)
-    n = group * group_out + k_range  # [BLOCK_K] the first chunk's filters
-    w_tile = w_ptr + n[:, None] * group_in + c_local[None, :]  # [BLOCK_K, BLOCK_N], bumped per chunk
-    # dy's tile pointers are built once and bumped: pos(n + BLOCK_K) = pos(n) + BLOCK_K * sg when the
-    # shuffle groups are the conv groups (a group's filters are one block of the shuffle) or there is no
-    # shuffle; otherwise pos is walked with a carry (int32, no division in the loop).
-    if BLOCKED:
-        dy_tile = dy_rows[:, None] + (_shuffled(n, N, SHUFFLE_GROUPS, SHUFFLED) * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
-    else:
-        within, block = _shuffle_walk_start(n, N, SHUFFLE_GROUPS)  # [BLOCK_K] each
+    w_cols = w_ptr + c_local  # [BLOCK_N]
+    # A shuffled dy is a 2-byte gather: its tile pointers are built once and bumped, pos(n + BLOCK_K) =
+    # pos(n) + BLOCK_K * sg when the shuffle groups are the conv groups (BLOCKED); otherwise pos is
+    # walked with a carry (int32, no division in the loop). Unshuffled, the plain per-chunk addresses
+    # are cheaper than carrying 64-bit pointer tiles.
+    if SHUFFLED:
+        if BLOCKED:
+            dy_tile = dy_rows[:, None] + ((group + k_range * SHUFFLE_GROUPS) * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
+        else:
+            within, block = _shuffle_walk_start(group * group_out + k_range, N, SHUFFLE_GROUPS)  # [BLOCK_K] each
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for n0 in range(0, group_out, BLOCK_K):
-        n_mask = n0 + k_range < group_out  # [BLOCK_K]
-        if not BLOCKED:
-            dy_tile = dy_rows[:, None] + ((within * SHUFFLE_GROUPS + block) * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
+        n_local = n0 + k_range  # [BLOCK_K]
+        n_mask = n_local < group_out
+        n = group * group_out + n_local
+        if not SHUFFLED:
+            dy_tile = dy_rows[:, None] + (n * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
+        elif not BLOCKED:
+            dy_tile = dy_rows[:, None] + ((within * SHUFFLE_GROUPS + block) * sdyc)[None, :]
         a = tl.load(dy_tile, mask=pixel_mask[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-        wt = tl.load(w_tile, mask=n_mask[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
+        wt = tl.load(w_cols[None, :] + n[:, None] * group_in, mask=n_mask[:, None] & c_mask[None, :],
+                     other=0.0)  # [BLOCK_K, BLOCK_N]
         acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-        w_tile += BLOCK_K * group_in
-        if BLOCKED:
-            dy_tile += BLOCK_K * (SHUFFLE_GROUPS if SHUFFLED else 1) * sdyc
-        else:
-            within, block = _shuffle_walk_step(within, block, N, SHUFFLE_GROUPS, BLOCK_K)
+        if SHUFFLED:
+            if BLOCKED:
+                dy_tile += BLOCK_K * SHUFFLE_GROUPS * sdyc
+            else:
+                within, block = _shuffle_walk_step(within, block, N, SHUFFLE_GROUPS, BLOCK_K)
     dx_ptrs = (dx_ptr + b * sdxb + h * sdxh + w * sdxw)[:, None] + c[None, :] * sdxc
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=pixel_mask[:, None] & c_mask[None, :])
 

@@ -69,10 +69,10 @@ def _flat_pixels(t: torch.Tensor) -> bool:
 
 
 def _blocked_shuffle(spec: ShuffleConvSpec) -> bool:
-    """Whether a group's filters land at affine channels, pos(n) = n_local * sg + group: no shuffle, or
-    the shuffle's groups are the conv's (N/sg = N/G filters per block). The grad input then bumps dy's
-    tile pointers by a constant."""
-    return spec.shuffle_groups == 1 or spec.shuffle_groups == spec.groups
+    """Whether a group's filters land at affine channels, pos(n) = n_local * sg + group: the shuffle's
+    groups are the conv's (N/sg = N/G filters per block). The grad input then bumps dy's tile pointers
+    by a constant."""
+    return spec.shuffle_groups == spec.groups
 
 
 def _sizes(spec: ShuffleConvSpec) -> tuple:
