@@ -206,6 +206,9 @@ def _wrapped(q, d, size):
     return tl.where(whole[None, :], q[:, None], t)
 
 
+BIAS_COLUMNS = tl.constexpr(16)  # the unit-column operand of the bias dot: the narrowest tl.dot
+
+
 @triton.jit
 def shift_bwd_weight_kernel(
     x_ptr, dy_ptr, partial_ptr,
@@ -214,7 +217,8 @@ def shift_bwd_weight_kernel(
     sdyb, sdyc, sdyh, sdyw,
     SHIFTED_CHANNELS, SHIFT_GROUP, PIXELS_PER_SPLIT, SPLIT_STRIDE,
     K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr, SEGMENTED: tl.constexpr,
-    GROUP_ALIGN: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    GROUP_ALIGN: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_BY_DOT: tl.constexpr, FLAT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """Partial dw[n, c] = sum_pixels dy[b, n, ho, wo] x[b, c, ho*S + dh_c, wo*S + dw_c] over one split of
@@ -227,7 +231,11 @@ def shift_bwd_weight_kernel(
     is a row address per pixel plus a channel run, its border a row mask. Otherwise the tile's channels
     are contiguous and the pixels are reduced once per direction (see below). Pixels: the split's first
     pixel is divided once in int64; the loop walks (b, ho, wo) in int32 with carries
-    (``pixel_walk_step``), no division per pixel.
+    (``pixel_walk_step``), no division per pixel: they give the border masks. FLAT (the launcher's
+    check: x and dy pixels at p times their w stride, stride 1): the addresses are two scalar base
+    pointers bumped per step plus int32 offset tiles built once, no 64-bit arithmetic per pixel.
+    BIAS_BY_DOT (16-bit inputs, where the tensor core's products are exact): the bias sums are one more
+    small dot of dy with a unit column, so dy never leaves shared memory for them.
     """
     pid_filters = tl.program_id(0)
     pid_columns = tl.program_id(1)
@@ -253,26 +261,45 @@ def shift_bwd_weight_kernel(
         direction = _channel_direction(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, GROUPED)  # [BLOCK_C]
 
     acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
-    bias_acc = tl.zeros((BLOCK_N, BLOCK_P), dtype=ACC_DTYPE)  # summed across pixels once, after the loop
+    if BIAS_BY_DOT:
+        unit_column = tl.arange(0, BIAS_COLUMNS)[None, :] == 0  # [1, BIAS_COLUMNS]
+        ones = tl.where(unit_column & (tl.arange(0, BLOCK_P) >= 0)[:, None], 1.0, 0.0).to(
+            dy_ptr.dtype.element_ty)  # [BLOCK_P, BIAS_COLUMNS]: dy @ ones = the row sums in column 0
+        bias_acc = tl.zeros((BLOCK_N, BIAS_COLUMNS), dtype=ACC_DTYPE)
+    else:
+        bias_acc = tl.zeros((BLOCK_N, BLOCK_P), dtype=ACC_DTYPE)  # summed across pixels once, after the loop
     p_range = tl.arange(0, BLOCK_P)
     first = split.to(tl.int64) * PIXELS_PER_SPLIT
     count = tl.minimum(B * Ho * Wo - first, PIXELS_PER_SPLIT).to(tl.int32)  # pixels in this split
+    dy_offsets = (p_range * sdyw)[None, :] + (n * sdyc)[:, None]  # [BLOCK_N, BLOCK_P] (FLAT)
     if SEGMENTED:
         b32, ho, wo = pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each
+        dy_base = dy_ptr + first * sdyw
+        x_base = x_ptr + first * sxw
+        x_offsets = ((p_range + dh * W + dw) * sxw)[:, None] + (c * sxc)[None, :]  # [BLOCK_P, BLOCK_C] (FLAT)
         for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
             pixel_mask = p0 + p_range < count
-            b = b32.to(tl.int64)
-            dy = tl.load((dy_ptr + b * sdyb + ho * sdyh + wo * sdyw)[None, :] + n[:, None] * sdyc,
-                         mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
             hi = ho * STRIDE + dh  # [BLOCK_P]
             wi = wo * STRIDE + dw
             row_inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-            x = tl.load((x_ptr + b * sxb + hi * sxh + wi * sxw)[:, None] + c[None, :] * sxc,
-                        mask=row_inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
+            if FLAT:
+                dy_ptrs = dy_base + dy_offsets
+                x_ptrs = x_base + x_offsets
+            else:
+                b = b32.to(tl.int64)
+                dy_ptrs = (dy_ptr + b * sdyb + ho * sdyh + wo * sdyw)[None, :] + n[:, None] * sdyc
+                x_ptrs = (x_ptr + b * sxb + hi * sxh + wi * sxw)[:, None] + c[None, :] * sxc
+            dy = tl.load(dy_ptrs, mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
+            x = tl.load(x_ptrs, mask=row_inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
             acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
             if HAS_BIAS:
-                bias_acc += dy.to(ACC_DTYPE)
+                if BIAS_BY_DOT:
+                    bias_acc = tl.dot(dy, ones, bias_acc, out_dtype=ACC_DTYPE)
+                else:
+                    bias_acc += dy.to(ACC_DTYPE)
             b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
+            dy_base += BLOCK_P * sdyw
+            x_base += BLOCK_P * sxw
     else:
         # One pass over the split's pixels per direction, each a plain GEMM of dy with x at that
         # direction's offset over the whole (contiguous) channel tile; the columns of the direction are
@@ -281,24 +308,40 @@ def shift_bwd_weight_kernel(
         for d in tl.static_range(K * K):
             acc_d = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
             b32, ho, wo = pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each
+            dh_d = DIL * (d // K - K // 2)
+            dw_d = DIL * (d % K - K // 2)
+            dy_base = dy_ptr + first * sdyw
+            x_base = x_ptr + first * sxw
+            x_offsets = ((p_range + dh_d * W + dw_d) * sxw)[:, None] + (c * sxc)[None, :]  # [BLOCK_P, BLOCK_C]
             for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
                 pixel_mask = p0 + p_range < count
-                b = b32.to(tl.int64)
-                dy = tl.load((dy_ptr + b * sdyb + ho * sdyh + wo * sdyw)[None, :] + n[:, None] * sdyc,
-                             mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
-                hi = ho * STRIDE + DIL * (d // K - K // 2)  # [BLOCK_P]
-                wi = wo * STRIDE + DIL * (d % K - K // 2)
+                hi = ho * STRIDE + dh_d  # [BLOCK_P]
+                wi = wo * STRIDE + dw_d
                 row_inside = pixel_mask & (hi.to(tl.uint32) < H) & (wi.to(tl.uint32) < W)
-                x = tl.load((x_ptr + b * sxb + hi * sxh + wi * sxw)[:, None] + c[None, :] * sxc,
-                            mask=row_inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
+                if FLAT:
+                    dy_ptrs = dy_base + dy_offsets
+                    x_ptrs = x_base + x_offsets
+                else:
+                    b = b32.to(tl.int64)
+                    dy_ptrs = (dy_ptr + b * sdyb + ho * sdyh + wo * sdyw)[None, :] + n[:, None] * sdyc
+                    x_ptrs = (x_ptr + b * sxb + hi * sxh + wi * sxw)[:, None] + c[None, :] * sxc
+                dy = tl.load(dy_ptrs, mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
+                x = tl.load(x_ptrs, mask=row_inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
                 acc_d = tl.dot(dy, x, acc_d, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
                 if HAS_BIAS and d == 0:
-                    bias_acc += dy.to(ACC_DTYPE)
+                    if BIAS_BY_DOT:
+                        bias_acc = tl.dot(dy, ones, bias_acc, out_dtype=ACC_DTYPE)
+                    else:
+                        bias_acc += dy.to(ACC_DTYPE)
                 b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
+                dy_base += BLOCK_P * sdyw
+                x_base += BLOCK_P * sxw
             acc = tl.where((direction == d)[None, :], acc_d, acc)
 
     row = partial_ptr + split.to(tl.int64) * SPLIT_STRIDE
     tl.store(row + n[:, None] * C + c[None, :], acc, mask=n_mask[:, None] & c_mask[None, :])
     if HAS_BIAS:
         if pid_columns == 0:
+            if BIAS_BY_DOT:
+                bias_acc = tl.where(unit_column, bias_acc, 0.0)  # the other columns hold 0 * dy (NaN at Inf)
             tl.store(row + N * C + n, tl.sum(bias_acc, axis=1), mask=n_mask)

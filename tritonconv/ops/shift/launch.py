@@ -86,6 +86,14 @@ def _weight_column_tiles(spec: ShiftSpec, block_cols: int) -> int:
     return spec.kernel_size**2 * cdiv(spec.shift_group, block_cols) + cdiv(remainder, block_cols)
 
 
+def _flat_pixels(t: torch.Tensor) -> bool:
+    """Whether pixel p = (b*H + h)*W + w of ``t`` lies at p * (w stride), as in channels_last: the
+    weight gradient then addresses pixels by bumping a base pointer."""
+    _, _, height, width = t.shape
+    sb, _, sh, sw = t.stride()
+    return (t.shape[0] == 1 or sb == height * width * sw) and (height == 1 or sh == width * sw)
+
+
 def _shift_args(spec: ShiftSpec) -> tuple[int, int]:
     # SHIFT_GROUP is a divisor in the grouped assignment: 1 keeps it valid when no channel is shifted.
     return spec.shifted_channels, max(spec.shift_group, 1)
@@ -159,7 +167,8 @@ def backward_weight(dy, x, spec: ShiftSpec, tile: GemmTile):
     partial = empty((splits, row), device=x.device, dtype=acc_dtype)
     kernels.shift_bwd_weight_kernel[(filter_tiles, channel_tiles, splits)](
         x, dy, partial, *_sizes(spec), *x.stride(), *dy.stride(), *_shift_args(spec), pixels_per_split, row,
-        SEGMENTED=segmented(spec),
-        GROUP_ALIGN=_group_align(spec), HAS_BIAS=spec.bias, **_constexprs(spec, x.dtype),
+        SEGMENTED=segmented(spec), GROUP_ALIGN=_group_align(spec), HAS_BIAS=spec.bias,
+        BIAS_BY_DOT=x.dtype in (torch.float16, torch.bfloat16),
+        FLAT=spec.stride == 1 and _flat_pixels(x) and _flat_pixels(dy), **_constexprs(spec, x.dtype),
         **TILES["backward_weight"].launch_args(tile))
     return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype)

@@ -28,6 +28,25 @@ def _shuffled(n, N, SHUFFLE_GROUPS, SHUFFLED: tl.constexpr):
 
 
 @triton.jit
+def _shuffle_walk_start(n, N, SHUFFLE_GROUPS):
+    """(n mod (N/sg), n // (N/sg)) of int32 filters n: pos(n) = first * sg + second. One int32 division
+    per element, once per program; ``_shuffle_walk_step`` then advances it without dividing."""
+    per_group = N // SHUFFLE_GROUPS
+    block = n // per_group
+    return n - block * per_group, block
+
+
+@triton.jit
+def _shuffle_walk_step(within, block, N, SHUFFLE_GROUPS, STEP: tl.constexpr):
+    """(within, block) of filters n + STEP, from those of n: STEP = step_b*(N/sg) + step_w, one carry."""
+    per_group = N // SHUFFLE_GROUPS
+    step_b = STEP // per_group
+    within = within + (STEP - step_b * per_group)
+    carry = within >= per_group
+    return tl.where(carry, within - per_group, within), block + step_b + carry.to(tl.int32)
+
+
+@triton.jit
 def _pixel_rows(pid, P, HW, W, BLOCK: tl.constexpr, INT32_PIXELS: tl.constexpr):
     """(mask, b as int64, h, w as int32) of one block of pixels; int32 division when the pixel count
     fits (INT32_PIXELS, the launcher's check), one int64 division per pixel otherwise."""
@@ -95,12 +114,14 @@ def shuffle_conv_bwd_input_kernel(
     P, HW, N, GROUP_IN, GROUP_OUT, SHUFFLE_GROUPS,
     sdyb, sdyc, sdyh, sdyw, W,
     sdxb, sdxc, sdxh, sdxw,
-    ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr, BLOCKED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[b, c, h, w] = sum_n w[n, c] dy[b, pos(n), h, w] over the filters of c's group. ALIGN divides
-    dy's strides and the group widths (as in the forward)."""
+    dy's strides and the group widths (as in the forward). BLOCKED (the launcher's check: shuffle groups
+    = conv groups): pos is affine in the group's filters, pos(n) = n_local * sg + group."""
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
     tiles_per_group = tl.cdiv(GROUP_IN, BLOCK_N)
@@ -112,18 +133,36 @@ def shuffle_conv_bwd_input_kernel(
     c = group * group_in + c_local
     pixel_mask, b, h, w = _pixel_rows(pid_pixels, P, HW, W, BLOCK_M, INT32_PIXELS)
     dy_rows = dy_ptr + b * (sdyb // ALIGN * ALIGN) + h * (sdyh // ALIGN * ALIGN) + w * (sdyw // ALIGN * ALIGN)
+    k_range = tl.arange(0, BLOCK_K)
     w_cols = w_ptr + c_local  # [BLOCK_N]
+    # A shuffled dy is a 2-byte gather: its tile pointers are built once and bumped, pos(n + BLOCK_K) =
+    # pos(n) + BLOCK_K * sg when the shuffle groups are the conv groups (BLOCKED); otherwise pos is
+    # walked with a carry (int32, no division in the loop). Unshuffled, the plain per-chunk addresses
+    # are cheaper than carrying 64-bit pointer tiles.
+    if SHUFFLED:
+        if BLOCKED:
+            dy_tile = dy_rows[:, None] + ((group + k_range * SHUFFLE_GROUPS) * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
+        else:
+            within, block = _shuffle_walk_start(group * group_out + k_range, N, SHUFFLE_GROUPS)  # [BLOCK_K] each
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for n0 in range(0, group_out, BLOCK_K):
-        n_local = n0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+        n_local = n0 + k_range  # [BLOCK_K]
         n_mask = n_local < group_out
         n = group * group_out + n_local
-        a = tl.load(dy_rows[:, None] + _shuffled(n, N, SHUFFLE_GROUPS, SHUFFLED)[None, :] * sdyc,
-                    mask=pixel_mask[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+        if not SHUFFLED:
+            dy_tile = dy_rows[:, None] + (n * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
+        elif not BLOCKED:
+            dy_tile = dy_rows[:, None] + ((within * SHUFFLE_GROUPS + block) * sdyc)[None, :]
+        a = tl.load(dy_tile, mask=pixel_mask[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
         wt = tl.load(w_cols[None, :] + n[:, None] * group_in, mask=n_mask[:, None] & c_mask[None, :],
                      other=0.0)  # [BLOCK_K, BLOCK_N]
         acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        if SHUFFLED:
+            if BLOCKED:
+                dy_tile += BLOCK_K * SHUFFLE_GROUPS * sdyc
+            else:
+                within, block = _shuffle_walk_step(within, block, N, SHUFFLE_GROUPS, BLOCK_K)
     dx_ptrs = (dx_ptr + b * sdxb + h * sdxh + w * sdxw)[:, None] + c[None, :] * sdxc
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=pixel_mask[:, None] & c_mask[None, :])
 
@@ -168,19 +207,23 @@ def shuffle_conv_bwd_weight_kernel(
     first = split.to(tl.int64) * PIXELS_PER_SPLIT
     count = tl.minimum(P - first, PIXELS_PER_SPLIT).to(tl.int32)  # pixels in this split
     if FLAT:
-        # pixel p of both tensors lies at p * (w stride): the tiles' pointers are built once and bumped
-        x_tile = (x_ptr + first * sxw) + (p_range * sxw)[:, None] + (c * sxc)[None, :]  # [BLOCK_P, BLOCK_C]
-        dy_tile = ((dy_ptr + first * sdyw) + (p_range * sdyw)[None, :]
-                   + (dy_channel * sdyc)[:, None])  # [BLOCK_N, BLOCK_P]
+        # pixel p of both tensors lies at p * (w stride): two scalar base pointers are bumped, the tiles'
+        # offsets from them are int32 and fixed (one wide multiply-add per element, no 64-bit bump)
+        x_base = x_ptr + first * sxw
+        dy_base = dy_ptr + first * sdyw
+        x_offsets = (p_range * sxw)[:, None] + (c * sxc)[None, :]  # [BLOCK_P, BLOCK_C]
+        dy_offsets = (p_range * sdyw)[None, :] + (dy_channel * sdyc)[:, None]  # [BLOCK_N, BLOCK_P]
         for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
             pixel_mask = p0 + p_range < count
-            dy = tl.load(dy_tile, mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
-            x = tl.load(x_tile, mask=pixel_mask[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
+            dy = tl.load(dy_base + dy_offsets, mask=n_mask[:, None] & pixel_mask[None, :],
+                         other=0.0)  # [BLOCK_N, BLOCK_P]
+            x = tl.load(x_base + x_offsets, mask=pixel_mask[:, None] & c_mask[None, :],
+                        other=0.0)  # [BLOCK_P, BLOCK_C]
             acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
             if HAS_BIAS:
                 bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
-            x_tile += BLOCK_P * sxw
-            dy_tile += BLOCK_P * sdyw
+            x_base += BLOCK_P * sxw
+            dy_base += BLOCK_P * sdyw
     else:
         # (b, h, w) walked in int32 with carries: the split's first pixel is divided once
         b32, h, w = pixel_walk_start(first, 0, HW // W, W, BLOCK_P)  # [BLOCK_P] each

@@ -68,6 +68,13 @@ def _flat_pixels(t: torch.Tensor) -> bool:
     return (t.shape[0] == 1 or sb == height * width * sw) and (height == 1 or sh == width * sw)
 
 
+def _blocked_shuffle(spec: ShuffleConvSpec) -> bool:
+    """Whether a group's filters land at affine channels, pos(n) = n_local * sg + group: the shuffle's
+    groups are the conv's (N/sg = N/G filters per block). The grad input then bumps dy's tile pointers
+    by a constant."""
+    return spec.shuffle_groups == spec.groups
+
+
 def _sizes(spec: ShuffleConvSpec) -> tuple:
     return (spec.batch * spec.height * spec.width, spec.height * spec.width, spec.out_channels, spec.group_in,
             spec.group_out, spec.shuffle_groups)
@@ -100,7 +107,8 @@ def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torc
     kernels.shuffle_conv_bwd_input_kernel[grid](
         dy, weight, dx, *_sizes(spec), *dy.stride(), spec.width, *dx.stride(),
         ALIGN=math.gcd(dy.stride(0), dy.stride(2), dy.stride(3), spec.group_in, spec.group_out, 8),
-        INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, DOT_PRECISION=dot_precision(dy.dtype),
+        INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, BLOCKED=_blocked_shuffle(spec),
+        DOT_PRECISION=dot_precision(dy.dtype),
         ACC_DTYPE=accumulator_dtype(dy.dtype), **TILES["backward_input"].launch_args(tile))
     return dx
 
