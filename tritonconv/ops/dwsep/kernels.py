@@ -18,7 +18,8 @@ is computed once for as many output filters as the registers hold:
   parameters' dtype and layout.
 
 Channels are the contiguous axis in channels_last: every tap of the depthwise tile is one vector load
-per pixel row, its weights one more (taps-major [K*K, C], see ``depthwise.launch._taps_major``). As in
+per pixel row, its weights one more (taps-major [K*K, C] in the accumulator dtype, made per call by
+``launch._taps_major``). As in
 the depthwise kernels, batch and pixel strides arrive divided by VEC and each tensor as a 16-byte-
 aligned base plus an offset in units of VEC. Pixels are decomposed into (b, ho, wo) once per program in
 int32 (``kernel_helpers.pixel_walk_start``), advanced by carries in the backward's pixel loop; offsets
@@ -28,7 +29,7 @@ inside an image are int32 and only an image's base offset is int64 (the launcher
 import triton
 import triton.language as tl
 
-from tritonconv.kernel_helpers import pixel_walk_start, pixel_walk_step
+from tritonconv.kernel_helpers import pixel_walk_start
 from tritonconv.ops.depthwise.kernels import ACT_NONE, activate, activation_grad
 
 MAX_CHUNKS = 4  # filter chunks (one accumulator each) a program can own: the kernels name 4
@@ -41,9 +42,14 @@ def depthwise_taps(x_rows, x_offsets, hi0, wi0, pixel_mask, w_ptr, bias_ptr, c, 
     """Depthwise pre-activation z [BLOCK_P, BLOCK_C] (+ bias), 0 in masked rows and columns.
 
     ``x_rows`` [BLOCK_P] points at each pixel's image, ``x_offsets`` [BLOCK_P, BLOCK_C] (int32) at its
-    window's first tap; weights are taps-major [K*K, C]: one vector load per tap for x and for w.
+    window's first tap; weights are taps-major [K*K, C] in ACC_DTYPE (no conversion per tap): one
+    vector load per tap for x and for w.
     """
-    z = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
+    if HAS_BIAS:  # the taps accumulate onto the bias (no add per element)
+        bias = tl.load(bias_ptr + c, mask=c_mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_C]
+        z = tl.broadcast_to(bias[None, :], (BLOCK_P, BLOCK_C))
+    else:
+        z = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
     x_tile = x_rows[:, None] + x_offsets  # [BLOCK_P, BLOCK_C]
     for kh in range(0, K):
         hi = hi0 + kh * DIL
@@ -54,9 +60,7 @@ def depthwise_taps(x_rows, x_offsets, hi0, wi0, pixel_mask, w_ptr, bias_ptr, c, 
             xv = tl.load(x_tile + (kh * DIL * sxh + kw * DIL * sxw), mask=inside[:, None] & c_mask[None, :],
                          other=0.0)  # [BLOCK_P, BLOCK_C]
             wv = tl.load(w_ptr + (kh * K + kw) * C + c, mask=c_mask, other=0.0)  # [BLOCK_C]
-            z += xv.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
-    if HAS_BIAS:
-        z += tl.load(bias_ptr + c, mask=c_mask, other=0.0).to(ACC_DTYPE)[None, :]
+            z += xv.to(ACC_DTYPE) * wv[None, :]
     return z
 
 
@@ -158,12 +162,14 @@ def _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n0, N, sdyc, 
 
 
 @triton.jit
-def _weight_grad_chunk(dy, h, gw, gb, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+def _weight_grad_chunk(dy, h, ones, gw, gb, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
                        HAS_PW_BIAS: tl.constexpr):
-    """gw [BLOCK_N, BLOCK_C] += dy'^T @ h; gb [BLOCK_N] += the column sums of dy'."""
-    gw = tl.dot(tl.trans(dy), h, gw, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    """gw [BLOCK_N, BLOCK_C] += dy'^T @ h; gb [BLOCK_N, BIAS_COLS] += dy'^T @ ones: every column holds
+    dy''s column sums (on the tensor cores, instead of a cross-thread reduction per pixel block)."""
+    dy_t = tl.trans(dy)  # [BLOCK_N, BLOCK_P]
+    gw = tl.dot(dy_t, h, gw, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
     if HAS_PW_BIAS:
-        gb += tl.sum(dy.to(ACC_DTYPE), axis=0)
+        gb = tl.dot(dy_t, ones, gb, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
     return gw, gb
 
 
@@ -179,13 +185,29 @@ def _input_grad_chunk(dy, dh, pw_w_ptr, n0, c, c_mask, C, N, DOT_PRECISION: tl.c
 
 @triton.jit
 def _store_weight_grad(gw, gb, partial_ptr, partial_bias_ptr, split, pid_channels, n0, c, c_mask, C, N,
-                       HAS_PW_BIAS: tl.constexpr, BLOCK_N: tl.constexpr):
+                       HAS_PW_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BIAS_COLS: tl.constexpr):
     n = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     n_mask = n < N
     tl.store(partial_ptr + split * (N * C) + n[:, None] * C + c[None, :], gw, mask=n_mask[:, None] & c_mask[None, :])
     if HAS_PW_BIAS:
         if pid_channels == 0:
-            tl.store(partial_bias_ptr + split * N + n, gb, mask=n_mask)
+            # Column 0 of the [BLOCK_N, BIAS_COLS] sums (all columns are equal).
+            bias = tl.sum(tl.where((tl.arange(0, BIAS_COLS) == 0)[None, :], gb, 0.0), axis=1)  # [BLOCK_N]
+            tl.store(partial_bias_ptr + split * N + n, bias, mask=n_mask)
+
+
+@triton.jit
+def _pixel_advance(b, ho, wo, step_b, step_h, step_w, Ho, Wo):
+    """(b, ho, wo) advanced by step_b*Ho*Wo + step_h*Wo + step_w pixels (step_w < Wo, step_h < Ho): one
+    carry per coordinate, the steps divided out once before the loop (``kernel_helpers.pixel_walk_step``
+    divides at every call)."""
+    wo = wo + step_w
+    carry = wo >= Wo
+    wo = tl.where(carry, wo - Wo, wo)
+    ho = ho + step_h + carry.to(tl.int32)
+    carry = ho >= Ho
+    ho = tl.where(carry, ho - Ho, ho)
+    return b + step_b + carry.to(tl.int32), ho, wo
 
 
 @triton.jit
@@ -226,14 +248,19 @@ def dwsep_bwd_kernel(
     last = tl.minimum(first + PIXELS_PER_SPLIT, PIXELS)
     p_range = tl.arange(0, BLOCK_P)
     b, ho, wo = pixel_walk_start(first, 0, Ho, Wo, BLOCK_P)  # [BLOCK_P] int32
+    step_b = BLOCK_P // (Ho * Wo)
+    step_h = (BLOCK_P - step_b * (Ho * Wo)) // Wo
+    step_w = BLOCK_P - step_b * (Ho * Wo) - step_h * Wo
     gw0 = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
     gw1 = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
     gw2 = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
     gw3 = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
-    gb0 = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
-    gb1 = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
-    gb2 = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
-    gb3 = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
+    BIAS_COLS: tl.constexpr = 16  # the narrowest dot: dy'^T @ ones gives the bias sums in every column
+    gb0 = tl.zeros((BLOCK_N, BIAS_COLS), dtype=ACC_DTYPE)
+    gb1 = tl.zeros((BLOCK_N, BIAS_COLS), dtype=ACC_DTYPE)
+    gb2 = tl.zeros((BLOCK_N, BIAS_COLS), dtype=ACC_DTYPE)
+    gb3 = tl.zeros((BLOCK_N, BIAS_COLS), dtype=ACC_DTYPE)
+    ones = tl.full((BLOCK_P, BIAS_COLS), 1.0, dtype=dy_ptr.dtype.element_ty)
     for p0 in range(first, last, BLOCK_P):
         pixel_mask = p0 + p_range < last  # [BLOCK_P]
         b64 = b.to(tl.int64)
@@ -251,27 +278,27 @@ def dwsep_bwd_kernel(
 
         dy = _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n_first, N, sdyc, syc, OUT_ACT, BLOCK_N)
         if WEIGHT_GRADS:
-            gw0, gb0 = _weight_grad_chunk(dy, h, gw0, gb0, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
+            gw0, gb0 = _weight_grad_chunk(dy, h, ones, gw0, gb0, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
         if ALL_FILTERS:
             dh = _input_grad_chunk(dy, dh, pw_w_ptr, n_first, c, c_mask, C, N, DOT_PRECISION, ACC_DTYPE, BLOCK_N)
         if CHUNKS > 1:
             dy = _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n_first + BLOCK_N, N, sdyc, syc,
                               OUT_ACT, BLOCK_N)
-            gw1, gb1 = _weight_grad_chunk(dy, h, gw1, gb1, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
+            gw1, gb1 = _weight_grad_chunk(dy, h, ones, gw1, gb1, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
             if ALL_FILTERS:
                 dh = _input_grad_chunk(dy, dh, pw_w_ptr, n_first + BLOCK_N, c, c_mask, C, N, DOT_PRECISION,
                                        ACC_DTYPE, BLOCK_N)
         if CHUNKS > 2:
             dy = _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n_first + 2 * BLOCK_N, N, sdyc,
                               syc, OUT_ACT, BLOCK_N)
-            gw2, gb2 = _weight_grad_chunk(dy, h, gw2, gb2, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
+            gw2, gb2 = _weight_grad_chunk(dy, h, ones, gw2, gb2, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
             if ALL_FILTERS:
                 dh = _input_grad_chunk(dy, dh, pw_w_ptr, n_first + 2 * BLOCK_N, c, c_mask, C, N, DOT_PRECISION,
                                        ACC_DTYPE, BLOCK_N)
         if CHUNKS > 3:
             dy = _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n_first + 3 * BLOCK_N, N, sdyc,
                               syc, OUT_ACT, BLOCK_N)
-            gw3, gb3 = _weight_grad_chunk(dy, h, gw3, gb3, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
+            gw3, gb3 = _weight_grad_chunk(dy, h, ones, gw3, gb3, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
             if ALL_FILTERS:
                 dh = _input_grad_chunk(dy, dh, pw_w_ptr, n_first + 3 * BLOCK_N, c, c_mask, C, N, DOT_PRECISION,
                                        ACC_DTYPE, BLOCK_N)
@@ -287,20 +314,20 @@ def dwsep_bwd_kernel(
             dz_offsets = (ho * (sdzh_v * VEC) + wo * (sdzw_v * VEC))[:, None] + (c * sdzc)[None, :]
             tl.store(dz_rows[:, None] + dz_offsets, dh.to(dz_ptr.dtype.element_ty),
                      mask=pixel_mask[:, None] & c_mask[None, :])
-        b, ho, wo = pixel_walk_step(b, ho, wo, Ho, Wo, BLOCK_P)
+        b, ho, wo = _pixel_advance(b, ho, wo, step_b, step_h, step_w, Ho, Wo)
 
     if WEIGHT_GRADS:
         _store_weight_grad(gw0, gb0, partial_ptr, partial_bias_ptr, split, pid_channels, n_first, c, c_mask, C, N,
-                           HAS_PW_BIAS, BLOCK_N)
+                           HAS_PW_BIAS, BLOCK_N, BIAS_COLS)
         if CHUNKS > 1:
             _store_weight_grad(gw1, gb1, partial_ptr, partial_bias_ptr, split, pid_channels, n_first + BLOCK_N, c,
-                               c_mask, C, N, HAS_PW_BIAS, BLOCK_N)
+                               c_mask, C, N, HAS_PW_BIAS, BLOCK_N, BIAS_COLS)
         if CHUNKS > 2:
             _store_weight_grad(gw2, gb2, partial_ptr, partial_bias_ptr, split, pid_channels, n_first + 2 * BLOCK_N,
-                               c, c_mask, C, N, HAS_PW_BIAS, BLOCK_N)
+                               c, c_mask, C, N, HAS_PW_BIAS, BLOCK_N, BIAS_COLS)
         if CHUNKS > 3:
             _store_weight_grad(gw3, gb3, partial_ptr, partial_bias_ptr, split, pid_channels, n_first + 3 * BLOCK_N,
-                               c, c_mask, C, N, HAS_PW_BIAS, BLOCK_N)
+                               c, c_mask, C, N, HAS_PW_BIAS, BLOCK_N, BIAS_COLS)
 
 
 @triton.jit

@@ -29,7 +29,7 @@ import triton
 
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.depthwise import launch as depthwise_launch
-from tritonconv.ops.depthwise.launch import _operand, _taps_major, _vector_width
+from tritonconv.ops.depthwise.launch import _operand, _vector_width
 from tritonconv.ops.depthwise.spec import ACTIVATIONS
 from tritonconv.ops.dwsep import kernels
 from tritonconv.ops.dwsep.spec import DwSepSpec
@@ -48,7 +48,10 @@ _CANDIDATES = {
         GemmTile(64, 64, 128, 8, 2), GemmTile(64, 128, 64, 8, 2), GemmTile(128, 32, 64, 4, 2),
     ],
 }
-_DEFAULTS = {"forward": GemmTile(64, 64, 32, 4, 2), "backward_pointwise": GemmTile(64, 64, 64, 4, 2)}
+# Default tiles in order of preference: the first whose filter plan recomputes the depthwise tile the
+# fewest times (the wider ones hold more filters per program, on twice the threads).
+_DEFAULTS = {"forward": (GemmTile(64, 64, 32, 4, 2), GemmTile(64, 128, 32, 8, 2)),
+             "backward_pointwise": (GemmTile(64, 64, 64, 4, 2), GemmTile(64, 64, 64, 8, 2))}
 _WGMMA_ROWS = 64  # wgmma's M: a dot with fewer rows falls back to mma.sync
 # Accumulator registers per thread a program may hold (of 255), leaving room for the depthwise tile,
 # the dot operands and the addresses: past it the accumulators spill.
@@ -76,7 +79,8 @@ def _fit(tile: GemmTile, spec: DwSepSpec, kernel: str) -> GemmTile:
 def default_tile(spec: DwSepSpec, kernel: str) -> GemmTile:
     if kernel in ("backward_input", "backward_weight"):
         return depthwise_launch.default_tile(spec.depthwise(), kernel)
-    return _fit(_DEFAULTS[kernel], spec, kernel)
+    tiles = [_fit(tile, spec, kernel) for tile in _DEFAULTS[kernel]]
+    return min(tiles, key=lambda tile: filter_plan(spec, kernel, tile).groups)
 
 
 def candidate_tiles(spec: DwSepSpec, kernel: str) -> list[GemmTile]:
@@ -144,6 +148,15 @@ def _check_int32(spec: DwSepSpec, *tensors) -> None:
         if sum((n - 1) * abs(s) for n, s in zip(t.shape[1:], t.stride()[1:])) >= _INT32:
             raise ValueError(f"one image of a tensor of shape {tuple(t.shape)} spans 2^31 elements or more; "
                              f"the dwsep kernels address an image with int32 offsets")
+
+
+def _taps_major(weight: torch.Tensor) -> torch.Tensor:
+    """dw_weight [C, 1, k, k] -> [k*k, C] contiguous in the accumulator dtype, by one copy per call (as
+    ``depthwise.launch._taps_major``, which explains why it is not cached): each tap's weights are one
+    vector load, and the depthwise FFMAs need no conversion of them."""
+    acc_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    out = torch.empty((weight.shape[2] * weight.shape[3], weight.shape[0]), device=weight.device, dtype=acc_dtype)
+    return out.copy_(weight.reshape(weight.shape[0], -1).t())
 
 
 def _bias_or(bias, other):
