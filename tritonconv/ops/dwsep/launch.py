@@ -80,6 +80,8 @@ def default_tile(spec: DwSepSpec, kernel: str) -> GemmTile:
     if kernel in ("backward_input", "backward_weight"):
         return depthwise_launch.default_tile(spec.depthwise(), kernel)
     tiles = [_fit(tile, spec, kernel) for tile in _DEFAULTS[kernel]]
+    if kernel == "backward_pointwise" and spec.torch_dtype.itemsize >= 4:
+        tiles.reverse()  # fp32 / fp64 operands beside the accumulators spill at 4 warps
     return min(tiles, key=lambda tile: filter_plan(spec, kernel, tile).groups)
 
 
@@ -106,8 +108,15 @@ class FilterPlan:
                 f"{self.per_program} per program")
         if self.groups == 1:
             return head + ": each depthwise tile computed once for every filter"
-        return (head + f" ({_ACCUMULATOR_REGISTERS[self.kernel]} accumulator registers per thread, at most "
-                f"{kernels.MAX_CHUNKS} chunks): {self.groups} filter groups each recompute the depthwise tile")
+        return (head + f" (the accumulators that fit in registers, at most {kernels.MAX_CHUNKS}): "
+                f"{self.groups} filter groups each recompute the depthwise tile")
+
+
+def _accumulator_registers(spec: DwSepSpec, kernel: str) -> int:
+    """The backward holds dy', h and dy'^T beside its accumulators: fp32 / fp64 operands (tf32 dots)
+    take two / four times a bf16 one's registers, so fewer accumulators fit."""
+    budget = _ACCUMULATOR_REGISTERS[kernel]
+    return budget if kernel == "forward" else budget * 2 // max(2, spec.torch_dtype.itemsize)
 
 
 def filter_plan(spec: DwSepSpec, kernel: str, tile: GemmTile, one_group: bool = False) -> FilterPlan:
@@ -120,7 +129,7 @@ def filter_plan(spec: DwSepSpec, kernel: str, tile: GemmTile, one_group: bool = 
         block_n, other = tile.block_reduce, tile.block_cols
     chunks = triton.cdiv(spec.out_channels, block_n)
     per_chunk = triton.cdiv(block_n * other, 32 * tile.num_warps)
-    most = max(1, min(kernels.MAX_CHUNKS, _ACCUMULATOR_REGISTERS[kernel] // per_chunk))
+    most = max(1, min(kernels.MAX_CHUNKS, _accumulator_registers(spec, kernel) // per_chunk))
     if one_group:
         return FilterPlan(kernel, spec.out_channels, block_n, chunks, min(chunks, most), 1)
     groups = triton.cdiv(chunks, most)
