@@ -311,9 +311,9 @@ def test_filter_plans(n, act, out_act, channels_last, device):
     work = DWSEP_HARNESS.make_workload(spec, device)
     t, dy = work.tensors, work.grad
     params = [t[name] for name in ("dw_weight", "dw_bias", "pw_weight", "pw_bias")]
-    tile = GemmTile(32, 16, 16, num_warps=1, num_stages=1)  # 16-filter chunks, at most 4 per program
+    tile = GemmTile(32, 16, 16, num_warps=2, num_stages=1)  # 16-filter chunks, at most 4 per program
     plans = [dwsep_launch.filter_plan(spec, kernel, tile) for kernel in ("forward", "backward_pointwise")]
-    assert [(p.chunks, p.per_program, p.groups) for p in plans] == [(5, 3, 2)] * 2 if n == 80 else [(3, 3, 1)] * 2
+    assert [(p.chunks, p.per_program, p.groups) for p in plans] == ([(5, 3, 2)] * 2 if n == 80 else [(3, 3, 1)] * 2)
     assert ("recompute" in plans[0].describe()) == (n == 80)
     y = dwsep_launch.forward(t["x"], *params, spec, tile)
     assert max_relative_error((y,), DWSEP_HARNESS.expected("forward", work)) < 1e-10

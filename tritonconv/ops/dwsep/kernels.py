@@ -309,7 +309,9 @@ def dwsep_bwd_kernel(
                                       BLOCK_N)
                     dh = _input_grad_chunk(dy, dh, pw_w_ptr, n0, c, c_mask, C, N, DOT_PRECISION, ACC_DTYPE, BLOCK_N)
         if ALL_FILTERS or group == 0:
-            dh = activation_grad(dh, z, ACT)
+            # act' from h = act(z) in the input dtype (the same set, and what torch decides from its
+            # z in that dtype): z dies once h is formed, the registers go to the accumulators.
+            dh = activation_grad(dh, h, ACT)
             dz_rows = dz_ptr + (b64 * sdzb_v + dz_off_v) * VEC  # [BLOCK_P]
             dz_offsets = (ho * (sdzh_v * VEC) + wo * (sdzw_v * VEC))[:, None] + (c * sdzc)[None, :]
             tl.store(dz_rows[:, None] + dz_offsets, dh.to(dz_ptr.dtype.element_ty),

@@ -55,7 +55,11 @@ _DEFAULTS = {"forward": (GemmTile(64, 64, 32, 4, 2), GemmTile(64, 128, 32, 8, 2)
 _WGMMA_ROWS = 64  # wgmma's M: a dot with fewer rows falls back to mma.sync
 # Accumulator registers per thread a program may hold (of 255), leaving room for the depthwise tile,
 # the dot operands and the addresses: past it the accumulators spill.
-_ACCUMULATOR_REGISTERS = {"forward": 128, "backward_pointwise": 64}
+# Read from the sm_90a audit (bf16, k = 3, 5, 7): the forward spills at 4 accumulators of 32 (k = 7); the
+# backward, which also holds dh, h and dy', at 3 of 16 once k = 5 and 2 of 16 at k = 7 (a row's
+# unrolled taps keep their loads and weights in registers).
+_ACCUMULATOR_REGISTERS = {"forward": 96}
+_BACKWARD_REGISTERS_OF_WINDOW = {3: 64, 5: 32, 7: 16}
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2
 _INT32 = 2**31
 
@@ -113,10 +117,13 @@ class FilterPlan:
 
 
 def _accumulator_registers(spec: DwSepSpec, kernel: str) -> int:
-    """The backward holds dy', h and dy'^T beside its accumulators: fp32 / fp64 operands (tf32 dots)
-    take two / four times a bf16 one's registers, so fewer accumulators fit."""
-    budget = _ACCUMULATOR_REGISTERS[kernel]
-    return budget if kernel == "forward" else budget * 2 // max(2, spec.torch_dtype.itemsize)
+    """Accumulator registers per thread: the backward holds dy', h and dy'^T beside its accumulators,
+    and fp32 / fp64 operands (tf32 dots) take two / four times a bf16 one's registers, so fewer fit
+    (the forward, with fewer operands, gives up a third for fp32 and fp64)."""
+    if kernel == "forward":  # fp32 tiles of x and h (tf32 dots) spill beside 3 accumulators at k = 5
+        return _ACCUMULATOR_REGISTERS[kernel] * 2 // min(3, max(2, spec.torch_dtype.itemsize))
+    budget = _BACKWARD_REGISTERS_OF_WINDOW.get(spec.kernel_size, 16)
+    return budget * 2 // max(2, spec.torch_dtype.itemsize)
 
 
 def filter_plan(spec: DwSepSpec, kernel: str, tile: GemmTile, one_group: bool = False) -> FilterPlan:
