@@ -69,9 +69,9 @@ class DwSepHarness:
                                                                       t["dw_bias"], t["pw_weight"], spec, tile)
                                  if g is not None)
         depthwise = spec.depthwise()
-        if kernel == "backward_input":
-            return lambda: (depthwise_launch.backward_input(t["dz"], t["dz"], t["dw_weight"], depthwise, tile,
-                                                            t["x"]),)
+        if kernel == "backward_input":  # on the taps-major copy the pass shares with it (a view)
+            weight = launch.depthwise_weight_view(launch.taps_major(t["dw_weight"]), spec.dw_weight_shape)
+            return lambda: (depthwise_launch.backward_input(t["dz"], t["dz"], weight, depthwise, tile, t["x"]),)
         return lambda: tuple(g for g in depthwise_launch.backward_weight(t["dz"], t["dz"], t["x"], depthwise, tile)
                              if g is not None)
 

@@ -19,11 +19,11 @@ is computed once for as many output filters as the registers hold:
 
 Channels are the contiguous axis in channels_last: every tap of the depthwise tile is one vector load
 per pixel row, its weights one more (taps-major [K*K, C] in the accumulator dtype, made per call by
-``launch._taps_major``). As in
-the depthwise kernels, batch and pixel strides arrive divided by VEC and each tensor as a 16-byte-
-aligned base plus an offset in units of VEC. Pixels are decomposed into (b, ho, wo) once per program in
-int32 (``kernel_helpers.pixel_walk_start``), advanced by carries in the backward's pixel loop; offsets
-inside an image are int32 and only an image's base offset is int64 (the launcher checks both fit).
+``launch.taps_major``). As in the depthwise kernels, batch and pixel strides arrive divided by VEC and
+each tensor as a 16-byte-aligned base plus an offset in units of VEC. Pixels are decomposed into
+(b, ho, wo) once per program in int32 (``kernel_helpers.pixel_walk_start``), advanced by carries in the
+backward's pixel loop; offsets inside an image are int32 and only an image's base offset is int64 (the
+launcher checks both fit).
 """
 
 import triton

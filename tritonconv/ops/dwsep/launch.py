@@ -10,14 +10,15 @@ Tile roles per kernel (rows x cols, reducing ``block_reduce`` at a time):
 | backward_input, backward_weight | the depthwise kernels' tiles (see ``depthwise.launch``) | | |
 
 The filter plan (``filter_plan``): a program keeps one fp32 accumulator per filter chunk it owns
-(forward [pixels, chunk], backward [chunk, channels]), up to ``kernels.MAX_CHUNKS`` and
-``_ACCUMULATOR_REGISTERS`` per thread. Owning every chunk computes each depthwise tile once; when N
+(forward [pixels, chunk], backward [chunk, channels]), up to ``kernels.MAX_CHUNKS`` and the registers
+per thread ``_accumulator_registers`` allows. Owning every chunk computes each depthwise tile once; when N
 needs more, the filter groups each recompute it (k*k FFMAs per element and another read of the x
 window, mostly from L2) rather than spill accumulators. ``explain()`` reports the plan.
 
-Backward, three kernels of ours per training step: ``dwsep_bwd_kernel`` (dz in the input dtype and the
-pointwise gradients' split-K partials, one read of dy), ``dwsep_reduce_kernel`` (the partials in split
-order), then the depthwise kernels on dz (grad input; grad dw_weight and dw_bias).
+Backward, per training step: one copy (the depthwise weights taps-major, shared with the depthwise
+grad-input launcher through a view), ``dwsep_bwd_kernel`` (dz in the input dtype and the pointwise
+gradients' split-K partials, one read of dy), ``dwsep_reduce_kernel`` (the partials in split order),
+then the depthwise kernels on dz (grad input; grad dw_weight and dw_bias, two launches).
 """
 
 from __future__ import annotations
@@ -53,13 +54,13 @@ _CANDIDATES = {
 _DEFAULTS = {"forward": (GemmTile(64, 64, 32, 4, 2), GemmTile(64, 128, 32, 8, 2)),
              "backward_pointwise": (GemmTile(64, 64, 64, 4, 2), GemmTile(64, 64, 64, 8, 2))}
 _WGMMA_ROWS = 64  # wgmma's M: a dot with fewer rows falls back to mma.sync
-# Accumulator registers per thread a program may hold (of 255), leaving room for the depthwise tile,
-# the dot operands and the addresses: past it the accumulators spill.
-# Read from the sm_90a audit (bf16, k = 3, 5, 7): the forward spills at 4 accumulators of 32 (k = 7); the
-# backward, which also holds dh, h and dy', at 3 of 16 once k = 5 and 2 of 16 at k = 7 (a row's
-# unrolled taps keep their loads and weights in registers).
-_ACCUMULATOR_REGISTERS = {"forward": 96}
-_BACKWARD_REGISTERS_OF_WINDOW = {3: 64, 5: 32, 7: 16}
+# Accumulator registers per thread a program may hold (of 255) with bf16/fp16 operands, leaving room for
+# the depthwise tile, the dot operands and the addresses. Read from the sm_90a audit at k = 3, 5, 7:
+# ptxas spills past them (the forward at 4 accumulators of 32 at k = 7; the backward, which also holds
+# dh, h and dy', at 3 of 16 at k = 5 and 2 of 16 at k = 7: a row's unrolled taps keep their loads and
+# weights in registers).
+_FORWARD_REGISTERS = 96
+_BACKWARD_REGISTERS = {3: 64, 5: 32, 7: 16}  # by kernel size
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2
 _INT32 = 2**31
 
@@ -106,14 +107,19 @@ class FilterPlan:
     chunks: int
     per_program: int
     groups: int
+    taps: int  # k*k: the depthwise MACs per intermediate element
+    x_bytes: int  # one read of the input
 
     def describe(self) -> str:
         head = (f"{self.kernel}: N={self.filters} as {self.chunks} filter chunk(s) of {self.block_n}, "
                 f"{self.per_program} per program")
         if self.groups == 1:
             return head + ": each depthwise tile computed once for every filter"
+        extra = self.groups - 1
         return (head + f" (the accumulators that fit in registers, at most {kernels.MAX_CHUNKS}): "
-                f"{self.groups} filter groups each recompute the depthwise tile")
+                f"{self.groups} filter groups each recompute the depthwise tile, {extra} x {self.taps} MACs per "
+                f"element ({extra * self.taps / self.filters:.0%} of the pointwise MACs) and {extra} more "
+                f"read(s) of x ({extra * self.x_bytes / 2**20:.1f} MiB, mostly from L2)")
 
 
 def _accumulator_registers(spec: DwSepSpec, kernel: str) -> int:
@@ -121,13 +127,13 @@ def _accumulator_registers(spec: DwSepSpec, kernel: str) -> int:
     and fp32 / fp64 operands (tf32 dots) take two / four times a bf16 one's registers, so fewer fit
     (the forward, with fewer operands, gives up a third for fp32 and fp64)."""
     if kernel == "forward":  # fp32 tiles of x and h (tf32 dots) spill beside 3 accumulators at k = 5
-        return _ACCUMULATOR_REGISTERS[kernel] * 2 // min(3, max(2, spec.torch_dtype.itemsize))
-    budget = _BACKWARD_REGISTERS_OF_WINDOW.get(spec.kernel_size, 16)
+        return _FORWARD_REGISTERS * 2 // min(3, max(2, spec.torch_dtype.itemsize))
+    budget = _BACKWARD_REGISTERS.get(spec.kernel_size, min(_BACKWARD_REGISTERS.values()))
     return budget * 2 // max(2, spec.torch_dtype.itemsize)
 
 
 def filter_plan(spec: DwSepSpec, kernel: str, tile: GemmTile, one_group: bool = False) -> FilterPlan:
-    """Chunks per program: as many accumulators as ``_ACCUMULATOR_REGISTERS`` holds (up to MAX_CHUNKS);
+    """Chunks per program: as many accumulators as ``_accumulator_registers`` allows (up to MAX_CHUNKS);
     the filter groups then split the chunks evenly. ``one_group``: a single group that owns what it can
     (the backward without weight gradients, whose group 0 reads the other chunks for dz)."""
     if kernel == "forward":
@@ -137,11 +143,14 @@ def filter_plan(spec: DwSepSpec, kernel: str, tile: GemmTile, one_group: bool = 
     chunks = triton.cdiv(spec.out_channels, block_n)
     per_chunk = triton.cdiv(block_n * other, 32 * tile.num_warps)
     most = max(1, min(kernels.MAX_CHUNKS, _accumulator_registers(spec, kernel) // per_chunk))
+    x_bytes = spec.batch * spec.in_channels * spec.height * spec.width * spec.torch_dtype.itemsize
     if one_group:
-        return FilterPlan(kernel, spec.out_channels, block_n, chunks, min(chunks, most), 1)
+        return FilterPlan(kernel, spec.out_channels, block_n, chunks, min(chunks, most), 1, spec.kernel_size**2,
+                          x_bytes)
     groups = triton.cdiv(chunks, most)
     per_program = triton.cdiv(chunks, groups)
-    return FilterPlan(kernel, spec.out_channels, block_n, chunks, per_program, triton.cdiv(chunks, per_program))
+    return FilterPlan(kernel, spec.out_channels, block_n, chunks, per_program, triton.cdiv(chunks, per_program),
+                      spec.kernel_size**2, x_bytes)
 
 
 def describe_plans(spec: DwSepSpec, pass_: str, tiles: dict) -> str:
@@ -166,13 +175,19 @@ def _check_int32(spec: DwSepSpec, *tensors) -> None:
                              f"the dwsep kernels address an image with int32 offsets")
 
 
-def _taps_major(weight: torch.Tensor) -> torch.Tensor:
+def taps_major(weight: torch.Tensor) -> torch.Tensor:
     """dw_weight [C, 1, k, k] -> [k*k, C] contiguous in the accumulator dtype, by one copy per call (as
     ``depthwise.launch._taps_major``, which explains why it is not cached): each tap's weights are one
     vector load, and the depthwise FFMAs need no conversion of them."""
     acc_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     out = torch.empty((weight.shape[2] * weight.shape[3], weight.shape[0]), device=weight.device, dtype=acc_dtype)
     return out.copy_(weight.reshape(weight.shape[0], -1).t())
+
+
+def depthwise_weight_view(weight_t: torch.Tensor, shape) -> torch.Tensor:
+    """The taps-major copy seen as the [C, 1, k, k] parameter it was made from (a view: the depthwise
+    launchers' own taps-major transpose of it is then a view too, not one more copy)."""
+    return weight_t.t().reshape(shape)
 
 
 def _bias_or(bias, other):
@@ -187,7 +202,7 @@ def forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec: DwSepSpec, tile: Ge
     vec = _vector_width((spec.in_channels, spec.out_channels), x, y)
     plan = filter_plan(spec, "forward", tile)
     pixels = spec.batch * spec.out_height * spec.out_width
-    weight_t = _taps_major(dw_weight)
+    weight_t = taps_major(dw_weight)
     (x_, *x_strides), (y_, *y_strides) = (_operand(t, vec) for t in (x, y))
     kernels.dwsep_fwd_kernel[(triton.cdiv(pixels, tile.block_rows), plan.groups)](
         x_, weight_t, _bias_or(dw_bias, weight_t), pw_weight.contiguous(), _bias_or(pw_bias, weight_t), y_,
@@ -201,12 +216,13 @@ def forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec: DwSepSpec, tile: Ge
 
 
 def backward_pointwise(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec, tile: GemmTile,
-                       need_weights: bool = True):
+                       need_weights: bool = True, weight_t: torch.Tensor | None = None):
     """(dz [B, C, Ho, Wo] in the input dtype: the gradient of the depthwise pre-activation, grad pw_weight
     [N, C, 1, 1], grad pw_bias [N] or None); without ``need_weights`` the last two are None.
 
     Two launches: dz and the split-K partials of the pointwise gradients in one pass over dy, then the
-    partials' reduction in split order (fp32, deterministic), written in the parameters' dtype."""
+    partials' reduction in split order (fp32, deterministic), written in the parameters' dtype.
+    ``weight_t``: ``taps_major(dw_weight)`` if the caller made it already."""
     dz = empty_like_layout((spec.batch, spec.in_channels, spec.out_height, spec.out_width), x)
     pixels = spec.batch * spec.out_height * spec.out_width
     has_pw_bias = need_weights and spec.pw_bias
@@ -232,7 +248,7 @@ def backward_pointwise(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec,
         partial_bias = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if has_pw_bias else partial
     else:
         partial = partial_bias = dz
-    weight_t = _taps_major(dw_weight)
+    weight_t = taps_major(dw_weight) if weight_t is None else weight_t
     (x_, *x_strides), (dy_, *dy_strides), (y_, *y_strides), (dz_, *dz_strides) = (
         _operand(t, vec) for t in (x, dy, y, dz))
     kernels.dwsep_bwd_kernel[(channel_tiles, plan.groups, splits)](
@@ -261,10 +277,12 @@ def backward_pointwise(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec,
 def backward(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec, tiles: dict, need_input: bool,
              need_weights: bool):
     """(dx, grad dw_weight, grad dw_bias, grad pw_weight, grad pw_bias); unneeded ones are None."""
+    weight_t = taps_major(dw_weight)
     dz, dpw, dpb = backward_pointwise(dy, y, x, dw_weight, dw_bias, pw_weight, spec, tiles["backward_pointwise"],
-                                      need_weights)
+                                      need_weights, weight_t)
     depthwise = spec.depthwise()
-    dx = (depthwise_launch.backward_input(dz, dz, dw_weight, depthwise, tiles["backward_input"], x)
+    dx = (depthwise_launch.backward_input(dz, dz, depthwise_weight_view(weight_t, dw_weight.shape), depthwise,
+                                          tiles["backward_input"], x)
           if need_input else None)
     if not need_weights:
         return dx, None, None, None, None
