@@ -23,10 +23,10 @@ then the depthwise kernels on dz (grad input; grad dw_weight and dw_bias, two la
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
-import triton
 
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.depthwise import launch as depthwise_launch
@@ -63,6 +63,10 @@ _FORWARD_REGISTERS = 96
 _BACKWARD_REGISTERS = {3: 64, 5: 32, 7: 16}  # by kernel size
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2
 _INT32 = 2**31
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)  # triton.cdiv is a jit function: a host call to it costs microseconds
 
 
 def _extent(spec: DwSepSpec, kernel: str) -> tuple[int, int, int]:
@@ -132,6 +136,7 @@ def _accumulator_registers(spec: DwSepSpec, kernel: str) -> int:
     return budget * 2 // max(2, spec.torch_dtype.itemsize)
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and asked at every call
 def filter_plan(spec: DwSepSpec, kernel: str, tile: GemmTile, one_group: bool = False) -> FilterPlan:
     """Chunks per program: as many accumulators as ``_accumulator_registers`` allows (up to MAX_CHUNKS);
     the filter groups then split the chunks evenly. ``one_group``: a single group that owns what it can
@@ -140,16 +145,16 @@ def filter_plan(spec: DwSepSpec, kernel: str, tile: GemmTile, one_group: bool = 
         block_n, other = tile.block_cols, tile.block_rows
     else:
         block_n, other = tile.block_reduce, tile.block_cols
-    chunks = triton.cdiv(spec.out_channels, block_n)
-    per_chunk = triton.cdiv(block_n * other, 32 * tile.num_warps)
+    chunks = _cdiv(spec.out_channels, block_n)
+    per_chunk = _cdiv(block_n * other, 32 * tile.num_warps)
     most = max(1, min(kernels.MAX_CHUNKS, _accumulator_registers(spec, kernel) // per_chunk))
     x_bytes = spec.batch * spec.in_channels * spec.height * spec.width * spec.torch_dtype.itemsize
     if one_group:
         return FilterPlan(kernel, spec.out_channels, block_n, chunks, min(chunks, most), 1, spec.kernel_size**2,
                           x_bytes)
-    groups = triton.cdiv(chunks, most)
-    per_program = triton.cdiv(chunks, groups)
-    return FilterPlan(kernel, spec.out_channels, block_n, chunks, per_program, triton.cdiv(chunks, per_program),
+    groups = _cdiv(chunks, most)
+    per_program = _cdiv(chunks, groups)
+    return FilterPlan(kernel, spec.out_channels, block_n, chunks, per_program, _cdiv(chunks, per_program),
                       spec.kernel_size**2, x_bytes)
 
 
@@ -204,7 +209,7 @@ def forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec: DwSepSpec, tile: Ge
     pixels = spec.batch * spec.out_height * spec.out_width
     weight_t = taps_major(dw_weight)
     (x_, *x_strides), (y_, *y_strides) = (_operand(t, vec) for t in (x, y))
-    kernels.dwsep_fwd_kernel[(triton.cdiv(pixels, tile.block_rows), plan.groups)](
+    kernels.dwsep_fwd_kernel[(_cdiv(pixels, tile.block_rows), plan.groups)](
         x_, weight_t, _bias_or(dw_bias, weight_t), pw_weight.contiguous(), _bias_or(pw_bias, weight_t), y_,
         pixels, spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height,
         spec.out_width, *x_strides, *y_strides,
@@ -234,12 +239,12 @@ def backward_pointwise(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec,
     _check_int32(spec, x, dy, y, dz)
     vec = _vector_width((spec.in_channels, spec.out_channels), x, dy, y, dz)
     plan = filter_plan(spec, "backward_pointwise", tile, one_group=not need_weights)
-    channel_tiles = triton.cdiv(spec.in_channels, tile.block_cols)
+    channel_tiles = _cdiv(spec.in_channels, tile.block_cols)
     splits = min(_MAX_GRID_YZ, reduction_splits(GemmTile(tile.block_rows, tile.block_cols, tile.block_rows,
                                                          splits=tile.splits),
                                                 channel_tiles * plan.groups, pixels, x.device))
-    pixels_per_split = triton.cdiv(triton.cdiv(pixels, splits), tile.block_rows) * tile.block_rows
-    splits = triton.cdiv(pixels, pixels_per_split)
+    pixels_per_split = _cdiv(_cdiv(pixels, splits), tile.block_rows) * tile.block_rows
+    splits = _cdiv(pixels, pixels_per_split)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if need_weights:
         if splits * spec.out_channels * spec.in_channels >= _INT32:
@@ -266,7 +271,7 @@ def backward_pointwise(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec,
     grad_pb = empty((spec.out_channels,), device=x.device, dtype=x.dtype) if has_pw_bias else None
     weights = spec.out_channels * spec.in_channels
     block = 1024
-    programs = triton.cdiv(weights, block) + (triton.cdiv(spec.out_channels, block) if has_pw_bias else 0)
+    programs = _cdiv(weights, block) + (_cdiv(spec.out_channels, block) if has_pw_bias else 0)
     kernels.dwsep_reduce_kernel[(programs,)](
         partial, partial_bias, grad_pw, grad_pb if grad_pb is not None else grad_pw, splits, weights,
         spec.out_channels, HAS_PW_BIAS=has_pw_bias, ACC_DTYPE=accumulator_dtype(x.dtype), BLOCK=block, num_warps=4,
