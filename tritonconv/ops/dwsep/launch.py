@@ -61,6 +61,10 @@ _WGMMA_ROWS = 64  # wgmma's M: a dot with fewer rows falls back to mma.sync
 # weights in registers).
 _FORWARD_REGISTERS = 96
 _BACKWARD_REGISTERS = {3: 64, 5: 32, 7: 16}  # by kernel size
+# H100 bf16 tensor-core MACs per fp32 FFMA (989 vs 67 TFLOP/s dense, datasheet): a recomputed depthwise
+# MAC costs about this many pointwise ones. So filter groups are only for what registers cannot hold,
+# not to fill idle SMs (a 7 x 7 layer's 98 pixel tiles): the recomputation would cost more than it fills.
+_TENSOR_CORE_SPEEDUP = 15
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2
 _INT32 = 2**31
 
@@ -120,10 +124,11 @@ class FilterPlan:
         if self.groups == 1:
             return head + ": each depthwise tile computed once for every filter"
         extra = self.groups - 1
+        share = extra * self.taps * _TENSOR_CORE_SPEEDUP / self.filters
         return (head + f" (the accumulators that fit in registers, at most {kernels.MAX_CHUNKS}): "
-                f"{self.groups} filter groups each recompute the depthwise tile, {extra} x {self.taps} MACs per "
-                f"element ({extra * self.taps / self.filters:.0%} of the pointwise MACs) and {extra} more "
-                f"read(s) of x ({extra * self.x_bytes / 2**20:.1f} MiB, mostly from L2)")
+                f"{self.groups} filter groups each recompute the depthwise tile: {extra} x {self.taps} FFMAs per "
+                f"element, about {share:.0%} of the pointwise's tensor-core time, and {extra} more read(s) of x "
+                f"({extra * self.x_bytes / 2**20:.1f} MiB, mostly from L2)")
 
 
 def _accumulator_registers(spec: DwSepSpec, kernel: str) -> int:
