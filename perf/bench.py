@@ -221,7 +221,7 @@ def expected_outputs(harness, work: Workload, pass_: str) -> tuple:
 def fallback_expected(harness, work: Workload, pass_: str) -> tuple:
     """What the fallback (and its compiled form) must return: the fallback itself run in float64.
 
-    Not ``expected_outputs``: a pass's kernels may return intermediates (dwsep's backward_mid) or order
+    Not ``expected_outputs``: a pass's kernels may return intermediates (dwsep's backward_pointwise: dz) or order
     the gradients differently from the fallback."""
     return _chain([harness.fallback(p, float64_workload(work)) for p in PASSES[pass_]])()
 

@@ -12,7 +12,9 @@ from tritonconv.ops.depthwise import DepthwiseConv2d, depthwise_conv2d
 from tritonconv.ops.depthwise.harness import HARNESS as DEPTHWISE_HARNESS
 from tritonconv.ops.depthwise.spec import DepthwiseSpec
 from tritonconv.ops.dwsep import DepthwiseSeparableConv2d, DwSepSpec, dwsep_conv2d
+from tritonconv.ops.dwsep import launch as dwsep_launch
 from tritonconv.ops.dwsep.harness import HARNESS as DWSEP_HARNESS
+from tritonconv.tiles import GemmTile
 from tritonconv.zoo import separable
 
 ACT = {None: lambda z: z, "relu": F.relu, "relu6": F.relu6}
@@ -218,8 +220,8 @@ def test_dispatch_decisions(device, monkeypatch):
     depthwise = DepthwiseConv2d(4).to(device)
     x = torch.randn(1, 4, 5, 5, device=device)
     assert layer.explain(x).backend == "triton"
-    assert set(layer.explain(x, "backward").tiles) == {"backward_mid", "backward_pw_weight", "backward_input",
-                                                       "backward_weight"}
+    assert set(layer.explain(x, "backward").tiles) == {"backward_pointwise", "backward_input", "backward_weight"}
+    assert "each depthwise tile computed once for every filter" in layer.explain(x).reason
     with use_backend("fallback"):
         assert layer.explain(x, "backward").backend == "fallback"
     monkeypatch.setenv("TRITONCONV_BACKEND", "fallback")
@@ -364,3 +366,24 @@ def test_harness_kernels_match_expected(harness, shape_set, device):
         assert max_relative_error(harness.triton(kernel, work, tile)(), harness.expected(kernel, work)) < 1e-4, kernel
     for pass_ in ("forward", "backward"):
         assert harness.fallback(pass_, work)() and harness.dense(pass_, work)()
+
+
+@pytest.mark.parametrize("n, act, out_act, channels_last", [(80, "relu6", "relu", True), (40, "relu", "none", False)])
+def test_filter_plans(n, act, out_act, channels_last, device):
+    """Several filter chunks per program, and (N=80) several filter groups per pixel tile or channel chunk,
+    each recomputing the depthwise tile; the backward without weight gradients (dz alone)."""
+    spec = DwSepSpec(2, 24, n, 7, 6, 3, 2, 1, 1, True, True, act, out_act, "float64", channels_last)
+    work = DWSEP_HARNESS.make_workload(spec, device)
+    t, dy = work.tensors, work.grad
+    params = [t[name] for name in ("dw_weight", "dw_bias", "pw_weight", "pw_bias")]
+    tile = GemmTile(32, 16, 16, num_warps=2, num_stages=1)  # 16-filter chunks, at most 4 per program
+    plans = [dwsep_launch.filter_plan(spec, kernel, tile) for kernel in ("forward", "backward_pointwise")]
+    assert [(p.chunks, p.per_program, p.groups) for p in plans] == ([(5, 3, 2)] * 2 if n == 80 else [(3, 3, 1)] * 2)
+    assert ("recompute" in plans[0].describe()) == (n == 80)
+    y = dwsep_launch.forward(t["x"], *params, spec, tile)
+    assert max_relative_error((y,), DWSEP_HARNESS.expected("forward", work)) < 1e-10
+    got = dwsep_launch.backward_pointwise(dy, t["out"], t["x"], *params[:3], spec, tile)
+    assert max_relative_error(got, DWSEP_HARNESS.expected("backward_pointwise", work)) < 1e-10
+    dz, no_pw, no_pb = dwsep_launch.backward_pointwise(dy, t["out"], t["x"], *params[:3], spec, tile, False)
+    assert no_pw is None and no_pb is None
+    torch.testing.assert_close(dz, got[0], rtol=1e-12, atol=1e-12)

@@ -55,7 +55,7 @@ class DwSepHarness:
         grad = randn(*spec.output_shape).contiguous(memory_format=memory_format)
         params = [t[name] for name in _PARAMS]
         # What the backward kernels read besides dy: the forward output (out_activation's mask) and, for
-        # the depthwise backward kernels measured alone, dz (the first backward kernel's output).
+        # the depthwise backward kernels measured alone, dz (backward_pointwise's first output).
         t["out"] = reference.fallback_forward(x, *params, spec).contiguous(memory_format=memory_format)
         t["dz"] = reference.intermediate_grad(grad, x, *params, spec).contiguous(memory_format=memory_format)
         return Workload(spec, t, grad)
@@ -67,16 +67,14 @@ class DwSepHarness:
         t, spec, dy = work.tensors, work.spec, work.grad
         if kernel == "forward":
             return lambda: (launch.forward(t["x"], *(t[name] for name in _PARAMS), spec, tile),)
-        if kernel == "backward_mid":
-            return lambda: (launch.backward_mid(dy, t["out"], t["x"], t["dw_weight"], t["dw_bias"], t["pw_weight"],
-                                                spec, tile),)
-        if kernel == "backward_pw_weight":
-            return lambda: tuple(g for g in launch.backward_pw_weight(dy, t["out"], t["x"], t["dw_weight"],
-                                                                      t["dw_bias"], spec, tile) if g is not None)
+        if kernel == "backward_pointwise":
+            return lambda: tuple(g for g in launch.backward_pointwise(dy, t["out"], t["x"], t["dw_weight"],
+                                                                      t["dw_bias"], t["pw_weight"], spec, tile)
+                                 if g is not None)
         depthwise = spec.depthwise()
-        if kernel == "backward_input":
-            return lambda: (depthwise_launch.backward_input(t["dz"], t["dz"], t["dw_weight"], depthwise, tile,
-                                                            t["x"]),)
+        if kernel == "backward_input":  # on the taps-major copy the pass shares with it (a view)
+            weight = launch.depthwise_weight_view(launch.taps_major(t["dw_weight"]), spec.dw_weight_shape)
+            return lambda: (depthwise_launch.backward_input(t["dz"], t["dz"], weight, depthwise, tile, t["x"]),)
         return lambda: tuple(g for g in depthwise_launch.backward_weight(t["dz"], t["dz"], t["x"], depthwise, tile)
                              if g is not None)
 
@@ -94,11 +92,11 @@ class DwSepHarness:
         params = [t[name] for name in _PARAMS]
         if kernel == "forward":
             return (reference.fallback_forward(t["x"], *params, spec64),)
-        if kernel == "backward_mid":
-            return (reference.intermediate_grad(dy, t["x"], *params, spec64),)
         dx, ddw, ddb, dpw, dpb = reference.fallback_backward(dy, t["x"], *params, spec64, True, True)
-        return {"backward_input": (dx,), "backward_weight": tuple(g for g in (ddw, ddb) if g is not None),
-                "backward_pw_weight": tuple(g for g in (dpw, dpb) if g is not None)}[kernel]
+        if kernel == "backward_pointwise":
+            dz = reference.intermediate_grad(dy, t["x"], *params, spec64)
+            return tuple(g for g in (dz, dpw, dpb) if g is not None)
+        return {"backward_input": (dx,), "backward_weight": tuple(g for g in (ddw, ddb) if g is not None)}[kernel]
 
     def dense(self, pass_, work):
         """The ordinary k x k conv C -> N of the same shape (what the layer replaces)."""

@@ -1,163 +1,355 @@
 """Triton kernels for the fused depthwise-separable conv (SPEC section 2).
 
-The forward keeps the depthwise result in registers: each program computes a [BLOCK_P pixels,
-BLOCK_C channels] depthwise tile (bias and activation applied) and feeds it straight into the pointwise
-tl.dot, accumulating [BLOCK_P, BLOCK_N] over channel chunks. The backward recomputes those tiles
-instead of storing them:
+The depthwise result never reaches memory, and each [BLOCK_P pixels, BLOCK_C channels] depthwise tile
+is computed once for as many output filters as the registers hold:
 
-- ``dwsep_bwd_mid_kernel``: dz = (dy @ pw_weight) masked by the activation derivative of the
-  recomputed pre-activation; dz (the gradient of the depthwise pre-activation) is written to memory
-  for the depthwise backward kernels (grad input, grad dw_weight, grad dw_bias).
-- ``dwsep_bwd_pw_weight_kernel``: grad pw_weight = dy^T @ recomputed intermediate (and grad pw_bias),
-  split over pixels into partials that the launcher sums in a fixed order (deterministic).
+- ``dwsep_fwd_kernel``: a program owns BLOCK_P output pixels and CHUNKS filter chunks of BLOCK_N (one
+  accumulator each, up to ``MAX_CHUNKS``). For every channel chunk it computes the depthwise tile (bias
+  and activation applied) once and feeds it to the pointwise tl.dot of every filter chunk it owns. When
+  N needs more chunks than that, grid axis 1 splits them and each split recomputes the tile (the
+  launcher's plan says so in ``explain()``).
+- ``dwsep_bwd_kernel``: one pass over dy for both pointwise gradients. A program owns a channel chunk,
+  a group of filter chunks and a split of the pixels; per pixel block it recomputes the depthwise tile
+  h and reads dy' (dy through out_activation's mask) once per filter chunk, accumulating the partial
+  grad pw_weight dy'^T @ h ([BLOCK_N filters, BLOCK_C channels], HGMMA rows = filters, padded to 64 if
+  needed) and grad pw_bias; the first filter group also forms dz = act'(z) * (dy' @ pw_weight) and
+  writes it in the input dtype (fp32 accumulation) for the depthwise backward kernels.
+- ``dwsep_reduce_kernel``: the partials summed in split order (deterministic), written in the
+  parameters' dtype and layout.
 
-``out_activation`` is undone in both by masking dy with the saved output. Pointer arithmetic that can
-pass 2^31 elements is int64; tensors are addressed through explicit strides (NCHW and channels_last).
-Weights are contiguous: dw_weight [C, 1, K, K], pw_weight [N, C, 1, 1].
+Channels are the contiguous axis in channels_last: every tap of the depthwise tile is one vector load
+per pixel row, its weights one more (taps-major [K*K, C] in the accumulator dtype, made per call by
+``launch.taps_major``). As in the depthwise kernels, batch and pixel strides arrive divided by VEC and
+each tensor as a 16-byte-aligned base plus an offset in units of VEC. Pixels are decomposed into
+(b, ho, wo) once per program in int32 (``kernel_helpers.pixel_walk_start``), advanced by carries in the
+backward's pixel loop; offsets inside an image are int32 and only an image's base offset is int64 (the
+launcher checks both fit).
 """
 
 import triton
 import triton.language as tl
 
-from tritonconv.ops.depthwise.kernels import ACT_NONE, activate, activation_grad, depthwise_tile
+from tritonconv.kernel_helpers import pixel_walk_start
+from tritonconv.ops.depthwise.kernels import ACT_NONE, activate, activation_grad
+
+MAX_CHUNKS = 4  # filter chunks (one accumulator each) a program can own: the kernels name 4
+
+
+@triton.jit
+def depthwise_taps(x_rows, x_offsets, hi0, wi0, pixel_mask, w_ptr, bias_ptr, c, c_mask, C, H, W, sxh, sxw,
+                   K: tl.constexpr, DIL: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
+                   BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Depthwise pre-activation z [BLOCK_P, BLOCK_C] (+ bias), 0 in masked rows and columns.
+
+    ``x_rows`` [BLOCK_P] points at each pixel's image, ``x_offsets`` [BLOCK_P, BLOCK_C] (int32) at its
+    window's first tap; weights are taps-major [K*K, C] in ACC_DTYPE (no conversion per tap): one
+    vector load per tap for x and for w.
+    """
+    if HAS_BIAS:  # the taps accumulate onto the bias (no add per element)
+        bias = tl.load(bias_ptr + c, mask=c_mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_C]
+        z = tl.broadcast_to(bias[None, :], (BLOCK_P, BLOCK_C))
+    else:
+        z = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
+    x_tile = x_rows[:, None] + x_offsets  # [BLOCK_P, BLOCK_C]
+    for kh in range(0, K):
+        hi = hi0 + kh * DIL
+        row_ok = pixel_mask & (hi >= 0) & (hi < H)  # [BLOCK_P]
+        for kw in tl.static_range(K):
+            wi = wi0 + kw * DIL
+            inside = row_ok & (wi >= 0) & (wi < W)
+            xv = tl.load(x_tile + (kh * DIL * sxh + kw * DIL * sxw), mask=inside[:, None] & c_mask[None, :],
+                         other=0.0)  # [BLOCK_P, BLOCK_C]
+            wv = tl.load(w_ptr + (kh * K + kw) * C + c, mask=c_mask, other=0.0)  # [BLOCK_C]
+            z += xv.to(ACC_DTYPE) * wv[None, :]
+    return z
+
+
+@triton.jit
+def _pointwise_chunk(h, acc, pw_w_ptr, n0, c, c_mask, C, N, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
+    """acc [BLOCK_P, BLOCK_N] += h [BLOCK_P, BLOCK_C] @ pw[n0:n0+BLOCK_N, c]^T."""
+    n = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    pw = tl.load(pw_w_ptr + n[None, :] * C + c[:, None], mask=c_mask[:, None] & (n < N)[None, :],
+                 other=0.0)  # [BLOCK_C, BLOCK_N]
+    return tl.dot(h, pw, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+
+
+@triton.jit
+def _store_chunk(acc, pw_b_ptr, y_rows, y_pixels, pixel_mask, n0, N, syc, OUT_ACT: tl.constexpr,
+                 HAS_PW_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr):
+    n = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    n_mask = n < N
+    if HAS_PW_BIAS:
+        acc += tl.load(pw_b_ptr + n, mask=n_mask, other=0.0).to(ACC_DTYPE)[None, :]
+    acc = activate(acc, OUT_ACT)
+    tl.store(y_rows[:, None] + (y_pixels[:, None] + (n * syc)[None, :]), acc.to(y_rows.dtype.element_ty),
+             mask=pixel_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit
 def dwsep_fwd_kernel(
     x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, pw_b_ptr, y_ptr,
-    B, C, H, W, N, Ho, Wo,
-    sxb, sxc, sxh, sxw,
-    syb, syc, syh, syw,
+    PIXELS, C_V, H, W, N_V, Ho, Wo,
+    sxb_v, sxc, sxh_v, sxw_v, x_off_v,
+    syb_v, syc, syh_v, syw_v, y_off_v,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
     ACT: tl.constexpr, OUT_ACT: tl.constexpr, HAS_DW_BIAS: tl.constexpr, HAS_PW_BIAS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, VEC: tl.constexpr, CHUNKS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """y[b, n, ho, wo] = out_act(sum_c act(dw(x) + dw_bias)[b, c, ho, wo] pw[n, c] + pw_bias[n])."""
-    pid_pixels = tl.program_id(0)
-    pid_filters = tl.program_id(1)
-    pixel = pid_pixels.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)  # [BLOCK_P]
-    pixel_mask = pixel < B * Ho * Wo
-    b = pixel // (Ho * Wo)
-    ho = (pixel // Wo) % Ho
-    wo = pixel % Wo
-    n = pid_filters.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    n_mask = n < N
+    """y[b, n, ho, wo] = out_act(sum_c act(dw(x) + dw_bias)[b, c, ho, wo] pw[n, c] + pw_bias[n]);
+    grid (pixel tiles, filter groups of CHUNKS * BLOCK_N)."""
+    first = tl.program_id(0) * BLOCK_P
+    n_first = tl.program_id(1) * (CHUNKS * BLOCK_N)
+    C = C_V * VEC
+    N = N_V * VEC
+    b, ho, wo = pixel_walk_start(first, 0, Ho, Wo, BLOCK_P)  # [BLOCK_P] int32
+    pixel_mask = first + tl.arange(0, BLOCK_P) < PIXELS
+    sxh = sxh_v * VEC
+    sxw = sxw_v * VEC
+    hi0 = ho * STRIDE - PAD  # [BLOCK_P]
+    wi0 = wo * STRIDE - PAD
+    x_rows = x_ptr + (b.to(tl.int64) * sxb_v + x_off_v) * VEC  # [BLOCK_P]
+    x_pixels = hi0 * sxh + wi0 * sxw  # [BLOCK_P] int32
 
-    acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=ACC_DTYPE)
+    acc0 = tl.zeros((BLOCK_P, BLOCK_N), dtype=ACC_DTYPE)
+    acc1 = tl.zeros((BLOCK_P, BLOCK_N), dtype=ACC_DTYPE)
+    acc2 = tl.zeros((BLOCK_P, BLOCK_N), dtype=ACC_DTYPE)
+    acc3 = tl.zeros((BLOCK_P, BLOCK_N), dtype=ACC_DTYPE)
     for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)  # [BLOCK_C]
+        c = c0 + tl.arange(0, BLOCK_C)  # [BLOCK_C]
         c_mask = c < C
-        z = depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, b, ho, wo, pixel_mask, c, c, c_mask, H, W, sxb, sxc, sxh, sxw,
-                           K, STRIDE, PAD, DIL, HAS_DW_BIAS, ACC_DTYPE, BLOCK_P, BLOCK_C)  # [BLOCK_P, BLOCK_C]
-        h = activate(z, ACT).to(pw_w_ptr.dtype.element_ty)
-        pw = tl.load(pw_w_ptr + n[None, :] * C + c[:, None],
-                     mask=c_mask[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_C, BLOCK_N]
-        acc = tl.dot(h, pw, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        z = depthwise_taps(x_rows, x_pixels[:, None] + (c * sxc)[None, :], hi0, wi0, pixel_mask, dw_w_ptr, dw_b_ptr,
+                           c, c_mask, C, H, W, sxh, sxw, K, DIL, HAS_DW_BIAS, ACC_DTYPE, BLOCK_P, BLOCK_C)
+        h = activate(z, ACT).to(pw_w_ptr.dtype.element_ty)  # [BLOCK_P, BLOCK_C], reused by every chunk
+        acc0 = _pointwise_chunk(h, acc0, pw_w_ptr, n_first, c, c_mask, C, N, DOT_PRECISION, ACC_DTYPE, BLOCK_N)
+        if CHUNKS > 1:
+            acc1 = _pointwise_chunk(h, acc1, pw_w_ptr, n_first + BLOCK_N, c, c_mask, C, N, DOT_PRECISION, ACC_DTYPE,
+                                    BLOCK_N)
+        if CHUNKS > 2:
+            acc2 = _pointwise_chunk(h, acc2, pw_w_ptr, n_first + 2 * BLOCK_N, c, c_mask, C, N, DOT_PRECISION,
+                                    ACC_DTYPE, BLOCK_N)
+        if CHUNKS > 3:
+            acc3 = _pointwise_chunk(h, acc3, pw_w_ptr, n_first + 3 * BLOCK_N, c, c_mask, C, N, DOT_PRECISION,
+                                    ACC_DTYPE, BLOCK_N)
+
+    y_rows = y_ptr + (b.to(tl.int64) * syb_v + y_off_v) * VEC  # [BLOCK_P]
+    y_pixels = ho * (syh_v * VEC) + wo * (syw_v * VEC)  # [BLOCK_P] int32
+    _store_chunk(acc0, pw_b_ptr, y_rows, y_pixels, pixel_mask, n_first, N, syc, OUT_ACT, HAS_PW_BIAS, ACC_DTYPE,
+                 BLOCK_N)
+    if CHUNKS > 1:
+        _store_chunk(acc1, pw_b_ptr, y_rows, y_pixels, pixel_mask, n_first + BLOCK_N, N, syc, OUT_ACT, HAS_PW_BIAS,
+                     ACC_DTYPE, BLOCK_N)
+    if CHUNKS > 2:
+        _store_chunk(acc2, pw_b_ptr, y_rows, y_pixels, pixel_mask, n_first + 2 * BLOCK_N, N, syc, OUT_ACT,
+                     HAS_PW_BIAS, ACC_DTYPE, BLOCK_N)
+    if CHUNKS > 3:
+        _store_chunk(acc3, pw_b_ptr, y_rows, y_pixels, pixel_mask, n_first + 3 * BLOCK_N, N, syc, OUT_ACT,
+                     HAS_PW_BIAS, ACC_DTYPE, BLOCK_N)
+
+
+@triton.jit
+def _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n0, N, sdyc, syc, OUT_ACT: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    """dy' [BLOCK_P, BLOCK_N]: dy masked by out_activation's derivative (read from the output y)."""
+    n = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    mask = pixel_mask[:, None] & (n < N)[None, :]
+    dy = tl.load(dy_rows[:, None] + (dy_pixels[:, None] + (n * sdyc)[None, :]), mask=mask, other=0.0)
+    if OUT_ACT != ACT_NONE:
+        yv = tl.load(y_rows[:, None] + (y_pixels[:, None] + (n * syc)[None, :]), mask=mask, other=0.0)
+        dy = activation_grad(dy, yv, OUT_ACT).to(dy_rows.dtype.element_ty)
+    return dy
+
+
+@triton.jit
+def _weight_grad_chunk(dy, h, ones, gw, gb, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+                       HAS_PW_BIAS: tl.constexpr):
+    """gw [BLOCK_N, BLOCK_C] += dy'^T @ h; gb [BLOCK_N, BIAS_COLS] += dy'^T @ ones: every column holds
+    dy''s column sums (on the tensor cores, instead of a cross-thread reduction per pixel block)."""
+    dy_t = tl.trans(dy)  # [BLOCK_N, BLOCK_P]
+    gw = tl.dot(dy_t, h, gw, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
     if HAS_PW_BIAS:
-        acc += tl.load(pw_b_ptr + n, mask=n_mask, other=0.0).to(ACC_DTYPE)[None, :]
-    acc = activate(acc, OUT_ACT)
-    y_ptrs = y_ptr + b[:, None] * syb + n[None, :] * syc + ho[:, None] * syh + wo[:, None] * syw
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=pixel_mask[:, None] & n_mask[None, :])
+        gb = tl.dot(dy_t, ones, gb, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    return gw, gb
 
 
 @triton.jit
-def dwsep_bwd_mid_kernel(
-    x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, dy_ptr, y_ptr, dz_ptr,
-    B, C, H, W, N, Ho, Wo,
-    sxb, sxc, sxh, sxw,
-    sdyb, sdyc, sdyh, sdyw,
-    syb, syc, syh, syw,
-    sdzb, sdzc, sdzh, sdzw,
-    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
-    ACT: tl.constexpr, OUT_ACT: tl.constexpr, HAS_DW_BIAS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """dz[b, c, ho, wo] = act'(z) * sum_n dy'[b, n, ho, wo] pw[n, c], dy' = dy masked by out_act'."""
-    pid_pixels = tl.program_id(0)
-    pid_channels = tl.program_id(1)
-    pixel = pid_pixels.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)  # [BLOCK_P]
-    pixel_mask = pixel < B * Ho * Wo
-    b = pixel // (Ho * Wo)
-    ho = (pixel // Wo) % Ho
-    wo = pixel % Wo
-    c = pid_channels.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
-    c_mask = c < C
-
-    dh = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
-    for n0 in range(0, N, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N).to(tl.int64)  # [BLOCK_N]
-        mask = pixel_mask[:, None] & (n < N)[None, :]
-        dy = tl.load(dy_ptr + b[:, None] * sdyb + n[None, :] * sdyc + ho[:, None] * sdyh + wo[:, None] * sdyw,
-                     mask=mask, other=0.0)  # [BLOCK_P, BLOCK_N]
-        if OUT_ACT != ACT_NONE:
-            yv = tl.load(y_ptr + b[:, None] * syb + n[None, :] * syc + ho[:, None] * syh + wo[:, None] * syw,
-                         mask=mask, other=0.0)  # [BLOCK_P, BLOCK_N]
-            dy = activation_grad(dy, yv, OUT_ACT).to(pw_w_ptr.dtype.element_ty)
-        pw = tl.load(pw_w_ptr + n[:, None] * C + c[None, :],
-                     mask=(n < N)[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_C]
-        dh = tl.dot(dy, pw, dh, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-    if ACT != ACT_NONE:
-        z = depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, b, ho, wo, pixel_mask, c, c, c_mask, H, W, sxb, sxc, sxh, sxw,
-                           K, STRIDE, PAD, DIL, HAS_DW_BIAS, ACC_DTYPE, BLOCK_P, BLOCK_C)  # [BLOCK_P, BLOCK_C]
-        dh = activation_grad(dh, z, ACT)
-    dz_ptrs = dz_ptr + b[:, None] * sdzb + c[None, :] * sdzc + ho[:, None] * sdzh + wo[:, None] * sdzw
-    tl.store(dz_ptrs, dh.to(dz_ptr.dtype.element_ty), mask=pixel_mask[:, None] & c_mask[None, :])
+def _input_grad_chunk(dy, dh, pw_w_ptr, n0, c, c_mask, C, N, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+                      BLOCK_N: tl.constexpr):
+    """dh [BLOCK_P, BLOCK_C] += dy' [BLOCK_P, BLOCK_N] @ pw[n0:n0+BLOCK_N, c]."""
+    n = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    pw = tl.load(pw_w_ptr + n[:, None] * C + c[None, :], mask=(n < N)[:, None] & c_mask[None, :],
+                 other=0.0)  # [BLOCK_N, BLOCK_C]
+    return tl.dot(dy, pw, dh, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
 
 @triton.jit
-def dwsep_bwd_pw_weight_kernel(
-    x_ptr, dw_w_ptr, dw_b_ptr, dy_ptr, y_ptr, partial_ptr, partial_bias_ptr,
-    B, C, H, W, N, Ho, Wo, PIXELS_PER_SPLIT,
-    sxb, sxc, sxh, sxw,
-    sdyb, sdyc, sdyh, sdyw,
-    syb, syc, syh, syw,
-    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
-    ACT: tl.constexpr, OUT_ACT: tl.constexpr, HAS_DW_BIAS: tl.constexpr, HAS_PW_BIAS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-):
-    """Partial grad pw_weight [BLOCK_N, BLOCK_C] = dy'^T @ act(z) over one split of the output pixels.
-
-    The first channel tile also sums dy' for grad pw_bias. Partials are stored in ACC_DTYPE at
-    ``partial_ptr[split, n, c]``.
-    """
-    pid_filters = tl.program_id(0)
-    pid_channels = tl.program_id(1)
-    split = tl.program_id(2)
-    n = pid_filters.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+def _store_weight_grad(gw, gb, partial_ptr, partial_bias_ptr, split, pid_channels, n0, c, c_mask, C, N,
+                       HAS_PW_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BIAS_COLS: tl.constexpr):
+    n = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     n_mask = n < N
-    c = pid_channels.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
-    c_mask = c < C
-
-    acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
-    bias_acc = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
-    p_range = tl.arange(0, BLOCK_P)
-    first = split.to(tl.int64) * PIXELS_PER_SPLIT
-    for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
-        pixel = first + p0 + p_range  # [BLOCK_P]
-        pixel_mask = (pixel < B * Ho * Wo) & (p0 + p_range < PIXELS_PER_SPLIT)
-        b = pixel // (Ho * Wo)
-        ho = (pixel // Wo) % Ho
-        wo = pixel % Wo
-        mask = n_mask[:, None] & pixel_mask[None, :]
-        dy = tl.load(dy_ptr + b[None, :] * sdyb + n[:, None] * sdyc + ho[None, :] * sdyh + wo[None, :] * sdyw,
-                     mask=mask, other=0.0)  # [BLOCK_N, BLOCK_P]
-        if OUT_ACT != ACT_NONE:
-            yv = tl.load(y_ptr + b[None, :] * syb + n[:, None] * syc + ho[None, :] * syh + wo[None, :] * syw,
-                         mask=mask, other=0.0)  # [BLOCK_N, BLOCK_P]
-            dy = activation_grad(dy, yv, OUT_ACT).to(dw_w_ptr.dtype.element_ty)
-        z = depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, b, ho, wo, pixel_mask, c, c, c_mask, H, W, sxb, sxc, sxh, sxw,
-                           K, STRIDE, PAD, DIL, HAS_DW_BIAS, ACC_DTYPE, BLOCK_P, BLOCK_C)  # [BLOCK_P, BLOCK_C]
-        # Rows past the last pixel hold act(bias); their dy columns are 0, so they add nothing.
-        h = activate(z, ACT).to(dw_w_ptr.dtype.element_ty)
-        acc = tl.dot(dy, h, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-        if HAS_PW_BIAS:
-            bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
-
-    out = partial_ptr + split.to(tl.int64) * N * C + n[:, None] * C + c[None, :]
-    tl.store(out, acc, mask=n_mask[:, None] & c_mask[None, :])
+    tl.store(partial_ptr + split * (N * C) + n[:, None] * C + c[None, :], gw, mask=n_mask[:, None] & c_mask[None, :])
     if HAS_PW_BIAS:
         if pid_channels == 0:
-            tl.store(partial_bias_ptr + split.to(tl.int64) * N + n, bias_acc, mask=n_mask)
+            # Column 0 of the [BLOCK_N, BIAS_COLS] sums (all columns are equal).
+            bias = tl.sum(tl.where((tl.arange(0, BIAS_COLS) == 0)[None, :], gb, 0.0), axis=1)  # [BLOCK_N]
+            tl.store(partial_bias_ptr + split * N + n, bias, mask=n_mask)
+
+
+@triton.jit
+def _pixel_advance(b, ho, wo, step_b, step_h, step_w, Ho, Wo):
+    """(b, ho, wo) advanced by step_b*Ho*Wo + step_h*Wo + step_w pixels (step_w < Wo, step_h < Ho): one
+    carry per coordinate, the steps divided out once before the loop (``kernel_helpers.pixel_walk_step``
+    divides at every call)."""
+    wo = wo + step_w
+    carry = wo >= Wo
+    wo = tl.where(carry, wo - Wo, wo)
+    ho = ho + step_h + carry.to(tl.int32)
+    carry = ho >= Ho
+    ho = tl.where(carry, ho - Ho, ho)
+    return b + step_b + carry.to(tl.int32), ho, wo
+
+
+@triton.jit
+def dwsep_bwd_kernel(
+    x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, dy_ptr, y_ptr, dz_ptr, partial_ptr, partial_bias_ptr,
+    PIXELS, PIXELS_PER_SPLIT, C_V, H, W, N_V, Ho, Wo,
+    sxb_v, sxc, sxh_v, sxw_v, x_off_v,
+    sdyb_v, sdyc, sdyh_v, sdyw_v, dy_off_v,
+    syb_v, syc, syh_v, syw_v, y_off_v,
+    sdzb_v, sdzc, sdzh_v, sdzw_v, dz_off_v,
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+    ACT: tl.constexpr, OUT_ACT: tl.constexpr, HAS_DW_BIAS: tl.constexpr, HAS_PW_BIAS: tl.constexpr,
+    WEIGHT_GRADS: tl.constexpr, ALL_FILTERS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, VEC: tl.constexpr, CHUNKS: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dz = act'(z) * (dy' @ pw) [B, C, Ho, Wo] and the partial grad pw_weight / pw_bias of one pixel split;
+    grid (channel chunks, filter groups of CHUNKS * BLOCK_N, pixel splits).
+
+    ALL_FILTERS: one group holds every filter chunk, so dz comes from the dy' tiles already read;
+    otherwise group 0 reads dy' over all filters once more for dz (the other groups only accumulate
+    their weight gradient). Partials go to ``partial_ptr[split, n, c]`` (``partial_bias_ptr[split, n]``)
+    in ACC_DTYPE. Without WEIGHT_GRADS only dz is computed (one group).
+    """
+    pid_channels = tl.program_id(0)
+    group = tl.program_id(1)
+    split = tl.program_id(2)
+    C = C_V * VEC
+    N = N_V * VEC
+    c = pid_channels * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    c_mask = c < C
+    n_first = group * (CHUNKS * BLOCK_N)
+    sxh = sxh_v * VEC
+    sxw = sxw_v * VEC
+    x_channels = (c * sxc)[None, :]  # [1, BLOCK_C]
+
+    first = split * PIXELS_PER_SPLIT
+    last = tl.minimum(first + PIXELS_PER_SPLIT, PIXELS)
+    p_range = tl.arange(0, BLOCK_P)
+    b, ho, wo = pixel_walk_start(first, 0, Ho, Wo, BLOCK_P)  # [BLOCK_P] int32
+    step_b = BLOCK_P // (Ho * Wo)
+    step_h = (BLOCK_P - step_b * (Ho * Wo)) // Wo
+    step_w = BLOCK_P - step_b * (Ho * Wo) - step_h * Wo
+    gw0 = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
+    gw1 = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
+    gw2 = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
+    gw3 = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
+    BIAS_COLS: tl.constexpr = 16  # the narrowest dot: dy'^T @ ones gives the bias sums in every column
+    gb0 = tl.zeros((BLOCK_N, BIAS_COLS), dtype=ACC_DTYPE)
+    gb1 = tl.zeros((BLOCK_N, BIAS_COLS), dtype=ACC_DTYPE)
+    gb2 = tl.zeros((BLOCK_N, BIAS_COLS), dtype=ACC_DTYPE)
+    gb3 = tl.zeros((BLOCK_N, BIAS_COLS), dtype=ACC_DTYPE)
+    ones = tl.full((BLOCK_P, BIAS_COLS), 1.0, dtype=dy_ptr.dtype.element_ty)
+    for p0 in range(first, last, BLOCK_P):
+        pixel_mask = p0 + p_range < last  # [BLOCK_P]
+        b64 = b.to(tl.int64)
+        hi0 = ho * STRIDE - PAD  # [BLOCK_P]
+        wi0 = wo * STRIDE - PAD
+        x_rows = x_ptr + (b64 * sxb_v + x_off_v) * VEC
+        z = depthwise_taps(x_rows, (hi0 * sxh + wi0 * sxw)[:, None] + x_channels, hi0, wi0, pixel_mask, dw_w_ptr,
+                           dw_b_ptr, c, c_mask, C, H, W, sxh, sxw, K, DIL, HAS_DW_BIAS, ACC_DTYPE, BLOCK_P, BLOCK_C)
+        h = activate(z, ACT).to(dy_ptr.dtype.element_ty)  # [BLOCK_P, BLOCK_C]
+        dy_rows = dy_ptr + (b64 * sdyb_v + dy_off_v) * VEC  # [BLOCK_P]
+        dy_pixels = ho * (sdyh_v * VEC) + wo * (sdyw_v * VEC)
+        y_rows = y_ptr + (b64 * syb_v + y_off_v) * VEC
+        y_pixels = ho * (syh_v * VEC) + wo * (syw_v * VEC)
+        dh = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
+
+        dy = _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n_first, N, sdyc, syc, OUT_ACT, BLOCK_N)
+        if WEIGHT_GRADS:
+            gw0, gb0 = _weight_grad_chunk(dy, h, ones, gw0, gb0, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
+        if ALL_FILTERS:
+            dh = _input_grad_chunk(dy, dh, pw_w_ptr, n_first, c, c_mask, C, N, DOT_PRECISION, ACC_DTYPE, BLOCK_N)
+        if CHUNKS > 1:
+            dy = _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n_first + BLOCK_N, N, sdyc, syc,
+                              OUT_ACT, BLOCK_N)
+            gw1, gb1 = _weight_grad_chunk(dy, h, ones, gw1, gb1, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
+            if ALL_FILTERS:
+                dh = _input_grad_chunk(dy, dh, pw_w_ptr, n_first + BLOCK_N, c, c_mask, C, N, DOT_PRECISION,
+                                       ACC_DTYPE, BLOCK_N)
+        if CHUNKS > 2:
+            dy = _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n_first + 2 * BLOCK_N, N, sdyc,
+                              syc, OUT_ACT, BLOCK_N)
+            gw2, gb2 = _weight_grad_chunk(dy, h, ones, gw2, gb2, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
+            if ALL_FILTERS:
+                dh = _input_grad_chunk(dy, dh, pw_w_ptr, n_first + 2 * BLOCK_N, c, c_mask, C, N, DOT_PRECISION,
+                                       ACC_DTYPE, BLOCK_N)
+        if CHUNKS > 3:
+            dy = _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n_first + 3 * BLOCK_N, N, sdyc,
+                              syc, OUT_ACT, BLOCK_N)
+            gw3, gb3 = _weight_grad_chunk(dy, h, ones, gw3, gb3, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
+            if ALL_FILTERS:
+                dh = _input_grad_chunk(dy, dh, pw_w_ptr, n_first + 3 * BLOCK_N, c, c_mask, C, N, DOT_PRECISION,
+                                       ACC_DTYPE, BLOCK_N)
+        if not ALL_FILTERS:
+            if group == 0:
+                for n0 in range(0, N, BLOCK_N):
+                    dy = _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n0, N, sdyc, syc, OUT_ACT,
+                                      BLOCK_N)
+                    dh = _input_grad_chunk(dy, dh, pw_w_ptr, n0, c, c_mask, C, N, DOT_PRECISION, ACC_DTYPE, BLOCK_N)
+        if ALL_FILTERS or group == 0:
+            # act' from h = act(z) in the input dtype (the same set, and what torch decides from its
+            # z in that dtype): z dies once h is formed, the registers go to the accumulators.
+            dh = activation_grad(dh, h, ACT)
+            dz_rows = dz_ptr + (b64 * sdzb_v + dz_off_v) * VEC  # [BLOCK_P]
+            dz_offsets = (ho * (sdzh_v * VEC) + wo * (sdzw_v * VEC))[:, None] + (c * sdzc)[None, :]
+            tl.store(dz_rows[:, None] + dz_offsets, dh.to(dz_ptr.dtype.element_ty),
+                     mask=pixel_mask[:, None] & c_mask[None, :])
+        b, ho, wo = _pixel_advance(b, ho, wo, step_b, step_h, step_w, Ho, Wo)
+
+    if WEIGHT_GRADS:
+        _store_weight_grad(gw0, gb0, partial_ptr, partial_bias_ptr, split, pid_channels, n_first, c, c_mask, C, N,
+                           HAS_PW_BIAS, BLOCK_N, BIAS_COLS)
+        if CHUNKS > 1:
+            _store_weight_grad(gw1, gb1, partial_ptr, partial_bias_ptr, split, pid_channels, n_first + BLOCK_N, c,
+                               c_mask, C, N, HAS_PW_BIAS, BLOCK_N, BIAS_COLS)
+        if CHUNKS > 2:
+            _store_weight_grad(gw2, gb2, partial_ptr, partial_bias_ptr, split, pid_channels, n_first + 2 * BLOCK_N,
+                               c, c_mask, C, N, HAS_PW_BIAS, BLOCK_N, BIAS_COLS)
+        if CHUNKS > 3:
+            _store_weight_grad(gw3, gb3, partial_ptr, partial_bias_ptr, split, pid_channels, n_first + 3 * BLOCK_N,
+                               c, c_mask, C, N, HAS_PW_BIAS, BLOCK_N, BIAS_COLS)
+
+
+@triton.jit
+def dwsep_reduce_kernel(partial_ptr, partial_bias_ptr, dpw_ptr, dpb_ptr, SPLITS, NC, N,
+                        HAS_PW_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    """dpw[i] = sum_s partial[s, i] over the N*C weights, in split order (deterministic); the programs
+    past the weights' do the same for dpb over N. Written in the parameters' dtype."""
+    pid = tl.program_id(0)
+    weight_programs = tl.cdiv(NC, BLOCK)
+    if pid < weight_programs:
+        i = pid * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
+        mask = i < NC
+        acc = tl.zeros((BLOCK,), dtype=ACC_DTYPE)
+        for s in range(0, SPLITS):
+            acc += tl.load(partial_ptr + s * NC + i, mask=mask, other=0.0)
+        tl.store(dpw_ptr + i, acc.to(dpw_ptr.dtype.element_ty), mask=mask)
+    elif HAS_PW_BIAS:
+        i = (pid - weight_programs) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
+        mask = i < N
+        acc = tl.zeros((BLOCK,), dtype=ACC_DTYPE)
+        for s in range(0, SPLITS):
+            acc += tl.load(partial_bias_ptr + s * N + i, mask=mask, other=0.0)
+        tl.store(dpb_ptr + i, acc.to(dpb_ptr.dtype.element_ty), mask=mask)

@@ -3,6 +3,7 @@ fake (shape) functions, the autograd formula, and the per-call dispatch between 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +22,7 @@ OPERATOR = dispatch.Operator(
     name="dwsep",
     kernel_sources=(Path(kernels.__file__), Path(launch.__file__), Path(depthwise_kernels.__file__)),
     kernels_of_pass={"forward": ("forward",),
-                     "backward": ("backward_mid", "backward_pw_weight", "backward_input", "backward_weight")},
+                     "backward": ("backward_pointwise", "backward_input", "backward_weight")},
     default_tile=launch.default_tile,
     triton_unsupported=triton_unsupported,
 )
@@ -117,4 +118,8 @@ def explain(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: 
     """The backend this call's ``pass_`` would take, and why, without running it."""
     spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, _padding(dw_weight, padding, dilation), dilation,
                  normalize_activation("activation", activation), normalize_activation("out_activation", out_activation))
-    return dispatch.explain(OPERATOR, spec, pass_, x.device)
+    decision = dispatch.explain(OPERATOR, spec, pass_, x.device)
+    if decision.backend != "triton":
+        return decision
+    # How the fused kernel covers the filters (and whether it recomputes the depthwise tile).
+    return replace(decision, reason=f"{decision.reason}; {launch.describe_plans(spec, pass_, decision.tiles)}")
