@@ -30,8 +30,6 @@ ISSUES = (HETCONV, DEPTHWISE, SHIFT)
 # Causes shared by several entries (read from the kernels and their SASS, see `python -m perf audit`).
 _WEIGHT_COLUMN = "the depthwise weight column w[c, tap] has stride k*k: read with 2-byte loads"
 _PIXEL_DIV64 = "int64 pixel -> (b, h, w) // and % for every pixel block inside the reduction loop"
-_SHUFFLED_DY = ("dy read at shuffled channels: a group's outputs lie every SHUFFLE_GROUPS-th channel in "
-                "channels_last, a 2-byte gather")
 _SMALL_ROWS = "its filter tile, fitted to the layer, has under 64 rows (wgmma's minimum): mma.sync"
 
 # (layer, kernel, gate) -> (why it fails today, the issue that fixes it). The gated shape of each layer
@@ -43,8 +41,6 @@ KNOWN_VIOLATIONS = {
     ("dwsep", "backward_pw_weight", "hgmma"): (_SMALL_ROWS + " (16 output channels)", DEPTHWISE),
     ("dwsep", "backward_pw_weight", "scalar16"): (_WEIGHT_COLUMN + " (recomputed depthwise tile)", DEPTHWISE),
     ("dwsep", "backward_pw_weight", "div64_loop"): (_PIXEL_DIV64, DEPTHWISE),
-    ("shuffle", "backward_input", "scalar16"): (_SHUFFLED_DY, SHIFT),
-    ("shuffle", "backward_weight", "scalar16"): (_SHUFFLED_DY, SHIFT),
 }
 
 GATE_LAYERS = ("hetconv", "dwsep", "depthwise", "ghost", "shift", "versatile", "shuffle")

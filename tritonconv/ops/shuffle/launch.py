@@ -75,6 +75,12 @@ def _blocked_shuffle(spec: ShuffleConvSpec) -> bool:
     return spec.shuffle_groups == spec.groups
 
 
+def _by_position(spec: ShuffleConvSpec) -> bool:
+    """Whether the one conv group's filters are shuffled onto all of dy's channels: the backward kernels
+    then take dy's channels in memory order and permute the weight's rows instead."""
+    return spec.groups == 1 and spec.shuffle_groups > 1
+
+
 def _sizes(spec: ShuffleConvSpec) -> tuple:
     return (spec.batch * spec.height * spec.width, spec.height * spec.width, spec.out_channels, spec.group_in,
             spec.group_out, spec.shuffle_groups)
@@ -108,7 +114,7 @@ def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torc
         dy, weight, dx, *_sizes(spec), *dy.stride(), spec.width, *dx.stride(),
         ALIGN=math.gcd(dy.stride(0), dy.stride(2), dy.stride(3), spec.group_in, spec.group_out, 8),
         INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, BLOCKED=_blocked_shuffle(spec),
-        DOT_PRECISION=dot_precision(dy.dtype),
+        BY_POSITION=_by_position(spec), DOT_PRECISION=dot_precision(dy.dtype),
         ACC_DTYPE=accumulator_dtype(dy.dtype), **TILES["backward_input"].launch_args(tile))
     return dx
 
@@ -129,8 +135,10 @@ def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile):
     kernels.shuffle_conv_bwd_weight_kernel[(filter_tiles, column_tiles, splits)](
         x, dy, partial, *_sizes(spec), per_split, row,
         *x.stride(), spec.width, *dy.stride(),
-        ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), spec.group_in, spec.group_out, 8),
-        FLAT=_flat_pixels(x) and _flat_pixels(dy), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=spec.bias,
+        ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), dy.stride(0), dy.stride(2), dy.stride(3),
+                       spec.group_in, spec.group_out, 8),
+        FLAT=_flat_pixels(x) and _flat_pixels(dy), SHUFFLED=spec.shuffle_groups > 1,
+        BY_POSITION=_by_position(spec), HAS_BIAS=spec.bias,
         DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
         **TILES["backward_weight"].launch_args(tile))
     return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype)
