@@ -35,6 +35,9 @@ WGMMA_ROWS = 64
 # rows = pixels, cols = filters (grad input: channels) of one group, reduce = the group's channels
 # (128x64 at 4 warps spills: the shuffled store and the shuffled dy gather give every element its own
 # address)
+# The defaults reduce 64 channels a step: the loop's fixed cost (pipeline waits, masks, address bumps)
+# is shared by 4 wgmmas per warp group instead of 2 (audit instr/HGMMA 31-42 -> 19-22 where a group
+# has 40 channels or more; narrower groups are fitted back to 16 or 32).
 _PIXEL_ROWS = (
     GemmTile(128, 64, 32, 8, 3), GemmTile(128, 64, 32, 4, 3), GemmTile(128, 32, 32, 4, 3),
     GemmTile(64, 64, 64, 4, 3),
@@ -42,8 +45,8 @@ _PIXEL_ROWS = (
 )
 _PIXEL_BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
 TILES = TileTable({
-    "forward": KernelTiles(GemmTile(128, 64, 32, 8, 3), _PIXEL_ROWS, _PIXEL_BLOCKS),
-    "backward_input": KernelTiles(GemmTile(128, 64, 32, 8, 3), _PIXEL_ROWS, _PIXEL_BLOCKS),
+    "forward": KernelTiles(GemmTile(128, 64, 64, 8, 3), _PIXEL_ROWS, _PIXEL_BLOCKS),
+    "backward_input": KernelTiles(GemmTile(128, 64, 64, 8, 3), _PIXEL_ROWS, _PIXEL_BLOCKS),
     # rows = filters of one group (masked filter rows beat mma.sync), cols = the group's channels,
     # reduce = pixels
     "backward_weight": KernelTiles(GemmTile(64, 64, 64, 4, 3), (
