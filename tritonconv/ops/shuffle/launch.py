@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -54,7 +55,19 @@ TILES = TileTable({
         GemmTile(32, 64, 128, 4, 3),
     ), ("BLOCK_N", "BLOCK_C", "BLOCK_P"), min_rows=WGMMA_ROWS),
 }, extent=_gemm_extent)
-default_tile, candidate_tiles = TILES.default_tile, TILES.candidate_tiles
+candidate_tiles = TILES.candidate_tiles
+# a grad-input step over a 2-byte dy gather: as many scalar loads per step as elements per thread
+_GATHER_REDUCE = 32
+
+
+def default_tile(spec: ShuffleConvSpec, kernel: str) -> GemmTile:
+    tile = TILES.default_tile(spec, kernel)
+    if kernel == "backward_input" and _gathered_dy(spec) and tile.block_reduce > _GATHER_REDUCE:
+        # dy read element by element: 64-channel steps would only double the scalar loads per step
+        tile = replace(tile, block_reduce=_GATHER_REDUCE)
+    return tile
+
+
 _MAX_BLOCK_ROWS = max(tile.block_rows for kernel in TILES.kernels.values() for tile in kernel.candidates)
 
 
@@ -82,6 +95,13 @@ def _by_position(spec: ShuffleConvSpec) -> bool:
     """Whether the one conv group's filters are shuffled onto all of dy's channels: the backward kernels
     then take dy's channels in memory order and permute the weight's rows instead."""
     return spec.groups == 1 and spec.shuffle_groups > 1
+
+
+def _gathered_dy(spec: ShuffleConvSpec) -> bool:
+    """Whether the grad input reads dy with 2-byte loads: shuffled onto every sg-th channel (several
+    conv groups), or an odd channel count (no vector alignment)."""
+    shuffled = spec.shuffle_groups > 1 and not _by_position(spec)
+    return shuffled or spec.group_out % 2 == 1 or spec.out_channels % 2 == 1
 
 
 def _sizes(spec: ShuffleConvSpec) -> tuple:
