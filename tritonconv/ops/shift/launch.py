@@ -63,6 +63,8 @@ TILES = TileTable({
     ), ("BLOCK_N", "BLOCK_C", "BLOCK_P"), min_rows=WGMMA_ROWS),
 }, extent=_gemm_extent)
 candidate_tiles = TILES.candidate_tiles
+# grad-input channel tiles this narrow run at 4 warps (see default_tile)
+_NARROW_COLUMNS = 32
 
 
 def default_tile(spec: ShiftSpec, kernel: str) -> GemmTile:
@@ -70,6 +72,13 @@ def default_tile(spec: ShiftSpec, kernel: str) -> GemmTile:
     if kernel == "backward_weight" and not segmented(spec) and tile.block_rows * tile.block_cols > 64 * 32:
         # the per-direction passes hold two accumulators: 64 x 64 at 4 warps spills
         tile = replace(tile, num_warps=8)
+    if kernel == "backward_input" and tile.block_cols <= _NARROW_COLUMNS and tile.num_warps == 8:
+        # narrow channel tiles: one warp group takes all the rows (twice the wgmmas per step for the same
+        # loop overhead; the epilogue's per-element targets fit at 4 warps this narrow), and 16 channels
+        # (a reduction of one or two steps) take 256 rows
+        rows = spec.batch * spec.height * spec.width
+        tile = replace(tile, num_warps=4, block_rows=2 * tile.block_rows
+                       if tile.block_cols == MIN_DOT_TILE and rows >= 2 * tile.block_rows else tile.block_rows)
     return tile
 
 

@@ -28,6 +28,13 @@ def _shuffled(n, N, SHUFFLE_GROUPS, SHUFFLED: tl.constexpr):
 
 
 @triton.jit
+def _unshuffled(j, N, SHUFFLE_GROUPS):
+    """The filter n with pos(n) = j, of int32 channels j: j = q sg + r comes from n = r (N/sg) + q."""
+    q = j // SHUFFLE_GROUPS
+    return (j - q * SHUFFLE_GROUPS) * (N // SHUFFLE_GROUPS) + q
+
+
+@triton.jit
 def _shuffle_walk_start(n, N, SHUFFLE_GROUPS):
     """(n mod (N/sg), n // (N/sg)) of int32 filters n: pos(n) = first * sg + second. One int32 division
     per element, once per program; ``_shuffle_walk_step`` then advances it without dividing."""
@@ -115,13 +122,15 @@ def shuffle_conv_bwd_input_kernel(
     sdyb, sdyc, sdyh, sdyw, W,
     sdxb, sdxc, sdxh, sdxw,
     ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr, BLOCKED: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    BY_POSITION: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[b, c, h, w] = sum_n w[n, c] dy[b, pos(n), h, w] over the filters of c's group. ALIGN divides
     dy's strides and the group widths (as in the forward). BLOCKED (the launcher's check: shuffle groups
-    = conv groups): pos is affine in the group's filters, pos(n) = n_local * sg + group."""
+    = conv groups): pos is affine in the group's filters, pos(n) = n_local * sg + group. BY_POSITION
+    (one conv group, shuffled): the group's filters land on every dy channel, so the reduction walks
+    dy's channels j in memory order (vector loads) and gathers the weight rows n(j) instead."""
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
     tiles_per_group = tl.cdiv(GROUP_IN, BLOCK_N)
@@ -139,7 +148,14 @@ def shuffle_conv_bwd_input_kernel(
     # pos(n) + BLOCK_K * sg when the shuffle groups are the conv groups (BLOCKED); otherwise pos is
     # walked with a carry (int32, no division in the loop). Unshuffled, the plain per-chunk addresses
     # are cheaper than carrying 64-bit pointer tiles.
-    if SHUFFLED:
+    if BY_POSITION:
+        # j = q sg + r comes from filter n(j) = r (N/sg) + q; (q, r) walked with a carry
+        q = k_range // SHUFFLE_GROUPS  # [BLOCK_K]
+        r = k_range - q * SHUFFLE_GROUPS
+        q_step = BLOCK_K // SHUFFLE_GROUPS
+        r_step = BLOCK_K - q_step * SHUFFLE_GROUPS
+        per_block = N // SHUFFLE_GROUPS
+    elif SHUFFLED:
         if BLOCKED:
             dy_tile = dy_rows[:, None] + ((group + k_range * SHUFFLE_GROUPS) * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
         else:
@@ -150,7 +166,10 @@ def shuffle_conv_bwd_input_kernel(
         n_local = n0 + k_range  # [BLOCK_K]
         n_mask = n_local < group_out
         n = group * group_out + n_local
-        if not SHUFFLED:
+        if BY_POSITION:
+            dy_tile = dy_rows[:, None] + (n_local * sdyc)[None, :]  # [BLOCK_M, BLOCK_K] dy channels j = n_local
+            n = r * per_block + q  # [BLOCK_K] their filters
+        elif not SHUFFLED:
             dy_tile = dy_rows[:, None] + (n * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
         elif not BLOCKED:
             dy_tile = dy_rows[:, None] + ((within * SHUFFLE_GROUPS + block) * sdyc)[None, :]
@@ -158,7 +177,12 @@ def shuffle_conv_bwd_input_kernel(
         wt = tl.load(w_cols[None, :] + n[:, None] * group_in, mask=n_mask[:, None] & c_mask[None, :],
                      other=0.0)  # [BLOCK_K, BLOCK_N]
         acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-        if SHUFFLED:
+        if BY_POSITION:
+            r += r_step
+            carry = r >= SHUFFLE_GROUPS
+            r = tl.where(carry, r - SHUFFLE_GROUPS, r)
+            q += q_step + carry.to(tl.int32)
+        elif SHUFFLED:
             if BLOCKED:
                 dy_tile += BLOCK_K * SHUFFLE_GROUPS * sdyc
             else:
@@ -173,16 +197,18 @@ def shuffle_conv_bwd_weight_kernel(
     P, HW, N, GROUP_IN, GROUP_OUT, SHUFFLE_GROUPS, PIXELS_PER_SPLIT, SPLIT_STRIDE,
     sxb, sxc, sxh, sxw, W,
     sdyb, sdyc, sdyh, sdyw,
-    ALIGN: tl.constexpr, FLAT: tl.constexpr, SHUFFLED: tl.constexpr, HAS_BIAS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    ALIGN: tl.constexpr, FLAT: tl.constexpr, SHUFFLED: tl.constexpr, BY_POSITION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """Partial dw[n, c_local] (and, in the first column tile, the bias sums) over one split of the pixels,
     in row ``split`` of partial [splits, SPLIT_STRIDE] (dw flattened, then the bias); the launcher sums
-    the partials in a fixed order (deterministic). ALIGN divides x's strides and the
+    the partials in a fixed order (deterministic). ALIGN divides x's and dy's strides and the
     group widths (as in the forward). FLAT (the launcher's check, e.g. channels_last): pixel p of x
     and dy lies at p times the w stride, so the loop only bumps two tile pointers; otherwise (b, h, w)
-    are walked with carries. No division inside the loop either way."""
+    are walked with carries. No division inside the loop either way. BY_POSITION (one conv group,
+    shuffled): the program's rows are dy channels j in memory order (vector loads), their filters n(j)
+    only the store's rows."""
     pid_filters = tl.program_id(0)
     pid_columns = tl.program_id(1)
     split = tl.program_id(2)
@@ -192,14 +218,21 @@ def shuffle_conv_bwd_weight_kernel(
     group_in = GROUP_IN // ALIGN * ALIGN  # = GROUP_IN, GROUP_OUT: written so the compiler sees the divisor
     group_out = GROUP_OUT // ALIGN * ALIGN
     n_mask = n_local < group_out
-    n = group * group_out + n_local
-    dy_channel = _shuffled(n, N, SHUFFLE_GROUPS, SHUFFLED)  # [BLOCK_N]
+    if BY_POSITION:
+        dy_channel = n_local  # [BLOCK_N] rows in dy's order
+        n = _unshuffled(n_local, N, SHUFFLE_GROUPS)
+    else:
+        n = group * group_out + n_local
+        dy_channel = _shuffled(n, N, SHUFFLE_GROUPS, SHUFFLED)  # [BLOCK_N]
     c_local = pid_columns * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     c_mask = c_local < group_in
     c = group * group_in + c_local
     sxb = sxb // ALIGN * ALIGN
     sxh = sxh // ALIGN * ALIGN
     sxw = sxw // ALIGN * ALIGN
+    sdyb = sdyb // ALIGN * ALIGN
+    sdyh = sdyh // ALIGN * ALIGN
+    sdyw = sdyw // ALIGN * ALIGN
 
     acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
     bias_acc = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)

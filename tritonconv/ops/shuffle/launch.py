@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -35,6 +36,9 @@ WGMMA_ROWS = 64
 # rows = pixels, cols = filters (grad input: channels) of one group, reduce = the group's channels
 # (128x64 at 4 warps spills: the shuffled store and the shuffled dy gather give every element its own
 # address)
+# The defaults reduce 64 channels a step: the loop's fixed cost (pipeline waits, masks, address bumps)
+# is shared by 4 wgmmas per warp group instead of 2 (audit instr/HGMMA 31-42 -> 19-22 where a group
+# has 40 channels or more; narrower groups are fitted back to 16 or 32).
 _PIXEL_ROWS = (
     GemmTile(128, 64, 32, 8, 3), GemmTile(128, 64, 32, 4, 3), GemmTile(128, 32, 32, 4, 3),
     GemmTile(64, 64, 64, 4, 3),
@@ -42,8 +46,8 @@ _PIXEL_ROWS = (
 )
 _PIXEL_BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
 TILES = TileTable({
-    "forward": KernelTiles(GemmTile(128, 64, 32, 8, 3), _PIXEL_ROWS, _PIXEL_BLOCKS),
-    "backward_input": KernelTiles(GemmTile(128, 64, 32, 8, 3), _PIXEL_ROWS, _PIXEL_BLOCKS),
+    "forward": KernelTiles(GemmTile(128, 64, 64, 8, 3), _PIXEL_ROWS, _PIXEL_BLOCKS),
+    "backward_input": KernelTiles(GemmTile(128, 64, 64, 8, 3), _PIXEL_ROWS, _PIXEL_BLOCKS),
     # rows = filters of one group (masked filter rows beat mma.sync), cols = the group's channels,
     # reduce = pixels
     "backward_weight": KernelTiles(GemmTile(64, 64, 64, 4, 3), (
@@ -51,7 +55,19 @@ TILES = TileTable({
         GemmTile(32, 64, 128, 4, 3),
     ), ("BLOCK_N", "BLOCK_C", "BLOCK_P"), min_rows=WGMMA_ROWS),
 }, extent=_gemm_extent)
-default_tile, candidate_tiles = TILES.default_tile, TILES.candidate_tiles
+candidate_tiles = TILES.candidate_tiles
+# a grad-input step over a 2-byte dy gather: as many scalar loads per step as elements per thread
+_GATHER_REDUCE = 32
+
+
+def default_tile(spec: ShuffleConvSpec, kernel: str) -> GemmTile:
+    tile = TILES.default_tile(spec, kernel)
+    if kernel == "backward_input" and _gathered_dy(spec) and tile.block_reduce > _GATHER_REDUCE:
+        # dy read element by element: 64-channel steps would only double the scalar loads per step
+        tile = replace(tile, block_reduce=_GATHER_REDUCE)
+    return tile
+
+
 _MAX_BLOCK_ROWS = max(tile.block_rows for kernel in TILES.kernels.values() for tile in kernel.candidates)
 
 
@@ -73,6 +89,19 @@ def _blocked_shuffle(spec: ShuffleConvSpec) -> bool:
     groups are the conv's (N/sg = N/G filters per block). The grad input then bumps dy's tile pointers
     by a constant."""
     return spec.shuffle_groups == spec.groups
+
+
+def _by_position(spec: ShuffleConvSpec) -> bool:
+    """Whether the one conv group's filters are shuffled onto all of dy's channels: the backward kernels
+    then take dy's channels in memory order and permute the weight's rows instead."""
+    return spec.groups == 1 and spec.shuffle_groups > 1
+
+
+def _gathered_dy(spec: ShuffleConvSpec) -> bool:
+    """Whether the grad input reads dy with 2-byte loads: shuffled onto every sg-th channel (several
+    conv groups), or an odd channel count (no vector alignment)."""
+    shuffled = spec.shuffle_groups > 1 and not _by_position(spec)
+    return shuffled or spec.group_out % 2 == 1 or spec.out_channels % 2 == 1
 
 
 def _sizes(spec: ShuffleConvSpec) -> tuple:
@@ -108,7 +137,7 @@ def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torc
         dy, weight, dx, *_sizes(spec), *dy.stride(), spec.width, *dx.stride(),
         ALIGN=math.gcd(dy.stride(0), dy.stride(2), dy.stride(3), spec.group_in, spec.group_out, 8),
         INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, BLOCKED=_blocked_shuffle(spec),
-        DOT_PRECISION=dot_precision(dy.dtype),
+        BY_POSITION=_by_position(spec), DOT_PRECISION=dot_precision(dy.dtype),
         ACC_DTYPE=accumulator_dtype(dy.dtype), **TILES["backward_input"].launch_args(tile))
     return dx
 
@@ -129,8 +158,10 @@ def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile):
     kernels.shuffle_conv_bwd_weight_kernel[(filter_tiles, column_tiles, splits)](
         x, dy, partial, *_sizes(spec), per_split, row,
         *x.stride(), spec.width, *dy.stride(),
-        ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), spec.group_in, spec.group_out, 8),
-        FLAT=_flat_pixels(x) and _flat_pixels(dy), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=spec.bias,
+        ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), dy.stride(0), dy.stride(2), dy.stride(3),
+                       spec.group_in, spec.group_out, 8),
+        FLAT=_flat_pixels(x) and _flat_pixels(dy), SHUFFLED=spec.shuffle_groups > 1,
+        BY_POSITION=_by_position(spec), HAS_BIAS=spec.bias,
         DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
         **TILES["backward_weight"].launch_args(tile))
     return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype)
