@@ -10,7 +10,7 @@ so no write (in place, through ``.data``, ``load_state_dict``) can leave a stale
 gradient is written in the weight's layout (``layout.grad_strides``), so autograd and DDP take it
 without a copy. Strided and
 NCHW inputs take the same kernels through explicit strides; vector loads need channels_last (VEC).
-Every tensor reaches the kernels as its 16-byte-aligned base (``_operand``) and an offset, so that a
+Every tensor reaches the kernels as its 16-byte-aligned base (``operand``) and an offset, so that a
 channel-offset view (the Ghost module's ``grad[:, C:]`` with C = 4 mod 8) keeps vector loads.
 """
 
@@ -19,15 +19,12 @@ from __future__ import annotations
 from math import gcd
 
 import torch
-import triton
 
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.depthwise import kernels
 from tritonconv.ops.depthwise.layout import empty_grad, grad_strides, taps_major
 from tritonconv.ops.depthwise.spec import ACTIVATIONS, DepthwiseSpec
-from tritonconv.tiles import GemmTile, accumulator_dtype, reduction_splits
-
-KERNEL_NAMES = ("forward", "backward_input", "backward_weight")
+from tritonconv.tiles import GemmTile, accumulator_dtype, cdiv, next_power_of_2, reduction_splits
 
 _CANDIDATES = {
     "forward": [
@@ -82,7 +79,7 @@ def _lead(t: torch.Tensor) -> int:
     return lead if not partial and lead <= t.storage_offset() else 0
 
 
-def _vector_width(channels, *tensors) -> int:
+def vector_width(channels, *tensors) -> int:
     """The largest power of two up to 8 (16 bytes of bf16) dividing the channel counts, every tensor's
     batch and pixel strides and its lead (``_lead``), when every tensor has contiguous channels
     (channels_last); else 1. Those strides and leads reach the kernels divided by it, so the compiler
@@ -94,7 +91,7 @@ def _vector_width(channels, *tensors) -> int:
     return next(v for v in (8, 4, 2, 1) if common % v == 0)
 
 
-def _operand(t: torch.Tensor, vec: int) -> tuple:
+def operand(t: torch.Tensor, vec: int) -> tuple:
     """(``t`` from its 16-byte-aligned base: a view of the same storage starting ``_lead(t)`` elements
     earlier, then the batch / vec, channel, height / vec, width / vec strides and the lead / vec): the
     kernel adds the lead back, and its pointer argument keeps the JIT's alignment hint."""
@@ -123,12 +120,12 @@ def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tenso
     y = out[:, spec.in_channels:] if spec.concat_input else out
     copy = out[:, :spec.in_channels] if spec.concat_input else out
     _check_image_offsets(x, out)
-    vec = _vector_width((spec.in_channels, spec.out_channels), x, y, copy)
+    vec = vector_width((spec.in_channels, spec.out_channels), x, y, copy)
     channels = max(spec.out_channels, spec.in_channels) if spec.concat_input else spec.out_channels
-    grid = (triton.cdiv(spec.out_height * spec.out_width, tile.block_rows), triton.cdiv(channels, tile.block_cols),
+    grid = (cdiv(spec.out_height * spec.out_width, tile.block_rows), cdiv(channels, tile.block_cols),
             spec.batch)
     weight_t = taps_major(weight)
-    (x_, *x_strides), (y_, *y_strides), (copy_, *copy_strides) = (_operand(t, vec) for t in (x, y, copy))
+    (x_, *x_strides), (y_, *y_strides), (copy_, *copy_strides) = (operand(t, vec) for t in (x, y, copy))
     kernels.depthwise_fwd_kernel[grid](
         x_, weight_t, bias.contiguous() if bias is not None else None, y_, copy_,
         spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
@@ -148,10 +145,10 @@ def masked_gradient(dy, y, spec: DepthwiseSpec, tile: GemmTile, like: torch.Tens
     if dz.numel() == 0:
         return dz
     _check_image_offsets(dy, y, dz)
-    vec = _vector_width((spec.out_channels,), dy, y, dz)
-    grid = (triton.cdiv(spec.out_height * spec.out_width, tile.block_rows), triton.cdiv(spec.out_channels,
+    vec = vector_width((spec.out_channels,), dy, y, dz)
+    grid = (cdiv(spec.out_height * spec.out_width, tile.block_rows), cdiv(spec.out_channels,
             tile.block_cols), spec.batch)
-    (dy_, *dy_strides), (y_, *y_strides), (dz_, *dz_strides) = (_operand(t, vec) for t in (dy, y, dz))
+    (dy_, *dy_strides), (y_, *y_strides), (dz_, *dz_strides) = (operand(t, vec) for t in (dy, y, dz))
     kernels.depthwise_grad_mask_kernel[grid](
         dy_, y_, dz_, spec.out_channels // vec, spec.out_height, spec.out_width, *dy_strides, *y_strides, *dz_strides,
         ACT=ACTIVATIONS[activation], VEC=vec, BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols,
@@ -173,10 +170,10 @@ def backward_input(dy, y, weight, spec: DepthwiseSpec, tile: GemmTile, like: tor
     dz = masked_gradient(dy, y, spec, tile, like, activation) if ACTIVATIONS[activation] else dy
     add_ = add if add is not None else dx
     _check_image_offsets(dx, dz, add_)
-    vec = _vector_width((spec.in_channels, spec.out_channels), dz, add_, dx)
-    grid = (triton.cdiv(spec.height * spec.width, tile.block_rows), triton.cdiv(spec.in_channels, tile.block_cols),
+    vec = vector_width((spec.in_channels, spec.out_channels), dz, add_, dx)
+    grid = (cdiv(spec.height * spec.width, tile.block_rows), cdiv(spec.in_channels, tile.block_cols),
             spec.batch)
-    (dz_, *dz_strides), (a_, *a_strides), (dx_, *dx_strides) = (_operand(t, vec) for t in (dz, add_, dx))
+    (dz_, *dz_strides), (a_, *a_strides), (dx_, *dx_strides) = (operand(t, vec) for t in (dz, add_, dx))
     kernels.depthwise_bwd_input_kernel[grid](
         dz_, taps_major(weight), a_, dx_,
         spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
@@ -222,30 +219,30 @@ def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: s
     write_dz = grad_out is not None and bool(ACTIVATIONS[activation])
     dz = grad_out if write_dz else dy
     _check_image_offsets(x, dy, y, dz)
-    vec = _vector_width((spec.in_channels, spec.out_channels), x, dy, y, dz)
+    vec = vector_width((spec.in_channels, spec.out_channels), x, dy, y, dz)
     k = spec.kernel_size
     rows = _weight_grad_rows(k)
-    row_groups = triton.cdiv(k, rows)
-    taps = triton.next_power_of_2(rows * k)
+    row_groups = cdiv(k, rows)
+    taps = next_power_of_2(rows * k)
     partial_rows = k * k + int(has_bias)  # the bias is one more row
     block_c = tile.block_cols
     threads = 32 * tile.num_warps
     fitting = max(1, _ACCUMULATOR_REGISTERS * threads // (rows * k * block_c))
     block_p = max(1, min(tile.block_rows, 1 << (fitting.bit_length() - 1)))
-    channel_tiles = triton.cdiv(spec.out_channels, block_c)
+    channel_tiles = cdiv(spec.out_channels, block_c)
     splits = reduction_splits(GemmTile(block_p, block_c, block_p, splits=tile.splits), channel_tiles * row_groups,
                               spec.batch * image_pixels, x.device)
     image_splits = min(splits, spec.batch)
-    images_per_split = triton.cdiv(spec.batch, image_splits)
-    image_splits = triton.cdiv(spec.batch, images_per_split)
-    pixel_splits = max(1, min(triton.cdiv(splits, image_splits), triton.cdiv(image_pixels, block_p)))
-    pixels_per_split = triton.cdiv(triton.cdiv(image_pixels, pixel_splits), block_p) * block_p
-    pixel_splits = triton.cdiv(image_pixels, pixels_per_split)
+    images_per_split = cdiv(spec.batch, image_splits)
+    image_splits = cdiv(spec.batch, images_per_split)
+    pixel_splits = max(1, min(cdiv(splits, image_splits), cdiv(image_pixels, block_p)))
+    pixels_per_split = cdiv(cdiv(image_pixels, pixel_splits), block_p) * block_p
+    pixel_splits = cdiv(image_pixels, pixels_per_split)
     partial = empty((image_splits * pixel_splits, partial_rows, spec.out_channels), device=x.device, dtype=acc_dtype)
     common = dict(K=k, HAS_BIAS=has_bias, ACC_DTYPE=accumulator_dtype(spec.torch_dtype), VEC=vec,
                   PARTIAL_ROWS=partial_rows)
     (x_, *x_strides), (dy_, *dy_strides), (y_, *y_strides), (dz_, *dz_strides) = (
-        _operand(t, vec) for t in (x, dy, y, dz))
+        operand(t, vec) for t in (x, dy, y, dz))
     kernels.depthwise_bwd_weight_kernel[(channel_tiles * row_groups, image_splits, pixel_splits)](
         x_, dy_, y_, dz_, partial,
         spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
@@ -260,7 +257,7 @@ def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: s
     grad_b = empty((spec.out_channels,), device=x.device, dtype=x.dtype) if has_bias else None
     kernels.depthwise_reduce_weight_kernel[(channel_tiles,)](
         partial, grad_w, grad_b if grad_b is not None else grad_w, image_splits * pixel_splits,
-        spec.out_channels // vec, sdw_o, sdw_tap, **common, ROWS_P=triton.next_power_of_2(partial_rows),
+        spec.out_channels // vec, sdw_o, sdw_tap, **common, ROWS_P=next_power_of_2(partial_rows),
         BLOCK_C=block_c, num_warps=4,
     )
     return grad_w, grad_b

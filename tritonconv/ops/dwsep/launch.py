@@ -30,13 +30,11 @@ import torch
 
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.depthwise import launch as depthwise_launch
-from tritonconv.ops.depthwise.launch import _operand, _vector_width
+from tritonconv.ops.depthwise.launch import operand, vector_width
 from tritonconv.ops.depthwise.spec import ACTIVATIONS
 from tritonconv.ops.dwsep import kernels
 from tritonconv.ops.dwsep.spec import DwSepSpec
-from tritonconv.tiles import GemmTile, accumulator_dtype, dot_precision, reduction_splits
-
-KERNEL_NAMES = ("forward", "backward_pointwise", "backward_input", "backward_weight")
+from tritonconv.tiles import GemmTile, accumulator_dtype, cdiv, dot_precision, reduction_splits
 
 _CANDIDATES = {
     "forward": [
@@ -67,10 +65,6 @@ _BACKWARD_REGISTERS = {3: 64, 5: 32, 7: 16}  # by kernel size
 _TENSOR_CORE_SPEEDUP = 15
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2
 _INT32 = 2**31
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)  # triton.cdiv is a jit function: a host call to it costs microseconds
 
 
 def _extent(spec: DwSepSpec, kernel: str) -> tuple[int, int, int]:
@@ -150,16 +144,16 @@ def filter_plan(spec: DwSepSpec, kernel: str, tile: GemmTile, one_group: bool = 
         block_n, other = tile.block_cols, tile.block_rows
     else:
         block_n, other = tile.block_reduce, tile.block_cols
-    chunks = _cdiv(spec.out_channels, block_n)
-    per_chunk = _cdiv(block_n * other, 32 * tile.num_warps)
+    chunks = cdiv(spec.out_channels, block_n)
+    per_chunk = cdiv(block_n * other, 32 * tile.num_warps)
     most = max(1, min(kernels.MAX_CHUNKS, _accumulator_registers(spec, kernel) // per_chunk))
     x_bytes = spec.batch * spec.in_channels * spec.height * spec.width * spec.torch_dtype.itemsize
     if one_group:
         return FilterPlan(kernel, spec.out_channels, block_n, chunks, min(chunks, most), 1, spec.kernel_size**2,
                           x_bytes)
-    groups = _cdiv(chunks, most)
-    per_program = _cdiv(chunks, groups)
-    return FilterPlan(kernel, spec.out_channels, block_n, chunks, per_program, _cdiv(chunks, per_program),
+    groups = cdiv(chunks, most)
+    per_program = cdiv(chunks, groups)
+    return FilterPlan(kernel, spec.out_channels, block_n, chunks, per_program, cdiv(chunks, per_program),
                       spec.kernel_size**2, x_bytes)
 
 
@@ -209,12 +203,12 @@ def forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec: DwSepSpec, tile: Ge
     if y.numel() == 0:
         return y
     _check_int32(spec, x, y)
-    vec = _vector_width((spec.in_channels, spec.out_channels), x, y)
+    vec = vector_width((spec.in_channels, spec.out_channels), x, y)
     plan = filter_plan(spec, "forward", tile)
     pixels = spec.batch * spec.out_height * spec.out_width
     weight_t = taps_major(dw_weight)
-    (x_, *x_strides), (y_, *y_strides) = (_operand(t, vec) for t in (x, y))
-    kernels.dwsep_fwd_kernel[(_cdiv(pixels, tile.block_rows), plan.groups)](
+    (x_, *x_strides), (y_, *y_strides) = (operand(t, vec) for t in (x, y))
+    kernels.dwsep_fwd_kernel[(cdiv(pixels, tile.block_rows), plan.groups)](
         x_, weight_t, _bias_or(dw_bias, weight_t), pw_weight.contiguous(), _bias_or(pw_bias, weight_t), y_,
         pixels, spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height,
         spec.out_width, *x_strides, *y_strides,
@@ -242,14 +236,14 @@ def backward_pointwise(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec,
         return (dz, *zeros) if need_weights else (dz, None, None)
     y = y if ACTIVATIONS[spec.out_activation] else dy
     _check_int32(spec, x, dy, y, dz)
-    vec = _vector_width((spec.in_channels, spec.out_channels), x, dy, y, dz)
+    vec = vector_width((spec.in_channels, spec.out_channels), x, dy, y, dz)
     plan = filter_plan(spec, "backward_pointwise", tile, one_group=not need_weights)
-    channel_tiles = _cdiv(spec.in_channels, tile.block_cols)
+    channel_tiles = cdiv(spec.in_channels, tile.block_cols)
     splits = min(_MAX_GRID_YZ, reduction_splits(GemmTile(tile.block_rows, tile.block_cols, tile.block_rows,
                                                          splits=tile.splits),
                                                 channel_tiles * plan.groups, pixels, x.device))
-    pixels_per_split = _cdiv(_cdiv(pixels, splits), tile.block_rows) * tile.block_rows
-    splits = _cdiv(pixels, pixels_per_split)
+    pixels_per_split = cdiv(cdiv(pixels, splits), tile.block_rows) * tile.block_rows
+    splits = cdiv(pixels, pixels_per_split)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if need_weights:
         if splits * spec.out_channels * spec.in_channels >= _INT32:
@@ -260,7 +254,7 @@ def backward_pointwise(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec,
         partial = partial_bias = dz
     weight_t = taps_major(dw_weight) if weight_t is None else weight_t
     (x_, *x_strides), (dy_, *dy_strides), (y_, *y_strides), (dz_, *dz_strides) = (
-        _operand(t, vec) for t in (x, dy, y, dz))
+        operand(t, vec) for t in (x, dy, y, dz))
     kernels.dwsep_bwd_kernel[(channel_tiles, plan.groups, splits)](
         x_, weight_t, _bias_or(dw_bias, weight_t), pw_weight.contiguous(), dy_, y_, dz_, partial, partial_bias,
         pixels, pixels_per_split, spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec,
@@ -276,7 +270,7 @@ def backward_pointwise(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec,
     grad_pb = empty((spec.out_channels,), device=x.device, dtype=x.dtype) if has_pw_bias else None
     weights = spec.out_channels * spec.in_channels
     block = 1024
-    programs = _cdiv(weights, block) + (_cdiv(spec.out_channels, block) if has_pw_bias else 0)
+    programs = cdiv(weights, block) + (cdiv(spec.out_channels, block) if has_pw_bias else 0)
     kernels.dwsep_reduce_kernel[(programs,)](
         partial, partial_bias, grad_pw, grad_pb if grad_pb is not None else grad_pw, splits, weights,
         spec.out_channels, HAS_PW_BIAS=has_pw_bias, ACC_DTYPE=accumulator_dtype(x.dtype), BLOCK=block, num_warps=4,

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._op import fake_gradients, fake_output, run_backward, run_forward
+from tritonconv._op import fake_gradients, fake_output, register_training, run_backward, run_forward
 from tritonconv.ops.depthwise import kernels as depthwise_kernels
 from tritonconv.ops.depthwise.layout import grad_strides, in_grad_layout
 from tritonconv.ops.depthwise.spec import default_padding, normalize_activation, triton_unsupported
@@ -75,25 +75,7 @@ def _(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, out, stride, padding, dil
     return dx, ddw, *rest
 
 
-def _setup_context(ctx, inputs, output):
-    x, dw_weight, dw_bias, pw_weight, pw_bias, *args = inputs
-    ctx.save_for_backward(x, dw_weight, dw_bias, pw_weight, pw_bias, output)
-    ctx.args = tuple(args)
-    # The backward may run on an autograd worker thread that does not see use_backend(): capture it.
-    ctx.forced = dispatch.forced_for_backward()
-
-
-def _backward(ctx, grad):
-    x, dw_weight, dw_bias, pw_weight, pw_bias, out = ctx.saved_tensors
-    need_input = ctx.needs_input_grad[0]
-    need_weights = any(ctx.needs_input_grad[1:5])
-    dx, ddw, ddb, dpw, dpb = torch.ops.tritonconv.dwsep_conv2d_backward(
-        grad, x, dw_weight, dw_bias, pw_weight, pw_bias, out, *ctx.args, need_input, need_weights, ctx.forced)
-    weights = (ddw, ddb if dw_bias is not None else None, dpw, dpb if pw_bias is not None else None)
-    return (dx if need_input else None, *(g if need_weights else None for g in weights)) + (None,) * 5
-
-
-_dwsep_conv2d.register_autograd(_backward, setup_context=_setup_context)
+register_training(_dwsep_conv2d, torch.ops.tritonconv.dwsep_conv2d_backward, params=4, saves_output=True)
 
 
 def _padding(dw_weight, padding, dilation):
