@@ -191,6 +191,26 @@ def test_weight_gradient_split_reduction():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch,m,n,h,w,k,stride,p,tile", [
+    (3, 8, 8, 5, 6, 3, 1, 2, launch.GemmTile(128, 64, 128, 4, 2)),   # two images per tile, a partial last one
+    (2, 8, 12, 13, 19, 3, 2, 4, launch.GemmTile(128, 64, 32, 4, 2)),  # stride 2, partial edge tiles
+    (2, 16, 8, 9, 11, 5, 1, 2, launch.GemmTile(64, 64, 32, 4, 2)),    # 5 x 5: 24 off-centre taps, edge tiles
+])
+def test_weight_gradient_tiles_match_the_reference(batch, m, n, h, w, k, stride, p, tile):
+    """The weight-gradient kernel's padding tests (per-axis ranges, whole-image tiles) on the tiles the
+    GPU defaults use, in float64 against the published backward."""
+    torch.manual_seed(4)
+    spec = HetConvSpec(batch, m, n, h, w, k, stride, p, True, "float64")
+    x = torch.randn(*spec.input_shape, device=DEVICE, dtype=torch.float64)
+    dy = torch.randn(*spec.output_shape, device=DEVICE, dtype=torch.float64)
+    stub_w = torch.zeros(spec.weight_shape, device=DEVICE, dtype=torch.float64)
+    stub_pw = torch.zeros(spec.weight_pw_shape, device=DEVICE, dtype=torch.float64)
+    expected = reference.fallback_backward(dy, x, stub_w, stub_pw, spec, False, True)[1:]
+    got = launch.backward_weight(dy, x, spec, tile)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_autocast_casts_to_the_autocast_dtype():
     torch.manual_seed(3)
     layer = tritonconv.HetConv2d(8, 8, 3, 1, 2).to(DEVICE)

@@ -69,12 +69,19 @@ class GemmTile:
 class KernelTiles:
     """One kernel's tile table: its default tile, the tuner's candidates, the names the kernel gives the
     tile's blocks (rows, cols, reduce; None where the launcher derives that block itself) and the fewest
-    rows it takes (a weight-gradient kernel keeps 64 filter rows: fewer would leave wgmma for mma.sync)."""
+    rows it takes (a weight-gradient kernel keeps 64 filter rows: fewer would leave wgmma for mma.sync).
+    ``wide_default``, where given, is the default for 4- and 8-byte dtypes (a tile sized for 16-bit
+    operands can spill there)."""
 
     default: GemmTile
     candidates: tuple[GemmTile, ...]
     blocks: tuple[str | None, str | None, str | None]
     min_rows: int = MIN_DOT_TILE
+    wide_default: GemmTile | None = None
+
+    def default_for(self, dtype: str | None) -> GemmTile:
+        wide = dtype in ("float32", "float64")
+        return self.wide_default if wide and self.wide_default is not None else self.default
 
     def launch_args(self, tile: GemmTile) -> dict:
         """The tile as the kernel's keyword arguments: its named blocks, num_warps and num_stages."""
@@ -101,7 +108,7 @@ class TileTable:
         return fitted if fitted.block_rows >= rows else replace(fitted, block_rows=rows)
 
     def default_tile(self, spec, kernel: str) -> GemmTile:
-        return self.fitted(self.kernels[kernel].default, spec, kernel)
+        return self.fitted(self.kernels[kernel].default_for(getattr(spec, "dtype", None)), spec, kernel)
 
     def candidate_tiles(self, spec, kernel: str) -> list[GemmTile]:
         """The distinct candidates fitted to this shape (fitting can make several equal)."""

@@ -398,8 +398,16 @@ def hetconv_bwd_weight_kernel(
     column = tl.where(centre, centre_c, M + tap_skip * GROUP_IN + c_local)
     n = tl.where(centre, centre_col_tile * BLOCK_N + nr, group * GROUP_OUT + off_col_tile * BLOCK_N + nr)
     n_ok = tl.where(centre, n < N, off_col_tile * BLOCK_N + nr < GROUP_OUT)
-    kh = tl.where(row_ok, kh, -(1 << 20))  # an invalid row fails every pixel's test
-    row_offs = (tl.where(row_ok, kh, PAD) - PAD) * sxh + (kw - PAD) * sxw + channel * sxc  # [BLOCK_R]
+    kh = tl.where(row_ok, kh, PAD)
+    row_offs = (kh - PAD) * sxh + (kw - PAD) * sxw + channel * sxc  # [BLOCK_R]
+    # Output rows o whose tap (kh, kw) reads inside the image: o * STRIDE + kh - PAD in [0, H), o < Ho;
+    # o in [h_first, h_first + h_span) (likewise columns). An invalid row gets an empty range.
+    h_first = (tl.maximum(PAD - kh, 0) + STRIDE - 1) // STRIDE  # [BLOCK_R]
+    w_first = (tl.maximum(PAD - kw, 0) + STRIDE - 1) // STRIDE
+    h_span = tl.where(row_ok, tl.minimum((tl.maximum(H + PAD - kh, 0) + STRIDE - 1) // STRIDE, Ho) - h_first, 0)
+    w_span = tl.minimum((tl.maximum(W + PAD - kw, 0) + STRIDE - 1) // STRIDE, Wo) - w_first
+    h_span = tl.maximum(h_span, 0)
+    w_span = tl.maximum(w_span, 0)
 
     mp = tl.arange(0, BLOCK_P)
     pb = mp // (BLOCK_H * BLOCK_W)
@@ -407,8 +415,12 @@ def hetconv_bwd_weight_kernel(
     pw = mp % BLOCK_W
     x_offs = (pb * sxb + ph * STRIDE * sxh + pw * STRIDE * sxw)[:, None] + row_offs[None, :]  # [BLOCK_P, BLOCK_R]
     dy_offs = (pb * sdyb + ph * sdyh + pw * sdyw)[:, None] + n[None, :] * sdyc  # [BLOCK_P, BLOCK_N]
-    ih_rel = ph * STRIDE - PAD
-    iw_rel = pw * STRIDE - PAD
+    # The padding test of a (pixel, row) at tile origin (oh0, ow0) is one add and one unsigned compare per
+    # axis on loop-invariant int32 tiles: (oh0 + ph - h_first) unsigned< h_span; it also holds oh0 + ph < Ho.
+    h_rel = ph[:, None] - h_first[None, :]  # [BLOCK_P, BLOCK_R]
+    w_rel = pw[:, None] - w_first[None, :]
+    pixel_rows_left = Ho - ph  # [BLOCK_P]: oh0 < Ho - ph <=> the pixel's row exists
+    pixel_cols_left = Wo - pw
 
     acc = tl.zeros((BLOCK_R, BLOCK_N), dtype=ACC_DTYPE)
     bias_acc = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
@@ -418,15 +430,33 @@ def hetconv_bwd_weight_kernel(
     tile_w = first % TILES_W
     tile_h = (first // TILES_W) % TILES_H
     b0 = first // (TILES_W * TILES_H) * BLOCK_B
+    # The tiles' base pointers are bumped, never recomputed: one 64-bit scalar add per step, whose
+    # amount (next column, next row of tiles, next image block) is a select of loop-invariant scalars.
+    x_tile = x_ptr + (b0.to(tl.int64) * sxb + tile_h * (BLOCK_H * STRIDE) * sxh + tile_w * (BLOCK_W * STRIDE) * sxw)
+    dy_tile = dy_ptr + (b0.to(tl.int64) * sdyb + tile_h * BLOCK_H * sdyh + tile_w * BLOCK_W * sdyw)
+    x_col_step = (BLOCK_W * STRIDE) * sxw.to(tl.int64)
+    x_row_step = (BLOCK_H * STRIDE) * sxh.to(tl.int64) - (TILES_W - 1) * x_col_step
+    x_image_step = BLOCK_B * sxb.to(tl.int64) - (TILES_H - 1) * (BLOCK_H * STRIDE) * sxh.to(tl.int64) \
+        - (TILES_W - 1) * x_col_step
+    dy_col_step = BLOCK_W * sdyw.to(tl.int64)
+    dy_row_step = BLOCK_H * sdyh.to(tl.int64) - (TILES_W - 1) * dy_col_step
+    dy_image_step = BLOCK_B * sdyb.to(tl.int64) - (TILES_H - 1) * BLOCK_H * sdyh.to(tl.int64) \
+        - (TILES_W - 1) * dy_col_step
     for _ in range(0, steps):
-        oh0 = tile_h * BLOCK_H
-        ow0 = tile_w * BLOCK_W
-        pixel_ok = (b0 + pb < B) & (ph + oh0 < Ho) & (pw + ow0 < Wo)  # [BLOCK_P]
-        inside = (_unsigned_below((ih_rel + oh0 * STRIDE)[:, None] + kh[None, :], H)
-                  & _unsigned_below((iw_rel + ow0 * STRIDE)[:, None] + kw[None, :], W)
-                  & pixel_ok[:, None])  # [BLOCK_P, BLOCK_R]
-        x_tile = x_ptr + (b0.to(tl.int64) * sxb + oh0 * STRIDE * sxh + ow0 * STRIDE * sxw)
-        dy_tile = dy_ptr + (b0.to(tl.int64) * sdyb + oh0 * sdyh + ow0 * sdyw)
+        if BLOCK_B > 1:
+            # Several images per tile only when one image is smaller than the tile (``launch.pixel_tile``):
+            # the tile is then the whole image (TILES_H = TILES_W = 1), so the pixel tests are
+            # loop-invariant and only the image count is tested per step.
+            image_ok = pb < B - b0  # [BLOCK_P]
+            pixel_ok = image_ok & (0 < pixel_rows_left) & (0 < pixel_cols_left)
+            inside = (_unsigned_below(h_rel, h_span[None, :]) & _unsigned_below(w_rel, w_span[None, :])
+                      & image_ok[:, None])  # [BLOCK_P, BLOCK_R]
+        else:
+            oh0 = tile_h * BLOCK_H
+            ow0 = tile_w * BLOCK_W
+            pixel_ok = (oh0 < pixel_rows_left) & (ow0 < pixel_cols_left)  # [BLOCK_P]
+            inside = (_unsigned_below(h_rel + oh0, h_span[None, :])
+                      & _unsigned_below(w_rel + ow0, w_span[None, :]))  # [BLOCK_P, BLOCK_R]
         xs = tl.load(x_tile + x_offs, mask=inside, other=0.0)  # [BLOCK_P, BLOCK_R]
         dys = tl.load(dy_tile + dy_offs, mask=pixel_ok[:, None] & n_ok[None, :], other=0.0)  # [BLOCK_P, BLOCK_N]
         acc = tl.dot(tl.trans(xs), dys, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
@@ -439,6 +469,8 @@ def hetconv_bwd_weight_kernel(
         next_image = tile_h == TILES_H
         tile_h = tl.where(next_image, 0, tile_h)
         b0 = tl.where(next_image, b0 + BLOCK_B, b0)
+        x_tile += tl.where(next_image, x_image_step, tl.where(next_row, x_row_step, x_col_step))
+        dy_tile += tl.where(next_image, dy_image_step, tl.where(next_row, dy_row_step, dy_col_step))
 
     out = partial_ptr + split.to(tl.int64) * N * COLUMNS
     tl.store(out + n[None, :] * COLUMNS + column[:, None], acc, mask=row_ok[:, None] & n_ok[None, :])

@@ -101,12 +101,16 @@ TILES = TileTable({
     # rows = input pixels, cols = channels, reduce = filters
     "backward_input": KernelTiles(GemmTile(128, 64, 64, 4, 3), _PIXEL_ROWS, (None, "BLOCK_N", None)),
     # rows = weight columns (channel x tap; >= 64 for wgmma), cols = filters, reduce = output pixels.
-    # 128-pixel steps spill in fp32 (the per-(pixel, tap) mask tile), so the reduce block stays 64.
-    "backward_weight": KernelTiles(GemmTile(64, 64, 64, 4, 3), (
-        GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3), GemmTile(64, 128, 64, 8, 3),
-        GemmTile(128, 128, 64, 8, 3), GemmTile(64, 32, 64, 4, 4), GemmTile(128, 32, 64, 4, 3),
-        GemmTile(64, 64, 32, 4, 4), GemmTile(128, 64, 32, 4, 4),
-    ), (None, None, None), min_rows=WGMMA_ROWS),
+    # 128 rows x 128 pixels on one warp group: 16 HGMMAs per step share the step's bookkeeping (sm_90
+    # bf16 audit 14-17 instructions per HGMMA; 64 x 64 x 64 steps: 23-34). Three stages of 128 x 128
+    # pixel steps pass the shared memory in fp32; two keep two blocks resident at 64 filters in bf16.
+    # fp32 and fp64 keep 64 x 64 x 64: tf32 reads the transposed x tile through registers, and 128-row or
+    # 128-pixel tiles spill there (255 registers).
+    "backward_weight": KernelTiles(GemmTile(128, 64, 128, 4, 2), (
+        GemmTile(128, 64, 128, 4, 2), GemmTile(128, 32, 128, 4, 2), GemmTile(64, 64, 128, 4, 3),
+        GemmTile(128, 64, 64, 4, 3), GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3),
+        GemmTile(64, 128, 64, 8, 3), GemmTile(128, 128, 64, 8, 3), GemmTile(64, 32, 64, 4, 4),
+    ), (None, None, None), min_rows=WGMMA_ROWS, wide_default=GemmTile(64, 64, 64, 4, 3)),
 }, extent=_gemm_extent)
 default_tile, candidate_tiles = TILES.default_tile, TILES.candidate_tiles
 
@@ -258,6 +262,8 @@ def backward_weight(dy, x, spec: HetConvSpec, tile: GemmTile, weight: torch.Tens
     centre_programs = cdiv(spec.in_channels, block_r) * centre_col_tiles
     programs = centre_programs + spec.p * off_row_tiles * off_col_tiles
     images, tiles_h, tiles_w = _grid_tiles(block_b, block_h, block_w, spec.batch, spec.out_height, spec.out_width)
+    # the kernel's BLOCK_B > 1 path takes a tile to be whole images, as pixel_tile makes it
+    assert block_b == 1 or tiles_h == tiles_w == 1, (block_b, tiles_h, tiles_w)
     pixel_tiles = images * tiles_h * tiles_w
     splits = reduction_splits(tile, programs, pixel_tiles * tile.block_reduce, x.device)
     tiles_per_split = cdiv(pixel_tiles, splits)
