@@ -79,7 +79,7 @@ class KernelTiles:
     min_rows: int = MIN_DOT_TILE
     wide_default: GemmTile | None = None
 
-    def default_for(self, dtype: str | None) -> GemmTile:
+    def default_for(self, dtype: str) -> GemmTile:
         wide = dtype in ("float32", "float64")
         return self.wide_default if wide and self.wide_default is not None else self.default
 
@@ -108,7 +108,7 @@ class TileTable:
         return fitted if fitted.block_rows >= rows else replace(fitted, block_rows=rows)
 
     def default_tile(self, spec, kernel: str) -> GemmTile:
-        return self.fitted(self.kernels[kernel].default_for(getattr(spec, "dtype", None)), spec, kernel)
+        return self.fitted(self.kernels[kernel].default_for(spec.dtype), spec, kernel)
 
     def candidate_tiles(self, spec, kernel: str) -> list[GemmTile]:
         """The distinct candidates fitted to this shape (fitting can make several equal)."""
