@@ -210,6 +210,47 @@ BIAS_COLUMNS = tl.constexpr(16)  # the unit-column operand of the bias dot: the 
 
 
 @triton.jit
+def _shifted_pixel_pass(acc, bias_acc, ones, x_ptr, dy_ptr, first, count, n, n_mask, c, c_mask, dh, dw,
+                        B, H, W, Ho, Wo, sxb, sxc, sxh, sxw, sdyb, sdyc, sdyh, sdyw, PIXELS_PER_SPLIT,
+                        STRIDE: tl.constexpr, WITH_BIAS: tl.constexpr, BIAS_BY_DOT: tl.constexpr,
+                        FLAT: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+                        BLOCK_P: tl.constexpr):
+    """One pass of the weight gradient over a split's pixels with x read at the shift (dh, dw):
+    (acc + dy @ x, bias_acc plus dy's sums where WITH_BIAS). The pixels are walked as (b, ho, wo) in
+    int32 with carries for the border masks; FLAT addresses them by two bumped base pointers."""
+    p_range = tl.arange(0, BLOCK_P)
+    b32, ho, wo = pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each
+    dy_base = dy_ptr + first * sdyw
+    x_base = x_ptr + first * sxw
+    dy_offsets = (p_range * sdyw)[None, :] + (n * sdyc)[:, None]  # [BLOCK_N, BLOCK_P] (FLAT)
+    x_offsets = ((p_range + dh * W + dw) * sxw)[:, None] + (c * sxc)[None, :]  # [BLOCK_P, BLOCK_C] (FLAT)
+    for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
+        pixel_mask = p0 + p_range < count
+        hi = ho * STRIDE + dh  # [BLOCK_P]
+        wi = wo * STRIDE + dw
+        row_inside = pixel_mask & (hi.to(tl.uint32) < H) & (wi.to(tl.uint32) < W)
+        if FLAT:
+            dy_ptrs = dy_base + dy_offsets
+            x_ptrs = x_base + x_offsets
+        else:
+            b = b32.to(tl.int64)
+            dy_ptrs = (dy_ptr + b * sdyb + ho * sdyh + wo * sdyw)[None, :] + n[:, None] * sdyc
+            x_ptrs = (x_ptr + b * sxb + hi * sxh + wi * sxw)[:, None] + c[None, :] * sxc
+        dy = tl.load(dy_ptrs, mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
+        x = tl.load(x_ptrs, mask=row_inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
+        acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        if WITH_BIAS:
+            if BIAS_BY_DOT:
+                bias_acc = tl.dot(dy, ones, bias_acc, out_dtype=ACC_DTYPE)
+            else:
+                bias_acc += dy.to(ACC_DTYPE)
+        b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
+        dy_base += BLOCK_P * sdyw
+        x_base += BLOCK_P * sxw
+    return acc, bias_acc
+
+
+@triton.jit
 def shift_bwd_weight_kernel(
     x_ptr, dy_ptr, partial_ptr,
     B, C, H, W, N, Ho, Wo,
@@ -267,75 +308,26 @@ def shift_bwd_weight_kernel(
             dy_ptr.dtype.element_ty)  # [BLOCK_P, BIAS_COLUMNS]: dy @ ones = the row sums in column 0
         bias_acc = tl.zeros((BLOCK_N, BIAS_COLUMNS), dtype=ACC_DTYPE)
     else:
+        ones = 0.0  # unused
         bias_acc = tl.zeros((BLOCK_N, BLOCK_P), dtype=ACC_DTYPE)  # summed across pixels once, after the loop
-    p_range = tl.arange(0, BLOCK_P)
     first = split.to(tl.int64) * PIXELS_PER_SPLIT
     count = tl.minimum(B * Ho * Wo - first, PIXELS_PER_SPLIT).to(tl.int32)  # pixels in this split
-    dy_offsets = (p_range * sdyw)[None, :] + (n * sdyc)[:, None]  # [BLOCK_N, BLOCK_P] (FLAT)
     if SEGMENTED:
-        b32, ho, wo = pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each
-        dy_base = dy_ptr + first * sdyw
-        x_base = x_ptr + first * sxw
-        x_offsets = ((p_range + dh * W + dw) * sxw)[:, None] + (c * sxc)[None, :]  # [BLOCK_P, BLOCK_C] (FLAT)
-        for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
-            pixel_mask = p0 + p_range < count
-            hi = ho * STRIDE + dh  # [BLOCK_P]
-            wi = wo * STRIDE + dw
-            row_inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-            if FLAT:
-                dy_ptrs = dy_base + dy_offsets
-                x_ptrs = x_base + x_offsets
-            else:
-                b = b32.to(tl.int64)
-                dy_ptrs = (dy_ptr + b * sdyb + ho * sdyh + wo * sdyw)[None, :] + n[:, None] * sdyc
-                x_ptrs = (x_ptr + b * sxb + hi * sxh + wi * sxw)[:, None] + c[None, :] * sxc
-            dy = tl.load(dy_ptrs, mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
-            x = tl.load(x_ptrs, mask=row_inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
-            acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-            if HAS_BIAS:
-                if BIAS_BY_DOT:
-                    bias_acc = tl.dot(dy, ones, bias_acc, out_dtype=ACC_DTYPE)
-                else:
-                    bias_acc += dy.to(ACC_DTYPE)
-            b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
-            dy_base += BLOCK_P * sdyw
-            x_base += BLOCK_P * sxw
+        acc, bias_acc = _shifted_pixel_pass(
+            acc, bias_acc, ones, x_ptr, dy_ptr, first, count, n, n_mask, c, c_mask, dh, dw, B, H, W, Ho, Wo,
+            sxb, sxc, sxh, sxw, sdyb, sdyc, sdyh, sdyw, PIXELS_PER_SPLIT, STRIDE, HAS_BIAS, BIAS_BY_DOT, FLAT,
+            DOT_PRECISION, ACC_DTYPE, BLOCK_P)
     else:
         # One pass over the split's pixels per direction, each a plain GEMM of dy with x at that
         # direction's offset over the whole (contiguous) channel tile; the columns of the direction are
         # kept from its pass (a select of results: values read at a foreign shift never mix in). k^2
         # passes: these layers have fewer than 16 channels per direction and are memory-bound by far.
         for d in tl.static_range(K * K):
-            acc_d = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
-            b32, ho, wo = pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each
-            dh_d = DIL * (d // K - K // 2)
-            dw_d = DIL * (d % K - K // 2)
-            dy_base = dy_ptr + first * sdyw
-            x_base = x_ptr + first * sxw
-            x_offsets = ((p_range + dh_d * W + dw_d) * sxw)[:, None] + (c * sxc)[None, :]  # [BLOCK_P, BLOCK_C]
-            for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
-                pixel_mask = p0 + p_range < count
-                hi = ho * STRIDE + dh_d  # [BLOCK_P]
-                wi = wo * STRIDE + dw_d
-                row_inside = pixel_mask & (hi.to(tl.uint32) < H) & (wi.to(tl.uint32) < W)
-                if FLAT:
-                    dy_ptrs = dy_base + dy_offsets
-                    x_ptrs = x_base + x_offsets
-                else:
-                    b = b32.to(tl.int64)
-                    dy_ptrs = (dy_ptr + b * sdyb + ho * sdyh + wo * sdyw)[None, :] + n[:, None] * sdyc
-                    x_ptrs = (x_ptr + b * sxb + hi * sxh + wi * sxw)[:, None] + c[None, :] * sxc
-                dy = tl.load(dy_ptrs, mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
-                x = tl.load(x_ptrs, mask=row_inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
-                acc_d = tl.dot(dy, x, acc_d, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-                if HAS_BIAS and d == 0:
-                    if BIAS_BY_DOT:
-                        bias_acc = tl.dot(dy, ones, bias_acc, out_dtype=ACC_DTYPE)
-                    else:
-                        bias_acc += dy.to(ACC_DTYPE)
-                b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
-                dy_base += BLOCK_P * sdyw
-                x_base += BLOCK_P * sxw
+            acc_d, bias_acc = _shifted_pixel_pass(
+                tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE), bias_acc, ones, x_ptr, dy_ptr, first, count, n,
+                n_mask, c, c_mask, DIL * (d // K - K // 2), DIL * (d % K - K // 2), B, H, W, Ho, Wo,
+                sxb, sxc, sxh, sxw, sdyb, sdyc, sdyh, sdyw, PIXELS_PER_SPLIT, STRIDE, HAS_BIAS and d == 0,
+                BIAS_BY_DOT, FLAT, DOT_PRECISION, ACC_DTYPE, BLOCK_P)
             acc = tl.where((direction == d)[None, :], acc_d, acc)
 
     row = partial_ptr + split.to(tl.int64) * SPLIT_STRIDE
