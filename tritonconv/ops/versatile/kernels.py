@@ -150,6 +150,7 @@ def versatile_bwd_input_kernel(
     sdxb, sdxc, sdxh, sdxw,
     C_HAT, N_W, NQ, G, N_C,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, WINDOW_ALIGN: tl.constexpr,
+    TAP_USES: tl.constexpr, EVEN_F: tl.constexpr, ALIGNED_DY: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -158,9 +159,12 @@ def versatile_bwd_input_kernel(
     A tap of ring r was used by secondaries 0..r: one dot per secondary with the same weight tile
     (as many MACs as the forward; the upstream tiles go to the tensor cores as loaded, in their own
     precision, rather than summed and rounded in registers). A chunk holds filters of one window j, so
-    its weight tile is w[tap, f, c - j*g] of the tap-major [K*K, n_w, c_hat] weight
-    (``launch.tap_major``): contiguous along the channels, the window's edges a per-channel mask.
-    WINDOW_ALIGN divides every window start j*g (as in the forward).
+    its weight tile is w[tap, f, c - j*g] of the taps-major [K*K, n_w, c_hat] weight: contiguous along
+    the channels, the window's edges a per-channel mask. Per window, the (tap, secondary, filter chunk)
+    steps are one pipelined loop (TAP_USES = sum over taps of ring + 1) walked with scalar counters.
+    WINDOW_ALIGN divides every window start j*g (as in the forward); EVEN_F: BLOCK_K divides n_w;
+    ALIGNED_DY: 8 | n_w, so every dy chunk starts 16-byte aligned (else it is read 2 bytes at a time,
+    one thread per pixel row).
     """
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
@@ -171,45 +175,73 @@ def versatile_bwd_input_kernel(
     c_last = tl.minimum(c_first + BLOCK_N, C) - 1
     j_lo = tl.maximum(c_first - C_HAT + G, 0) // G  # ceil((c_first - c_hat + 1) / g), clamped at 0
     j_hi = tl.minimum(c_last // G, N_C - 1)
-    f_range = tl.arange(0, BLOCK_K)
+    k_range = tl.arange(0, BLOCK_K)
 
-    pixel = pid_pixels.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    pixel_mask = pixel < B * H * W
-    b = pixel // (H * W)
-    in_image = (pixel - b * (H * W)).to(tl.int32)  # offsets inside one image are int32
-    hi = in_image // W
-    wi = in_image - hi * W
-    dy_rows = dy_ptr + b * sdyb  # [BLOCK_M]
+    first = pid_pixels.to(tl.int64) * BLOCK_M
+    pixel_mask = tl.arange(0, BLOCK_M) < B * H * W - first  # [BLOCK_M]
+    b, hi, wi = pixel_walk_start(first, B, H, W, BLOCK_M)  # [BLOCK_M] int32 each, one int64 division
+    # Tap (th, tw) reads dy at ((hi + PAD - th*DIL) / STRIDE, ...). Which taps hit a dy pixel, per input
+    # pixel: bit th of ``hits`` for the row, bit 16 + tw for the column (a pixel past the end: none), so
+    # a step's bounds check is one AND and one compare per pixel.
+    tl.static_assert(K <= 16)
+    hp = hi + PAD  # [BLOCK_M]
+    wp = wi + PAD
+    hits = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    for t in tl.static_range(K):
+        h_s = hp - t * DIL
+        w_s = wp - t * DIL
+        h_ok = (h_s >= 0) & (h_s % STRIDE == 0) & (h_s // STRIDE < Ho)
+        w_ok = (w_s >= 0) & (w_s % STRIDE == 0) & (w_s // STRIDE < Wo)
+        hits = hits | (h_ok.to(tl.int32) << t) | (w_ok.to(tl.int32) << (16 + t))
+    hits = tl.where(pixel_mask, hits, 0)
+    if STRIDE == 1:
+        dy_rows = dy_ptr + b.to(tl.int64) * sdyb + (hp * sdyh + wp * sdyw)  # [BLOCK_M] tap (0, 0)'s pixel
+    else:
+        dy_rows = dy_ptr + b.to(tl.int64) * sdyb  # [BLOCK_M]
+    f_chunks = tl.cdiv(N_W, BLOCK_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    # Taps are a run-time loop (unrolled, the per-tap row addresses of all k^2 taps stay live and spill).
-    for tap in range(0, K * K):
-        th = tap // K
-        tw = tap - th * K
-        ring = tl.minimum(tl.minimum(th, tw), tl.minimum(K - 1 - th, K - 1 - tw))
-        ho_strided = hi + PAD - th * DIL
-        wo_strided = wi + PAD - tw * DIL
-        ho = ho_strided // STRIDE
-        wo = wo_strided // STRIDE
-        hit = (pixel_mask & (ho_strided >= 0) & (wo_strided >= 0) & (ho_strided % STRIDE == 0)
-               & (wo_strided % STRIDE == 0) & (ho < Ho) & (wo < Wo))
-        dy_tap = dy_rows + ho * sdyh + wo * sdyw  # [BLOCK_M]
-        w_tap = w_ptr + tap * N_W * C_HAT  # the tap's [n_w, c_hat] block
-        for j in range(j_lo, j_hi + 1):
-            w_row = c - j * G // WINDOW_ALIGN * WINDOW_ALIGN  # [BLOCK_N] weight row in window j
-            in_window = c_mask & (w_row >= 0) & (w_row < C_HAT)
-            for f0 in range(0, N_W, BLOCK_K):
-                f = f0 + f_range  # [BLOCK_K]
-                f_mask = f < N_W
-                q = j * N_W + f  # [BLOCK_K] columns
-                wt = tl.load(w_tap + f[:, None] * C_HAT + w_row[None, :],
-                             mask=f_mask[:, None] & in_window[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
-                for s in range(0, ring + 1):  # every secondary that used the tap
-                    a = tl.load(dy_tap[:, None] + (s * NQ + q)[None, :] * sdyc,
-                                mask=hit[:, None] & f_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-                    acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    for j in range(j_lo, j_hi + 1):
+        w_row = c - j * G // WINDOW_ALIGN * WINDOW_ALIGN  # [BLOCK_N] weight row in window j
+        in_window = c_mask & (w_row >= 0) & (w_row < C_HAT)
+        w_cols = w_ptr + w_row  # [BLOCK_N]
+        tap = 0
+        s = 0
+        f0 = 0
+        for _ in range(0, TAP_USES * f_chunks):
+            th = tap // K
+            tw = tap - th * K
+            ring = tl.minimum(tl.minimum(th, tw), tl.minimum(K - 1 - th, K - 1 - tw))
+            needed = (1 << th) | (1 << (16 + tw))
+            hit = (hits & needed) == needed  # [BLOCK_M]
+            channel0 = s * NQ + j * N_W + f0  # the chunk's first dy channel
+            if STRIDE == 1:
+                dy_chunk = dy_rows + (channel0 * sdyc - (th * DIL) * sdyh - (tw * DIL) * sdyw)  # [BLOCK_M]
+            else:  # (exact where the tap hits; elsewhere masked)
+                ho = (hp - th * DIL) // STRIDE
+                wo = (wp - tw * DIL) // STRIDE
+                dy_chunk = dy_rows + (ho * sdyh + wo * sdyw + channel0 * sdyc)
+            dy_pointers = dy_chunk[:, None] + k_range[None, :] * sdyc  # [BLOCK_M, BLOCK_K]
+            if not ALIGNED_DY:  # 2-byte loads: a thread per row (one row pointer each), not many rows each
+                dy_pointers = tl.max_contiguous(dy_pointers, [1, 1])
+            w_pointers = w_cols[None, :] + ((th * K + tw) * N_W + f0) * C_HAT + k_range[:, None] * C_HAT
+            if EVEN_F:
+                a = tl.load(dy_pointers, mask=hit[:, None], other=0.0)  # [BLOCK_M, BLOCK_K]
+                wt = tl.load(w_pointers, mask=in_window[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
+            else:
+                f_mask = f0 + k_range < N_W  # [BLOCK_K]
+                a = tl.load(dy_pointers, mask=hit[:, None] & f_mask[None, :], other=0.0)
+                wt = tl.load(w_pointers, mask=f_mask[:, None] & in_window[None, :], other=0.0)
+            acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+            f0 += BLOCK_K
+            next_secondary = f0 >= N_W
+            f0 = tl.where(next_secondary, 0, f0)
+            s += next_secondary.to(tl.int32)
+            next_tap = s > ring
+            s = tl.where(next_tap, 0, s)
+            tap += next_tap.to(tl.int32)
 
-    dx_rows = dx_ptr + b * sdxb + hi * sdxh + wi * sdxw  # [BLOCK_M]
+    dx_rows = dx_ptr + b.to(tl.int64) * sdxb + hi * sdxh + wi * sdxw  # [BLOCK_M]
     tl.store(dx_rows[:, None] + c[None, :] * sdxc, acc.to(dx_ptr.dtype.element_ty),
              mask=pixel_mask[:, None] & c_mask[None, :])
 

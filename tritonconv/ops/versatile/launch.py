@@ -51,13 +51,12 @@ TILES = TileTable({
         GemmTile(128, 128, 64, 8, 3), GemmTile(64, 32, 64, 4, 4),
     ), ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
     # rows = input pixels, cols = input channels, reduce = columns per tap
-    # (128x64x64 needs 360 KB of shared memory with 4 stages and 245 KB with 3 in fp32 on sm_90: 2 here)
-    # (128x64 at 4 warps spills where n_w is not a multiple of 8: the upstream tile is read 2 bytes at a time)
-    "backward_input": KernelTiles(GemmTile(128, 64, 64, 8, 3), (
-        GemmTile(128, 64, 64, 8, 3), GemmTile(128, 64, 32, 4, 3), GemmTile(128, 128, 32, 8, 3),
-        GemmTile(64, 64, 64, 4, 3),
-        GemmTile(128, 64, 64, 4, 2), GemmTile(64, 128, 32, 4, 4), GemmTile(256, 64, 32, 8, 3),
-        GemmTile(64, 32, 64, 4, 4), GemmTile(32, 64, 64, 4, 4),
+    # (256 rows on one warp group: 8 wgmma per pipelined step at 32 filters a step, which is what
+    # n_w = 32 allows; fp32 needs 120 KB of shared memory with 3 stages)
+    "backward_input": KernelTiles(GemmTile(256, 64, 32, 4, 3), (
+        GemmTile(256, 64, 32, 4, 3), GemmTile(128, 64, 64, 4, 3), GemmTile(256, 64, 64, 4, 2),
+        GemmTile(128, 64, 64, 8, 3), GemmTile(128, 128, 32, 8, 3), GemmTile(64, 64, 64, 4, 3),
+        GemmTile(256, 64, 32, 8, 3), GemmTile(64, 32, 64, 4, 4),
     ), ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
     # rows = primary filters (masked filter rows beat mma.sync), cols = weight channels of one tap,
     # reduce = output pixels (4 warps spill where n_w is not a multiple of 8: the upstream tile is read 2
@@ -79,6 +78,12 @@ def _common(spec: VersatileSpec, dtype: torch.dtype) -> dict:
 def window_align(spec: VersatileSpec) -> int:
     """A power of two (at most 16) dividing every channel window's start j*g."""
     return 16 if spec.n_c == 1 else math.gcd(spec.g, 16)
+
+
+def tap_uses(kernel_size: int) -> int:
+    """Sum over the taps of the secondaries that use each, sum over s of (k - 2s)^2 (10, 35, 84 for k = 3,
+    5, 7): the backward-input kernel's steps per filter chunk."""
+    return sum((kernel_size - 2 * s) ** 2 for s in range((kernel_size + 1) // 2))
 
 
 def flat_pixels(t: torch.Tensor) -> bool:
@@ -121,7 +126,8 @@ def backward_input(dy, weight, spec: VersatileSpec, tile: GemmTile, like: torch.
         dy, taps_major(weight), dx,
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *dy.stride(), *dx.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c,
-        WINDOW_ALIGN=window_align(spec), **_common(spec, dy.dtype),
+        WINDOW_ALIGN=window_align(spec), TAP_USES=tap_uses(spec.kernel_size),
+        EVEN_F=spec.n_w % tile.block_reduce == 0, ALIGNED_DY=spec.n_w % 8 == 0, **_common(spec, dy.dtype),
         **TILES["backward_input"].launch_args(tile))
     return dx
 
