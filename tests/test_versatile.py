@@ -49,6 +49,8 @@ def test_secondaries_are_the_primary_with_rings_zeroed():
     (9, 8, 5, 6, 3, 1, 0, 2, 1, 1, False),       # dilation, no padding, no bias
     (5, 8, 6, 6, 7, 1, None, 1, 0, 1, True),     # k = 7: four secondaries
     (20, 12, 4, 5, 3, 1, 3, 1, 2, 1, True),      # padding beyond the window, 3 offsets
+    (128, 128, 7, 6, 3, 1, None, 1, 0, 1, True),  # whole 16-byte chunks: c_hat 2 chunks, n_w 2 chunks
+    (80, 42, 6, 5, 5, 2, None, 1, 0, 1, True),    # c_hat past one chunk, n_w = 14 (2-byte columns)
 ])
 def test_forward_and_gradients_float64(in_c, out_c, h, w, k, stride, padding, dilation, delta, g, bias):
     torch.manual_seed(0)

@@ -185,3 +185,128 @@ def test_the_weight_gradient_has_the_parameters_strides(name):
     layer(x).sum().backward()
     weight = _depthwise_weights(layer)
     assert weight.grad.stride() == weight.stride() == grad_strides(weight, weight.shape)
+
+
+# ---- VersatileConv2d: its weight [n_w, c_hat, k, k] taps-major, [k*k, n_w, c_hat] in memory ----------------
+def test_the_shared_predicate_is_tap_axis_outermost_then_the_rest_contiguous():
+    n_w, c_hat, k = 3, 5, 3
+    assert is_taps_major(torch.empty(k, k, n_w, c_hat).permute(2, 3, 0, 1))
+    assert not is_taps_major(torch.empty(n_w, c_hat, k, k))
+    assert not is_taps_major(torch.empty(n_w, c_hat, k, k).contiguous(memory_format=torch.channels_last))
+    assert not is_taps_major(torch.empty(k, k, c_hat, n_w).permute(3, 2, 0, 1))  # [k, k, c_hat, n_w]: not ours
+    assert not is_taps_major(torch.empty(k, k, n_w, 2 * c_hat).permute(2, 3, 0, 1)[:, :c_hat])  # not compact
+
+
+def _versatile():
+    from tritonconv.ops.versatile import VersatileConv2d
+    return VersatileConv2d(6, 12, kernel_size=3, delta=2, g=2)  # s_num 2, n_c 2, n_w 3, c_hat 4
+
+
+def _versatile_reference(layer, x):
+    with use_backend("fallback"):
+        return copy.deepcopy(layer).double()(x.double())
+
+
+def test_versatile_allocates_its_weight_taps_major_and_keeps_the_state_dict():
+    layer = _versatile()
+    assert is_taps_major(layer.weight) and not layer.weight.is_contiguous()
+    assert list(layer.state_dict()) == ["weight", "bias"] and layer.weight.shape == (3, 4, 3, 3)
+
+
+@pytest.mark.parametrize("how", WRITES)
+def test_versatile_sees_every_write_and_keeps_the_layout(how):
+    torch.manual_seed(4)
+    layer = _versatile()
+    x = torch.randn(2, 6, 7, 5)
+    with torch.no_grad():
+        layer(x)
+        weight = layer.weight
+        if how == "torch.save":
+            buffer = io.BytesIO()
+            torch.save(layer.state_dict(), buffer)
+            layer = _versatile()
+            layer.load_state_dict(torch.load(io.BytesIO(buffer.getvalue())))
+        else:
+            params = dict(layer.named_parameters())
+            layer = _write_versatile(layer, how, params)
+        assert is_taps_major(layer.weight)
+        if how in ("in place", "through .data", "channels_last", "to(float16) and back"):
+            assert layer.weight is weight
+        if how == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = layer(x)
+    assert relative_error(out.double(), _versatile_reference(layer, x)) < 1e-5
+
+
+def _write_versatile(layer, how, params):
+    if how == "in place":
+        with torch.no_grad():
+            layer.weight.mul_(-2)
+    elif how == "through .data":
+        layer.weight.data.mul_(-2)
+    elif how == "load_state_dict":
+        layer.load_state_dict({k: -2 * v for k, v in layer.state_dict().items()})
+    elif how == "load_state_dict(assign=True)":
+        layer.load_state_dict({k: (-2 * v).contiguous() for k, v in layer.state_dict().items()}, assign=True)
+    elif how == "channels_last":
+        layer.to(memory_format=torch.channels_last)
+    elif how == "to(float16) and back":
+        layer.half().to(torch.float32)
+    elif how == "deepcopy":
+        layer = copy.deepcopy(layer)
+    return layer
+
+
+def test_a_versatile_layer_call_copies_no_weight(launches):
+    """Forward one launch, backward three (input gradient, weight and bias partials, their sum), no torch
+    op beside them; the weight gradient has the parameter's strides."""
+    from tritonconv.ops.versatile import explain as versatile_explain
+
+    torch.manual_seed(5)
+    layer = _versatile().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 6, 7, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with TorchOpCounter() as forward:
+        y = layer(x)
+    assert (launches, forward.ops) == (["versatile_fwd_kernel"], [])
+    grad = torch.randn_like(y)
+    launches.clear()
+    with TorchOpCounter() as backward:
+        y.backward(grad)
+    assert (len(launches), backward.ops) == (3, []), (launches, backward.ops)
+    weight = layer.weight
+    assert weight.grad.stride() == weight.stride() and is_taps_major(weight.grad)
+    assert "not taps-major" not in versatile_explain(x, weight, layer.bias, 12, delta=2, g=2).reason
+
+
+def test_a_plain_versatile_weight_through_the_functional_op_is_copied_once_per_call(launches):
+    from tritonconv.ops.versatile import explain as versatile_explain
+    from tritonconv.ops.versatile import versatile_conv2d
+
+    torch.manual_seed(6)
+    weight = torch.randn(3, 4, 3, 3, requires_grad=True)  # contiguous
+    x = torch.randn(2, 6, 7, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    for _ in range(2):  # every call: nothing is cached
+        with TorchOpCounter() as forward:
+            y = versatile_conv2d(x, weight, None, 12, delta=2, g=2)
+        grad = torch.randn_like(y)
+        with TorchOpCounter() as backward:
+            dx, dw = torch.autograd.grad(y, (x, weight), grad)
+        assert forward.ops == ["copy_"] and backward.ops == ["copy_"], (forward.ops, backward.ops)
+        assert dw.stride() == weight.stride()  # written contiguous by the kernels: no copy of the gradient
+    assert "not taps-major" in versatile_explain(x, weight, None, 12, delta=2, g=2).reason
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_the_versatile_weight_gradient_has_the_parameters_strides_and_values(memory_format):
+    torch.manual_seed(7)
+    layer = _versatile().double().to(memory_format=memory_format)
+    x = torch.randn(2, 6, 7, 5, dtype=torch.float64).contiguous(memory_format=memory_format)
+    grad = torch.randn(2, 12, 7, 5, dtype=torch.float64)
+    layer(x).backward(grad)
+    reference = _versatile().double()
+    reference.load_state_dict(layer.state_dict())
+    with use_backend("fallback"):
+        reference(x).backward(grad)
+    assert layer.weight.grad.stride() == layer.weight.stride()
+    assert relative_error(layer.weight.grad, reference.weight.grad) < 1e-10
+    assert relative_error(layer.bias.grad, reference.bias.grad) < 1e-10

@@ -171,12 +171,15 @@ def multiprocessor_count(device: torch.device) -> int:
 SPLIT_SUM_BLOCK = 1024  # elements per program of the partials' sum
 
 
-def sum_splits(partial: torch.Tensor, weight_shape: tuple, bias_shape: tuple | None, dtype: torch.dtype) -> tuple:
+def sum_splits(partial: torch.Tensor, weight_shape: tuple, bias_shape: tuple | None, dtype: torch.dtype,
+               weight: torch.Tensor | None = None) -> tuple:
     """(grad weight, grad bias or None) from a split-K kernel's ``partial`` [splits, total] (fp32 or fp64;
     each row the split's flattened weight gradient, then its bias gradient): summed in split order, one
-    launch for both, in ``dtype``."""
+    launch for both, in ``dtype``. ``weight``: the buffer to write the weight gradient into (a dense
+    tensor whose memory order is the rows' order; default a contiguous one)."""
     splits, total = partial.shape
-    weight = empty(weight_shape, device=partial.device, dtype=dtype)
+    if weight is None:
+        weight = empty(weight_shape, device=partial.device, dtype=dtype)
     bias = empty(bias_shape, device=partial.device, dtype=dtype) if bias_shape is not None else None
     split_sum_kernel[(cdiv(total, SPLIT_SUM_BLOCK),)](
         partial, weight, bias, splits, weight.numel(), total, BLOCK=SPLIT_SUM_BLOCK)

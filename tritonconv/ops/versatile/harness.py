@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tritonconv import zoo
+from tritonconv._weights import taps_major
 from tritonconv.harness import WeightBiasHarness
 from tritonconv.ops.versatile import launch, reference
 from tritonconv.ops.versatile.op import OPERATOR
@@ -45,6 +46,7 @@ class VersatileHarness(WeightBiasHarness):
     reference = reference
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
+    parameter_layouts = {"weight": taps_major}  # the layer's own (VersatileConv2d keeps it taps-major)
 
     def weight_fan_in(self, spec: VersatileSpec) -> int:
         return spec.c_hat * spec.kernel_size**2

@@ -1,4 +1,10 @@
-"""Host side of the VersatileConv2d kernels: allocation, grids, tile configs and their candidates."""
+"""Host side of the VersatileConv2d kernels: allocation, grids, tile configs and their candidates.
+
+The kernels read the weight [n_w, c_hat, K, K] taps-major, [K*K, n_w, c_hat] in memory
+(``_weights.is_taps_major``; the layer allocates it so and keeps it so): a weight in any other layout is
+copied to taps-major per call (one launch), never cached. The weight gradient is written with
+``_weights.grad_strides(weight)`` (the weight's own strides, taps-major or contiguous), so autograd
+accumulates it and DDP buckets it without a copy."""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import math
 import torch
 
 from tritonconv._layout import empty, empty_like_layout
+from tritonconv._weights import empty_grad, grad_is_taps_major, taps_major
 from tritonconv.ops.versatile import kernels
 from tritonconv.ops.versatile.spec import VersatileSpec
 from tritonconv.tiles import (
@@ -16,11 +23,10 @@ from tritonconv.tiles import (
     accumulator_dtype,
     cdiv,
     dot_precision,
+    next_power_of_2,
     reduction_splits,
     sum_splits,
 )
-
-_BIAS_BLOCK = (64, 32)  # (channels, pixels) per program of the grad-bias reduction (more pixels spill unaligned)
 
 
 def _gemm_extent(spec: VersatileSpec, kernel: str) -> tuple[int, int, int]:
@@ -37,19 +43,20 @@ def _gemm_extent(spec: VersatileSpec, kernel: str) -> tuple[int, int, int]:
 WGMMA_ROWS = 64
 TILES = TileTable({
     # rows = output pixels, cols = (offset, primary filter) columns, reduce = input channels per tap
-    "forward": KernelTiles(GemmTile(64, 64, 32, 4, 3), (
-        GemmTile(64, 64, 32, 4, 3), GemmTile(128, 64, 32, 8, 3), GemmTile(64, 32, 32, 4, 3),
-        GemmTile(128, 32, 32, 4, 3), GemmTile(64, 64, 64, 4, 2), GemmTile(32, 64, 32, 4, 3),
-        GemmTile(128, 64, 16, 8, 4), GemmTile(64, 128, 32, 8, 3),
+    # (128 rows on one warp group and 64 channels: 8 wgmma per pipelined step, which pays for the step's
+    # fixed cost; 64 rows or 32 channels spend 30-50 instructions per wgmma)
+    "forward": KernelTiles(GemmTile(128, 64, 64, 4, 3), (
+        GemmTile(128, 64, 64, 4, 3), GemmTile(128, 32, 64, 4, 3), GemmTile(128, 64, 64, 8, 3),
+        GemmTile(64, 64, 128, 4, 3), GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 32, 8, 3),
+        GemmTile(128, 128, 64, 8, 3), GemmTile(64, 32, 64, 4, 4),
     ), ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
     # rows = input pixels, cols = input channels, reduce = columns per tap
-    # (128x64x64 needs 360 KB of shared memory with 4 stages and 245 KB with 3 in fp32 on sm_90: 2 here)
-    # (128x64 at 4 warps spills where n_w is not a multiple of 8: the upstream tile is read 2 bytes at a time)
-    "backward_input": KernelTiles(GemmTile(128, 64, 64, 8, 3), (
-        GemmTile(128, 64, 64, 8, 3), GemmTile(128, 64, 32, 4, 3), GemmTile(128, 128, 32, 8, 3),
-        GemmTile(64, 64, 64, 4, 3),
-        GemmTile(128, 64, 64, 4, 2), GemmTile(64, 128, 32, 4, 4), GemmTile(256, 64, 32, 8, 3),
-        GemmTile(64, 32, 64, 4, 4), GemmTile(32, 64, 64, 4, 4),
+    # (256 rows on one warp group: 8 wgmma per pipelined step at 32 filters a step, which is what
+    # n_w = 32 allows; fp32 needs 120 KB of shared memory with 3 stages)
+    "backward_input": KernelTiles(GemmTile(256, 64, 32, 4, 3), (
+        GemmTile(256, 64, 32, 4, 3), GemmTile(128, 64, 64, 4, 3), GemmTile(256, 64, 64, 4, 2),
+        GemmTile(128, 64, 64, 8, 3), GemmTile(128, 128, 32, 8, 3), GemmTile(64, 64, 64, 4, 3),
+        GemmTile(256, 64, 32, 8, 3), GemmTile(64, 32, 64, 4, 4),
     ), ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
     # rows = primary filters (masked filter rows beat mma.sync), cols = weight channels of one tap,
     # reduce = output pixels (4 warps spill where n_w is not a multiple of 8: the upstream tile is read 2
@@ -68,31 +75,43 @@ def _common(spec: VersatileSpec, dtype: torch.dtype) -> dict:
                 DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))
 
 
-def tap_major(weight: torch.Tensor) -> torch.Tensor:
-    """[n_w, c_hat, K, K] -> [K*K, n_w, c_hat] contiguous: one tap's [filters, channels] block is
-    contiguous (the kernels' weight operand). One copy of the weight per call, from its current
-    values: nothing is cached."""
-    n_w, c_hat, k, _ = weight.shape
-    return weight.permute(2, 3, 0, 1).reshape(k * k, n_w, c_hat).contiguous()
-
-
 def window_align(spec: VersatileSpec) -> int:
     """A power of two (at most 16) dividing every channel window's start j*g."""
     return 16 if spec.n_c == 1 else math.gcd(spec.g, 16)
+
+
+def tap_uses(kernel_size: int) -> int:
+    """Sum over the taps of the secondaries that use each, sum over s of (k - 2s)^2 (10, 35, 84 for k = 3,
+    5, 7): the backward-input kernel's steps per filter chunk."""
+    return sum((kernel_size - 2 * s) ** 2 for s in range((kernel_size + 1) // 2))
+
+
+def flat_pixels(t: torch.Tensor) -> bool:
+    """Whether pixel p (flat over batch, rows, columns) of the 4-D ``t`` lies at p * stride(3)."""
+    _, _, h, w = t.shape
+    sb, _, sh, sw = t.stride()
+    return sh == w * sw and sb == h * sh
+
+
+def bias_rows(tile: GemmTile) -> int:
+    """Rows of the forward's bias tile: enough that it has an element for each of the program's threads."""
+    return max(1, next_power_of_2(32 * tile.num_warps // tile.block_cols))
 
 
 def forward(x, weight, bias, spec: VersatileSpec, tile: GemmTile) -> torch.Tensor:
     y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
-    weight = tap_major(weight)
+    weight = taps_major(weight)
     grid = (cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
             spec.n_c * cdiv(spec.n_w, tile.block_cols))
     kernels.versatile_fwd_kernel[grid](
         x, weight, bias.contiguous() if bias is not None else None, y,
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *x.stride(), *y.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g,
-        S_NUM=spec.s_num, WINDOW_ALIGN=window_align(spec), HAS_BIAS=bias is not None, **_common(spec, x.dtype),
+        S_NUM=spec.s_num, WINDOW_ALIGN=window_align(spec), EVEN_K=spec.c_hat % tile.block_reduce == 0,
+        HAS_BIAS=bias is not None, FLAT_Y=flat_pixels(y), ALIGNED_Y=spec.n_w % 8 == 0,
+        BIAS_ROWS=bias_rows(tile), **_common(spec, x.dtype),
         **TILES["forward"].launch_args(tile))
     return y
 
@@ -104,38 +123,42 @@ def backward_input(dy, weight, spec: VersatileSpec, tile: GemmTile, like: torch.
     grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
             cdiv(spec.in_channels, tile.block_cols))
     kernels.versatile_bwd_input_kernel[grid](
-        dy, tap_major(weight), dx,
+        dy, taps_major(weight), dx,
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *dy.stride(), *dx.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c,
-        WINDOW_ALIGN=window_align(spec), **_common(spec, dy.dtype),
+        WINDOW_ALIGN=window_align(spec), TAP_USES=tap_uses(spec.kernel_size),
+        EVEN_F=spec.n_w % tile.block_reduce == 0, ALIGNED_DY=spec.n_w % 8 == 0, **_common(spec, dy.dtype),
         **TILES["backward_input"].launch_args(tile))
     return dx
 
 
-def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile):
+def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile, weight: torch.Tensor | None = None):
     """(grad weight, grad bias or None), reduced over the pixels in fp32 (fp64), split partials summed
-    in a fixed order."""
+    in a fixed order: two launches (the partials, the bias's among them; their sum). Grad weight has
+    ``_weights.grad_strides(weight)`` (taps-major without ``weight``)."""
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     pixels = spec.batch * spec.out_height * spec.out_width
+    dw = empty_grad(weight, spec.weight_shape, device=x.device, dtype=x.dtype)
     if pixels == 0:
         db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None
-        return torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype), db
+        return dw.zero_(), db
     filter_tiles = cdiv(spec.n_w, tile.block_rows)
     column_tiles = spec.kernel_size**2 * cdiv(spec.c_hat, tile.block_cols)
     splits = reduction_splits(tile, filter_tiles * column_tiles, pixels, x.device)
     pixels_per_split = cdiv(cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
-    weight_columns = spec.n_w * spec.c_hat * spec.kernel_size**2
-    row = weight_columns + spec.out_channels * spec.bias  # dw flattened, then the bias
+    taps = spec.kernel_size**2
+    weight_columns = spec.n_w * spec.c_hat * taps
+    row = weight_columns + spec.out_channels * spec.bias  # dw in its memory order, then the bias
+    # (f, c, tap) strides of dw's memory order: taps-major [K*K, n_w, c_hat] or contiguous [n_w, c_hat, K*K]
+    strides = ((spec.c_hat, 1, spec.n_w * spec.c_hat) if grad_is_taps_major(weight, spec.weight_shape)
+               else (spec.c_hat * taps, taps, 1))
+    # Column 0 of a filter tile sums dy for an even share of the O output channels (whole BLOCK_N blocks).
+    bias_channels = cdiv(cdiv(spec.out_channels, filter_tiles), tile.block_rows) * tile.block_rows
     partial = empty((splits, row), device=x.device, dtype=acc_dtype)
-    kernels.versatile_bwd_weight_kernel[(filter_tiles, column_tiles, splits)](
+    kernels.versatile_bwd_weight_kernel[(filter_tiles, column_tiles + spec.bias, splits)](
         x, dy, partial, spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *x.stride(), *dy.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c, pixels_per_split,
-        row, WINDOW_ALIGN=window_align(spec), **_common(spec, x.dtype),
-        **TILES["backward_weight"].launch_args(tile))
-    if spec.bias:  # the same pixel splits, into the bias's columns of the same rows
-        block_o, block_p = _BIAS_BLOCK
-        kernels.channel_sum_kernel[(cdiv(spec.out_channels, block_o), splits)](
-            dy, partial[:, weight_columns:], spec.batch, spec.out_channels, spec.out_height, spec.out_width,
-            *dy.stride(), pixels_per_split, row, ACC_DTYPE=accumulator_dtype(x.dtype), BLOCK_O=block_o,
-            BLOCK_P=block_p)
-    return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype)
+        row, *strides, spec.out_channels, bias_channels, WINDOW_ALIGN=window_align(spec), HAS_BIAS=spec.bias,
+        **_common(spec, x.dtype), **TILES["backward_weight"].launch_args(tile))
+    return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype,
+                      weight=dw)

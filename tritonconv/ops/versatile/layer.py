@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from tritonconv._layout import layer_operands
 from tritonconv._validation import check_bool, dtype_name
+from tritonconv._weights import TapsMajorWeights, empty_taps_major
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.versatile import reference
@@ -16,7 +17,7 @@ from tritonconv.ops.versatile.op import explain, versatile_conv2d
 from tritonconv.ops.versatile.spec import VersatileSpec, spatial_secondaries, validate_hyperparameters
 
 
-class VersatileConv2d(nn.Module):
+class VersatileConv2d(TapsMajorWeights):
     """Versatile filters (NeurIPS 2018), SPEC section 4, all secondaries in one Triton kernel.
 
     Each of the ``n_w = O / (s_num n_c)`` primary k x k filters yields ``s_num = ceil(k/2)`` spatial
@@ -25,7 +26,9 @@ class VersatileConv2d(nn.Module):
     channel windows ``[j g, j g + C - delta)``. Output channel ``o = (s n_c + j) n_w + f``. Requires
     ``g | delta`` and ``O % (s_num n_c) == 0``.
 
-    Parameters: ``weight`` [n_w, C - delta, k, k], ``bias`` [O] or None.
+    Parameters: ``weight`` [n_w, C - delta, k, k], ``bias`` [O] or None. The weight is laid out
+    taps-major ([k, k, n_w, C - delta] in memory, what the kernels read without a copy) and stays so
+    through ``.to``, ``.half()``, ``load_state_dict`` and deepcopy (see ``tritonconv._weights``).
     **Choices** (SPEC): only the C - delta input slices that are read are stored (``from_original``
     loads the original ``[n_w, C, k, k]`` layout); ``bias=False`` works; the masked form is defined
     for any padding, dilation and non-square inputs, and equals the original wherever that runs.
@@ -44,9 +47,12 @@ class VersatileConv2d(nn.Module):
         self.dilation, self.delta, self.g = dilation, delta, g
         n_w = out_channels // (spatial_secondaries(kernel_size) * (delta // g + 1))
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(n_w, in_channels - delta, kernel_size, kernel_size, **factory))
+        self.weight = nn.Parameter(empty_taps_major((n_w, in_channels - delta, kernel_size, kernel_size), **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
+
+    def taps_major_weights(self):
+        return (self.weight,)
 
     def reset_parameters(self) -> None:
         # nn.Conv2d's default: uniform(+-1/sqrt(fan_in)) with the primary filter's fan-in.

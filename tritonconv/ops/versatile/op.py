@@ -10,14 +10,8 @@ import torch
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._op import (
-    fake_gradients,
-    fake_output,
-    register_training,
-    run_backward,
-    run_forward,
-    weight_bias_backward,
-)
+from tritonconv._op import fake_gradients, fake_output, register_training, run_backward, run_forward
+from tritonconv._weights import grad_strides, in_grad_layout, is_taps_major
 from tritonconv.ops.versatile import kernels, launch, reference
 from tritonconv.ops.versatile.spec import VersatileSpec, triton_unsupported
 
@@ -55,15 +49,26 @@ def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
                                need_weights: bool, forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
     spec = _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
-    return run_backward(
-        OPERATOR, spec, x, forced,
-        lambda tiles: weight_bias_backward(launch, grad, x, weight, spec, tiles, need_input, need_weights),
-        lambda: reference.fallback_backward(grad, x, weight, spec, need_input, need_weights))
+
+    def triton(tiles):
+        dx = launch.backward_input(grad, weight, spec, tiles["backward_input"], x) if need_input else None
+        dw, db = (launch.backward_weight(grad, x, spec, tiles["backward_weight"], weight=weight) if need_weights
+                  else (None, None))
+        return dx, dw, db
+
+    def fallback():
+        dx, dw, db = reference.fallback_backward(grad, x, weight, spec, need_input, need_weights)
+        return dx, in_grad_layout(dw, weight), db
+
+    return run_backward(OPERATOR, spec, x, forced, triton, fallback)
 
 
 @_versatile_conv2d_backward.register_fake
 def _(grad, x, weight, bias, out_channels, stride, padding, dilation, delta, g, need_input, need_weights, forced):
-    return fake_gradients(x, need_input, need_weights, weight, bias)
+    dx, dw, db = fake_gradients(x, need_input, need_weights, weight, bias)
+    if need_weights:  # the weight gradient has the weight's strides (_weights.grad_strides)
+        dw = weight.new_empty_strided(weight.shape, grad_strides(weight, weight.shape))
+    return dx, dw, db
 
 
 register_training(_versatile_conv2d, torch.ops.tritonconv.versatile_conv2d_backward, params=2)
@@ -83,4 +88,12 @@ def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_channels: int
             pass_: str = "forward") -> dispatch.Decision:
     """The backend this call's ``pass_`` would take, and why, without running it."""
     spec = _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
-    return dispatch.explain(OPERATOR, spec, pass_, x.device)
+    decision = dispatch.explain(OPERATOR, spec, pass_, x.device)
+    if decision.backend == "triton" and not is_taps_major(weight):
+        decision = dispatch.Decision(decision.backend, f"{decision.reason}; {WEIGHT_COPY_NOTE}", decision.tiles,
+                                     decision.untuned)
+    return decision
+
+
+WEIGHT_COPY_NOTE = ("the weight is not taps-major ([k*k, n_w, c_hat] in memory, as the layer allocates it): it is "
+                    "copied to taps-major per call (one more launch per pass)")
