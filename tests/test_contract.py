@@ -184,6 +184,31 @@ def test_nan_and_inf_locality(case):
     assert reached, "no output read the poisoned inputs: the test would prove nothing"
 
 
+def test_output_gradient_nan_and_inf_locality(case):
+    """One NaN (or Inf) in the output gradient reaches exactly the input-gradient elements that the
+    published formulation, in float64, makes non-finite: a backward that multiplies a gradient by the
+    zeros of weights it does not use (0 * NaN = NaN) spreads it."""
+    module = make(case, train=not case.has_batch_norm)
+    x = sample(case).requires_grad_(True)
+    with tritonconv.use_backend("triton"), torch.no_grad():
+        y = module(x)
+    # outputs a final ReLU passes (where it blocks, torch's backward drops the gradient: NaN included)
+    active = torch.nonzero(y != 0)
+    reached = 0
+    for index in [tuple(active[0].tolist()), tuple(active[-1].tolist())]:
+        for value in (float("nan"), float("inf")):
+            grad = torch.randn(y.shape, device=DEVICE)
+            grad[index] = value
+            _, grads64 = oracle(module, x.detach(), grad)
+            x.grad = None
+            with tritonconv.use_backend("triton"):
+                module(x).backward(grad)
+            wrong = torch.isfinite(x.grad) != torch.isfinite(grads64["input"])
+            assert not wrong.any(), f"{case}: {value} at {index} gives {int(wrong.sum())} input grads of the wrong kind"
+            reached += int((~torch.isfinite(grads64["input"])).sum())
+    assert reached, "no input gradient read the poisoned output gradient: the test would prove nothing"
+
+
 # ---- autocast, torch.compile, meta ---------------------------------------------------------------
 AUTOCAST_DTYPES = [torch.bfloat16, torch.float16]
 

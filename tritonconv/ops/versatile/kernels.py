@@ -150,7 +150,7 @@ def versatile_bwd_input_kernel(
     sdxb, sdxc, sdxh, sdxw,
     C_HAT, N_W, NQ, G, N_C,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, WINDOW_ALIGN: tl.constexpr,
-    TAP_USES: tl.constexpr, EVEN_F: tl.constexpr, ALIGNED_DY: tl.constexpr,
+    TAP_USES: tl.constexpr, EVEN_F: tl.constexpr, ALIGNED_DY: tl.constexpr, WINDOW_SELECT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -164,7 +164,10 @@ def versatile_bwd_input_kernel(
     steps are one pipelined loop (TAP_USES = sum over taps of ring + 1) walked with scalar counters.
     WINDOW_ALIGN divides every window start j*g (as in the forward); EVEN_F: BLOCK_K divides n_w;
     ALIGNED_DY: 8 | n_w, so every dy chunk starts 16-byte aligned (else it is read 2 bytes at a time,
-    one thread per pixel row).
+    one thread per pixel row). WINDOW_SELECT (the launcher's ``window_select``: a channel tile can
+    straddle a window's edge): each window's sum is kept apart and added to the tile's columns inside
+    that window only, so a non-finite gradient never reaches channels outside its window (the zeros of
+    the masked weight rows would give 0 * NaN = NaN there).
     """
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
@@ -205,6 +208,8 @@ def versatile_bwd_input_kernel(
         w_row = c - j * G // WINDOW_ALIGN * WINDOW_ALIGN  # [BLOCK_N] weight row in window j
         in_window = c_mask & (w_row >= 0) & (w_row < C_HAT)
         w_cols = w_ptr + w_row  # [BLOCK_N]
+        if WINDOW_SELECT:
+            window_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
         tap = 0
         s = 0
         f0 = 0
@@ -232,7 +237,10 @@ def versatile_bwd_input_kernel(
                 f_mask = f0 + k_range < N_W  # [BLOCK_K]
                 a = tl.load(dy_pointers, mask=hit[:, None] & f_mask[None, :], other=0.0)
                 wt = tl.load(w_pointers, mask=f_mask[:, None] & in_window[None, :], other=0.0)
-            acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+            if WINDOW_SELECT:
+                window_acc = tl.dot(a, wt, window_acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+            else:
+                acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
             f0 += BLOCK_K
             next_secondary = f0 >= N_W
             f0 = tl.where(next_secondary, 0, f0)
@@ -240,6 +248,8 @@ def versatile_bwd_input_kernel(
             next_tap = s > ring
             s = tl.where(next_tap, 0, s)
             tap += next_tap.to(tl.int32)
+        if WINDOW_SELECT:
+            acc = tl.where(in_window[None, :], acc + window_acc, acc)
 
     dx_rows = dx_ptr + b.to(tl.int64) * sdxb + hi * sdxh + wi * sdxw  # [BLOCK_M]
     tl.store(dx_rows[:, None] + c[None, :] * sdxc, acc.to(dx_ptr.dtype.element_ty),

@@ -9,6 +9,7 @@ accumulates it and DDP buckets it without a copy."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -67,7 +68,15 @@ TILES = TileTable({
         GemmTile(32, 64, 128, 4, 3), GemmTile(64, 32, 128, 4, 4), GemmTile(32, 32, 128, 4, 4),
     ), ("BLOCK_N", "BLOCK_C", "BLOCK_P"), min_rows=WGMMA_ROWS),
 }, extent=_gemm_extent)
-default_tile, candidate_tiles = TILES.default_tile, TILES.candidate_tiles
+candidate_tiles = TILES.candidate_tiles
+
+
+def default_tile(spec: VersatileSpec, kernel: str) -> GemmTile:
+    tile = TILES.default_tile(spec, kernel)
+    if kernel == "backward_input" and window_select(spec, tile.block_cols) and tile.block_rows > 128:
+        # a second accumulator per window (window_select): 256 rows at 4 warps would spill
+        tile = replace(tile, block_rows=128, num_warps=8)
+    return tile
 
 
 def _common(spec: VersatileSpec, dtype: torch.dtype) -> dict:
@@ -116,6 +125,13 @@ def forward(x, weight, bias, spec: VersatileSpec, tile: GemmTile) -> torch.Tenso
     return y
 
 
+def window_select(spec: VersatileSpec, block_cols: int) -> bool:
+    """Whether a grad-input channel tile of ``block_cols`` can straddle a window's edge: several windows
+    whose step g or width c_hat the tile does not divide. The kernel then keeps each window's sum apart
+    (a second accumulator) so a non-finite gradient stays inside its window."""
+    return spec.n_c > 1 and bool(spec.g % block_cols or spec.c_hat % block_cols)
+
+
 def backward_input(dy, weight, spec: VersatileSpec, tile: GemmTile, like: torch.Tensor) -> torch.Tensor:
     dx = empty_like_layout(spec.input_shape, like)
     if dx.numel() == 0:
@@ -127,7 +143,8 @@ def backward_input(dy, weight, spec: VersatileSpec, tile: GemmTile, like: torch.
         spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
         *dy.stride(), *dx.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c,
         WINDOW_ALIGN=window_align(spec), TAP_USES=tap_uses(spec.kernel_size),
-        EVEN_F=spec.n_w % tile.block_reduce == 0, ALIGNED_DY=spec.n_w % 8 == 0, **_common(spec, dy.dtype),
+        EVEN_F=spec.n_w % tile.block_reduce == 0, ALIGNED_DY=spec.n_w % 8 == 0,
+        WINDOW_SELECT=window_select(spec, tile.block_cols), **_common(spec, dy.dtype),
         **TILES["backward_input"].launch_args(tile))
     return dx
 
