@@ -271,7 +271,12 @@ def backward_depthwise(dz, x, weight_t, spec: DwSepSpec, input_tile: GemmTile, w
     """(dx or None, the depthwise gradients' partials or None) from dz, in one launch
     (``kernels.dwsep_bwd_depthwise_kernel``): the grad-weight programs take ``weight_tile``'s plan
     (``depthwise.launch.weight_grad_plan``), the grad-input programs ``input_tile``'s pixels and
-    channels; both run at ``weight_tile``'s warps and stages (one launch has one)."""
+    channels; both run at ``weight_tile``'s warps and stages (one launch has one). ``weight_t``:
+    dw_weight taps-major (``depthwise.layout.taps_major``; only grad input reads it).
+
+    The price of the launch saved: one kernel has one register count, so the grad-input programs run at
+    the grad-weight programs' (sm_90a audit, MobileNetV2 / GhostNet / EfficientNet-B0 bf16: 160-202
+    registers, 8-12 warps per SM, against 42-166 for grad input alone); the GPU benchmark judges it."""
     depthwise = spec.depthwise()
     dx = empty_like_layout(spec.input_shape, x) if need_input else None
     need_input = need_input and dx.numel() > 0
