@@ -202,9 +202,25 @@ def depthwise_bwd_input_kernel(
     concatenated copy of its input). Stride 2 (the only other stride) is a parity test and a shift per
     pixel and kernel row: no division in the loop.
     """
-    pid_pixels = tl.program_id(0)
-    pid_channels = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
+    backward_input_tile(tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64), dz_ptr, w_ptr, add_ptr,
+                        dx_ptr, C_V, H, W, OC_V, Ho, Wo, sdzb_v, sdzc, sdzh_v, sdzw_v, dz_off_v, sab_v, sac, sah_v,
+                        saw_v, a_off_v, sdxb_v, sdxc, sdxh_v, sdxw_v, dx_off_v, K, STRIDE, PAD, DIL, MULT, HAS_ADD,
+                        ACC_DTYPE, VEC, BLOCK_P, BLOCK_C)
+
+
+@triton.jit
+def backward_input_tile(
+    pid_pixels, pid_channels, b, dz_ptr, w_ptr, add_ptr, dx_ptr,
+    C_V, H, W, OC_V, Ho, Wo,
+    sdzb_v, sdzc, sdzh_v, sdzw_v, dz_off_v,
+    sab_v, sac, sah_v, saw_v, a_off_v,
+    sdxb_v, sdxc, sdxh_v, sdxw_v, dx_off_v,
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+    MULT: tl.constexpr, HAS_ADD: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    VEC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """One grad-input program's tile: pixel tile ``pid_pixels`` of image ``b`` (int64), channel tile
+    ``pid_channels`` (the kernel's body; the fused dwsep backward calls it too)."""
     p, pixel_mask, hi, wi = _image_pixels(pid_pixels, H * W, W, BLOCK_P)
     c = pid_channels * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     c_mask = c < C_V * VEC
@@ -272,10 +288,30 @@ def depthwise_bwd_weight_kernel(
     ``depthwise_reduce_weight_kernel`` in a fixed order (deterministic). The pixel walk steps (ho, wo)
     by (HO_STEP, WO_STEP) = divmod(BLOCK_P, Wo) with a carry: no division in the loop.
     """
+    backward_weight_tile(tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(2), x_ptr, dy_ptr, y_ptr,
+                         dz_ptr, partial_ptr, C_V, H, W, OC_V, Ho, Wo, IMAGES_PER_SPLIT, B, PIXELS_PER_SPLIT, WO_STEP,
+                         HO_STEP, sxb_v, sxc, sxh_v, sxw_v, x_off_v, sdyb_v, sdyc, sdyh_v, sdyw_v, dy_off_v, syb_v, syc,
+                         syh_v, syw_v, y_off_v, sdzb_v, sdzc, sdzh_v, sdzw_v, dz_off_v, K, STRIDE, PAD, DIL, ACT, MULT,
+                         HAS_BIAS, WRITE_DZ, ACC_DTYPE, VEC, ROWS, TAPS, PARTIAL_ROWS, BLOCK_P, BLOCK_C)
+
+
+@triton.jit
+def backward_weight_tile(
+    pid, pid_images, pid_pixels, PIXEL_SPLITS,
+    x_ptr, dy_ptr, y_ptr, dz_ptr, partial_ptr,
+    C_V, H, W, OC_V, Ho, Wo, IMAGES_PER_SPLIT, B, PIXELS_PER_SPLIT, WO_STEP, HO_STEP,
+    sxb_v, sxc, sxh_v, sxw_v, x_off_v,
+    sdyb_v, sdyc, sdyh_v, sdyw_v, dy_off_v,
+    syb_v, syc, syh_v, syw_v, y_off_v,
+    sdzb_v, sdzc, sdzh_v, sdzw_v, dz_off_v,
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, ACT: tl.constexpr,
+    MULT: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_DZ: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    VEC: tl.constexpr, ROWS: tl.constexpr, TAPS: tl.constexpr, PARTIAL_ROWS: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """One grad-weight program's partials: channel tile x row group ``pid``, image split ``pid_images``,
+    pixel split ``pid_pixels`` of PIXEL_SPLITS (the kernel's body; the fused dwsep backward calls it too)."""
     ROW_GROUPS: tl.constexpr = (K + ROWS - 1) // ROWS
-    pid = tl.program_id(0)
-    pid_images = tl.program_id(1)
-    pid_pixels = tl.program_id(2)
     row_group = pid % ROW_GROUPS
     o = (pid // ROW_GROUPS) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     o_mask = o < OC_V * VEC
@@ -344,7 +380,7 @@ def depthwise_bwd_weight_kernel(
             ho = tl.where(carry, ho + 1, ho)
         image64 += 1
 
-    split = pid_images * tl.num_programs(2) + pid_pixels
+    split = pid_images * PIXEL_SPLITS + pid_pixels
     out = partial_ptr + split.to(tl.int64) * (PARTIAL_ROWS * OC_V * VEC)
     rows = kh * K + kw  # [TAPS]
     grad = tl.sum(acc, axis=0)  # [TAPS, BLOCK_C]
@@ -364,7 +400,19 @@ def depthwise_reduce_weight_kernel(
     written in the parameters' dtype; dw[o, 0, kh, kw] lies at o * sdw_o + (kh*K + kw) * sdw_tap (taps-major:
     1 and OC, a vector store per tap; contiguous: K*K and 1). Partials: [SPLITS, PARTIAL_ROWS, OC]
     (rows kh*K + kw, then the bias); ROWS_P is PARTIAL_ROWS rounded up to a power of two."""
-    o = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    reduce_weight_tile(tl.program_id(0), partial_ptr, dw_ptr, db_ptr, SPLITS, OC_V, sdw_o, sdw_tap, K, HAS_BIAS,
+                       ACC_DTYPE, VEC, PARTIAL_ROWS, ROWS_P, BLOCK_C)
+
+
+@triton.jit
+def reduce_weight_tile(
+    pid,
+    partial_ptr, dw_ptr, db_ptr, SPLITS, OC_V, sdw_o, sdw_tap,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, VEC: tl.constexpr,
+    PARTIAL_ROWS: tl.constexpr, ROWS_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Channel tile ``pid`` of the reduction (the kernel's body; the fused dwsep reduction calls it too)."""
+    o = pid * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     o_mask = o < OC_V * VEC
     row = tl.arange(0, ROWS_P)  # [ROWS_P]
     mask = (row < PARTIAL_ROWS)[:, None] & o_mask[None, :]

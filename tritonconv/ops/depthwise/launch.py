@@ -16,6 +16,7 @@ channel-offset view (the Ghost module's ``grad[:, C:]`` with C = 4 mod 8) keeps 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import gcd
 
 import torch
@@ -196,6 +197,63 @@ def _weight_grad_rows(kernel_size: int) -> int:
     return max(1, min(kernel_size, _TAPS_PER_PROGRAM // kernel_size))
 
 
+@dataclass(frozen=True)
+class WeightGradPlan:
+    """How the weight-gradient kernel covers a layer: programs (channel tiles x row groups, image
+    splits, pixel splits) and the partials' shape [splits, partial_rows, OC]."""
+
+    rows: int  # kernel rows per program
+    row_groups: int
+    taps: int  # rows * k rounded up to a power of two
+    partial_rows: int  # k*k taps, then the bias
+    block_p: int
+    block_c: int
+    channel_tiles: int
+    image_splits: int
+    images_per_split: int
+    pixel_splits: int
+    pixels_per_split: int
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return (self.channel_tiles * self.row_groups, self.image_splits, self.pixel_splits)
+
+    @property
+    def splits(self) -> int:
+        return self.image_splits * self.pixel_splits
+
+
+def weight_grad_plan(spec: DepthwiseSpec, tile: GemmTile, has_bias: bool, device) -> WeightGradPlan:
+    """The weight-gradient launch's plan: the pixel block the accumulators allow (``_ACCUMULATOR_REGISTERS``),
+    the splits ``reduction_splits`` asks for, whole images first, then ranges of each image's pixels."""
+    k = spec.kernel_size
+    image_pixels = spec.out_height * spec.out_width
+    rows = _weight_grad_rows(k)
+    block_c = tile.block_cols
+    threads = 32 * tile.num_warps
+    fitting = max(1, _ACCUMULATOR_REGISTERS * threads // (rows * k * block_c))
+    block_p = max(1, min(tile.block_rows, 1 << (fitting.bit_length() - 1)))
+    channel_tiles = cdiv(spec.out_channels, block_c)
+    row_groups = cdiv(k, rows)
+    splits = reduction_splits(GemmTile(block_p, block_c, block_p, splits=tile.splits), channel_tiles * row_groups,
+                              spec.batch * image_pixels, device)
+    image_splits = min(splits, spec.batch)
+    images_per_split = cdiv(spec.batch, image_splits)
+    image_splits = cdiv(spec.batch, images_per_split)
+    pixel_splits = max(1, min(cdiv(splits, image_splits), cdiv(image_pixels, block_p)))
+    pixels_per_split = cdiv(cdiv(image_pixels, pixel_splits), block_p) * block_p
+    pixel_splits = cdiv(image_pixels, pixels_per_split)
+    return WeightGradPlan(rows, row_groups, next_power_of_2(rows * k), k * k + int(has_bias), block_p, block_c,
+                          channel_tiles, image_splits, images_per_split, pixel_splits, pixels_per_split)
+
+
+def weight_grad_arguments(spec: DepthwiseSpec, plan: WeightGradPlan) -> tuple:
+    """The weight-gradient kernel's split arguments (after the shapes): images per split, the batch, pixels
+    per split and the pixel walk's step divmod(BLOCK_P, Wo) as (WO_STEP, HO_STEP)."""
+    return (plan.images_per_split, spec.batch, plan.pixels_per_split, plan.block_p % spec.out_width,
+            plan.block_p // spec.out_width)
+
+
 def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: str | None = None,
                     has_bias: bool | None = None, grad_out: torch.Tensor | None = None,
                     weight: torch.Tensor | None = None):
@@ -211,8 +269,7 @@ def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: s
     activation = spec.activation if activation is None else activation
     has_bias = spec.bias if has_bias is None else has_bias
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    image_pixels = spec.out_height * spec.out_width
-    if spec.batch * image_pixels == 0:
+    if spec.batch * spec.out_height * spec.out_width == 0:
         return (empty_grad(weight, spec.weight_shape, device=x.device, dtype=x.dtype).zero_(),
                 torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if has_bias else None)
     y = y if ACTIVATIONS[activation] else dy
@@ -220,44 +277,26 @@ def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: s
     dz = grad_out if write_dz else dy
     _check_image_offsets(x, dy, y, dz)
     vec = vector_width((spec.in_channels, spec.out_channels), x, dy, y, dz)
-    k = spec.kernel_size
-    rows = _weight_grad_rows(k)
-    row_groups = cdiv(k, rows)
-    taps = next_power_of_2(rows * k)
-    partial_rows = k * k + int(has_bias)  # the bias is one more row
-    block_c = tile.block_cols
-    threads = 32 * tile.num_warps
-    fitting = max(1, _ACCUMULATOR_REGISTERS * threads // (rows * k * block_c))
-    block_p = max(1, min(tile.block_rows, 1 << (fitting.bit_length() - 1)))
-    channel_tiles = cdiv(spec.out_channels, block_c)
-    splits = reduction_splits(GemmTile(block_p, block_c, block_p, splits=tile.splits), channel_tiles * row_groups,
-                              spec.batch * image_pixels, x.device)
-    image_splits = min(splits, spec.batch)
-    images_per_split = cdiv(spec.batch, image_splits)
-    image_splits = cdiv(spec.batch, images_per_split)
-    pixel_splits = max(1, min(cdiv(splits, image_splits), cdiv(image_pixels, block_p)))
-    pixels_per_split = cdiv(cdiv(image_pixels, pixel_splits), block_p) * block_p
-    pixel_splits = cdiv(image_pixels, pixels_per_split)
-    partial = empty((image_splits * pixel_splits, partial_rows, spec.out_channels), device=x.device, dtype=acc_dtype)
-    common = dict(K=k, HAS_BIAS=has_bias, ACC_DTYPE=accumulator_dtype(spec.torch_dtype), VEC=vec,
-                  PARTIAL_ROWS=partial_rows)
+    plan = weight_grad_plan(spec, tile, has_bias, x.device)
+    partial = empty((plan.splits, plan.partial_rows, spec.out_channels), device=x.device, dtype=acc_dtype)
+    common = dict(K=spec.kernel_size, HAS_BIAS=has_bias, ACC_DTYPE=accumulator_dtype(spec.torch_dtype), VEC=vec,
+                  PARTIAL_ROWS=plan.partial_rows)
     (x_, *x_strides), (dy_, *dy_strides), (y_, *y_strides), (dz_, *dz_strides) = (
         operand(t, vec) for t in (x, dy, y, dz))
-    kernels.depthwise_bwd_weight_kernel[(channel_tiles * row_groups, image_splits, pixel_splits)](
+    kernels.depthwise_bwd_weight_kernel[plan.grid](
         x_, dy_, y_, dz_, partial,
         spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
-        images_per_split, spec.batch, pixels_per_split, block_p % spec.out_width, block_p // spec.out_width,
-        *x_strides, *dy_strides, *y_strides, *dz_strides,
+        *weight_grad_arguments(spec, plan), *x_strides, *dy_strides, *y_strides, *dz_strides,
         STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation, ACT=ACTIVATIONS[activation], MULT=spec.multiplier,
-        WRITE_DZ=write_dz, ROWS=rows, TAPS=taps, **common,
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=tile.num_warps, num_stages=tile.num_stages,
+        WRITE_DZ=write_dz, ROWS=plan.rows, TAPS=plan.taps, **common,
+        BLOCK_P=plan.block_p, BLOCK_C=plan.block_c, num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     grad_w = empty_grad(weight, spec.weight_shape, device=x.device, dtype=x.dtype)
     sdw_o, _, _, sdw_tap = grad_strides(weight, spec.weight_shape)
     grad_b = empty((spec.out_channels,), device=x.device, dtype=x.dtype) if has_bias else None
-    kernels.depthwise_reduce_weight_kernel[(channel_tiles,)](
-        partial, grad_w, grad_b if grad_b is not None else grad_w, image_splits * pixel_splits,
-        spec.out_channels // vec, sdw_o, sdw_tap, **common, ROWS_P=next_power_of_2(partial_rows),
-        BLOCK_C=block_c, num_warps=4,
+    kernels.depthwise_reduce_weight_kernel[(plan.channel_tiles,)](
+        partial, grad_w, grad_b if grad_b is not None else grad_w, plan.splits,
+        spec.out_channels // vec, sdw_o, sdw_tap, **common, ROWS_P=next_power_of_2(plan.partial_rows),
+        BLOCK_C=plan.block_c, num_warps=4,
     )
     return grad_w, grad_b

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tritonconv.harness import Workload
-from tritonconv.ops.depthwise import launch as depthwise_launch
+from tritonconv.ops.depthwise.layout import taps_major
 from tritonconv.ops.dwsep import launch, reference
 from tritonconv.ops.dwsep.op import OPERATOR
 from tritonconv.ops.dwsep.spec import DwSepSpec
@@ -42,13 +42,16 @@ class DwSepHarness:
     operator = OPERATOR
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
+    # How the layer lays out each parameter again after model.to(memory_format=...) (see perf.host).
+    parameter_layouts = {"dw_weight": taps_major}
 
     def make_workload(self, spec: DwSepSpec, device) -> Workload:
         def randn(*shape):
             return torch.randn(*shape, device=device, dtype=spec.torch_dtype)
         memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
         x = randn(*spec.input_shape).contiguous(memory_format=memory_format)
-        t = {"x": x, "dw_weight": randn(*spec.dw_weight_shape) / spec.kernel_size,
+        # dw_weight as the layer holds it (taps-major), so that what is measured is a layer's call.
+        t = {"x": x, "dw_weight": taps_major(randn(*spec.dw_weight_shape) / spec.kernel_size),
              "dw_bias": randn(spec.in_channels) if spec.dw_bias else None,
              "pw_weight": randn(*spec.pw_weight_shape) / spec.in_channels**0.5,
              "pw_bias": randn(spec.out_channels) if spec.pw_bias else None}
@@ -71,12 +74,20 @@ class DwSepHarness:
             return lambda: tuple(g for g in launch.backward_pointwise(dy, t["out"], t["x"], t["dw_weight"],
                                                                       t["dw_bias"], t["pw_weight"], spec, tile)
                                  if g is not None)
-        depthwise = spec.depthwise()
-        if kernel == "backward_input":  # on the taps-major copy the pass shares with it (a view)
-            weight = launch.depthwise_weight_view(launch.taps_major(t["dw_weight"]), spec.dw_weight_shape)
-            return lambda: (depthwise_launch.backward_input(t["dz"], t["dz"], weight, depthwise, tile, t["x"]),)
-        return lambda: tuple(g for g in depthwise_launch.backward_weight(t["dz"], t["dz"], t["x"], depthwise, tile)
-                             if g is not None)
+        # The depthwise backward is one launch for both (grad input and the grad-weight partials), as in
+        # the pass: each kernel is measured in it at its tile, the other at its default tile.
+        if kernel == "backward_input":
+            weight_tile = launch.default_tile(spec, "backward_weight")
+            return lambda: (launch.backward_depthwise(t["dz"], t["x"], taps_major(t["dw_weight"]), spec, tile,
+                                                      weight_tile, True, True)[0],)
+        input_tile = launch.default_tile(spec, "backward_input")
+
+        def weight_grads():
+            _, partials = launch.backward_depthwise(t["dz"], t["x"], taps_major(t["dw_weight"]), spec, input_tile, tile,
+                                                   True, True)
+            return tuple(g for g in launch.reduce_partials(t["x"], t["dw_weight"], spec, None, partials)[:2]
+                         if g is not None)
+        return weight_grads
 
     def fallback(self, pass_, work):
         t, spec = work.tensors, work.spec

@@ -14,12 +14,15 @@ is computed once for as many output filters as the registers hold:
   grad pw_weight dy'^T @ h ([BLOCK_N filters, BLOCK_C channels], HGMMA rows = filters, padded to 64 if
   needed) and grad pw_bias; the first filter group also forms dz = act'(z) * (dy' @ pw_weight) and
   writes it in the input dtype (fp32 accumulation) for the depthwise backward kernels.
-- ``dwsep_reduce_kernel``: the partials summed in split order (deterministic), written in the
-  parameters' dtype and layout.
+- ``dwsep_bwd_depthwise_kernel``: the depthwise backward on dz in one launch: its first programs
+  are the depthwise grad-weight kernel's (partials of every tap and dw_bias), the rest its grad-input
+  kernel's (``depthwise.kernels``' bodies; both only read dz and x, so neither waits for the other).
+- ``dwsep_reduce_kernel``: every split-K partial of the step (grad pw_weight, pw_bias, dw_weight,
+  dw_bias) summed in split order (deterministic), written in the parameters' dtype and layout.
 
 Channels are the contiguous axis in channels_last: every tap of the depthwise tile is one vector load
-per pixel row, its weights one more (taps-major [K*K, C] in the accumulator dtype, made per call by
-``launch.taps_major``). As in the depthwise kernels, batch and pixel strides arrive divided by VEC and
+per pixel row, its weights one more (taps-major [K*K, C] in the parameter's dtype: the layer's own
+layout, ``depthwise.layout``). As in the depthwise kernels, batch and pixel strides arrive divided by VEC and
 each tensor as a 16-byte-aligned base plus an offset in units of VEC. Pixels are decomposed into
 (b, ho, wo) once per program in int32 (``kernel_helpers.pixel_walk_start``), advanced by carries in the
 backward's pixel loop; offsets inside an image are int32 and only an image's base offset is int64 (the
@@ -30,7 +33,14 @@ import triton
 import triton.language as tl
 
 from tritonconv.kernel_helpers import pixel_walk_start
-from tritonconv.ops.depthwise.kernels import ACT_NONE, activate, activation_grad
+from tritonconv.ops.depthwise.kernels import (
+    ACT_NONE,
+    activate,
+    activation_grad,
+    backward_input_tile,
+    backward_weight_tile,
+    reduce_weight_tile,
+)
 
 MAX_CHUNKS = 4  # filter chunks (one accumulator each) a program can own: the kernels name 4
 
@@ -42,8 +52,9 @@ def depthwise_taps(x_rows, x_offsets, hi0, wi0, pixel_mask, w_ptr, bias_ptr, c, 
     """Depthwise pre-activation z [BLOCK_P, BLOCK_C] (+ bias), 0 in masked rows and columns.
 
     ``x_rows`` [BLOCK_P] points at each pixel's image, ``x_offsets`` [BLOCK_P, BLOCK_C] (int32) at its
-    window's first tap; weights are taps-major [K*K, C] in ACC_DTYPE (no conversion per tap): one
-    vector load per tap for x and for w.
+    window's first tap; weights are taps-major [K*K, C] in the parameter's dtype: one vector load per
+    tap for x and for w, the weights' conversion one [BLOCK_C] vector per tap (beside BLOCK_P x BLOCK_C
+    FFMAs).
     """
     if HAS_BIAS:  # the taps accumulate onto the bias (no add per element)
         bias = tl.load(bias_ptr + c, mask=c_mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_C]
@@ -59,7 +70,7 @@ def depthwise_taps(x_rows, x_offsets, hi0, wi0, pixel_mask, w_ptr, bias_ptr, c, 
             inside = row_ok & (wi >= 0) & (wi < W)
             xv = tl.load(x_tile + (kh * DIL * sxh + kw * DIL * sxw), mask=inside[:, None] & c_mask[None, :],
                          other=0.0)  # [BLOCK_P, BLOCK_C]
-            wv = tl.load(w_ptr + (kh * K + kw) * C + c, mask=c_mask, other=0.0)  # [BLOCK_C]
+            wv = tl.load(w_ptr + (kh * K + kw) * C + c, mask=c_mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_C]
             z += xv.to(ACC_DTYPE) * wv[None, :]
     return z
 
@@ -333,23 +344,82 @@ def dwsep_bwd_kernel(
 
 
 @triton.jit
-def dwsep_reduce_kernel(partial_ptr, partial_bias_ptr, dpw_ptr, dpb_ptr, SPLITS, NC, N,
-                        HAS_PW_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
-    """dpw[i] = sum_s partial[s, i] over the N*C weights, in split order (deterministic); the programs
-    past the weights' do the same for dpb over N. Written in the parameters' dtype."""
+def dwsep_bwd_depthwise_kernel(
+    dz_ptr, x_ptr, w_ptr, dx_ptr, partial_ptr,
+    C_V, H, W, Ho, Wo,
+    WEIGHT_PROGRAMS, IMAGE_SPLITS, PIXEL_SPLITS, IMAGES_PER_SPLIT, B, PIXELS_PER_SPLIT, WO_STEP, HO_STEP,
+    INPUT_PIXEL_TILES, INPUT_CHANNEL_TILES,
+    sdzb_v, sdzc, sdzh_v, sdzw_v, dz_off_v,
+    sxb_v, sxc, sxh_v, sxw_v, x_off_v,
+    sdxb_v, sdxc, sdxh_v, sdxw_v, dx_off_v,
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+    INPUT_GRAD: tl.constexpr, WEIGHT_GRADS: tl.constexpr, HAS_DW_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    VEC: tl.constexpr, ROWS: tl.constexpr, TAPS: tl.constexpr, PARTIAL_ROWS: tl.constexpr,
+    WEIGHT_BLOCK_P: tl.constexpr, WEIGHT_BLOCK_C: tl.constexpr,
+    INPUT_BLOCK_P: tl.constexpr, INPUT_BLOCK_C: tl.constexpr,
+):
+    """The depthwise backward on dz (the gradient of the depthwise pre-activation) in one launch; grid
+    (WEIGHT_PROGRAMS + grad-input programs,). Programs below WEIGHT_PROGRAMS (the longer ones, first)
+    are grad-weight programs (channel tile x row group, image split, pixel split), partials to
+    ``partial_ptr[split, tap (K*K: dw_bias), c]``; the others grad-input programs (pixel tile of one
+    image, channel tile, image) writing dx. The program index is decomposed once, in int32.
+    """
     pid = tl.program_id(0)
-    weight_programs = tl.cdiv(NC, BLOCK)
-    if pid < weight_programs:
-        i = pid * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
-        mask = i < NC
-        acc = tl.zeros((BLOCK,), dtype=ACC_DTYPE)
-        for s in range(0, SPLITS):
-            acc += tl.load(partial_ptr + s * NC + i, mask=mask, other=0.0)
-        tl.store(dpw_ptr + i, acc.to(dpw_ptr.dtype.element_ty), mask=mask)
-    elif HAS_PW_BIAS:
-        i = (pid - weight_programs) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
-        mask = i < N
-        acc = tl.zeros((BLOCK,), dtype=ACC_DTYPE)
-        for s in range(0, SPLITS):
-            acc += tl.load(partial_bias_ptr + s * N + i, mask=mask, other=0.0)
-        tl.store(dpb_ptr + i, acc.to(dpb_ptr.dtype.element_ty), mask=mask)
+    if pid < WEIGHT_PROGRAMS:
+        if WEIGHT_GRADS:
+            pixel_split = pid % PIXEL_SPLITS
+            rest = pid // PIXEL_SPLITS
+            # dz is already the pre-activation gradient: no activation, dy = y = dz, nothing written.
+            backward_weight_tile(rest // IMAGE_SPLITS, rest % IMAGE_SPLITS, pixel_split, PIXEL_SPLITS,
+                                 x_ptr, dz_ptr, dz_ptr, dz_ptr, partial_ptr, C_V, H, W, C_V, Ho, Wo,
+                                 IMAGES_PER_SPLIT, B, PIXELS_PER_SPLIT, WO_STEP, HO_STEP,
+                                 sxb_v, sxc, sxh_v, sxw_v, x_off_v, sdzb_v, sdzc, sdzh_v, sdzw_v, dz_off_v,
+                                 sdzb_v, sdzc, sdzh_v, sdzw_v, dz_off_v, sdzb_v, sdzc, sdzh_v, sdzw_v, dz_off_v,
+                                 K, STRIDE, PAD, DIL, ACT_NONE, 1, HAS_DW_BIAS, False, ACC_DTYPE, VEC, ROWS, TAPS,
+                                 PARTIAL_ROWS, WEIGHT_BLOCK_P, WEIGHT_BLOCK_C)
+    else:
+        if INPUT_GRAD:
+            q = pid - WEIGHT_PROGRAMS
+            pid_pixels = q % INPUT_PIXEL_TILES
+            rest = q // INPUT_PIXEL_TILES
+            backward_input_tile(pid_pixels, rest % INPUT_CHANNEL_TILES, (rest // INPUT_CHANNEL_TILES).to(tl.int64),
+                                dz_ptr, w_ptr, dx_ptr, dx_ptr, C_V, H, W, C_V, Ho, Wo,
+                                sdzb_v, sdzc, sdzh_v, sdzw_v, dz_off_v, sdxb_v, sdxc, sdxh_v, sdxw_v, dx_off_v,
+                                sdxb_v, sdxc, sdxh_v, sdxw_v, dx_off_v, K, STRIDE, PAD, DIL, 1, False, ACC_DTYPE, VEC,
+                                INPUT_BLOCK_P, INPUT_BLOCK_C)
+
+
+@triton.jit
+def dwsep_reduce_kernel(
+    partial_ptr, partial_bias_ptr, dpw_ptr, dpb_ptr, SPLITS, NC, N, PW_PROGRAMS,
+    dw_partial_ptr, ddw_ptr, ddb_ptr, DW_SPLITS, C_V, sdw_o, sdw_tap,
+    PW_GRADS: tl.constexpr, HAS_PW_BIAS: tl.constexpr, DW_GRADS: tl.constexpr, K: tl.constexpr,
+    HAS_DW_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, VEC: tl.constexpr, DW_ROWS: tl.constexpr,
+    DW_ROWS_P: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Every split-K partial of the step in one launch, each in split order (deterministic), written
+    in the parameters' dtype: programs below PW_PROGRAMS sum the pointwise partials (dpw[i] over the
+    N*C weights, then dpb over N), the rest the depthwise ones, a channel tile each
+    (``depthwise.kernels.reduce_weight_tile``: dw_weight in its own strides sdw_o, sdw_tap)."""
+    pid = tl.program_id(0)
+    if pid < PW_PROGRAMS:
+        if PW_GRADS:
+            weight_programs = tl.cdiv(NC, BLOCK)
+            if pid < weight_programs:
+                i = pid * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
+                mask = i < NC
+                acc = tl.zeros((BLOCK,), dtype=ACC_DTYPE)
+                for s in range(0, SPLITS):
+                    acc += tl.load(partial_ptr + s * NC + i, mask=mask, other=0.0)
+                tl.store(dpw_ptr + i, acc.to(dpw_ptr.dtype.element_ty), mask=mask)
+            elif HAS_PW_BIAS:
+                i = (pid - weight_programs) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
+                mask = i < N
+                acc = tl.zeros((BLOCK,), dtype=ACC_DTYPE)
+                for s in range(0, SPLITS):
+                    acc += tl.load(partial_bias_ptr + s * N + i, mask=mask, other=0.0)
+                tl.store(dpb_ptr + i, acc.to(dpb_ptr.dtype.element_ty), mask=mask)
+    else:
+        if DW_GRADS:
+            reduce_weight_tile(pid - PW_PROGRAMS, dw_partial_ptr, ddw_ptr, ddb_ptr, DW_SPLITS, C_V, sdw_o, sdw_tap, K,
+                               HAS_DW_BIAS, ACC_DTYPE, VEC, DW_ROWS, DW_ROWS_P, BLOCK_C)

@@ -15,10 +15,11 @@ per thread ``_accumulator_registers`` allows. Owning every chunk computes each d
 needs more, the filter groups each recompute it (k*k FFMAs per element and another read of the x
 window, mostly from L2) rather than spill accumulators. ``explain()`` reports the plan.
 
-Backward, per training step: one copy (the depthwise weights taps-major, shared with the depthwise
-grad-input launcher through a view), ``dwsep_bwd_kernel`` (dz in the input dtype and the pointwise
-gradients' split-K partials, one read of dy), ``dwsep_reduce_kernel`` (the partials in split order),
-then the depthwise kernels on dz (grad input; grad dw_weight and dw_bias, two launches).
+Forward: one launch. Backward, per training step, three: ``dwsep_bwd_kernel`` (dz in the input dtype
+and the pointwise gradients' split-K partials, one read of dy), ``dwsep_bwd_depthwise_kernel`` (grad
+input and the depthwise gradients' partials from dz, in one grid) and ``dwsep_reduce_kernel`` (every
+partial, in split order). Both kernels read dw_weight taps-major in its own dtype (the layer's layout,
+``depthwise.layout``): no copy for the layer's weight, one per call for any other.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ import torch
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.depthwise import launch as depthwise_launch
 from tritonconv.ops.depthwise.launch import operand, vector_width
+from tritonconv.ops.depthwise.layout import empty_grad, grad_strides, taps_major
 from tritonconv.ops.depthwise.spec import ACTIVATIONS
 from tritonconv.ops.dwsep import kernels
 from tritonconv.ops.dwsep.spec import DwSepSpec
-from tritonconv.tiles import GemmTile, accumulator_dtype, cdiv, dot_precision, reduction_splits
+from tritonconv.tiles import GemmTile, accumulator_dtype, cdiv, dot_precision, next_power_of_2, reduction_splits
 
 _CANDIDATES = {
     "forward": [
@@ -179,21 +181,6 @@ def _check_int32(spec: DwSepSpec, *tensors) -> None:
                              f"the dwsep kernels address an image with int32 offsets")
 
 
-def taps_major(weight: torch.Tensor) -> torch.Tensor:
-    """dw_weight [C, 1, k, k] -> [k*k, C] contiguous in the accumulator dtype, by one copy per call (as
-    ``depthwise.launch._taps_major``, which explains why it is not cached): each tap's weights are one
-    vector load, and the depthwise FFMAs need no conversion of them."""
-    acc_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    out = torch.empty((weight.shape[2] * weight.shape[3], weight.shape[0]), device=weight.device, dtype=acc_dtype)
-    return out.copy_(weight.reshape(weight.shape[0], -1).t())
-
-
-def depthwise_weight_view(weight_t: torch.Tensor, shape) -> torch.Tensor:
-    """The taps-major copy seen as the [C, 1, k, k] parameter it was made from (a view: the depthwise
-    launchers' own taps-major transpose of it is then a view too, not one more copy)."""
-    return weight_t.t().reshape(shape)
-
-
 def _bias_or(bias, other):
     return bias.contiguous() if bias is not None else other
 
@@ -206,7 +193,7 @@ def forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec: DwSepSpec, tile: Ge
     vec = vector_width((spec.in_channels, spec.out_channels), x, y)
     plan = filter_plan(spec, "forward", tile)
     pixels = spec.batch * spec.out_height * spec.out_width
-    weight_t = taps_major(dw_weight)
+    weight_t = taps_major(dw_weight)  # the layer's own weight as it is; a copy for any other layout
     (x_, *x_strides), (y_, *y_strides) = (operand(t, vec) for t in (x, y))
     kernels.dwsep_fwd_kernel[(cdiv(pixels, tile.block_rows), plan.groups)](
         x_, weight_t, _bias_or(dw_bias, weight_t), pw_weight.contiguous(), _bias_or(pw_bias, weight_t), y_,
@@ -219,21 +206,32 @@ def forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec: DwSepSpec, tile: Ge
     return y
 
 
-def backward_pointwise(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec, tile: GemmTile,
-                       need_weights: bool = True, weight_t: torch.Tensor | None = None):
-    """(dz [B, C, Ho, Wo] in the input dtype: the gradient of the depthwise pre-activation, grad pw_weight
-    [N, C, 1, 1], grad pw_bias [N] or None); without ``need_weights`` the last two are None.
+@dataclass(frozen=True)
+class _PointwisePartials:
+    """Split-K partials of grad pw_weight [splits, N, C] and pw_bias [splits, N] (or None)."""
 
-    Two launches: dz and the split-K partials of the pointwise gradients in one pass over dy, then the
-    partials' reduction in split order (fp32, deterministic), written in the parameters' dtype.
-    ``weight_t``: ``taps_major(dw_weight)`` if the caller made it already."""
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    splits: int
+
+
+@dataclass(frozen=True)
+class _DepthwisePartials:
+    """Split-K partials of grad dw_weight and dw_bias [splits, k*k (+1), C], and their plan."""
+
+    partial: torch.Tensor
+    plan: depthwise_launch.WeightGradPlan
+    vec: int
+
+
+def _pointwise_pass(dy, y, x, weight_t, dw_bias, pw_weight, spec: DwSepSpec, tile: GemmTile, need_weights: bool):
+    """dz (one launch) and, with ``need_weights``, the pointwise gradients' partials (else None);
+    ``weight_t``: dw_weight taps-major (``depthwise.layout.taps_major``)."""
     dz = empty_like_layout((spec.batch, spec.in_channels, spec.out_height, spec.out_width), x)
     pixels = spec.batch * spec.out_height * spec.out_width
     has_pw_bias = need_weights and spec.pw_bias
     if pixels == 0:
-        zeros = (torch.zeros(spec.pw_weight_shape, device=x.device, dtype=x.dtype),
-                 torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if has_pw_bias else None)
-        return (dz, *zeros) if need_weights else (dz, None, None)
+        return dz, None
     y = y if ACTIVATIONS[spec.out_activation] else dy
     _check_int32(spec, x, dy, y, dz)
     vec = vector_width((spec.in_channels, spec.out_channels), x, dy, y, dz)
@@ -252,7 +250,6 @@ def backward_pointwise(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec,
         partial_bias = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if has_pw_bias else partial
     else:
         partial = partial_bias = dz
-    weight_t = taps_major(dw_weight) if weight_t is None else weight_t
     (x_, *x_strides), (dy_, *dy_strides), (y_, *y_strides), (dz_, *dz_strides) = (
         operand(t, vec) for t in (x, dy, y, dz))
     kernels.dwsep_bwd_kernel[(channel_tiles, plan.groups, splits)](
@@ -265,30 +262,140 @@ def backward_pointwise(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     if not need_weights:
-        return dz, None, None
-    grad_pw = empty(spec.pw_weight_shape, device=x.device, dtype=x.dtype)
-    grad_pb = empty((spec.out_channels,), device=x.device, dtype=x.dtype) if has_pw_bias else None
-    weights = spec.out_channels * spec.in_channels
-    block = 1024
-    programs = cdiv(weights, block) + (cdiv(spec.out_channels, block) if has_pw_bias else 0)
-    kernels.dwsep_reduce_kernel[(programs,)](
-        partial, partial_bias, grad_pw, grad_pb if grad_pb is not None else grad_pw, splits, weights,
-        spec.out_channels, HAS_PW_BIAS=has_pw_bias, ACC_DTYPE=accumulator_dtype(x.dtype), BLOCK=block, num_warps=4,
+        return dz, None
+    return dz, _PointwisePartials(partial, partial_bias if has_pw_bias else None, splits)
+
+
+def backward_depthwise(dz, x, weight_t, spec: DwSepSpec, input_tile: GemmTile, weight_tile: GemmTile,
+                       need_input: bool, need_weights: bool):
+    """(dx or None, the depthwise gradients' partials or None) from dz, in one launch
+    (``kernels.dwsep_bwd_depthwise_kernel``): the grad-weight programs take ``weight_tile``'s plan
+    (``depthwise.launch.weight_grad_plan``), the grad-input programs ``input_tile``'s pixels and
+    channels; both run at ``weight_tile``'s warps and stages (one launch has one). ``weight_t``:
+    dw_weight taps-major (``depthwise.layout.taps_major``; only grad input reads it).
+
+    The price of the launch saved: one kernel has one register count, so the grad-input programs run at
+    the grad-weight programs' (sm_90a audit, MobileNetV2 / GhostNet / EfficientNet-B0 bf16: 160-202
+    registers, 8-12 warps per SM, against 42-166 for grad input alone); the GPU benchmark judges it."""
+    depthwise = spec.depthwise()
+    dx = empty_like_layout(spec.input_shape, x) if need_input else None
+    need_input = need_input and dx.numel() > 0
+    need_weights = need_weights and dz.numel() > 0
+    if not (need_input or need_weights):
+        return dx, None
+    out = dx if dx is not None else x
+    _check_int32(spec, x, dz, out)
+    vec = vector_width((spec.in_channels,), dz, x, out)
+    plan = depthwise_launch.weight_grad_plan(depthwise, weight_tile, spec.dw_bias, x.device)
+    weight_programs = plan.channel_tiles * plan.row_groups * plan.splits if need_weights else 0
+    # Without grad-weight programs their arguments are never read (and Wo may be 0).
+    weight_arguments = depthwise_launch.weight_grad_arguments(depthwise, plan) if need_weights else (0,) * 5
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    partial = (empty((plan.splits, plan.partial_rows, spec.in_channels), device=x.device, dtype=acc_dtype)
+               if need_weights else dz)
+    pixel_tiles = cdiv(spec.height * spec.width, input_tile.block_rows)
+    channel_tiles = cdiv(spec.in_channels, input_tile.block_cols)
+    input_programs = pixel_tiles * channel_tiles * spec.batch if need_input else 0
+    if weight_programs + input_programs >= _INT32:
+        raise ValueError(f"{spec.describe()}: {weight_programs + input_programs} programs exceed the grid's 2^31")
+    (dz_, *dz_strides), (x_, *x_strides), (out_, *out_strides) = (operand(t, vec) for t in (dz, x, out))
+    kernels.dwsep_bwd_depthwise_kernel[(weight_programs + input_programs,)](
+        dz_, x_, weight_t, out_, partial,
+        spec.in_channels // vec, spec.height, spec.width, spec.out_height, spec.out_width,
+        weight_programs, plan.image_splits, plan.pixel_splits, *weight_arguments,
+        pixel_tiles, channel_tiles, *dz_strides, *x_strides, *out_strides,
+        K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation, INPUT_GRAD=need_input,
+        WEIGHT_GRADS=need_weights, HAS_DW_BIAS=spec.dw_bias, ACC_DTYPE=accumulator_dtype(x.dtype), VEC=vec,
+        ROWS=plan.rows, TAPS=plan.taps, PARTIAL_ROWS=plan.partial_rows,
+        WEIGHT_BLOCK_P=plan.block_p, WEIGHT_BLOCK_C=plan.block_c,
+        INPUT_BLOCK_P=input_tile.block_rows, INPUT_BLOCK_C=input_tile.block_cols,
+        num_warps=weight_tile.num_warps, num_stages=weight_tile.num_stages,
     )
-    return dz, grad_pw, grad_pb
+    return dx, _DepthwisePartials(partial, plan, vec) if need_weights else None
+
+
+_REDUCE_BLOCK = 1024  # pointwise partials summed per program
+
+
+def reduce_partials(x, dw_weight, spec: DwSepSpec, pointwise: _PointwisePartials | None,
+                    depthwise: _DepthwisePartials | None):
+    """(grad dw_weight, grad dw_bias, grad pw_weight, grad pw_bias) from the partials, in one launch
+    (``kernels.dwsep_reduce_kernel``); those whose partials are None come back None. grad dw_weight
+    has ``dw_weight``'s strides (``depthwise.layout.grad_strides``)."""
+    dw_shape = spec.dw_weight_shape
+    ddw = ddb = dpw = dpb = None
+    if pointwise is not None:
+        dpw = empty(spec.pw_weight_shape, device=x.device, dtype=x.dtype)
+        dpb = empty((spec.out_channels,), device=x.device, dtype=x.dtype) if pointwise.bias is not None else None
+    if depthwise is not None:
+        ddw = empty_grad(dw_weight, dw_shape, device=x.device, dtype=x.dtype)
+        ddb = empty((spec.in_channels,), device=x.device, dtype=x.dtype) if spec.dw_bias else None
+    weights = spec.out_channels * spec.in_channels
+    pw_programs = (cdiv(weights, _REDUCE_BLOCK) + (cdiv(spec.out_channels, _REDUCE_BLOCK) if dpb is not None else 0)
+                   if pointwise is not None else 0)
+    dw_programs = depthwise.plan.channel_tiles if depthwise is not None else 0
+    if pw_programs + dw_programs == 0:
+        return ddw, ddb, dpw, dpb
+    some = dpw if dpw is not None else ddw  # a pointer for the absent operands (never read)
+    sdw_o, _, _, sdw_tap = grad_strides(dw_weight, dw_shape)
+    dw_rows = depthwise.plan.partial_rows if depthwise is not None else 1
+    vec = depthwise.vec if depthwise is not None else 1
+    kernels.dwsep_reduce_kernel[(pw_programs + dw_programs,)](
+        pointwise.weight if pointwise is not None else some, _or(pointwise and pointwise.bias, some), _or(dpw, some),
+        _or(dpb, some), pointwise.splits if pointwise is not None else 0, weights, spec.out_channels, pw_programs,
+        depthwise.partial if depthwise is not None else some, _or(ddw, some), _or(ddb, some),
+        depthwise.plan.splits if depthwise is not None else 0, spec.in_channels // vec, sdw_o, sdw_tap,
+        PW_GRADS=pointwise is not None, HAS_PW_BIAS=dpb is not None, DW_GRADS=depthwise is not None,
+        K=spec.kernel_size, HAS_DW_BIAS=ddb is not None, ACC_DTYPE=accumulator_dtype(x.dtype), VEC=vec,
+        DW_ROWS=dw_rows, DW_ROWS_P=next_power_of_2(dw_rows), BLOCK=_REDUCE_BLOCK,
+        BLOCK_C=depthwise.plan.block_c if depthwise is not None else 32, num_warps=4,
+    )
+    return ddw, ddb, dpw, dpb
+
+
+def _or(tensor, other):
+    return tensor if tensor is not None else other
+
+
+def backward_pointwise(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec, tile: GemmTile,
+                       need_weights: bool = True):
+    """(dz [B, C, Ho, Wo] in the input dtype: the gradient of the depthwise pre-activation, grad pw_weight
+    [N, C, 1, 1], grad pw_bias [N] or None); without ``need_weights`` the last two are None.
+
+    dz and the split-K partials of the pointwise gradients in one pass over dy, then (measured alone)
+    the partials' reduction in split order (fp32, deterministic), written in the parameters' dtype;
+    the training step's ``backward`` shares that reduction with the depthwise partials."""
+    dz, pointwise = _pointwise_pass(dy, y, x, taps_major(dw_weight), dw_bias, pw_weight, spec, tile, need_weights)
+    if not need_weights:
+        return dz, None, None
+    if pointwise is None:  # no pixels
+        return dz, torch.zeros(spec.pw_weight_shape, device=x.device, dtype=x.dtype), (
+            torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.pw_bias else None)
+    _, _, dpw, dpb = reduce_partials(x, dw_weight, spec, pointwise, None)
+    return dz, dpw, dpb
 
 
 def backward(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec, tiles: dict, need_input: bool,
              need_weights: bool):
-    """(dx, grad dw_weight, grad dw_bias, grad pw_weight, grad pw_bias); unneeded ones are None."""
-    weight_t = taps_major(dw_weight)
-    dz, dpw, dpb = backward_pointwise(dy, y, x, dw_weight, dw_bias, pw_weight, spec, tiles["backward_pointwise"],
-                                      need_weights, weight_t)
-    depthwise = spec.depthwise()
-    dx = (depthwise_launch.backward_input(dz, dz, depthwise_weight_view(weight_t, dw_weight.shape), depthwise,
-                                          tiles["backward_input"], x)
-          if need_input else None)
+    """(dx, grad dw_weight, grad dw_bias, grad pw_weight, grad pw_bias); unneeded ones are None.
+
+    Three launches for a training step: ``dwsep_bwd_kernel`` (dz and the pointwise partials),
+    ``dwsep_bwd_depthwise_kernel`` (dx and the depthwise partials, from dz) and ``dwsep_reduce_kernel``
+    (every partial); two without weight gradients. dz is needed whole (every neighbour's) before
+    the depthwise backward can read its windows, and the partials whole before their sums: the data
+    flow's three steps."""
+    weight_t = taps_major(dw_weight)  # the layer's own weight as it is; one copy for any other layout
+    dz, pointwise = _pointwise_pass(dy, y, x, weight_t, dw_bias, pw_weight, spec, tiles["backward_pointwise"],
+                                    need_weights)
+    dx, depthwise = backward_depthwise(dz, x, weight_t, spec, tiles["backward_input"], tiles["backward_weight"],
+                                       need_input, need_weights)
     if not need_weights:
         return dx, None, None, None, None
-    ddw, ddb = depthwise_launch.backward_weight(dz, dz, x, depthwise, tiles["backward_weight"])
+    ddw, ddb, dpw, dpb = reduce_partials(x, dw_weight, spec, pointwise, depthwise)
+    if depthwise is None:  # no pixels or no channels: the sums are empty
+        ddw = empty_grad(dw_weight, spec.dw_weight_shape, device=x.device, dtype=x.dtype).zero_()
+        ddb = torch.zeros(spec.in_channels, device=x.device, dtype=x.dtype) if spec.dw_bias else None
+    if pointwise is None:
+        dpw = torch.zeros(spec.pw_weight_shape, device=x.device, dtype=x.dtype)
+        dpb = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.pw_bias else None
     return dx, ddw, ddb, dpw, dpb
