@@ -209,7 +209,7 @@ def test_opcheck(device):
     x = torch.randn(2, 3, 5, 4, device=device, dtype=torch.float64, requires_grad=True)
     args = (x, torch.randn(3, 1, 3, 3, device=device, dtype=torch.float64, requires_grad=True),
             torch.randn(3, device=device, dtype=torch.float64, requires_grad=True),
-            torch.randn(4, 3, 1, 1, device=device, dtype=torch.float64, requires_grad=True), None, 2, 1, 1, "relu",
+            torch.randn(4, 3, 1, 1, device=device, dtype=torch.float64, requires_grad=True), None, [2, 1, 1], "relu",
             "none")
     torch.library.opcheck(torch.ops.tritonconv.dwsep_conv2d, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))

@@ -165,7 +165,8 @@ def test_torch_compile_fullgraph_forward_and_backward():
 def test_opcheck():
     layer = ShiftConv2d(10, 6, device=DEVICE, dtype=torch.float64)
     x = torch.randn(1, 10, 4, 5, device=DEVICE, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(torch.ops.tritonconv.shift_conv2d.default, (x, layer.weight, layer.bias, 3, 2, 2, "grouped"),
+    args = (x, layer.weight, layer.bias, [3, 2, 2], "grouped")
+    torch.library.opcheck(torch.ops.tritonconv.shift_conv2d.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 

@@ -191,7 +191,7 @@ def test_torch_compile_fullgraph_forward_and_backward():
 def test_opcheck():
     layer = VersatileConv2d(4, 8, 3, delta=1, device=DEVICE, dtype=torch.float64)
     x = torch.randn(1, 4, 4, 5, device=DEVICE, dtype=torch.float64, requires_grad=True)
-    args = (x, layer.weight, layer.bias, 8, 1, 1, 1, 1, 1)
+    args = (x, layer.weight, layer.bias, [8, 1, 1, 1, 1, 1])
     torch.library.opcheck(torch.ops.tritonconv.versatile_conv2d.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 

@@ -28,34 +28,35 @@ OPERATOR = dispatch.Operator(
 )
 
 
-def _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation):
+def _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation):
+    stride, padding, dilation = window
     return DwSepSpec.from_tensors(x, dw_weight, dw_bias, pw_weight, pw_bias, stride=stride, padding=padding,
                                   dilation=dilation, activation=activation, out_activation=out_activation)
 
 
+# ``window`` = [stride, padding, dilation]: one list, as torch's custom-op autograd costs the square of
+# the argument count per call (see the depthwise op).
 @torch.library.custom_op("tritonconv::dwsep_conv2d", mutates_args=())
 def _dwsep_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,
-                  pw_bias: Optional[Tensor], stride: int, padding: int, dilation: int, activation: str,
-                  out_activation: str) -> Tensor:
-    spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation)
+                  pw_bias: Optional[Tensor], window: list[int], activation: str, out_activation: str) -> Tensor:
+    spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation)
     return run_forward(OPERATOR, spec, x,
                        lambda tiles: launch.forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec, tiles["forward"]),
                        lambda: reference.fallback_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec))
 
 
 @_dwsep_conv2d.register_fake
-def _(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation):
-    spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation)
-    return fake_output(x, spec)
+def _(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation):
+    return fake_output(x, _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation))
 
 
 @torch.library.custom_op("tritonconv::dwsep_conv2d_backward", mutates_args=())
 def _dwsep_conv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,
-                           pw_bias: Optional[Tensor], out: Tensor, stride: int, padding: int, dilation: int,
-                           activation: str, out_activation: str, need_input: bool, need_weights: bool,
+                           pw_bias: Optional[Tensor], out: Tensor, window: list[int], activation: str,
+                           out_activation: str, need_input: bool, need_weights: bool,
                            forced: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad input, grad dw_weight, grad dw_bias, grad pw_weight, grad pw_bias); unneeded ones come back empty."""
-    spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, activation, out_activation)
+    spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation)
     dx, ddw, *rest = run_backward(
         OPERATOR, spec, x, forced,
         lambda tiles: launch.backward(grad, out, x, dw_weight, dw_bias, pw_weight, spec, tiles, need_input,
@@ -67,8 +68,8 @@ def _dwsep_conv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: 
 
 
 @_dwsep_conv2d_backward.register_fake
-def _(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, out, stride, padding, dilation, activation, out_activation,
-      need_input, need_weights, forced):
+def _(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, out, window, activation, out_activation, need_input,
+      need_weights, forced):
     dx, ddw, *rest = fake_gradients(x, need_input, need_weights, dw_weight, dw_bias, pw_weight, pw_bias)
     if need_weights:
         ddw = dw_weight.new_empty_strided(dw_weight.shape, grad_strides(dw_weight, dw_weight.shape))
@@ -89,7 +90,7 @@ def dwsep_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_wei
                  activation: Optional[str] = None, out_activation: Optional[str] = None) -> Tensor:
     """Functional fused depthwise-separable conv (SPEC section 2); see ``DepthwiseSeparableConv2d``."""
     return torch.ops.tritonconv.dwsep_conv2d(
-        x, dw_weight, dw_bias, pw_weight, pw_bias, stride, _padding(dw_weight, padding, dilation), dilation,
+        x, dw_weight, dw_bias, pw_weight, pw_bias, [stride, _padding(dw_weight, padding, dilation), dilation],
         normalize_activation("activation", activation), normalize_activation("out_activation", out_activation))
 
 
@@ -98,7 +99,7 @@ def explain(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: 
             activation: Optional[str] = None, out_activation: Optional[str] = None,
             pass_: str = "forward") -> dispatch.Decision:
     """The backend this call's ``pass_`` would take, and why, without running it."""
-    spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, _padding(dw_weight, padding, dilation), dilation,
+    spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, (stride, _padding(dw_weight, padding, dilation), dilation),
                  normalize_activation("activation", activation), normalize_activation("out_activation", out_activation))
     decision = dispatch.explain(OPERATOR, spec, pass_, x.device)
     if decision.backend != "triton":

@@ -29,29 +29,32 @@ OPERATOR = dispatch.Operator(
 )
 
 
-@torch.library.custom_op("tritonconv::shift_conv2d", mutates_args=())
-def _shift_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], kernel_size: int, dilation: int, stride: int,
-                  assignment: str) -> Tensor:
-    spec = ShiftSpec.from_tensors(x, weight, bias, kernel_size=kernel_size, dilation=dilation, stride=stride,
+def _spec(x, weight, bias, window, assignment) -> ShiftSpec:
+    kernel_size, dilation, stride = window
+    return ShiftSpec.from_tensors(x, weight, bias, kernel_size=kernel_size, dilation=dilation, stride=stride,
                                   assignment=assignment)
+
+
+# ``window`` = [kernel_size, dilation, stride]: one list, as torch's custom-op autograd costs the square of
+# the argument count per call (see the depthwise op).
+@torch.library.custom_op("tritonconv::shift_conv2d", mutates_args=())
+def _shift_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], window: list[int], assignment: str) -> Tensor:
+    spec = _spec(x, weight, bias, window, assignment)
     return run_forward(OPERATOR, spec, x, lambda tiles: launch.forward(x, weight, bias, spec, tiles["forward"]),
                        lambda: reference.fallback_forward(x, weight, bias, spec))
 
 
 @_shift_conv2d.register_fake
-def _(x, weight, bias, kernel_size, dilation, stride, assignment):
-    spec = ShiftSpec.from_tensors(x, weight, bias, kernel_size=kernel_size, dilation=dilation, stride=stride,
-                                  assignment=assignment)
-    return fake_output(x, spec)
+def _(x, weight, bias, window, assignment):
+    return fake_output(x, _spec(x, weight, bias, window, assignment))
 
 
 @torch.library.custom_op("tritonconv::shift_conv2d_backward", mutates_args=())
-def _shift_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], kernel_size: int,
-                           dilation: int, stride: int, assignment: str, need_input: bool, need_weights: bool,
+def _shift_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], window: list[int],
+                           assignment: str, need_input: bool, need_weights: bool,
                            forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
-    spec = ShiftSpec.from_tensors(x, weight, bias, kernel_size=kernel_size, dilation=dilation, stride=stride,
-                                  assignment=assignment)
+    spec = _spec(x, weight, bias, window, assignment)
     return run_backward(
         OPERATOR, spec, x, forced,
         lambda tiles: weight_bias_backward(launch, grad, x, weight, spec, tiles, need_input, need_weights),
@@ -59,7 +62,7 @@ def _shift_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Option
 
 
 @_shift_conv2d_backward.register_fake
-def _(grad, x, weight, bias, kernel_size, dilation, stride, assignment, need_input, need_weights, forced):
+def _(grad, x, weight, bias, window, assignment, need_input, need_weights, forced):
     return fake_gradients(x, need_input, need_weights, weight, bias)
 
 
@@ -69,12 +72,11 @@ register_training(_shift_conv2d, torch.ops.tritonconv.shift_conv2d_backward, par
 def shift_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, kernel_size: int = 3, dilation: int = 1,
                  stride: int = 1, assignment: str = "interleaved") -> Tensor:
     """Functional ShiftConv2d (SPEC section 3); see ``tritonconv.ShiftConv2d``."""
-    return torch.ops.tritonconv.shift_conv2d(x, weight, bias, kernel_size, dilation, stride, assignment)
+    return torch.ops.tritonconv.shift_conv2d(x, weight, bias, [kernel_size, dilation, stride], assignment)
 
 
 def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, kernel_size: int = 3, dilation: int = 1,
             stride: int = 1, assignment: str = "interleaved", pass_: str = "forward") -> dispatch.Decision:
     """The backend this call's ``pass_`` would take, and why, without running it."""
-    spec = ShiftSpec.from_tensors(x, weight, bias, kernel_size=kernel_size, dilation=dilation, stride=stride,
-                                  assignment=assignment)
-    return dispatch.explain(OPERATOR, spec, pass_, x.device)
+    return dispatch.explain(OPERATOR, _spec(x, weight, bias, (kernel_size, dilation, stride), assignment), pass_,
+                            x.device)

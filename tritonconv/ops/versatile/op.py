@@ -24,31 +24,31 @@ OPERATOR = dispatch.Operator(
 )
 
 
-def _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g) -> VersatileSpec:
+def _spec(x, weight, bias, config) -> VersatileSpec:
+    out_channels, stride, padding, dilation, delta, g = config
     return VersatileSpec.from_tensors(x, weight, bias, out_channels=out_channels, stride=stride, padding=padding,
                                       dilation=dilation, delta=delta, g=g)
 
 
+# ``config`` = [out_channels, stride, padding, dilation, delta, g]: one list, as torch's custom-op autograd
+# costs the square of the argument count per call (see the depthwise op).
 @torch.library.custom_op("tritonconv::versatile_conv2d", mutates_args=())
-def _versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_channels: int, stride: int,
-                      padding: int, dilation: int, delta: int, g: int) -> Tensor:
-    spec = _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
+def _versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], config: list[int]) -> Tensor:
+    spec = _spec(x, weight, bias, config)
     return run_forward(OPERATOR, spec, x, lambda tiles: launch.forward(x, weight, bias, spec, tiles["forward"]),
                        lambda: reference.fallback_forward(x, weight, bias, spec))
 
 
 @_versatile_conv2d.register_fake
-def _(x, weight, bias, out_channels, stride, padding, dilation, delta, g):
-    spec = _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
-    return fake_output(x, spec)
+def _(x, weight, bias, config):
+    return fake_output(x, _spec(x, weight, bias, config))
 
 
 @torch.library.custom_op("tritonconv::versatile_conv2d_backward", mutates_args=())
-def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], out_channels: int,
-                               stride: int, padding: int, dilation: int, delta: int, g: int, need_input: bool,
-                               need_weights: bool, forced: str) -> tuple[Tensor, Tensor, Tensor]:
+def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], config: list[int],
+                               need_input: bool, need_weights: bool, forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
-    spec = _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
+    spec = _spec(x, weight, bias, config)
 
     def triton(tiles):
         dx = launch.backward_input(grad, weight, spec, tiles["backward_input"], x) if need_input else None
@@ -64,7 +64,7 @@ def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
 
 
 @_versatile_conv2d_backward.register_fake
-def _(grad, x, weight, bias, out_channels, stride, padding, dilation, delta, g, need_input, need_weights, forced):
+def _(grad, x, weight, bias, config, need_input, need_weights, forced):
     dx, dw, db = fake_gradients(x, need_input, need_weights, weight, bias)
     if need_weights:  # the weight gradient has the weight's strides (_weights.grad_strides)
         dw = weight.new_empty_strided(weight.shape, grad_strides(weight, weight.shape))
@@ -80,14 +80,14 @@ def versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_chan
     ``padding=None`` means ``dilation * (k // 2)``."""
     if padding is None:
         padding = dilation * (weight.shape[-1] // 2) if isinstance(weight, Tensor) and weight.dim() == 4 else 0
-    return torch.ops.tritonconv.versatile_conv2d(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
+    return torch.ops.tritonconv.versatile_conv2d(x, weight, bias, [out_channels, stride, padding, dilation, delta, g])
 
 
 def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_channels: int, stride: int = 1,
             padding: Optional[int] = None, dilation: int = 1, delta: int = 0, g: int = 1,
             pass_: str = "forward") -> dispatch.Decision:
     """The backend this call's ``pass_`` would take, and why, without running it."""
-    spec = _spec(x, weight, bias, out_channels, stride, padding, dilation, delta, g)
+    spec = _spec(x, weight, bias, (out_channels, stride, padding, dilation, delta, g))
     decision = dispatch.explain(OPERATOR, spec, pass_, x.device)
     if decision.backend == "triton" and not is_taps_major(weight):
         decision = dispatch.Decision(decision.backend, f"{decision.reason}; {WEIGHT_COPY_NOTE}", decision.tiles,
