@@ -292,8 +292,8 @@ def depthwise_bwd_weight_kernel(
     tap_valid = (tap < ROWS * K) & (kh < K)  # [TAPS]
     x_taps = (kh * (DIL * sxh) + kw * (DIL * sxw))[None, :, None] + (c * sxc)[None, None, :]  # [1, TAPS, BLOCK_C]
     c_mask = o_mask[None, :]  # [1, BLOCK_C]
-    H_U = H.to(tl.uint32)
-    W_U = W.to(tl.uint32)
+    H_U = tl.cast(H, tl.uint32)  # H or W may arrive as the constexpr 1
+    W_U = tl.cast(W, tl.uint32)
 
     pixels = Ho * Wo
     first_pixel = pid_pixels * PIXELS_PER_SPLIT
