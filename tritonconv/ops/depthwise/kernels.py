@@ -328,6 +328,8 @@ def backward_weight_tile(
     tap_valid = (tap < ROWS * K) & (kh < K)  # [TAPS]
     x_taps = (kh * (DIL * sxh) + kw * (DIL * sxw))[None, :, None] + (c * sxc)[None, None, :]  # [1, TAPS, BLOCK_C]
     c_mask = o_mask[None, :]  # [1, BLOCK_C]
+    H_U = tl.cast(H, tl.uint32)  # H or W may arrive as the constexpr 1
+    W_U = tl.cast(W, tl.uint32)
 
     pixels = Ho * Wo
     first_pixel = pid_pixels * PIXELS_PER_SPLIT
@@ -365,10 +367,11 @@ def backward_weight_tile(
                 bias_acc += dz
             hi = ho * STRIDE - PAD  # [BLOCK_P]
             wi = wo * STRIDE - PAD
-            hi_tap = hi[:, None] + (kh * DIL)[None, :]  # [BLOCK_P, TAPS]
-            wi_tap = wi[:, None] + (kw * DIL)[None, :]
-            inside = (pixel_mask[:, None] & tap_valid[None, :] & (hi_tap >= 0) & (hi_tap < H)
-                      & (wi_tap >= 0) & (wi_tap < W))  # [BLOCK_P, TAPS]
+            # 0 <= v < n as one unsigned compare; rows and columns apart, so each (pixel, kernel row) and
+            # (pixel, kernel column) is tested once and a tap's mask is one AND of the two.
+            row_ok = pixel_mask[:, None] & ((hi[:, None] + (kh * DIL)[None, :]).to(tl.uint32) < H_U)
+            col_ok = (wi[:, None] + (kw * DIL)[None, :]).to(tl.uint32) < W_U  # [BLOCK_P, TAPS]
+            inside = row_ok & col_ok & tap_valid[None, :]  # [BLOCK_P, TAPS]
             xv = tl.load(x_image + ((hi * sxh + wi * sxw)[:, None, None] + x_taps),
                          mask=inside[:, :, None] & c_mask[:, None, :], other=0.0)  # [BLOCK_P, TAPS, BLOCK_C]
             # Padding taps add -0.0 (x + -0.0 == x for every x), which the compiler drops.

@@ -16,7 +16,7 @@ channel-offset view (the Ghost module's ``grad[:, C:]`` with C = 4 mod 8) keeps 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import gcd
 
 import torch
@@ -53,8 +53,19 @@ def _extent(spec: DepthwiseSpec, kernel: str) -> tuple[int, int, int]:
     return spec.out_height * spec.out_width, spec.out_channels, 1
 
 
+# Channel elements per thread the pixel kernels' default tile keeps where fitting narrows its channels
+# (Ghost's 12 or 20 channels: 16 or 32 columns): the rows grow instead, so a tap's filter vector (its
+# load, its conversion, its address) still serves several pixels of each thread.
+_MIN_ELEMENTS_PER_THREAD = 16
+
+
 def default_tile(spec: DepthwiseSpec, kernel: str) -> GemmTile:
-    return _DEFAULTS[kernel].fitted(*_extent(spec, kernel))
+    pixels, channels, reduce = _extent(spec, kernel)
+    tile = _DEFAULTS[kernel].fitted(pixels, channels, reduce)
+    if kernel == "backward_weight":
+        return tile
+    rows = _MIN_ELEMENTS_PER_THREAD * 32 * tile.num_warps // tile.block_cols
+    return replace(tile, block_rows=max(tile.block_rows, min(rows, next_power_of_2(pixels))))
 
 
 def candidate_tiles(spec: DepthwiseSpec, kernel: str) -> list[GemmTile]:
