@@ -15,6 +15,7 @@ through ``.data`` bypasses every version counter).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterable
 
 import torch
@@ -43,6 +44,16 @@ def is_taps_major(weight: Tensor) -> bool:
     """Whether the kernels read ``weight`` [A, B, kh, kw] as it is: [kh*kw, A, B] compact in memory (the
     strides of size-1 dimensions do not count, so e.g. a contiguous 1x1 weight is taps-major too)."""
     return weight.dim() == 4 and _strides_match(weight.shape, weight.stride(), taps_major_strides(weight.shape))
+
+
+def noting_weight_copy(decision, weight: Tensor, layout: str):
+    """``decision`` (a dispatch.Decision), with a note where the Triton kernels will copy ``weight``: it
+    is not taps-major (``layout``: what the kernels read, e.g. "[k*k, OC]")."""
+    if decision.backend != "triton" or is_taps_major(weight):
+        return decision
+    note = (f"the weight is not taps-major ({layout} in memory, as the layers allocate it): it is copied to "
+            "taps-major per call (one more launch per pass)")
+    return replace(decision, reason=f"{decision.reason}; {note}")
 
 
 def empty_taps_major(shape, *, device=None, dtype: torch.dtype | None = None, allocate=torch.empty) -> Tensor:

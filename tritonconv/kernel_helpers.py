@@ -22,6 +22,13 @@ def pixel_walk_step(b, ho, wo, Ho, Wo, BLOCK: tl.constexpr):
     step_b = BLOCK // (Ho * Wo)
     step_h = (BLOCK - step_b * (Ho * Wo)) // Wo
     step_w = BLOCK - step_b * (Ho * Wo) - step_h * Wo
+    return pixel_advance(b, ho, wo, step_b, step_h, step_w, Ho, Wo)
+
+
+@triton.jit
+def pixel_advance(b, ho, wo, step_b, step_h, step_w, Ho, Wo):
+    """(b, ho, wo) advanced by step_b*Ho*Wo + step_h*Wo + step_w pixels (step_w < Wo, step_h < Ho): one
+    carry per coordinate. A loop that divides its step out once before it calls this directly."""
     wo = wo + step_w
     carry = wo >= Wo
     wo = tl.where(carry, wo - Wo, wo)

@@ -13,8 +13,9 @@ from tritonconv import dispatch
 from tritonconv._layout import empty_like_layout
 from tritonconv._op import fake_gradients, fake_output, register_training, run_backward, run_forward
 from tritonconv._validation import check_tensor
+from tritonconv._weights import noting_weight_copy
 from tritonconv.ops.depthwise import kernels, launch, reference
-from tritonconv.ops.depthwise.layout import grad_strides, in_grad_layout, is_taps_major
+from tritonconv.ops.depthwise.layout import grad_strides, in_grad_layout
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation, triton_unsupported
 
 OPERATOR = dispatch.Operator(
@@ -130,12 +131,4 @@ def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: in
     padding = default_padding(weight.shape[-1], dilation) if padding is None else padding
     spec = _spec(x, weight, bias, (stride, padding, dilation, multiplier),
                  normalize_activation("activation", activation), False)
-    decision = dispatch.explain(OPERATOR, spec, pass_, x.device)
-    if decision.backend == "triton" and not is_taps_major(weight):
-        decision = dispatch.Decision(decision.backend, f"{decision.reason}; {WEIGHT_COPY_NOTE}", decision.tiles,
-                                     decision.untuned)
-    return decision
-
-
-WEIGHT_COPY_NOTE = ("the weight is not taps-major ([k*k, OC] in memory, as the layers allocate it): it is copied "
-                    "to taps-major per call (one more launch per pass)")
+    return noting_weight_copy(dispatch.explain(OPERATOR, spec, pass_, x.device), weight, "[k*k, OC]")

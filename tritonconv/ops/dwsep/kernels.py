@@ -32,7 +32,7 @@ launcher checks both fit).
 import triton
 import triton.language as tl
 
-from tritonconv.kernel_helpers import pixel_walk_start
+from tritonconv.kernel_helpers import pixel_advance, pixel_walk_start
 from tritonconv.ops.depthwise.kernels import (
     ACT_NONE,
     activate,
@@ -208,20 +208,6 @@ def _store_weight_grad(gw, gb, partial_ptr, partial_bias_ptr, split, pid_channel
 
 
 @triton.jit
-def _pixel_advance(b, ho, wo, step_b, step_h, step_w, Ho, Wo):
-    """(b, ho, wo) advanced by step_b*Ho*Wo + step_h*Wo + step_w pixels (step_w < Wo, step_h < Ho): one
-    carry per coordinate, the steps divided out once before the loop (``kernel_helpers.pixel_walk_step``
-    divides at every call)."""
-    wo = wo + step_w
-    carry = wo >= Wo
-    wo = tl.where(carry, wo - Wo, wo)
-    ho = ho + step_h + carry.to(tl.int32)
-    carry = ho >= Ho
-    ho = tl.where(carry, ho - Ho, ho)
-    return b + step_b + carry.to(tl.int32), ho, wo
-
-
-@triton.jit
 def dwsep_bwd_kernel(
     x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, dy_ptr, y_ptr, dz_ptr, partial_ptr, partial_bias_ptr,
     PIXELS, PIXELS_PER_SPLIT, C_V, H, W, N_V, Ho, Wo,
@@ -327,7 +313,7 @@ def dwsep_bwd_kernel(
             dz_offsets = (ho * (sdzh_v * VEC) + wo * (sdzw_v * VEC))[:, None] + (c * sdzc)[None, :]
             tl.store(dz_rows[:, None] + dz_offsets, dh.to(dz_ptr.dtype.element_ty),
                      mask=pixel_mask[:, None] & c_mask[None, :])
-        b, ho, wo = _pixel_advance(b, ho, wo, step_b, step_h, step_w, Ho, Wo)
+        b, ho, wo = pixel_advance(b, ho, wo, step_b, step_h, step_w, Ho, Wo)
 
     if WEIGHT_GRADS:
         _store_weight_grad(gw0, gb0, partial_ptr, partial_bias_ptr, split, pid_channels, n_first, c, c_mask, C, N,

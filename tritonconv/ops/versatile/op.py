@@ -11,7 +11,7 @@ from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv._op import fake_gradients, fake_output, register_training, run_backward, run_forward
-from tritonconv._weights import grad_strides, in_grad_layout, is_taps_major
+from tritonconv._weights import grad_strides, in_grad_layout, noting_weight_copy
 from tritonconv.ops.versatile import kernels, launch, reference
 from tritonconv.ops.versatile.spec import VersatileSpec, triton_unsupported
 
@@ -88,12 +88,4 @@ def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_channels: int
             pass_: str = "forward") -> dispatch.Decision:
     """The backend this call's ``pass_`` would take, and why, without running it."""
     spec = _spec(x, weight, bias, (out_channels, stride, padding, dilation, delta, g))
-    decision = dispatch.explain(OPERATOR, spec, pass_, x.device)
-    if decision.backend == "triton" and not is_taps_major(weight):
-        decision = dispatch.Decision(decision.backend, f"{decision.reason}; {WEIGHT_COPY_NOTE}", decision.tiles,
-                                     decision.untuned)
-    return decision
-
-
-WEIGHT_COPY_NOTE = ("the weight is not taps-major ([k*k, n_w, c_hat] in memory, as the layer allocates it): it is "
-                    "copied to taps-major per call (one more launch per pass)")
+    return noting_weight_copy(dispatch.explain(OPERATOR, spec, pass_, x.device), weight, "[k*k, n_w, c_hat]")
