@@ -220,8 +220,8 @@ def _first_call_on_rank(rank: int, port: int, folder: str, results) -> None:
             store.set("test/rank 0 tunes", "1")
             store.wait(["test/rank 1 ran the fallback"])
             times = iter([1.0, 5.0])
-            tuner.tune_pass(HARNESS, spec, pass_, torch.device("cpu"), cache, max_tiles=1,
-                            timer=lambda fn: next(times))
+            return tuner.tune_pass(HARNESS, spec, pass_, torch.device("cpu"), cache, max_tiles=1,
+                                   timer=lambda fn: next(times)).entry
         dispatch._tune_first_call = tune_on_cpu
         tritonconv.set_tuning("first-call")
         cache = TuningCache(Path(folder) / f"rank{rank}.json")  # no shared file: only the store carries it
@@ -279,3 +279,36 @@ def test_first_call_one_rank_tunes_the_other_runs_the_fallback_until_it_arrives(
     assert tuner["decisions"][-1][:2] == waiter["decisions"][-1][:2] and tuner["decisions"][-1][0] == "triton"
     assert "by rank 0" in waiter["decisions"][-2][2] and "tuned at its first call" in tuner["decisions"][0][2]
     assert tuner["cached"] and waiter["cached"]
+
+
+def _broken_model_on_rank_1(rank: int, port: int, folder: str, results) -> None:
+    _join(rank, 2, port)
+    os.environ["TRITONCONV_CACHE_DIR"] = str(Path(folder) / f"cache{rank}")
+    try:
+        import tritonconv
+        from tritonconv.distributed import DistributedTuningError
+
+        model, x = _model()
+        if rank == 1:
+            x = torch.randn(2, 5, 6, 6)  # the wrong channel count: this rank's model cannot run
+        try:
+            tritonconv.tune(model, x, passes=("forward",), progress=False)
+            results[rank] = "returned"
+        except DistributedTuningError as error:
+            results[rank] = f"raised: {error}"
+        if rank == 0:  # alone, without a collective (the other rank does not call it)
+            table = tritonconv.tune(model, x, passes=("forward",), progress=False, across_ranks=False)
+            results["alone"] = len(table)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_model_failing_on_one_rank_raises_on_every_rank_and_a_rank_can_tune_alone(tmp_path):
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_broken_model_on_rank_1, args=(_free_port(), str(tmp_path), results), nprocs=2, join=True)
+        results = dict(results)
+    assert results[0].startswith("raised") and results[1].startswith("raised"), results
+    assert "rank 1" in results[0] and "channels" in results[0], results[0]
+    assert results["alone"] > 0

@@ -33,7 +33,8 @@ def measured(monkeypatch):
 
     def tune_on_cpu(operator, spec, pass_, device, cache):
         tuned.append((operator.name, spec, pass_))
-        tuner.tune_pass(HARNESS, spec, pass_, torch.device("cpu"), cache, max_tiles=1, timer=lambda fn: 1.0)
+        return tuner.tune_pass(HARNESS, spec, pass_, torch.device("cpu"), cache, max_tiles=1,
+                               timer=lambda fn: 1.0).entry
     monkeypatch.setattr(dispatch, "_tune_first_call", tune_on_cpu)
     return tuned
 

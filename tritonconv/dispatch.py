@@ -247,14 +247,15 @@ def _capturing() -> bool:
         return False
 
 
-def _tune_first_call(operator: Operator, spec, pass_: str, device: torch.device, cache: TuningCache) -> None:
-    """Measure this call's pass and store the winner (the tuner, imported on first use: it imports us)."""
+def _tune_first_call(operator: Operator, spec, pass_: str, device: torch.device, cache: TuningCache) -> dict | None:
+    """Measure this call's pass and store the winner (the tuner, imported on first use: it imports us);
+    the measured cache entry (also when it could not be written here)."""
     from tritonconv import tuner
     harness = tuner.harnesses_by_operator().get(operator.name)
     if harness is None:
         raise LookupError(f"no tuning harness for {operator.name}")
     with torch.no_grad():  # the measurement's own tensors are no part of the user's graph
-        tuner.tune_pass(harness, spec, pass_, device, cache)
+        return tuner.tune_pass(harness, spec, pass_, device, cache).entry
 
 
 def _first_call(operator, spec, pass_, device, forced, can_run, cache, decision: Decision) -> Decision:
@@ -266,8 +267,7 @@ def _first_call(operator, spec, pass_, device, forced, can_run, cache, decision:
     if _capturing():
         return replace(decision, reason=f"{decision.reason}; first-call tuning is not done during CUDA graph "
                                         "capture")
-    cache_key = operator.cache_key(spec, pass_, device)
-    key, kernels = str(cache_key), operator.kernels_of_pass[pass_]
+    key = str(operator.cache_key(spec, pass_, device))
     if _explaining.get() and key in _peer_tuning:
         return _waiting(decision)
     if _explaining.get():
@@ -281,15 +281,17 @@ def _first_call(operator, spec, pass_, device, forced, can_run, cache, decision:
         if key in _peer_tuning:
             return _from_peer(operator, spec, pass_, device, forced, can_run, cache, decision)
         _first_call_tried.add(key)
+        entry, failure = None, "the tuning rank stopped before it finished"
         try:
-            _tune_first_call(operator, spec, pass_, device, cache)
+            entry = _tune_first_call(operator, spec, pass_, device, cache)
+            failure = None if entry else "no winner was measured"
         except Exception as error:  # a failed measurement must not fail the user's call
-            distributed.publish(key, None, str(error))
+            failure = str(error)
             warnings.warn(f"first-call tuning of {operator.name} {pass_} ({spec.describe()}) failed: {error}; "
                           "running untuned", RuntimeWarning, stacklevel=4)
             return replace(decision, reason=f"{decision.reason}; first-call tuning failed: {error}")
-        entry = cache.lookup(cache_key, kernels)
-        distributed.publish(key, entry, None if entry else "its winner could not be saved")
+        finally:  # whatever happened (an interrupt too), the ranks waiting for this key hear of it
+            distributed.publish(key, entry, failure)
     tuned = _decide(operator, spec, pass_, device, forced, can_run, cache, cache.generation())
     return replace(tuned, reason=f"{tuned.reason} (tuned at its first call)")
 

@@ -51,25 +51,36 @@ def rank() -> int:
     return dist.get_rank() if dist else 0
 
 
-def share(work: dict[str, Callable[[], T]], progress: Callable[[Iterable], Iterable] = iter) -> dict[str, T]:
+def share(work: dict[str, Callable[[], T]], progress: Callable[[Iterable], Iterable] = iter, *,
+          collective: bool = True, failed: BaseException | None = None) -> dict[str, T]:
     """Run each of ``work``'s thunks on exactly one rank and return every result on every rank.
 
     ``work`` maps a name (the same on every rank for the same item) to the thunk that computes it; the
     ranks may hold different items. An item goes to the holders of its name round-robin by its index
     in the sorted union, so the split is the same whichever rank computes it. ``progress`` wraps this
     rank's share (a progress bar). Every rank of the default group must call it: it is a collective.
-    Without a process group every thunk runs here.
+    Without a process group, or with ``collective=False`` (a caller that tunes on one rank only), every
+    thunk runs here. ``failed``: this rank could not even build its work; the error is raised on every
+    rank (here chained to it) instead of leaving the others waiting in the gather.
     """
-    dist = _group()
+    dist = _group() if collective else None
     if dist is None:
+        if failed is not None:
+            raise failed
         return {name: work[name]() for name in progress(list(work))}
     held_by = [None] * dist.get_world_size()
-    dist.all_gather_object(held_by, sorted(work))
+    me = dist.get_rank()
+    dist.all_gather_object(held_by, (sorted(work), f"rank {me}: {type(failed).__name__}: {failed}" if failed else None))
+    not_built = [why for _, why in held_by if why]
+    if not_built:
+        message = "tuning failed on " + "; ".join(not_built)
+        if failed is not None:
+            raise DistributedTuningError(message) from failed
+        raise DistributedTuningError(message)
     holders: dict[str, list[int]] = {}
-    for holder, names in enumerate(held_by):
+    for holder, (names, _) in enumerate(held_by):
         for name in names:
             holders.setdefault(name, []).append(holder)
-    me = dist.get_rank()
     mine = [name for index, name in enumerate(sorted(holders))
             if holders[name][index % len(holders[name])] == me]
     results, failure = {}, None
@@ -81,7 +92,7 @@ def share(work: dict[str, Callable[[], T]], progress: Callable[[Iterable], Itera
         raised = error
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, (results, failure))
-    failures = [failed for _, failed in gathered if failed]
+    failures = [why for _, why in gathered if why]
     if failures:
         message = "tuning failed on " + "; ".join(failures)
         if failure:

@@ -296,7 +296,7 @@ def _tiles_label(tiles: dict) -> str:
 
 def tune(model: torch.nn.Module, example_inputs, passes=("forward", "backward"), force: bool = False, *,
          cache: TuningCache | None = None, max_tiles: int | None = None, timer: Callable | None = None,
-         progress: bool = True) -> pd.DataFrame:
+         progress: bool = True, across_ranks: bool = True) -> pd.DataFrame:
     """Tune every tritonconv call ``model`` makes on ``example_inputs`` and store the winners.
 
     The model runs once (``collect_calls``); each distinct (operator, shape as the cache keys it, pass)
@@ -309,12 +309,18 @@ def tune(model: torch.nn.Module, example_inputs, passes=("forward", "backward"),
     Under torch.distributed every rank must call it (``distributed.share``): the distinct calls are
     split across the ranks with the same GPU kind, each measured (or checked) by one rank, and every
     rank stores the owner's entries, so all ranks return the same table and dispatch to the same winners.
+    A model that fails to run on one rank raises on every rank. ``across_ranks=False``: no collective,
+    this rank tunes all its calls alone (for a caller that runs it on one rank only).
     """
     cache = cache or default_cache()
     jobs: dict[CacheKey, list] = {}
-    for call in collect_calls(model, example_inputs, passes):
-        key = call.operator.cache_key(call.spec, call.pass_, call.device)
-        jobs.setdefault(key, [call, []])[1].append(call.where or call.operator.name)
+    failed = None
+    try:
+        for call in collect_calls(model, example_inputs, passes):
+            key = call.operator.cache_key(call.spec, call.pass_, call.device)
+            jobs.setdefault(key, [call, []])[1].append(call.where or call.operator.name)
+    except Exception as error:  # the other ranks must not wait for this one in the collective below
+        jobs, failed = {}, error
     harnesses, seen = harnesses_by_operator(), set()
 
     def tune_call(call: dispatch.Call) -> tuple[dict, dict | None]:
@@ -338,7 +344,8 @@ def tune(model: torch.nn.Module, example_inputs, passes=("forward", "backward"),
     results = share_tuning({key: functools.partial(tune_call, call) for key, (call, _) in jobs.items()}, cache,
                            entry_of=lambda result: result[1],
                            progress=lambda keys: tqdm(keys, desc="tuning tritonconv layers", unit="pass",
-                                                      disable=not progress))
+                                                      disable=not progress),
+                           collective=across_ranks, failed=failed)
     rows = []
     for key, (call, where) in jobs.items():
         modules = dict.fromkeys(module for names in where for module in names.split(", "))
@@ -349,7 +356,7 @@ def tune(model: torch.nn.Module, example_inputs, passes=("forward", "backward"),
 
 
 def share_tuning(work: dict, cache: TuningCache, entry_of: Callable = lambda result: result.entry,
-                 progress: Callable = iter) -> dict:
+                 progress: Callable = iter, *, collective: bool = True, failed: BaseException | None = None) -> dict:
     """Run ``work`` ({CacheKey: thunk}) split across the ranks (``distributed.share``; without a process
     group, all of it here) and return every result by key; then store in ``cache`` the entries
     (``entry_of(result)``, None for none) that other ranks' results carry and this rank's cache answers
@@ -360,7 +367,7 @@ def share_tuning(work: dict, cache: TuningCache, entry_of: Callable = lambda res
         ran_here.add(key)
         return thunk()
     shared = distributed.share({str(key): functools.partial(run, key, thunk) for key, thunk in work.items()},
-                               progress)
+                               progress, collective=collective, failed=failed)
     results = {key: shared[str(key)] for key in work}
     others = {key: entry_of(result) for key, result in results.items() if key not in ran_here}
     differing = {key: entry for key, entry in others.items() if entry is not None and cache.lookup(key) != entry}
