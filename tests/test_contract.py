@@ -209,6 +209,19 @@ def test_output_gradient_nan_and_inf_locality(case):
     assert reached, "no input gradient read the poisoned output gradient: the test would prove nothing"
 
 
+def test_gradients_keep_their_parameters_strides_after_channels_last(case):
+    """After ``model.to(memory_format=torch.channels_last)`` every gradient has its parameter's strides,
+    size-1 dimensions included: DDP's buckets compare them exactly (and warn and copy otherwise)."""
+    module = make(case).to(memory_format=torch.channels_last)
+    x = sample(case).contiguous(memory_format=torch.channels_last)
+    with tritonconv.use_backend("triton"):
+        module(x).square().sum().backward()
+    for name, param in module.named_parameters():
+        if param.grad is not None:
+            assert param.grad.stride() == param.stride(), f"{case}: grad of {name} {param.grad.stride()} " \
+                                                          f"vs {param.stride()}"
+
+
 # ---- autocast, torch.compile, meta ---------------------------------------------------------------
 AUTOCAST_DTYPES = [torch.bfloat16, torch.float16]
 

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv._layout import memory_format_of, missing_as_empty
+from tritonconv._weights import same_layout
 
 
 def run_forward(operator: dispatch.Operator, spec, x: Tensor, triton: Callable[[dict], Tensor],
@@ -66,6 +67,17 @@ def fake_gradients(x: Tensor, need_input: bool, need_weights: bool, *params) -> 
     return missing_as_empty((dx, *map(like, params)), x)
 
 
+def in_parameter_strides(grad: Tensor, param: Tensor) -> Tensor:
+    """``grad`` viewed with ``param``'s strides where both lay the same memory out and differ only in the
+    strides of size-1 dimensions (a [N, C, 1, 1] weight after ``model.to(memory_format=channels_last)``):
+    a view, no copy. DDP's gradient buckets compare strides exactly and warn (and copy) otherwise."""
+    if grad.stride() == param.stride() or grad.shape != param.shape:
+        return grad
+    if not same_layout(grad.shape, grad.stride(), param.stride()):
+        return grad
+    return grad.as_strided(param.shape, param.stride())
+
+
 def register_training(forward_op, backward_op, *, params: int, saves_output: bool = False) -> None:
     """The autograd formula of ``forward_op(x, *params, *hyperparameters)``, written once for every
     operator: its backward is ``backward_op(grad, x, *params, [output,] *hyperparameters, need_input,
@@ -85,7 +97,8 @@ def register_training(forward_op, backward_op, *, params: int, saves_output: boo
         need_weights = any(ctx.needs_input_grad[1:1 + params])
         dx, *dweights = backward_op(grad, x, *saved, *ctx.hyperparameters, need_input, need_weights, ctx.forced)
         return (dx if need_input else None,
-                *(g if need_weights and w is not None else None for g, w in zip(dweights, weights)),
+                *(in_parameter_strides(g, w) if need_weights and w is not None else None
+                  for g, w in zip(dweights, weights)),
                 *(None,) * len(ctx.hyperparameters))
 
     forward_op.register_autograd(backward, setup_context=setup_context)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tritonconv._layout import empty
 
 
-def _strides_match(shape, strides, expected) -> bool:
+def same_layout(shape, strides, expected) -> bool:
     """Equal strides, those of size-1 dimensions aside (they address nothing)."""
     return all(n <= 1 or s == e for n, s, e in zip(shape, strides, expected))
 
@@ -43,7 +43,7 @@ def contiguous_strides(shape) -> tuple[int, int, int, int]:
 def is_taps_major(weight: Tensor) -> bool:
     """Whether the kernels read ``weight`` [A, B, kh, kw] as it is: [kh*kw, A, B] compact in memory (the
     strides of size-1 dimensions do not count, so e.g. a contiguous 1x1 weight is taps-major too)."""
-    return weight.dim() == 4 and _strides_match(weight.shape, weight.stride(), taps_major_strides(weight.shape))
+    return weight.dim() == 4 and same_layout(weight.shape, weight.stride(), taps_major_strides(weight.shape))
 
 
 def noting_weight_copy(decision, weight: Tensor, layout: str):
@@ -77,7 +77,7 @@ def grad_strides(weight: Tensor | None, shape) -> tuple[int, ...]:
     any other weight; taps-major without one (the layers' layout)."""
     if weight is None:
         return taps_major_strides(shape)
-    if any(_strides_match(shape, weight.stride(), layout(shape)) for layout in (taps_major_strides,
+    if any(same_layout(shape, weight.stride(), layout(shape)) for layout in (taps_major_strides,
                                                                                  contiguous_strides)):
         return tuple(weight.stride())
     return contiguous_strides(shape)
@@ -85,13 +85,13 @@ def grad_strides(weight: Tensor | None, shape) -> tuple[int, ...]:
 
 def grad_is_taps_major(weight: Tensor | None, shape) -> bool:
     """Whether ``grad_strides(weight, shape)`` lay the gradient out taps-major (else contiguous)."""
-    return _strides_match(shape, grad_strides(weight, shape), taps_major_strides(shape))
+    return same_layout(shape, grad_strides(weight, shape), taps_major_strides(shape))
 
 
 def empty_grad(weight: Tensor | None, shape, *, device, dtype: torch.dtype) -> Tensor:
     """An uninitialised weight gradient with ``grad_strides`` (allocated through ``_layout.empty``)."""
     strides = grad_strides(weight, shape)
-    if _strides_match(shape, strides, taps_major_strides(shape)):
+    if same_layout(shape, strides, taps_major_strides(shape)):
         return empty_taps_major(shape, device=device, dtype=dtype, allocate=empty).as_strided(shape, strides)
     return empty(shape, device=device, dtype=dtype).as_strided(shape, strides)
 

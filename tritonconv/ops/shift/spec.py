@@ -56,8 +56,9 @@ class ShiftSpec(ConvSpecShapes):
     dtype: str = "float32"
     channels_last: bool = False
 
-    # The assignment and the dilation change addresses, not the GEMM's shape: they share tuning entries.
-    NOT_TUNED = ("dilation", "assignment")
+    # The dilation changes addresses, not the GEMM's shape: dilations share tuning entries. (The
+    # assignment does not: the kernels compile another path for each.)
+    NOT_TUNED = ("dilation",)
 
     def __post_init__(self):
         validate_hyperparameters(self.in_channels, self.out_channels, self.kernel_size, self.dilation, self.stride,
