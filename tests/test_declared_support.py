@@ -55,3 +55,14 @@ def test_images_past_int32_go_to_the_fallback_with_the_reason():
     decision = dispatch.decide(OPERATOR, big, "forward", torch.device("cpu"))
     assert decision.backend == "fallback" and "past 2^31" in decision.reason
     assert dispatch.decide(OPERATOR, small, "forward", torch.device("cpu")).backend == "triton"
+
+
+def test_fused_dwsep_past_int32_pixels_goes_to_the_fallback_with_the_reason():
+    from tritonconv import dispatch
+    from tritonconv.ops.dwsep.op import OPERATOR
+    from tritonconv.ops.dwsep.spec import DwSepSpec
+
+    big = DwSepSpec(2**31 // (112 * 112) + 1, 32, 16, 112, 112, dtype="bfloat16", channels_last=True)
+    decision = dispatch.explain(OPERATOR, big, "forward", torch.device("cuda"))
+    assert decision.backend == "fallback" and "int32" in decision.reason, decision
+    assert OPERATOR.triton_unsupported(DwSepSpec(128, 32, 16, 112, 112)) is None

@@ -25,7 +25,7 @@ partial, in split order). Both kernels read dw_weight taps-major in its own dtyp
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -85,9 +85,19 @@ def _fit(tile: GemmTile, spec: DwSepSpec, kernel: str) -> GemmTile:
     return GemmTile(rows, fitted.block_cols, reduce, tile.num_warps, tile.num_stages, tile.splits)
 
 
+def _launched_as(tile: GemmTile, spec: DwSepSpec, kernel: str) -> GemmTile:
+    """The grad-input tile as the combined depthwise launch runs it: that launch takes the grad-weight
+    tile's warps and stages, so the grad-input tile's own are set to them (tuning them would time one
+    launch several times)."""
+    if kernel != "backward_input":
+        return tile
+    weight_tile = depthwise_launch.default_tile(spec.depthwise(), "backward_weight")
+    return replace(tile, num_warps=weight_tile.num_warps, num_stages=weight_tile.num_stages)
+
+
 def default_tile(spec: DwSepSpec, kernel: str) -> GemmTile:
     if kernel in ("backward_input", "backward_weight"):
-        return depthwise_launch.default_tile(spec.depthwise(), kernel)
+        return _launched_as(depthwise_launch.default_tile(spec.depthwise(), kernel), spec, kernel)
     tiles = [_fit(tile, spec, kernel) for tile in _DEFAULTS[kernel]]
     if kernel == "backward_pointwise" and spec.torch_dtype.itemsize >= 4:
         tiles.reverse()  # fp32 / fp64 operands beside the accumulators spill at 4 warps
@@ -96,7 +106,8 @@ def default_tile(spec: DwSepSpec, kernel: str) -> GemmTile:
 
 def candidate_tiles(spec: DwSepSpec, kernel: str) -> list[GemmTile]:
     if kernel in ("backward_input", "backward_weight"):
-        return depthwise_launch.candidate_tiles(spec.depthwise(), kernel)
+        return list(dict.fromkeys(_launched_as(tile, spec, kernel)
+                                  for tile in depthwise_launch.candidate_tiles(spec.depthwise(), kernel)))
     return list(dict.fromkeys(_fit(tile, spec, kernel) for tile in _CANDIDATES[kernel]))
 
 

@@ -14,9 +14,9 @@ from tritonconv import dispatch
 from tritonconv._op import fake_gradients, fake_output, register_training, run_backward, run_forward
 from tritonconv.ops.depthwise import kernels as depthwise_kernels
 from tritonconv.ops.depthwise.layout import grad_strides, in_grad_layout
-from tritonconv.ops.depthwise.spec import default_padding, normalize_activation, triton_unsupported
+from tritonconv.ops.depthwise.spec import default_padding, normalize_activation
 from tritonconv.ops.dwsep import kernels, launch, reference
-from tritonconv.ops.dwsep.spec import DwSepSpec
+from tritonconv.ops.dwsep.spec import DwSepSpec, triton_unsupported
 
 OPERATOR = dispatch.Operator(
     name="dwsep",

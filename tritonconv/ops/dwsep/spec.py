@@ -15,6 +15,22 @@ from tritonconv.ops.depthwise.spec import (
     output_size,
     validate_window,
 )
+from tritonconv.ops.depthwise.spec import triton_unsupported as depthwise_unsupported
+
+INT32 = 2**31
+PIXEL_MARGIN = 1024  # more than any pixel block: a last tile's int32 pixel indices stay below 2^31
+
+
+def triton_unsupported(spec: "DwSepSpec") -> str | None:
+    """What the fused kernels cannot take (the fallback, the unfused pair, computes it): the depthwise
+    kernels' limits, and pixel indices or in-image offsets past int32."""
+    pixels = spec.batch * spec.out_height * spec.out_width
+    if pixels + PIXEL_MARGIN >= INT32:
+        return f"{pixels} output pixels: the fused kernels index pixels in int32"
+    image = max(spec.in_channels * spec.height * spec.width, spec.out_channels * spec.out_height * spec.out_width)
+    if image >= INT32:
+        return f"one image holds {image} elements, past 2^31: the fused kernels address inside an image in int32"
+    return depthwise_unsupported(spec)
 
 
 @dataclass(frozen=True)
