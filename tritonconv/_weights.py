@@ -106,8 +106,10 @@ def in_grad_layout(grad: Tensor | None, weight: Tensor) -> Tensor | None:
 
 def relay(param: Tensor) -> None:
     """Lay ``param`` out taps-major in place (a no-op when it already is): ``param.data`` is replaced,
-    the Parameter object kept; a gradient it holds follows."""
-    if is_taps_major(param):
+    the Parameter object kept; a gradient it holds follows. Only plain dense tensors are re-laid out: a
+    tensor subclass (a DTensor shard under FSDP2, a meta or fake tensor of a tracer) keeps its own layout,
+    and the kernels copy it per call if they must."""
+    if is_taps_major(param) or type(param.data) is not torch.Tensor or param.device.type == "meta":
         return
     with torch.no_grad():
         param.data = taps_major(param.data)
