@@ -39,6 +39,17 @@ def pixel_advance(b, ho, wo, step_b, step_h, step_w, Ho, Wo):
 
 
 @triton.jit
+def sum_split_rows(ptrs, mask, SPLITS, ROW):
+    """The sum over SPLITS rows of ``ROW`` elements each, from ``ptrs`` in the first row, in row order
+    (deterministic): one pointer bump per row, 64-bit however many rows."""
+    total = tl.load(ptrs, mask=mask, other=0.0)
+    for _ in range(1, SPLITS):
+        ptrs += ROW
+        total += tl.load(ptrs, mask=mask, other=0.0)
+    return total
+
+
+@triton.jit
 def split_sum_kernel(partial_ptr, first_ptr, second_ptr, SPLITS, FIRST, TOTAL, BLOCK: tl.constexpr):
     """The deterministic end of a split-K reduction: out[e] = sum over the SPLITS rows of partial
     [SPLITS, TOTAL] in row order, cast to the outputs' dtype; elements [0, FIRST) go to ``first_ptr``
@@ -46,11 +57,7 @@ def split_sum_kernel(partial_ptr, first_ptr, second_ptr, SPLITS, FIRST, TOTAL, B
     in one launch."""
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
     mask = e < TOTAL
-    ptrs = partial_ptr + e
-    total = tl.load(ptrs, mask=mask, other=0.0)
-    for _ in range(1, SPLITS):
-        ptrs += TOTAL  # a pointer bump: 64-bit however many splits
-        total += tl.load(ptrs, mask=mask, other=0.0)
+    total = sum_split_rows(partial_ptr + e, mask, SPLITS, TOTAL)
     tl.store(first_ptr + e, total.to(first_ptr.dtype.element_ty), mask=mask & (e < FIRST))
     if second_ptr is not None:
         tl.store(second_ptr + (e - FIRST), total.to(second_ptr.dtype.element_ty), mask=mask & (e >= FIRST))

@@ -32,7 +32,7 @@ launcher checks both fit).
 import triton
 import triton.language as tl
 
-from tritonconv.kernel_helpers import pixel_advance, pixel_walk_start
+from tritonconv.kernel_helpers import pixel_advance, pixel_walk_start, sum_split_rows
 from tritonconv.ops.depthwise.kernels import (
     ACT_NONE,
     activate,
@@ -199,12 +199,13 @@ def _store_weight_grad(gw, gb, partial_ptr, partial_bias_ptr, split, pid_channel
                        HAS_PW_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BIAS_COLS: tl.constexpr):
     n = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     n_mask = n < N
-    tl.store(partial_ptr + split * (N * C) + n[:, None] * C + c[None, :], gw, mask=n_mask[:, None] & c_mask[None, :])
+    row = partial_ptr + split.to(tl.int64) * (N * C)  # 64-bit: the splits' rows may pass 2^31 elements
+    tl.store(row + n[:, None] * C + c[None, :], gw, mask=n_mask[:, None] & c_mask[None, :])
     if HAS_PW_BIAS:
         if pid_channels == 0:
             # Column 0 of the [BLOCK_N, BIAS_COLS] sums (all columns are equal).
             bias = tl.sum(tl.where((tl.arange(0, BIAS_COLS) == 0)[None, :], gb, 0.0), axis=1)  # [BLOCK_N]
-            tl.store(partial_bias_ptr + split * N + n, bias, mask=n_mask)
+            tl.store(partial_bias_ptr + split.to(tl.int64) * N + n, bias, mask=n_mask)
 
 
 @triton.jit
@@ -394,16 +395,12 @@ def dwsep_reduce_kernel(
             if pid < weight_programs:
                 i = pid * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
                 mask = i < NC
-                acc = tl.zeros((BLOCK,), dtype=ACC_DTYPE)
-                for s in range(0, SPLITS):
-                    acc += tl.load(partial_ptr + s * NC + i, mask=mask, other=0.0)
+                acc = sum_split_rows(partial_ptr + i, mask, SPLITS, NC)
                 tl.store(dpw_ptr + i, acc.to(dpw_ptr.dtype.element_ty), mask=mask)
             elif HAS_PW_BIAS:
                 i = (pid - weight_programs) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
                 mask = i < N
-                acc = tl.zeros((BLOCK,), dtype=ACC_DTYPE)
-                for s in range(0, SPLITS):
-                    acc += tl.load(partial_bias_ptr + s * N + i, mask=mask, other=0.0)
+                acc = sum_split_rows(partial_bias_ptr + i, mask, SPLITS, N)
                 tl.store(dpb_ptr + i, acc.to(dpb_ptr.dtype.element_ty), mask=mask)
     else:
         if DW_GRADS:
