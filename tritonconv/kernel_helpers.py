@@ -19,10 +19,17 @@ def pixel_walk_start(first, B, Ho, Wo, BLOCK: tl.constexpr):
 def pixel_walk_step(b, ho, wo, Ho, Wo, BLOCK: tl.constexpr):
     """(b, ho, wo) advanced by BLOCK pixels without a division per pixel: BLOCK = step_b*Ho*Wo +
     step_h*Wo + step_w (scalars, step_w < Wo, step_h < Ho), then one carry per coordinate."""
+    step_b, step_h, step_w = pixel_steps(BLOCK, Ho, Wo)
+    return pixel_advance(b, ho, wo, step_b, step_h, step_w, Ho, Wo)
+
+
+@triton.jit
+def pixel_steps(BLOCK, Ho, Wo):
+    """(step_b, step_h, step_w) with BLOCK = step_b*Ho*Wo + step_h*Wo + step_w, step_w < Wo, step_h < Ho:
+    a walk of BLOCK pixels per step divides them out once, before its loop (``pixel_advance``)."""
     step_b = BLOCK // (Ho * Wo)
     step_h = (BLOCK - step_b * (Ho * Wo)) // Wo
-    step_w = BLOCK - step_b * (Ho * Wo) - step_h * Wo
-    return pixel_advance(b, ho, wo, step_b, step_h, step_w, Ho, Wo)
+    return step_b, step_h, BLOCK - step_b * (Ho * Wo) - step_h * Wo
 
 
 @triton.jit

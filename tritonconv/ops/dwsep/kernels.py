@@ -32,7 +32,7 @@ launcher checks both fit).
 import triton
 import triton.language as tl
 
-from tritonconv.kernel_helpers import pixel_advance, pixel_walk_start, sum_split_rows
+from tritonconv.kernel_helpers import pixel_advance, pixel_steps, pixel_walk_start, sum_split_rows
 from tritonconv.ops.depthwise.kernels import (
     ACT_NONE,
     activate,
@@ -209,6 +209,21 @@ def _store_weight_grad(gw, gb, partial_ptr, partial_bias_ptr, split, pid_channel
 
 
 @triton.jit
+def _filter_chunk(gw, gb, dh, h, ones, dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n0, c, c_mask, pw_w_ptr, C, N,
+                  sdyc, syc, OUT_ACT: tl.constexpr, WEIGHT_GRADS: tl.constexpr, ALL_FILTERS: tl.constexpr,
+                  HAS_PW_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
+    """One filter chunk [n0, n0 + BLOCK_N) of a pixel block: dy' read once, into the chunk's pointwise
+    gradients (gw, gb) and, where the program holds every filter (ALL_FILTERS), into dh."""
+    dy = _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n0, N, sdyc, syc, OUT_ACT, BLOCK_N)
+    if WEIGHT_GRADS:
+        gw, gb = _weight_grad_chunk(dy, h, ones, gw, gb, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
+    if ALL_FILTERS:
+        dh = _input_grad_chunk(dy, dh, pw_w_ptr, n0, c, c_mask, C, N, DOT_PRECISION, ACC_DTYPE, BLOCK_N)
+    return gw, gb, dh
+
+
+@triton.jit
 def dwsep_bwd_kernel(
     x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, dy_ptr, y_ptr, dz_ptr, partial_ptr, partial_bias_ptr,
     PIXELS, PIXELS_PER_SPLIT, C_V, H, W, N_V, Ho, Wo,
@@ -246,9 +261,7 @@ def dwsep_bwd_kernel(
     last = tl.minimum(first + PIXELS_PER_SPLIT, PIXELS)
     p_range = tl.arange(0, BLOCK_P)
     b, ho, wo = pixel_walk_start(first, 0, Ho, Wo, BLOCK_P)  # [BLOCK_P] int32
-    step_b = BLOCK_P // (Ho * Wo)
-    step_h = (BLOCK_P - step_b * (Ho * Wo)) // Wo
-    step_w = BLOCK_P - step_b * (Ho * Wo) - step_h * Wo
+    step_b, step_h, step_w = pixel_steps(BLOCK_P, Ho, Wo)
     gw0 = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
     gw1 = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
     gw2 = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE)
@@ -274,32 +287,21 @@ def dwsep_bwd_kernel(
         y_pixels = ho * (syh_v * VEC) + wo * (syw_v * VEC)
         dh = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
 
-        dy = _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n_first, N, sdyc, syc, OUT_ACT, BLOCK_N)
-        if WEIGHT_GRADS:
-            gw0, gb0 = _weight_grad_chunk(dy, h, ones, gw0, gb0, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
-        if ALL_FILTERS:
-            dh = _input_grad_chunk(dy, dh, pw_w_ptr, n_first, c, c_mask, C, N, DOT_PRECISION, ACC_DTYPE, BLOCK_N)
+        gw0, gb0, dh = _filter_chunk(gw0, gb0, dh, h, ones, dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask,
+                                     n_first, c, c_mask, pw_w_ptr, C, N, sdyc, syc, OUT_ACT, WEIGHT_GRADS,
+                                     ALL_FILTERS, HAS_PW_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_N)
         if CHUNKS > 1:
-            dy = _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n_first + BLOCK_N, N, sdyc, syc,
-                              OUT_ACT, BLOCK_N)
-            gw1, gb1 = _weight_grad_chunk(dy, h, ones, gw1, gb1, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
-            if ALL_FILTERS:
-                dh = _input_grad_chunk(dy, dh, pw_w_ptr, n_first + BLOCK_N, c, c_mask, C, N, DOT_PRECISION,
-                                       ACC_DTYPE, BLOCK_N)
+            gw1, gb1, dh = _filter_chunk(gw1, gb1, dh, h, ones, dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask,
+                                         n_first + BLOCK_N, c, c_mask, pw_w_ptr, C, N, sdyc, syc, OUT_ACT,
+                                         WEIGHT_GRADS, ALL_FILTERS, HAS_PW_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_N)
         if CHUNKS > 2:
-            dy = _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n_first + 2 * BLOCK_N, N, sdyc,
-                              syc, OUT_ACT, BLOCK_N)
-            gw2, gb2 = _weight_grad_chunk(dy, h, ones, gw2, gb2, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
-            if ALL_FILTERS:
-                dh = _input_grad_chunk(dy, dh, pw_w_ptr, n_first + 2 * BLOCK_N, c, c_mask, C, N, DOT_PRECISION,
-                                       ACC_DTYPE, BLOCK_N)
+            gw2, gb2, dh = _filter_chunk(gw2, gb2, dh, h, ones, dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask,
+                                         n_first + 2 * BLOCK_N, c, c_mask, pw_w_ptr, C, N, sdyc, syc, OUT_ACT,
+                                         WEIGHT_GRADS, ALL_FILTERS, HAS_PW_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_N)
         if CHUNKS > 3:
-            dy = _output_grad(dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask, n_first + 3 * BLOCK_N, N, sdyc,
-                              syc, OUT_ACT, BLOCK_N)
-            gw3, gb3 = _weight_grad_chunk(dy, h, ones, gw3, gb3, DOT_PRECISION, ACC_DTYPE, HAS_PW_BIAS)
-            if ALL_FILTERS:
-                dh = _input_grad_chunk(dy, dh, pw_w_ptr, n_first + 3 * BLOCK_N, c, c_mask, C, N, DOT_PRECISION,
-                                       ACC_DTYPE, BLOCK_N)
+            gw3, gb3, dh = _filter_chunk(gw3, gb3, dh, h, ones, dy_rows, dy_pixels, y_rows, y_pixels, pixel_mask,
+                                         n_first + 3 * BLOCK_N, c, c_mask, pw_w_ptr, C, N, sdyc, syc, OUT_ACT,
+                                         WEIGHT_GRADS, ALL_FILTERS, HAS_PW_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_N)
         if not ALL_FILTERS:
             if group == 0:
                 for n0 in range(0, N, BLOCK_N):
