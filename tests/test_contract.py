@@ -309,6 +309,22 @@ def test_meta_device(case):
     assert x.grad.shape == x.shape
 
 
+def test_double_backward_raises_instead_of_wrong_gradients(case):
+    """A gradient of a gradient (create_graph=True) through our operators is not supported: the first
+    backward raises a RuntimeError naming the operator, instead of torch's default for an operator
+    without a derivative (a warning, and second gradients that silently miss our part)."""
+    module = make_for_gradients(case)
+    x = sample(case).requires_grad_()
+    with tritonconv.use_backend("triton"), dispatch.collecting() as calls:
+        y = module(x)
+    if not calls:  # plain torch ops throughout (LinearConv's low-rank cuDNN path): torch differentiates twice
+        (dx,) = torch.autograd.grad(y, x, torch.randn_like(y), create_graph=True)
+        assert dx.requires_grad
+        return
+    with pytest.raises(RuntimeError, match=r"tritonconv::\w+_backward is not differentiable \(double backward"):
+        torch.autograd.grad(y, x, torch.randn_like(y), create_graph=True)
+
+
 # ---- bad input ------------------------------------------------------------------------------------
 def test_bad_constructor_arguments(case):
     if not case.bad_arguments:

@@ -5,7 +5,8 @@
 - ``kernels.py``: the Triton kernels;
 - ``launch.py``: their launchers (allocation, grids, the tiles' candidates and defaults);
 - ``reference.py``: the published formulation in plain torch (the fallback and the float64 oracle);
-- ``op.py``: the torch custom ops (fake shapes, autograd) and the per-call dispatch (``OPERATOR``);
+- ``op.py``: the torch operators (``_op.define_op``: schema, fake shapes), the autograd Function around
+  them (``_op.training_function``) and the per-call dispatch (``OPERATOR``);
 - ``layer.py``: the nn.Module users build models from;
 - ``harness.py``: what the tuner, the perf suite and the audit drive (workloads, kernels, shape sets).
 

@@ -1,4 +1,4 @@
-"""torch registration of the depthwise conv: custom ops (opaque to torch.compile), their fake (shape)
+"""torch registration of the depthwise conv: operators (opaque to torch.compile), their fake (shape)
 functions, the autograd formula, and the per-call dispatch between Triton and cuDNN."""
 
 from __future__ import annotations
@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv._layout import empty_like_layout
-from tritonconv._op import fake_gradients, fake_output, register_training, run_backward, run_forward
+from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
 from tritonconv._validation import check_tensor
 from tritonconv._weights import noting_weight_copy
 from tritonconv.ops.depthwise import kernels, launch, reference
@@ -34,9 +33,7 @@ def _spec(x, weight, bias, window, activation, concat_input) -> DepthwiseSpec:
 
 
 # The integer hyperparameters travel as one list, ``window`` = [stride, padding, dilation, multiplier]:
-# torch's custom-op autograd rebuilds the argument list once per argument per call (fill_defaults), a
-# cost that grows with the square of their number (about 23 us at 10 arguments on the CPU).
-@torch.library.custom_op("tritonconv::depthwise_conv2d", mutates_args=())
+# the dispatcher parses each argument of every call, and one list of ints is the cheapest to parse.
 def _depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], window: list[int], activation: str,
                       concat_input: bool) -> Tensor:
     spec = _spec(x, weight, bias, window, activation, concat_input)
@@ -44,12 +41,10 @@ def _depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], window:
                        lambda: reference.fallback_forward(x, weight, bias, spec))
 
 
-@_depthwise_conv2d.register_fake
-def _(x, weight, bias, window, activation, concat_input):
+def _depthwise_conv2d_fake(x, weight, bias, window, activation, concat_input):
     return fake_output(x, _spec(x, weight, bias, window, activation, concat_input))
 
 
-@torch.library.custom_op("tritonconv::depthwise_conv2d_backward", mutates_args=())
 def _depthwise_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], out: Tensor,
                                window: list[int], activation: str, concat_input: bool, need_input: bool,
                                need_weights: bool, forced: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -83,16 +78,17 @@ def _depthwise_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
     return run_backward(OPERATOR, spec, x, forced, triton, fallback)
 
 
-@_depthwise_conv2d_backward.register_fake
-def _(grad, x, weight, bias, out, window, activation, concat_input, need_input, need_weights, forced):
+def _depthwise_conv2d_backward_fake(grad, x, weight, bias, out, window, activation, concat_input, need_input,
+                                    need_weights, forced):
     dx, dw, db = fake_gradients(x, need_input, need_weights, weight, bias)
     if need_weights:  # the weight gradient has the weight's strides (layout.grad_strides)
         dw = weight.new_empty_strided(weight.shape, grad_strides(weight, weight.shape))
     return dx, dw, db
 
 
-register_training(_depthwise_conv2d, torch.ops.tritonconv.depthwise_conv2d_backward, params=2,
-                  saves_output=True)
+FORWARD_OP = define_op("depthwise_conv2d", _depthwise_conv2d, _depthwise_conv2d_fake)
+BACKWARD_OP = define_op("depthwise_conv2d_backward", _depthwise_conv2d_backward, _depthwise_conv2d_backward_fake)
+_TRAINING = training_function(FORWARD_OP, BACKWARD_OP, params=2, saves_output=True)
 
 
 def _multiplier(x, weight) -> int:
@@ -107,7 +103,7 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     (channel multiplier m), ``padding=None`` means ``dilation*(k//2)``, activation None/"relu"/"relu6"."""
     multiplier = _multiplier(x, weight)
     padding = default_padding(weight.shape[-1], dilation) if padding is None else padding
-    return torch.ops.tritonconv.depthwise_conv2d(x, weight, bias, [stride, padding, dilation, multiplier],
+    return _TRAINING.apply(x, weight, bias, [stride, padding, dilation, multiplier],
                                                  normalize_activation("activation", activation), False)
 
 
@@ -120,7 +116,7 @@ def ghost_concat(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, multi
     """
     check_tensor("input", x, rank=4)
     check_tensor("weight", weight, rank=4)
-    return torch.ops.tritonconv.depthwise_conv2d(x, weight, bias, [1, weight.shape[-1] // 2, 1, multiplier],
+    return _TRAINING.apply(x, weight, bias, [1, weight.shape[-1] // 2, 1, multiplier],
                                                  normalize_activation("activation", activation), True)
 
 

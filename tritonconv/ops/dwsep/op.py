@@ -1,4 +1,4 @@
-"""torch registration of the fused depthwise-separable conv: custom ops (opaque to torch.compile), their
+"""torch registration of the fused depthwise-separable conv: operators (opaque to torch.compile), their
 fake (shape) functions, the autograd formula, and the per-call dispatch between Triton and cuDNN."""
 
 from __future__ import annotations
@@ -7,11 +7,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._op import fake_gradients, fake_output, register_training, run_backward, run_forward
+from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
 from tritonconv.ops.depthwise import kernels as depthwise_kernels
 from tritonconv.ops.depthwise.layout import grad_strides, in_grad_layout
 from tritonconv.ops.depthwise.spec import default_padding, normalize_activation
@@ -34,9 +33,8 @@ def _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_act
                                   dilation=dilation, activation=activation, out_activation=out_activation)
 
 
-# ``window`` = [stride, padding, dilation]: one list, as torch's custom-op autograd costs the square of
-# the argument count per call (see the depthwise op).
-@torch.library.custom_op("tritonconv::dwsep_conv2d", mutates_args=())
+# ``window`` = [stride, padding, dilation]: the integer hyperparameters as one argument
+# (see the depthwise op).
 def _dwsep_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,
                   pw_bias: Optional[Tensor], window: list[int], activation: str, out_activation: str) -> Tensor:
     spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation)
@@ -45,12 +43,10 @@ def _dwsep_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_we
                        lambda: reference.fallback_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec))
 
 
-@_dwsep_conv2d.register_fake
-def _(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation):
+def _dwsep_conv2d_fake(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation):
     return fake_output(x, _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation))
 
 
-@torch.library.custom_op("tritonconv::dwsep_conv2d_backward", mutates_args=())
 def _dwsep_conv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,
                            pw_bias: Optional[Tensor], out: Tensor, window: list[int], activation: str,
                            out_activation: str, need_input: bool, need_weights: bool,
@@ -67,16 +63,17 @@ def _dwsep_conv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: 
     return dx, in_grad_layout(ddw, dw_weight) if need_weights else ddw, *rest
 
 
-@_dwsep_conv2d_backward.register_fake
-def _(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, out, window, activation, out_activation, need_input,
-      need_weights, forced):
+def _dwsep_conv2d_backward_fake(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, out, window, activation,
+                                out_activation, need_input, need_weights, forced):
     dx, ddw, *rest = fake_gradients(x, need_input, need_weights, dw_weight, dw_bias, pw_weight, pw_bias)
     if need_weights:
         ddw = dw_weight.new_empty_strided(dw_weight.shape, grad_strides(dw_weight, dw_weight.shape))
     return dx, ddw, *rest
 
 
-register_training(_dwsep_conv2d, torch.ops.tritonconv.dwsep_conv2d_backward, params=4, saves_output=True)
+FORWARD_OP = define_op("dwsep_conv2d", _dwsep_conv2d, _dwsep_conv2d_fake)
+BACKWARD_OP = define_op("dwsep_conv2d_backward", _dwsep_conv2d_backward, _dwsep_conv2d_backward_fake)
+_TRAINING = training_function(FORWARD_OP, BACKWARD_OP, params=4, saves_output=True)
 
 
 def _padding(dw_weight, padding, dilation):
@@ -89,7 +86,7 @@ def dwsep_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_wei
                  pw_bias: Optional[Tensor] = None, stride: int = 1, padding: Optional[int] = None, dilation: int = 1,
                  activation: Optional[str] = None, out_activation: Optional[str] = None) -> Tensor:
     """Functional fused depthwise-separable conv (SPEC section 2); see ``DepthwiseSeparableConv2d``."""
-    return torch.ops.tritonconv.dwsep_conv2d(
+    return _TRAINING.apply(
         x, dw_weight, dw_bias, pw_weight, pw_bias, [stride, _padding(dw_weight, padding, dilation), dilation],
         normalize_activation("activation", activation), normalize_activation("out_activation", out_activation))
 

@@ -1,4 +1,4 @@
-"""torch registration of HetConv2d: custom ops (opaque to torch.compile), their fake (shape) functions,
+"""torch registration of HetConv2d: operators (opaque to torch.compile), their fake (shape) functions,
 the autograd formula, and the per-call dispatch between Triton and the cuDNN fallback."""
 
 from __future__ import annotations
@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv._layout import memory_format_of
-from tritonconv._op import fake_gradients, fake_output, register_training, run_backward, run_forward
+from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
 from tritonconv.ops.hetconv import kernels, launch, reference
 from tritonconv.ops.hetconv.spec import HetConvSpec, triton_unsupported
 
@@ -24,7 +23,6 @@ OPERATOR = dispatch.Operator(
 )
 
 
-@torch.library.custom_op("tritonconv::hetconv2d", mutates_args=())
 def _hetconv2d(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor], stride: int, p: int) -> Tensor:
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
     return run_forward(OPERATOR, spec, x,
@@ -32,13 +30,11 @@ def _hetconv2d(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tens
                        lambda: reference.fallback_forward(x, weight, weight_pw, bias, spec))
 
 
-@_hetconv2d.register_fake
-def _(x, weight, weight_pw, bias, stride, p):
+def _hetconv2d_fake(x, weight, weight_pw, bias, stride, p):
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
     return fake_output(x, spec)
 
 
-@torch.library.custom_op("tritonconv::hetconv2d_backward", mutates_args=())
 def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor],
                         stride: int, p: int, need_input: bool, need_weights: bool,
                         forced: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -55,18 +51,19 @@ def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tens
         grad.contiguous(memory_format=memory_format_of(x)), x, weight, weight_pw, spec, need_input, need_weights))
 
 
-@_hetconv2d_backward.register_fake
-def _(grad, x, weight, weight_pw, bias, stride, p, need_input, need_weights, forced):
+def _hetconv2d_backward_fake(grad, x, weight, weight_pw, bias, stride, p, need_input, need_weights, forced):
     return fake_gradients(x, need_input, need_weights, weight, weight_pw, bias)
 
 
-register_training(_hetconv2d, torch.ops.tritonconv.hetconv2d_backward, params=3)
+FORWARD_OP = define_op("hetconv2d", _hetconv2d, _hetconv2d_fake)
+BACKWARD_OP = define_op("hetconv2d_backward", _hetconv2d_backward, _hetconv2d_backward_fake)
+_TRAINING = training_function(FORWARD_OP, BACKWARD_OP, params=3)
 
 
 def hetconv2d(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor] = None, stride: int = 1,
               p: int = 4) -> Tensor:
     """Functional HetConv2d (SPEC section 1, blocked layout); see ``tritonconv.HetConv2d``."""
-    return torch.ops.tritonconv.hetconv2d(x, weight, weight_pw, bias, stride, p)
+    return _TRAINING.apply(x, weight, weight_pw, bias, stride, p)
 
 
 def explain(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor] = None, stride: int = 1,

@@ -1,4 +1,4 @@
-"""torch registration of ShiftConv2d: custom ops (opaque to torch.compile), their fake (shape) functions,
+"""torch registration of ShiftConv2d: operators (opaque to torch.compile), their fake (shape) functions,
 the autograd formula, and the per-call dispatch between Triton and the published fallback."""
 
 from __future__ import annotations
@@ -6,16 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv._op import (
+    define_op,
     fake_gradients,
     fake_output,
-    register_training,
     run_backward,
     run_forward,
+    training_function,
     weight_bias_backward,
 )
 from tritonconv.ops.shift import kernels, launch, reference
@@ -35,21 +35,18 @@ def _spec(x, weight, bias, window, assignment) -> ShiftSpec:
                                   assignment=assignment)
 
 
-# ``window`` = [kernel_size, dilation, stride]: one list, as torch's custom-op autograd costs the square of
-# the argument count per call (see the depthwise op).
-@torch.library.custom_op("tritonconv::shift_conv2d", mutates_args=())
+# ``window`` = [kernel_size, dilation, stride]: the integer hyperparameters as one argument
+# (see the depthwise op).
 def _shift_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], window: list[int], assignment: str) -> Tensor:
     spec = _spec(x, weight, bias, window, assignment)
     return run_forward(OPERATOR, spec, x, lambda tiles: launch.forward(x, weight, bias, spec, tiles["forward"]),
                        lambda: reference.fallback_forward(x, weight, bias, spec))
 
 
-@_shift_conv2d.register_fake
-def _(x, weight, bias, window, assignment):
+def _shift_conv2d_fake(x, weight, bias, window, assignment):
     return fake_output(x, _spec(x, weight, bias, window, assignment))
 
 
-@torch.library.custom_op("tritonconv::shift_conv2d_backward", mutates_args=())
 def _shift_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], window: list[int],
                            assignment: str, need_input: bool, need_weights: bool,
                            forced: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -61,18 +58,19 @@ def _shift_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Option
         lambda: reference.fallback_backward(grad, x, weight, spec, need_input, need_weights))
 
 
-@_shift_conv2d_backward.register_fake
-def _(grad, x, weight, bias, window, assignment, need_input, need_weights, forced):
+def _shift_conv2d_backward_fake(grad, x, weight, bias, window, assignment, need_input, need_weights, forced):
     return fake_gradients(x, need_input, need_weights, weight, bias)
 
 
-register_training(_shift_conv2d, torch.ops.tritonconv.shift_conv2d_backward, params=2)
+FORWARD_OP = define_op("shift_conv2d", _shift_conv2d, _shift_conv2d_fake)
+BACKWARD_OP = define_op("shift_conv2d_backward", _shift_conv2d_backward, _shift_conv2d_backward_fake)
+_TRAINING = training_function(FORWARD_OP, BACKWARD_OP, params=2)
 
 
 def shift_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, kernel_size: int = 3, dilation: int = 1,
                  stride: int = 1, assignment: str = "interleaved") -> Tensor:
     """Functional ShiftConv2d (SPEC section 3); see ``tritonconv.ShiftConv2d``."""
-    return torch.ops.tritonconv.shift_conv2d(x, weight, bias, [kernel_size, dilation, stride], assignment)
+    return _TRAINING.apply(x, weight, bias, [kernel_size, dilation, stride], assignment)
 
 
 def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, kernel_size: int = 3, dilation: int = 1,

@@ -1,4 +1,4 @@
-"""torch registration of the shuffled grouped 1 x 1 conv: custom ops, fake functions, autograd, dispatch;
+"""torch registration of the shuffled grouped 1 x 1 conv: operators, fake functions, autograd, dispatch;
 and the standalone ``channel_shuffle``."""
 
 from __future__ import annotations
@@ -6,16 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv._op import (
+    define_op,
     fake_gradients,
     fake_output,
-    register_training,
     run_backward,
     run_forward,
+    training_function,
     weight_bias_backward,
 )
 from tritonconv._validation import check_positive_int
@@ -30,20 +30,17 @@ OPERATOR = dispatch.Operator(
 )
 
 
-@torch.library.custom_op("tritonconv::shuffle_conv1x1", mutates_args=())
 def _shuffle_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int, shuffle_groups: int) -> Tensor:
     spec = ShuffleConvSpec.from_tensors(x, weight, bias, groups=groups, shuffle_groups=shuffle_groups)
     return run_forward(OPERATOR, spec, x, lambda tiles: launch.forward(x, weight, bias, spec, tiles["forward"]),
                        lambda: reference.fallback_forward(x, weight, bias, spec))
 
 
-@_shuffle_conv1x1.register_fake
-def _(x, weight, bias, groups, shuffle_groups):
+def _shuffle_conv1x1_fake(x, weight, bias, groups, shuffle_groups):
     spec = ShuffleConvSpec.from_tensors(x, weight, bias, groups=groups, shuffle_groups=shuffle_groups)
     return fake_output(x, spec)
 
 
-@torch.library.custom_op("tritonconv::shuffle_conv1x1_backward", mutates_args=())
 def _shuffle_conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int,
                               shuffle_groups: int, need_input: bool, need_weights: bool,
                               forced: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -55,19 +52,20 @@ def _shuffle_conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Opt
         lambda: reference.fallback_backward(grad, x, weight, spec, need_input, need_weights))
 
 
-@_shuffle_conv1x1_backward.register_fake
-def _(grad, x, weight, bias, groups, shuffle_groups, need_input, need_weights, forced):
+def _shuffle_conv1x1_backward_fake(grad, x, weight, bias, groups, shuffle_groups, need_input, need_weights, forced):
     return fake_gradients(x, need_input, need_weights, weight, bias)
 
 
-register_training(_shuffle_conv1x1, torch.ops.tritonconv.shuffle_conv1x1_backward, params=2)
+FORWARD_OP = define_op("shuffle_conv1x1", _shuffle_conv1x1, _shuffle_conv1x1_fake)
+BACKWARD_OP = define_op("shuffle_conv1x1_backward", _shuffle_conv1x1_backward, _shuffle_conv1x1_backward_fake)
+_TRAINING = training_function(FORWARD_OP, BACKWARD_OP, params=2)
 
 
 def shuffle_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, groups: int = 1,
                     shuffle_groups: int = 1) -> Tensor:
     """``channel_shuffle(conv2d(x, weight, bias, groups=groups), shuffle_groups)`` in one kernel: the
     shuffle is the store address of the grouped 1 x 1 conv (``shuffle_groups=1``: no shuffle)."""
-    return torch.ops.tritonconv.shuffle_conv1x1(x, weight, bias, groups, shuffle_groups)
+    return _TRAINING.apply(x, weight, bias, groups, shuffle_groups)
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:

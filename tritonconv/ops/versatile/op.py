@@ -1,4 +1,4 @@
-"""torch registration of VersatileConv2d: custom ops (opaque to torch.compile), their fake (shape)
+"""torch registration of VersatileConv2d: operators (opaque to torch.compile), their fake (shape)
 functions, the autograd formula, and the per-call dispatch between Triton and the published fallback."""
 
 from __future__ import annotations
@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._op import fake_gradients, fake_output, register_training, run_backward, run_forward
+from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
 from tritonconv._weights import grad_strides, in_grad_layout, noting_weight_copy
 from tritonconv.ops.versatile import kernels, launch, reference
 from tritonconv.ops.versatile.spec import VersatileSpec, triton_unsupported
@@ -30,21 +29,18 @@ def _spec(x, weight, bias, config) -> VersatileSpec:
                                       dilation=dilation, delta=delta, g=g)
 
 
-# ``config`` = [out_channels, stride, padding, dilation, delta, g]: one list, as torch's custom-op autograd
-# costs the square of the argument count per call (see the depthwise op).
-@torch.library.custom_op("tritonconv::versatile_conv2d", mutates_args=())
+# ``config`` = [out_channels, stride, padding, dilation, delta, g]: the integer hyperparameters as one
+# argument (see the depthwise op).
 def _versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], config: list[int]) -> Tensor:
     spec = _spec(x, weight, bias, config)
     return run_forward(OPERATOR, spec, x, lambda tiles: launch.forward(x, weight, bias, spec, tiles["forward"]),
                        lambda: reference.fallback_forward(x, weight, bias, spec))
 
 
-@_versatile_conv2d.register_fake
-def _(x, weight, bias, config):
+def _versatile_conv2d_fake(x, weight, bias, config):
     return fake_output(x, _spec(x, weight, bias, config))
 
 
-@torch.library.custom_op("tritonconv::versatile_conv2d_backward", mutates_args=())
 def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], config: list[int],
                                need_input: bool, need_weights: bool, forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
@@ -63,15 +59,16 @@ def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
     return run_backward(OPERATOR, spec, x, forced, triton, fallback)
 
 
-@_versatile_conv2d_backward.register_fake
-def _(grad, x, weight, bias, config, need_input, need_weights, forced):
+def _versatile_conv2d_backward_fake(grad, x, weight, bias, config, need_input, need_weights, forced):
     dx, dw, db = fake_gradients(x, need_input, need_weights, weight, bias)
     if need_weights:  # the weight gradient has the weight's strides (_weights.grad_strides)
         dw = weight.new_empty_strided(weight.shape, grad_strides(weight, weight.shape))
     return dx, dw, db
 
 
-register_training(_versatile_conv2d, torch.ops.tritonconv.versatile_conv2d_backward, params=2)
+FORWARD_OP = define_op("versatile_conv2d", _versatile_conv2d, _versatile_conv2d_fake)
+BACKWARD_OP = define_op("versatile_conv2d_backward", _versatile_conv2d_backward, _versatile_conv2d_backward_fake)
+_TRAINING = training_function(FORWARD_OP, BACKWARD_OP, params=2)
 
 
 def versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_channels: int, stride: int = 1,
@@ -80,7 +77,7 @@ def versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_chan
     ``padding=None`` means ``dilation * (k // 2)``."""
     if padding is None:
         padding = dilation * (weight.shape[-1] // 2) if isinstance(weight, Tensor) and weight.dim() == 4 else 0
-    return torch.ops.tritonconv.versatile_conv2d(x, weight, bias, [out_channels, stride, padding, dilation, delta, g])
+    return _TRAINING.apply(x, weight, bias, [out_channels, stride, padding, dilation, delta, g])
 
 
 def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_channels: int, stride: int = 1,
