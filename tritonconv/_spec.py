@@ -4,9 +4,11 @@ its tuning key."""
 from __future__ import annotations
 
 import functools
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import torch
+
+from tritonconv._validation import check_positive_int
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
@@ -21,9 +23,26 @@ def check_dtype_name(dtype: str) -> None:
         raise TypeError(f"dtype={dtype!r} is not supported; expected one of {tuple(DTYPES)}")
 
 
-class ConvSpecShapes:
-    """Mixin of the frozen spec dataclasses: they have fields ``batch``, ``in_channels``,
-    ``out_channels``, ``height``, ``width``, ``dtype`` and properties ``out_height``, ``out_width``.
+@dataclass(frozen=True)
+class ConvShape:
+    """The fields every spec starts with, in this order; its hyperparameters follow them."""
+
+    batch: int
+    in_channels: int
+    out_channels: int
+    height: int
+    width: int
+
+    def validate_shape(self) -> None:
+        """batch >= 0, height and width >= 1 (the channels are checked with the hyperparameters)."""
+        check_positive_int("batch", self.batch, minimum=0)
+        check_positive_int("height", self.height)
+        check_positive_int("width", self.width)
+
+
+class ConvSpecShapes(ConvShape):
+    """Base of the frozen spec dataclasses of the Triton operators: ``ConvShape``'s fields, then the
+    operator's, then ``dtype`` and ``channels_last``; properties ``out_height``, ``out_width``.
 
     The tuning key is generated from the fields: every field, in declaration order, but those a spec
     declares in ``NOT_TUNED`` (they change addresses, not which tiles are fastest); a field named in
@@ -44,6 +63,10 @@ class ConvSpecShapes:
             value = bucket(value) if bucket else int(value) if isinstance(value, bool) else value
             parts.append(f"{field.name}={value}")
         return ",".join(parts)
+
+    def validate_shape(self) -> None:
+        super().validate_shape()
+        check_dtype_name(self.dtype)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, check_dtype_name, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -68,11 +68,6 @@ class DepthwiseSpec(ConvSpecShapes):
     launch (the Ghost module); it needs a window that keeps the spatial size.
     """
 
-    batch: int
-    in_channels: int
-    out_channels: int
-    height: int
-    width: int
     kernel_size: int = 3
     stride: int = 1
     padding: int = 1
@@ -85,19 +80,16 @@ class DepthwiseSpec(ConvSpecShapes):
     concat_input: bool = False
 
     def __post_init__(self):
-        check_positive_int("batch", self.batch, minimum=0)
+        self.validate_shape()
         check_positive_int("in_channels", self.in_channels)
         check_positive_int("multiplier", self.multiplier)
         check_positive_int("out_channels", self.out_channels)
         if self.out_channels > self.in_channels * self.multiplier:
             raise ValueError(f"out_channels={self.out_channels} must be at most in_channels * multiplier = "
                              f"{self.in_channels} * {self.multiplier}")
-        check_positive_int("height", self.height)
-        check_positive_int("width", self.width)
         validate_window(self.kernel_size, self.stride, self.padding, self.dilation)
         check_spatial(self.height, self.width, self.kernel_size, self.stride, self.padding, self.dilation)
         normalize_activation("activation", self.activation)
-        check_dtype_name(self.dtype)
         if self.concat_input and (self.out_height, self.out_width) != (self.height, self.width):
             raise ValueError(f"concat_input=True needs an output as large as the input, got "
                              f"{(self.out_height, self.out_width)} from {(self.height, self.width)}")

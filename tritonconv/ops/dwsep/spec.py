@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tritonconv._spec import ConvSpecShapes, check_dtype_name, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.ops.depthwise.spec import (
@@ -35,11 +35,6 @@ def triton_unsupported(spec: "DwSepSpec") -> str | None:
 
 @dataclass(frozen=True)
 class DwSepSpec(ConvSpecShapes):
-    batch: int
-    in_channels: int
-    out_channels: int
-    height: int
-    width: int
     kernel_size: int = 3
     stride: int = 1
     padding: int = 1
@@ -52,16 +47,13 @@ class DwSepSpec(ConvSpecShapes):
     channels_last: bool = False
 
     def __post_init__(self):
-        check_positive_int("batch", self.batch, minimum=0)
+        self.validate_shape()
         check_positive_int("in_channels", self.in_channels)
         check_positive_int("out_channels", self.out_channels)
-        check_positive_int("height", self.height)
-        check_positive_int("width", self.width)
         validate_window(self.kernel_size, self.stride, self.padding, self.dilation)
         check_spatial(self.height, self.width, self.kernel_size, self.stride, self.padding, self.dilation)
         normalize_activation("activation", self.activation)
         normalize_activation("out_activation", self.out_activation)
-        check_dtype_name(self.dtype)
 
     @property
     def out_height(self) -> int:

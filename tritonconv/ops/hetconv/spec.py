@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, check_dtype_name, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -43,11 +43,6 @@ def triton_unsupported(spec: "HetConvSpec") -> str | None:
 
 @dataclass(frozen=True)
 class HetConvSpec(ConvSpecShapes):
-    batch: int
-    in_channels: int
-    out_channels: int
-    height: int
-    width: int
     kernel_size: int = 3
     stride: int = 1
     p: int = 4
@@ -57,10 +52,7 @@ class HetConvSpec(ConvSpecShapes):
 
     def __post_init__(self):
         validate_hyperparameters(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.p)
-        check_positive_int("batch", self.batch, minimum=0)
-        check_positive_int("height", self.height)
-        check_positive_int("width", self.width)
-        check_dtype_name(self.dtype)
+        self.validate_shape()
 
     # ---- derived shapes -------------------------------------------------------------------
     @property

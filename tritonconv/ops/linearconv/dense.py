@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tritonconv._spec import ConvShape
 from tritonconv._validation import check_same
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
@@ -66,14 +67,9 @@ def explain(x: Tensor, bank: Tensor, bias: Tensor | None, stride: int, padding: 
 
 
 @dataclass(frozen=True)
-class DenseConvSpec:
+class DenseConvSpec(ConvShape):
     """An ordinary conv's shape, for its cost."""
 
-    batch: int
-    in_channels: int
-    out_channels: int
-    height: int
-    width: int
     kernel_size: int
     stride: int = 1
     padding: int = 0

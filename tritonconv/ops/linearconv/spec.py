@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tritonconv._spec import ConvShape
 from tritonconv._validation import check_positive_int
 from tritonconv.accounting import Cost
 from tritonconv.ops.linearconv.dense import DenseConvSpec
@@ -62,12 +63,7 @@ def validate_hyperparameters(in_channels, out_channels, kernel_size, stride, pad
 
 
 @dataclass(frozen=True)
-class LinearConvSpec:
-    batch: int
-    in_channels: int
-    out_channels: int
-    height: int
-    width: int
+class LinearConvSpec(ConvShape):
     kernel_size: int
     stride: int = 1
     padding: int = 0
@@ -82,9 +78,7 @@ class LinearConvSpec:
     def __post_init__(self):
         validate_hyperparameters(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
                                  self.dilation, self.groups, self.variant, self.rank, self.sparsity)
-        check_nonnegative_int("batch", self.batch)
-        check_positive_int("height", self.height)
-        check_positive_int("width", self.width)
+        self.validate_shape()
 
     @property
     def primaries(self) -> int:

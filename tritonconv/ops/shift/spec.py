@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, check_dtype_name, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -43,11 +43,6 @@ def channel_shifts(in_channels: int, kernel_size: int, dilation: int, assignment
 
 @dataclass(frozen=True)
 class ShiftSpec(ConvSpecShapes):
-    batch: int
-    in_channels: int
-    out_channels: int
-    height: int
-    width: int
     kernel_size: int = 3
     dilation: int = 1
     stride: int = 1
@@ -63,10 +58,7 @@ class ShiftSpec(ConvSpecShapes):
     def __post_init__(self):
         validate_hyperparameters(self.in_channels, self.out_channels, self.kernel_size, self.dilation, self.stride,
                                  self.assignment)
-        check_positive_int("batch", self.batch, minimum=0)
-        check_positive_int("height", self.height)
-        check_positive_int("width", self.width)
-        check_dtype_name(self.dtype)
+        self.validate_shape()
 
     # ---- derived shapes -------------------------------------------------------------------
     @property

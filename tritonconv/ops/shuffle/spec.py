@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, check_dtype_name, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -28,11 +28,6 @@ def validate_hyperparameters(in_channels, out_channels, groups, shuffle_groups) 
 class ShuffleConvSpec(ConvSpecShapes):
     """``shuffle(conv1x1(x, weight, bias, groups=groups), shuffle_groups)``; shuffle_groups=1: no shuffle."""
 
-    batch: int
-    in_channels: int
-    out_channels: int
-    height: int
-    width: int
     groups: int = 1
     shuffle_groups: int = 1
     bias: bool = False
@@ -41,10 +36,7 @@ class ShuffleConvSpec(ConvSpecShapes):
 
     def __post_init__(self):
         validate_hyperparameters(self.in_channels, self.out_channels, self.groups, self.shuffle_groups)
-        check_positive_int("batch", self.batch, minimum=0)
-        check_positive_int("height", self.height)
-        check_positive_int("width", self.width)
-        check_dtype_name(self.dtype)
+        self.validate_shape()
 
     @property
     def out_height(self) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, check_dtype_name, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -51,11 +51,6 @@ def triton_unsupported(spec: "VersatileSpec") -> str | None:
 
 @dataclass(frozen=True)
 class VersatileSpec(ConvSpecShapes):
-    batch: int
-    in_channels: int
-    out_channels: int
-    height: int
-    width: int
     kernel_size: int = 5
     stride: int = 1
     padding: int | None = None  # None: dilation * (k // 2), resolved in __post_init__
@@ -71,10 +66,7 @@ class VersatileSpec(ConvSpecShapes):
                                  self.dilation, self.delta, self.g)
         if self.padding is None:
             object.__setattr__(self, "padding", self.dilation * (self.kernel_size // 2))
-        check_positive_int("batch", self.batch, minimum=0)
-        check_positive_int("height", self.height)
-        check_positive_int("width", self.width)
-        check_dtype_name(self.dtype)
+        self.validate_shape()
         span = self.dilation * (self.kernel_size - 1) + 1
         if self.height + 2 * self.padding < span or self.width + 2 * self.padding < span:
             raise ValueError(f"input spatial size {(self.height, self.width)} with padding={self.padding} is smaller "
