@@ -8,7 +8,7 @@ Addressing (what keeps the hot loops short on the GPU):
 - A program's pixel tile is [BLOCK_B images, BLOCK_H rows, BLOCK_W columns] (all powers of two, so the
   row index decomposes with shifts). Only the tile's first image base is int64 (once per program or per
   reduction step, a scalar); everything inside it is int32: the launcher checks that the elements of
-  BLOCK_B images fit (``launch.fits_int32``).
+  BLOCK_B images fit (``launch._fits_int32``).
 - Each tap is one scalar offset added to loop-invariant int32 offset tensors; the tap and channel-chunk
   counters advance by compare-and-select (no division or modulo inside any reduction loop), and a
   padding test is one unsigned compare per row and axis.

@@ -18,8 +18,11 @@ channels_last weight.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from tritonconv import tiles
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.hetconv import kernels
 from tritonconv.ops.hetconv.spec import HetConvSpec
@@ -42,6 +45,7 @@ KERNEL_WEIGHT_FORMAT = torch.channels_last
 WGMMA_ROWS = 64
 INT32_LIMIT = 2**31
 REDUCE_BLOCK = 1024  # elements per program of the weight-gradient reduction
+PLANS_KEPT = 1024  # launch plans memoized per launcher (one per shape, tile and layout)
 
 
 def _pow2(n: int) -> int:
@@ -162,9 +166,9 @@ def _even_block(block: int, extent: int) -> tuple[int, bool]:
     return min(block, max(MIN_DOT_TILE, _pow2(extent))), False
 
 
-def fits_int32(block_b: int, *tensors: torch.Tensor) -> bool:
+def _fits_int32(block_b: int, *image_elements: int) -> bool:
     """The kernels address inside a tile's BLOCK_B images in int32 (only the tile base is int64)."""
-    return all(block_b * t[:1].numel() < INT32_LIMIT for t in tensors)
+    return all(block_b * elements < INT32_LIMIT for elements in image_elements)
 
 
 def _grid_tiles(block_b, block_h, block_w, batch, height, width):
@@ -173,59 +177,126 @@ def _grid_tiles(block_b, block_h, block_w, batch, height, width):
 
 # ---- launchers --------------------------------------------------------------------------------------
 
+# Each launcher's plan (grid, the kernel's integer arguments and constexprs) is a pure function of the
+# spec, the tile and the strides: memoized, so a repeated call only allocates and launches (about 13 us
+# less per launch on the CPU). Switches that may change between calls (tf32, the interpreter, the
+# device's SM count) are read per call and passed in or applied outside.
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _forward_plan(spec: HetConvSpec, tile: GemmTile, x_strides, y_strides, w_strides):
+    """(grid, integer arguments, constexprs) of ``hetconv_fwd_kernel``; None when one tile of images passes
+    int32 addressing."""
+    block_b, block_h, block_w = pixel_tile(tile.block_rows, spec.batch, spec.out_height, spec.out_width)
+    if not _fits_int32(block_b, spec.in_channels * spec.height * spec.width,
+                       spec.out_channels * spec.out_height * spec.out_width):
+        return None
+    block_k, even, tap_ch = _k_blocks(tile.block_reduce, spec.group_in)
+    filter_tiles = spec.p * cdiv(spec.group_out, tile.block_cols)
+    images, tiles_h, tiles_w = _grid_tiles(block_b, block_h, block_w, spec.batch, spec.out_height, spec.out_width)
+    integers = (spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
+                *x_strides, *y_strides, *w_strides, spec.group_in, spec.group_out, filter_tiles, tiles_h, tiles_w)
+    constexprs = dict(K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, EVEN_K=even, BLOCK_B=block_b,
+                      BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_K=block_k, TAP_CH=tap_ch,
+                      **TILES["forward"].launch_args(tile))
+    return (filter_tiles * images * tiles_h * tiles_w,), integers, constexprs
+
+
 def forward(x, weight, weight_pw, bias, spec: HetConvSpec, tile: GemmTile) -> torch.Tensor:
     y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
-    block_b, block_h, block_w = pixel_tile(tile.block_rows, spec.batch, spec.out_height, spec.out_width)
-    if not fits_int32(block_b, x, y):
+    x, weight, weight_pw = _channels_last(x), _weight_for_kernels(weight), weight_pw.contiguous()
+    plan = _forward_plan(spec, tile, x.stride(), y.stride(), weight.stride())
+    if plan is None:
         from tritonconv.ops.hetconv import reference  # a single image past 2^31 elements
         return reference.fallback_forward(x, weight, weight_pw, bias, spec).contiguous(
             memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
-    x, weight, weight_pw = _channels_last(x), _weight_for_kernels(weight), weight_pw.contiguous()
-    block_k, even, tap_ch = _k_blocks(tile.block_reduce, spec.group_in)
-    filter_tiles = spec.p * cdiv(spec.group_out, tile.block_cols)
-    images, tiles_h, tiles_w = _grid_tiles(block_b, block_h, block_w, spec.batch, spec.out_height, spec.out_width)
-    kernels.hetconv_fwd_kernel[(filter_tiles * images * tiles_h * tiles_w,)](
-        x, weight, weight_pw, bias.contiguous() if bias is not None else None, y,
-        spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
-        *x.stride(), *y.stride(), *weight.stride(),
-        spec.group_in, spec.group_out, filter_tiles, tiles_h, tiles_w,
-        K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, HAS_BIAS=bias is not None, EVEN_K=even,
-        DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
-        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_K=block_k, TAP_CH=tap_ch,
-        **TILES["forward"].launch_args(tile),
+    grid, integers, constexprs = plan
+    kernels.hetconv_fwd_kernel[grid](
+        x, weight, weight_pw, bias.contiguous() if bias is not None else None, y, *integers,
+        HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
+        **constexprs,
     )
     return y
+
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _backward_input_plan(spec: HetConvSpec, tile: GemmTile, dy_strides, dx_strides, w_strides):
+    """(grid, integer arguments, constexprs) of ``hetconv_bwd_input_kernel``; None past int32 addressing."""
+    s = spec.stride
+    rows, columns = -(-spec.height // s), -(-spec.width // s)
+    block_b, block_h, block_w = pixel_tile(tile.block_rows, spec.batch, rows, columns)
+    if not _fits_int32(block_b, spec.in_channels * spec.height * spec.width,
+                       spec.out_channels * spec.out_height * spec.out_width):
+        return None
+    block_k, even, tap_ch = _k_blocks(tile.block_reduce, spec.group_out)
+    channel_tiles = spec.p * cdiv(spec.group_in, tile.block_cols)
+    images, tiles_h, tiles_w = _grid_tiles(block_b, block_h, block_w, spec.batch, rows, columns)
+    integers = (spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height,
+                spec.out_width, *dy_strides, *dx_strides, *w_strides, spec.group_in, spec.group_out, channel_tiles,
+                tiles_h, tiles_w)
+    constexprs = dict(K=spec.kernel_size, STRIDE=s, PAD=spec.padding, EVEN_K=even, BLOCK_B=block_b, BLOCK_H=block_h,
+                      BLOCK_W=block_w, BLOCK_K=block_k, TAP_CH=tap_ch, **TILES["backward_input"].launch_args(tile))
+    return (channel_tiles * images * s * s * tiles_h * tiles_w,), integers, constexprs
 
 
 def backward_input(dy, weight, weight_pw, spec: HetConvSpec, tile: GemmTile, like: torch.Tensor) -> torch.Tensor:
     dx = empty_like_layout(spec.input_shape, like)
     if dx.numel() == 0:
         return dx
-    s = spec.stride
-    block_b, block_h, block_w = pixel_tile(tile.block_rows, spec.batch, -(-spec.height // s), -(-spec.width // s))
-    if not fits_int32(block_b, dx, dy):
+    dy, weight, weight_pw = _channels_last(dy), _weight_for_kernels(weight), weight_pw.contiguous()
+    plan = _backward_input_plan(spec, tile, dy.stride(), dx.stride(), weight.stride())
+    if plan is None:
         from tritonconv.ops.hetconv import reference
         zeros = torch.zeros(spec.input_shape, device=dy.device, dtype=dy.dtype)
         dx_ref = reference.fallback_backward(dy, zeros, weight, weight_pw, spec, True, False)[0]
         return dx.copy_(dx_ref)
-    dy, weight, weight_pw = _channels_last(dy), _weight_for_kernels(weight), weight_pw.contiguous()
-    block_k, even, tap_ch = _k_blocks(tile.block_reduce, spec.group_out)
-    channel_tiles = spec.p * cdiv(spec.group_in, tile.block_cols)
-    images, tiles_h, tiles_w = _grid_tiles(block_b, block_h, block_w, spec.batch, -(-spec.height // s),
-                                           -(-spec.width // s))
-    kernels.hetconv_bwd_input_kernel[(channel_tiles * images * s * s * tiles_h * tiles_w,)](
-        dy, weight, weight_pw, dx,
-        spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height, spec.out_width,
-        *dy.stride(), *dx.stride(), *weight.stride(),
-        spec.group_in, spec.group_out, channel_tiles, tiles_h, tiles_w,
-        K=spec.kernel_size, STRIDE=s, PAD=spec.padding, EVEN_K=even,
-        DOT_PRECISION=dot_precision(dy.dtype), ACC_DTYPE=accumulator_dtype(dy.dtype),
-        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_K=block_k, TAP_CH=tap_ch,
-        **TILES["backward_input"].launch_args(tile),
+    grid, integers, constexprs = plan
+    kernels.hetconv_bwd_input_kernel[grid](
+        dy, weight, weight_pw, dx, *integers,
+        DOT_PRECISION=dot_precision(dy.dtype), ACC_DTYPE=accumulator_dtype(dy.dtype), **constexprs,
     )
     return dx
+
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _backward_weight_plan(spec: HetConvSpec, tile: GemmTile, x_strides, dy_strides, dw_strides,
+                          device: torch.device, multiprocessors: int):
+    """The weight gradient's two launches: ((grid, integer arguments, constexprs) of the partials kernel,
+    (grid, integer arguments) of the reduction, (splits, partial columns)); None past int32 addressing.
+    ``multiprocessors``, the device's SM count the splits follow, only keys the memo."""
+    block_b, block_h, block_w = pixel_tile(tile.block_reduce, spec.batch, spec.out_height, spec.out_width)
+    if not _fits_int32(block_b, spec.in_channels * spec.height * spec.width,
+                       spec.out_channels * spec.out_height * spec.out_width):
+        return None
+    k2 = spec.kernel_size**2
+    block_r, block_n = tile.block_rows, tile.block_cols
+    channels_per_tap = min(_pow2(spec.group_in), block_r)
+    channel_blocks = cdiv(spec.group_in, channels_per_tap)
+    off_row_tiles = channel_blocks * cdiv(k2 - 1, block_r // channels_per_tap) if k2 > 1 else 0
+    off_col_tiles = cdiv(spec.group_out, block_n)
+    centre_col_tiles = cdiv(spec.out_channels, block_n)
+    centre_programs = cdiv(spec.in_channels, block_r) * centre_col_tiles
+    programs = centre_programs + spec.p * off_row_tiles * off_col_tiles
+    images, tiles_h, tiles_w = _grid_tiles(block_b, block_h, block_w, spec.batch, spec.out_height, spec.out_width)
+    # the kernel's BLOCK_B > 1 path takes a tile to be whole images, as pixel_tile makes it
+    assert block_b == 1 or tiles_h == tiles_w == 1, (block_b, tiles_h, tiles_w)
+    pixel_tiles = images * tiles_h * tiles_w
+    splits = reduction_splits(tile, programs, pixel_tiles * tile.block_reduce, device)
+    tiles_per_split = cdiv(pixel_tiles, splits)
+    splits = cdiv(pixel_tiles, tiles_per_split)
+    columns = spec.in_channels + (k2 - 1) * spec.group_in + (1 if spec.bias else 0)
+    integers = (spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height,
+                spec.out_width, *x_strides, *dy_strides, spec.group_in, spec.group_out, columns, centre_col_tiles,
+                centre_programs, off_col_tiles, channel_blocks, max(off_row_tiles, 1), tiles_h, tiles_w, pixel_tiles,
+                tiles_per_split)
+    constexprs = dict(K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, HAS_BIAS=spec.bias,
+                      CHANNELS_PER_TAP=channels_per_tap, BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_B=block_b,
+                      BLOCK_H=block_h, BLOCK_W=block_w, **TILES["backward_weight"].launch_args(tile))
+    reduce_integers = (spec.out_channels, spec.in_channels, spec.group_in, spec.group_out, columns, splits,
+                       *dw_strides)
+    return (((programs, splits), integers, constexprs),
+            ((cdiv(spec.out_channels * columns, REDUCE_BLOCK),), reduce_integers), (splits, columns))
 
 
 def backward_weight(dy, x, spec: HetConvSpec, tile: GemmTile, weight: torch.Tensor | None = None):
@@ -244,49 +315,24 @@ def backward_weight(dy, x, spec: HetConvSpec, tile: GemmTile, weight: torch.Tens
     if pixels == 0:
         return dw.zero_(), dpw.zero_(), db.zero_() if db is not None else None
 
-    block_b, block_h, block_w = pixel_tile(tile.block_reduce, spec.batch, spec.out_height, spec.out_width)
-    if not fits_int32(block_b, x, dy):
+    x, dy = _channels_last(x), _channels_last(dy)
+    plan = _backward_weight_plan(spec, tile, x.stride(), dy.stride(), dw.stride(), x.device,
+                                 tiles.multiprocessor_count(x.device))
+    if plan is None:
         from tritonconv.ops.hetconv import reference
         weight_stub = torch.empty(spec.weight_shape, device=x.device, dtype=dtype)
         pw_stub = torch.empty(spec.weight_pw_shape, device=x.device, dtype=dtype)
         _, gw, gpw, gb = reference.fallback_backward(dy, x, weight_stub, pw_stub, spec, False, True)
         return dw.copy_(gw), dpw.copy_(gpw), db.copy_(gb) if db is not None else None
-    x, dy = _channels_last(x), _channels_last(dy)
-    k2 = spec.kernel_size**2
-    block_r, block_n = tile.block_rows, tile.block_cols
-    channels_per_tap = min(_pow2(spec.group_in), block_r)
-    channel_blocks = cdiv(spec.group_in, channels_per_tap)
-    off_row_tiles = channel_blocks * cdiv(k2 - 1, block_r // channels_per_tap) if k2 > 1 else 0
-    off_col_tiles = cdiv(spec.group_out, block_n)
-    centre_col_tiles = cdiv(spec.out_channels, block_n)
-    centre_programs = cdiv(spec.in_channels, block_r) * centre_col_tiles
-    programs = centre_programs + spec.p * off_row_tiles * off_col_tiles
-    images, tiles_h, tiles_w = _grid_tiles(block_b, block_h, block_w, spec.batch, spec.out_height, spec.out_width)
-    # the kernel's BLOCK_B > 1 path takes a tile to be whole images, as pixel_tile makes it
-    assert block_b == 1 or tiles_h == tiles_w == 1, (block_b, tiles_h, tiles_w)
-    pixel_tiles = images * tiles_h * tiles_w
-    splits = reduction_splits(tile, programs, pixel_tiles * tile.block_reduce, x.device)
-    tiles_per_split = cdiv(pixel_tiles, splits)
-    splits = cdiv(pixel_tiles, tiles_per_split)
-    columns = spec.in_channels + (k2 - 1) * spec.group_in + (1 if spec.bias else 0)
+    (grid, integers, constexprs), (reduce_grid, reduce_integers), (splits, columns) = plan
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     partial = empty((splits, spec.out_channels, columns), device=x.device, dtype=acc_dtype)
-
-    kernels.hetconv_bwd_weight_kernel[(programs, splits)](
-        x, dy, partial,
-        spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height, spec.out_width,
-        *x.stride(), *dy.stride(),
-        spec.group_in, spec.group_out, columns,
-        centre_col_tiles, centre_programs, off_col_tiles, channel_blocks, max(off_row_tiles, 1),
-        tiles_h, tiles_w, pixel_tiles, tiles_per_split,
-        K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, HAS_BIAS=spec.bias,
-        CHANNELS_PER_TAP=channels_per_tap, DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype),
-        BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_W=block_w,
-        **TILES["backward_weight"].launch_args(tile),
+    kernels.hetconv_bwd_weight_kernel[grid](
+        x, dy, partial, *integers,
+        DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype), **constexprs,
     )
-    kernels.hetconv_weight_reduce_kernel[(cdiv(spec.out_channels * columns, REDUCE_BLOCK),)](
-        partial, dw, dpw, db,
-        spec.out_channels, spec.in_channels, spec.group_in, spec.group_out, columns, splits, *dw.stride(),
+    kernels.hetconv_weight_reduce_kernel[reduce_grid](
+        partial, dw, dpw, db, *reduce_integers,
         K=spec.kernel_size, HAS_BIAS=spec.bias, ACC_DTYPE=accumulator_dtype(dtype), BLOCK=REDUCE_BLOCK,
     )
     return dw, dpw, db
