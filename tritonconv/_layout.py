@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -27,6 +29,16 @@ _allocate = torch.empty
 def empty_like_layout(shape, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """An uninitialised tensor of ``shape`` in ``like``'s memory layout (outputs follow their input)."""
     return empty(shape, device=like.device, dtype=dtype or like.dtype, memory_format=memory_format_of(like))
+
+
+def conv_default_init_(fan_in: int, *params: Tensor | None) -> None:
+    """nn.Conv2d's default initialisation (kaiming_uniform with a=sqrt(5)): every parameter given (None
+    skipped), in order, uniform in +-1/sqrt(fan_in)."""
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        for param in params:
+            if param is not None:
+                param.uniform_(-bound, bound)
 
 
 AUTOCAST_DEVICE_TYPES = ("cuda", "cpu")  # autocast has no state for others (meta raises)

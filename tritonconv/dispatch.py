@@ -32,6 +32,9 @@ class BackendUnavailable(RuntimeError):
     """A forced backend cannot run this call."""
 
 
+STANDARD_PASSES = {"forward": ("forward",), "backward": ("backward_input", "backward_weight")}
+
+
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: one object per operator
 class Operator:
     """What the dispatcher and the tuner need to know of one operator."""
@@ -49,6 +52,15 @@ class Operator:
         """Hash of the kernel source and the launchers with their tile tables (and the shared tile
         code and jit helpers), read once per process: editing any of them invalidates the measurements."""
         return source_hash(*self.kernel_sources, Path(tiles.__file__), Path(kernel_helpers.__file__))
+
+    @classmethod
+    def of(cls, name: str, kernels, launch, *more_sources, kernels_of_pass: dict | None = None,
+           triton_unsupported: Callable = lambda spec: None) -> Operator:
+        """The operator of a folder: its ``kernels`` and ``launch`` modules (and ``more_sources``, modules
+        whose kernels it launches too) hashed for the tuning cache, ``launch.default_tile`` its tiles;
+        passes by default a forward kernel and the backward's input- and weight-gradient kernels."""
+        return cls(name, tuple(Path(module.__file__) for module in (kernels, launch, *more_sources)),
+                   kernels_of_pass or STANDARD_PASSES, launch.default_tile, triton_unsupported)
 
     def cache_key(self, spec, pass_: str, device: torch.device) -> CacheKey:
         return CacheKey(self.name, pass_, spec.tuning_key(), hardware.device_name_of(device), torch.__version__,

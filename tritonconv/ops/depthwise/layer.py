@@ -3,12 +3,10 @@ conv follows; ``DepthwiseSeparableConv2d`` fuses the pair."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from tritonconv._layout import layer_operands
+from tritonconv._layout import conv_default_init_, layer_operands
 from tritonconv._validation import check_bool, check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
@@ -53,12 +51,7 @@ class DepthwiseConv2d(TapsMajorWeights):
         return (self.weight,)
 
     def reset_parameters(self) -> None:
-        # nn.Conv2d's default: uniform(+-1/sqrt(fan_in)) with fan_in = k*k for a depthwise filter.
-        bound = 1.0 / math.sqrt(self.kernel_size**2)
-        with torch.no_grad():
-            self.weight.uniform_(-bound, bound)
-            if self.bias is not None:
-                self.bias.uniform_(-bound, bound)
+        conv_default_init_(self.kernel_size**2, self.weight, self.bias)  # a depthwise filter's fan-in
 
     def forward(self, x: Tensor) -> Tensor:
         x, weight, bias = layer_operands(x, self.in_channels, self.weight, self.bias)

@@ -3,7 +3,6 @@ functions, the autograd formula, and the per-call dispatch between Triton and cu
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from torch import Tensor
@@ -17,13 +16,7 @@ from tritonconv.ops.depthwise import kernels, launch, reference
 from tritonconv.ops.depthwise.layout import grad_strides, in_grad_layout
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation, triton_unsupported
 
-OPERATOR = dispatch.Operator(
-    name="depthwise",
-    kernel_sources=(Path(kernels.__file__), Path(launch.__file__)),
-    kernels_of_pass={"forward": ("forward",), "backward": ("backward_input", "backward_weight")},
-    default_tile=launch.default_tile,
-    triton_unsupported=triton_unsupported,
-)
+OPERATOR = dispatch.Operator.of("depthwise", kernels, launch, triton_unsupported=triton_unsupported)
 
 
 def _spec(x, weight, bias, window, activation, concat_input) -> DepthwiseSpec:

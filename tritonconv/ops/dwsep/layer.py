@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from tritonconv._layout import layer_operands
+from tritonconv._layout import conv_default_init_, layer_operands
 from tritonconv._validation import check_bool, check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
@@ -88,13 +86,8 @@ class DepthwiseSeparableConv2d(TapsMajorWeights):
 
     def reset_parameters(self) -> None:
         # nn.Conv2d's default per conv: uniform(+-1/sqrt(fan_in)), fan_in k*k (depthwise) and C (pointwise).
-        with torch.no_grad():
-            for weight, bias, fan_in in ((self.dw_weight, self.dw_bias, self.kernel_size**2),
-                                         (self.pw_weight, self.pw_bias, self.in_channels)):
-                bound = 1.0 / math.sqrt(fan_in)
-                weight.uniform_(-bound, bound)
-                if bias is not None:
-                    bias.uniform_(-bound, bound)
+        conv_default_init_(self.kernel_size**2, self.dw_weight, self.dw_bias)
+        conv_default_init_(self.in_channels, self.pw_weight, self.pw_bias)
 
     def _activations(self) -> tuple[str | None, str | None]:
         return tuple(None if a == "none" else a for a in (self.activation, self.out_activation))

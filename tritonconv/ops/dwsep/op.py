@@ -4,7 +4,6 @@ fake (shape) functions, the autograd formula, and the per-call dispatch between 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Optional
 
 from torch import Tensor
@@ -17,14 +16,9 @@ from tritonconv.ops.depthwise.spec import default_padding, normalize_activation
 from tritonconv.ops.dwsep import kernels, launch, reference
 from tritonconv.ops.dwsep.spec import DwSepSpec, triton_unsupported
 
-OPERATOR = dispatch.Operator(
-    name="dwsep",
-    kernel_sources=(Path(kernels.__file__), Path(launch.__file__), Path(depthwise_kernels.__file__)),
-    kernels_of_pass={"forward": ("forward",),
-                     "backward": ("backward_pointwise", "backward_input", "backward_weight")},
-    default_tile=launch.default_tile,
-    triton_unsupported=triton_unsupported,
-)
+OPERATOR = dispatch.Operator.of(
+    "dwsep", kernels, launch, depthwise_kernels, triton_unsupported=triton_unsupported,
+    kernels_of_pass={"forward": ("forward",), "backward": ("backward_pointwise", "backward_input", "backward_weight")})
 
 
 def _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from tritonconv._layout import layer_operands
+from tritonconv._layout import conv_default_init_, layer_operands
 from tritonconv._validation import check_bool, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
@@ -55,14 +53,7 @@ class HetConv2d(nn.Module):
         return group_in * self.kernel_size**2 + self.in_channels - group_in
 
     def reset_parameters(self) -> None:
-        # nn.Conv2d's default (kaiming_uniform with a=sqrt(5)) is uniform(+-1/sqrt(fan_in)), with the
-        # filter's true fan-in.
-        bound = 1.0 / math.sqrt(self.fan_in)
-        with torch.no_grad():
-            self.weight.uniform_(-bound, bound)
-            self.weight_pw.uniform_(-bound, bound)
-            if self.bias is not None:
-                self.bias.uniform_(-bound, bound)
+        conv_default_init_(self.fan_in, self.weight, self.weight_pw, self.bias)  # the filter's true fan-in
 
     def _operands(self, x: Tensor):
         return layer_operands(x, self.in_channels, self.weight, self.weight_pw, self.bias)

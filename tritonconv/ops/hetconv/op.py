@@ -3,7 +3,6 @@ the autograd formula, and the per-call dispatch between Triton and the cuDNN fal
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from torch import Tensor
@@ -14,13 +13,7 @@ from tritonconv._op import define_op, fake_gradients, fake_output, run_backward,
 from tritonconv.ops.hetconv import kernels, launch, reference
 from tritonconv.ops.hetconv.spec import HetConvSpec, triton_unsupported
 
-OPERATOR = dispatch.Operator(
-    name="hetconv",
-    kernel_sources=(Path(kernels.__file__), Path(launch.__file__)),
-    kernels_of_pass={"forward": ("forward",), "backward": ("backward_input", "backward_weight")},
-    default_tile=launch.default_tile,
-    triton_unsupported=triton_unsupported,
-)
+OPERATOR = dispatch.Operator.of("hetconv", kernels, launch, triton_unsupported=triton_unsupported)
 
 
 def _hetconv2d(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor], stride: int, p: int) -> Tensor:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from tritonconv._layout import autocast_operands
+from tritonconv._layout import autocast_operands, conv_default_init_
 from tritonconv._validation import check_bool, check_input, check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
@@ -78,11 +78,8 @@ class LinearConv2d(nn.Module):
     def reset_parameters(self) -> None:
         # Primaries and bias as nn.Conv2d (uniform +-1/sqrt(fan_in)); coefficients with variance 1/P so a
         # combined filter has the primaries' scale.
-        bound = 1.0 / math.sqrt((self.in_channels // self.groups) * self.kernel_size**2)
+        conv_default_init_((self.in_channels // self.groups) * self.kernel_size**2, self.weight, self.bias)
         with torch.no_grad():
-            self.weight.uniform_(-bound, bound)
-            if self.bias is not None:
-                self.bias.uniform_(-bound, bound)
             if hasattr(self, "coeff"):
                 self.coeff.uniform_(-math.sqrt(3 / self.primaries), math.sqrt(3 / self.primaries))
             else:

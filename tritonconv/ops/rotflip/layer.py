@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from tritonconv._layout import autocast_operands
+from tritonconv._layout import autocast_operands, conv_default_init_
 from tritonconv._validation import check_bool, check_input, check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
@@ -56,11 +54,7 @@ class RotFlipConv2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size**2)  # nn.Conv2d's default
-        with torch.no_grad():
-            self.weight.uniform_(-bound, bound)
-            if self.bias is not None:
-                self.bias.uniform_(-bound, bound)
+        conv_default_init_(self.in_channels * self.kernel_size**2, self.weight, self.bias)
 
     def filter_bank(self) -> Tensor:
         """The expanded filters [O, C, k, k]."""

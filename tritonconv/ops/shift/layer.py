@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from tritonconv._layout import layer_operands
+from tritonconv._layout import conv_default_init_, layer_operands
 from tritonconv._validation import check_bool, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
@@ -43,12 +41,7 @@ class ShiftConv2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # nn.Conv2d's default: uniform(+-1/sqrt(fan_in)) for weight and bias.
-        bound = 1.0 / math.sqrt(self.in_channels)
-        with torch.no_grad():
-            self.weight.uniform_(-bound, bound)
-            if self.bias is not None:
-                self.bias.uniform_(-bound, bound)
+        conv_default_init_(self.in_channels, self.weight, self.bias)
 
     def _operands(self, x: Tensor):
         return layer_operands(x, self.in_channels, self.weight, self.bias)

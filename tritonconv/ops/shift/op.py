@@ -3,7 +3,6 @@ the autograd formula, and the per-call dispatch between Triton and the published
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from torch import Tensor
@@ -21,12 +20,7 @@ from tritonconv._op import (
 from tritonconv.ops.shift import kernels, launch, reference
 from tritonconv.ops.shift.spec import ShiftSpec
 
-OPERATOR = dispatch.Operator(
-    name="shift",
-    kernel_sources=(Path(kernels.__file__), Path(launch.__file__)),
-    kernels_of_pass={"forward": ("forward",), "backward": ("backward_input", "backward_weight")},
-    default_tile=launch.default_tile,
-)
+OPERATOR = dispatch.Operator.of("shift", kernels, launch)
 
 
 def _spec(x, weight, bias, window, assignment) -> ShiftSpec:

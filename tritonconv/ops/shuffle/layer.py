@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tritonconv._layout import layer_operands
+from tritonconv._layout import conv_default_init_, layer_operands
 from tritonconv._validation import check_bool, check_int_choice, check_positive_int, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
@@ -38,11 +36,7 @@ class ShuffledGroupConv2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.in_channels // self.groups)  # nn.Conv2d's default
-        with torch.no_grad():
-            self.weight.uniform_(-bound, bound)
-            if self.bias is not None:
-                self.bias.uniform_(-bound, bound)
+        conv_default_init_(self.in_channels // self.groups, self.weight, self.bias)
 
     def _operands(self, x: Tensor):
         return layer_operands(x, self.in_channels, self.weight, self.bias)

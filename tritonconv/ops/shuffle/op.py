@@ -3,7 +3,6 @@ and the standalone ``channel_shuffle``."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from torch import Tensor
@@ -22,12 +21,7 @@ from tritonconv._validation import check_positive_int
 from tritonconv.ops.shuffle import kernels, launch, reference
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 
-OPERATOR = dispatch.Operator(
-    name="shuffle_conv",
-    kernel_sources=(Path(kernels.__file__), Path(launch.__file__)),
-    kernels_of_pass={"forward": ("forward",), "backward": ("backward_input", "backward_weight")},
-    default_tile=launch.default_tile,
-)
+OPERATOR = dispatch.Operator.of("shuffle_conv", kernels, launch)
 
 
 def _shuffle_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int, shuffle_groups: int) -> Tensor:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from tritonconv._layout import layer_operands
+from tritonconv._layout import conv_default_init_, layer_operands
 from tritonconv._validation import check_bool, dtype_name
 from tritonconv._weights import TapsMajorWeights, empty_taps_major
 from tritonconv.accounting import Cost
@@ -55,12 +53,8 @@ class VersatileConv2d(TapsMajorWeights):
         return (self.weight,)
 
     def reset_parameters(self) -> None:
-        # nn.Conv2d's default: uniform(+-1/sqrt(fan_in)) with the primary filter's fan-in.
-        bound = 1.0 / math.sqrt((self.in_channels - self.delta) * self.kernel_size**2)
-        with torch.no_grad():
-            self.weight.uniform_(-bound, bound)
-            if self.bias is not None:
-                self.bias.uniform_(-bound, bound)
+        # the primary filter's fan-in
+        conv_default_init_((self.in_channels - self.delta) * self.kernel_size**2, self.weight, self.bias)
 
     def _operands(self, x: Tensor):
         return layer_operands(x, self.in_channels, self.weight, self.bias)

@@ -3,7 +3,6 @@ functions, the autograd formula, and the per-call dispatch between Triton and th
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from torch import Tensor
@@ -14,13 +13,7 @@ from tritonconv._weights import grad_strides, in_grad_layout, noting_weight_copy
 from tritonconv.ops.versatile import kernels, launch, reference
 from tritonconv.ops.versatile.spec import VersatileSpec, triton_unsupported
 
-OPERATOR = dispatch.Operator(
-    name="versatile",
-    kernel_sources=(Path(kernels.__file__), Path(launch.__file__)),
-    kernels_of_pass={"forward": ("forward",), "backward": ("backward_input", "backward_weight")},
-    default_tile=launch.default_tile,
-    triton_unsupported=triton_unsupported,
-)
+OPERATOR = dispatch.Operator.of("versatile", kernels, launch, triton_unsupported=triton_unsupported)
 
 
 def _spec(x, weight, bias, config) -> VersatileSpec:
