@@ -14,7 +14,7 @@ Addressing (what keeps the hot loops short on the GPU):
   padding test is one unsigned compare per row and axis.
 - Activations are expected channels_last (the launcher converts NCHW at the boundary, see launch.py):
   every tile is contiguous along channels, so loads are 16-byte vectors. Weights are read through their
-  strides; ``weight`` channels_last ([N, k, k, M/p] in memory, which HetConv2d allocates) makes the tile
+  strides; ``weight`` channels_last ([N, k, k, C/p] in memory, which HetConv2d allocates) makes the tile
   of one tap contiguous along channels for both the forward and the input gradient.
 - Packed taps (TAP_CH < BLOCK_K): a group of a power-of-two number of channels (forward) or filters
   (input gradient) below BLOCK_K puts BLOCK_K // TAP_CH taps side by side in one K block, so the dot of
@@ -45,7 +45,7 @@ def _unsigned_below(value, bound):
 @triton.jit
 def hetconv_fwd_kernel(
     x_ptr, w_ptr, wpw_ptr, bias_ptr, y_ptr,
-    B, M, H, W, Ho, Wo,
+    B, C, H, W, Ho, Wo,
     sxb, sxc, sxh, sxw,
     syb, syc, syh, syw,
     swn, swc, swh, sww,
@@ -156,7 +156,7 @@ def hetconv_fwd_kernel(
 
     # 1 x 1 kernels at the centre tap over the channels before and after the group (weight_pw column j
     # is channel j before the group and j + GROUP_IN after it).
-    pointwise = M - GROUP_IN
+    pointwise = C - GROUP_IN
     x_centre = x_tile + PAD * sxh + PAD * sxw
     group_start = group * GROUP_IN
     pw_offs = n[None, :] * pointwise + k_range[:, None]  # [BLOCK_K, BLOCK_N]
@@ -185,7 +185,7 @@ def hetconv_fwd_kernel(
 @triton.jit
 def hetconv_bwd_input_kernel(
     dy_ptr, w_ptr, wpw_ptr, dx_ptr,
-    B, M, H, W, N, Ho, Wo,
+    B, C, H, W, N, Ho, Wo,
     sdyb, sdyc, sdyh, sdyw,
     sdxb, sdxc, sdxh, sdxw,
     swn, swc, swh, sww,
@@ -313,7 +313,7 @@ def hetconv_bwd_input_kernel(
 
     # 1 x 1 part, on the stride grid: filter n before this group reads channel c at weight_pw column
     # c - GROUP_IN, a filter after it at column c.
-    pointwise = M - GROUP_IN
+    pointwise = C - GROUP_IN
     others = tl.where((phase_h == 0) & (phase_w == 0), N - GROUP_OUT, 0)
     pw_offs = k_range[:, None] * pointwise + c[None, :]  # [BLOCK_K, BLOCK_N]
     for j0 in range(0, others, BLOCK_K):
@@ -342,7 +342,7 @@ def hetconv_bwd_input_kernel(
 @triton.jit
 def hetconv_bwd_weight_kernel(
     x_ptr, dy_ptr, partial_ptr,
-    B, M, H, W, N, Ho, Wo,
+    B, C, H, W, N, Ho, Wo,
     sxb, sxc, sxh, sxw,
     sdyb, sdyc, sdyh, sdyw,
     GROUP_IN, GROUP_OUT, COLUMNS,
@@ -358,12 +358,12 @@ def hetconv_bwd_weight_kernel(
     order, casts and scatters them into the parameters' layouts).
 
     Rows are weight columns, so the tensor-core tile has BLOCK_R >= 64 rows whatever the group size:
-    - centre programs (the first CENTRE_PROGRAMS): rows are all M input channels at the centre tap and
+    - centre programs (the first CENTRE_PROGRAMS): rows are all C input channels at the centre tap and
       columns all N filters: one dense 1 x 1 weight gradient that holds both weight_pw and the in-group
       centre taps (column c of partial);
     - off-centre programs: rows are (tap, channel) pairs of one group's k x k kernels without the
       centre, CHANNELS_PER_TAP channels of BLOCK_R // CHANNELS_PER_TAP taps (column
-      M + tap' * GROUP_IN + channel), and columns the group's filters.
+      C + tap' * GROUP_IN + channel), and columns the group's filters.
     A row's tap is a loop-invariant offset, so the x tile of every reduction step is one gather with
     per-(pixel, tap) masks; the first centre row tile also sums dy for the bias (column COLUMNS - 1).
     """
@@ -391,11 +391,11 @@ def hetconv_bwd_weight_kernel(
     tap = tap_skip + (tap_skip >= centre_tap).to(tl.int32)
     centre_c = centre_row_tile * BLOCK_R + r
 
-    row_ok = tl.where(centre, centre_c < M, (tap_skip < K * K - 1) & (c_local < GROUP_IN))
+    row_ok = tl.where(centre, centre_c < C, (tap_skip < K * K - 1) & (c_local < GROUP_IN))
     kh = tl.where(centre, PAD, tap // K)
     kw = tl.where(centre, PAD, tap % K)
     channel = tl.where(centre, centre_c, group * GROUP_IN + c_local)
-    column = tl.where(centre, centre_c, M + tap_skip * GROUP_IN + c_local)
+    column = tl.where(centre, centre_c, C + tap_skip * GROUP_IN + c_local)
     n = tl.where(centre, centre_col_tile * BLOCK_N + nr, group * GROUP_OUT + off_col_tile * BLOCK_N + nr)
     n_ok = tl.where(centre, n < N, off_col_tile * BLOCK_N + nr < GROUP_OUT)
     kh = tl.where(row_ok, kh, PAD)
@@ -481,7 +481,7 @@ def hetconv_bwd_weight_kernel(
 @triton.jit
 def hetconv_weight_reduce_kernel(
     partial_ptr, dw_ptr, dpw_ptr, db_ptr,
-    N, M, GROUP_IN, GROUP_OUT, COLUMNS, SPLITS,
+    N, C, GROUP_IN, GROUP_OUT, COLUMNS, SPLITS,
     sdwn, sdwc, sdwh, sdww,
     K: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -499,18 +499,18 @@ def hetconv_weight_reduce_kernel(
     col = e % COLUMNS
     group = n // GROUP_OUT
     own_start = group * GROUP_IN
-    is_centre = col < M
+    is_centre = col < C
     in_group = is_centre & (col >= own_start) & (col < own_start + GROUP_IN)
-    tap_skip = (col - M) // GROUP_IN
+    tap_skip = (col - C) // GROUP_IN
     tap = tap_skip + (tap_skip >= (K * K) // 2).to(tl.int32)
-    off_centre = (col >= M) & (tap_skip < K * K - 1)
+    off_centre = (col >= C) & (tap_skip < K * K - 1)
     # weight[n, channel, kh, kw]
-    w_channel = tl.where(in_group, col - own_start, (col - M) % GROUP_IN)
+    w_channel = tl.where(in_group, col - own_start, (col - C) % GROUP_IN)
     w_tap = tl.where(in_group, (K * K) // 2, tap)
     w_offs = n * sdwn + w_channel * sdwc + (w_tap // K) * sdwh + (w_tap % K) * sdww
     tl.store(dw_ptr + w_offs, total.to(dw_ptr.dtype.element_ty), mask=mask & (in_group | off_centre))
     pw_column = col - tl.where(col >= own_start + GROUP_IN, GROUP_IN, 0)
-    tl.store(dpw_ptr + n * (M - GROUP_IN) + pw_column, total.to(dpw_ptr.dtype.element_ty),
+    tl.store(dpw_ptr + n * (C - GROUP_IN) + pw_column, total.to(dpw_ptr.dtype.element_ty),
              mask=mask & is_centre & ~in_group)
     if HAS_BIAS:
         tl.store(db_ptr + n, total.to(db_ptr.dtype.element_ty), mask=mask & (col == COLUMNS - 1))

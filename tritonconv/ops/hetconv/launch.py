@@ -6,7 +6,7 @@ implicit GEMM becomes a scalar 2-byte load at a tap-shifted, unaligned address, 
 the copy (sm_90 SASS of the forward, bf16, 64 channels, p=4: 32 LDG.E.U16 and 90 instructions per HGMMA
 in the main loop through NCHW strides; 0 and 45 channels_last). Outputs are written through their strides
 in the caller's layout.
-The weight is read through its strides; channels_last ([N, k, k, M/p] in memory, the layout HetConv2d
+The weight is read through its strides; channels_last ([N, k, k, C/p] in memory, the layout HetConv2d
 allocates its parameter in) lets the forward and the input gradient load it as 16-byte vectors. Any
 other weight layout is copied to channels_last per call (one small launch): nothing is cached, so
 nothing can go stale (``.data`` writes, ``load_state_dict``, optimizers all see the parameter itself).
