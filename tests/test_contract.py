@@ -309,6 +309,20 @@ def test_meta_device(case):
     assert x.grad.shape == x.shape
 
 
+def test_inference_mode(case):
+    """Serving code runs under torch.inference_mode (autograd's keys excluded, inputs are inference
+    tensors without a version counter), with a backend forced too: same output as no_grad."""
+    module = make(case, train=False)
+    x = sample(case)
+    with tritonconv.use_backend("triton"):
+        with torch.no_grad():
+            expected = module(x)
+        with torch.inference_mode():
+            y = module(x.clone())
+    assert y.is_inference() and not y.requires_grad
+    torch.testing.assert_close(y, expected)
+
+
 def test_double_backward_raises_instead_of_wrong_gradients(case):
     """A gradient of a gradient (create_graph=True) through our operators is not supported: the first
     backward raises a RuntimeError naming the operator, instead of torch's default for an operator

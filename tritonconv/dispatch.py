@@ -116,9 +116,10 @@ def _input_key(operator: Operator, x: torch.Tensor) -> tuple:
 
 
 def note_forward(operator: Operator, x: torch.Tensor) -> None:
-    """Called by a forward custom op: remember the backend forced around this call for its backward."""
+    """Called by a forward operator: remember the backend forced around this call for its backward. An
+    inference tensor (torch.inference_mode) has no backward, and no version counter to key the note."""
     forced = _forced.get()
-    if forced is None or x.device.type == "meta":
+    if forced is None or x.device.type == "meta" or x.is_inference():
         return
     with _notes_lock:
         _FORCED_AT_RUN_TIME[_input_key(operator, x)] = forced
