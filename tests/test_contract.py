@@ -54,12 +54,14 @@ def sample(case: LayerCase, dtype=torch.float32, *, seed: int = 1) -> torch.Tens
     return torch.randn(case.input_shape, device=DEVICE, dtype=dtype)
 
 
-def check_gradients(case, module, x, *, dtype=torch.float32, backend="triton"):
-    """Forward and backward through ``backend``; every gradient that exists against the float64 oracle."""
+def check_gradients(case, module, x, *, dtype=torch.float32, backend="triton", output_gradient=torch.randn_like,
+                    call=lambda module, x: module(x)):
+    """Forward (``call``) and backward through ``backend``, the output gradient made by ``output_gradient``;
+    every gradient that exists against the float64 oracle."""
     reference = copy.deepcopy(module)
     with tritonconv.use_backend(backend):
-        y = module(x)
-        grad = torch.randn_like(y)
+        y = call(module, x)
+        grad = output_gradient(y)
         if y.requires_grad:
             y.backward(grad)
     y64, grads64 = oracle(reference, x, grad)
@@ -103,6 +105,19 @@ def test_frozen_parameters(case, frozen):
 
 def test_input_and_every_parameter(case):
     check_gradients(case, make_for_gradients(case), sample(case).requires_grad_(True))
+
+
+def test_expanded_output_gradient(case):
+    """``y.sum().backward()`` hands the backward a gradient with all-zero strides (an expanded scalar)."""
+    check_gradients(case, make_for_gradients(case), sample(case).requires_grad_(True),
+                    output_gradient=lambda y: torch.ones((), dtype=y.dtype).expand_as(y))
+
+
+def test_activation_checkpointing(case):
+    """torch.utils.checkpoint (non-reentrant) runs the forward again inside the backward."""
+    from torch.utils.checkpoint import checkpoint
+    check_gradients(case, make_for_gradients(case), sample(case).requires_grad_(True),
+                    call=lambda module, x: checkpoint(module, x, use_reentrant=False))
 
 
 # ---- layouts of the parameters and the input ----------------------------------------------------------
