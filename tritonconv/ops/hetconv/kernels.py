@@ -43,6 +43,18 @@ def _unsigned_below(value, bound):
 
 
 @triton.jit
+def _next_tap_chunk(start, column, row, GROUP, COLUMNS, BLOCK_K: tl.constexpr):
+    """(chunk start, tap column, tap row) of the next step of a walk over a group's channels in BLOCK_K
+    chunks, tap by tap along a row of COLUMNS taps, row by row: carries instead of divisions."""
+    start += BLOCK_K
+    next_tap = start >= GROUP
+    start = tl.where(next_tap, 0, start)
+    column = tl.where(next_tap, column + 1, column)
+    next_row = column == COLUMNS
+    return start, tl.where(next_row, 0, column), tl.where(next_row, row + 1, row)
+
+
+@triton.jit
 def hetconv_fwd_kernel(
     x_ptr, w_ptr, wpw_ptr, bias_ptr, y_ptr,
     B, C, H, W, Ho, Wo,
@@ -146,13 +158,7 @@ def hetconv_fwd_kernel(
                 a = tl.load(a_ptrs, mask=inside[:, None] & c_mask[None, :], other=0.0)
                 w = tl.load(w_ptrs, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
             acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-            c0 += BLOCK_K
-            next_tap = c0 >= GROUP_IN
-            c0 = tl.where(next_tap, 0, c0)
-            kw = tl.where(next_tap, kw + 1, kw)
-            next_row = kw == K
-            kw = tl.where(next_row, 0, kw)
-            kh = tl.where(next_row, kh + 1, kh)
+            c0, kw, kh = _next_tap_chunk(c0, kw, kh, GROUP_IN, K, BLOCK_K)
 
     # 1 x 1 kernels at the centre tap over the channels before and after the group (weight_pw column j
     # is channel j before the group and j + GROUP_IN after it).
@@ -303,13 +309,7 @@ def hetconv_bwd_input_kernel(
                 a = tl.load(a_ptrs, mask=hit[:, None] & n_mask[None, :], other=0.0)
                 w = tl.load(w_ptrs, mask=n_mask[:, None] & c_mask[None, :], other=0.0)
             acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-            n0 += BLOCK_K
-            next_tap = n0 >= GROUP_OUT
-            n0 = tl.where(next_tap, 0, n0)
-            j = tl.where(next_tap, j + 1, j)
-            next_row = j == taps_w
-            j = tl.where(next_row, 0, j)
-            i = tl.where(next_row, i + 1, i)
+            n0, j, i = _next_tap_chunk(n0, j, i, GROUP_OUT, taps_w, BLOCK_K)
 
     # 1 x 1 part, on the stride grid: filter n before this group reads channel c at weight_pw column
     # c - GROUP_IN, a filter after it at column c.
