@@ -31,7 +31,7 @@ import torch
 
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.depthwise import launch as depthwise_launch
-from tritonconv.ops.depthwise.launch import operand, vector_width
+from tritonconv.ops.depthwise.launch import aligned_base, operand_strides, tensor_layouts, vector_width
 from tritonconv.ops.depthwise.layout import empty_grad, grad_strides, taps_major
 from tritonconv.ops.depthwise.spec import ACTIVATIONS
 from tritonconv.ops.dwsep import kernels
@@ -201,11 +201,13 @@ def forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec: DwSepSpec, tile: Ge
     if y.numel() == 0:
         return y
     _check_int32(spec, x, y)
-    vec = vector_width((spec.in_channels, spec.out_channels), x, y)
+    layouts = tensor_layouts(x, y)
+    vec = vector_width((spec.in_channels, spec.out_channels), layouts)
     plan = filter_plan(spec, "forward", tile)
     pixels = spec.batch * spec.out_height * spec.out_width
     weight_t = taps_major(dw_weight)  # the layer's own weight as it is; a copy for any other layout
-    (x_, *x_strides), (y_, *y_strides) = (operand(t, vec) for t in (x, y))
+    (x_, *x_strides), (y_, *y_strides) = ((aligned_base(t, layout), *operand_strides((layout,), vec))
+                                          for t, layout in zip((x, y), layouts))
     kernels.dwsep_fwd_kernel[(cdiv(pixels, tile.block_rows), plan.groups)](
         x_, weight_t, _bias_or(dw_bias, weight_t), pw_weight.contiguous(), _bias_or(pw_bias, weight_t), y_,
         pixels, spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height,
@@ -245,7 +247,8 @@ def _pointwise_pass(dy, y, x, weight_t, dw_bias, pw_weight, spec: DwSepSpec, til
         return dz, None
     y = y if ACTIVATIONS[spec.out_activation] else dy
     _check_int32(spec, x, dy, y, dz)
-    vec = vector_width((spec.in_channels, spec.out_channels), x, dy, y, dz)
+    layouts = tensor_layouts(x, dy, y, dz)
+    vec = vector_width((spec.in_channels, spec.out_channels), layouts)
     plan = filter_plan(spec, "backward_pointwise", tile, one_group=not need_weights)
     channel_tiles = cdiv(spec.in_channels, tile.block_cols)
     splits = min(_MAX_GRID_YZ, reduction_splits(GemmTile(tile.block_rows, tile.block_cols, tile.block_rows,
@@ -260,7 +263,7 @@ def _pointwise_pass(dy, y, x, weight_t, dw_bias, pw_weight, spec: DwSepSpec, til
     else:
         partial = partial_bias = dz
     (x_, *x_strides), (dy_, *dy_strides), (y_, *y_strides), (dz_, *dz_strides) = (
-        operand(t, vec) for t in (x, dy, y, dz))
+        (aligned_base(t, layout), *operand_strides((layout,), vec)) for t, layout in zip((x, dy, y, dz), layouts))
     kernels.dwsep_bwd_kernel[(channel_tiles, plan.groups, splits)](
         x_, weight_t, _bias_or(dw_bias, weight_t), pw_weight.contiguous(), dy_, y_, dz_, partial, partial_bias,
         pixels, pixels_per_split, spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec,
@@ -294,7 +297,8 @@ def backward_depthwise(dz, x, weight_t, spec: DwSepSpec, input_tile: GemmTile, w
         return dx, None
     out = dx if dx is not None else x
     _check_int32(spec, x, dz, out)
-    vec = vector_width((spec.in_channels,), dz, x, out)
+    layouts = tensor_layouts(dz, x, out)
+    vec = vector_width((spec.in_channels,), layouts)
     plan = depthwise_launch.weight_grad_plan(depthwise, weight_tile, spec.dw_bias, x.device)
     weight_programs = plan.channel_tiles * plan.row_groups * plan.splits if need_weights else 0
     # Without grad-weight programs their arguments are never read (and Wo may be 0).
@@ -307,7 +311,8 @@ def backward_depthwise(dz, x, weight_t, spec: DwSepSpec, input_tile: GemmTile, w
     input_programs = pixel_tiles * channel_tiles * spec.batch if need_input else 0
     if weight_programs + input_programs >= _INT32:
         raise ValueError(f"{spec.describe()}: {weight_programs + input_programs} programs exceed the grid's 2^31")
-    (dz_, *dz_strides), (x_, *x_strides), (out_, *out_strides) = (operand(t, vec) for t in (dz, x, out))
+    (dz_, *dz_strides), (x_, *x_strides), (out_, *out_strides) = (
+        (aligned_base(t, layout), *operand_strides((layout,), vec)) for t, layout in zip((dz, x, out), layouts))
     kernels.dwsep_bwd_depthwise_kernel[(weight_programs + input_programs,)](
         dz_, x_, weight_t, out_, partial,
         spec.in_channels // vec, spec.height, spec.width, spec.out_height, spec.out_width,
