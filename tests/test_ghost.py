@@ -212,8 +212,9 @@ def test_channel_offset_views_stay_aligned(activation, device):
     c = 12
     out = torch.empty(2, 2 * c, 5, 4, device=device, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
     view = out[:, c:]
-    vec = launch.vector_width((c, c), view, out)
-    base, *strides, lead_v = launch.operand(view, vec)
+    layouts = launch.tensor_layouts(view, out)
+    vec = launch.vector_width((c, c), layouts)
+    base, (*strides, lead_v) = launch.aligned_base(view, layouts[0]), launch.operand_strides(layouts[:1], vec)
     assert vec == 4 and base.data_ptr() % 16 == 0 and lead_v * vec * 2 == view.data_ptr() - base.data_ptr()
     assert strides == [view.stride(0) // 4, 1, view.stride(2) // 4, view.stride(3) // 4]
 

@@ -10,20 +10,25 @@ so no write (in place, through ``.data``, ``load_state_dict``) can leave a stale
 gradient is written in the weight's layout (``layout.grad_strides``), so autograd and DDP take it
 without a copy. Strided and
 NCHW inputs take the same kernels through explicit strides; vector loads need channels_last (VEC).
-Every tensor reaches the kernels as its 16-byte-aligned base (``operand``) and an offset, so that a
-channel-offset view (the Ghost module's ``grad[:, C:]`` with C = 4 mod 8) keeps vector loads.
+Every tensor reaches the kernels as its 16-byte-aligned base (``aligned_base``) and an offset, so that
+a channel-offset view (the Ghost module's ``grad[:, C:]`` with C = 4 mod 8) keeps vector loads.
+
+Each launch's plan (grid, integer arguments, constexprs) is memoized on the spec, the tile and the
+tensors' shapes, strides and leads (``tensor_layouts``): no tensor and no address is kept.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from math import gcd
 
 import torch
 
+from tritonconv import tiles
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.depthwise import kernels
-from tritonconv.ops.depthwise.layout import empty_grad, grad_strides, taps_major
+from tritonconv.ops.depthwise.layout import empty_grad, taps_major
 from tritonconv.ops.depthwise.spec import ACTIVATIONS, DepthwiseSpec
 from tritonconv.tiles import GemmTile, accumulator_dtype, cdiv, next_power_of_2, reduction_splits
 
@@ -73,6 +78,7 @@ def candidate_tiles(spec: DepthwiseSpec, kernel: str) -> list[GemmTile]:
 
 
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2 (the batch is axis 2 of the pixel kernels)
+PLANS_KEPT = 1024  # launch plans memoized per launcher (one per shape, tile and layout)
 
 
 def _window(spec: DepthwiseSpec, activation: str) -> dict:
@@ -91,36 +97,70 @@ def _lead(t: torch.Tensor) -> int:
     return lead if not partial and lead <= t.storage_offset() else 0
 
 
-def vector_width(channels, *tensors) -> int:
+def tensor_layouts(*tensors) -> tuple:
+    """Each tensor's (shape, strides, lead): all a launch plan reads of it. The lead (``_lead``, under
+    16 bytes of elements) keys the plans, never the address, so one plan serves every allocation."""
+    return tuple((t.shape, t.stride(), _lead(t)) for t in tensors)
+
+
+def vector_width(channels, layouts) -> int:
     """The largest power of two up to 8 (16 bytes of bf16) dividing the channel counts, every tensor's
-    batch and pixel strides and its lead (``_lead``), when every tensor has contiguous channels
+    batch and pixel strides and its lead (``tensor_layouts``), when every tensor has contiguous channels
     (channels_last); else 1. Those strides and leads reach the kernels divided by it, so the compiler
     knows each pixel's channels start aligned (the JIT's own hint only covers multiples of 16: it misses
     8, 24 or 40 channels, and any pointer that is not 16-byte aligned)."""
-    if any(t.shape[1] > 1 and t.stride(1) != 1 for t in tensors):
+    if any(shape[1] > 1 and strides[1] != 1 for shape, strides, _ in layouts):
         return 1
-    common = gcd(*channels, *(s for t in tensors for s in (t.stride(0), t.stride(2), t.stride(3), _lead(t))))
+    common = gcd(*channels, *(s for _, (sb, _, sh, sw), lead in layouts for s in (sb, sh, sw, lead)))
     return next(v for v in (8, 4, 2, 1) if common % v == 0)
 
 
-def operand(t: torch.Tensor, vec: int) -> tuple:
-    """(``t`` from its 16-byte-aligned base: a view of the same storage starting ``_lead(t)`` elements
-    earlier, then the batch / vec, channel, height / vec, width / vec strides and the lead / vec): the
-    kernel adds the lead back, and its pointer argument keeps the JIT's alignment hint."""
-    lead = _lead(t)
-    base = t.as_strided(t.shape, t.stride(), t.storage_offset() - lead) if lead else t
-    sb, sc, sh, sw = t.stride()
-    return base, sb // vec, sc, sh // vec, sw // vec, lead // vec
+def operand_strides(layouts, vec: int) -> tuple:
+    """The tensors' integer arguments, each tensor's in turn: the batch / vec, channel, height / vec,
+    width / vec strides and the lead / vec, which the kernel adds back to the tensor's ``aligned_base``."""
+    return tuple(i for _, (sb, sc, sh, sw), lead in layouts for i in (sb // vec, sc, sh // vec, sw // vec, lead // vec))
 
 
-def _check_image_offsets(*tensors) -> None:
+def aligned_base(t: torch.Tensor, layout) -> torch.Tensor:
+    """``t`` from its 16-byte-aligned base: a view of the same storage starting its lead earlier, so its
+    pointer argument keeps the JIT's alignment hint."""
+    lead = layout[2]
+    return t.as_strided(t.shape, t.stride(), t.storage_offset() - lead) if lead else t
+
+
+def _check_image_offsets(*layouts) -> None:
     """Offsets inside one image are int32 (the image's base is int64)."""
-    for t in tensors:
-        if sum((n - 1) * s for n, s in zip(t.shape[1:], t.stride()[1:])) >= 2**31:
-            raise ValueError(f"one image of a tensor of shape {tuple(t.shape)} spans 2^31 elements or more; "
+    for shape, strides, *_ in layouts:
+        if sum((n - 1) * s for n, s in zip(shape[1:], strides[1:])) >= 2**31:
+            raise ValueError(f"one image of a tensor of shape {tuple(shape)} spans 2^31 elements or more; "
                              f"the depthwise kernels address an image with int32 offsets")
-    if tensors[0].shape[0] > _MAX_GRID_YZ:
-        raise ValueError(f"batch {tensors[0].shape[0]} exceeds {_MAX_GRID_YZ}, the grid's batch axis")
+    if layouts[0][0][0] > _MAX_GRID_YZ:
+        raise ValueError(f"batch {layouts[0][0][0]} exceeds {_MAX_GRID_YZ}, the grid's batch axis")
+
+
+# ---- launchers --------------------------------------------------------------------------------------
+
+# Each launcher's plan (grid, the kernel's integer arguments and constexprs) is a pure function of the
+# spec, the tile and the tensors' layouts (``tensor_layouts``): memoized, so a repeated call only
+# allocates, takes the aligned bases and launches. The device's SM count, which may change between
+# calls (the perf audit's), is read per call and keys the weight-gradient plan.
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _forward_plan(spec: DepthwiseSpec, tile: GemmTile, layouts, has_bias: bool):
+    """(grid, integer arguments, constexprs) of ``depthwise_fwd_kernel`` for the layouts of x, the maps
+    and the input's copy."""
+    x, y, _ = layouts
+    _check_image_offsets(x, (spec.output_shape, y[1]))  # the output's strides are its channel views'
+    vec = vector_width((spec.in_channels, spec.out_channels), layouts)
+    channels = max(spec.out_channels, spec.in_channels) if spec.concat_input else spec.out_channels
+    grid = (cdiv(spec.out_height * spec.out_width, tile.block_rows), cdiv(channels, tile.block_cols),
+            spec.batch)
+    integers = (spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height,
+                spec.out_width, *operand_strides(layouts, vec))
+    constexprs = dict(**_window(spec, spec.activation), HAS_BIAS=has_bias, COPY_INPUT=spec.concat_input, VEC=vec,
+                      BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols, num_warps=tile.num_warps,
+                      num_stages=tile.num_stages)
+    return grid, integers, constexprs
 
 
 def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tensor:
@@ -131,21 +171,27 @@ def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tenso
     # A channel-offset view: the kernel writes the maps straight into their place in ``out``.
     y = out[:, spec.in_channels:] if spec.concat_input else out
     copy = out[:, :spec.in_channels] if spec.concat_input else out
-    _check_image_offsets(x, out)
-    vec = vector_width((spec.in_channels, spec.out_channels), x, y, copy)
-    channels = max(spec.out_channels, spec.in_channels) if spec.concat_input else spec.out_channels
-    grid = (cdiv(spec.out_height * spec.out_width, tile.block_rows), cdiv(channels, tile.block_cols),
-            spec.batch)
-    weight_t = taps_major(weight)
-    (x_, *x_strides), (y_, *y_strides), (copy_, *copy_strides) = (operand(t, vec) for t in (x, y, copy))
+    tensors = (x, y, copy)
+    layouts = tensor_layouts(*tensors)
+    grid, integers, constexprs = _forward_plan(spec, tile, layouts, bias is not None)
+    x_, y_, copy_ = (aligned_base(t, layout) for t, layout in zip(tensors, layouts))
     kernels.depthwise_fwd_kernel[grid](
-        x_, weight_t, bias.contiguous() if bias is not None else None, y_, copy_,
-        spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
-        *x_strides, *y_strides, *copy_strides,
-        **_window(spec, spec.activation), HAS_BIAS=bias is not None, COPY_INPUT=spec.concat_input, VEC=vec,
-        BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols, num_warps=tile.num_warps, num_stages=tile.num_stages,
+        x_, taps_major(weight), bias.contiguous() if bias is not None else None, y_, copy_, *integers, **constexprs,
     )
     return out
+
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _mask_plan(spec: DepthwiseSpec, tile: GemmTile, layouts, activation: str):
+    """(grid, integer arguments, constexprs) of ``depthwise_grad_mask_kernel`` for the layouts of dy, y, dz."""
+    _check_image_offsets(*layouts)
+    vec = vector_width((spec.out_channels,), layouts)
+    grid = (cdiv(spec.out_height * spec.out_width, tile.block_rows), cdiv(spec.out_channels,
+            tile.block_cols), spec.batch)
+    integers = (spec.out_channels // vec, spec.out_height, spec.out_width, *operand_strides(layouts, vec))
+    constexprs = dict(ACT=ACTIVATIONS[activation], VEC=vec, BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols,
+                      num_warps=tile.num_warps)
+    return grid, integers, constexprs
 
 
 def masked_gradient(dy, y, spec: DepthwiseSpec, tile: GemmTile, like: torch.Tensor,
@@ -156,17 +202,31 @@ def masked_gradient(dy, y, spec: DepthwiseSpec, tile: GemmTile, like: torch.Tens
     dz = empty_like_layout((spec.batch, spec.out_channels, spec.out_height, spec.out_width), like, dtype=dy.dtype)
     if dz.numel() == 0:
         return dz
-    _check_image_offsets(dy, y, dz)
-    vec = vector_width((spec.out_channels,), dy, y, dz)
-    grid = (cdiv(spec.out_height * spec.out_width, tile.block_rows), cdiv(spec.out_channels,
-            tile.block_cols), spec.batch)
-    (dy_, *dy_strides), (y_, *y_strides), (dz_, *dz_strides) = (operand(t, vec) for t in (dy, y, dz))
+    tensors = (dy, y, dz)
+    layouts = tensor_layouts(*tensors)
+    grid, integers, constexprs = _mask_plan(spec, tile, layouts, activation)
     kernels.depthwise_grad_mask_kernel[grid](
-        dy_, y_, dz_, spec.out_channels // vec, spec.out_height, spec.out_width, *dy_strides, *y_strides, *dz_strides,
-        ACT=ACTIVATIONS[activation], VEC=vec, BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols,
-        num_warps=tile.num_warps,
+        *(aligned_base(t, layout) for t, layout in zip(tensors, layouts)), *integers, **constexprs,
     )
     return dz
+
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _backward_input_plan(spec: DepthwiseSpec, tile: GemmTile, layouts, has_add: bool):
+    """(grid, integer arguments, constexprs) of ``depthwise_bwd_input_kernel`` for the layouts of dz, the
+    addend and dx."""
+    dz, add, dx = layouts
+    _check_image_offsets(dx, dz, add)
+    vec = vector_width((spec.in_channels, spec.out_channels), layouts)
+    grid = (cdiv(spec.height * spec.width, tile.block_rows), cdiv(spec.in_channels, tile.block_cols),
+            spec.batch)
+    integers = (spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height,
+                spec.out_width, *operand_strides(layouts, vec))
+    constexprs = dict(K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation,
+                      MULT=spec.multiplier, ACC_DTYPE=accumulator_dtype(spec.torch_dtype), HAS_ADD=has_add, VEC=vec,
+                      BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols, num_warps=tile.num_warps,
+                      num_stages=tile.num_stages)
+    return grid, integers, constexprs
 
 
 def backward_input(dy, y, weight, spec: DepthwiseSpec, tile: GemmTile, like: torch.Tensor,
@@ -180,20 +240,11 @@ def backward_input(dy, y, weight, spec: DepthwiseSpec, tile: GemmTile, like: tor
     if dx.numel() == 0:
         return dx
     dz = masked_gradient(dy, y, spec, tile, like, activation) if ACTIVATIONS[activation] else dy
-    add_ = add if add is not None else dx
-    _check_image_offsets(dx, dz, add_)
-    vec = vector_width((spec.in_channels, spec.out_channels), dz, add_, dx)
-    grid = (cdiv(spec.height * spec.width, tile.block_rows), cdiv(spec.in_channels, tile.block_cols),
-            spec.batch)
-    (dz_, *dz_strides), (a_, *a_strides), (dx_, *dx_strides) = (operand(t, vec) for t in (dz, add_, dx))
-    kernels.depthwise_bwd_input_kernel[grid](
-        dz_, taps_major(weight), a_, dx_,
-        spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
-        *dz_strides, *a_strides, *dx_strides,
-        K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation, MULT=spec.multiplier,
-        ACC_DTYPE=accumulator_dtype(spec.torch_dtype), HAS_ADD=add is not None, VEC=vec,
-        BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols, num_warps=tile.num_warps, num_stages=tile.num_stages,
-    )
+    tensors = (dz, add if add is not None else dx, dx)
+    layouts = tensor_layouts(*tensors)
+    grid, integers, constexprs = _backward_input_plan(spec, tile, layouts, add is not None)
+    dz_, a_, dx_ = (aligned_base(t, layout) for t, layout in zip(tensors, layouts))
+    kernels.depthwise_bwd_input_kernel[grid](dz_, taps_major(weight), a_, dx_, *integers, **constexprs)
     return dx
 
 
@@ -265,6 +316,28 @@ def weight_grad_arguments(spec: DepthwiseSpec, plan: WeightGradPlan) -> tuple:
             plan.block_p // spec.out_width)
 
 
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _backward_weight_plan(spec: DepthwiseSpec, tile: GemmTile, layouts, activation: str, has_bias: bool,
+                          write_dz: bool, device: torch.device, multiprocessors: int):
+    """The weight gradient's two launches: (``WeightGradPlan``, (grid, integer arguments, constexprs) of
+    the partials kernel, (grid, leading integer arguments, constexprs) of the reduction) for the layouts
+    of x, dy, y, dz. ``multiprocessors``, the device's SM count the splits follow, only keys the memo."""
+    _check_image_offsets(*layouts)
+    vec = vector_width((spec.in_channels, spec.out_channels), layouts)
+    plan = weight_grad_plan(spec, tile, has_bias, device)
+    common = dict(K=spec.kernel_size, HAS_BIAS=has_bias, ACC_DTYPE=accumulator_dtype(spec.torch_dtype), VEC=vec,
+                  PARTIAL_ROWS=plan.partial_rows)
+    integers = (spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height,
+                spec.out_width, *weight_grad_arguments(spec, plan), *operand_strides(layouts, vec))
+    constexprs = dict(STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation, ACT=ACTIVATIONS[activation],
+                      MULT=spec.multiplier, WRITE_DZ=write_dz, ROWS=plan.rows, TAPS=plan.taps, **common,
+                      BLOCK_P=plan.block_p, BLOCK_C=plan.block_c, num_warps=tile.num_warps,
+                      num_stages=tile.num_stages)
+    reduce_constexprs = dict(**common, ROWS_P=next_power_of_2(plan.partial_rows), BLOCK_C=plan.block_c, num_warps=4)
+    return (plan, (plan.grid, integers, constexprs),
+            ((plan.channel_tiles,), (plan.splits, spec.out_channels // vec), reduce_constexprs))
+
+
 def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: str | None = None,
                     has_bias: bool | None = None, grad_out: torch.Tensor | None = None,
                     weight: torch.Tensor | None = None):
@@ -286,28 +359,19 @@ def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: s
     y = y if ACTIVATIONS[activation] else dy
     write_dz = grad_out is not None and bool(ACTIVATIONS[activation])
     dz = grad_out if write_dz else dy
-    _check_image_offsets(x, dy, y, dz)
-    vec = vector_width((spec.in_channels, spec.out_channels), x, dy, y, dz)
-    plan = weight_grad_plan(spec, tile, has_bias, x.device)
+    tensors = (x, dy, y, dz)
+    layouts = tensor_layouts(*tensors)
+    plan, (grid, integers, constexprs), (reduce_grid, reduce_integers, reduce_constexprs) = _backward_weight_plan(
+        spec, tile, layouts, activation, has_bias, write_dz, x.device, tiles.multiprocessor_count(x.device))
     partial = empty((plan.splits, plan.partial_rows, spec.out_channels), device=x.device, dtype=acc_dtype)
-    common = dict(K=spec.kernel_size, HAS_BIAS=has_bias, ACC_DTYPE=accumulator_dtype(spec.torch_dtype), VEC=vec,
-                  PARTIAL_ROWS=plan.partial_rows)
-    (x_, *x_strides), (dy_, *dy_strides), (y_, *y_strides), (dz_, *dz_strides) = (
-        operand(t, vec) for t in (x, dy, y, dz))
-    kernels.depthwise_bwd_weight_kernel[plan.grid](
-        x_, dy_, y_, dz_, partial,
-        spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height, spec.out_width,
-        *weight_grad_arguments(spec, plan), *x_strides, *dy_strides, *y_strides, *dz_strides,
-        STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation, ACT=ACTIVATIONS[activation], MULT=spec.multiplier,
-        WRITE_DZ=write_dz, ROWS=plan.rows, TAPS=plan.taps, **common,
-        BLOCK_P=plan.block_p, BLOCK_C=plan.block_c, num_warps=tile.num_warps, num_stages=tile.num_stages,
+    kernels.depthwise_bwd_weight_kernel[grid](
+        *(aligned_base(t, layout) for t, layout in zip(tensors, layouts)), partial, *integers, **constexprs,
     )
     grad_w = empty_grad(weight, spec.weight_shape, device=x.device, dtype=x.dtype)
-    sdw_o, _, _, sdw_tap = grad_strides(weight, spec.weight_shape)
+    sdw_o, _, _, sdw_tap = grad_w.stride()  # layout.grad_strides(weight)
     grad_b = empty((spec.out_channels,), device=x.device, dtype=x.dtype) if has_bias else None
-    kernels.depthwise_reduce_weight_kernel[(plan.channel_tiles,)](
-        partial, grad_w, grad_b if grad_b is not None else grad_w, plan.splits,
-        spec.out_channels // vec, sdw_o, sdw_tap, **common, ROWS_P=next_power_of_2(plan.partial_rows),
-        BLOCK_C=plan.block_c, num_warps=4,
+    kernels.depthwise_reduce_weight_kernel[reduce_grid](
+        partial, grad_w, grad_b if grad_b is not None else grad_w, *reduce_integers, sdw_o, sdw_tap,
+        **reduce_constexprs,
     )
     return grad_w, grad_b

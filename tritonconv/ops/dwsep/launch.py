@@ -19,7 +19,8 @@ Forward: one launch. Backward, per training step, three: ``dwsep_bwd_kernel`` (d
 and the pointwise gradients' split-K partials, one read of dy), ``dwsep_bwd_depthwise_kernel`` (grad
 input and the depthwise gradients' partials from dz, in one grid) and ``dwsep_reduce_kernel`` (every
 partial, in split order). Both kernels read dw_weight taps-major in its own dtype (the layer's layout,
-``depthwise.layout``): no copy for the layer's weight, one per call for any other.
+``depthwise.layout``): no copy for the layer's weight, one per call for any other. Each launch's plan
+(grid, integer arguments, constexprs) is memoized on the spec, the tiles and the tensors' layouts.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from tritonconv import tiles
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.depthwise import launch as depthwise_launch
-from tritonconv.ops.depthwise.launch import operand, vector_width
+from tritonconv.ops.depthwise.launch import aligned_base, operand_strides, tensor_layouts, vector_width
 from tritonconv.ops.depthwise.layout import empty_grad, grad_strides, taps_major
 from tritonconv.ops.depthwise.spec import ACTIVATIONS
 from tritonconv.ops.dwsep import kernels
@@ -67,6 +69,7 @@ _BACKWARD_REGISTERS = {3: 64, 5: 32, 7: 16}  # by kernel size
 _TENSOR_CORE_SPEEDUP = 15
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2
 _INT32 = 2**31
+PLANS_KEPT = 1024  # launch plans memoized per launcher (one per shape, tile and layout)
 
 
 def _extent(spec: DwSepSpec, kernel: str) -> tuple[int, int, int]:
@@ -176,19 +179,24 @@ def describe_plans(spec: DwSepSpec, pass_: str, tiles: dict) -> str:
     return filter_plan(spec, kernel, tiles[kernel]).describe() if kernel in tiles else ""
 
 
-def _common(spec: DwSepSpec, dtype: torch.dtype) -> dict:
+def _window(spec: DwSepSpec) -> dict:
     return dict(K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation,
                 ACT=ACTIVATIONS[spec.activation], OUT_ACT=ACTIVATIONS[spec.out_activation],
-                HAS_DW_BIAS=spec.dw_bias, DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))
+                HAS_DW_BIAS=spec.dw_bias)
 
 
-def _check_int32(spec: DwSepSpec, *tensors) -> None:
+def _precision(dtype: torch.dtype) -> dict:
+    """Read per call, never planned: ``dot_precision`` follows torch's tf32 switch and the interpreter."""
+    return dict(DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))
+
+
+def _check_int32(spec: DwSepSpec, *layouts) -> None:
     """Pixel indices and offsets inside one image are int32 (an image's base offset is int64)."""
     if spec.batch * spec.out_height * spec.out_width >= _INT32:
         raise ValueError(f"{spec.describe()}: 2^31 output pixels or more; the dwsep kernels index pixels in int32")
-    for t in tensors:
-        if sum((n - 1) * abs(s) for n, s in zip(t.shape[1:], t.stride()[1:])) >= _INT32:
-            raise ValueError(f"one image of a tensor of shape {tuple(t.shape)} spans 2^31 elements or more; "
+    for shape, strides, _ in layouts:
+        if sum((n - 1) * abs(s) for n, s in zip(shape[1:], strides[1:])) >= _INT32:
+            raise ValueError(f"one image of a tensor of shape {tuple(shape)} spans 2^31 elements or more; "
                              f"the dwsep kernels address an image with int32 offsets")
 
 
@@ -196,23 +204,44 @@ def _bias_or(bias, other):
     return bias.contiguous() if bias is not None else other
 
 
+def _bases(tensors, layouts) -> tuple:
+    return tuple(aligned_base(t, layout) for t, layout in zip(tensors, layouts))
+
+
+# ---- launchers --------------------------------------------------------------------------------------
+
+# Each launcher's plan (grid, the kernel's integer arguments and constexprs) is a pure function of the
+# spec, the tiles and the tensors' layouts (``depthwise.launch.tensor_layouts``): memoized, so a repeated
+# call only allocates, takes the aligned bases and launches. Switches that may change between calls
+# (tf32, the interpreter: ``_precision``; the device's SM count, which keys the split plans) are read
+# per call.
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _forward_plan(spec: DwSepSpec, tile: GemmTile, layouts, has_pw_bias: bool):
+    """(grid, integer arguments, constexprs) of ``dwsep_fwd_kernel`` for the layouts of x and y."""
+    _check_int32(spec, *layouts)
+    vec = vector_width((spec.in_channels, spec.out_channels), layouts)
+    plan = filter_plan(spec, "forward", tile)
+    pixels = spec.batch * spec.out_height * spec.out_width
+    integers = (pixels, spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec,
+                spec.out_height, spec.out_width, *operand_strides(layouts, vec))
+    constexprs = dict(**_window(spec), HAS_PW_BIAS=has_pw_bias, VEC=vec, CHUNKS=plan.per_program,
+                      BLOCK_P=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_C=tile.block_reduce,
+                      num_warps=tile.num_warps, num_stages=tile.num_stages)
+    return (cdiv(pixels, tile.block_rows), plan.groups), integers, constexprs
+
+
 def forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec: DwSepSpec, tile: GemmTile) -> torch.Tensor:
     y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
-    _check_int32(spec, x, y)
-    vec = vector_width((spec.in_channels, spec.out_channels), x, y)
-    plan = filter_plan(spec, "forward", tile)
-    pixels = spec.batch * spec.out_height * spec.out_width
+    layouts = tensor_layouts(x, y)
+    grid, integers, constexprs = _forward_plan(spec, tile, layouts, pw_bias is not None)
     weight_t = taps_major(dw_weight)  # the layer's own weight as it is; a copy for any other layout
-    (x_, *x_strides), (y_, *y_strides) = (operand(t, vec) for t in (x, y))
-    kernels.dwsep_fwd_kernel[(cdiv(pixels, tile.block_rows), plan.groups)](
+    x_, y_ = _bases((x, y), layouts)
+    kernels.dwsep_fwd_kernel[grid](
         x_, weight_t, _bias_or(dw_bias, weight_t), pw_weight.contiguous(), _bias_or(pw_bias, weight_t), y_,
-        pixels, spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height,
-        spec.out_width, *x_strides, *y_strides,
-        **_common(spec, x.dtype), HAS_PW_BIAS=pw_bias is not None, VEC=vec, CHUNKS=plan.per_program,
-        BLOCK_P=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_C=tile.block_reduce,
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        *integers, **constexprs, **_precision(x.dtype),
     )
     return y
 
@@ -235,44 +264,85 @@ class _DepthwisePartials:
     vec: int
 
 
-def _pointwise_pass(dy, y, x, weight_t, dw_bias, pw_weight, spec: DwSepSpec, tile: GemmTile, need_weights: bool):
-    """dz (one launch) and, with ``need_weights``, the pointwise gradients' partials (else None);
-    ``weight_t``: dw_weight taps-major (``depthwise.layout.taps_major``)."""
-    dz = empty_like_layout((spec.batch, spec.in_channels, spec.out_height, spec.out_width), x)
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _pointwise_plan(spec: DwSepSpec, tile: GemmTile, layouts, need_weights: bool, has_pw_bias: bool,
+                    device: torch.device, multiprocessors: int):
+    """(splits, grid, integer arguments, constexprs) of ``dwsep_bwd_kernel`` for the layouts of x, dy, y,
+    dz. ``multiprocessors``, the device's SM count the splits follow, only keys the memo."""
+    _check_int32(spec, *layouts)
+    vec = vector_width((spec.in_channels, spec.out_channels), layouts)
     pixels = spec.batch * spec.out_height * spec.out_width
-    has_pw_bias = need_weights and spec.pw_bias
-    if pixels == 0:
-        return dz, None
-    y = y if ACTIVATIONS[spec.out_activation] else dy
-    _check_int32(spec, x, dy, y, dz)
-    vec = vector_width((spec.in_channels, spec.out_channels), x, dy, y, dz)
     plan = filter_plan(spec, "backward_pointwise", tile, one_group=not need_weights)
     channel_tiles = cdiv(spec.in_channels, tile.block_cols)
     splits = min(_MAX_GRID_YZ, reduction_splits(GemmTile(tile.block_rows, tile.block_cols, tile.block_rows,
                                                          splits=tile.splits),
-                                                channel_tiles * plan.groups, pixels, x.device))
+                                                channel_tiles * plan.groups, pixels, device))
     pixels_per_split = cdiv(cdiv(pixels, splits), tile.block_rows) * tile.block_rows
     splits = cdiv(pixels, pixels_per_split)
+    integers = (pixels, pixels_per_split, spec.in_channels // vec, spec.height, spec.width,
+                spec.out_channels // vec, spec.out_height, spec.out_width, *operand_strides(layouts, vec))
+    constexprs = dict(**_window(spec), HAS_PW_BIAS=has_pw_bias, WEIGHT_GRADS=need_weights,
+                      ALL_FILTERS=plan.per_program * plan.block_n >= spec.out_channels, VEC=vec,
+                      CHUNKS=plan.per_program, BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols,
+                      BLOCK_N=tile.block_reduce, num_warps=tile.num_warps, num_stages=tile.num_stages)
+    return splits, (channel_tiles, plan.groups, splits), integers, constexprs
+
+
+def _pointwise_pass(dy, y, x, weight_t, dw_bias, pw_weight, spec: DwSepSpec, tile: GemmTile, need_weights: bool):
+    """dz (one launch) and, with ``need_weights``, the pointwise gradients' partials (else None);
+    ``weight_t``: dw_weight taps-major (``depthwise.layout.taps_major``)."""
+    dz = empty_like_layout((spec.batch, spec.in_channels, spec.out_height, spec.out_width), x)
+    has_pw_bias = need_weights and spec.pw_bias
+    if spec.batch * spec.out_height * spec.out_width == 0:
+        return dz, None
+    tensors = (x, dy, y if ACTIVATIONS[spec.out_activation] else dy, dz)
+    layouts = tensor_layouts(*tensors)
+    splits, grid, integers, constexprs = _pointwise_plan(spec, tile, layouts, need_weights, has_pw_bias, x.device,
+                                                         tiles.multiprocessor_count(x.device))
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if need_weights:
         partial = empty((splits, spec.out_channels, spec.in_channels), device=x.device, dtype=acc_dtype)
         partial_bias = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if has_pw_bias else partial
     else:
         partial = partial_bias = dz
-    (x_, *x_strides), (dy_, *dy_strides), (y_, *y_strides), (dz_, *dz_strides) = (
-        operand(t, vec) for t in (x, dy, y, dz))
-    kernels.dwsep_bwd_kernel[(channel_tiles, plan.groups, splits)](
+    x_, dy_, y_, dz_ = _bases(tensors, layouts)
+    kernels.dwsep_bwd_kernel[grid](
         x_, weight_t, _bias_or(dw_bias, weight_t), pw_weight.contiguous(), dy_, y_, dz_, partial, partial_bias,
-        pixels, pixels_per_split, spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec,
-        spec.out_height, spec.out_width, *x_strides, *dy_strides, *y_strides, *dz_strides,
-        **_common(spec, x.dtype), HAS_PW_BIAS=has_pw_bias, WEIGHT_GRADS=need_weights,
-        ALL_FILTERS=plan.per_program * plan.block_n >= spec.out_channels, VEC=vec, CHUNKS=plan.per_program,
-        BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols, BLOCK_N=tile.block_reduce,
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        *integers, **constexprs, **_precision(x.dtype),
     )
     if not need_weights:
         return dz, None
     return dz, _PointwisePartials(partial, partial_bias if has_pw_bias else None, splits)
+
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _depthwise_plan(spec: DwSepSpec, input_tile: GemmTile, weight_tile: GemmTile, layouts, need_input: bool,
+                    need_weights: bool, device: torch.device, multiprocessors: int):
+    """(vec, the grad-weight programs' ``WeightGradPlan``, grid, integer arguments, constexprs) of
+    ``dwsep_bwd_depthwise_kernel`` for the layouts of dz, x and dx (x without grad input).
+    ``multiprocessors``, the device's SM count the splits follow, only keys the memo."""
+    _check_int32(spec, *layouts)
+    vec = vector_width((spec.in_channels,), layouts)
+    depthwise = spec.depthwise()
+    plan = depthwise_launch.weight_grad_plan(depthwise, weight_tile, spec.dw_bias, device)
+    weight_programs = plan.channel_tiles * plan.row_groups * plan.splits if need_weights else 0
+    # Without grad-weight programs their arguments are never read (and Wo may be 0).
+    weight_arguments = depthwise_launch.weight_grad_arguments(depthwise, plan) if need_weights else (0,) * 5
+    pixel_tiles = cdiv(spec.height * spec.width, input_tile.block_rows)
+    channel_tiles = cdiv(spec.in_channels, input_tile.block_cols)
+    input_programs = pixel_tiles * channel_tiles * spec.batch if need_input else 0
+    if weight_programs + input_programs >= _INT32:
+        raise ValueError(f"{spec.describe()}: {weight_programs + input_programs} programs exceed the grid's 2^31")
+    integers = (spec.in_channels // vec, spec.height, spec.width, spec.out_height, spec.out_width,
+                weight_programs, plan.image_splits, plan.pixel_splits, *weight_arguments,
+                pixel_tiles, channel_tiles, *operand_strides(layouts, vec))
+    constexprs = dict(K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation,
+                      INPUT_GRAD=need_input, WEIGHT_GRADS=need_weights, HAS_DW_BIAS=spec.dw_bias, VEC=vec,
+                      ROWS=plan.rows, TAPS=plan.taps, PARTIAL_ROWS=plan.partial_rows,
+                      WEIGHT_BLOCK_P=plan.block_p, WEIGHT_BLOCK_C=plan.block_c,
+                      INPUT_BLOCK_P=input_tile.block_rows, INPUT_BLOCK_C=input_tile.block_cols,
+                      num_warps=weight_tile.num_warps, num_stages=weight_tile.num_stages)
+    return vec, plan, (weight_programs + input_programs,), integers, constexprs
 
 
 def backward_depthwise(dz, x, weight_t, spec: DwSepSpec, input_tile: GemmTile, weight_tile: GemmTile,
@@ -286,44 +356,50 @@ def backward_depthwise(dz, x, weight_t, spec: DwSepSpec, input_tile: GemmTile, w
     The price of the launch saved: one kernel has one register count, so the grad-input programs run at
     the grad-weight programs' (sm_90a audit, MobileNetV2 / GhostNet / EfficientNet-B0 bf16: 160-202
     registers, 8-12 warps per SM, against 42-166 for grad input alone); the GPU benchmark judges it."""
-    depthwise = spec.depthwise()
     dx = empty_like_layout(spec.input_shape, x) if need_input else None
     need_input = need_input and dx.numel() > 0
     need_weights = need_weights and dz.numel() > 0
     if not (need_input or need_weights):
         return dx, None
-    out = dx if dx is not None else x
-    _check_int32(spec, x, dz, out)
-    vec = vector_width((spec.in_channels,), dz, x, out)
-    plan = depthwise_launch.weight_grad_plan(depthwise, weight_tile, spec.dw_bias, x.device)
-    weight_programs = plan.channel_tiles * plan.row_groups * plan.splits if need_weights else 0
-    # Without grad-weight programs their arguments are never read (and Wo may be 0).
-    weight_arguments = depthwise_launch.weight_grad_arguments(depthwise, plan) if need_weights else (0,) * 5
+    tensors = (dz, x, dx if dx is not None else x)
+    layouts = tensor_layouts(*tensors)
+    vec, plan, grid, integers, constexprs = _depthwise_plan(spec, input_tile, weight_tile, layouts, need_input,
+                                                            need_weights, x.device,
+                                                            tiles.multiprocessor_count(x.device))
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     partial = (empty((plan.splits, plan.partial_rows, spec.in_channels), device=x.device, dtype=acc_dtype)
                if need_weights else dz)
-    pixel_tiles = cdiv(spec.height * spec.width, input_tile.block_rows)
-    channel_tiles = cdiv(spec.in_channels, input_tile.block_cols)
-    input_programs = pixel_tiles * channel_tiles * spec.batch if need_input else 0
-    if weight_programs + input_programs >= _INT32:
-        raise ValueError(f"{spec.describe()}: {weight_programs + input_programs} programs exceed the grid's 2^31")
-    (dz_, *dz_strides), (x_, *x_strides), (out_, *out_strides) = (operand(t, vec) for t in (dz, x, out))
-    kernels.dwsep_bwd_depthwise_kernel[(weight_programs + input_programs,)](
-        dz_, x_, weight_t, out_, partial,
-        spec.in_channels // vec, spec.height, spec.width, spec.out_height, spec.out_width,
-        weight_programs, plan.image_splits, plan.pixel_splits, *weight_arguments,
-        pixel_tiles, channel_tiles, *dz_strides, *x_strides, *out_strides,
-        K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation, INPUT_GRAD=need_input,
-        WEIGHT_GRADS=need_weights, HAS_DW_BIAS=spec.dw_bias, ACC_DTYPE=accumulator_dtype(x.dtype), VEC=vec,
-        ROWS=plan.rows, TAPS=plan.taps, PARTIAL_ROWS=plan.partial_rows,
-        WEIGHT_BLOCK_P=plan.block_p, WEIGHT_BLOCK_C=plan.block_c,
-        INPUT_BLOCK_P=input_tile.block_rows, INPUT_BLOCK_C=input_tile.block_cols,
-        num_warps=weight_tile.num_warps, num_stages=weight_tile.num_stages,
+    dz_, x_, out_ = _bases(tensors, layouts)
+    kernels.dwsep_bwd_depthwise_kernel[grid](
+        dz_, x_, weight_t, out_, partial, *integers, **constexprs, ACC_DTYPE=accumulator_dtype(x.dtype),
     )
     return dx, _DepthwisePartials(partial, plan, vec) if need_weights else None
 
 
 _REDUCE_BLOCK = 1024  # pointwise partials summed per program
+
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _reduce_plan(spec: DwSepSpec, pointwise_splits: int | None, pointwise_bias: bool,
+                 depthwise_plan: depthwise_launch.WeightGradPlan | None, vec: int):
+    """(grid, the pointwise integer arguments, the leading depthwise ones, constexprs) of
+    ``dwsep_reduce_kernel``; None when there is nothing to reduce. ``pointwise_splits`` and
+    ``depthwise_plan`` are None for absent partials."""
+    weights = spec.out_channels * spec.in_channels
+    pw_programs = (cdiv(weights, _REDUCE_BLOCK) + (cdiv(spec.out_channels, _REDUCE_BLOCK) if pointwise_bias else 0)
+                   if pointwise_splits is not None else 0)
+    dw_programs = depthwise_plan.channel_tiles if depthwise_plan is not None else 0
+    if pw_programs + dw_programs == 0:
+        return None
+    dw_rows = depthwise_plan.partial_rows if depthwise_plan is not None else 1
+    pw_integers = (pointwise_splits if pointwise_splits is not None else 0, weights, spec.out_channels, pw_programs)
+    dw_integers = (depthwise_plan.splits if depthwise_plan is not None else 0, spec.in_channels // vec)
+    constexprs = dict(PW_GRADS=pointwise_splits is not None, HAS_PW_BIAS=pointwise_bias,
+                      DW_GRADS=depthwise_plan is not None, K=spec.kernel_size,
+                      HAS_DW_BIAS=depthwise_plan is not None and spec.dw_bias, VEC=vec, DW_ROWS=dw_rows,
+                      DW_ROWS_P=next_power_of_2(dw_rows), BLOCK=_REDUCE_BLOCK,
+                      BLOCK_C=depthwise_plan.block_c if depthwise_plan is not None else 32, num_warps=4)
+    return (pw_programs + dw_programs,), pw_integers, dw_integers, constexprs
 
 
 def reduce_partials(x, dw_weight, spec: DwSepSpec, pointwise: _PointwisePartials | None,
@@ -339,25 +415,18 @@ def reduce_partials(x, dw_weight, spec: DwSepSpec, pointwise: _PointwisePartials
     if depthwise is not None:
         ddw = empty_grad(dw_weight, dw_shape, device=x.device, dtype=x.dtype)
         ddb = empty((spec.in_channels,), device=x.device, dtype=x.dtype) if spec.dw_bias else None
-    weights = spec.out_channels * spec.in_channels
-    pw_programs = (cdiv(weights, _REDUCE_BLOCK) + (cdiv(spec.out_channels, _REDUCE_BLOCK) if dpb is not None else 0)
-                   if pointwise is not None else 0)
-    dw_programs = depthwise.plan.channel_tiles if depthwise is not None else 0
-    if pw_programs + dw_programs == 0:
+    plan = _reduce_plan(spec, pointwise.splits if pointwise is not None else None, dpb is not None,
+                        *((depthwise.plan, depthwise.vec) if depthwise is not None else (None, 1)))
+    if plan is None:
         return ddw, ddb, dpw, dpb
+    grid, pw_integers, dw_integers, constexprs = plan
     some = dpw if dpw is not None else ddw  # a pointer for the absent operands (never read)
-    sdw_o, _, _, sdw_tap = grad_strides(dw_weight, dw_shape)
-    dw_rows = depthwise.plan.partial_rows if depthwise is not None else 1
-    vec = depthwise.vec if depthwise is not None else 1
-    kernels.dwsep_reduce_kernel[(pw_programs + dw_programs,)](
+    sdw_o, _, _, sdw_tap = ddw.stride() if ddw is not None else grad_strides(dw_weight, dw_shape)
+    kernels.dwsep_reduce_kernel[grid](
         pointwise.weight if pointwise is not None else some, _or(pointwise and pointwise.bias, some), _or(dpw, some),
-        _or(dpb, some), pointwise.splits if pointwise is not None else 0, weights, spec.out_channels, pw_programs,
-        depthwise.partial if depthwise is not None else some, _or(ddw, some), _or(ddb, some),
-        depthwise.plan.splits if depthwise is not None else 0, spec.in_channels // vec, sdw_o, sdw_tap,
-        PW_GRADS=pointwise is not None, HAS_PW_BIAS=dpb is not None, DW_GRADS=depthwise is not None,
-        K=spec.kernel_size, HAS_DW_BIAS=ddb is not None, ACC_DTYPE=accumulator_dtype(x.dtype), VEC=vec,
-        DW_ROWS=dw_rows, DW_ROWS_P=next_power_of_2(dw_rows), BLOCK=_REDUCE_BLOCK,
-        BLOCK_C=depthwise.plan.block_c if depthwise is not None else 32, num_warps=4,
+        _or(dpb, some), *pw_integers,
+        depthwise.partial if depthwise is not None else some, _or(ddw, some), _or(ddb, some), *dw_integers,
+        sdw_o, sdw_tap, **constexprs, ACC_DTYPE=accumulator_dtype(x.dtype),
     )
     return ddw, ddb, dpw, dpb
 

@@ -1,12 +1,15 @@
-"""Host side of the ShiftConv2d kernels: allocation, grids, tile configs and their candidates."""
+"""Host side of the ShiftConv2d kernels: allocation, grids (each launch's plan memoized), tile configs and
+their candidates."""
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 
 import torch
 
+from tritonconv import tiles
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.shift import kernels
 from tritonconv.ops.shift.spec import ShiftSpec
@@ -65,6 +68,7 @@ TILES = TileTable({
 candidate_tiles = TILES.candidate_tiles
 # grad-input channel tiles this narrow run at 4 warps (see default_tile)
 _NARROW_COLUMNS = 32
+PLANS_KEPT = 1024  # launch plans memoized per launcher (one per shape, tile and layout)
 
 
 def default_tile(spec: ShiftSpec, kernel: str) -> GemmTile:
@@ -95,12 +99,12 @@ def _weight_column_tiles(spec: ShiftSpec, block_cols: int) -> int:
     return spec.kernel_size**2 * cdiv(spec.shift_group, block_cols) + cdiv(remainder, block_cols)
 
 
-def _flat_pixels(t: torch.Tensor) -> bool:
-    """Whether pixel p = (b*H + h)*W + w of ``t`` lies at p * (w stride), as in channels_last: the
-    weight gradient then addresses pixels by bumping a base pointer."""
-    _, _, height, width = t.shape
-    sb, _, sh, sw = t.stride()
-    return (t.shape[0] == 1 or sb == height * width * sw) and (height == 1 or sh == width * sw)
+def _flat_pixels(shape, strides) -> bool:
+    """Whether pixel p = (b*H + h)*W + w of a tensor of ``shape`` and ``strides`` lies at p * (w stride),
+    as in channels_last: the weight gradient then addresses pixels by bumping a base pointer."""
+    batch, _, height, width = shape
+    sb, _, sh, sw = strides
+    return (batch == 1 or sb == height * width * sw) and (height == 1 or sh == width * sw)
 
 
 def _shift_args(spec: ShiftSpec) -> tuple[int, int]:
@@ -108,9 +112,13 @@ def _shift_args(spec: ShiftSpec) -> tuple[int, int]:
     return spec.shifted_channels, max(spec.shift_group, 1)
 
 
-def _constexprs(spec: ShiftSpec, dtype: torch.dtype) -> dict:
-    return dict(K=spec.kernel_size, DIL=spec.dilation, STRIDE=spec.stride, GROUPED=spec.assignment == "grouped",
-                DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))
+def _constexprs(spec: ShiftSpec) -> dict:
+    return dict(K=spec.kernel_size, DIL=spec.dilation, STRIDE=spec.stride, GROUPED=spec.assignment == "grouped")
+
+
+def _precision(dtype: torch.dtype) -> dict:
+    """Read per call, never planned: ``dot_precision`` follows torch's tf32 switch and the interpreter."""
+    return dict(DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))
 
 
 def _sizes(spec: ShiftSpec) -> tuple:
@@ -133,19 +141,43 @@ def reduction_ordered_weight(weight: torch.Tensor, spec: ShiftSpec) -> torch.Ten
     return torch.cat([by_direction.reshape(n, shifted), weight[:, shifted:]], dim=1)
 
 
+# ---- launchers --------------------------------------------------------------------------------------
+
+# Each launcher's plan (grid, the kernel's integer arguments and constexprs) is a pure function of the
+# spec, the tile and the strides: memoized, so a repeated call only allocates and launches. Switches
+# that may change between calls (tf32, the interpreter: ``_precision``; the device's SM count, which
+# keys the weight-gradient plan) are read per call.
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _forward_plan(spec: ShiftSpec, tile: GemmTile, x_strides, y_strides, has_bias: bool):
+    """(grid, integer arguments, constexprs) of ``shift_fwd_kernel``."""
+    grid = (cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
+            cdiv(spec.out_channels, tile.block_cols))
+    integers = (*_sizes(spec), *x_strides, *y_strides, *_shift_args(spec))
+    constexprs = dict(SEGMENTED=segmented(spec), GROUP_ALIGN=_group_align(spec), HAS_BIAS=has_bias,
+                      **_constexprs(spec), **TILES["forward"].launch_args(tile))
+    return grid, integers, constexprs
+
+
 def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
     y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
     weight = reduction_ordered_weight(weight, spec)
-    grid = (cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
-            cdiv(spec.out_channels, tile.block_cols))
+    grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None)
     kernels.shift_fwd_kernel[grid](
-        x, weight, bias.contiguous() if bias is not None else None, y, *_sizes(spec), *x.stride(), *y.stride(),
-        *_shift_args(spec), SEGMENTED=segmented(spec),
-        GROUP_ALIGN=_group_align(spec), HAS_BIAS=bias is not None, **_constexprs(spec, x.dtype),
-        **TILES["forward"].launch_args(tile))
+        x, weight, bias.contiguous() if bias is not None else None, y, *integers, **constexprs,
+        **_precision(x.dtype))
     return y
+
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _backward_input_plan(spec: ShiftSpec, tile: GemmTile, dy_strides, dx_strides):
+    """(grid, integer arguments, constexprs) of ``shift_bwd_input_kernel``."""
+    grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
+            cdiv(spec.in_channels, tile.block_cols))
+    integers = (*_sizes(spec), *dy_strides, *dx_strides, *_shift_args(spec))
+    return grid, integers, dict(**_constexprs(spec), **TILES["backward_input"].launch_args(tile))
 
 
 def backward_input(dy, weight, spec: ShiftSpec, tile: GemmTile, like: torch.Tensor) -> torch.Tensor:
@@ -153,31 +185,40 @@ def backward_input(dy, weight, spec: ShiftSpec, tile: GemmTile, like: torch.Tens
     if dx.numel() == 0:
         return dx
     weight = weight.reshape(spec.out_channels, spec.in_channels).contiguous()
-    grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
-            cdiv(spec.in_channels, tile.block_cols))
-    kernels.shift_bwd_input_kernel[grid](
-        dy, weight, dx, *_sizes(spec), *dy.stride(), *dx.stride(), *_shift_args(spec),
-        **_constexprs(spec, dy.dtype), **TILES["backward_input"].launch_args(tile))
+    grid, integers, constexprs = _backward_input_plan(spec, tile, dy.stride(), dx.stride())
+    kernels.shift_bwd_input_kernel[grid](dy, weight, dx, *integers, **constexprs, **_precision(dy.dtype))
     return dx
+
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _backward_weight_plan(spec: ShiftSpec, tile: GemmTile, x_strides, dy_strides, device: torch.device,
+                          multiprocessors: int):
+    """(partial's shape, grid, integer arguments, constexprs) of ``shift_bwd_weight_kernel``.
+    ``multiprocessors``, the device's SM count the splits follow, only keys the memo."""
+    pixels = spec.batch * spec.out_height * spec.out_width
+    filter_tiles = cdiv(spec.out_channels, tile.block_rows)
+    channel_tiles = _weight_column_tiles(spec, tile.block_cols)
+    splits = reduction_splits(tile, filter_tiles * channel_tiles, pixels, device)
+    pixels_per_split = cdiv(cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
+    row = spec.out_channels * (spec.in_channels + spec.bias)  # dw flattened, then the bias
+    integers = (*_sizes(spec), *x_strides, *dy_strides, *_shift_args(spec), pixels_per_split, row)
+    flat = (spec.stride == 1 and _flat_pixels(spec.input_shape, x_strides)
+            and _flat_pixels(spec.output_shape, dy_strides))
+    constexprs = dict(SEGMENTED=segmented(spec), GROUP_ALIGN=_group_align(spec), HAS_BIAS=spec.bias, FLAT=flat,
+                      **_constexprs(spec), **TILES["backward_weight"].launch_args(tile))
+    return (splits, row), (filter_tiles, channel_tiles, splits), integers, constexprs
 
 
 def backward_weight(dy, x, spec: ShiftSpec, tile: GemmTile):
     """(grad weight [N, C, 1, 1], grad bias or None), reduced over the pixels in fp32 (fp64)."""
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    pixels = spec.batch * spec.out_height * spec.out_width
-    if pixels == 0:
+    if spec.batch * spec.out_height * spec.out_width == 0:
         db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None
         return torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype), db
-    filter_tiles = cdiv(spec.out_channels, tile.block_rows)
-    channel_tiles = _weight_column_tiles(spec, tile.block_cols)
-    splits = reduction_splits(tile, filter_tiles * channel_tiles, pixels, x.device)
-    pixels_per_split = cdiv(cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
-    row = spec.out_channels * (spec.in_channels + spec.bias)  # dw flattened, then the bias
-    partial = empty((splits, row), device=x.device, dtype=acc_dtype)
-    kernels.shift_bwd_weight_kernel[(filter_tiles, channel_tiles, splits)](
-        x, dy, partial, *_sizes(spec), *x.stride(), *dy.stride(), *_shift_args(spec), pixels_per_split, row,
-        SEGMENTED=segmented(spec), GROUP_ALIGN=_group_align(spec), HAS_BIAS=spec.bias,
-        BIAS_BY_DOT=x.dtype in (torch.float16, torch.bfloat16),
-        FLAT=spec.stride == 1 and _flat_pixels(x) and _flat_pixels(dy), **_constexprs(spec, x.dtype),
-        **TILES["backward_weight"].launch_args(tile))
+    shape, grid, integers, constexprs = _backward_weight_plan(spec, tile, x.stride(), dy.stride(), x.device,
+                                                              tiles.multiprocessor_count(x.device))
+    partial = empty(shape, device=x.device, dtype=acc_dtype)
+    kernels.shift_bwd_weight_kernel[grid](
+        x, dy, partial, *integers, BIAS_BY_DOT=x.dtype in (torch.float16, torch.bfloat16), **constexprs,
+        **_precision(x.dtype))
     return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype)

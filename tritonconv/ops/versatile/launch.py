@@ -8,11 +8,13 @@ accumulates it and DDP buckets it without a copy."""
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 
 import torch
 
+from tritonconv import tiles
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv._weights import empty_grad, grad_is_taps_major, taps_major
 from tritonconv.ops.versatile import kernels
@@ -69,6 +71,7 @@ TILES = TileTable({
     ), ("BLOCK_N", "BLOCK_C", "BLOCK_P"), min_rows=WGMMA_ROWS),
 }, extent=_gemm_extent)
 candidate_tiles = TILES.candidate_tiles
+PLANS_KEPT = 1024  # launch plans memoized per launcher (one per shape, tile and layout)
 
 
 def default_tile(spec: VersatileSpec, kernel: str) -> GemmTile:
@@ -79,9 +82,13 @@ def default_tile(spec: VersatileSpec, kernel: str) -> GemmTile:
     return tile
 
 
-def _common(spec: VersatileSpec, dtype: torch.dtype) -> dict:
-    return dict(K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation,
-                DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))
+def _common(spec: VersatileSpec) -> dict:
+    return dict(K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation)
+
+
+def _precision(dtype: torch.dtype) -> dict:
+    """Read per call, never planned: ``dot_precision`` follows torch's tf32 switch and the interpreter."""
+    return dict(DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))
 
 
 def window_align(spec: VersatileSpec) -> int:
@@ -95,10 +102,11 @@ def tap_uses(kernel_size: int) -> int:
     return sum((kernel_size - 2 * s) ** 2 for s in range((kernel_size + 1) // 2))
 
 
-def flat_pixels(t: torch.Tensor) -> bool:
-    """Whether pixel p (flat over batch, rows, columns) of the 4-D ``t`` lies at p * stride(3)."""
-    _, _, h, w = t.shape
-    sb, _, sh, sw = t.stride()
+def flat_pixels(shape, strides) -> bool:
+    """Whether pixel p (flat over batch, rows, columns) of a 4-D tensor of ``shape`` and ``strides`` lies
+    at p * strides[3]."""
+    _, _, h, w = shape
+    sb, _, sh, sw = strides
     return sh == w * sw and sb == h * sh
 
 
@@ -107,21 +115,35 @@ def bias_rows(tile: GemmTile) -> int:
     return max(1, next_power_of_2(32 * tile.num_warps // tile.block_cols))
 
 
+# ---- launchers --------------------------------------------------------------------------------------
+
+# Each launcher's plan (grid, the kernel's integer arguments and constexprs) is a pure function of the
+# spec, the tile and the strides: memoized, so a repeated call only allocates and launches. Switches
+# that may change between calls (tf32, the interpreter: ``_precision``; the device's SM count, which
+# keys the weight-gradient plan) are read per call.
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _forward_plan(spec: VersatileSpec, tile: GemmTile, x_strides, y_strides, has_bias: bool):
+    """(grid, integer arguments, constexprs) of ``versatile_fwd_kernel``."""
+    grid = (cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
+            spec.n_c * cdiv(spec.n_w, tile.block_cols))
+    integers = (spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
+                *x_strides, *y_strides, spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g)
+    constexprs = dict(S_NUM=spec.s_num, WINDOW_ALIGN=window_align(spec), EVEN_K=spec.c_hat % tile.block_reduce == 0,
+                      HAS_BIAS=has_bias, FLAT_Y=flat_pixels(spec.output_shape, y_strides),
+                      ALIGNED_Y=spec.n_w % 8 == 0, BIAS_ROWS=bias_rows(tile), **_common(spec),
+                      **TILES["forward"].launch_args(tile))
+    return grid, integers, constexprs
+
+
 def forward(x, weight, bias, spec: VersatileSpec, tile: GemmTile) -> torch.Tensor:
     y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
-    weight = taps_major(weight)
-    grid = (cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
-            spec.n_c * cdiv(spec.n_w, tile.block_cols))
+    grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None)
     kernels.versatile_fwd_kernel[grid](
-        x, weight, bias.contiguous() if bias is not None else None, y,
-        spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
-        *x.stride(), *y.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g,
-        S_NUM=spec.s_num, WINDOW_ALIGN=window_align(spec), EVEN_K=spec.c_hat % tile.block_reduce == 0,
-        HAS_BIAS=bias is not None, FLAT_Y=flat_pixels(y), ALIGNED_Y=spec.n_w % 8 == 0,
-        BIAS_ROWS=bias_rows(tile), **_common(spec, x.dtype),
-        **TILES["forward"].launch_args(tile))
+        x, taps_major(weight), bias.contiguous() if bias is not None else None, y, *integers, **constexprs,
+        **_precision(x.dtype))
     return y
 
 
@@ -132,21 +154,54 @@ def window_select(spec: VersatileSpec, block_cols: int) -> bool:
     return spec.n_c > 1 and bool(spec.g % block_cols or spec.c_hat % block_cols)
 
 
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _backward_input_plan(spec: VersatileSpec, tile: GemmTile, dy_strides, dx_strides):
+    """(grid, integer arguments, constexprs) of ``versatile_bwd_input_kernel``."""
+    grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
+            cdiv(spec.in_channels, tile.block_cols))
+    integers = (spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
+                *dy_strides, *dx_strides, spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c)
+    constexprs = dict(WINDOW_ALIGN=window_align(spec), TAP_USES=tap_uses(spec.kernel_size),
+                      EVEN_F=spec.n_w % tile.block_reduce == 0, ALIGNED_DY=spec.n_w % 8 == 0,
+                      WINDOW_SELECT=window_select(spec, tile.block_cols), **_common(spec),
+                      **TILES["backward_input"].launch_args(tile))
+    return grid, integers, constexprs
+
+
 def backward_input(dy, weight, spec: VersatileSpec, tile: GemmTile, like: torch.Tensor) -> torch.Tensor:
     dx = empty_like_layout(spec.input_shape, like)
     if dx.numel() == 0:
         return dx
-    grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
-            cdiv(spec.in_channels, tile.block_cols))
-    kernels.versatile_bwd_input_kernel[grid](
-        dy, taps_major(weight), dx,
-        spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
-        *dy.stride(), *dx.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c,
-        WINDOW_ALIGN=window_align(spec), TAP_USES=tap_uses(spec.kernel_size),
-        EVEN_F=spec.n_w % tile.block_reduce == 0, ALIGNED_DY=spec.n_w % 8 == 0,
-        WINDOW_SELECT=window_select(spec, tile.block_cols), **_common(spec, dy.dtype),
-        **TILES["backward_input"].launch_args(tile))
+    grid, integers, constexprs = _backward_input_plan(spec, tile, dy.stride(), dx.stride())
+    kernels.versatile_bwd_input_kernel[grid](dy, taps_major(weight), dx, *integers, **constexprs,
+                                             **_precision(dy.dtype))
     return dx
+
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _backward_weight_plan(spec: VersatileSpec, tile: GemmTile, x_strides, dy_strides, taps_major_grad: bool,
+                          device: torch.device, multiprocessors: int):
+    """(partial's shape, grid, integer arguments, constexprs) of ``versatile_bwd_weight_kernel``;
+    ``taps_major_grad``: whether dw is laid out taps-major (else contiguous). ``multiprocessors``, the
+    device's SM count the splits follow, only keys the memo."""
+    pixels = spec.batch * spec.out_height * spec.out_width
+    filter_tiles = cdiv(spec.n_w, tile.block_rows)
+    column_tiles = spec.kernel_size**2 * cdiv(spec.c_hat, tile.block_cols)
+    splits = reduction_splits(tile, filter_tiles * column_tiles, pixels, device)
+    pixels_per_split = cdiv(cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
+    taps = spec.kernel_size**2
+    weight_columns = spec.n_w * spec.c_hat * taps
+    row = weight_columns + spec.out_channels * spec.bias  # dw in its memory order, then the bias
+    # (f, c, tap) strides of dw's memory order: taps-major [K*K, n_w, c_hat] or contiguous [n_w, c_hat, K*K]
+    strides = (spec.c_hat, 1, spec.n_w * spec.c_hat) if taps_major_grad else (spec.c_hat * taps, taps, 1)
+    # Column 0 of a filter tile sums dy for an even share of the O output channels (whole BLOCK_N blocks).
+    bias_channels = cdiv(cdiv(spec.out_channels, filter_tiles), tile.block_rows) * tile.block_rows
+    integers = (spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
+                *x_strides, *dy_strides, spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c,
+                pixels_per_split, row, *strides, spec.out_channels, bias_channels)
+    constexprs = dict(WINDOW_ALIGN=window_align(spec), HAS_BIAS=spec.bias, **_common(spec),
+                      **TILES["backward_weight"].launch_args(tile))
+    return (splits, row), (filter_tiles, column_tiles + spec.bias, splits), integers, constexprs
 
 
 def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile, weight: torch.Tensor | None = None):
@@ -154,28 +209,14 @@ def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile, weight: torch.Te
     in a fixed order: two launches (the partials, the bias's among them; their sum). Grad weight has
     ``_weights.grad_strides(weight)`` (taps-major without ``weight``)."""
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    pixels = spec.batch * spec.out_height * spec.out_width
     dw = empty_grad(weight, spec.weight_shape, device=x.device, dtype=x.dtype)
-    if pixels == 0:
+    if spec.batch * spec.out_height * spec.out_width == 0:
         db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None
         return dw.zero_(), db
-    filter_tiles = cdiv(spec.n_w, tile.block_rows)
-    column_tiles = spec.kernel_size**2 * cdiv(spec.c_hat, tile.block_cols)
-    splits = reduction_splits(tile, filter_tiles * column_tiles, pixels, x.device)
-    pixels_per_split = cdiv(cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
-    taps = spec.kernel_size**2
-    weight_columns = spec.n_w * spec.c_hat * taps
-    row = weight_columns + spec.out_channels * spec.bias  # dw in its memory order, then the bias
-    # (f, c, tap) strides of dw's memory order: taps-major [K*K, n_w, c_hat] or contiguous [n_w, c_hat, K*K]
-    strides = ((spec.c_hat, 1, spec.n_w * spec.c_hat) if grad_is_taps_major(weight, spec.weight_shape)
-               else (spec.c_hat * taps, taps, 1))
-    # Column 0 of a filter tile sums dy for an even share of the O output channels (whole BLOCK_N blocks).
-    bias_channels = cdiv(cdiv(spec.out_channels, filter_tiles), tile.block_rows) * tile.block_rows
-    partial = empty((splits, row), device=x.device, dtype=acc_dtype)
-    kernels.versatile_bwd_weight_kernel[(filter_tiles, column_tiles + spec.bias, splits)](
-        x, dy, partial, spec.batch, spec.in_channels, spec.height, spec.width, spec.out_height, spec.out_width,
-        *x.stride(), *dy.stride(), spec.c_hat, spec.n_w, spec.n_c * spec.n_w, spec.g, spec.n_c, pixels_per_split,
-        row, *strides, spec.out_channels, bias_channels, WINDOW_ALIGN=window_align(spec), HAS_BIAS=spec.bias,
-        **_common(spec, x.dtype), **TILES["backward_weight"].launch_args(tile))
+    shape, grid, integers, constexprs = _backward_weight_plan(
+        spec, tile, x.stride(), dy.stride(), grad_is_taps_major(weight, spec.weight_shape), x.device,
+        tiles.multiprocessor_count(x.device))
+    partial = empty(shape, device=x.device, dtype=acc_dtype)
+    kernels.versatile_bwd_weight_kernel[grid](x, dy, partial, *integers, **constexprs, **_precision(x.dtype))
     return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype,
                       weight=dw)
