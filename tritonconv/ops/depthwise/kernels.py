@@ -19,7 +19,7 @@ memory traffic; what they must avoid is spending instructions per byte:
 
 Index math is int32 and outside the loops (one division per program); only the image's base offset
 is int64. Tensors are addressed through explicit strides (NCHW, channels_last and channel-offset views
-take the same code), the batch and pixel strides arriving divided by VEC (see ``launch._vector_width``).
+take the same code), the batch and pixel strides arriving divided by VEC (see ``launch.vector_width``).
 Each tensor arrives as a 16-byte-aligned pointer plus an offset in units of VEC (``*_off_v``): a
 channel-slice view (the Ghost backward's ``grad[:, C:]``) would otherwise lose the JIT's alignment
 hint and every load in it would be scalar.
