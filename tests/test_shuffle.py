@@ -252,3 +252,20 @@ def test_dense_paths_are_chosen_for_shuffled_groups_in_channels_last():
     assert launch._dense_step(128, 3, torch.empty(0, dtype=torch.bfloat16)) == 120
     assert launch._dense_step(64, 8, torch.empty(0, dtype=torch.bfloat16)) == 64
     assert launch._dense_step(16, 3, torch.empty(0, dtype=torch.float64)) == 12
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("in_c,out_c,groups", [(240, 60, 3), (384, 96, 8)])
+def test_dense_backward_bfloat16_on_gpu(in_c, out_c, groups):
+    """The packed select (a 32-bit AND of two bf16, GPU only) keeps a NaN in its group too."""
+    from tritonconv.harness import max_relative_error
+    from tritonconv.ops.shuffle import launch, reference
+
+    spec, x, dy, weight = _dense_case(in_c, out_c, groups, True, torch.bfloat16, bias=False)
+    dy[1, out_c // 2, 2, 3] = float("nan")
+    got = [launch.backward_input(dy, weight, spec, launch.default_tile(spec, "backward_input"), x, dense=True),
+           launch.backward_weight(dy, x, spec, launch.default_tile(spec, "backward_weight"), dense=True)[0]]
+    want = reference.fallback_backward(dy.double(), x.double(), weight.double(), spec, True, True)
+    for a, b in zip(got, want):
+        assert torch.equal(torch.isfinite(a), torch.isfinite(b))
+        assert max_relative_error(a[torch.isfinite(a)].double(), b[torch.isfinite(b)]) < 3e-2
