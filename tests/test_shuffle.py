@@ -184,10 +184,12 @@ def test_bfloat16_on_gpu():
 _SMALL_TILE = GemmTile(16, 16, 16, 4, 1, splits=2)
 
 
-def _dense_case(in_c, out_c, groups, channels_last, dtype, bias=True):
+def _dense_case(in_c, out_c, groups, channels_last, dtype, bias=True, shuffle_groups=None):
     from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 
-    spec = ShuffleConvSpec(2, in_c, out_c, 5, 7, groups, groups, bias, str(dtype).split(".")[1], channels_last)
+    shuffle_groups = groups if shuffle_groups is None else shuffle_groups
+    spec = ShuffleConvSpec(2, in_c, out_c, 5, 7, groups, shuffle_groups, bias, str(dtype).split(".")[1],
+                           channels_last)
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(spec.input_shape, device=DEVICE, dtype=dtype).contiguous(memory_format=layout)
@@ -204,14 +206,20 @@ def _dense_grads(spec, x, dy, weight):
     return dx, dw, db
 
 
-@pytest.mark.parametrize("in_c,out_c,groups", [(15, 21, 3), (24, 40, 8), (48, 96, 8), (36, 60, 3)])
+# (in, out, groups, shuffle groups): sg = G, and unshuffled at odd group widths (the grad input's window)
+_DENSE_SHAPES = [(15, 21, 3, 3), (24, 40, 8, 8), (48, 96, 8, 8), (36, 60, 3, 3),
+                 (9, 63, 3, 1), (16, 56, 8, 1), (8, 168, 8, 1)]
+
+
+@pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups", _DENSE_SHAPES)
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
-def test_dense_backward_matches_float64_reference(in_c, out_c, groups, channels_last, dtype, tolerance):
+def test_dense_backward_matches_float64_reference(in_c, out_c, groups, shuffle_groups, channels_last, dtype,
+                                                  tolerance):
     from tritonconv.harness import max_relative_error
     from tritonconv.ops.shuffle import reference
 
-    spec, x, dy, weight = _dense_case(in_c, out_c, groups, channels_last, dtype)
+    spec, x, dy, weight = _dense_case(in_c, out_c, groups, channels_last, dtype, shuffle_groups=shuffle_groups)
     got = _dense_grads(spec, x, dy, weight)
     want = reference.fallback_backward(dy.double(), x.double(), weight.double(), spec, True, True)
     assert got[0].is_contiguous(memory_format=torch.channels_last) == channels_last
@@ -219,13 +227,13 @@ def test_dense_backward_matches_float64_reference(in_c, out_c, groups, channels_
         assert a.shape == b.shape and max_relative_error(a.double(), b) < tolerance
 
 
-@pytest.mark.parametrize("in_c,out_c,groups", [(15, 21, 3), (24, 40, 8)])
-def test_dense_backward_keeps_a_nan_in_its_group(in_c, out_c, groups):
+@pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups", [(15, 21, 3, 3), (24, 40, 8, 8), (16, 56, 8, 1)])
+def test_dense_backward_keeps_a_nan_in_its_group(in_c, out_c, groups, shuffle_groups):
     """A NaN in one dy channel reaches exactly the grads the float64 formulation makes non-finite: the
     other groups' columns are selected away (never multiplied by zero) and their products not stored."""
     from tritonconv.ops.shuffle import reference
 
-    spec, x, dy, weight = _dense_case(in_c, out_c, groups, True, torch.float64)
+    spec, x, dy, weight = _dense_case(in_c, out_c, groups, True, torch.float64, shuffle_groups=shuffle_groups)
     for channel in (0, out_c // 2, out_c - 1):
         poisoned = dy.clone()
         poisoned[1, channel, 2, 3] = float("nan")
@@ -246,6 +254,8 @@ def test_dense_paths_are_chosen_for_shuffled_groups_in_channels_last():
     for other in (replace(spec, channels_last=False), replace(spec, groups=1, in_channels=24),
                   replace(spec, shuffle_groups=1)):
         assert not launch._dense_input_grad(other)
+    # an odd group width puts the unshuffled groups at unaligned channels: the grad input's window
+    assert launch._dense_input_grad(ShuffleConvSpec(2, 96, 360, 4, 4, 8, 1, channels_last=True))
     assert not launch._dense_weight_grad(replace(spec, channels_last=False))
     # odd group widths gather dy in the grouped grad weight: the dense one loads vectors
     assert launch._dense_weight_grad(ShuffleConvSpec(2, 96, 360, 4, 4, 8, 1, channels_last=True))

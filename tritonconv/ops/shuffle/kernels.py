@@ -129,18 +129,26 @@ def _keep_columns(a, keep, PACKED: tl.constexpr):
     if PACKED:
         bits = tl.broadcast_to(tl.where(keep, -1, 0).to(tl.int16)[None, :], a.shape)
         kept = tl.inline_asm_elementwise("and.b32 $0, $1, $2;", "=r,r,r", [a.to(tl.int16, bitcast=True), bits],
-                                         dtype=tl.int16, is_pure=True, pack=2)
-        return kept.to(a.dtype, bitcast=True)
-    return tl.where(keep[None, :], a, 0.0)
+                                         dtype=tl.int16, is_pure=True, pack=2).to(a.dtype, bitcast=True)
+    else:
+        kept = tl.where(keep[None, :], a, 0.0)
+    return kept
 
 
 @triton.jit
 def _dense_input_step(dy_tile, w_tile, dy_mask, w_mask, mine, acc, PACKED_SELECT: tl.constexpr,
-                      DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr):
-    """acc += (dy's columns ``mine``, the others selected to 0) [BLOCK_M, BLOCK_K] @ w [BLOCK_K, BLOCK_N]."""
+                      TRANSPOSED: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """acc += (dy's columns ``mine``, the others selected to 0) [BLOCK_M, BLOCK_K] @ w [BLOCK_K, BLOCK_N],
+    or its transpose into acc [BLOCK_N, BLOCK_M] (TRANSPOSED): the selected dy is then the second
+    operand, which the wgmma reads from shared memory (one store), not from registers (a shared-memory
+    round trip and register moves); it needs BLOCK_N >= 64, a warp group's rows."""
     a = _keep_columns(tl.load(dy_tile, mask=dy_mask, other=0.0), mine, PACKED_SELECT)
     wt = tl.load(w_tile, mask=w_mask, other=0.0)
-    return tl.dot(tl.trans(wt), tl.trans(a), acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    if TRANSPOSED:
+        acc = tl.dot(tl.trans(wt), tl.trans(a), acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    else:
+        acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    return acc
 
 
 @triton.jit
@@ -149,9 +157,9 @@ def shuffle_conv_bwd_input_kernel(
     P, HW, N, GROUP_IN, GROUP_OUT, SHUFFLE_GROUPS,
     sdyb, sdyc, sdyh, sdyw, W,
     sdxb, sdxc, sdxh, sdxw,
-    ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr, BLOCKED: tl.constexpr,
-    BY_POSITION: tl.constexpr, DENSE: tl.constexpr, STEP: tl.constexpr, PACKED_SELECT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    ALIGN: tl.constexpr, IN_ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr,
+    BLOCKED: tl.constexpr, BY_POSITION: tl.constexpr, DENSE: tl.constexpr, STEP: tl.constexpr,
+    PACKED_SELECT: tl.constexpr, TRANSPOSED: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[b, c, h, w] = sum_n w[n, c] dy[b, pos(n), h, w] over the filters of c's group. ALIGN divides
@@ -160,20 +168,21 @@ def shuffle_conv_bwd_input_kernel(
     (one conv group, shuffled): the group's filters land on every dy channel, so the reduction walks
     dy's channels j in memory order (vector loads) and gathers the weight rows n(j) instead.
 
-    DENSE (BLOCKED with several groups, channels_last): the reduction walks all of dy's channels j in
-    memory order (vector loads) instead of gathering the group's every sg-th one. Channel j is filter
-    n(j) = (j mod sg) N/sg + j // sg of group j mod sg; the other groups' columns are selected away
-    (``_keep_columns``, not a multiply by zero: a NaN there never reaches this group's dx) and their
-    weight rows are masked to zero. G times the tensor-core work, on a memory-bound kernel. ALIGN then
-    divides N and not the groups' filter count; STEP (the launcher's ``_dense_step``) is the channels
-    one step reduces, PACKED_SELECT the select's form.
+    DENSE (several groups, channels_last) reads dy's channels in memory order (vector loads) and selects
+    the group's columns (``_keep_columns``, not a multiply by zero: a NaN in another group's column never
+    reaches this group's dx); their weight rows are masked to zero. SHUFFLED (sg = G): all of dy's
+    channels, channel j being filter n(j) = (j mod sg) N/sg + j // sg of group j mod sg, G times the
+    tensor-core work on a memory-bound kernel; STEP (the launcher's ``_dense_step``) channels a step.
+    Unshuffled (odd group widths, whose groups start at unaligned channels): the group's own channels
+    from the aligned one below. ALIGN then divides dy's strides and N, IN_ALIGN the group's channels
+    (otherwise IN_ALIGN = ALIGN); PACKED_SELECT and TRANSPOSED choose the select's and the dot's form.
     """
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
     tiles_per_group = tl.cdiv(GROUP_IN, BLOCK_N)
     group = pid_channels // tiles_per_group
     c_local = (pid_channels % tiles_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    group_in = GROUP_IN // ALIGN * ALIGN  # = GROUP_IN, GROUP_OUT: written so the compiler sees the divisor
+    group_in = GROUP_IN // IN_ALIGN * IN_ALIGN  # = GROUP_IN, GROUP_OUT: written so the compiler sees the divisor
     group_out = GROUP_OUT if DENSE else GROUP_OUT // ALIGN * ALIGN  # dense: ALIGN divides N instead
     c_mask = c_local < group_in
     c = group * group_in + c_local
@@ -182,31 +191,51 @@ def shuffle_conv_bwd_input_kernel(
     k_range = tl.arange(0, BLOCK_K)
     w_cols = w_ptr + c_local  # [BLOCK_N]
     if DENSE:
-        # dx^T [BLOCK_N, BLOCK_M] = w^T dy^T: the selected dy is the second operand, which the wgmma
-        # reads from shared memory (one store), not registers (a shared-memory round trip and moves)
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC_DTYPE)
-        # STEP (a multiple of sg and of the vector width, <= BLOCK_K) channels a step: column k of every
-        # step is a channel of group k mod sg, filter k // sg of it, so the columns this group keeps
-        # and its weight rows are fixed per program (no mask or index rebuilt in the loop)
+        if TRANSPOSED:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC_DTYPE)  # dx^T = w^T dy^T
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
         n_end = N // ALIGN * ALIGN
-        in_step = k_range < STEP
-        mine = in_step & (k_range % SHUFFLE_GROUPS == group)  # [BLOCK_K]
-        dy_tile = dy_rows[:, None] + (k_range * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
-        w_tile = w_cols[None, :] + ((group * group_out + k_range // SHUFFLE_GROUPS) * group_in)[:, None]
-        # whole steps with the fixed masks, then the last, partial one
-        full_steps = n_end // STEP
-        for _ in range(0, full_steps):
-            acc = _dense_input_step(dy_tile, w_tile, pixel_mask[:, None] & in_step[None, :],
-                                    mine[:, None] & c_mask[None, :], mine, acc, PACKED_SELECT, DOT_PRECISION,
-                                    ACC_DTYPE)
-            dy_tile += STEP * sdyc
-            w_tile += STEP // SHUFFLE_GROUPS * group_in
-        if full_steps * STEP < n_end:
-            left = k_range < n_end - full_steps * STEP  # [BLOCK_K]
-            acc = _dense_input_step(dy_tile, w_tile, pixel_mask[:, None] & (in_step & left)[None, :],
-                                    (mine & left)[:, None] & c_mask[None, :], mine, acc, PACKED_SELECT,
-                                    DOT_PRECISION, ACC_DTYPE)
-        acc = tl.trans(acc)
+        if SHUFFLED:
+            # STEP (a multiple of sg and of the vector width, <= BLOCK_K) channels a step: column k of
+            # every step is a channel of group k mod sg, filter k // sg of it, so the columns this group
+            # keeps and its weight rows are fixed per program (no mask or index rebuilt in the loop)
+            in_step = k_range < STEP
+            mine = in_step & (k_range % SHUFFLE_GROUPS == group)  # [BLOCK_K]
+            dy_tile = dy_rows[:, None] + (k_range * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
+            w_tile = w_cols[None, :] + ((group * group_out + k_range // SHUFFLE_GROUPS) * group_in)[:, None]
+            # whole steps with the fixed masks, then the last, partial one
+            full_steps = n_end // STEP
+            for _ in range(0, full_steps):
+                acc = _dense_input_step(dy_tile, w_tile, pixel_mask[:, None] & in_step[None, :],
+                                        mine[:, None] & c_mask[None, :], mine, acc, PACKED_SELECT, TRANSPOSED,
+                                        DOT_PRECISION, ACC_DTYPE)
+                dy_tile += STEP * sdyc
+                w_tile += STEP // SHUFFLE_GROUPS * group_in
+            if full_steps * STEP < n_end:
+                left = k_range < n_end - full_steps * STEP  # [BLOCK_K]
+                acc = _dense_input_step(dy_tile, w_tile, pixel_mask[:, None] & (in_step & left)[None, :],
+                                        (mine & left)[:, None] & c_mask[None, :], mine, acc, PACKED_SELECT,
+                                        TRANSPOSED, DOT_PRECISION, ACC_DTYPE)
+        else:
+            # unshuffled, the group's filters are dy channels [lo, hi) (its n = its channel): walked
+            # from the vector-aligned channel at or below lo, the neighbours' columns loaded with them
+            # selected away
+            lo = group * group_out
+            hi = lo + group_out
+            start = lo // ALIGN * ALIGN
+            dy_tile = dy_rows[:, None] + ((start + k_range) * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
+            w_tile = w_cols[None, :] + ((start + k_range) * group_in)[:, None]  # [BLOCK_K, BLOCK_N]
+            for j0 in range(start, hi, BLOCK_K):
+                j = j0 + k_range  # [BLOCK_K]
+                mine = (j >= lo) & (j < hi)
+                acc = _dense_input_step(dy_tile, w_tile, pixel_mask[:, None] & (j < n_end)[None, :],
+                                        mine[:, None] & c_mask[None, :], mine, acc, PACKED_SELECT, TRANSPOSED,
+                                        DOT_PRECISION, ACC_DTYPE)
+                dy_tile += BLOCK_K * sdyc
+                w_tile += BLOCK_K * group_in
+        if TRANSPOSED:
+            acc = tl.trans(acc)
     else:
         # A shuffled dy is a 2-byte gather: its tile pointers are built once and bumped, pos(n + BLOCK_K) =
         # pos(n) + BLOCK_K * sg when the shuffle groups are the conv groups (BLOCKED); otherwise pos is

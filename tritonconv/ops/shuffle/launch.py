@@ -28,7 +28,8 @@ def _gemm_extent(spec: ShuffleConvSpec, kernel: str) -> tuple[int, int, int]:
     if kernel == "forward":
         return pixels, spec.group_out, spec.group_in
     if kernel == "backward_input":
-        return pixels, spec.group_in, spec.out_channels if _dense_input_grad(spec) else spec.group_out
+        all_channels = _dense_input_grad(spec) and spec.shuffle_groups > 1
+        return pixels, spec.group_in, spec.out_channels if all_channels else spec.group_out
     if _dense_weight_grad(spec):
         return spec.out_channels, spec.in_channels, pixels
     return spec.group_out, spec.group_in, pixels
@@ -108,11 +109,13 @@ def _by_position(spec: ShuffleConvSpec) -> bool:
 
 
 def _dense_input_grad(spec: ShuffleConvSpec, dy: torch.Tensor | None = None) -> bool:
-    """Whether the grad input reduces over all of dy's channels in memory order and selects the group's
-    (G times the tensor-core work, every dy load a vector): several conv groups shuffled onto every
-    sg-th channel by sg = G (``_blocked_shuffle``), in channels_last (see ``_dense_weight_grad``)."""
+    """Whether the grad input reads dy's channels in memory order and selects the group's (every dy load
+    a vector), in channels_last (see ``_dense_weight_grad``): several conv groups shuffled onto every
+    sg-th channel by sg = G (``_blocked_shuffle``; all channels, G times the tensor-core work), or
+    unshuffled at an odd group width (the group's channels from the aligned one below)."""
     channels_innermost = spec.channels_last if dy is None else dy.stride(1) == 1 and dy.shape[1] > 1
-    return spec.groups > 1 and _blocked_shuffle(spec) and channels_innermost
+    unshuffled_odd = spec.shuffle_groups == 1 and spec.group_out % 2 == 1
+    return spec.groups > 1 and (_blocked_shuffle(spec) or unshuffled_odd) and channels_innermost
 
 
 def _dense_step(block_reduce: int, shuffle_groups: int, dy: torch.Tensor) -> int:
@@ -140,7 +143,9 @@ def _dense_weight_grad(spec: ShuffleConvSpec, dy: torch.Tensor | None = None) ->
 def _gathered_dy(spec: ShuffleConvSpec) -> bool:
     """Whether the grad input reads dy with 2-byte loads: shuffled onto every sg-th channel (several
     conv groups), or an odd channel count (no vector alignment)."""
-    shuffled = spec.shuffle_groups > 1 and not _by_position(spec) and not _dense_input_grad(spec)
+    if _dense_input_grad(spec):
+        return False
+    shuffled = spec.shuffle_groups > 1 and not _by_position(spec)
     return shuffled or spec.group_out % 2 == 1 or spec.out_channels % 2 == 1
 
 
@@ -173,22 +178,26 @@ def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torc
     dx = empty_like_layout(spec.input_shape, like)
     if dx.numel() == 0:
         return dx
-    fits = _blocked_shuffle(spec) and spec.shuffle_groups <= tile.block_reduce  # a step holds every group
+    # shuffled, a step holds every group's columns; unshuffled, any group's window
+    fits = spec.shuffle_groups == 1 or _blocked_shuffle(spec) and spec.shuffle_groups <= tile.block_reduce
     dense = _dense_input_grad(spec, dy) and fits if dense is None else dense
     if dense and not fits:
-        raise ValueError(f"the dense grad input needs shuffle_groups = groups <= the block's {tile.block_reduce} "
-                         f"channels, got {spec.describe()}")
+        raise ValueError(f"the dense grad input needs shuffle_groups = 1 or groups <= the block's "
+                         f"{tile.block_reduce} channels, got {spec.describe()}")
+    # dense: dy's alignment and the group width's apart (the steps start at dy's vectors, not groups)
+    align = math.gcd(dy.stride(0), dy.stride(2), dy.stride(3), *((spec.out_channels,) if dense else
+                                                                 (spec.group_in, spec.group_out)), 8)
     weight = weight.reshape(spec.out_channels, spec.group_in).contiguous()
     grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
             spec.groups * cdiv(spec.group_in, tile.block_cols))
     kernels.shuffle_conv_bwd_input_kernel[grid](
         dy, weight, dx, *_sizes(spec), *dy.stride(), spec.width, *dx.stride(),
-        ALIGN=math.gcd(dy.stride(0), dy.stride(2), dy.stride(3), spec.group_in,
-                       spec.out_channels if dense else spec.group_out, 8),
+        ALIGN=align, IN_ALIGN=math.gcd(spec.group_in, 8) if dense else align,
         INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, BLOCKED=_blocked_shuffle(spec),
-        BY_POSITION=_by_position(spec), DENSE=dense, STEP=_dense_step(tile.block_reduce, spec.shuffle_groups, dy)
-        if dense else 0,
-        PACKED_SELECT=dy.element_size() == 2 and not env.triton_interpret(), DOT_PRECISION=dot_precision(dy.dtype),
+        BY_POSITION=_by_position(spec), DENSE=dense,
+        STEP=_dense_step(tile.block_reduce, spec.shuffle_groups, dy) if dense else 0,
+        PACKED_SELECT=dy.element_size() == 2 and not env.triton_interpret(),
+        TRANSPOSED=tile.block_cols >= WGMMA_ROWS, DOT_PRECISION=dot_precision(dy.dtype),
         ACC_DTYPE=accumulator_dtype(dy.dtype), **TILES["backward_input"].launch_args(tile))
     return dx
 
