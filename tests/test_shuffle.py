@@ -1,12 +1,15 @@
 """Channel shuffle (SPEC section 6): the standalone function, the grouped 1 x 1 conv that shuffles in its
 stores, and the ShuffleNet V1 unit, against float64 torch compositions."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tritonconv.dispatch import use_backend
 from tritonconv.ops.shuffle import ShuffledGroupConv2d, ShuffleUnit, channel_shuffle
+from tritonconv.tiles import GemmTile
 
 from conftest import DEVICE
 
@@ -172,3 +175,107 @@ def test_bfloat16_on_gpu():
         got = layer(x).double()
         want = _oracle(layer.double(), x.double())
     assert (got - want).norm() / want.norm() < 3e-2
+
+
+# ---- the dense backward paths (launch.backward_input/backward_weight with dense=True) ----------------
+# dy's channels in memory order and the dense product of contiguous channel ranges, the other groups
+# selected away (grad input) or not stored (grad weight). Small blocks, so that a layer spans several
+# tiles, full reduction steps and a partial last one (sg = 3: 12-channel steps in 16-channel blocks).
+_SMALL_TILE = GemmTile(16, 16, 16, 4, 1, splits=2)
+
+
+def _dense_case(in_c, out_c, groups, channels_last, dtype, bias=True, shuffle_groups=None):
+    from tritonconv.ops.shuffle.spec import ShuffleConvSpec
+
+    shuffle_groups = groups if shuffle_groups is None else shuffle_groups
+    spec = ShuffleConvSpec(2, in_c, out_c, 5, 7, groups, shuffle_groups, bias, str(dtype).split(".")[1],
+                           channels_last)
+    torch.manual_seed(0)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(spec.input_shape, device=DEVICE, dtype=dtype).contiguous(memory_format=layout)
+    dy = torch.randn(spec.output_shape, device=DEVICE, dtype=dtype).contiguous(memory_format=layout)
+    weight = torch.randn(spec.weight_shape, device=DEVICE, dtype=dtype)
+    return spec, x, dy, weight
+
+
+def _dense_grads(spec, x, dy, weight):
+    from tritonconv.ops.shuffle import launch
+
+    dx = launch.backward_input(dy, weight, spec, _SMALL_TILE, x, dense=True)
+    dw, db = launch.backward_weight(dy, x, spec, _SMALL_TILE, dense=True)
+    return dx, dw, db
+
+
+# (in, out, groups, shuffle groups): sg = G, and unshuffled at odd group widths (the grad input's window)
+_DENSE_SHAPES = [(15, 21, 3, 3), (24, 40, 8, 8), (48, 96, 8, 8), (36, 60, 3, 3),
+                 (9, 63, 3, 1), (16, 56, 8, 1), (8, 168, 8, 1)]
+
+
+@pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups", _DENSE_SHAPES)
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
+def test_dense_backward_matches_float64_reference(in_c, out_c, groups, shuffle_groups, channels_last, dtype,
+                                                  tolerance):
+    from tritonconv.harness import max_relative_error
+    from tritonconv.ops.shuffle import reference
+
+    spec, x, dy, weight = _dense_case(in_c, out_c, groups, channels_last, dtype, shuffle_groups=shuffle_groups)
+    got = _dense_grads(spec, x, dy, weight)
+    want = reference.fallback_backward(dy.double(), x.double(), weight.double(), spec, True, True)
+    assert got[0].is_contiguous(memory_format=torch.channels_last) == channels_last
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and max_relative_error(a.double(), b) < tolerance
+
+
+@pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups", [(15, 21, 3, 3), (24, 40, 8, 8), (16, 56, 8, 1)])
+def test_dense_backward_keeps_a_nan_in_its_group(in_c, out_c, groups, shuffle_groups):
+    """A NaN in one dy channel reaches exactly the grads the float64 formulation makes non-finite: the
+    other groups' columns are selected away (never multiplied by zero) and their products not stored."""
+    from tritonconv.ops.shuffle import reference
+
+    spec, x, dy, weight = _dense_case(in_c, out_c, groups, True, torch.float64, shuffle_groups=shuffle_groups)
+    for channel in (0, out_c // 2, out_c - 1):
+        poisoned = dy.clone()
+        poisoned[1, channel, 2, 3] = float("nan")
+        got = _dense_grads(spec, x, poisoned, weight)
+        want = reference.fallback_backward(poisoned, x, weight, spec, True, True)
+        for a, b in zip(got, want):
+            assert (~torch.isfinite(b)).any()
+            assert torch.equal(torch.isfinite(a), torch.isfinite(b))
+            torch.testing.assert_close(a[torch.isfinite(a)], b[torch.isfinite(b)])
+
+
+def test_dense_paths_are_chosen_for_shuffled_groups_in_channels_last():
+    from tritonconv.ops.shuffle import launch
+    from tritonconv.ops.shuffle.spec import ShuffleConvSpec
+
+    spec = ShuffleConvSpec(2, 240, 60, 4, 4, 3, 3, channels_last=True)
+    assert launch._dense_input_grad(spec) and launch._dense_weight_grad(spec)
+    for other in (replace(spec, channels_last=False), replace(spec, groups=1, in_channels=24),
+                  replace(spec, shuffle_groups=1)):
+        assert not launch._dense_input_grad(other)
+    # an odd group width puts the unshuffled groups at unaligned channels: the grad input's window
+    assert launch._dense_input_grad(ShuffleConvSpec(2, 96, 360, 4, 4, 8, 1, channels_last=True))
+    assert not launch._dense_weight_grad(replace(spec, channels_last=False))
+    # odd group widths gather dy in the grouped grad weight: the dense one loads vectors
+    assert launch._dense_weight_grad(ShuffleConvSpec(2, 96, 360, 4, 4, 8, 1, channels_last=True))
+    assert launch._dense_step(128, 3, torch.empty(0, dtype=torch.bfloat16)) == 120
+    assert launch._dense_step(64, 8, torch.empty(0, dtype=torch.bfloat16)) == 64
+    assert launch._dense_step(16, 3, torch.empty(0, dtype=torch.float64)) == 12
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("in_c,out_c,groups", [(240, 60, 3), (384, 96, 8)])
+def test_dense_backward_bfloat16_on_gpu(in_c, out_c, groups):
+    """The packed select (a 32-bit AND of two bf16, GPU only) keeps a NaN in its group too."""
+    from tritonconv.harness import max_relative_error
+    from tritonconv.ops.shuffle import launch, reference
+
+    spec, x, dy, weight = _dense_case(in_c, out_c, groups, True, torch.bfloat16, bias=False)
+    dy[1, out_c // 2, 2, 3] = float("nan")
+    got = [launch.backward_input(dy, weight, spec, launch.default_tile(spec, "backward_input"), x, dense=True),
+           launch.backward_weight(dy, x, spec, launch.default_tile(spec, "backward_weight"), dense=True)[0]]
+    want = reference.fallback_backward(dy.double(), x.double(), weight.double(), spec, True, True)
+    for a, b in zip(got, want):
+        assert torch.equal(torch.isfinite(a), torch.isfinite(b))
+        assert max_relative_error(a[torch.isfinite(a)].double(), b[torch.isfinite(b)]) < 3e-2

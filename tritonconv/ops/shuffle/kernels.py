@@ -8,6 +8,12 @@ strides (NCHW and channels_last take the same code). Index arithmetic that can p
 int64, done once per program; channel indices and offsets inside one image are int32, and the
 shuffled position is an int32 vector computed once per program (per reduction chunk in the grad
 input), never a 64-bit division.
+
+Where several conv groups are shuffled (ShuffleNet's "groups G shuffle G"), a group's gradient channels
+sit at every sg-th channel of a channels_last dy, which the grouped backward reads with 2-byte loads.
+The DENSE backward reads dy's channels in memory order instead (vector loads) and pays G times the
+tensor-core work: the grad input selects the group's columns before its dot, the grad weight computes
+the dense product of contiguous dy and x channel ranges and stores the same-group entries only.
 """
 
 import triton
@@ -116,79 +122,177 @@ def shuffle_conv_fwd_kernel(
 
 
 @triton.jit
+def _keep_columns(a, keep, PACKED: tl.constexpr):
+    """[M, K] tile ``a`` where the [K] mask ``keep`` holds, else 0: a select, so a NaN in a dropped column
+    is dropped, never multiplied by zero. PACKED (16-bit elements on the GPU): one 32-bit AND per two
+    elements, where a tl.where unpacks, selects and repacks each (three instructions per element)."""
+    if PACKED:
+        bits = tl.broadcast_to(tl.where(keep, -1, 0).to(tl.int16)[None, :], a.shape)
+        kept = tl.inline_asm_elementwise("and.b32 $0, $1, $2;", "=r,r,r", [a.to(tl.int16, bitcast=True), bits],
+                                         dtype=tl.int16, is_pure=True, pack=2).to(a.dtype, bitcast=True)
+    else:
+        kept = tl.where(keep[None, :], a, 0.0)
+    return kept
+
+
+@triton.jit
+def _dense_input_step(dy_tile, w_tile, dy_mask, w_mask, mine, acc, PACKED_SELECT: tl.constexpr,
+                      TRANSPOSED: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """acc += (dy's columns ``mine``, the others selected to 0) [BLOCK_M, BLOCK_K] @ w [BLOCK_K, BLOCK_N],
+    or its transpose into acc [BLOCK_N, BLOCK_M] (TRANSPOSED): the selected dy is then the second
+    operand, which the wgmma reads from shared memory (one store), not from registers (a shared-memory
+    round trip and register moves); it needs BLOCK_N >= 64, a warp group's rows."""
+    a = _keep_columns(tl.load(dy_tile, mask=dy_mask, other=0.0), mine, PACKED_SELECT)
+    wt = tl.load(w_tile, mask=w_mask, other=0.0)
+    if TRANSPOSED:
+        acc = tl.dot(tl.trans(wt), tl.trans(a), acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    else:
+        acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    return acc
+
+
+@triton.jit
 def shuffle_conv_bwd_input_kernel(
     dy_ptr, w_ptr, dx_ptr,
     P, HW, N, GROUP_IN, GROUP_OUT, SHUFFLE_GROUPS,
     sdyb, sdyc, sdyh, sdyw, W,
     sdxb, sdxc, sdxh, sdxw,
-    ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr, BLOCKED: tl.constexpr,
-    BY_POSITION: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    ACC_DTYPE: tl.constexpr,
+    ALIGN: tl.constexpr, IN_ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr,
+    BLOCKED: tl.constexpr, BY_POSITION: tl.constexpr, DENSE: tl.constexpr, STEP: tl.constexpr,
+    PACKED_SELECT: tl.constexpr, TRANSPOSED: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[b, c, h, w] = sum_n w[n, c] dy[b, pos(n), h, w] over the filters of c's group. ALIGN divides
     dy's strides and the group widths (as in the forward). BLOCKED (the launcher's check: shuffle groups
     = conv groups): pos is affine in the group's filters, pos(n) = n_local * sg + group. BY_POSITION
     (one conv group, shuffled): the group's filters land on every dy channel, so the reduction walks
-    dy's channels j in memory order (vector loads) and gathers the weight rows n(j) instead."""
+    dy's channels j in memory order (vector loads) and gathers the weight rows n(j) instead.
+
+    DENSE (several groups, channels_last) reads dy's channels in memory order (vector loads) and selects
+    the group's columns (``_keep_columns``, not a multiply by zero: a NaN in another group's column never
+    reaches this group's dx); their weight rows are masked to zero. SHUFFLED (sg = G): all of dy's
+    channels, channel j being filter n(j) = (j mod sg) N/sg + j // sg of group j mod sg, G times the
+    tensor-core work on a memory-bound kernel; STEP (the launcher's ``_dense_step``) channels a step.
+    Unshuffled (odd group widths, whose groups start at unaligned channels): the group's own channels
+    from the aligned one below. ALIGN then divides dy's strides and N, IN_ALIGN the group's channels
+    (otherwise IN_ALIGN = ALIGN); PACKED_SELECT and TRANSPOSED choose the select's and the dot's form.
+    """
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
     tiles_per_group = tl.cdiv(GROUP_IN, BLOCK_N)
     group = pid_channels // tiles_per_group
     c_local = (pid_channels % tiles_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    group_in = GROUP_IN // ALIGN * ALIGN  # = GROUP_IN, GROUP_OUT: written so the compiler sees the divisor
-    group_out = GROUP_OUT // ALIGN * ALIGN
+    group_in = GROUP_IN // IN_ALIGN * IN_ALIGN  # = GROUP_IN, GROUP_OUT: written so the compiler sees the divisor
+    group_out = GROUP_OUT if DENSE else GROUP_OUT // ALIGN * ALIGN  # dense: ALIGN divides N instead
     c_mask = c_local < group_in
     c = group * group_in + c_local
     pixel_mask, b, h, w = _pixel_rows(pid_pixels, P, HW, W, BLOCK_M, INT32_PIXELS)
     dy_rows = dy_ptr + b * (sdyb // ALIGN * ALIGN) + h * (sdyh // ALIGN * ALIGN) + w * (sdyw // ALIGN * ALIGN)
     k_range = tl.arange(0, BLOCK_K)
     w_cols = w_ptr + c_local  # [BLOCK_N]
-    # A shuffled dy is a 2-byte gather: its tile pointers are built once and bumped, pos(n + BLOCK_K) =
-    # pos(n) + BLOCK_K * sg when the shuffle groups are the conv groups (BLOCKED); otherwise pos is
-    # walked with a carry (int32, no division in the loop). Unshuffled, the plain per-chunk addresses
-    # are cheaper than carrying 64-bit pointer tiles.
-    if BY_POSITION:
-        # j = q sg + r comes from filter n(j) = r (N/sg) + q; (q, r) walked with a carry
-        q = k_range // SHUFFLE_GROUPS  # [BLOCK_K]
-        r = k_range - q * SHUFFLE_GROUPS
-        q_step = BLOCK_K // SHUFFLE_GROUPS
-        r_step = BLOCK_K - q_step * SHUFFLE_GROUPS
-        per_block = N // SHUFFLE_GROUPS
-    elif SHUFFLED:
-        if BLOCKED:
-            dy_tile = dy_rows[:, None] + ((group + k_range * SHUFFLE_GROUPS) * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
+    if DENSE:
+        if TRANSPOSED:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC_DTYPE)  # dx^T = w^T dy^T
         else:
-            within, block = _shuffle_walk_start(group * group_out + k_range, N, SHUFFLE_GROUPS)  # [BLOCK_K] each
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for n0 in range(0, group_out, BLOCK_K):
-        n_local = n0 + k_range  # [BLOCK_K]
-        n_mask = n_local < group_out
-        n = group * group_out + n_local
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+        n_end = N // ALIGN * ALIGN
+        if SHUFFLED:
+            # STEP (a multiple of sg and of the vector width, <= BLOCK_K) channels a step: column k of
+            # every step is a channel of group k mod sg, filter k // sg of it, so the columns this group
+            # keeps and its weight rows are fixed per program (no mask or index rebuilt in the loop)
+            in_step = k_range < STEP
+            mine = in_step & (k_range % SHUFFLE_GROUPS == group)  # [BLOCK_K]
+            dy_tile = dy_rows[:, None] + (k_range * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
+            w_tile = w_cols[None, :] + ((group * group_out + k_range // SHUFFLE_GROUPS) * group_in)[:, None]
+            # whole steps with the fixed masks, then the last, partial one
+            full_steps = n_end // STEP
+            for _ in range(0, full_steps):
+                acc = _dense_input_step(dy_tile, w_tile, pixel_mask[:, None] & in_step[None, :],
+                                        mine[:, None] & c_mask[None, :], mine, acc, PACKED_SELECT, TRANSPOSED,
+                                        DOT_PRECISION, ACC_DTYPE)
+                dy_tile += STEP * sdyc
+                w_tile += STEP // SHUFFLE_GROUPS * group_in
+            if full_steps * STEP < n_end:
+                left = k_range < n_end - full_steps * STEP  # [BLOCK_K]
+                acc = _dense_input_step(dy_tile, w_tile, pixel_mask[:, None] & (in_step & left)[None, :],
+                                        (mine & left)[:, None] & c_mask[None, :], mine, acc, PACKED_SELECT,
+                                        TRANSPOSED, DOT_PRECISION, ACC_DTYPE)
+        else:
+            # unshuffled, the group's filters are dy channels [lo, hi) (its n = its channel): walked
+            # from the vector-aligned channel at or below lo, the neighbours' columns loaded with them
+            # selected away
+            lo = group * group_out
+            hi = lo + group_out
+            start = lo // ALIGN * ALIGN
+            dy_tile = dy_rows[:, None] + ((start + k_range) * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
+            w_tile = w_cols[None, :] + ((start + k_range) * group_in)[:, None]  # [BLOCK_K, BLOCK_N]
+            for j0 in range(start, hi, BLOCK_K):
+                j = j0 + k_range  # [BLOCK_K]
+                mine = (j >= lo) & (j < hi)
+                acc = _dense_input_step(dy_tile, w_tile, pixel_mask[:, None] & (j < n_end)[None, :],
+                                        mine[:, None] & c_mask[None, :], mine, acc, PACKED_SELECT, TRANSPOSED,
+                                        DOT_PRECISION, ACC_DTYPE)
+                dy_tile += BLOCK_K * sdyc
+                w_tile += BLOCK_K * group_in
+        if TRANSPOSED:
+            acc = tl.trans(acc)
+    else:
+        # A shuffled dy is a 2-byte gather: its tile pointers are built once and bumped, pos(n + BLOCK_K) =
+        # pos(n) + BLOCK_K * sg when the shuffle groups are the conv groups (BLOCKED); otherwise pos is
+        # walked with a carry (int32, no division in the loop). Unshuffled, the plain per-chunk addresses
+        # are cheaper than carrying 64-bit pointer tiles.
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
         if BY_POSITION:
-            dy_tile = dy_rows[:, None] + (n_local * sdyc)[None, :]  # [BLOCK_M, BLOCK_K] dy channels j = n_local
-            n = r * per_block + q  # [BLOCK_K] their filters
-        elif not SHUFFLED:
-            dy_tile = dy_rows[:, None] + (n * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
-        elif not BLOCKED:
-            dy_tile = dy_rows[:, None] + ((within * SHUFFLE_GROUPS + block) * sdyc)[None, :]
-        a = tl.load(dy_tile, mask=pixel_mask[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-        wt = tl.load(w_cols[None, :] + n[:, None] * group_in, mask=n_mask[:, None] & c_mask[None, :],
-                     other=0.0)  # [BLOCK_K, BLOCK_N]
-        acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-        if BY_POSITION:
-            r += r_step
-            carry = r >= SHUFFLE_GROUPS
-            r = tl.where(carry, r - SHUFFLE_GROUPS, r)
-            q += q_step + carry.to(tl.int32)
+            # j = q sg + r comes from filter n(j) = r (N/sg) + q; (q, r) walked with a carry
+            q = k_range // SHUFFLE_GROUPS  # [BLOCK_K]
+            r = k_range - q * SHUFFLE_GROUPS
+            q_step = BLOCK_K // SHUFFLE_GROUPS
+            r_step = BLOCK_K - q_step * SHUFFLE_GROUPS
+            per_block = N // SHUFFLE_GROUPS
         elif SHUFFLED:
             if BLOCKED:
-                dy_tile += BLOCK_K * SHUFFLE_GROUPS * sdyc
+                dy_tile = dy_rows[:, None] + ((group + k_range * SHUFFLE_GROUPS) * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
             else:
-                within, block = _shuffle_walk_step(within, block, N, SHUFFLE_GROUPS, BLOCK_K)
+                within, block = _shuffle_walk_start(group * group_out + k_range, N, SHUFFLE_GROUPS)  # [BLOCK_K] each
+        for n0 in range(0, group_out, BLOCK_K):
+            n_local = n0 + k_range  # [BLOCK_K]
+            n_mask = n_local < group_out
+            n = group * group_out + n_local
+            if BY_POSITION:
+                dy_tile = dy_rows[:, None] + (n_local * sdyc)[None, :]  # [BLOCK_M, BLOCK_K] dy channels j = n_local
+                n = r * per_block + q  # [BLOCK_K] their filters
+            elif not SHUFFLED:
+                dy_tile = dy_rows[:, None] + (n * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
+            elif not BLOCKED:
+                dy_tile = dy_rows[:, None] + ((within * SHUFFLE_GROUPS + block) * sdyc)[None, :]
+            a = tl.load(dy_tile, mask=pixel_mask[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+            wt = tl.load(w_cols[None, :] + n[:, None] * group_in, mask=n_mask[:, None] & c_mask[None, :],
+                         other=0.0)  # [BLOCK_K, BLOCK_N]
+            acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+            if BY_POSITION:
+                r += r_step
+                carry = r >= SHUFFLE_GROUPS
+                r = tl.where(carry, r - SHUFFLE_GROUPS, r)
+                q += q_step + carry.to(tl.int32)
+            elif SHUFFLED:
+                if BLOCKED:
+                    dy_tile += BLOCK_K * SHUFFLE_GROUPS * sdyc
+                else:
+                    within, block = _shuffle_walk_step(within, block, N, SHUFFLE_GROUPS, BLOCK_K)
     dx_ptrs = (dx_ptr + b * sdxb + h * sdxh + w * sdxw)[:, None] + c[None, :] * sdxc
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=pixel_mask[:, None] & c_mask[None, :])
+
+
+@triton.jit
+def _weight_grad_step(dy_ptrs, x_ptrs, dy_mask, x_mask, acc, bias_acc, HAS_BIAS: tl.constexpr,
+                      DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """acc += dy [BLOCK_N, BLOCK_P] @ x [BLOCK_P, BLOCK_C] over one block of pixels (and dy's row sums)."""
+    dy = tl.load(dy_ptrs, mask=dy_mask, other=0.0)
+    x = tl.load(x_ptrs, mask=x_mask, other=0.0)
+    acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    if HAS_BIAS:
+        bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
+    return acc, bias_acc
 
 
 @triton.jit
@@ -198,7 +302,7 @@ def shuffle_conv_bwd_weight_kernel(
     sxb, sxc, sxh, sxw, W,
     sdyb, sdyc, sdyh, sdyw,
     ALIGN: tl.constexpr, FLAT: tl.constexpr, SHUFFLED: tl.constexpr, BY_POSITION: tl.constexpr,
-    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    DENSE: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """Partial dw[n, c_local] (and, in the first column tile, the bias sums) over one split of the pixels,
@@ -208,25 +312,42 @@ def shuffle_conv_bwd_weight_kernel(
     and dy lies at p times the w stride, so the loop only bumps two tile pointers; otherwise (b, h, w)
     are walked with carries. No division inside the loop either way. BY_POSITION (one conv group,
     shuffled): the program's rows are dy channels j in memory order (vector loads), their filters n(j)
-    only the store's rows."""
+    only the store's rows. DENSE (several conv groups whose dy channels are strided or unaligned, in
+    channels_last): rows are any dy channels j and columns any input channels c, both contiguous (vector
+    loads), and the tile is the dense product of the two ranges; only the entries whose filter n(j) and
+    channel c share a group are stored, so another group's dy (a NaN included) never reaches a kept
+    entry. It spends G times the tensor-core work of the grouped product on a memory-bound kernel."""
     pid_filters = tl.program_id(0)
     pid_columns = tl.program_id(1)
     split = tl.program_id(2)
-    tiles_per_group = tl.cdiv(GROUP_OUT, BLOCK_N)
-    group = pid_filters // tiles_per_group
-    n_local = (pid_filters % tiles_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    group_in = GROUP_IN // ALIGN * ALIGN  # = GROUP_IN, GROUP_OUT: written so the compiler sees the divisor
-    group_out = GROUP_OUT // ALIGN * ALIGN
-    n_mask = n_local < group_out
-    if BY_POSITION:
-        dy_channel = n_local  # [BLOCK_N] rows in dy's order
-        n = _unshuffled(n_local, N, SHUFFLE_GROUPS)
+    if DENSE:
+        # ALIGN divides the strides and the channel counts N, C (not the group widths: tiles start at
+        # block multiples), so that the masks are constant over a vector
+        dy_channel = pid_filters * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] rows in dy's order
+        n_mask = dy_channel < N // ALIGN * ALIGN
+        n = _unshuffled(dy_channel, N, SHUFFLE_GROUPS)
+        c = pid_columns * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C] any group's channels
+        c_mask = c < (N // GROUP_OUT * GROUP_IN) // ALIGN * ALIGN
+        c_group = c // GROUP_IN
+        c_local = c - c_group * GROUP_IN
+        same_group = (n // GROUP_OUT)[:, None] == c_group[None, :]  # [BLOCK_N, BLOCK_C] the entries kept
     else:
-        n = group * group_out + n_local
-        dy_channel = _shuffled(n, N, SHUFFLE_GROUPS, SHUFFLED)  # [BLOCK_N]
-    c_local = pid_columns * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
-    c_mask = c_local < group_in
-    c = group * group_in + c_local
+        tiles_per_group = tl.cdiv(GROUP_OUT, BLOCK_N)
+        group = pid_filters // tiles_per_group
+        n_local = (pid_filters % tiles_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+        group_in = GROUP_IN // ALIGN * ALIGN  # = GROUP_IN, GROUP_OUT: written so the compiler sees the divisor
+        group_out = GROUP_OUT // ALIGN * ALIGN
+        n_mask = n_local < group_out
+        if BY_POSITION:
+            dy_channel = n_local  # [BLOCK_N] rows in dy's order
+            n = _unshuffled(n_local, N, SHUFFLE_GROUPS)
+        else:
+            n = group * group_out + n_local
+            dy_channel = _shuffled(n, N, SHUFFLE_GROUPS, SHUFFLED)  # [BLOCK_N]
+        c_local = pid_columns * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+        c_mask = c_local < group_in
+        c = group * group_in + c_local
+        same_group = n_mask[:, None]  # every entry of a grouped tile is kept
     sxb = sxb // ALIGN * ALIGN
     sxh = sxh // ALIGN * ALIGN
     sxw = sxw // ALIGN * ALIGN
@@ -246,17 +367,20 @@ def shuffle_conv_bwd_weight_kernel(
         dy_base = dy_ptr + first * sdyw
         x_offsets = (p_range * sxw)[:, None] + (c * sxc)[None, :]  # [BLOCK_P, BLOCK_C]
         dy_offsets = (p_range * sdyw)[None, :] + (dy_channel * sdyc)[:, None]  # [BLOCK_N, BLOCK_P]
-        for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
-            pixel_mask = p0 + p_range < count
-            dy = tl.load(dy_base + dy_offsets, mask=n_mask[:, None] & pixel_mask[None, :],
-                         other=0.0)  # [BLOCK_N, BLOCK_P]
-            x = tl.load(x_base + x_offsets, mask=pixel_mask[:, None] & c_mask[None, :],
-                        other=0.0)  # [BLOCK_P, BLOCK_C]
-            acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-            if HAS_BIAS:
-                bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
+        # whole blocks first, unmasked along pixels (no mask is rebuilt in the loop), then the split's
+        # partial last block
+        full_blocks = count // BLOCK_P
+        for _ in range(0, full_blocks):
+            acc, bias_acc = _weight_grad_step(dy_base + dy_offsets, x_base + x_offsets, n_mask[:, None],
+                                              c_mask[None, :], acc, bias_acc, HAS_BIAS, DOT_PRECISION, ACC_DTYPE)
             x_base += BLOCK_P * sxw
             dy_base += BLOCK_P * sdyw
+        if full_blocks * BLOCK_P < count:
+            pixel_mask = full_blocks * BLOCK_P + p_range < count
+            acc, bias_acc = _weight_grad_step(dy_base + dy_offsets, x_base + x_offsets,
+                                              n_mask[:, None] & pixel_mask[None, :],
+                                              pixel_mask[:, None] & c_mask[None, :], acc, bias_acc, HAS_BIAS,
+                                              DOT_PRECISION, ACC_DTYPE)
     else:
         # (b, h, w) walked in int32 with carries: the split's first pixel is divided once
         b32, h, w = pixel_walk_start(first, 0, HW // W, W, BLOCK_P)  # [BLOCK_P] each
@@ -272,7 +396,8 @@ def shuffle_conv_bwd_weight_kernel(
                 bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
             b32, h, w = pixel_walk_step(b32, h, w, HW // W, W, BLOCK_P)
     row = partial_ptr + split.to(tl.int64) * SPLIT_STRIDE
-    tl.store(row + n[:, None] * GROUP_IN + c_local[None, :], acc, mask=n_mask[:, None] & c_mask[None, :])
+    tl.store(row + n[:, None] * GROUP_IN + c_local[None, :], acc,
+             mask=n_mask[:, None] & c_mask[None, :] & same_group)
     if HAS_BIAS:
         if pid_columns == 0:
             tl.store(row + N * GROUP_IN + n, bias_acc, mask=n_mask)

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import torch
 
+from tritonconv import env
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.shuffle import kernels
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
@@ -27,7 +28,10 @@ def _gemm_extent(spec: ShuffleConvSpec, kernel: str) -> tuple[int, int, int]:
     if kernel == "forward":
         return pixels, spec.group_out, spec.group_in
     if kernel == "backward_input":
-        return pixels, spec.group_in, spec.group_out
+        all_channels = _dense_input_grad(spec) and spec.shuffle_groups > 1
+        return pixels, spec.group_in, spec.out_channels if all_channels else spec.group_out
+    if _dense_weight_grad(spec):
+        return spec.out_channels, spec.in_channels, pixels
     return spec.group_out, spec.group_in, pixels
 
 
@@ -45,9 +49,14 @@ _PIXEL_ROWS = (
     GemmTile(256, 64, 32, 8, 3), GemmTile(64, 32, 32, 4, 4), GemmTile(128, 128, 32, 8, 3),
 )
 _PIXEL_BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+# The dense grad input (``_dense_input_grad``) selects dy's columns in registers and stores them to
+# shared memory for the wgmma: 128 dy channels a step let 8 wgmmas share the step's fixed cost (audit
+# instr/HGMMA 28.5 at 64x128x64 -> 22.9 on ShuffleNet's g3/g8 layers), and sg = 3 steps 120 of the 128
+# columns (48 of 64 at 64).
+_DENSE_INPUT_TILE = GemmTile(64, 128, 128, 8, 3)
 TILES = TileTable({
     "forward": KernelTiles(GemmTile(128, 64, 64, 8, 3), _PIXEL_ROWS, _PIXEL_BLOCKS),
-    "backward_input": KernelTiles(GemmTile(128, 64, 64, 8, 3), _PIXEL_ROWS, _PIXEL_BLOCKS),
+    "backward_input": KernelTiles(GemmTile(128, 64, 64, 8, 3), (*_PIXEL_ROWS, _DENSE_INPUT_TILE), _PIXEL_BLOCKS),
     # rows = filters of one group (masked filter rows beat mma.sync), cols = the group's channels,
     # reduce = pixels
     "backward_weight": KernelTiles(GemmTile(64, 64, 64, 4, 3), (
@@ -61,6 +70,8 @@ _GATHER_REDUCE = 32
 
 
 def default_tile(spec: ShuffleConvSpec, kernel: str) -> GemmTile:
+    if kernel == "backward_input" and _dense_input_grad(spec):
+        return TILES.fitted(_DENSE_INPUT_TILE, spec, kernel)
     tile = TILES.default_tile(spec, kernel)
     if kernel == "backward_input" and _gathered_dy(spec) and tile.block_reduce > _GATHER_REDUCE:
         # dy read element by element: 64-channel steps would only double the scalar loads per step
@@ -97,9 +108,43 @@ def _by_position(spec: ShuffleConvSpec) -> bool:
     return spec.groups == 1 and spec.shuffle_groups > 1
 
 
+def _dense_input_grad(spec: ShuffleConvSpec, dy: torch.Tensor | None = None) -> bool:
+    """Whether the grad input reads dy's channels in memory order and selects the group's (every dy load
+    a vector), in channels_last (see ``_dense_weight_grad``): several conv groups shuffled onto every
+    sg-th channel by sg = G (``_blocked_shuffle``; all channels, G times the tensor-core work), or
+    unshuffled at an odd group width (the group's channels from the aligned one below)."""
+    channels_innermost = spec.channels_last if dy is None else dy.stride(1) == 1 and dy.shape[1] > 1
+    unshuffled_odd = spec.shuffle_groups == 1 and spec.group_out % 2 == 1
+    return spec.groups > 1 and (_blocked_shuffle(spec) or unshuffled_odd) and channels_innermost
+
+
+def _dense_step(block_reduce: int, shuffle_groups: int, dy: torch.Tensor) -> int:
+    """dy channels a dense grad-input step reduces: the most that fit the block and are a multiple of
+    the shuffle groups (every step then holds the same groups at the same columns) and of the 16-byte
+    vector (every step's loads stay aligned); a narrower vector where the block holds none. sg = 3 in
+    bf16: 120 of a 128-channel block, 48 of a 64-channel one (the remaining columns stay zero)."""
+    vector = 16 // dy.element_size()
+    while vector > 1 and block_reduce < math.lcm(shuffle_groups, vector):
+        vector //= 2
+    unit = math.lcm(shuffle_groups, vector)
+    return max(block_reduce // unit, 1) * unit
+
+
+def _dense_weight_grad(spec: ShuffleConvSpec, dy: torch.Tensor | None = None) -> bool:
+    """Whether the grad weight takes the dense product of contiguous dy and x channel ranges and stores
+    the same-group entries (G times the tensor-core work, every load a vector): several conv groups whose
+    dy channels would otherwise be gathered, shuffled onto every sg-th channel or at odd group widths,
+    in channels_last (channels innermost; in NCHW a group's tile is contiguous along pixels anyway)."""
+    channels_innermost = spec.channels_last if dy is None else dy.stride(1) == 1 and dy.shape[1] > 1
+    unaligned = spec.group_out % 2 == 1 or spec.group_in % 2 == 1
+    return spec.groups > 1 and (spec.shuffle_groups > 1 or unaligned) and channels_innermost
+
+
 def _gathered_dy(spec: ShuffleConvSpec) -> bool:
     """Whether the grad input reads dy with 2-byte loads: shuffled onto every sg-th channel (several
     conv groups), or an odd channel count (no vector alignment)."""
+    if _dense_input_grad(spec):
+        return False
     shuffled = spec.shuffle_groups > 1 and not _by_position(spec)
     return shuffled or spec.group_out % 2 == 1 or spec.out_channels % 2 == 1
 
@@ -126,31 +171,54 @@ def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Ten
     return y
 
 
-def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torch.Tensor) -> torch.Tensor:
+def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torch.Tensor,
+                   dense: bool | None = None) -> torch.Tensor:
+    """dx in ``like``'s layout. ``dense``: reduce over all dy channels and select the group's (None:
+    ``_dense_input_grad`` decides; it needs shuffle groups = conv groups)."""
     dx = empty_like_layout(spec.input_shape, like)
     if dx.numel() == 0:
         return dx
+    # shuffled, a step holds every group's columns; unshuffled, any group's window
+    fits = spec.shuffle_groups == 1 or _blocked_shuffle(spec) and spec.shuffle_groups <= tile.block_reduce
+    dense = _dense_input_grad(spec, dy) and fits if dense is None else dense
+    if dense and not fits:
+        raise ValueError(f"the dense grad input needs shuffle_groups = 1 or groups <= the block's "
+                         f"{tile.block_reduce} channels, got {spec.describe()}")
+    # dense: dy's alignment and the group width's apart (the steps start at dy's vectors, not groups)
+    align = math.gcd(dy.stride(0), dy.stride(2), dy.stride(3), *((spec.out_channels,) if dense else
+                                                                 (spec.group_in, spec.group_out)), 8)
     weight = weight.reshape(spec.out_channels, spec.group_in).contiguous()
     grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
             spec.groups * cdiv(spec.group_in, tile.block_cols))
     kernels.shuffle_conv_bwd_input_kernel[grid](
         dy, weight, dx, *_sizes(spec), *dy.stride(), spec.width, *dx.stride(),
-        ALIGN=math.gcd(dy.stride(0), dy.stride(2), dy.stride(3), spec.group_in, spec.group_out, 8),
+        ALIGN=align, IN_ALIGN=math.gcd(spec.group_in, 8) if dense else align,
         INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, BLOCKED=_blocked_shuffle(spec),
-        BY_POSITION=_by_position(spec), DOT_PRECISION=dot_precision(dy.dtype),
+        BY_POSITION=_by_position(spec), DENSE=dense,
+        STEP=_dense_step(tile.block_reduce, spec.shuffle_groups, dy) if dense else 0,
+        PACKED_SELECT=dy.element_size() == 2 and not env.triton_interpret(),
+        TRANSPOSED=tile.block_cols >= WGMMA_ROWS, DOT_PRECISION=dot_precision(dy.dtype),
         ACC_DTYPE=accumulator_dtype(dy.dtype), **TILES["backward_input"].launch_args(tile))
     return dx
 
 
-def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile):
-    """(grad weight [N, C/G, 1, 1], grad bias or None), split partials summed in a fixed order."""
+def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile, dense: bool | None = None):
+    """(grad weight [N, C/G, 1, 1], grad bias or None), split partials summed in a fixed order.
+    ``dense``: the dense product with same-group stores (None: ``_dense_weight_grad`` decides)."""
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     pixels = spec.batch * spec.height * spec.width
     if pixels == 0:
         db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None
         return torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype), db
-    filter_tiles = spec.groups * cdiv(spec.group_out, tile.block_rows)
-    column_tiles = cdiv(spec.group_in, tile.block_cols)
+    dense = _dense_weight_grad(spec, dy) if dense is None else dense
+    if dense:
+        filter_tiles = cdiv(spec.out_channels, tile.block_rows)
+        column_tiles = cdiv(spec.in_channels, tile.block_cols)
+    else:
+        filter_tiles = spec.groups * cdiv(spec.group_out, tile.block_rows)
+        column_tiles = cdiv(spec.group_in, tile.block_cols)
+    # dense tiles start at block multiples, grouped ones at group starts (their widths join the divisor)
+    widths = (spec.in_channels, spec.out_channels) if dense else (spec.group_in, spec.group_out)
     splits = reduction_splits(tile, filter_tiles * column_tiles, pixels, x.device)
     per_split = cdiv(cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
     row = spec.out_channels * (spec.group_in + spec.bias)  # dw flattened, then the bias
@@ -159,9 +227,9 @@ def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile):
         x, dy, partial, *_sizes(spec), per_split, row,
         *x.stride(), spec.width, *dy.stride(),
         ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), dy.stride(0), dy.stride(2), dy.stride(3),
-                       spec.group_in, spec.group_out, 8),
+                       *widths, 8),
         FLAT=_flat_pixels(x) and _flat_pixels(dy), SHUFFLED=spec.shuffle_groups > 1,
-        BY_POSITION=_by_position(spec), HAS_BIAS=spec.bias,
+        BY_POSITION=_by_position(spec), DENSE=dense, HAS_BIAS=spec.bias,
         DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
         **TILES["backward_weight"].launch_args(tile))
     return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype)
