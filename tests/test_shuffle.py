@@ -259,9 +259,9 @@ def test_dense_paths_are_chosen_for_shuffled_groups_in_channels_last():
     assert not launch._dense_weight_grad(replace(spec, channels_last=False))
     # odd group widths gather dy in the grouped grad weight: the dense one loads vectors
     assert launch._dense_weight_grad(ShuffleConvSpec(2, 96, 360, 4, 4, 8, 1, channels_last=True))
-    assert launch._dense_step(128, 3, torch.empty(0, dtype=torch.bfloat16)) == 120
-    assert launch._dense_step(64, 8, torch.empty(0, dtype=torch.bfloat16)) == 64
-    assert launch._dense_step(16, 3, torch.empty(0, dtype=torch.float64)) == 12
+    assert launch._dense_step(128, 3, 2) == 120
+    assert launch._dense_step(64, 8, 2) == 64
+    assert launch._dense_step(16, 3, 8) == 12
 
 
 @pytest.mark.gpu

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 
 import torch
 
-from tritonconv import env
+from tritonconv import env, tiles
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.shuffle import kernels
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
@@ -65,6 +66,7 @@ TILES = TileTable({
     ), ("BLOCK_N", "BLOCK_C", "BLOCK_P"), min_rows=WGMMA_ROWS),
 }, extent=_gemm_extent)
 candidate_tiles = TILES.candidate_tiles
+PLANS_KEPT = 1024  # launch plans memoized per launcher (one per shape, tile and layout)
 # a grad-input step over a 2-byte dy gather: as many scalar loads per step as elements per thread
 _GATHER_REDUCE = 32
 
@@ -87,12 +89,12 @@ def _int32_pixels(spec: ShuffleConvSpec) -> bool:
     return spec.batch * spec.height * spec.width + _MAX_BLOCK_ROWS < 2**31
 
 
-def _flat_pixels(t: torch.Tensor) -> bool:
-    """Whether pixel p = (b*H + h)*W + w of ``t`` lies at p * (w stride), as in channels_last: the
+def _flat_pixels(shape, strides) -> bool:
+    """Whether pixel p = (b*H + h)*W + w of a tensor lies at p * (w stride), as in channels_last: the
     weight gradient then walks pixels by bumping one pointer."""
-    _, _, height, width = t.shape
-    sb, _, sh, sw = t.stride()
-    return (t.shape[0] == 1 or sb == height * width * sw) and (height == 1 or sh == width * sw)
+    batch, _, height, width = shape
+    sb, _, sh, sw = strides
+    return (batch == 1 or sb == height * width * sw) and (height == 1 or sh == width * sw)
 
 
 def _blocked_shuffle(spec: ShuffleConvSpec) -> bool:
@@ -108,34 +110,39 @@ def _by_position(spec: ShuffleConvSpec) -> bool:
     return spec.groups == 1 and spec.shuffle_groups > 1
 
 
-def _dense_input_grad(spec: ShuffleConvSpec, dy: torch.Tensor | None = None) -> bool:
+def _dense_input_grad(spec: ShuffleConvSpec, dy_strides: tuple | None = None) -> bool:
     """Whether the grad input reads dy's channels in memory order and selects the group's (every dy load
     a vector), in channels_last (see ``_dense_weight_grad``): several conv groups shuffled onto every
     sg-th channel by sg = G (``_blocked_shuffle``; all channels, G times the tensor-core work), or
     unshuffled at an odd group width (the group's channels from the aligned one below)."""
-    channels_innermost = spec.channels_last if dy is None else dy.stride(1) == 1 and dy.shape[1] > 1
+    channels_innermost = _channels_innermost(spec, dy_strides)
     unshuffled_odd = spec.shuffle_groups == 1 and spec.group_out % 2 == 1
     return spec.groups > 1 and (_blocked_shuffle(spec) or unshuffled_odd) and channels_innermost
 
 
-def _dense_step(block_reduce: int, shuffle_groups: int, dy: torch.Tensor) -> int:
+def _channels_innermost(spec: ShuffleConvSpec, dy_strides: tuple | None) -> bool:
+    """dy's channels innermost (the spec's layout where no strides are given)."""
+    return spec.channels_last if dy_strides is None else dy_strides[1] == 1 and spec.out_channels > 1
+
+
+def _dense_step(block_reduce: int, shuffle_groups: int, element_size: int) -> int:
     """dy channels a dense grad-input step reduces: the most that fit the block and are a multiple of
     the shuffle groups (every step then holds the same groups at the same columns) and of the 16-byte
     vector (every step's loads stay aligned); a narrower vector where the block holds none. sg = 3 in
     bf16: 120 of a 128-channel block, 48 of a 64-channel one (the remaining columns stay zero)."""
-    vector = 16 // dy.element_size()
+    vector = 16 // element_size
     while vector > 1 and block_reduce < math.lcm(shuffle_groups, vector):
         vector //= 2
     unit = math.lcm(shuffle_groups, vector)
     return max(block_reduce // unit, 1) * unit
 
 
-def _dense_weight_grad(spec: ShuffleConvSpec, dy: torch.Tensor | None = None) -> bool:
+def _dense_weight_grad(spec: ShuffleConvSpec, dy_strides: tuple | None = None) -> bool:
     """Whether the grad weight takes the dense product of contiguous dy and x channel ranges and stores
     the same-group entries (G times the tensor-core work, every load a vector): several conv groups whose
     dy channels would otherwise be gathered, shuffled onto every sg-th channel or at odd group widths,
     in channels_last (channels innermost; in NCHW a group's tile is contiguous along pixels anyway)."""
-    channels_innermost = spec.channels_last if dy is None else dy.stride(1) == 1 and dy.shape[1] > 1
+    channels_innermost = _channels_innermost(spec, dy_strides)
     unaligned = spec.group_out % 2 == 1 or spec.group_in % 2 == 1
     return spec.groups > 1 and (spec.shuffle_groups > 1 or unaligned) and channels_innermost
 
@@ -154,21 +161,54 @@ def _sizes(spec: ShuffleConvSpec) -> tuple:
             spec.group_out, spec.shuffle_groups)
 
 
+# Each launcher's plan (grid, the kernel's integer arguments and constexprs) is a pure function of the
+# spec, the tile and the layouts: memoized, so a repeated call only allocates and launches. Switches that
+# may change between calls (tf32, the interpreter, the device's SM count) are read per call.
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _forward_plan(spec: ShuffleConvSpec, tile: GemmTile, x_strides, y_strides, has_bias: bool):
+    grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
+            spec.groups * cdiv(spec.group_out, tile.block_cols))
+    integers = (*_sizes(spec), *x_strides, spec.width, *y_strides)
+    constexprs = dict(ALIGN=math.gcd(x_strides[0], x_strides[2], x_strides[3], spec.group_in, 8),
+                      INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=has_bias,
+                      **TILES["forward"].launch_args(tile))
+    return grid, integers, constexprs
+
+
 def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Tensor:
     y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
     weight = weight.reshape(spec.out_channels, spec.group_in).contiguous()
-    grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
-            spec.groups * cdiv(spec.group_out, tile.block_cols))
+    grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None)
     kernels.shuffle_conv_fwd_kernel[grid](
-        x, weight, bias.contiguous() if bias is not None else None, y,
-        *_sizes(spec), *x.stride(), spec.width, *y.stride(),
-        ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), spec.group_in, 8),
-        INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=bias is not None,
-        DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
-        **TILES["forward"].launch_args(tile))
+        x, weight, bias.contiguous() if bias is not None else None, y, *integers,
+        DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype), **constexprs)
     return y
+
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _backward_input_plan(spec: ShuffleConvSpec, tile: GemmTile, dy_strides, dx_strides, element_size: int,
+                         dense: bool | None):
+    # shuffled, a step holds every group's columns; unshuffled, any group's window
+    fits = spec.shuffle_groups == 1 or _blocked_shuffle(spec) and spec.shuffle_groups <= tile.block_reduce
+    dense = _dense_input_grad(spec, dy_strides) and fits if dense is None else dense
+    if dense and not fits:
+        raise ValueError(f"the dense grad input needs shuffle_groups = 1 or groups <= the block's "
+                         f"{tile.block_reduce} channels, got {spec.describe()}")
+    # dense: dy's alignment and the group width's apart (the steps start at dy's vectors, not groups)
+    align = math.gcd(dy_strides[0], dy_strides[2], dy_strides[3], *((spec.out_channels,) if dense else
+                                                                    (spec.group_in, spec.group_out)), 8)
+    grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
+            spec.groups * cdiv(spec.group_in, tile.block_cols))
+    integers = (*_sizes(spec), *dy_strides, spec.width, *dx_strides)
+    constexprs = dict(ALIGN=align, IN_ALIGN=math.gcd(spec.group_in, 8) if dense else align,
+                      INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1,
+                      BLOCKED=_blocked_shuffle(spec), BY_POSITION=_by_position(spec), DENSE=dense,
+                      STEP=_dense_step(tile.block_reduce, spec.shuffle_groups, element_size) if dense else 0,
+                      TRANSPOSED=tile.block_cols >= WGMMA_ROWS, **TILES["backward_input"].launch_args(tile))
+    return grid, integers, constexprs
 
 
 def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torch.Tensor,
@@ -178,39 +218,23 @@ def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torc
     dx = empty_like_layout(spec.input_shape, like)
     if dx.numel() == 0:
         return dx
-    # shuffled, a step holds every group's columns; unshuffled, any group's window
-    fits = spec.shuffle_groups == 1 or _blocked_shuffle(spec) and spec.shuffle_groups <= tile.block_reduce
-    dense = _dense_input_grad(spec, dy) and fits if dense is None else dense
-    if dense and not fits:
-        raise ValueError(f"the dense grad input needs shuffle_groups = 1 or groups <= the block's "
-                         f"{tile.block_reduce} channels, got {spec.describe()}")
-    # dense: dy's alignment and the group width's apart (the steps start at dy's vectors, not groups)
-    align = math.gcd(dy.stride(0), dy.stride(2), dy.stride(3), *((spec.out_channels,) if dense else
-                                                                 (spec.group_in, spec.group_out)), 8)
+    grid, integers, constexprs = _backward_input_plan(spec, tile, dy.stride(), dx.stride(), dy.element_size(),
+                                                      dense)
     weight = weight.reshape(spec.out_channels, spec.group_in).contiguous()
-    grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
-            spec.groups * cdiv(spec.group_in, tile.block_cols))
     kernels.shuffle_conv_bwd_input_kernel[grid](
-        dy, weight, dx, *_sizes(spec), *dy.stride(), spec.width, *dx.stride(),
-        ALIGN=align, IN_ALIGN=math.gcd(spec.group_in, 8) if dense else align,
-        INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, BLOCKED=_blocked_shuffle(spec),
-        BY_POSITION=_by_position(spec), DENSE=dense,
-        STEP=_dense_step(tile.block_reduce, spec.shuffle_groups, dy) if dense else 0,
-        PACKED_SELECT=dy.element_size() == 2 and not env.triton_interpret(),
-        TRANSPOSED=tile.block_cols >= WGMMA_ROWS, DOT_PRECISION=dot_precision(dy.dtype),
-        ACC_DTYPE=accumulator_dtype(dy.dtype), **TILES["backward_input"].launch_args(tile))
+        dy, weight, dx, *integers,
+        PACKED_SELECT=dy.element_size() == 2 and not env.triton_interpret(), DOT_PRECISION=dot_precision(dy.dtype),
+        ACC_DTYPE=accumulator_dtype(dy.dtype), **constexprs)
     return dx
 
 
-def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile, dense: bool | None = None):
-    """(grad weight [N, C/G, 1, 1], grad bias or None), split partials summed in a fixed order.
-    ``dense``: the dense product with same-group stores (None: ``_dense_weight_grad`` decides)."""
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _backward_weight_plan(spec: ShuffleConvSpec, tile: GemmTile, x_strides, dy_strides, dense: bool | None,
+                          device: torch.device, multiprocessors: int):
+    """(grid, integer arguments, constexprs, splits, partial row) of the weight gradient; ``multiprocessors``,
+    the device's SM count the splits follow, only keys the memo."""
     pixels = spec.batch * spec.height * spec.width
-    if pixels == 0:
-        db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None
-        return torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype), db
-    dense = _dense_weight_grad(spec, dy) if dense is None else dense
+    dense = _dense_weight_grad(spec, dy_strides) if dense is None else dense
     if dense:
         filter_tiles = cdiv(spec.out_channels, tile.block_rows)
         column_tiles = cdiv(spec.in_channels, tile.block_cols)
@@ -219,17 +243,30 @@ def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile, dense: bool | 
         column_tiles = cdiv(spec.group_in, tile.block_cols)
     # dense tiles start at block multiples, grouped ones at group starts (their widths join the divisor)
     widths = (spec.in_channels, spec.out_channels) if dense else (spec.group_in, spec.group_out)
-    splits = reduction_splits(tile, filter_tiles * column_tiles, pixels, x.device)
+    splits = reduction_splits(tile, filter_tiles * column_tiles, pixels, device)
     per_split = cdiv(cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
     row = spec.out_channels * (spec.group_in + spec.bias)  # dw flattened, then the bias
-    partial = empty((splits, row), device=x.device, dtype=acc_dtype)
-    kernels.shuffle_conv_bwd_weight_kernel[(filter_tiles, column_tiles, splits)](
-        x, dy, partial, *_sizes(spec), per_split, row,
-        *x.stride(), spec.width, *dy.stride(),
-        ALIGN=math.gcd(x.stride(0), x.stride(2), x.stride(3), dy.stride(0), dy.stride(2), dy.stride(3),
+    integers = (*_sizes(spec), per_split, row, *x_strides, spec.width, *dy_strides)
+    constexprs = dict(
+        ALIGN=math.gcd(x_strides[0], x_strides[2], x_strides[3], dy_strides[0], dy_strides[2], dy_strides[3],
                        *widths, 8),
-        FLAT=_flat_pixels(x) and _flat_pixels(dy), SHUFFLED=spec.shuffle_groups > 1,
-        BY_POSITION=_by_position(spec), DENSE=dense, HAS_BIAS=spec.bias,
-        DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
+        FLAT=_flat_pixels(spec.input_shape, x_strides) and _flat_pixels(spec.output_shape, dy_strides),
+        SHUFFLED=spec.shuffle_groups > 1, BY_POSITION=_by_position(spec), DENSE=dense, HAS_BIAS=spec.bias,
         **TILES["backward_weight"].launch_args(tile))
+    return (filter_tiles, column_tiles, splits), integers, constexprs, splits, row
+
+
+def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile, dense: bool | None = None):
+    """(grad weight [N, C/G, 1, 1], grad bias or None), split partials summed in a fixed order.
+    ``dense``: the dense product with same-group stores (None: ``_dense_weight_grad`` decides)."""
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if spec.batch * spec.height * spec.width == 0:
+        db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None
+        return torch.zeros(spec.weight_shape, device=x.device, dtype=x.dtype), db
+    grid, integers, constexprs, splits, row = _backward_weight_plan(
+        spec, tile, x.stride(), dy.stride(), dense, x.device, tiles.multiprocessor_count(x.device))
+    partial = empty((splits, row), device=x.device, dtype=acc_dtype)
+    kernels.shuffle_conv_bwd_weight_kernel[grid](
+        x, dy, partial, *integers, DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
+        **constexprs)
     return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype)
