@@ -153,7 +153,7 @@ def shift_bwd_input_kernel(
     sdyb, sdyc, sdyh, sdyw,
     sdxb, sdxc, sdxh, sdxw,
     SHIFTED_CHANNELS, SHIFT_GROUP,
-    K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr,
+    K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr, EVEN_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -164,6 +164,7 @@ def shift_bwd_input_kernel(
     target falls outside the image is stored as 0 at the wrapped position (q + d_c) mod (H, W), which
     is exactly a dx position whose source lies outside the image: every dx element is written once.
     The wrap is a conditional add (``_wrapped``), int32 within the image: no division in the epilogue.
+    EVEN_K: BLOCK_K divides the filters, so the reduction needs no filter mask.
     """
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
@@ -174,14 +175,20 @@ def shift_bwd_input_kernel(
     dy_rows = dy_ptr + b * sdyb + (hq // STRIDE) * sdyh + (wq // STRIDE) * sdyw  # [BLOCK_M]
     w_cols = w_ptr + c  # [BLOCK_N]
 
+    k_range = tl.arange(0, BLOCK_K)
+    # loop-invariant pointer tiles plus one scalar offset per step: fewer instructions than bumping the
+    # 64-bit pointer tiles (those are carried through the software pipeline as register copies)
+    dy_tile = dy_rows[:, None] + (k_range * sdyc)[None, :]  # [BLOCK_M, BLOCK_K]
+    w_tile = w_cols[None, :] + (k_range * C)[:, None]  # [BLOCK_K, BLOCK_N]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for n0 in range(0, N, BLOCK_K):
-        n = n0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-        n_mask = n < N
-        a = tl.load(dy_rows[:, None] + n[None, :] * sdyc, mask=on_grid[:, None] & n_mask[None, :],
-                    other=0.0)  # [BLOCK_M, BLOCK_K]
-        wt = tl.load(w_cols[None, :] + n[:, None] * C, mask=n_mask[:, None] & c_mask[None, :],
-                     other=0.0)  # [BLOCK_K, BLOCK_N]
+        if EVEN_K:  # no filter mask: only the row mask, uniform along each 16-byte vector
+            a = tl.load(dy_tile + n0 * sdyc, mask=on_grid[:, None], other=0.0)  # [BLOCK_M, BLOCK_K]
+            wt = tl.load(w_tile + n0 * C, mask=c_mask[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
+        else:
+            n_mask = n0 + k_range < N  # [BLOCK_K]
+            a = tl.load(dy_tile + n0 * sdyc, mask=on_grid[:, None] & n_mask[None, :], other=0.0)
+            wt = tl.load(w_tile + n0 * C, mask=n_mask[:, None] & c_mask[None, :], other=0.0)
         acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
     dh, dw = _channel_shift(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, DIL, GROUPED)  # [BLOCK_N]

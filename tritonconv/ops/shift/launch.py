@@ -157,6 +157,7 @@ def backward_input(dy, weight, spec: ShiftSpec, tile: GemmTile, like: torch.Tens
             cdiv(spec.in_channels, tile.block_cols))
     kernels.shift_bwd_input_kernel[grid](
         dy, weight, dx, *_sizes(spec), *dy.stride(), *dx.stride(), *_shift_args(spec),
+        EVEN_K=spec.out_channels % tile.block_reduce == 0,
         **_constexprs(spec, dy.dtype), **TILES["backward_input"].launch_args(tile))
     return dx
 
