@@ -59,6 +59,10 @@ def test_assignments_differ_by_a_channel_permutation():
     (30, 17, 5, 8, 5, 1, 2, "grouped", True),       # k = 5, odd filter count
     (5, 6, 4, 3, 3, 1, 1, "grouped", True),         # C < k^2: nothing is shifted
     (18, 5, 3, 4, 3, 3, 1, "interleaved", True),    # shift as large as the image
+    # several reduction chunks of fewer than 16 channels per direction: each chunk's tile is assembled
+    # from k^2 shifted loads, and chunks after the first start at channels c0 with c0 mod k^2 != 0
+    (100, 12, 5, 6, 3, 1, 1, "interleaved", True),  # 4 chunks of 32, one unshifted channel
+    (70, 9, 6, 5, 3, 2, 2, "grouped", False),       # 7 unshifted channels, dilation and stride
     # 16+ channels per direction: the forward reduces direction by direction (segmented)
     (147, 16, 4, 5, 3, 1, 1, "interleaved", True),  # remainder after 9 x 16 channels
     (147, 16, 5, 4, 3, 2, 2, "grouped", False),
@@ -98,6 +102,14 @@ def test_channels_last_and_non_contiguous_inputs():
     y = _check(layer, x.contiguous(memory_format=torch.channels_last))
     assert y.is_contiguous(memory_format=torch.channels_last)
     _check(layer, torch.randn(2, 6, 7, 20, device=DEVICE, dtype=torch.float64).permute(0, 3, 2, 1))
+
+
+@pytest.mark.parametrize("assignment", ["interleaved", "grouped"])
+def test_channels_last_over_several_chunks(assignment):
+    layer = ShiftConv2d(77, 10, stride=2, assignment=assignment, device=DEVICE, dtype=torch.float64)
+    x = torch.randn(2, 77, 6, 5, device=DEVICE, dtype=torch.float64)
+    y = _check(layer, x.contiguous(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_triton_and_fallback_agree():

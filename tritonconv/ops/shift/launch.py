@@ -177,7 +177,8 @@ def _backward_input_plan(spec: ShiftSpec, tile: GemmTile, dy_strides, dx_strides
     grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
             cdiv(spec.in_channels, tile.block_cols))
     integers = (*_sizes(spec), *dy_strides, *dx_strides, *_shift_args(spec))
-    return grid, integers, dict(**_constexprs(spec), **TILES["backward_input"].launch_args(tile))
+    return grid, integers, dict(EVEN_K=spec.out_channels % tile.block_reduce == 0, **_constexprs(spec),
+                                **TILES["backward_input"].launch_args(tile))
 
 
 def backward_input(dy, weight, spec: ShiftSpec, tile: GemmTile, like: torch.Tensor) -> torch.Tensor:
