@@ -42,14 +42,19 @@ def run_backward(operator: dispatch.Operator, spec, x: Tensor, forced: str, trit
     return missing_as_empty(grads, x)
 
 
-def weight_bias_backward(launch, grad: Tensor, x: Tensor, weight: Tensor, spec, tiles: dict, need_input: bool,
-                         need_weights: bool) -> tuple:
-    """(dx, dw, db) through the launchers of an operator whose parameters are ``weight`` and ``bias``
-    (``launch.backward_input(grad, weight, spec, tile, like)``, ``launch.backward_weight(grad, x, spec,
-    tile) -> (dw, db)``): shift, shuffle, versatile."""
-    dx = launch.backward_input(grad, weight, spec, tiles["backward_input"], x) if need_input else None
-    dw, db = launch.backward_weight(grad, x, spec, tiles["backward_weight"]) if need_weights else (None, None)
-    return dx, dw, db
+def run_weight_bias_backward(operator: dispatch.Operator, launch, reference, spec, grad: Tensor, x: Tensor,
+                             weight: Tensor, forced: str, need_input: bool, need_weights: bool) -> tuple:
+    """``run_backward`` of an operator whose parameters are ``weight`` and ``bias`` and whose modules follow
+    one API (``launch.backward_input(grad, weight, spec, tile, like)``, ``launch.backward_weight(grad, x,
+    spec, tile) -> (dw, db)``, ``reference.fallback_backward(grad, x, weight, spec, need_input,
+    need_weights)``): shift and shuffle. (dx, dw, db)."""
+    def triton(tiles):
+        dx = launch.backward_input(grad, weight, spec, tiles["backward_input"], x) if need_input else None
+        dw, db = launch.backward_weight(grad, x, spec, tiles["backward_weight"]) if need_weights else (None, None)
+        return dx, dw, db
+
+    return run_backward(operator, spec, x, forced, triton,
+                        lambda: reference.fallback_backward(grad, x, weight, spec, need_input, need_weights))
 
 
 def fake_output(x: Tensor, spec) -> Tensor:

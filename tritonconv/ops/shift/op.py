@@ -12,10 +12,9 @@ from tritonconv._op import (
     define_op,
     fake_gradients,
     fake_output,
-    run_backward,
     run_forward,
+    run_weight_bias_backward,
     training_function,
-    weight_bias_backward,
 )
 from tritonconv.ops.shift import kernels, launch, reference
 from tritonconv.ops.shift.spec import ShiftSpec
@@ -46,10 +45,8 @@ def _shift_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Option
                            forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
     spec = _spec(x, weight, bias, window, assignment)
-    return run_backward(
-        OPERATOR, spec, x, forced,
-        lambda tiles: weight_bias_backward(launch, grad, x, weight, spec, tiles, need_input, need_weights),
-        lambda: reference.fallback_backward(grad, x, weight, spec, need_input, need_weights))
+    return run_weight_bias_backward(OPERATOR, launch, reference, spec, grad, x, weight, forced, need_input,
+                                    need_weights)
 
 
 def _shift_conv2d_backward_fake(grad, x, weight, bias, window, assignment, need_input, need_weights, forced):

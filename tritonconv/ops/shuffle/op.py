@@ -12,10 +12,9 @@ from tritonconv._op import (
     define_op,
     fake_gradients,
     fake_output,
-    run_backward,
     run_forward,
+    run_weight_bias_backward,
     training_function,
-    weight_bias_backward,
 )
 from tritonconv._validation import check_positive_int
 from tritonconv.ops.shuffle import kernels, launch, reference
@@ -40,10 +39,8 @@ def _shuffle_conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Opt
                               forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
     spec = ShuffleConvSpec.from_tensors(x, weight, bias, groups=groups, shuffle_groups=shuffle_groups)
-    return run_backward(
-        OPERATOR, spec, x, forced,
-        lambda tiles: weight_bias_backward(launch, grad, x, weight, spec, tiles, need_input, need_weights),
-        lambda: reference.fallback_backward(grad, x, weight, spec, need_input, need_weights))
+    return run_weight_bias_backward(OPERATOR, launch, reference, spec, grad, x, weight, forced, need_input,
+                                    need_weights)
 
 
 def _shuffle_conv1x1_backward_fake(grad, x, weight, bias, groups, shuffle_groups, need_input, need_weights, forced):
