@@ -279,3 +279,38 @@ def test_dense_backward_bfloat16_on_gpu(in_c, out_c, groups):
     for a, b in zip(got, want):
         assert torch.equal(torch.isfinite(a), torch.isfinite(b))
         assert max_relative_error(a[torch.isfinite(a)].double(), b[torch.isfinite(b)]) < 3e-2
+
+
+# (in, out, groups, shuffle groups): one-step reductions (a group's channels within BLOCK_K = 16), G = 3
+# and G = 8, shuffled and not, odd group widths; 2 x 5 x 7 = 70 pixels, not a multiple of BLOCK_M = 16
+_ONE_STEP_SHAPES = [(9, 21, 3, 3), (24, 40, 8, 8), (96, 360, 8, 1), (15, 45, 3, 1), (12, 18, 1, 3), (16, 56, 8, 8)]
+
+
+@pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups", _ONE_STEP_SHAPES)
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+@pytest.mark.parametrize("multiprocessors", [1, 3], ids=["one-program", "several-programs"])
+def test_one_step_forward_walks_pixel_tiles(in_c, out_c, groups, shuffle_groups, channels_last, multiprocessors,
+                                            monkeypatch):
+    """The one-step forward's programs walk several pixel tiles each (a partial last tile, several
+    programs sharing the tiles unevenly), NCHW taking the dividing path and channels_last the flat one."""
+    from tritonconv import tiles
+    from tritonconv.harness import max_relative_error
+    from tritonconv.ops.shuffle import launch, reference
+
+    spec, x, _, weight = _dense_case(in_c, out_c, groups, channels_last, torch.float64,
+                                     shuffle_groups=shuffle_groups)
+    bias = torch.randn(out_c, device=DEVICE, dtype=torch.float64)
+    tile = GemmTile(16, 16, 16, 4, 1)
+    assert launch._one_step_forward(spec, tile)
+    assert launch._flat_int32_offsets(spec, x.stride(), x.stride()) == channels_last
+    monkeypatch.setattr(tiles, "multiprocessor_count", lambda device: multiprocessors)
+    grid, *_ = launch._forward_plan(spec, tile, x.stride(), x.stride(), True, multiprocessors)
+    assert grid[0] < cdiv_pixels(spec, tile)  # each program walks more than one tile
+    y = launch.forward(x, weight, bias, spec, tile)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    want = reference.fallback_forward(x, weight, bias, spec)
+    assert max_relative_error(y, want) < 1e-12
+
+
+def cdiv_pixels(spec, tile):
+    return -(-spec.batch * spec.height * spec.width // tile.block_rows)

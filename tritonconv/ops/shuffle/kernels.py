@@ -77,13 +77,29 @@ def _pixel_rows(pid, P, HW, W, BLOCK: tl.constexpr, INT32_PIXELS: tl.constexpr):
 
 
 @triton.jit
+def _pixel_offsets(pixel, P, HW, W, sb, sh, sw, FLAT: tl.constexpr):
+    """(mask, element offset of each pixel's first channel) of int32 or int64 pixels ``pixel``. FLAT
+    (the launcher's check that p * sw and the channels past it fit int32, ``pixel`` then int32): pixel p
+    lies at p * sw, one int32 multiply; otherwise b, h, w are divided out (int32 division where
+    ``pixel`` is int32) and the offset is int64."""
+    if FLAT:
+        offset = pixel * sw
+    else:
+        b = pixel // HW
+        in_image = (pixel - b * HW).to(tl.int32)
+        h = in_image // W
+        offset = b.to(tl.int64) * sb + h * sh + (in_image - h * W) * sw
+    return pixel < P, offset
+
+
+@triton.jit
 def shuffle_conv_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr,
     P, HW, N, GROUP_IN, GROUP_OUT, SHUFFLE_GROUPS,
     sxb, sxc, sxh, sxw, W,
-    syb, syc, syh, syw,
+    syb, syc, syh, syw, PIXEL_TILES,
     ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr, HAS_BIAS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    ONE_STEP: tl.constexpr, FLAT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y[b, pos(n), h, w]: rows pixels, cols the filters of one group, reduce the group's channels.
@@ -91,6 +107,12 @@ def shuffle_conv_fwd_kernel(
     ALIGN divides the input's strides and the group's channel count (the launcher's promise; the JIT
     only hints multiples of 16): rewritten as multiples of it, 24 or 40 channels still load 16 bytes
     at a time in channels_last.
+
+    ONE_STEP (the group's channels fit BLOCK_K, the launcher's check): the program walks pixel tiles
+    pid, pid + num_programs(0), ... < PIXEL_TILES with the weight tile, the bias and the shuffled
+    output channels loaded and computed once, so a reduction of one step pays its per-program index
+    math once per program, not once per tile. Otherwise one pixel tile per program, reducing in
+    BLOCK_K steps. FLAT (x and y): pixel p at p * (w stride), int32, no division per pixel.
     """
     pid_pixels = tl.program_id(0)
     pid_filters = tl.program_id(1)
@@ -100,25 +122,48 @@ def shuffle_conv_fwd_kernel(
     n_mask = n_local < GROUP_OUT
     n = group * GROUP_OUT + n_local
     group_in = GROUP_IN // ALIGN * ALIGN  # = GROUP_IN, written so the compiler sees its divisor
-    pixel_mask, b, h, w = _pixel_rows(pid_pixels, P, HW, W, BLOCK_M, INT32_PIXELS)
-    x_rows = (x_ptr + b * (sxb // ALIGN * ALIGN) + h * (sxh // ALIGN * ALIGN) + w * (sxw // ALIGN * ALIGN)
-              + group * group_in * sxc)  # [BLOCK_M] the group's first channel
+    sxb, sxh, sxw = sxb // ALIGN * ALIGN, sxh // ALIGN * ALIGN, sxw // ALIGN * ALIGN
+    x_group = x_ptr + group * group_in * sxc  # the group's first channel
     w_cols = w_ptr + n * group_in  # [BLOCK_N]
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for c0 in range(0, group_in, BLOCK_K):
-        c_local = c0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-        c_mask = c_local < group_in
-        a = tl.load(x_rows[:, None] + c_local[None, :] * sxc, mask=pixel_mask[:, None] & c_mask[None, :],
-                    other=0.0)  # [BLOCK_M, BLOCK_K]
-        wt = tl.load(w_cols[None, :] + c_local[:, None], mask=c_mask[:, None] & n_mask[None, :],
-                     other=0.0)  # [BLOCK_K, BLOCK_N]
-        acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(ACC_DTYPE)[None, :]
     out_channel = _shuffled(n, N, SHUFFLE_GROUPS, SHUFFLED)  # [BLOCK_N]: the shuffle is this store address
-    y_ptrs = (y_ptr + b * syb + h * syh + w * syw)[:, None] + out_channel[None, :] * syc
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=pixel_mask[:, None] & n_mask[None, :])
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_N]
+    if ONE_STEP:
+        y_cols = y_ptr + out_channel * syc  # [BLOCK_N]
+        c_local = tl.arange(0, BLOCK_K)  # [BLOCK_K]
+        c_mask = c_local < group_in
+        wt = tl.load(w_cols[None, :] + c_local[:, None], mask=c_mask[:, None] & n_mask[None, :],
+                     other=0.0)  # [BLOCK_K, BLOCK_N], once per program
+        for pixel_tile in range(pid_pixels, PIXEL_TILES, tl.num_programs(0)):
+            if INT32_PIXELS:
+                pixel = pixel_tile * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+            else:
+                pixel = pixel_tile.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+            pixel_mask, x_offset = _pixel_offsets(pixel, P, HW, W, sxb, sxh, sxw, FLAT)
+            a = tl.load((x_group + x_offset)[:, None] + c_local[None, :] * sxc,
+                        mask=pixel_mask[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+            acc = tl.dot(a, wt, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)  # [BLOCK_M, BLOCK_N]
+            if HAS_BIAS:
+                acc += bias[None, :]
+            _, y_offset = _pixel_offsets(pixel, P, HW, W, syb, syh, syw, FLAT)
+            tl.store(y_offset[:, None] + y_cols[None, :], acc.to(y_ptr.dtype.element_ty),
+                     mask=pixel_mask[:, None] & n_mask[None, :])
+    else:
+        pixel_mask, b, h, w = _pixel_rows(pid_pixels, P, HW, W, BLOCK_M, INT32_PIXELS)
+        x_rows = x_group + b * sxb + h * sxh + w * sxw  # [BLOCK_M]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+        for c0 in range(0, group_in, BLOCK_K):
+            c_local = c0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+            c_mask = c_local < group_in
+            a = tl.load(x_rows[:, None] + c_local[None, :] * sxc, mask=pixel_mask[:, None] & c_mask[None, :],
+                        other=0.0)  # [BLOCK_M, BLOCK_K]
+            wt = tl.load(w_cols[None, :] + c_local[:, None], mask=c_mask[:, None] & n_mask[None, :],
+                         other=0.0)  # [BLOCK_K, BLOCK_N]
+            acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        if HAS_BIAS:
+            acc += bias[None, :]
+        y_ptrs = (y_ptr + b * syb + h * syh + w * syw)[:, None] + out_channel[None, :] * syc
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=pixel_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit

@@ -165,14 +165,45 @@ def _sizes(spec: ShuffleConvSpec) -> tuple:
 # spec, the tile and the layouts: memoized, so a repeated call only allocates and launches. Switches that
 # may change between calls (tf32, the interpreter, the device's SM count) are read per call.
 
+def _one_step_forward(spec: ShuffleConvSpec, tile: GemmTile) -> bool:
+    """Whether the forward reduces a group's channels in one BLOCK_K step (ShuffleNet's 12-24-channel
+    groups): its programs then walk several pixel tiles each (``FORWARD_PROGRAMS_PER_SM``)."""
+    return spec.group_in <= tile.block_reduce
+
+
+# One-step forward programs per SM: two resident 8-warp blocks (the audit's 16 warps per SM at 128x64x16)
+# each walking its share of the pixel tiles; a tile's own cost is then its load, wgmma and store, the
+# weight tile and the index math being paid once per program.
+FORWARD_PROGRAMS_PER_SM = 2
+
+
+def _flat_int32_offsets(spec: ShuffleConvSpec, x_strides, y_strides) -> bool:
+    """Whether x and y hold pixel p at p * (w stride) (``_flat_pixels``) and every element offset, one
+    block of pixels past the end included, fits int32: the one-step forward then multiplies, never
+    divides, per pixel."""
+    pixels = spec.batch * spec.height * spec.width + _MAX_BLOCK_ROWS
+    last = max(pixels * x_strides[3] + spec.in_channels * x_strides[1],
+               pixels * y_strides[3] + spec.out_channels * y_strides[1])
+    return (_flat_pixels(spec.input_shape, x_strides) and _flat_pixels(spec.output_shape, y_strides)
+            and _int32_pixels(spec) and last < 2**31)
+
+
 @functools.lru_cache(maxsize=PLANS_KEPT)
-def _forward_plan(spec: ShuffleConvSpec, tile: GemmTile, x_strides, y_strides, has_bias: bool):
-    grid = (cdiv(spec.batch * spec.height * spec.width, tile.block_rows),
-            spec.groups * cdiv(spec.group_out, tile.block_cols))
-    integers = (*_sizes(spec), *x_strides, spec.width, *y_strides)
+def _forward_plan(spec: ShuffleConvSpec, tile: GemmTile, x_strides, y_strides, has_bias: bool,
+                  multiprocessors: int):
+    """(grid, integer arguments, constexprs); ``multiprocessors``, the device's SM count the one-step
+    forward's pixel programs follow."""
+    pixel_tiles = cdiv(spec.batch * spec.height * spec.width, tile.block_rows)
+    filter_tiles = spec.groups * cdiv(spec.group_out, tile.block_cols)
+    one_step = _one_step_forward(spec, tile)
+    pixel_programs = (min(pixel_tiles, cdiv(FORWARD_PROGRAMS_PER_SM * multiprocessors, filter_tiles))
+                      if one_step else pixel_tiles)
+    grid = (pixel_programs, filter_tiles)
+    integers = (*_sizes(spec), *x_strides, spec.width, *y_strides, pixel_tiles)
+    flat = _flat_int32_offsets(spec, x_strides, y_strides)
     constexprs = dict(ALIGN=math.gcd(x_strides[0], x_strides[2], x_strides[3], spec.group_in, 8),
                       INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=has_bias,
-                      **TILES["forward"].launch_args(tile))
+                      ONE_STEP=one_step, FLAT=flat, **TILES["forward"].launch_args(tile))
     return grid, integers, constexprs
 
 
@@ -181,7 +212,8 @@ def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Ten
     if y.numel() == 0:
         return y
     weight = weight.reshape(spec.out_channels, spec.group_in).contiguous()
-    grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None)
+    grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None,
+                                               tiles.multiprocessor_count(x.device))
     kernels.shuffle_conv_fwd_kernel[grid](
         x, weight, bias.contiguous() if bias is not None else None, y, *integers,
         DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype), **constexprs)
