@@ -195,6 +195,38 @@ def test_harness_shape_sets_and_shrunk_kernels():
         assert max_relative_error(HARNESS.triton(kernel, work, tile)(), HARNESS.expected(kernel, work)) < 1e-4
 
 
+@pytest.mark.parametrize("in_c,stride,dilation,assignment,layout", [
+    (20, 2, 1, "interleaved", "nchw"),       # per-direction passes, neither tensor's pixels flat
+    (20, 2, 1, "grouped", "channels_last"),  # dy flat, x at the stride
+    (147, 2, 1, "interleaved", "nchw"),      # segmented: one shift per program, a remainder tile
+    (147, 2, 2, "grouped", "channels_last"),
+    (147, 1, 1, "interleaved", "nchw"),      # stride 1 with batch > 1 in NCHW: not flat either
+    (20, 1, 1, "grouped", "channels_last"),  # both flat
+])
+@pytest.mark.parametrize("block_pixels", [16, 32])  # less than an image's 30 pixels per step, and more
+def test_weight_gradient_pixel_walk_over_splits(in_c, stride, dilation, assignment, layout, block_pixels):
+    """The grad-weight pixel walk: odd H and W, three images, three splits that start inside an image,
+    steps shorter and longer than an image; x and dy in the same layout (as the layer passes them)."""
+    from tritonconv.ops.shift import launch
+    from tritonconv.tiles import GemmTile, multiprocessor_count
+
+    torch.manual_seed(0)
+    height, width = (11, 9) if stride == 2 else (6, 5)  # 30 output pixels per image either way
+    spec = ShiftSpec(3, in_c, 16, height, width, stride=stride, dilation=dilation, assignment=assignment,
+                     dtype="float64", channels_last=layout == "channels_last")
+    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+    x = torch.randn(spec.input_shape, device=DEVICE, dtype=torch.float64).contiguous(memory_format=memory_format)
+    dy = torch.randn(spec.output_shape, device=DEVICE, dtype=torch.float64).contiguous(memory_format=memory_format)
+    tile = GemmTile(16, 16, block_pixels, splits=3)
+    dw, db = launch.backward_weight(dy, x, spec, tile)
+    (splits, _), *_ = launch._backward_weight_plan(spec, tile, x.stride(), dy.stride(), x.device,
+                                                    multiprocessor_count(x.device))
+    assert splits == 3
+    shifted = reference.shift(x, spec.kernel_size, dilation, assignment)[:, :, ::stride, ::stride]
+    torch.testing.assert_close(dw.reshape(16, in_c), torch.einsum("bnhw,bchw->nc", dy, shifted))
+    torch.testing.assert_close(db, dy.sum((0, 2, 3)))
+
+
 @pytest.mark.gpu
 def test_bfloat16_on_gpu():
     layer = ShiftConv2d(64, 64, stride=2, device=DEVICE, dtype=torch.bfloat16)

@@ -10,7 +10,7 @@ contiguous [N, C] weight. Index arithmetic that can pass 2^31 elements is int64.
 import triton
 import triton.language as tl
 
-from tritonconv.kernel_helpers import pixel_walk_start, pixel_walk_step
+from tritonconv.kernel_helpers import pixel_advance, pixel_steps, pixel_walk_start, pixel_walk_step
 
 
 @triton.jit
@@ -218,32 +218,45 @@ BIAS_COLUMNS = tl.constexpr(16)  # the unit-column operand of the bias dot: the 
 
 
 @triton.jit
-def _shifted_pixel_pass(acc, bias_acc, ones, x_ptr, dy_ptr, first, count, n, n_mask, c, c_mask, dh, dw,
-                        B, H, W, Ho, Wo, sxb, sxc, sxh, sxw, sdyb, sdyc, sdyh, sdyw, PIXELS_PER_SPLIT,
+def _shifted_pixel_pass(acc, bias_acc, ones, x_ptr, dy_ptr, first, count, step_b, step_h, step_w, n, n_mask, c,
+                        c_mask, dh, dw, B, H, W, Ho, Wo, sxb, sxc, sxh, sxw, sdyb, sdyc, sdyh, sdyw, PIXELS_PER_SPLIT,
                         STRIDE: tl.constexpr, WITH_BIAS: tl.constexpr, BIAS_BY_DOT: tl.constexpr,
-                        FLAT: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
-                        BLOCK_P: tl.constexpr):
+                        X_FLAT: tl.constexpr, DY_FLAT: tl.constexpr, STEP_IN_LOOP: tl.constexpr,
+                        DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_P: tl.constexpr):
     """One pass of the weight gradient over a split's pixels with x read at the shift (dh, dw):
     (acc + dy @ x, bias_acc plus dy's sums where WITH_BIAS). The pixels are walked as (b, ho, wo) in
-    int32 with carries for the border masks; FLAT addresses them by two bumped base pointers."""
+    int32 with carries, no division per pixel; they give the border masks. The step (step_b, step_h,
+    step_w) comes divided out by the caller, or STEP_IN_LOOP: ``pixel_walk_step`` divides it in the loop
+    (the compiler hoists it; in the per-direction passes this form keeps ptxas from waiting on every
+    wgmma: 8 warpgroup waits per step otherwise, 18.5 instead of 16.9 instructions per HGMMA).
+    A flat tensor (X_FLAT, DY_FLAT) is addressed by a scalar base pointer bumped per step plus an int32
+    offset tile built once. Otherwise (the stride, or NCHW with batch > 1) each pixel's address is its
+    image base in int64 (the only 64-bit multiply, one per pixel) plus its int32 offset inside the image,
+    from the walked (b, ho, wo); the program's shift sits in the base pointer."""
     p_range = tl.arange(0, BLOCK_P)
     b32, ho, wo = pixel_walk_start(first, B, Ho, Wo, BLOCK_P)  # [BLOCK_P] each
-    dy_base = dy_ptr + first * sdyw
-    x_base = x_ptr + first * sxw
-    dy_offsets = (p_range * sdyw)[None, :] + (n * sdyc)[:, None]  # [BLOCK_N, BLOCK_P] (FLAT)
-    x_offsets = ((p_range + dh * W + dw) * sxw)[:, None] + (c * sxc)[None, :]  # [BLOCK_P, BLOCK_C] (FLAT)
+    dy_base = dy_ptr + first * sdyw  # DY_FLAT: pixel p at p * sdyw
+    x_base = x_ptr + first * sxw  # X_FLAT: stride 1, so input pixel = output pixel
+    x_shifted = x_ptr + dh * sxh + dw * sxw  # not X_FLAT: the shift in the base pointer
+    dy_channels = (n * sdyc)[:, None]  # [BLOCK_N, 1] int32
+    x_channels = (c * sxc)[None, :]  # [1, BLOCK_C] int32
+    dy_offsets = (p_range * sdyw)[None, :] + dy_channels  # [BLOCK_N, BLOCK_P] (DY_FLAT)
+    x_offsets = ((p_range + dh * W + dw) * sxw)[:, None] + x_channels  # [BLOCK_P, BLOCK_C] (X_FLAT)
     for p0 in range(0, PIXELS_PER_SPLIT, BLOCK_P):
         pixel_mask = p0 + p_range < count
         hi = ho * STRIDE + dh  # [BLOCK_P]
         wi = wo * STRIDE + dw
         row_inside = pixel_mask & (hi.to(tl.uint32) < H) & (wi.to(tl.uint32) < W)
-        if FLAT:
+        if DY_FLAT:
             dy_ptrs = dy_base + dy_offsets
+        else:
+            dy_pixels = dy_ptr + b32.to(tl.int64) * sdyb + (ho * sdyh + wo * sdyw)  # [BLOCK_P]
+            dy_ptrs = dy_pixels[None, :] + dy_channels  # [BLOCK_N, BLOCK_P]
+        if X_FLAT:
             x_ptrs = x_base + x_offsets
         else:
-            b = b32.to(tl.int64)
-            dy_ptrs = (dy_ptr + b * sdyb + ho * sdyh + wo * sdyw)[None, :] + n[:, None] * sdyc
-            x_ptrs = (x_ptr + b * sxb + hi * sxh + wi * sxw)[:, None] + c[None, :] * sxc
+            x_pixels = x_shifted + b32.to(tl.int64) * sxb + (ho * (STRIDE * sxh) + wo * (STRIDE * sxw))
+            x_ptrs = x_pixels[:, None] + x_channels  # [BLOCK_P, BLOCK_C]
         dy = tl.load(dy_ptrs, mask=n_mask[:, None] & pixel_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
         x = tl.load(x_ptrs, mask=row_inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_P, BLOCK_C]
         acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
@@ -252,7 +265,10 @@ def _shifted_pixel_pass(acc, bias_acc, ones, x_ptr, dy_ptr, first, count, n, n_m
                 bias_acc = tl.dot(dy, ones, bias_acc, out_dtype=ACC_DTYPE)
             else:
                 bias_acc += dy.to(ACC_DTYPE)
-        b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
+        if STEP_IN_LOOP:
+            b32, ho, wo = pixel_walk_step(b32, ho, wo, Ho, Wo, BLOCK_P)
+        else:
+            b32, ho, wo = pixel_advance(b32, ho, wo, step_b, step_h, step_w, Ho, Wo)
         dy_base += BLOCK_P * sdyw
         x_base += BLOCK_P * sxw
     return acc, bias_acc
@@ -266,8 +282,8 @@ def shift_bwd_weight_kernel(
     sdyb, sdyc, sdyh, sdyw,
     SHIFTED_CHANNELS, SHIFT_GROUP, PIXELS_PER_SPLIT, SPLIT_STRIDE,
     K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr, SEGMENTED: tl.constexpr,
-    GROUP_ALIGN: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_BY_DOT: tl.constexpr, FLAT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    GROUP_ALIGN: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_BY_DOT: tl.constexpr, X_FLAT: tl.constexpr,
+    DY_FLAT: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """Partial dw[n, c] = sum_pixels dy[b, n, ho, wo] x[b, c, ho*S + dh_c, wo*S + dw_c] over one split of
@@ -280,9 +296,11 @@ def shift_bwd_weight_kernel(
     is a row address per pixel plus a channel run, its border a row mask. Otherwise the tile's channels
     are contiguous and the pixels are reduced once per direction (see below). Pixels: the split's first
     pixel is divided once in int64; the loop walks (b, ho, wo) in int32 with carries
-    (``pixel_walk_step``), no division per pixel: they give the border masks. FLAT (the launcher's
-    check: x and dy pixels at p times their w stride, stride 1): the addresses are two scalar base
-    pointers bumped per step plus int32 offset tiles built once, no 64-bit arithmetic per pixel.
+    (``pixel_advance``), no division per pixel: they give the border masks and, where a tensor is not
+    flat, its addresses (an int64 image base per pixel plus int32 offsets inside the image). X_FLAT,
+    DY_FLAT (the launcher's check: pixel p at p times the w stride; for x only at stride 1): that
+    tensor's addresses are a scalar base pointer bumped per step plus an int32 offset tile built once,
+    no 64-bit arithmetic per pixel.
     BIAS_BY_DOT (16-bit inputs, where the tensor core's products are exact): the bias sums are one more
     small dot of dy with a unit column, so dy never leaves shared memory for them.
     """
@@ -321,21 +339,23 @@ def shift_bwd_weight_kernel(
     first = split.to(tl.int64) * PIXELS_PER_SPLIT
     count = tl.minimum(B * Ho * Wo - first, PIXELS_PER_SPLIT).to(tl.int32)  # pixels in this split
     if SEGMENTED:
+        step_b, step_h, step_w = pixel_steps(BLOCK_P, Ho, Wo)  # the walk's step, divided out once
         acc, bias_acc = _shifted_pixel_pass(
-            acc, bias_acc, ones, x_ptr, dy_ptr, first, count, n, n_mask, c, c_mask, dh, dw, B, H, W, Ho, Wo,
-            sxb, sxc, sxh, sxw, sdyb, sdyc, sdyh, sdyw, PIXELS_PER_SPLIT, STRIDE, HAS_BIAS, BIAS_BY_DOT, FLAT,
-            DOT_PRECISION, ACC_DTYPE, BLOCK_P)
+            acc, bias_acc, ones, x_ptr, dy_ptr, first, count, step_b, step_h, step_w, n, n_mask, c, c_mask, dh, dw,
+            B, H, W, Ho, Wo, sxb, sxc, sxh, sxw, sdyb, sdyc, sdyh, sdyw, PIXELS_PER_SPLIT, STRIDE, HAS_BIAS,
+            BIAS_BY_DOT, X_FLAT, DY_FLAT, False, DOT_PRECISION, ACC_DTYPE, BLOCK_P)
     else:
         # One pass over the split's pixels per direction, each a plain GEMM of dy with x at that
         # direction's offset over the whole (contiguous) channel tile; the columns of the direction are
         # kept from its pass (a select of results: values read at a foreign shift never mix in). k^2
         # passes: these layers have fewer than 16 channels per direction and are memory-bound by far.
+        step_b, step_h, step_w = 0, 0, 0  # unused: each pass divides its step in its loop (STEP_IN_LOOP)
         for d in tl.static_range(K * K):
             acc_d, bias_acc = _shifted_pixel_pass(
-                tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE), bias_acc, ones, x_ptr, dy_ptr, first, count, n,
-                n_mask, c, c_mask, DIL * (d // K - K // 2), DIL * (d % K - K // 2), B, H, W, Ho, Wo,
+                tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC_DTYPE), bias_acc, ones, x_ptr, dy_ptr, first, count, step_b,
+                step_h, step_w, n, n_mask, c, c_mask, DIL * (d // K - K // 2), DIL * (d % K - K // 2), B, H, W, Ho, Wo,
                 sxb, sxc, sxh, sxw, sdyb, sdyc, sdyh, sdyw, PIXELS_PER_SPLIT, STRIDE, HAS_BIAS and d == 0,
-                BIAS_BY_DOT, FLAT, DOT_PRECISION, ACC_DTYPE, BLOCK_P)
+                BIAS_BY_DOT, X_FLAT, DY_FLAT, True, DOT_PRECISION, ACC_DTYPE, BLOCK_P)
             acc = tl.where((direction == d)[None, :], acc_d, acc)
 
     row = partial_ptr + split.to(tl.int64) * SPLIT_STRIDE

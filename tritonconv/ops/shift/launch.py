@@ -203,9 +203,10 @@ def _backward_weight_plan(spec: ShiftSpec, tile: GemmTile, x_strides, dy_strides
     pixels_per_split = cdiv(cdiv(pixels, splits), tile.block_reduce) * tile.block_reduce
     row = spec.out_channels * (spec.in_channels + spec.bias)  # dw flattened, then the bias
     integers = (*_sizes(spec), *x_strides, *dy_strides, *_shift_args(spec), pixels_per_split, row)
-    flat = (spec.stride == 1 and _flat_pixels(spec.input_shape, x_strides)
-            and _flat_pixels(spec.output_shape, dy_strides))
-    constexprs = dict(SEGMENTED=segmented(spec), GROUP_ALIGN=_group_align(spec), HAS_BIAS=spec.bias, FLAT=flat,
+    # x is flat only at stride 1, where its pixel p is the output's pixel p
+    x_flat = spec.stride == 1 and _flat_pixels(spec.input_shape, x_strides)
+    constexprs = dict(SEGMENTED=segmented(spec), GROUP_ALIGN=_group_align(spec), HAS_BIAS=spec.bias, X_FLAT=x_flat,
+                      DY_FLAT=_flat_pixels(spec.output_shape, dy_strides),
                       **_constexprs(spec), **TILES["backward_weight"].launch_args(tile))
     return (splits, row), (filter_tiles, channel_tiles, splits), integers, constexprs
 
