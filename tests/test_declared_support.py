@@ -57,6 +57,22 @@ def test_images_past_int32_go_to_the_fallback_with_the_reason():
     assert dispatch.decide(OPERATOR, small, "forward", torch.device("cpu")).backend == "triton"
 
 
+@pytest.mark.parametrize("layer", ["shift", "versatile"])
+def test_shift_and_versatile_images_past_int32_go_to_the_fallback(layer):
+    """Their kernels address inside an image in int32 too (the shift grad weight's pixel walk included)."""
+    from tritonconv import dispatch
+    from tritonconv.ops.shift import OPERATOR as SHIFT
+    from tritonconv.ops.shift import ShiftSpec
+    from tritonconv.ops.versatile import OPERATOR as VERSATILE
+    from tritonconv.ops.versatile import VersatileSpec
+
+    operator, make = {"shift": (SHIFT, lambda size: ShiftSpec(2, 64, 64, size, size)),
+                      "versatile": (VERSATILE, lambda size: VersatileSpec(2, 64, 63, size, size))}[layer]
+    decision = dispatch.decide(operator, make(6000), "forward", torch.device("cpu"))  # 2.3e9 per image
+    assert decision.backend == "fallback" and "past 2^31" in decision.reason
+    assert dispatch.decide(operator, make(5000), "forward", torch.device("cpu")).backend == "triton"
+
+
 def test_fused_dwsep_past_int32_pixels_goes_to_the_fallback_with_the_reason():
     from tritonconv import dispatch
     from tritonconv.ops.dwsep.op import OPERATOR

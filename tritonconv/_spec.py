@@ -81,6 +81,18 @@ class ConvSpecShapes(ConvShape):
         return (self.batch, self.out_channels, self.out_height, self.out_width)
 
 
+INT32_ELEMENTS = 2**31
+
+
+def image_past_int32(spec) -> str | None:
+    """Why kernels that address inside one image in int32 (only the image's base is int64) cannot take
+    ``spec``: an input or output image of 2^31 elements or more; None when both fit."""
+    image = max(spec.in_channels * spec.height * spec.width, spec.out_channels * spec.out_height * spec.out_width)
+    if image >= INT32_ELEMENTS:
+        return f"one image holds {image} elements, past 2^31: the kernels address inside an image in int32"
+    return None
+
+
 _SPECS_KEPT = 4096
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, image_past_int32, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -28,17 +28,11 @@ def validate_hyperparameters(in_channels, out_channels, kernel_size, stride, p) 
         )
 
 
-INT32_ELEMENTS = 2**31  # the kernels address inside an image in int32; only the image's base is int64
-
-
 def triton_unsupported(spec: "HetConvSpec") -> str | None:
     """What the Triton kernels cannot take (the fallback computes it)."""
     if spec.stride not in (1, 2):
         return f"stride={spec.stride}; the kernels take stride 1 or 2"
-    image = max(spec.in_channels * spec.height * spec.width, spec.out_channels * spec.out_height * spec.out_width)
-    if image >= INT32_ELEMENTS:
-        return f"one image holds {image} elements, past 2^31: the kernels address inside an image in int32"
-    return None
+    return image_past_int32(spec)
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from tritonconv._op import (
     training_function,
 )
 from tritonconv.ops.shift import kernels, launch, reference
-from tritonconv.ops.shift.spec import ShiftSpec
+from tritonconv.ops.shift.spec import ShiftSpec, triton_unsupported
 
-OPERATOR = dispatch.Operator.of("shift", kernels, launch)
+OPERATOR = dispatch.Operator.of("shift", kernels, launch, triton_unsupported=triton_unsupported)
 
 
 def _spec(x, weight, bias, window, assignment) -> ShiftSpec:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, image_past_int32, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -39,6 +39,11 @@ def channel_shifts(in_channels: int, kernel_size: int, dilation: int, assignment
         shifts.append((dilation * (direction // kernel_size - kernel_size // 2),
                        dilation * (direction % kernel_size - kernel_size // 2)))
     return shifts
+
+
+def triton_unsupported(spec: "ShiftSpec") -> str | None:
+    """What the Triton kernels cannot take (the fallback computes it)."""
+    return image_past_int32(spec)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, image_past_int32, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -46,7 +46,7 @@ def triton_unsupported(spec: "VersatileSpec") -> str | None:
     if spec.kernel_size > MAX_KERNEL_SIZE:
         return (f"kernel_size={spec.kernel_size}; the kernels keep one accumulator per spatial secondary and take "
                 f"kernel_size <= {MAX_KERNEL_SIZE}")
-    return None
+    return image_past_int32(spec)
 
 
 @dataclass(frozen=True)
