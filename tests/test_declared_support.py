@@ -57,17 +57,20 @@ def test_images_past_int32_go_to_the_fallback_with_the_reason():
     assert dispatch.decide(OPERATOR, small, "forward", torch.device("cpu")).backend == "triton"
 
 
-@pytest.mark.parametrize("layer", ["shift", "versatile"])
-def test_shift_and_versatile_images_past_int32_go_to_the_fallback(layer):
+@pytest.mark.parametrize("layer", ["shift", "versatile", "shuffle"])
+def test_shift_versatile_and_shuffle_images_past_int32_go_to_the_fallback(layer):
     """Their kernels address inside an image in int32 too (the shift grad weight's pixel walk included)."""
     from tritonconv import dispatch
     from tritonconv.ops.shift import OPERATOR as SHIFT
     from tritonconv.ops.shift import ShiftSpec
+    from tritonconv.ops.shuffle import OPERATOR as SHUFFLE
+    from tritonconv.ops.shuffle import ShuffleConvSpec
     from tritonconv.ops.versatile import OPERATOR as VERSATILE
     from tritonconv.ops.versatile import VersatileSpec
 
     operator, make = {"shift": (SHIFT, lambda size: ShiftSpec(2, 64, 64, size, size)),
-                      "versatile": (VERSATILE, lambda size: VersatileSpec(2, 64, 63, size, size))}[layer]
+                      "versatile": (VERSATILE, lambda size: VersatileSpec(2, 64, 63, size, size)),
+                      "shuffle": (SHUFFLE, lambda size: ShuffleConvSpec(2, 64, 64, size, size, 2, 2))}[layer]
     decision = dispatch.decide(operator, make(6000), "forward", torch.device("cpu"))  # 2.3e9 per image
     assert decision.backend == "fallback" and "past 2^31" in decision.reason
     assert dispatch.decide(operator, make(5000), "forward", torch.device("cpu")).backend == "triton"
@@ -82,3 +85,17 @@ def test_fused_dwsep_past_int32_pixels_goes_to_the_fallback_with_the_reason():
     decision = dispatch.explain(OPERATOR, big, "forward", torch.device("cuda"))
     assert decision.backend == "fallback" and "int32" in decision.reason, decision
     assert OPERATOR.triton_unsupported(DwSepSpec(128, 32, 16, 112, 112)) is None
+
+
+def test_views_spanning_2_to_the_31_inside_an_image_are_compacted():
+    """A channel slice of a much wider tensor fits the spec's check but its strides span past 2^31 inside
+    one image: the shift, versatile and shuffle launchers read it through a compact copy (meta tensors:
+    nothing is allocated)."""
+    from tritonconv._layout import int32_addressable
+
+    wide = torch.empty(2, 40000, 256, 256, device="meta").contiguous(memory_format=torch.channels_last)
+    view = wide[:, :16]  # 16 * 256 * 256 elements, strides of 40000 channels
+    compact = int32_addressable(view)
+    assert compact is not view and compact.is_contiguous(memory_format=torch.channels_last)
+    small = wide[:1, :16, :8, :8]
+    assert int32_addressable(small) is small

@@ -17,6 +17,16 @@ def memory_format_of(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def int32_addressable(t: Tensor) -> Tensor:
+    """``t``, or a compact copy in its layout when one image of the view spans 2^31 elements or
+    more (a channel slice of a much wider tensor): kernels that address inside an image in int32 read it
+    through its strides. The spec's check (``_spec.image_past_int32``) bounds the compact image."""
+    if sum((n - 1) * s for n, s in zip(t.shape[1:], t.stride()[1:])) < 2**31:
+        return t
+    channels_innermost = t.dim() == 4 and t.stride(1) == 1  # a channel slice of an NHWC tensor stays NHWC
+    return t.contiguous(memory_format=torch.channels_last if channels_innermost else torch.contiguous_format)
+
+
 def empty(shape, *, device, dtype: torch.dtype, memory_format=torch.contiguous_format) -> Tensor:
     """Every buffer our kernels write (outputs, split-K partials) is allocated here, so that the tests
     can fill them all with NaN (replacing ``_allocate``): an element a kernel forgets fails loudly."""

@@ -108,29 +108,30 @@ def training_function(forward_op, backward_op, *, params: int, saves_output: boo
     forward's output too (to undo an activation). The backend forced around the forward is captured for
     the backward, which may run on an autograd worker thread that does not see ``use_backend()``.
     torch.compile traces the Function, and the two operators inside stay opaque."""
-    class Training(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, *inputs):
-            output = forward_op(x, *inputs)
-            ctx.hyperparameters = inputs[params:]
-            ctx.save_for_backward(x, *inputs[:params], *((output,) if saves_output else ()))
-            ctx.forced = dispatch.forced_for_backward()
-            return output
+    def forward(ctx, x, *inputs):
+        output = forward_op(x, *inputs)
+        ctx.hyperparameters = inputs[params:]
+        ctx.save_for_backward(x, *inputs[:params], *((output,) if saves_output else ()))
+        ctx.forced = dispatch.forced_for_backward()
+        return output
 
-        @staticmethod
-        def backward(ctx, grad):
-            x, *saved = ctx.saved_tensors
-            weights = saved[:params]
-            need_input = ctx.needs_input_grad[0]
-            need_weights = any(ctx.needs_input_grad[1:1 + params])
-            dx, *dweights = backward_op(grad, x, *saved, *ctx.hyperparameters, need_input, need_weights,
-                                        ctx.forced)
-            return (dx if need_input else None,
-                    *(in_parameter_strides(g, w) if need_weights and w is not None else None
-                      for g, w in zip(dweights, weights)),
-                    *(None,) * len(ctx.hyperparameters))
+    def backward(ctx, grad):
+        x, *saved = ctx.saved_tensors
+        weights = saved[:params]
+        need_input = ctx.needs_input_grad[0]
+        need_weights = any(ctx.needs_input_grad[1:1 + params])
+        dx, *dweights = backward_op(grad, x, *saved, *ctx.hyperparameters, need_input, need_weights, ctx.forced)
+        return (dx if need_input else None,
+                *(in_parameter_strides(g, w) if need_weights and w is not None else None
+                  for g, w in zip(dweights, weights)),
+                *(None,) * len(ctx.hyperparameters))
 
-    Training.__name__ = Training.__qualname__ = f"{forward_op.name().split('::')[-1]}_training"
+    # Made with type(), not a class statement, so that autograd's node (and profiler traces) carry the
+    # operator's name: torch names the backward class when the Function class is created.
+    name = f"{forward_op.name().split('::')[-1]}_training"
+    Training = type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
+                                                        "backward": staticmethod(backward),
+                                                        "__module__": __name__, "__qualname__": name})
     _register_autograd(forward_op, Training)
     _register_autograd(backward_op, None)
     return Training

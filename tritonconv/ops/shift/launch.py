@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 
 from tritonconv import tiles
-from tritonconv._layout import empty, empty_like_layout
+from tritonconv._layout import empty, empty_like_layout, int32_addressable
 from tritonconv.ops.shift import kernels
 from tritonconv.ops.shift.spec import ShiftSpec
 from tritonconv.tiles import (
@@ -160,6 +160,7 @@ def _forward_plan(spec: ShiftSpec, tile: GemmTile, x_strides, y_strides, has_bia
 
 
 def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
+    x = int32_addressable(x)
     y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
@@ -182,6 +183,7 @@ def _backward_input_plan(spec: ShiftSpec, tile: GemmTile, dy_strides, dx_strides
 
 
 def backward_input(dy, weight, spec: ShiftSpec, tile: GemmTile, like: torch.Tensor) -> torch.Tensor:
+    dy = int32_addressable(dy)
     dx = empty_like_layout(spec.input_shape, like)
     if dx.numel() == 0:
         return dx
@@ -213,6 +215,7 @@ def _backward_weight_plan(spec: ShiftSpec, tile: GemmTile, x_strides, dy_strides
 
 def backward_weight(dy, x, spec: ShiftSpec, tile: GemmTile):
     """(grad weight [N, C, 1, 1], grad bias or None), reduced over the pixels in fp32 (fp64)."""
+    dy, x = int32_addressable(dy), int32_addressable(x)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if spec.batch * spec.out_height * spec.out_width == 0:
         db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None

@@ -9,7 +9,7 @@ from dataclasses import replace
 import torch
 
 from tritonconv import env, tiles
-from tritonconv._layout import empty, empty_like_layout
+from tritonconv._layout import empty, empty_like_layout, int32_addressable
 from tritonconv.ops.shuffle import kernels
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 from tritonconv.tiles import (
@@ -208,6 +208,7 @@ def _forward_plan(spec: ShuffleConvSpec, tile: GemmTile, x_strides, y_strides, h
 
 
 def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Tensor:
+    x = int32_addressable(x)
     y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
@@ -247,6 +248,7 @@ def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torc
                    dense: bool | None = None) -> torch.Tensor:
     """dx in ``like``'s layout. ``dense``: reduce over all dy channels and select the group's (None:
     ``_dense_input_grad`` decides; it needs shuffle groups = conv groups)."""
+    dy = int32_addressable(dy)
     dx = empty_like_layout(spec.input_shape, like)
     if dx.numel() == 0:
         return dx
@@ -291,6 +293,7 @@ def _backward_weight_plan(spec: ShuffleConvSpec, tile: GemmTile, x_strides, dy_s
 def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile, dense: bool | None = None):
     """(grad weight [N, C/G, 1, 1], grad bias or None), split partials summed in a fixed order.
     ``dense``: the dense product with same-group stores (None: ``_dense_weight_grad`` decides)."""
+    dy, x = int32_addressable(dy), int32_addressable(x)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if spec.batch * spec.height * spec.width == 0:
         db = torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if spec.bias else None

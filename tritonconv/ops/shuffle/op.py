@@ -16,11 +16,12 @@ from tritonconv._op import (
     run_weight_bias_backward,
     training_function,
 )
+from tritonconv._spec import image_past_int32
 from tritonconv._validation import check_positive_int
 from tritonconv.ops.shuffle import kernels, launch, reference
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 
-OPERATOR = dispatch.Operator.of("shuffle_conv", kernels, launch)
+OPERATOR = dispatch.Operator.of("shuffle_conv", kernels, launch, triton_unsupported=image_past_int32)
 
 
 def _shuffle_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int, shuffle_groups: int) -> Tensor:

@@ -15,7 +15,7 @@ from dataclasses import replace
 import torch
 
 from tritonconv import tiles
-from tritonconv._layout import empty, empty_like_layout
+from tritonconv._layout import empty, empty_like_layout, int32_addressable
 from tritonconv._weights import empty_grad, grad_is_taps_major, taps_major
 from tritonconv.ops.versatile import kernels
 from tritonconv.ops.versatile.spec import VersatileSpec
@@ -137,6 +137,7 @@ def _forward_plan(spec: VersatileSpec, tile: GemmTile, x_strides, y_strides, has
 
 
 def forward(x, weight, bias, spec: VersatileSpec, tile: GemmTile) -> torch.Tensor:
+    x = int32_addressable(x)
     y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
@@ -169,6 +170,7 @@ def _backward_input_plan(spec: VersatileSpec, tile: GemmTile, dy_strides, dx_str
 
 
 def backward_input(dy, weight, spec: VersatileSpec, tile: GemmTile, like: torch.Tensor) -> torch.Tensor:
+    dy = int32_addressable(dy)
     dx = empty_like_layout(spec.input_shape, like)
     if dx.numel() == 0:
         return dx
@@ -208,6 +210,7 @@ def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile, weight: torch.Te
     """(grad weight, grad bias or None), reduced over the pixels in fp32 (fp64), split partials summed
     in a fixed order: two launches (the partials, the bias's among them; their sum). Grad weight has
     ``_weights.grad_strides(weight)`` (taps-major without ``weight``)."""
+    dy, x = int32_addressable(dy), int32_addressable(x)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     dw = empty_grad(weight, spec.weight_shape, device=x.device, dtype=x.dtype)
     if spec.batch * spec.out_height * spec.out_width == 0:
