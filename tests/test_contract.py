@@ -324,6 +324,35 @@ def test_meta_device(case):
     assert x.grad.shape == x.shape
 
 
+def test_forward_mode_ad_raises_instead_of_dropping_the_tangent(case):
+    """Forward-mode AD (jvp) is not supported: NotImplementedError, through the layer and through a direct
+    call of its operator alike, never an output whose tangent is silently missing."""
+    from torch.autograd import forward_ad
+
+    module = make(case, train=False).requires_grad_(False)
+    x = sample(case)
+    with tritonconv.use_backend("triton"), dispatch.collecting() as calls:
+        module(x)
+    if not calls:  # plain torch ops throughout: torch's own forward AD
+        return
+    with forward_ad.dual_level(), tritonconv.use_backend("triton"):
+        with pytest.raises(NotImplementedError, match="jvp"):
+            module(forward_ad.make_dual(x, torch.randn_like(x)))
+
+
+def test_direct_operator_calls_under_forward_mode_ad_raise():
+    """The operators' own Autograd kernel sends a dual tensor to the Function (which raises), instead of
+    below autograd, where the output's tangent would silently be None."""
+    from torch.autograd import forward_ad
+
+    layer = tritonconv.ShiftConv2d(18, 8).requires_grad_(False)
+    x = torch.randn(2, 18, 5, 5)
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(x, torch.randn_like(x))
+        with pytest.raises(NotImplementedError, match="jvp"):
+            torch.ops.tritonconv.shift_conv2d.default(dual, layer.weight, layer.bias, [3, 1, 1], "interleaved")
+
+
 def test_inference_mode(case):
     """Serving code runs under torch.inference_mode (autograd's keys excluded, inputs are inference
     tensors without a version counter), with a backend forced too: same output as no_grad."""

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from tritonconv import dispatch
 from tritonconv._layout import memory_format_of, missing_as_empty
@@ -144,7 +145,7 @@ def _register_autograd(op, training) -> None:
     name = op.name()
 
     def autograd_kernel(keyset, *args):
-        if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        if _differentiated(args):
             if training is None:
                 raise RuntimeError(f"{name} is not differentiable (double backward, create_graph=True, is not "
                                    "supported)")
@@ -155,3 +156,13 @@ def _register_autograd(op, training) -> None:
 
 
 _BELOW_AUTOGRAD = torch._C._after_autograd_keyset
+
+
+def _differentiated(args) -> bool:
+    """Whether autograd must see this call: a tensor argument requires grad (with grad mode on) or carries
+    a forward-mode tangent (inside ``torch.autograd.forward_ad.dual_level``, where the Function raises:
+    forward-mode AD is not supported, rather than a tangent silently dropped)."""
+    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        return True
+    return forward_ad._current_level >= 0 and any(
+        isinstance(a, Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args)
