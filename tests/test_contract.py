@@ -313,6 +313,28 @@ def test_torch_compile_fullgraph_follows_use_backend(case, monkeypatch):
         assert_close(x.grad, grads64["input"], torch.float32, f"{case} compiled grad input ({backend})")
 
 
+def test_compiled_backward_follows_its_own_forward(monkeypatch):
+    """The forced backend a compiled backward takes is its own forward's: twice with retain_graph, and
+    not a note an earlier eager forward of the same input left behind."""
+    torch._dynamo.reset()
+    case = next(c for c in CASES if c.name == "shuffle")
+    module = make(case, train=False)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    recorder = _Recorder(monkeypatch)
+    x = sample(case).requires_grad_(True)
+    with tritonconv.use_backend("fallback"):
+        y = compiled(x)
+    y.sum().backward(retain_graph=True)
+    y.sum().backward()
+    assert recorder.backends("backward") == {"fallback"}, recorder.taken
+    recorder.taken.clear()
+    with tritonconv.use_backend("fallback"):
+        module(x)  # eager, no backward: must leave nothing for the compiled call below
+    y = compiled(x)
+    y.sum().backward()
+    assert recorder.backends("backward") == {"triton"}, recorder.taken
+
+
 def test_meta_device(case):
     """Shape inference without data, as FLOP counters and model summaries do it."""
     module = case.build(device="meta")

@@ -110,7 +110,14 @@ def training_function(forward_op, backward_op, *, params: int, saves_output: boo
     the backward, which may run on an autograd worker thread that does not see ``use_backend()``.
     torch.compile traces the Function, and the two operators inside stay opaque."""
     def forward(ctx, x, *inputs):
-        output = forward_op(x, *inputs)
+        if torch.compiler.is_compiling():  # the compiled graph's operator notes the backend at run time
+            output = forward_op(x, *inputs)
+        else:
+            token = dispatch.captured_by_function.set(True)
+            try:
+                output = forward_op(x, *inputs)
+            finally:
+                dispatch.captured_by_function.reset(token)
         ctx.hyperparameters = inputs[params:]
         ctx.save_for_backward(x, *inputs[:params], *((output,) if saves_output else ()))
         ctx.forced = dispatch.forced_for_backward()

@@ -115,14 +115,28 @@ def _input_key(operator: Operator, x: torch.Tensor) -> tuple:
     return operator.name, x.device, x.data_ptr(), tuple(x.shape), tuple(x.stride()), x._version
 
 
+# Set while an eager Function runs its forward operator: the Function keeps the forced backend itself,
+# so the operator leaves no note (one left behind would be taken by a later compiled backward of the
+# same unmodified input).
+captured_by_function: contextvars.ContextVar[bool] = contextvars.ContextVar("tritonconv_captured", default=False)
+
+
 def note_forward(operator: Operator, x: torch.Tensor) -> None:
-    """Called by a forward operator: remember the backend forced around this call for its backward. An
-    inference tensor (torch.inference_mode) has no backward, and no version counter to key the note."""
+    """Called by a forward operator that runs in a compiled graph: remember the backend forced around
+    this call for its backward (each run replaces the note of the last on the same input, so a
+    ``retain_graph`` backward finds it again). An inference tensor (torch.inference_mode) has no
+    backward, and no version counter to key the note."""
+    if captured_by_function.get() or x.device.type == "meta" or x.is_inference():
+        return
     forced = _forced.get()
-    if forced is None or x.device.type == "meta" or x.is_inference():
+    if forced is None and not _FORCED_AT_RUN_TIME:
         return
     with _notes_lock:
-        _FORCED_AT_RUN_TIME[_input_key(operator, x)] = forced
+        key = _input_key(operator, x)
+        if forced is None:  # nothing forced now: an earlier run's note must not govern this backward
+            _FORCED_AT_RUN_TIME.pop(key, None)
+            return
+        _FORCED_AT_RUN_TIME[key] = forced
         while len(_FORCED_AT_RUN_TIME) > _FORCED_NOTES_KEPT:
             _FORCED_AT_RUN_TIME.popitem(last=False)
 
@@ -138,7 +152,7 @@ def backward_forced(operator: Operator, x: torch.Tensor, stored: str) -> str:
     if stored:
         return stored
     with _notes_lock:
-        noted = _FORCED_AT_RUN_TIME.pop(_input_key(operator, x), None) if x.device.type != "meta" else None
+        noted = _FORCED_AT_RUN_TIME.get(_input_key(operator, x)) if x.device.type != "meta" else None
     return noted or env.backend_override()
 
 
