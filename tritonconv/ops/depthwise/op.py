@@ -13,7 +13,7 @@ from tritonconv._op import define_op, fake_gradients, fake_output, run_backward,
 from tritonconv._validation import check_tensor
 from tritonconv._weights import noting_weight_copy
 from tritonconv.ops.depthwise import kernels, launch, reference
-from tritonconv.ops.depthwise.layout import grad_strides, in_grad_layout
+from tritonconv.ops.depthwise.layout import empty_grad, in_grad_layout
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation, triton_unsupported
 
 OPERATOR = dispatch.Operator.of("depthwise", kernels, launch, triton_unsupported=triton_unsupported)
@@ -75,7 +75,7 @@ def _depthwise_conv2d_backward_fake(grad, x, weight, bias, out, window, activati
                                     need_weights, forced):
     dx, dw, db = fake_gradients(x, need_input, need_weights, weight, bias)
     if need_weights:  # the weight gradient has the weight's strides (layout.grad_strides)
-        dw = weight.new_empty_strided(weight.shape, grad_strides(weight, weight.shape))
+        dw = empty_grad(weight, weight.shape, device=weight.device, dtype=weight.dtype)
     return dx, dw, db
 
 

@@ -11,7 +11,7 @@ from torch import Tensor
 from tritonconv import dispatch
 from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
 from tritonconv.ops.depthwise import kernels as depthwise_kernels
-from tritonconv.ops.depthwise.layout import grad_strides, in_grad_layout
+from tritonconv.ops.depthwise.layout import empty_grad, in_grad_layout
 from tritonconv.ops.depthwise.spec import default_padding, normalize_activation
 from tritonconv.ops.dwsep import kernels, launch, reference
 from tritonconv.ops.dwsep.spec import DwSepSpec, triton_unsupported
@@ -61,7 +61,7 @@ def _dwsep_conv2d_backward_fake(grad, x, dw_weight, dw_bias, pw_weight, pw_bias,
                                 out_activation, need_input, need_weights, forced):
     dx, ddw, *rest = fake_gradients(x, need_input, need_weights, dw_weight, dw_bias, pw_weight, pw_bias)
     if need_weights:
-        ddw = dw_weight.new_empty_strided(dw_weight.shape, grad_strides(dw_weight, dw_weight.shape))
+        ddw = empty_grad(dw_weight, dw_weight.shape, device=dw_weight.device, dtype=dw_weight.dtype)
     return dx, ddw, *rest
 
 

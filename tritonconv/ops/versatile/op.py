@@ -9,7 +9,7 @@ from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
-from tritonconv._weights import grad_strides, in_grad_layout, noting_weight_copy
+from tritonconv._weights import empty_grad, in_grad_layout, noting_weight_copy
 from tritonconv.ops.versatile import kernels, launch, reference
 from tritonconv.ops.versatile.spec import VersatileSpec, triton_unsupported
 
@@ -55,7 +55,7 @@ def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
 def _versatile_conv2d_backward_fake(grad, x, weight, bias, config, need_input, need_weights, forced):
     dx, dw, db = fake_gradients(x, need_input, need_weights, weight, bias)
     if need_weights:  # the weight gradient has the weight's strides (_weights.grad_strides)
-        dw = weight.new_empty_strided(weight.shape, grad_strides(weight, weight.shape))
+        dw = empty_grad(weight, weight.shape, device=weight.device, dtype=weight.dtype)
     return dx, dw, db
 
 
