@@ -346,6 +346,37 @@ def test_meta_device(case):
     assert x.grad.shape == x.shape
 
 
+def test_dispatch_modes_and_fake_tensors_see_the_operators(case):
+    """An eager call skips torch's operator dispatch only where nothing could observe it: under a
+    dispatch mode (FLOP counters, tracers) the forward and the backward reach our operators, and fake
+    tensors get the operators' shapes, never a kernel launch."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(func.namespace)
+            return func(*args, **(kwargs or {}))
+
+    module = make(case)
+    x = sample(case).requires_grad_(True)
+    with tritonconv.use_backend("triton"), dispatch.collecting() as calls:
+        module(x)
+    if not calls:  # plain torch ops throughout
+        return
+    with tritonconv.use_backend("triton"), Seen() as seen:
+        module(x).sum().backward()
+    assert "tritonconv" in seen.ops
+    expected = module(x)
+    with FakeTensorMode(allow_non_fake_inputs=True) as fake:
+        y = module(fake.from_tensor(x))
+    assert y.shape == expected.shape and y.stride() == expected.stride()
+
+
 def test_forward_mode_ad_raises_instead_of_dropping_the_tangent(case):
     """Forward-mode AD (jvp) is not supported: NotImplementedError, through the layer and through a direct
     call of its operator alike, never an output whose tangent is silently missing."""

@@ -96,7 +96,7 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     (channel multiplier m), ``padding=None`` means ``dilation*(k//2)``, activation None/"relu"/"relu6"."""
     multiplier = _multiplier(x, weight)
     padding = default_padding(weight.shape[-1], dilation) if padding is None else padding
-    return _TRAINING.apply(x, weight, bias, [stride, padding, dilation, multiplier],
+    return _TRAINING(x, weight, bias, [stride, padding, dilation, multiplier],
                                                  normalize_activation("activation", activation), False)
 
 
@@ -109,7 +109,7 @@ def ghost_concat(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, multi
     """
     check_tensor("input", x, rank=4)
     check_tensor("weight", weight, rank=4)
-    return _TRAINING.apply(x, weight, bias, [1, weight.shape[-1] // 2, 1, multiplier],
+    return _TRAINING(x, weight, bias, [1, weight.shape[-1] // 2, 1, multiplier],
                                                  normalize_activation("activation", activation), True)
 
 

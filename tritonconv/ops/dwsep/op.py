@@ -80,7 +80,7 @@ def dwsep_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_wei
                  pw_bias: Optional[Tensor] = None, stride: int = 1, padding: Optional[int] = None, dilation: int = 1,
                  activation: Optional[str] = None, out_activation: Optional[str] = None) -> Tensor:
     """Functional fused depthwise-separable conv (SPEC section 2); see ``DepthwiseSeparableConv2d``."""
-    return _TRAINING.apply(
+    return _TRAINING(
         x, dw_weight, dw_bias, pw_weight, pw_bias, [stride, _padding(dw_weight, padding, dilation), dilation],
         normalize_activation("activation", activation), normalize_activation("out_activation", out_activation))
 

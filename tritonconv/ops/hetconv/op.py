@@ -56,7 +56,7 @@ _TRAINING = training_function(FORWARD_OP, BACKWARD_OP, params=3)
 def hetconv2d(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor] = None, stride: int = 1,
               p: int = 4) -> Tensor:
     """Functional HetConv2d (SPEC section 1, blocked layout); see ``tritonconv.HetConv2d``."""
-    return _TRAINING.apply(x, weight, weight_pw, bias, stride, p)
+    return _TRAINING(x, weight, weight_pw, bias, stride, p)
 
 
 def explain(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor] = None, stride: int = 1,

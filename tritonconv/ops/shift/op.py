@@ -61,7 +61,7 @@ _TRAINING = training_function(FORWARD_OP, BACKWARD_OP, params=2)
 def shift_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, kernel_size: int = 3, dilation: int = 1,
                  stride: int = 1, assignment: str = "interleaved") -> Tensor:
     """Functional ShiftConv2d (SPEC section 3); see ``tritonconv.ShiftConv2d``."""
-    return _TRAINING.apply(x, weight, bias, [kernel_size, dilation, stride], assignment)
+    return _TRAINING(x, weight, bias, [kernel_size, dilation, stride], assignment)
 
 
 def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, kernel_size: int = 3, dilation: int = 1,

@@ -57,7 +57,7 @@ def shuffle_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, gr
                     shuffle_groups: int = 1) -> Tensor:
     """``channel_shuffle(conv2d(x, weight, bias, groups=groups), shuffle_groups)`` in one kernel: the
     shuffle is the store address of the grouped 1 x 1 conv (``shuffle_groups=1``: no shuffle)."""
-    return _TRAINING.apply(x, weight, bias, groups, shuffle_groups)
+    return _TRAINING(x, weight, bias, groups, shuffle_groups)
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:

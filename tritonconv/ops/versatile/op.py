@@ -70,7 +70,7 @@ def versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_chan
     ``padding=None`` means ``dilation * (k // 2)``."""
     if padding is None:
         padding = dilation * (weight.shape[-1] // 2) if isinstance(weight, Tensor) and weight.dim() == 4 else 0
-    return _TRAINING.apply(x, weight, bias, [out_channels, stride, padding, dilation, delta, g])
+    return _TRAINING(x, weight, bias, [out_channels, stride, padding, dilation, delta, g])
 
 
 def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_channels: int, stride: int = 1,
