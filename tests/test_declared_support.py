@@ -57,10 +57,15 @@ def test_images_past_int32_go_to_the_fallback_with_the_reason():
     assert dispatch.decide(OPERATOR, small, "forward", torch.device("cpu")).backend == "triton"
 
 
-@pytest.mark.parametrize("layer", ["shift", "versatile", "shuffle"])
-def test_shift_versatile_and_shuffle_images_past_int32_go_to_the_fallback(layer):
-    """Their kernels address inside an image in int32 too (the shift grad weight's pixel walk included)."""
+@pytest.mark.parametrize("layer", ["shift", "versatile", "shuffle", "depthwise", "ghost", "dwsep"])
+def test_images_past_int32_go_to_the_fallback(layer):
+    """Every kernel addresses inside an image in int32 (the shift grad weight's pixel walk included); a
+    Ghost module's output image holds its input's channels too."""
     from tritonconv import dispatch
+    from tritonconv.ops.depthwise import OPERATOR as DEPTHWISE
+    from tritonconv.ops.depthwise import DepthwiseSpec
+    from tritonconv.ops.dwsep.op import OPERATOR as DWSEP
+    from tritonconv.ops.dwsep.spec import DwSepSpec
     from tritonconv.ops.shift import OPERATOR as SHIFT
     from tritonconv.ops.shift import ShiftSpec
     from tritonconv.ops.shuffle import OPERATOR as SHUFFLE
@@ -70,10 +75,22 @@ def test_shift_versatile_and_shuffle_images_past_int32_go_to_the_fallback(layer)
 
     operator, make = {"shift": (SHIFT, lambda size: ShiftSpec(2, 64, 64, size, size)),
                       "versatile": (VERSATILE, lambda size: VersatileSpec(2, 64, 63, size, size)),
-                      "shuffle": (SHUFFLE, lambda size: ShuffleConvSpec(2, 64, 64, size, size, 2, 2))}[layer]
+                      "shuffle": (SHUFFLE, lambda size: ShuffleConvSpec(2, 64, 64, size, size, 2, 2)),
+                      "depthwise": (DEPTHWISE, lambda size: DepthwiseSpec(2, 64, 64, size, size)),
+                      "ghost": (DEPTHWISE, lambda size: DepthwiseSpec(2, 32, 32, size, size, concat_input=True)),
+                      "dwsep": (DWSEP, lambda size: DwSepSpec(2, 64, 64, size, size))}[layer]
     decision = dispatch.decide(operator, make(6000), "forward", torch.device("cpu"))  # 2.3e9 per image
     assert decision.backend == "fallback" and "past 2^31" in decision.reason
     assert dispatch.decide(operator, make(5000), "forward", torch.device("cpu")).backend == "triton"
+
+
+def test_depthwise_batch_past_the_grid_goes_to_the_fallback_with_the_reason():
+    from tritonconv import dispatch
+    from tritonconv.ops.depthwise import OPERATOR, DepthwiseSpec
+
+    decision = dispatch.decide(OPERATOR, DepthwiseSpec(65536, 8, 8, 4, 4), "forward", torch.device("cpu"))
+    assert decision.backend == "fallback" and "batch=65536" in decision.reason
+    assert OPERATOR.triton_unsupported(DepthwiseSpec(65535, 8, 8, 4, 4)) is None
 
 
 def test_fused_dwsep_past_int32_pixels_goes_to_the_fallback_with_the_reason():
@@ -89,8 +106,7 @@ def test_fused_dwsep_past_int32_pixels_goes_to_the_fallback_with_the_reason():
 
 def test_views_spanning_2_to_the_31_inside_an_image_are_compacted():
     """A channel slice of a much wider tensor fits the spec's check but its strides span past 2^31 inside
-    one image: the shift, versatile and shuffle launchers read it through a compact copy (meta tensors:
-    nothing is allocated)."""
+    one image: every launcher reads it through a compact copy (meta tensors: nothing is allocated)."""
     from tritonconv._layout import int32_addressable
 
     wide = torch.empty(2, 40000, 256, 256, device="meta").contiguous(memory_format=torch.channels_last)

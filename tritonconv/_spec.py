@@ -84,10 +84,13 @@ class ConvSpecShapes(ConvShape):
 INT32_ELEMENTS = 2**31
 
 
-def image_past_int32(spec) -> str | None:
+def image_past_int32(spec, out_channels: int | None = None) -> str | None:
     """Why kernels that address inside one image in int32 (only the image's base is int64) cannot take
-    ``spec``: an input or output image of 2^31 elements or more; None when both fit."""
-    image = max(spec.in_channels * spec.height * spec.width, spec.out_channels * spec.out_height * spec.out_width)
+    ``spec``: an input or output image (of ``out_channels``, default the spec's) of 2^31 elements or
+    more; None when both fit. Launchers read an input view whose image spans more through a compact
+    copy (``_layout.int32_addressable``)."""
+    out_channels = spec.out_channels if out_channels is None else out_channels
+    image = max(spec.in_channels * spec.height * spec.width, out_channels * spec.out_height * spec.out_width)
     if image >= INT32_ELEMENTS:
         return f"one image holds {image} elements, past 2^31: the kernels address inside an image in int32"
     return None

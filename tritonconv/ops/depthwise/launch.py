@@ -26,7 +26,7 @@ from math import gcd
 import torch
 
 from tritonconv import tiles
-from tritonconv._layout import empty, empty_like_layout
+from tritonconv._layout import empty, empty_like_layout, int32_addressable
 from tritonconv.ops.depthwise import kernels
 from tritonconv.ops.depthwise.layout import empty_grad, taps_major
 from tritonconv.ops.depthwise.spec import ACTIVATIONS, DepthwiseSpec
@@ -77,7 +77,6 @@ def candidate_tiles(spec: DepthwiseSpec, kernel: str) -> list[GemmTile]:
     return list(dict.fromkeys(tile.fitted(*_extent(spec, kernel)) for tile in _CANDIDATES[kernel]))
 
 
-_MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2 (the batch is axis 2 of the pixel kernels)
 PLANS_KEPT = 1024  # launch plans memoized per launcher (one per shape, tile and layout)
 
 
@@ -128,16 +127,6 @@ def aligned_base(t: torch.Tensor, layout) -> torch.Tensor:
     return t.as_strided(t.shape, t.stride(), t.storage_offset() - lead) if lead else t
 
 
-def _check_image_offsets(*layouts) -> None:
-    """Offsets inside one image are int32 (the image's base is int64)."""
-    for shape, strides, *_ in layouts:
-        if sum((n - 1) * s for n, s in zip(shape[1:], strides[1:])) >= 2**31:
-            raise ValueError(f"one image of a tensor of shape {tuple(shape)} spans 2^31 elements or more; "
-                             f"the depthwise kernels address an image with int32 offsets")
-    if layouts[0][0][0] > _MAX_GRID_YZ:
-        raise ValueError(f"batch {layouts[0][0][0]} exceeds {_MAX_GRID_YZ}, the grid's batch axis")
-
-
 # ---- launchers --------------------------------------------------------------------------------------
 
 # Each launcher's plan (grid, the kernel's integer arguments and constexprs) is a pure function of the
@@ -149,8 +138,6 @@ def _check_image_offsets(*layouts) -> None:
 def _forward_plan(spec: DepthwiseSpec, tile: GemmTile, layouts, has_bias: bool):
     """(grid, integer arguments, constexprs) of ``depthwise_fwd_kernel`` for the layouts of x, the maps
     and the input's copy."""
-    x, y, _ = layouts
-    _check_image_offsets(x, (spec.output_shape, y[1]))  # the output's strides are its channel views'
     vec = vector_width((spec.in_channels, spec.out_channels), layouts)
     channels = max(spec.out_channels, spec.in_channels) if spec.concat_input else spec.out_channels
     grid = (cdiv(spec.out_height * spec.out_width, tile.block_rows), cdiv(channels, tile.block_cols),
@@ -171,7 +158,7 @@ def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tenso
     # A channel-offset view: the kernel writes the maps straight into their place in ``out``.
     y = out[:, spec.in_channels:] if spec.concat_input else out
     copy = out[:, :spec.in_channels] if spec.concat_input else out
-    tensors = (x, y, copy)
+    tensors = (int32_addressable(x), y, copy)
     layouts = tensor_layouts(*tensors)
     grid, integers, constexprs = _forward_plan(spec, tile, layouts, bias is not None)
     x_, y_, copy_ = (aligned_base(t, layout) for t, layout in zip(tensors, layouts))
@@ -184,7 +171,6 @@ def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tenso
 @functools.lru_cache(maxsize=PLANS_KEPT)
 def _mask_plan(spec: DepthwiseSpec, tile: GemmTile, layouts, activation: str):
     """(grid, integer arguments, constexprs) of ``depthwise_grad_mask_kernel`` for the layouts of dy, y, dz."""
-    _check_image_offsets(*layouts)
     vec = vector_width((spec.out_channels,), layouts)
     grid = (cdiv(spec.out_height * spec.out_width, tile.block_rows), cdiv(spec.out_channels,
             tile.block_cols), spec.batch)
@@ -202,7 +188,7 @@ def masked_gradient(dy, y, spec: DepthwiseSpec, tile: GemmTile, like: torch.Tens
     dz = empty_like_layout((spec.batch, spec.out_channels, spec.out_height, spec.out_width), like, dtype=dy.dtype)
     if dz.numel() == 0:
         return dz
-    tensors = (dy, y, dz)
+    tensors = (int32_addressable(dy), int32_addressable(y), dz)
     layouts = tensor_layouts(*tensors)
     grid, integers, constexprs = _mask_plan(spec, tile, layouts, activation)
     kernels.depthwise_grad_mask_kernel[grid](
@@ -215,8 +201,6 @@ def masked_gradient(dy, y, spec: DepthwiseSpec, tile: GemmTile, like: torch.Tens
 def _backward_input_plan(spec: DepthwiseSpec, tile: GemmTile, layouts, has_add: bool):
     """(grid, integer arguments, constexprs) of ``depthwise_bwd_input_kernel`` for the layouts of dz, the
     addend and dx."""
-    dz, add, dx = layouts
-    _check_image_offsets(dx, dz, add)
     vec = vector_width((spec.in_channels, spec.out_channels), layouts)
     grid = (cdiv(spec.height * spec.width, tile.block_rows), cdiv(spec.in_channels, tile.block_cols),
             spec.batch)
@@ -240,7 +224,7 @@ def backward_input(dy, y, weight, spec: DepthwiseSpec, tile: GemmTile, like: tor
     if dx.numel() == 0:
         return dx
     dz = masked_gradient(dy, y, spec, tile, like, activation) if ACTIVATIONS[activation] else dy
-    tensors = (dz, add if add is not None else dx, dx)
+    tensors = (int32_addressable(dz), int32_addressable(add) if add is not None else dx, dx)
     layouts = tensor_layouts(*tensors)
     grid, integers, constexprs = _backward_input_plan(spec, tile, layouts, add is not None)
     dz_, a_, dx_ = (aligned_base(t, layout) for t, layout in zip(tensors, layouts))
@@ -322,7 +306,6 @@ def _backward_weight_plan(spec: DepthwiseSpec, tile: GemmTile, layouts, activati
     """The weight gradient's two launches: (``WeightGradPlan``, (grid, integer arguments, constexprs) of
     the partials kernel, (grid, leading integer arguments, constexprs) of the reduction) for the layouts
     of x, dy, y, dz. ``multiprocessors``, the device's SM count the splits follow, only keys the memo."""
-    _check_image_offsets(*layouts)
     vec = vector_width((spec.in_channels, spec.out_channels), layouts)
     plan = weight_grad_plan(spec, tile, has_bias, device)
     common = dict(K=spec.kernel_size, HAS_BIAS=has_bias, ACC_DTYPE=accumulator_dtype(spec.torch_dtype), VEC=vec,
@@ -358,6 +341,7 @@ def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: s
                 torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if has_bias else None)
     y = y if ACTIVATIONS[activation] else dy
     write_dz = grad_out is not None and bool(ACTIVATIONS[activation])
+    x, dy, y = int32_addressable(x), int32_addressable(dy), int32_addressable(y)
     dz = grad_out if write_dz else dy
     tensors = (x, dy, y, dz)
     layouts = tensor_layouts(*tensors)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, image_past_int32, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -49,9 +49,20 @@ def check_spatial(height: int, width: int, kernel_size: int, stride: int, paddin
                          f"(kernel_size={kernel_size}, dilation={dilation}, padding={padding})")
 
 
-def triton_unsupported(spec) -> str | None:
-    """What the Triton depthwise kernels (and the fused dwsep kernels built on them) cannot take."""
+MAX_GRID_IMAGES = 65535  # CUDA's limit on grid axes 1 and 2: the batch is axis 2 of the pixel kernels
+
+
+def window_unsupported(spec) -> str | None:
+    """The window the depthwise kernels (and the fused dwsep kernels built on them) cannot take."""
     return f"stride={spec.stride}; the kernels take stride 1 or 2" if spec.stride not in (1, 2) else None
+
+
+def triton_unsupported(spec: "DepthwiseSpec") -> str | None:
+    """What the Triton depthwise kernels cannot take: their window, more images than a grid axis holds,
+    an image past int32 addressing."""
+    if spec.batch > MAX_GRID_IMAGES:
+        return f"batch={spec.batch}; the kernels' grid holds at most {MAX_GRID_IMAGES} images"
+    return window_unsupported(spec) or image_past_int32(spec, spec.total_out_channels)
 
 
 def layout_of(x: torch.Tensor) -> bool:

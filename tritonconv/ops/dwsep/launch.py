@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from tritonconv import tiles
-from tritonconv._layout import empty, empty_like_layout
+from tritonconv._layout import empty, empty_like_layout, int32_addressable
 from tritonconv.ops.depthwise import launch as depthwise_launch
 from tritonconv.ops.depthwise.launch import aligned_base, operand_strides, tensor_layouts, vector_width
 from tritonconv.ops.depthwise.layout import empty_grad, grad_strides, taps_major
@@ -190,16 +190,6 @@ def _precision(dtype: torch.dtype) -> dict:
     return dict(DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))
 
 
-def _check_int32(spec: DwSepSpec, *layouts) -> None:
-    """Pixel indices and offsets inside one image are int32 (an image's base offset is int64)."""
-    if spec.batch * spec.out_height * spec.out_width >= _INT32:
-        raise ValueError(f"{spec.describe()}: 2^31 output pixels or more; the dwsep kernels index pixels in int32")
-    for shape, strides, _ in layouts:
-        if sum((n - 1) * abs(s) for n, s in zip(shape[1:], strides[1:])) >= _INT32:
-            raise ValueError(f"one image of a tensor of shape {tuple(shape)} spans 2^31 elements or more; "
-                             f"the dwsep kernels address an image with int32 offsets")
-
-
 def _bias_or(bias, other):
     return bias.contiguous() if bias is not None else other
 
@@ -219,7 +209,6 @@ def _bases(tensors, layouts) -> tuple:
 @functools.lru_cache(maxsize=PLANS_KEPT)
 def _forward_plan(spec: DwSepSpec, tile: GemmTile, layouts, has_pw_bias: bool):
     """(grid, integer arguments, constexprs) of ``dwsep_fwd_kernel`` for the layouts of x and y."""
-    _check_int32(spec, *layouts)
     vec = vector_width((spec.in_channels, spec.out_channels), layouts)
     plan = filter_plan(spec, "forward", tile)
     pixels = spec.batch * spec.out_height * spec.out_width
@@ -235,6 +224,7 @@ def forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec: DwSepSpec, tile: Ge
     y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
+    x = int32_addressable(x)
     layouts = tensor_layouts(x, y)
     grid, integers, constexprs = _forward_plan(spec, tile, layouts, pw_bias is not None)
     weight_t = taps_major(dw_weight)  # the layer's own weight as it is; a copy for any other layout
@@ -269,7 +259,6 @@ def _pointwise_plan(spec: DwSepSpec, tile: GemmTile, layouts, need_weights: bool
                     device: torch.device, multiprocessors: int):
     """(splits, grid, integer arguments, constexprs) of ``dwsep_bwd_kernel`` for the layouts of x, dy, y,
     dz. ``multiprocessors``, the device's SM count the splits follow, only keys the memo."""
-    _check_int32(spec, *layouts)
     vec = vector_width((spec.in_channels, spec.out_channels), layouts)
     pixels = spec.batch * spec.out_height * spec.out_width
     plan = filter_plan(spec, "backward_pointwise", tile, one_group=not need_weights)
@@ -321,7 +310,6 @@ def _depthwise_plan(spec: DwSepSpec, input_tile: GemmTile, weight_tile: GemmTile
     """(vec, the grad-weight programs' ``WeightGradPlan``, grid, integer arguments, constexprs) of
     ``dwsep_bwd_depthwise_kernel`` for the layouts of dz, x and dx (x without grad input).
     ``multiprocessors``, the device's SM count the splits follow, only keys the memo."""
-    _check_int32(spec, *layouts)
     vec = vector_width((spec.in_channels,), layouts)
     depthwise = spec.depthwise()
     plan = depthwise_launch.weight_grad_plan(depthwise, weight_tile, spec.dw_bias, device)
@@ -462,6 +450,7 @@ def backward(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec, tiles: di
     (every partial); two without weight gradients. dz is needed whole (every neighbour's) before
     the depthwise backward can read its windows, and the partials whole before their sums: the data
     flow's three steps."""
+    dy, y, x = int32_addressable(dy), int32_addressable(y), int32_addressable(x)
     weight_t = taps_major(dw_weight)  # the layer's own weight as it is; one copy for any other layout
     dz, pointwise = _pointwise_pass(dy, y, x, weight_t, dw_bias, pw_weight, spec, tiles["backward_pointwise"],
                                     need_weights)

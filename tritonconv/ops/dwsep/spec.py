@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tritonconv._spec import ConvSpecShapes, memoized_from_tensors
+from tritonconv._spec import ConvSpecShapes, image_past_int32, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.ops.depthwise.spec import (
@@ -14,8 +14,8 @@ from tritonconv.ops.depthwise.spec import (
     normalize_activation,
     output_size,
     validate_window,
+    window_unsupported,
 )
-from tritonconv.ops.depthwise.spec import triton_unsupported as depthwise_unsupported
 
 INT32 = 2**31
 PIXEL_MARGIN = 1024  # more than any pixel block: a last tile's int32 pixel indices stay below 2^31
@@ -27,10 +27,7 @@ def triton_unsupported(spec: "DwSepSpec") -> str | None:
     pixels = spec.batch * spec.out_height * spec.out_width
     if pixels + PIXEL_MARGIN >= INT32:
         return f"{pixels} output pixels: the fused kernels index pixels in int32"
-    image = max(spec.in_channels * spec.height * spec.width, spec.out_channels * spec.out_height * spec.out_width)
-    if image >= INT32:
-        return f"one image holds {image} elements, past 2^31: the fused kernels address inside an image in int32"
-    return depthwise_unsupported(spec)
+    return image_past_int32(spec) or window_unsupported(spec)
 
 
 @dataclass(frozen=True)
