@@ -67,8 +67,10 @@ class Launch:
 
 
 @contextlib.contextmanager
-def recording() -> Iterator[list[Launch]]:
-    """Replace launching by recording for the duration: yields the list the launches land in."""
+def recording(keep: bool = True) -> Iterator[list[Launch]]:
+    """Replace launching by recording for the duration: yields the list the launches land in (``keep``
+    False: they are dropped, for timing the host, where a growing list would bring the garbage
+    collector into the figures)."""
     from tritonconv import env
 
     if env.triton_interpret():
@@ -77,7 +79,8 @@ def recording() -> Iterator[list[Launch]]:
     original = JITFunction.run
 
     def record(self, *args, grid, warmup, **kwargs):
-        launches.append(Launch(self, args, dict(kwargs), grid))
+        if keep:
+            launches.append(Launch(self, args, dict(kwargs), grid))
 
     JITFunction.run = record
     try:
@@ -481,8 +484,6 @@ def measure_call(case: Case, *, rounds: int = 5, calls: int = 20) -> list[dict]:
     harness = harnesses()[case.layer]
     names, call = host.layer_calls()[case.layer]
     spec, tensors, work = host.call_workload(harness, case.spec, names, torch.device("cpu"))
-    # autograd.grad, not .backward(): no AccumulateGrad into .grad, which in a network the input (an
-    # activation) never has and the parameters, their .grad set to None by zero_grad, take without a copy.
     wrt = [tensors[name] for name in names if tensors.get(name) is not None]
     with recording() as launches, as_if_on_h100(), host.flushing_denormals():
         counted = {}
@@ -494,16 +495,11 @@ def measure_call(case: Case, *, rounds: int = 5, calls: int = 20) -> list[dict]:
                 else:
                     torch.autograd.grad(out, wrt, work.grad)
             counted[pass_] = ([launch.kernel.__name__ for launch in launches], counter.ops)
-
-        def forward():
-            return call(tensors, spec)
-
-        def step():
-            torch.autograd.grad(call(tensors, spec), wrt, work.grad)
-
-        (fwd_us, _), (step_us, _) = host.best_us(forward, rounds, calls), host.best_us(step, rounds, calls)
+    with recording(keep=False), as_if_on_h100(), host.flushing_denormals():
+        (fwd_us, _), (bwd_us, _) = host.pass_us(lambda: call(tensors, spec), wrt, work.grad, rounds, calls,
+                                                torch.device("cpu"))
     rows = []
-    for pass_, host_us in (("fwd", fwd_us), ("bwd", step_us - fwd_us)):
+    for pass_, host_us in (("fwd", fwd_us), ("bwd", bwd_us)):
         kernels, ops = counted[pass_]
         _, bytes_ = bench.work_of(case.spec, pass_)
         rows.append({"layer": case.layer, "shape_set": case.shape_set, "label": case.label,

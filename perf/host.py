@@ -23,11 +23,12 @@ import torch
 DEFAULT_CSV = Path(__file__).resolve().parent / "results" / "host.csv"
 
 RECORDED_TIMING = ("CPU tensors of the harness's small shape, one thread, denormals flushed; Triton launches "
-                   "replaced by a recorder that only appends; best of {rounds} rounds of {calls} calls; bwd = "
-                   "(fwd + autograd.grad) - fwd. Excludes the launches' own host cost (Triton's launcher, the CUDA "
-                   "driver) and the tuning-cache lookup a CUDA call makes.")
+                   "replaced by a recorder that drops them; best of {rounds} rounds of {calls} calls; bwd: "
+                   "autograd.grad alone, on one forward's graph (retain_graph). Excludes the launches' own host "
+                   "cost (Triton's launcher, the CUDA driver) and the tuning-cache lookup a CUDA call makes.")
 CUDA_TIMING = ("CUDA tensors of the harness's small shape, real launches; wall time of {calls} calls without "
-               "synchronising, best of {rounds} rounds; bwd = (fwd + autograd.grad) - fwd; gpu_us: the GPU time "
+               "synchronising, best of {rounds} rounds; bwd: autograd.grad alone, on one forward's graph "
+               "(retain_graph); gpu_us: the GPU time "
                "of the same calls (CUDA events).")
 
 
@@ -120,14 +121,19 @@ def best_us(fn: Callable[[], object], rounds: int, calls: int, device: torch.dev
     return best * 1e6 / calls, gpu
 
 
-def _dense_calls(harness, work) -> tuple[Callable, Callable]:
-    """The plain conv of the same in/out shape: forward, and forward + its backward."""
-    forward, backward = harness.dense("forward", work), harness.dense("backward", work)
-    return forward, lambda: (forward(), backward())
+def pass_us(forward: Callable, wrt: list, grad, rounds: int, calls: int, device: torch.device) -> tuple:
+    """((host us, GPU us) of ``forward()``, the same of its backward): the backward timed alone, as
+    ``torch.autograd.grad`` on one forward's graph kept (retain_graph), never as a difference of two
+    noisy timings. autograd.grad, not .backward(): no AccumulateGrad into .grad, which in a network the
+    input never has and parameters (their .grad set to None by zero_grad) take without a copy."""
+    fwd = best_us(forward, rounds, calls, device)
+    output = forward()
+    return fwd, best_us(lambda: torch.autograd.grad(output, wrt, grad, retain_graph=True), rounds, calls, device)
 
 
 def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20) -> list[dict]:
-    """Host microseconds per pass of one training step of the layer's public op, and of the plain conv."""
+    """Host microseconds per pass of one training step of the layer's public op (fwd, bwd) and of an
+    inference call (``infer``: torch.no_grad), and of the plain conv."""
     from perf.audit import as_if_on_h100, harnesses, recording
 
     harness = harnesses()[case.layer]
@@ -135,30 +141,22 @@ def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20) -> 
     spec, tensors, work = call_workload(harness, case.spec, names, device)
     wrt = [tensors[name] for name in names if tensors.get(name) is not None]
 
-    def forward():
-        return call(tensors, spec)
-
-    def step():
-        # autograd.grad, not .backward(): no AccumulateGrad into .grad, which in a network the input never
-        # has and parameters (their .grad set to None by zero_grad) take without a copy.
-        torch.autograd.grad(call(tensors, spec), wrt, work.grad)
-
-    dense_forward, dense_step = _dense_calls(harness, work)
     cuda = device.type == "cuda"
     with contextlib.ExitStack() as stack:
         if not cuda:
-            stack.enter_context(recording())
+            stack.enter_context(recording(keep=False))
             stack.enter_context(as_if_on_h100())
             stack.enter_context(flushing_denormals())
-        fwd, fwd_gpu = best_us(forward, rounds, calls, device)
-        full, full_gpu = best_us(step, rounds, calls, device)
-        dense_fwd, _ = best_us(dense_forward, rounds, calls, device)
-        dense_full, _ = best_us(dense_step, rounds, calls, device)
+        (fwd, fwd_gpu), (bwd, bwd_gpu) = pass_us(lambda: call(tensors, spec), wrt, work.grad, rounds, calls, device)
+        dense_fwd, _ = best_us(harness.dense("forward", work), rounds, calls, device)
+        dense_bwd, _ = best_us(harness.dense("backward", work), rounds, calls, device)
+        with torch.no_grad():
+            infer, infer_gpu = best_us(lambda: call(tensors, spec), rounds, calls, device)
+            dense_infer, _ = best_us(harness.dense("forward", work), rounds, calls, device)
     timing = (CUDA_TIMING if cuda else RECORDED_TIMING).format(rounds=rounds, calls=calls)
     rows = []
-    for pass_, ours, dense, gpu in (("fwd", fwd, dense_fwd, fwd_gpu),
-                                    ("bwd", full - fwd, dense_full - dense_fwd,
-                                     None if full_gpu is None else full_gpu - fwd_gpu)):
+    for pass_, ours, dense, gpu in (("fwd", fwd, dense_fwd, fwd_gpu), ("bwd", bwd, dense_bwd, bwd_gpu),
+                                    ("infer", infer, dense_infer, infer_gpu)):
         rows.append({"layer": case.layer, "shape_set": case.shape_set, "label": case.label,
                      "shape": spec.describe(), "dtype": spec.dtype, "channels_last": bool(spec.channels_last),
                      "pass": pass_, "host_us": round(ours, 1), "dense_us": round(dense, 1),
