@@ -23,8 +23,7 @@ def run_forward(operator: dispatch.Operator, spec, x: Tensor, triton: Callable[[
     decision = dispatch.decide(operator, spec, "forward", x.device)
     dispatch.note_forward(operator, x)
     if decision.backend == "triton":
-        with dispatch.launching():
-            return triton(decision.tiles)
+        return dispatch.launch(triton, decision.tiles)
     return fallback().contiguous(memory_format=memory_format_of(x))
 
 
@@ -35,8 +34,7 @@ def run_backward(operator: dispatch.Operator, spec, x: Tensor, forced: str, trit
     decision = dispatch.decide(operator, spec, "backward", x.device,
                                forced=dispatch.backward_forced(operator, x, forced))
     if decision.backend == "triton":
-        with dispatch.launching():
-            grads = tuple(triton(decision.tiles))
+        grads = tuple(dispatch.launch(triton, decision.tiles))
     else:
         dx, *rest = fallback()
         grads = (dx.contiguous(memory_format=memory_format_of(x)) if dx is not None else None, *rest)
