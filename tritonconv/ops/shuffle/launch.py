@@ -72,7 +72,7 @@ _GATHER_REDUCE = 32
 
 
 def default_tile(spec: ShuffleConvSpec, kernel: str) -> GemmTile:
-    if kernel == "backward_input" and _dense_input_grad(spec):
+    if kernel == "backward_input" and (_dense_input_grad(spec) or _wide_vector_reduce(spec)):
         return TILES.fitted(_DENSE_INPUT_TILE, spec, kernel)
     tile = TILES.default_tile(spec, kernel)
     if kernel == "backward_input" and _gathered_dy(spec) and tile.block_reduce > _GATHER_REDUCE:
@@ -145,6 +145,14 @@ def _dense_weight_grad(spec: ShuffleConvSpec, dy_strides: tuple | None = None) -
     channels_innermost = _channels_innermost(spec, dy_strides)
     unaligned = spec.group_out % 2 == 1 or spec.group_in % 2 == 1
     return spec.groups > 1 and (spec.shuffle_groups > 1 or unaligned) and channels_innermost
+
+
+def _wide_vector_reduce(spec: ShuffleConvSpec) -> bool:
+    """Whether the grad input reduces over more than 64 of a group's dy channels read as vectors: there
+    128 channels a step (``_DENSE_INPUT_TILE``, fitted) share the step's fixed cost among twice the
+    wgmmas (sm_90a audit, ShuffleNet V1's unshuffled expansions, 72-160 filters a group: instr/HGMMA
+    22.2-30.2 at 128x64x64 -> 15.0-20.9)."""
+    return spec.group_out > 64 and not _gathered_dy(spec)
 
 
 def _gathered_dy(spec: ShuffleConvSpec) -> bool:
