@@ -482,7 +482,7 @@ def measure_call(case: Case, *, rounds: int = 5, calls: int = 20) -> list[dict]:
     """Launches per pass of one training step of the layer's public op (forward with autograd, then its
     backward), the torch ops launched beside them, and host microseconds per pass (see HOST_TIMING)."""
     harness = harnesses()[case.layer]
-    names, call = host.layer_calls()[case.layer]
+    names, call = harness.call_inputs, harness.layer_call
     spec, tensors, work = host.call_workload(harness, case.spec, names, torch.device("cpu"))
     wrt = [tensors[name] for name in names if tensors.get(name) is not None]
     with recording() as launches, as_if_on_h100(), host.flushing_denormals():

@@ -32,37 +32,6 @@ CUDA_TIMING = ("CUDA tensors of the harness's small shape, real launches; wall t
                "of the same calls (CUDA events).")
 
 
-def layer_calls() -> dict:
-    """Layer -> (the workload tensors the call differentiates, the public functional call on them)."""
-    from tritonconv.ops.depthwise.op import depthwise_conv2d, ghost_concat
-    from tritonconv.ops.dwsep.op import dwsep_conv2d
-    from tritonconv.ops.hetconv.op import hetconv2d
-    from tritonconv.ops.shift.op import shift_conv2d
-    from tritonconv.ops.shuffle.op import shuffle_conv1x1
-    from tritonconv.ops.versatile.op import versatile_conv2d
-
-    return {
-        "hetconv": (("x", "weight", "weight_pw", "bias"),
-                    lambda t, s: hetconv2d(t["x"], t["weight"], t["weight_pw"], t["bias"], s.stride, s.p)),
-        "dwsep": (("x", "dw_weight", "dw_bias", "pw_weight", "pw_bias"),
-                  lambda t, s: dwsep_conv2d(t["x"], t["dw_weight"], t["dw_bias"], t["pw_weight"], t["pw_bias"],
-                                            s.stride, s.padding, s.dilation, s.activation, s.out_activation)),
-        "depthwise": (("x", "weight", "bias"),
-                      lambda t, s: depthwise_conv2d(t["x"], t["weight"], t["bias"], s.stride, s.padding, s.dilation,
-                                                    s.activation)),
-        "ghost": (("x", "weight", "bias"),
-                  lambda t, s: ghost_concat(t["x"], t["weight"], t["bias"], s.multiplier, s.activation)),
-        "shift": (("x", "weight", "bias"),
-                  lambda t, s: shift_conv2d(t["x"], t["weight"], t["bias"], s.kernel_size, s.dilation, s.stride,
-                                            s.assignment)),
-        "versatile": (("x", "weight", "bias"),
-                      lambda t, s: versatile_conv2d(t["x"], t["weight"], t["bias"], s.out_channels, s.stride,
-                                                    s.padding, s.dilation, s.delta, s.g)),
-        "shuffle": (("x", "weight", "bias"),
-                    lambda t, s: shuffle_conv1x1(t["x"], t["weight"], t["bias"], s.groups, s.shuffle_groups)),
-    }
-
-
 def call_workload(harness, spec, names, device: torch.device):
     """(small spec, inputs, output gradient) of the call: the harness's ``shrink`` of the spec, of its
     dtype and layout (4-D parameters too, in channels_last, as ``model.to(memory_format=...)`` leaves
@@ -137,7 +106,7 @@ def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20) -> 
     from perf.audit import as_if_on_h100, harnesses, recording
 
     harness = harnesses()[case.layer]
-    names, call = layer_calls()[case.layer]
+    names, call = harness.call_inputs, harness.layer_call
     spec, tensors, work = call_workload(harness, case.spec, names, device)
     wrt = [tensors[name] for name in names if tensors.get(name) is not None]
 

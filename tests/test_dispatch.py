@@ -338,3 +338,21 @@ def test_tuning_keys_are_generated_from_the_declared_fields():
     # the shuffle's grouping changes the stores, so it is part of the key (the hand-written key left it out)
     keys = {ShuffleConvSpec(2, 6, 12, 4, 4, groups=3, shuffle_groups=g).tuning_key() for g in (1, 3)}
     assert len(keys) == 2
+
+
+def test_every_harness_calls_its_layer_public_op():
+    """``layer_call`` (what ``perf host`` times) is the layer's functional op on the workload: its output
+    equals the harness's fallback forward, and it differentiates ``call_inputs``."""
+    from tritonconv.harness import relative_error
+    from tritonconv.ops.registry import HARNESSES
+
+    for name, harness in HARNESSES.items():
+        spec = harness.shrink(harness.specs_for(harness.shape_sets[0], batch=2, dtype="float64")[0][2])
+        work = harness.make_workload(spec, torch.device("cpu"))
+        inputs = [work.tensors[n].requires_grad_() for n in harness.call_inputs if work.tensors.get(n) is not None]
+        with tritonconv.use_backend("fallback"):
+            y = harness.layer_call(work.tensors, spec)
+        expected = harness.fallback("forward", work)()[0]
+        assert y.shape == expected.shape and relative_error(y.detach(), expected.detach()) < 1e-12, name
+        grads = torch.autograd.grad(y, inputs, torch.ones_like(y))
+        assert all(g is not None and g.shape == t.shape for g, t in zip(grads, inputs)), name

@@ -57,6 +57,11 @@ class Harness(Protocol):
     def shrink(self, spec):
         """A small copy of ``spec`` that keeps its structure, for checks under the interpreter."""
 
+    call_inputs: tuple[str, ...]  # the workload tensors ``layer_call`` differentiates, in its order
+
+    def layer_call(self, tensors: dict, spec) -> torch.Tensor:
+        """The layer's public functional op on a workload's tensors (what ``perf host`` times)."""
+
 
 def tolerance(dtype: torch.dtype) -> float:
     """Relative-norm error accepted against a float64 reference (tf32 rounding included for fp32)."""

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tritonconv.harness import Workload
 from tritonconv.ops.depthwise import launch, reference
 from tritonconv.ops.depthwise.layout import taps_major
-from tritonconv.ops.depthwise.op import OPERATOR
+from tritonconv.ops.depthwise.op import OPERATOR, depthwise_conv2d
 from tritonconv.ops.depthwise.spec import DepthwiseSpec
 from tritonconv.zoo import separable
 
@@ -105,6 +105,12 @@ class DepthwiseHarness:
         return lambda: tuple(g for g in conv_bwd(grad, x, weight, None, [spec.stride] * 2, [spec.padding] * 2,
                                                  [spec.dilation] * 2, False, [0, 0], 1, [True, True, False])
                              if g is not None)
+
+    call_inputs = ("x", "weight", "bias")
+
+    def layer_call(self, t: dict, spec):
+        return depthwise_conv2d(t["x"], t["weight"], t["bias"], spec.stride, spec.padding, spec.dilation,
+                                spec.activation)
 
     def shrink(self, spec: DepthwiseSpec) -> DepthwiseSpec:
         """Batch 2, at most 8 input channels, 7x5 pixels: same window, multiplier, activation and layout."""

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tritonconv.harness import Workload
 from tritonconv.ops.depthwise.layout import taps_major
 from tritonconv.ops.dwsep import launch, reference
-from tritonconv.ops.dwsep.op import OPERATOR
+from tritonconv.ops.dwsep.op import OPERATOR, dwsep_conv2d
 from tritonconv.ops.dwsep.spec import DwSepSpec
 from tritonconv.zoo import separable
 
@@ -122,6 +122,12 @@ class DwSepHarness:
         return lambda: tuple(g for g in conv_bwd(work.grad, x, weight, [spec.out_channels] if spec.pw_bias else None,
                                                  [spec.stride] * 2, [spec.padding] * 2, [spec.dilation] * 2, False,
                                                  [0, 0], 1, [True, True, spec.pw_bias]) if g is not None)
+
+    call_inputs = ("x", "dw_weight", "dw_bias", "pw_weight", "pw_bias")
+
+    def layer_call(self, t: dict, spec):
+        return dwsep_conv2d(t["x"], t["dw_weight"], t["dw_bias"], t["pw_weight"], t["pw_bias"], spec.stride,
+                            spec.padding, spec.dilation, spec.activation, spec.out_activation)
 
     def shrink(self, spec: DwSepSpec) -> DwSepSpec:
         """Batch 2, at most 24 in and 20 out channels, 7x5 pixels: same window, activations and layout."""

@@ -4,6 +4,7 @@ kept ghost maps into one output (the ``depthwise`` operator with ``concat_input=
 from __future__ import annotations
 
 from tritonconv.ops.depthwise.harness import DepthwiseHarness
+from tritonconv.ops.depthwise.op import ghost_concat
 from tritonconv.ops.depthwise.spec import DepthwiseSpec
 from tritonconv.zoo import separable
 
@@ -28,6 +29,9 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
 class GhostHarness(DepthwiseHarness):
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
+
+    def layer_call(self, t: dict, spec: DepthwiseSpec):
+        return ghost_concat(t["x"], t["weight"], t["bias"], spec.multiplier, spec.activation)
 
 
 HARNESS = GhostHarness()

@@ -11,7 +11,7 @@ from tritonconv import zoo
 from tritonconv._validation import check_positive_int
 from tritonconv.harness import Workload, in_layout
 from tritonconv.ops.hetconv import launch, reference
-from tritonconv.ops.hetconv.op import OPERATOR
+from tritonconv.ops.hetconv.op import OPERATOR, hetconv2d
 from tritonconv.ops.hetconv.spec import HetConvSpec
 
 
@@ -96,6 +96,11 @@ class HetConvHarness:
         return lambda: tuple(g for g in conv_bwd(work.grad, t["x"], weight, [spec.out_channels] if spec.bias else None,
                                                  [spec.stride] * 2, [spec.padding] * 2, [1, 1], False, [0, 0], 1,
                                                  [True, True, spec.bias]) if g is not None)
+
+    call_inputs = ("x", "weight", "weight_pw", "bias")
+
+    def layer_call(self, t: dict, spec):
+        return hetconv2d(t["x"], t["weight"], t["weight_pw"], t["bias"], spec.stride, spec.p)
 
     def shrink(self, spec: HetConvSpec) -> HetConvSpec:
         """Batch 2, at most 4 channels per group, 7x5 pixels: same p, k, stride, dtype family, layout."""

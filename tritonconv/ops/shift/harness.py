@@ -7,7 +7,7 @@ from dataclasses import replace
 from tritonconv import zoo
 from tritonconv.harness import WeightBiasHarness
 from tritonconv.ops.shift import launch, reference
-from tritonconv.ops.shift.op import OPERATOR
+from tritonconv.ops.shift.op import OPERATOR, shift_conv2d
 from tritonconv.ops.shift.spec import ShiftSpec
 from tritonconv.zoo.shift import resnet50_shift, shiftresnet20
 
@@ -43,6 +43,12 @@ class ShiftHarness(WeightBiasHarness):
     def dense_window(self, spec: ShiftSpec) -> tuple[int, int, int, int]:
         """The k x k conv (padding k//2) that shift + 1 x 1 replaces."""
         return spec.kernel_size, spec.stride, spec.dilation * (spec.kernel_size // 2), spec.dilation
+
+    call_inputs = ("x", "weight", "bias")
+
+    def layer_call(self, t: dict, spec):
+        return shift_conv2d(t["x"], t["weight"], t["bias"], spec.kernel_size, spec.dilation, spec.stride,
+                            spec.assignment)
 
     def shrink(self, spec: ShiftSpec) -> ShiftSpec:
         """Batch 2, 7x5 pixels, at most 2 channels per direction (plus a remainder) and 16 filters."""

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from tritonconv.harness import WeightBiasHarness
 from tritonconv.ops.shuffle import launch, reference
-from tritonconv.ops.shuffle.op import OPERATOR
+from tritonconv.ops.shuffle.op import OPERATOR, shuffle_conv1x1
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 from tritonconv.zoo.shuffle import SHUFFLENET_V1_GROUPS, shufflenet_v1
 
@@ -40,6 +40,11 @@ class ShuffleHarness(WeightBiasHarness):
     def dense_window(self, spec: ShuffleConvSpec) -> tuple[int, int, int, int]:
         """The ungrouped 1 x 1 conv with the same channels (what the grouped conv + shuffle replaces)."""
         return 1, 1, 0, 1
+
+    call_inputs = ("x", "weight", "bias")
+
+    def layer_call(self, t: dict, spec):
+        return shuffle_conv1x1(t["x"], t["weight"], t["bias"], spec.groups, spec.shuffle_groups)
 
     def shrink(self, spec: ShuffleConvSpec) -> ShuffleConvSpec:
         """Batch 2, 7x5 pixels, at most 8 channels per group in and 4 per shuffle group out."""

@@ -8,7 +8,7 @@ from tritonconv import zoo
 from tritonconv._weights import taps_major
 from tritonconv.harness import WeightBiasHarness
 from tritonconv.ops.versatile import launch, reference
-from tritonconv.ops.versatile.op import OPERATOR
+from tritonconv.ops.versatile.op import OPERATOR, versatile_conv2d
 from tritonconv.ops.versatile.spec import VersatileSpec
 
 SHAPE_SETS = ("vgg16", "resnet50")
@@ -54,6 +54,12 @@ class VersatileHarness(WeightBiasHarness):
     def dense_window(self, spec: VersatileSpec) -> tuple[int, int, int, int]:
         """The ordinary k x k conv with the same channels, stride, padding and dilation."""
         return spec.kernel_size, spec.stride, spec.padding, spec.dilation
+
+    call_inputs = ("x", "weight", "bias")
+
+    def layer_call(self, t: dict, spec):
+        return versatile_conv2d(t["x"], t["weight"], t["bias"], spec.out_channels, spec.stride, spec.padding,
+                                spec.dilation, spec.delta, spec.g)
 
     def shrink(self, spec: VersatileSpec) -> VersatileSpec:
         """Batch 2, 7x6 pixels, at most 6 seen channels and 2 primary filters: same k, stride, padding,
