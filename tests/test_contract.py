@@ -162,6 +162,41 @@ def test_input_layouts(case, layout):
     check_gradients(case, make_for_gradients(case), x.requires_grad_(True))
 
 
+@pytest.mark.parametrize("layout", ["channel_slice", "channels_last_slice"])
+def test_compacted_views_keep_the_layouts_torch_expects(case, layout, monkeypatch):
+    """A view the launchers read through a compact copy (an image spanning 2^31 elements inside a wider
+    tensor; here every view, by a threshold of 0) still gets its output and input gradient in the layout
+    the fallback and the operators' fakes give: a compiled graph's stride assumptions must hold."""
+    from tritonconv import _layout
+    from tritonconv.ops.depthwise import launch as depthwise_launch
+    from tritonconv.ops.dwsep import launch as dwsep_launch
+    from tritonconv.ops.shift import launch as shift_launch
+    from tritonconv.ops.shuffle import launch as shuffle_launch
+    from tritonconv.ops.versatile import launch as versatile_launch
+
+    def always_compact(t):
+        channels_innermost = t.dim() == 4 and t.stride(1) == 1
+        return t.contiguous(memory_format=torch.channels_last if channels_innermost else torch.contiguous_format)
+
+    for module in (_layout, depthwise_launch, dwsep_launch, shift_launch, shuffle_launch, versatile_launch):
+        if hasattr(module, "int32_addressable"):
+            monkeypatch.setattr(module, "int32_addressable", always_compact)
+    x = sample(case)
+    b, c, h, w = x.shape
+    wide = torch.cat([x, torch.randn(b, 3, h, w, device=DEVICE)], 1)
+    if layout == "channels_last_slice":
+        wide = wide.contiguous(memory_format=torch.channels_last)
+    x = wide[:, :c]
+    results = {}
+    for backend in ("triton", "fallback"):
+        module, view = make(case), x.detach().requires_grad_(True)
+        with tritonconv.use_backend(backend):
+            y = module(view)
+            y.backward(torch.ones_like(y))
+        results[backend] = (y.stride(), view.grad.stride())
+    assert results["triton"] == results["fallback"], results
+
+
 def test_batch_zero(case):
     module = make(case)
     x = torch.empty((0, *case.input_shape[1:]), device=DEVICE).requires_grad_(True)
@@ -351,6 +386,7 @@ def test_dispatch_modes_and_fake_tensors_see_the_operators(case):
     dispatch mode (FLOP counters, tracers) the forward and the backward reach our operators, and fake
     tensors get the operators' shapes, never a kernel launch."""
     from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.overrides import TorchFunctionMode
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Seen(TorchDispatchMode):
@@ -371,6 +407,20 @@ def test_dispatch_modes_and_fake_tensors_see_the_operators(case):
     with tritonconv.use_backend("triton"), Seen() as seen:
         module(x).sum().backward()
     assert "tritonconv" in seen.ops
+
+    class Called(TorchFunctionMode):  # pre-dispatch tracing (make_fx(pre_dispatch=True), export) is one
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.add(getattr(func, "__module__", "") or "")
+            self.names.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with tritonconv.use_backend("triton"), Called() as called:
+        module(x)
+    assert any("tritonconv" in name for name in called.names), called.names
     expected = module(x)
     with FakeTensorMode(allow_non_fake_inputs=True) as fake:
         y = module(fake.from_tensor(x))

@@ -84,6 +84,18 @@ def test_images_past_int32_go_to_the_fallback(layer):
     assert dispatch.decide(operator, make(5000), "forward", torch.device("cpu")).backend == "triton"
 
 
+def test_fused_dwsep_depthwise_output_past_int32_goes_to_the_fallback():
+    """The backward's intermediate (the depthwise output, [B, C, Ho, Wo]) may pass 2^31 elements per image
+    where the input and the output do not (padding grows it)."""
+    from tritonconv import dispatch
+    from tritonconv.ops.dwsep.op import OPERATOR
+    from tritonconv.ops.dwsep.spec import DwSepSpec
+
+    spec = DwSepSpec(1, 64, 8, 5790, 5790, padding=3)  # 64 * 5794^2 > 2^31 > 64 * 5790^2
+    decision = dispatch.decide(OPERATOR, spec, "backward", torch.device("cpu"))
+    assert decision.backend == "fallback" and "depthwise output" in decision.reason, decision
+
+
 def test_depthwise_batch_past_the_grid_goes_to_the_fallback_with_the_reason():
     from tritonconv import dispatch
     from tritonconv.ops.depthwise import OPERATOR, DepthwiseSpec

@@ -356,3 +356,19 @@ def test_every_harness_calls_its_layer_public_op():
         assert y.shape == expected.shape and relative_error(y.detach(), expected.detach()) < 1e-12, name
         grads = torch.autograd.grad(y, inputs, torch.ones_like(y))
         assert all(g is not None and g.shape == t.shape for g, t in zip(grads, inputs)), name
+
+
+def test_hyperparameters_the_schema_converts_work_eagerly_as_compiled():
+    """A numpy integer (a config's value) reaches the operator, whose schema converts it, as under
+    torch.compile and fake tensors; the eager fast path takes only plain Python values."""
+    import numpy as np
+
+    from tritonconv.ops.depthwise.op import depthwise_conv2d
+
+    x, weight = torch.randn(2, 4, 7, 7), torch.randn(4, 1, 3, 3)
+    with tritonconv.use_backend("fallback"):
+        expected = depthwise_conv2d(x, weight, None, 2, 1)
+        for stride, padding in ((np.int64(2), 1), (2, np.int32(1))):
+            with torch.no_grad():
+                assert torch.equal(depthwise_conv2d(x, weight, None, stride, padding), expected)
+            assert torch.equal(depthwise_conv2d(x, weight.requires_grad_(), None, stride, padding), expected)

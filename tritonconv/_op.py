@@ -180,6 +180,9 @@ def _without_note(run: Callable, *args):
 
 
 _PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
+# Hyperparameters the operators' bodies take as they are; anything else (a numpy integer, a 0-d tensor)
+# goes through the operator, whose schema converts it (as under torch.compile) or rejects it.
+_PLAIN_VALUES = (int, float, bool, str, type(None))
 
 
 def _plain_eager(args) -> bool:
@@ -187,13 +190,26 @@ def _plain_eager(args) -> bool:
     torch.jit.trace), no dispatch mode (FakeTensorMode, FlopCounterMode, ...), no functorch transform, no
     profiler (whose trace shows the operator), every tensor a plain Tensor or Parameter (not a FakeTensor,
     DTensor or other subclass, whose own dispatch must see the operator) and not on the meta device (where
-    the operator's fake computes the shapes)."""
+    the operator's fake computes the shapes), no torch function mode (pre-dispatch tracing, as
+    ``make_fx(pre_dispatch=True)`` and torch.export do it, and users' modes see the operator), and every
+    other argument a plain Python value (``_PLAIN_VALUES``, lists of ints)."""
     if torch.compiler.is_compiling():
         return False
-    if (torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()
-            or torch._C._get_tracing_state() is not None or torch._C._autograd._profiler_enabled()):
+    if (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._are_functorch_transforms_active() or torch._C._get_tracing_state() is not None
+            or torch._C._autograd._profiler_enabled()):
         return False
-    return all(type(a) in _PLAIN_TENSORS and not a.is_meta for a in args if isinstance(a, Tensor))
+    for arg in args:
+        kind = type(arg)
+        if kind in _PLAIN_TENSORS:
+            if arg.is_meta:
+                return False
+        elif kind is list:
+            if any(type(value) is not int for value in arg):
+                return False
+        elif kind not in _PLAIN_VALUES:
+            return False
+    return True
 
 
 def _register_autograd(op, training) -> None:

@@ -339,9 +339,9 @@ def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: s
     if spec.batch * spec.out_height * spec.out_width == 0:
         return (empty_grad(weight, spec.weight_shape, device=x.device, dtype=x.dtype).zero_(),
                 torch.zeros(spec.out_channels, device=x.device, dtype=x.dtype) if has_bias else None)
-    y = y if ACTIVATIONS[activation] else dy
     write_dz = grad_out is not None and bool(ACTIVATIONS[activation])
-    x, dy, y = int32_addressable(x), int32_addressable(dy), int32_addressable(y)
+    x, dy = int32_addressable(x), int32_addressable(dy)
+    y = int32_addressable(y) if ACTIVATIONS[activation] else dy
     dz = grad_out if write_dz else dy
     tensors = (x, dy, y, dz)
     layouts = tensor_layouts(*tensors)

@@ -284,7 +284,8 @@ def _pointwise_pass(dy, y, x, weight_t, dw_bias, pw_weight, spec: DwSepSpec, til
     has_pw_bias = need_weights and spec.pw_bias
     if spec.batch * spec.out_height * spec.out_width == 0:
         return dz, None
-    tensors = (x, dy, y if ACTIVATIONS[spec.out_activation] else dy, dz)
+    x, dy = int32_addressable(x), int32_addressable(dy)
+    tensors = (x, dy, int32_addressable(y) if ACTIVATIONS[spec.out_activation] else dy, dz)
     layouts = tensor_layouts(*tensors)
     splits, grid, integers, constexprs = _pointwise_plan(spec, tile, layouts, need_weights, has_pw_bias, x.device,
                                                          tiles.multiprocessor_count(x.device))
@@ -349,6 +350,7 @@ def backward_depthwise(dz, x, weight_t, spec: DwSepSpec, input_tile: GemmTile, w
     need_weights = need_weights and dz.numel() > 0
     if not (need_input or need_weights):
         return dx, None
+    x = int32_addressable(x)  # after dx is allocated in x's own layout
     tensors = (dz, x, dx if dx is not None else x)
     layouts = tensor_layouts(*tensors)
     vec, plan, grid, integers, constexprs = _depthwise_plan(spec, input_tile, weight_tile, layouts, need_input,
@@ -450,7 +452,6 @@ def backward(dy, y, x, dw_weight, dw_bias, pw_weight, spec: DwSepSpec, tiles: di
     (every partial); two without weight gradients. dz is needed whole (every neighbour's) before
     the depthwise backward can read its windows, and the partials whole before their sums: the data
     flow's three steps."""
-    dy, y, x = int32_addressable(dy), int32_addressable(y), int32_addressable(x)
     weight_t = taps_major(dw_weight)  # the layer's own weight as it is; one copy for any other layout
     dz, pointwise = _pointwise_pass(dy, y, x, weight_t, dw_bias, pw_weight, spec, tiles["backward_pointwise"],
                                     need_weights)

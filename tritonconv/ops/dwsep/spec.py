@@ -27,6 +27,10 @@ def triton_unsupported(spec: "DwSepSpec") -> str | None:
     pixels = spec.batch * spec.out_height * spec.out_width
     if pixels + PIXEL_MARGIN >= INT32:
         return f"{pixels} output pixels: the fused kernels index pixels in int32"
+    between = spec.in_channels * spec.out_height * spec.out_width  # dz, the backward's depthwise output
+    if between >= INT32:
+        return (f"the depthwise output's image holds {between} elements, past 2^31: the fused kernels address "
+                "inside an image in int32")
     return image_past_int32(spec) or window_unsupported(spec)
 
 

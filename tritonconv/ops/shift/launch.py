@@ -51,9 +51,16 @@ _FORWARD = (
     GemmTile(256, 64, 32, 8, 3), GemmTile(64, 32, 64, 4, 4), GemmTile(256, 128, 32, 8, 3),
     GemmTile(32, 64, 64, 4, 4),
 )
+# fp32 (sm_90a audit): the forward's k^2 shifted loads a step are pipelined through shared memory, 320 KB
+# at 128x64x32 and 3 stages, past the H100's 227 KB (a launch that fails), with 61 spilled registers;
+# 2 stages at 8 warps take 176 KB and spill nothing. The weight gradient spills up to 1240 registers at
+# 64x64x64 (4 warps), none at 64x64x32 on 8 warps.
+_FORWARD_WIDE = GemmTile(128, 64, 32, 8, 2)
+_WEIGHT_GRAD_WIDE = GemmTile(64, 64, 32, 8, 3)
 TILES = TileTable({
     # rows = pixels, cols = filters, reduce = channels
-    "forward": KernelTiles(GemmTile(128, 64, 32, 4, 3), _FORWARD, ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
+    "forward": KernelTiles(GemmTile(128, 64, 32, 4, 3), (*_FORWARD, _FORWARD_WIDE), ("BLOCK_M", "BLOCK_N", "BLOCK_K"),
+                           wide_default=_FORWARD_WIDE),
     # rows = pixels, cols = channels, reduce = filters; 128x64 tiles at 4 warps spill in the epilogue (the
     # shifted store's per-element targets)
     "backward_input": KernelTiles(GemmTile(128, 64, 64, 8, 3), (GemmTile(128, 64, 64, 8, 3), *_FORWARD),
@@ -62,8 +69,8 @@ TILES = TileTable({
     "backward_weight": KernelTiles(GemmTile(64, 64, 64, 4, 3), (
         GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 64, 8, 3), GemmTile(64, 128, 64, 8, 3),
         GemmTile(32, 64, 128, 4, 3), GemmTile(64, 32, 128, 4, 4), GemmTile(128, 128, 32, 8, 3),
-        GemmTile(64, 64, 128, 4, 4), GemmTile(32, 32, 128, 4, 4),
-    ), ("BLOCK_N", "BLOCK_C", "BLOCK_P"), min_rows=WGMMA_ROWS),
+        GemmTile(64, 64, 128, 4, 4), GemmTile(32, 32, 128, 4, 4), _WEIGHT_GRAD_WIDE,
+    ), ("BLOCK_N", "BLOCK_C", "BLOCK_P"), min_rows=WGMMA_ROWS, wide_default=_WEIGHT_GRAD_WIDE),
 }, extent=_gemm_extent)
 candidate_tiles = TILES.candidate_tiles
 # grad-input channel tiles this narrow run at 4 warps (see default_tile)
@@ -160,8 +167,8 @@ def _forward_plan(spec: ShiftSpec, tile: GemmTile, x_strides, y_strides, has_bia
 
 
 def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
+    y = empty_like_layout(spec.output_shape, x)  # in x's own layout, before x may be compacted
     x = int32_addressable(x)
-    y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
     weight = reduction_ordered_weight(weight, spec)

@@ -55,9 +55,13 @@ _PIXEL_BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
 # instr/HGMMA 28.5 at 64x128x64 -> 22.9 on ShuffleNet's g3/g8 layers), and sg = 3 steps 120 of the 128
 # columns (48 of 64 at 64).
 _DENSE_INPUT_TILE = GemmTile(64, 128, 128, 8, 3)
+# 4- and 8-byte elements: half the reduce (fp32: three stages of 64x128x128 would take 288 KB of shared
+# memory, past the H100's 227 KB; 64x128x64 takes 144 KB).
+_DENSE_INPUT_TILE_WIDE = GemmTile(64, 128, 64, 8, 3)
 TILES = TileTable({
     "forward": KernelTiles(GemmTile(128, 64, 64, 8, 3), _PIXEL_ROWS, _PIXEL_BLOCKS),
-    "backward_input": KernelTiles(GemmTile(128, 64, 64, 8, 3), (*_PIXEL_ROWS, _DENSE_INPUT_TILE), _PIXEL_BLOCKS),
+    "backward_input": KernelTiles(GemmTile(128, 64, 64, 8, 3), (*_PIXEL_ROWS, _DENSE_INPUT_TILE,
+                                                                 _DENSE_INPUT_TILE_WIDE), _PIXEL_BLOCKS),
     # rows = filters of one group (masked filter rows beat mma.sync), cols = the group's channels,
     # reduce = pixels
     "backward_weight": KernelTiles(GemmTile(64, 64, 64, 4, 3), (
@@ -73,7 +77,8 @@ _GATHER_REDUCE = 32
 
 def default_tile(spec: ShuffleConvSpec, kernel: str) -> GemmTile:
     if kernel == "backward_input" and (_dense_input_grad(spec) or _wide_vector_reduce(spec)):
-        return TILES.fitted(_DENSE_INPUT_TILE, spec, kernel)
+        wide = spec.torch_dtype.itemsize > 2
+        return TILES.fitted(_DENSE_INPUT_TILE_WIDE if wide else _DENSE_INPUT_TILE, spec, kernel)
     tile = TILES.default_tile(spec, kernel)
     if kernel == "backward_input" and _gathered_dy(spec) and tile.block_reduce > _GATHER_REDUCE:
         # dy read element by element: 64-channel steps would only double the scalar loads per step
@@ -216,8 +221,8 @@ def _forward_plan(spec: ShuffleConvSpec, tile: GemmTile, x_strides, y_strides, h
 
 
 def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Tensor:
+    y = empty_like_layout(spec.output_shape, x)  # in x's own layout, before x may be compacted
     x = int32_addressable(x)
-    y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
     weight = weight.reshape(spec.out_channels, spec.group_in).contiguous()

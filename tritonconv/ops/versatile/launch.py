@@ -137,8 +137,8 @@ def _forward_plan(spec: VersatileSpec, tile: GemmTile, x_strides, y_strides, has
 
 
 def forward(x, weight, bias, spec: VersatileSpec, tile: GemmTile) -> torch.Tensor:
+    y = empty_like_layout(spec.output_shape, x)  # in x's own layout, before x may be compacted
     x = int32_addressable(x)
-    y = empty_like_layout(spec.output_shape, x)
     if y.numel() == 0:
         return y
     grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None)
