@@ -24,11 +24,13 @@ DEFAULT_CSV = Path(__file__).resolve().parent / "results" / "host.csv"
 
 RECORDED_TIMING = ("CPU tensors of the harness's small shape, one thread, denormals flushed; Triton launches "
                    "replaced by a recorder that drops them; best of {rounds} rounds of {calls} calls; bwd: "
-                   "autograd.grad alone, on one forward's graph (retain_graph). Excludes the launches' own host "
-                   "cost (Triton's launcher, the CUDA driver) and the tuning-cache lookup a CUDA call makes.")
+                   "autograd.grad alone, on one forward's graph (retain_graph), against aten.convolution_backward "
+                   "called directly for the plain conv (no autograd engine: it favours the plain conv). Excludes "
+                   "the launches' own host cost (Triton's launcher, the CUDA driver) and the tuning-cache lookup "
+                   "a CUDA call makes.")
 CUDA_TIMING = ("CUDA tensors of the harness's small shape, real launches; wall time of {calls} calls without "
                "synchronising, best of {rounds} rounds; bwd: autograd.grad alone, on one forward's graph "
-               "(retain_graph); gpu_us: the GPU time "
+               "(retain_graph), against aten.convolution_backward called directly; gpu_us: the GPU time "
                "of the same calls (CUDA events).")
 
 
