@@ -102,8 +102,10 @@ _PIXEL_ROWS = (
 )
 TILES = TileTable({
     "forward": KernelTiles(GemmTile(128, 64, 64, 4, 3), _PIXEL_ROWS, (None, "BLOCK_N", None)),
-    # rows = input pixels, cols = channels, reduce = filters
-    "backward_input": KernelTiles(GemmTile(128, 64, 64, 4, 3), _PIXEL_ROWS, (None, "BLOCK_N", None)),
+    # rows = input pixels, cols = channels, reduce = filters. fp32 takes the tile on two warp groups: one
+    # spills 6-7 registers on ResNet-50's stride-2 shapes (sm_90a fp32 audit), two spill none.
+    "backward_input": KernelTiles(GemmTile(128, 64, 64, 4, 3), (*_PIXEL_ROWS, GemmTile(128, 64, 64, 8, 3)),
+                                  (None, "BLOCK_N", None), wide_default=GemmTile(128, 64, 64, 8, 3)),
     # rows = weight columns (channel x tap; >= 64 for wgmma), cols = filters, reduce = output pixels.
     # 128 rows x 128 pixels on one warp group: 16 HGMMAs per step share the step's bookkeeping (sm_90
     # bf16 audit 14-17 instructions per HGMMA; 64 x 64 x 64 steps: 23-34). Three stages of 128 x 128

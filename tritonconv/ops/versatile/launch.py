@@ -52,7 +52,7 @@ TILES = TileTable({
         GemmTile(128, 64, 64, 4, 3), GemmTile(128, 32, 64, 4, 3), GemmTile(128, 64, 64, 8, 3),
         GemmTile(64, 64, 128, 4, 3), GemmTile(64, 64, 64, 4, 3), GemmTile(128, 64, 32, 8, 3),
         GemmTile(128, 128, 64, 8, 3), GemmTile(64, 32, 64, 4, 4),
-    ), ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
+    ), ("BLOCK_M", "BLOCK_N", "BLOCK_K"), wide_default=GemmTile(128, 64, 64, 8, 3)),  # fp32: 2-5 spills on 4 warps
     # rows = input pixels, cols = input channels, reduce = columns per tap
     # (256 rows on one warp group: 8 wgmma per pipelined step at 32 filters a step, which is what
     # n_w = 32 allows; fp32 needs 120 KB of shared memory with 3 stages)
