@@ -190,8 +190,9 @@ def _precision(dtype: torch.dtype) -> dict:
     return dict(DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))
 
 
-def _bias_or(bias, other):
-    return bias.contiguous() if bias is not None else other
+def _bias(bias):
+    """A bias as the kernels read it; None (a constexpr: the HAS_*_BIAS flags skip it) when absent."""
+    return bias.contiguous() if bias is not None else None
 
 
 def _bases(tensors, layouts) -> tuple:
@@ -230,7 +231,7 @@ def forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec: DwSepSpec, tile: Ge
     weight_t = taps_major(dw_weight)  # the layer's own weight as it is; a copy for any other layout
     x_, y_ = _bases((x, y), layouts)
     kernels.dwsep_fwd_kernel[grid](
-        x_, weight_t, _bias_or(dw_bias, weight_t), pw_weight.contiguous(), _bias_or(pw_bias, weight_t), y_,
+        x_, weight_t, _bias(dw_bias), pw_weight.contiguous(), _bias(pw_bias), y_,
         *integers, **constexprs, **_precision(x.dtype),
     )
     return y
@@ -297,7 +298,7 @@ def _pointwise_pass(dy, y, x, weight_t, dw_bias, pw_weight, spec: DwSepSpec, til
         partial = partial_bias = dz
     x_, dy_, y_, dz_ = _bases(tensors, layouts)
     kernels.dwsep_bwd_kernel[grid](
-        x_, weight_t, _bias_or(dw_bias, weight_t), pw_weight.contiguous(), dy_, y_, dz_, partial, partial_bias,
+        x_, weight_t, _bias(dw_bias), pw_weight.contiguous(), dy_, y_, dz_, partial, partial_bias,
         *integers, **constexprs, **_precision(x.dtype),
     )
     if not need_weights:
