@@ -65,6 +65,12 @@ class GemmTile:
                         self.num_warps, self.num_stages, self.splits)
 
 
+def wide_dtype(dtype: str) -> bool:
+    """4- and 8-byte operands (float32, float64): where a tile sized for 16-bit ones can spill or pass
+    the shared memory, so kernels take tiles of their own."""
+    return dtype in ("float32", "float64")
+
+
 @dataclass(frozen=True)
 class KernelTiles:
     """One kernel's tile table: its default tile, the tuner's candidates, the names the kernel gives the
@@ -80,8 +86,7 @@ class KernelTiles:
     wide_default: GemmTile | None = None
 
     def default_for(self, dtype: str) -> GemmTile:
-        wide = dtype in ("float32", "float64")
-        return self.wide_default if wide and self.wide_default is not None else self.default
+        return self.wide_default if wide_dtype(dtype) and self.wide_default is not None else self.default
 
     def launch_args(self, tile: GemmTile) -> dict:
         """The tile as the kernel's keyword arguments: its named blocks, num_warps and num_stages."""

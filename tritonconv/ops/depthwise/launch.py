@@ -30,7 +30,7 @@ from tritonconv._layout import empty, empty_like_layout, int32_addressable
 from tritonconv.ops.depthwise import kernels
 from tritonconv.ops.depthwise.layout import empty_grad, taps_major
 from tritonconv.ops.depthwise.spec import ACTIVATIONS, DepthwiseSpec
-from tritonconv.tiles import GemmTile, accumulator_dtype, cdiv, next_power_of_2, reduction_splits
+from tritonconv.tiles import GemmTile, accumulator_dtype, cdiv, next_power_of_2, reduction_splits, wide_dtype
 
 _CANDIDATES = {
     "forward": [
@@ -70,7 +70,7 @@ def default_tile(spec: DepthwiseSpec, kernel: str) -> GemmTile:
     if kernel == "backward_weight":
         # fp32/fp64 accumulate beside wider operands: 4 warps spill 1-3 registers (sm_90a fp32 audit,
         # 9 of 26 shapes), 8 none
-        return replace(tile, num_warps=8) if spec.torch_dtype.itemsize > 2 else tile
+        return replace(tile, num_warps=8) if wide_dtype(spec.dtype) else tile
     rows = _MIN_ELEMENTS_PER_THREAD * 32 * tile.num_warps // tile.block_cols
     return replace(tile, block_rows=max(tile.block_rows, min(rows, next_power_of_2(pixels))))
 
@@ -129,6 +129,11 @@ def aligned_base(t: torch.Tensor, layout) -> torch.Tensor:
     return t.as_strided(t.shape, t.stride(), t.storage_offset() - lead) if lead else t
 
 
+def aligned_bases(tensors, layouts) -> tuple:
+    """``aligned_base`` of each tensor, with its layout (``tensor_layouts``)."""
+    return tuple(aligned_base(t, layout) for t, layout in zip(tensors, layouts))
+
+
 # ---- launchers --------------------------------------------------------------------------------------
 
 # Each launcher's plan (grid, the kernel's integer arguments and constexprs) is a pure function of the
@@ -163,7 +168,7 @@ def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tenso
     tensors = (int32_addressable(x), y, copy)
     layouts = tensor_layouts(*tensors)
     grid, integers, constexprs = _forward_plan(spec, tile, layouts, bias is not None)
-    x_, y_, copy_ = (aligned_base(t, layout) for t, layout in zip(tensors, layouts))
+    x_, y_, copy_ = aligned_bases(tensors, layouts)
     kernels.depthwise_fwd_kernel[grid](
         x_, taps_major(weight), bias.contiguous() if bias is not None else None, y_, copy_, *integers, **constexprs,
     )
@@ -194,7 +199,7 @@ def masked_gradient(dy, y, spec: DepthwiseSpec, tile: GemmTile, like: torch.Tens
     layouts = tensor_layouts(*tensors)
     grid, integers, constexprs = _mask_plan(spec, tile, layouts, activation)
     kernels.depthwise_grad_mask_kernel[grid](
-        *(aligned_base(t, layout) for t, layout in zip(tensors, layouts)), *integers, **constexprs,
+        *aligned_bases(tensors, layouts), *integers, **constexprs,
     )
     return dz
 
@@ -229,7 +234,7 @@ def backward_input(dy, y, weight, spec: DepthwiseSpec, tile: GemmTile, like: tor
     tensors = (int32_addressable(dz), int32_addressable(add) if add is not None else dx, dx)
     layouts = tensor_layouts(*tensors)
     grid, integers, constexprs = _backward_input_plan(spec, tile, layouts, add is not None)
-    dz_, a_, dx_ = (aligned_base(t, layout) for t, layout in zip(tensors, layouts))
+    dz_, a_, dx_ = aligned_bases(tensors, layouts)
     kernels.depthwise_bwd_input_kernel[grid](dz_, taps_major(weight), a_, dx_, *integers, **constexprs)
     return dx
 
@@ -351,7 +356,7 @@ def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: s
         spec, tile, layouts, activation, has_bias, write_dz, x.device, tiles.multiprocessor_count(x.device))
     partial = empty((plan.splits, plan.partial_rows, spec.out_channels), device=x.device, dtype=acc_dtype)
     kernels.depthwise_bwd_weight_kernel[grid](
-        *(aligned_base(t, layout) for t, layout in zip(tensors, layouts)), partial, *integers, **constexprs,
+        *aligned_bases(tensors, layouts), partial, *integers, **constexprs,
     )
     grad_w = empty_grad(weight, spec.weight_shape, device=x.device, dtype=x.dtype)
     sdw_o, _, _, sdw_tap = grad_w.stride()  # layout.grad_strides(weight)

@@ -33,12 +33,20 @@ import torch
 from tritonconv import tiles
 from tritonconv._layout import empty, empty_like_layout, int32_addressable
 from tritonconv.ops.depthwise import launch as depthwise_launch
-from tritonconv.ops.depthwise.launch import aligned_base, operand_strides, tensor_layouts, vector_width
+from tritonconv.ops.depthwise.launch import aligned_bases, operand_strides, tensor_layouts, vector_width
 from tritonconv.ops.depthwise.layout import empty_grad, grad_strides, taps_major
 from tritonconv.ops.depthwise.spec import ACTIVATIONS
 from tritonconv.ops.dwsep import kernels
 from tritonconv.ops.dwsep.spec import DwSepSpec
-from tritonconv.tiles import GemmTile, accumulator_dtype, cdiv, dot_precision, next_power_of_2, reduction_splits
+from tritonconv.tiles import (
+    GemmTile,
+    accumulator_dtype,
+    cdiv,
+    dot_precision,
+    next_power_of_2,
+    reduction_splits,
+    wide_dtype,
+)
 
 _CANDIDATES = {
     "forward": [
@@ -102,7 +110,7 @@ def default_tile(spec: DwSepSpec, kernel: str) -> GemmTile:
     if kernel in ("backward_input", "backward_weight"):
         return _launched_as(depthwise_launch.default_tile(spec.depthwise(), kernel), spec, kernel)
     tiles = [_fit(tile, spec, kernel) for tile in _DEFAULTS[kernel]]
-    if kernel == "backward_pointwise" and spec.torch_dtype.itemsize >= 4:
+    if kernel == "backward_pointwise" and wide_dtype(spec.dtype):
         tiles.reverse()  # fp32 / fp64 operands beside the accumulators spill at 4 warps
     return min(tiles, key=lambda tile: filter_plan(spec, kernel, tile).groups)
 
@@ -195,10 +203,6 @@ def _bias(bias):
     return bias.contiguous() if bias is not None else None
 
 
-def _bases(tensors, layouts) -> tuple:
-    return tuple(aligned_base(t, layout) for t, layout in zip(tensors, layouts))
-
-
 # ---- launchers --------------------------------------------------------------------------------------
 
 # Each launcher's plan (grid, the kernel's integer arguments and constexprs) is a pure function of the
@@ -229,7 +233,7 @@ def forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec: DwSepSpec, tile: Ge
     layouts = tensor_layouts(x, y)
     grid, integers, constexprs = _forward_plan(spec, tile, layouts, pw_bias is not None)
     weight_t = taps_major(dw_weight)  # the layer's own weight as it is; a copy for any other layout
-    x_, y_ = _bases((x, y), layouts)
+    x_, y_ = aligned_bases((x, y), layouts)
     kernels.dwsep_fwd_kernel[grid](
         x_, weight_t, _bias(dw_bias), pw_weight.contiguous(), _bias(pw_bias), y_,
         *integers, **constexprs, **_precision(x.dtype),
@@ -296,7 +300,7 @@ def _pointwise_pass(dy, y, x, weight_t, dw_bias, pw_weight, spec: DwSepSpec, til
         partial_bias = empty((splits, spec.out_channels), device=x.device, dtype=acc_dtype) if has_pw_bias else partial
     else:
         partial = partial_bias = dz
-    x_, dy_, y_, dz_ = _bases(tensors, layouts)
+    x_, dy_, y_, dz_ = aligned_bases(tensors, layouts)
     kernels.dwsep_bwd_kernel[grid](
         x_, weight_t, _bias(dw_bias), pw_weight.contiguous(), dy_, y_, dz_, partial, partial_bias,
         *integers, **constexprs, **_precision(x.dtype),
@@ -360,7 +364,7 @@ def backward_depthwise(dz, x, weight_t, spec: DwSepSpec, input_tile: GemmTile, w
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     partial = (empty((plan.splits, plan.partial_rows, spec.in_channels), device=x.device, dtype=acc_dtype)
                if need_weights else dz)
-    dz_, x_, out_ = _bases(tensors, layouts)
+    dz_, x_, out_ = aligned_bases(tensors, layouts)
     kernels.dwsep_bwd_depthwise_kernel[grid](
         dz_, x_, weight_t, out_, partial, *integers, **constexprs, ACC_DTYPE=accumulator_dtype(x.dtype),
     )

@@ -21,6 +21,7 @@ from tritonconv.tiles import (
     dot_precision,
     reduction_splits,
     sum_splits,
+    wide_dtype,
 )
 
 
@@ -77,8 +78,7 @@ _GATHER_REDUCE = 32
 
 def default_tile(spec: ShuffleConvSpec, kernel: str) -> GemmTile:
     if kernel == "backward_input" and (_dense_input_grad(spec) or _wide_vector_reduce(spec)):
-        wide = spec.torch_dtype.itemsize > 2
-        return TILES.fitted(_DENSE_INPUT_TILE_WIDE if wide else _DENSE_INPUT_TILE, spec, kernel)
+        return TILES.fitted(_DENSE_INPUT_TILE_WIDE if wide_dtype(spec.dtype) else _DENSE_INPUT_TILE, spec, kernel)
     tile = TILES.default_tile(spec, kernel)
     if kernel == "backward_input" and _gathered_dy(spec) and tile.block_reduce > _GATHER_REDUCE:
         # dy read element by element: 64-channel steps would only double the scalar loads per step
