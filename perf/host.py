@@ -119,11 +119,12 @@ def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20) -> 
             stack.enter_context(as_if_on_h100())
             stack.enter_context(flushing_denormals())
         (fwd, fwd_gpu), (bwd, bwd_gpu) = pass_us(lambda: call(tensors, spec), wrt, work.grad, rounds, calls, device)
-        dense_fwd, _ = best_us(harness.dense("forward", work), rounds, calls, device)
+        dense_forward = harness.dense("forward", work)
+        dense_fwd, _ = best_us(dense_forward, rounds, calls, device)
         dense_bwd, _ = best_us(harness.dense("backward", work), rounds, calls, device)
         with torch.no_grad():
             infer, infer_gpu = best_us(lambda: call(tensors, spec), rounds, calls, device)
-            dense_infer, _ = best_us(harness.dense("forward", work), rounds, calls, device)
+            dense_infer, _ = best_us(dense_forward, rounds, calls, device)
     timing = (CUDA_TIMING if cuda else RECORDED_TIMING).format(rounds=rounds, calls=calls)
     rows = []
     for pass_, ours, dense, gpu in (("fwd", fwd, dense_fwd, fwd_gpu), ("bwd", bwd, dense_bwd, bwd_gpu),

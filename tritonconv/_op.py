@@ -151,6 +151,7 @@ def training_function(forward_op, backward_op, *, params: int, saves_output: boo
     implementation = _IMPLEMENTATIONS[forward_op]
 
     def call(*args):
+        # is_compiling first: torch.compile then traces nothing but the Function
         if not torch.compiler.is_compiling() and not _differentiated(args) and _plain_eager(args):
             return _without_note(implementation, *args)
         return Training.apply(*args)
