@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import tritonconv
-from tritonconv.models import VGG16_CONFIG
+from tritonconv.zoo import VGG16_CONFIG
 
 NUM_CLASSES = 10
 RESOLUTION = 32  # five 2x2 max-pools take 32 x 32 down to 1 x 1

@@ -108,7 +108,8 @@ def test_editing_the_kernel_source_invalidates_measurements(tmp_path):
     source = tmp_path / "kernels.py"
 
     def operator_of_a_new_process():
-        return Operator("hetconv", (source,), OPERATOR.kernels_of_pass, OPERATOR.default_tile)
+        return Operator("hetconv", (source,), OPERATOR.kernels_of_pass, OPERATOR.default_tile,
+                        OPERATOR.candidate_tiles)
 
     source.write_text("# version 1\n")
     store(cache, SPEC, "forward", "fallback", operator=operator_of_a_new_process())
@@ -356,6 +357,29 @@ def test_every_harness_calls_its_layer_public_op():
         assert y.shape == expected.shape and relative_error(y.detach(), expected.detach()) < 1e-12, name
         grads = torch.autograd.grad(y, inputs, torch.ones_like(y))
         assert all(g is not None and g.shape == t.shape for g, t in zip(grads, inputs)), name
+
+
+def test_the_layers_triton_path_is_its_harness_passes():
+    """The torch operators run the harness's ``forward`` and ``backward`` (what the tuner and the perf suite
+    drive): a layer call forced to Triton gives bit for bit what the harness's passes give at the tiles the
+    dispatcher picks."""
+    from tritonconv.ops.registry import HARNESSES
+
+    for name, harness in HARNESSES.items():
+        spec = harness.shrink(harness.specs_for(harness.shape_sets[0], batch=2, dtype="float64")[0][2])
+        work = harness.make_workload(spec, torch.device("cpu"))
+        t = work.tensors
+        inputs = [t[n].requires_grad_() for n in harness.call_inputs if t.get(n) is not None]
+        with tritonconv.use_backend("triton"):
+            y = harness.layer_call(t, spec)
+            grads = torch.autograd.grad(y, inputs, work.grad)
+        tiles = {**dispatch.decide(harness.operator, spec, "forward", torch.device("cpu"), forced="triton").tiles,
+                 **dispatch.decide(harness.operator, spec, "backward", torch.device("cpu"), forced="triton").tiles}
+        with torch.no_grad():
+            passes = {**t, "out": harness.forward(spec, t, tiles["forward"])}
+            expected = [g for g in harness.backward(spec, passes, work.grad, tiles, True, True) if g is not None]
+        assert torch.equal(y.detach(), passes["out"]), name
+        assert len(grads) == len(expected) and all(torch.equal(a, b) for a, b in zip(grads, expected)), name
 
 
 def test_hyperparameters_the_schema_converts_work_eagerly_as_compiled():

@@ -1,7 +1,7 @@
 """What every operator's torch operators share: their definition (``define_op``), the autograd Function
-around them (``training_function``), and their body: decide, run our kernels or the fallback, lay out the
-result. Each operator's ``op.py`` keeps only what is its own (the typed signatures torch.library
-needs, how to build its spec, which launchers and which fallback to call)."""
+around them (``training_function``), and their body (``run_forward``, ``run_backward``): decide, run the
+operator's harness's kernels or its fallback, lay out the result. Each operator's ``op.py`` keeps only
+what is its own: the typed signatures torch.library needs and how to build its spec from them."""
 
 from __future__ import annotations
 
@@ -16,44 +16,31 @@ from tritonconv._layout import memory_format_of, missing_as_empty
 from tritonconv._weights import same_layout
 
 
-def run_forward(operator: dispatch.Operator, spec, x: Tensor, triton: Callable[[dict], Tensor],
-                fallback: Callable[[], Tensor]) -> Tensor:
-    """The forward op's body: ``triton(tiles)`` or ``fallback()``, the output in ``x``'s layout. Notes
-    the backend forced around the call for its backward (see ``dispatch.note_forward``)."""
+def run_forward(harness, spec, t: dict) -> Tensor:
+    """The forward op's body: ``harness.forward`` (our kernel) or ``harness.fallback_forward``, the output
+    in x's layout. Notes the backend forced around the call for its backward (see
+    ``dispatch.note_forward``)."""
+    x, operator = t["x"], harness.operator
     decision = dispatch.decide(operator, spec, "forward", x.device)
     dispatch.note_forward(operator, x)
     if decision.backend == "triton":
-        return dispatch.launch(triton, decision.tiles)
-    return fallback().contiguous(memory_format=memory_format_of(x))
+        return dispatch.launch(harness.forward, spec, t, decision.tiles["forward"])
+    return harness.fallback_forward(spec, t).contiguous(memory_format=memory_format_of(x))
 
 
-def run_backward(operator: dispatch.Operator, spec, x: Tensor, forced: str, triton: Callable[[dict], tuple],
-                 fallback: Callable[[], tuple]) -> tuple:
-    """The backward op's body: the gradients (grad input first) from ``triton(tiles)`` or
-    ``fallback()``, grad input in ``x``'s layout, each missing one as its own empty tensor."""
-    decision = dispatch.decide(operator, spec, "backward", x.device,
-                               forced=dispatch.backward_forced(operator, x, forced))
+def run_backward(harness, spec, t: dict, grad: Tensor, need_input: bool, need_weights: bool, forced: str) -> tuple:
+    """The backward op's body: (grad x, one gradient per parameter) from ``harness.backward`` (our
+    kernels) or ``harness.fallback_backward``, grad x in x's layout, each missing one as its own empty
+    tensor."""
+    x = t["x"]
+    decision = dispatch.decide(harness.operator, spec, "backward", x.device,
+                               forced=dispatch.backward_forced(harness.operator, x, forced))
     if decision.backend == "triton":
-        grads = tuple(dispatch.launch(triton, decision.tiles))
+        grads = tuple(dispatch.launch(harness.backward, spec, t, grad, decision.tiles, need_input, need_weights))
     else:
-        dx, *rest = fallback()
+        dx, *rest = harness.fallback_backward(spec, t, grad, need_input, need_weights)
         grads = (dx.contiguous(memory_format=memory_format_of(x)) if dx is not None else None, *rest)
     return missing_as_empty(grads, x)
-
-
-def run_weight_bias_backward(operator: dispatch.Operator, launch, reference, spec, grad: Tensor, x: Tensor,
-                             weight: Tensor, forced: str, need_input: bool, need_weights: bool) -> tuple:
-    """``run_backward`` of an operator whose parameters are ``weight`` and ``bias`` and whose modules follow
-    one API (``launch.backward_input(grad, weight, spec, tile, like)``, ``launch.backward_weight(grad, x,
-    spec, tile) -> (dw, db)``, ``reference.fallback_backward(grad, x, weight, spec, need_input,
-    need_weights)``): shift and shuffle. (dx, dw, db)."""
-    def triton(tiles):
-        dx = launch.backward_input(grad, weight, spec, tiles["backward_input"], x) if need_input else None
-        dw, db = launch.backward_weight(grad, x, spec, tiles["backward_weight"]) if need_weights else (None, None)
-        return dx, dw, db
-
-    return run_backward(operator, spec, x, forced, triton,
-                        lambda: reference.fallback_backward(grad, x, weight, spec, need_input, need_weights))
 
 
 def fake_output(x: Tensor, spec) -> Tensor:

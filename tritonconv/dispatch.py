@@ -43,6 +43,7 @@ class Operator:
     kernel_sources: tuple[Path, ...]
     kernels_of_pass: dict  # pass -> tuple of kernel names it launches
     default_tile: Callable  # (spec, kernel name) -> GemmTile
+    candidate_tiles: Callable  # (spec, kernel name) -> [GemmTile]: what the tuner measures
     # (spec) -> why our kernels cannot take this valid call, or None. What no backend can compute is
     # refused earlier, as invalid input; this is what only the fallback can.
     triton_unsupported: Callable = lambda spec: None
@@ -57,10 +58,11 @@ class Operator:
     def of(cls, name: str, kernels, launch, *more_sources, kernels_of_pass: dict | None = None,
            triton_unsupported: Callable = lambda spec: None) -> Operator:
         """The operator of a folder: its ``kernels`` and ``launch`` modules (and ``more_sources``, modules
-        whose kernels it launches too) hashed for the tuning cache, ``launch.default_tile`` its tiles;
-        passes by default a forward kernel and the backward's input- and weight-gradient kernels."""
+        whose kernels it launches too) hashed for the tuning cache, ``launch.default_tile`` and
+        ``launch.candidate_tiles`` its tiles; passes by default a forward kernel and the backward's input- and
+        weight-gradient kernels."""
         return cls(name, tuple(Path(module.__file__) for module in (kernels, launch, *more_sources)),
-                   kernels_of_pass or STANDARD_PASSES, launch.default_tile, triton_unsupported)
+                   kernels_of_pass or STANDARD_PASSES, launch.default_tile, launch.candidate_tiles, triton_unsupported)
 
     def cache_key(self, spec, pass_: str, device: torch.device) -> CacheKey:
         return CacheKey(self.name, pass_, spec.tuning_key(), hardware.device_name_of(device), torch.__version__,

@@ -1,13 +1,11 @@
-"""Reference models built from tritonconv layers (shape sets for the tuner come from these too)."""
+"""Reference models built from tritonconv layers."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from tritonconv.ops.hetconv import HetConv2d
-
-# VGG-16 convolutions: output channels, "M" = 2x2 max-pool.
-VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+from tritonconv.zoo import VGG16_CONFIG
 
 
 def vgg16_cifar(p: int = 4, num_classes: int = 10) -> nn.Sequential:

@@ -5,10 +5,12 @@
 - ``kernels.py``: the Triton kernels;
 - ``launch.py``: their launchers (allocation, grids, the tiles' candidates and defaults);
 - ``reference.py``: the published formulation in plain torch (the fallback and the float64 oracle);
-- ``op.py``: the torch operators (``_op.define_op``: schema, fake shapes), the autograd Function around
-  them (``_op.training_function``) and the per-call dispatch (``OPERATOR``);
-- ``layer.py``: the nn.Module users build models from;
-- ``harness.py``: what the tuner, the perf suite and the audit drive (workloads, kernels, shape sets).
+- ``harness.py``: the operator as everything drives it (``tritonconv.harness.Harness``): its
+  ``dispatch.Operator``, how to run each Triton kernel and the fallback on named tensors, and for the
+  tuner, the perf suite and the audit its shape sets, workloads and the dense conv it replaces;
+- ``op.py``: the torch operators (``_op.define_op``: typed schema, fake shapes) and the autograd Function
+  around them (``_op.training_function``), whose bodies run the harness's passes (``_op.run_forward``);
+- ``layer.py``: the nn.Module users build models from.
 
 Layers built on another operator's kernels keep only their own roles: ``ghost`` (the Ghost module on
 the depthwise kernels), ``linearconv`` and ``rotflip`` (a filter bank composed per call, then one dense

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tritonconv.models import VGG16_CONFIG
+# VGG-16's convolutions (output channels) and 2 x 2 max pools ("M"); ``models`` builds from it too.
+VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,12 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from tritonconv.harness import Workload
-from tritonconv.ops.depthwise import launch, reference
-from tritonconv.ops.depthwise.layout import taps_major
-from tritonconv.ops.depthwise.op import OPERATOR, depthwise_conv2d
-from tritonconv.ops.depthwise.spec import DepthwiseSpec
+from tritonconv import dispatch
+from tritonconv._layout import empty_like_layout
+from tritonconv.harness import Harness, Workload
+from tritonconv.ops.depthwise import kernels, launch, reference
+from tritonconv.ops.depthwise.layout import in_grad_layout, taps_major
+from tritonconv.ops.depthwise.spec import DepthwiseSpec, triton_unsupported
 from tritonconv.zoo import separable
 
 _SETS = {"mobilenet_v2": lambda: separable.mobilenet_v2(224), "ghostnet": lambda: separable.ghostnet_separable(224),
@@ -38,12 +39,53 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
     return out
 
 
-class DepthwiseHarness:
-    operator = OPERATOR
+class DepthwiseHarness(Harness):
+    """Tensors: ``x``, ``weight``, ``bias`` and ``out``, the forward's output (the backward masks dy by the
+    activation through it)."""
+
+    operator = dispatch.Operator.of("depthwise", kernels, launch, triton_unsupported=triton_unsupported)
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
     # How a layer lays out each parameter again after model.to(memory_format=...) (see perf.host).
     parameter_layouts = {"weight": taps_major}
+
+    def forward(self, spec, t, tile):
+        return launch.forward(t["x"], t["weight"], t["bias"], spec, tile)
+
+    @staticmethod
+    def _maps(spec: DepthwiseSpec, t: dict, grad):
+        """(dy of the maps, the maps, dy of the copied input or None): the input copy leads a Ghost output."""
+        channels = spec.in_channels if spec.concat_input else 0
+        return grad[:, channels:], t["out"][:, channels:], grad[:, :channels] if spec.concat_input else None
+
+    def backward_input(self, spec, t, grad, tile):
+        maps_grad, maps, add = self._maps(spec, t, grad)
+        return launch.backward_input(maps_grad, maps, t["weight"], spec, tile, t["x"], add=add)
+
+    def backward_weight(self, spec, t, grad, tile):
+        maps_grad, maps, _ = self._maps(spec, t, grad)
+        return launch.backward_weight(maps_grad, maps, t["x"], spec, tile, weight=t["weight"])
+
+    def backward(self, spec, t, grad, tiles, need_input, need_weights):
+        if not (need_weights and need_input and spec.activation != "none"):
+            return super().backward(spec, t, grad, tiles, need_input, need_weights)
+        # The weight gradient masks dy by the activation anyway: it writes that dz for the input gradient
+        # too, which then needs no masking launch of its own.
+        x, weight = t["x"], t["weight"]
+        maps_grad, maps, add = self._maps(spec, t, grad)
+        dz = empty_like_layout((spec.batch, spec.out_channels, spec.out_height, spec.out_width), x, dtype=grad.dtype)
+        dw, db = launch.backward_weight(maps_grad, maps, x, spec, tiles["backward_weight"], grad_out=dz,
+                                        weight=weight)
+        dx = launch.backward_input(dz, dz, weight, spec, tiles["backward_input"], x, activation="none", add=add)
+        return dx, dw, db
+
+    def fallback_forward(self, spec, t):
+        return reference.fallback_forward(t["x"], t["weight"], t["bias"], spec)
+
+    def fallback_backward(self, spec, t, grad, need_input, need_weights):
+        weight = t["weight"]
+        dx, dw, db = reference.fallback_backward(grad, t["x"], weight, t["bias"], spec, need_input, need_weights)
+        return dx, in_grad_layout(dw, weight), db
 
     def make_workload(self, spec: DepthwiseSpec, device) -> Workload:
         def randn(*shape):
@@ -62,36 +104,6 @@ class DepthwiseHarness:
             grad = grad.contiguous(memory_format=torch.channels_last)
         return Workload(spec, tensors, grad)
 
-    def candidate_tiles(self, spec, kernel):
-        return launch.candidate_tiles(spec, kernel)
-
-    def triton(self, kernel, work, tile):
-        t, spec = work.tensors, work.spec
-        offset = spec.in_channels if spec.concat_input else 0
-        maps_grad, maps = work.grad[:, offset:], t["out"][:, offset:]
-        if kernel == "forward":
-            return lambda: (launch.forward(t["x"], t["weight"], t["bias"], spec, tile),)
-        if kernel == "backward_input":
-            add = work.grad[:, :offset] if spec.concat_input else None
-            return lambda: (launch.backward_input(maps_grad, maps, t["weight"], spec, tile, t["x"], add=add),)
-        return lambda: tuple(g for g in launch.backward_weight(maps_grad, maps, t["x"], spec, tile) if g is not None)
-
-    def fallback(self, pass_, work):
-        t, spec = work.tensors, work.spec
-        if pass_ == "forward":
-            return lambda: (reference.fallback_forward(t["x"], t["weight"], t["bias"], spec),)
-        return lambda: tuple(g for g in reference.fallback_backward(work.grad, t["x"], t["weight"], t["bias"], spec,
-                                                                   True, True) if g is not None)
-
-    def expected(self, kernel, work):
-        t = {k: v.double() if v is not None else None for k, v in work.tensors.items()}
-        spec64 = replace(work.spec, dtype="float64")
-        if kernel == "forward":
-            return (reference.fallback_forward(t["x"], t["weight"], t["bias"], spec64),)
-        dx, dw, db = reference.fallback_backward(work.grad.double(), t["x"], t["weight"], t["bias"], spec64,
-                                                 kernel == "backward_input", kernel == "backward_weight")
-        return (dx,) if kernel == "backward_input" else tuple(g for g in (dw, db) if g is not None)
-
     def dense(self, pass_, work):
         """The ordinary k x k conv with as many input and output channels."""
         spec, x = work.spec, work.tensors["x"]
@@ -106,10 +118,8 @@ class DepthwiseHarness:
                                                  [spec.dilation] * 2, False, [0, 0], 1, [True, True, False])
                              if g is not None)
 
-    call_inputs = ("x", "weight", "bias")
-
     def layer_call(self, t: dict, spec):
-        return depthwise_conv2d(t["x"], t["weight"], t["bias"], spec.stride, spec.padding, spec.dilation,
+        return self.op.depthwise_conv2d(t["x"], t["weight"], t["bias"], spec.stride, spec.padding, spec.dilation,
                                 spec.activation)
 
     def shrink(self, spec: DepthwiseSpec) -> DepthwiseSpec:

@@ -8,15 +8,14 @@ from typing import Optional
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._layout import empty_like_layout
 from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
 from tritonconv._validation import check_tensor
 from tritonconv._weights import noting_weight_copy
-from tritonconv.ops.depthwise import kernels, launch, reference
-from tritonconv.ops.depthwise.layout import empty_grad, in_grad_layout
-from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation, triton_unsupported
+from tritonconv.ops.depthwise.harness import HARNESS
+from tritonconv.ops.depthwise.layout import empty_grad
+from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation
 
-OPERATOR = dispatch.Operator.of("depthwise", kernels, launch, triton_unsupported=triton_unsupported)
+OPERATOR = HARNESS.operator
 
 
 def _spec(x, weight, bias, window, activation, concat_input) -> DepthwiseSpec:
@@ -29,9 +28,8 @@ def _spec(x, weight, bias, window, activation, concat_input) -> DepthwiseSpec:
 # the dispatcher parses each argument of every call, and one list of ints is the cheapest to parse.
 def _depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], window: list[int], activation: str,
                       concat_input: bool) -> Tensor:
-    spec = _spec(x, weight, bias, window, activation, concat_input)
-    return run_forward(OPERATOR, spec, x, lambda tiles: launch.forward(x, weight, bias, spec, tiles["forward"]),
-                       lambda: reference.fallback_forward(x, weight, bias, spec))
+    return run_forward(HARNESS, _spec(x, weight, bias, window, activation, concat_input),
+                       {"x": x, "weight": weight, "bias": bias})
 
 
 def _depthwise_conv2d_fake(x, weight, bias, window, activation, concat_input):
@@ -42,33 +40,8 @@ def _depthwise_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
                                window: list[int], activation: str, concat_input: bool, need_input: bool,
                                need_weights: bool, forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
-    spec = _spec(x, weight, bias, window, activation, concat_input)
-
-    def triton(tiles):
-        channels = spec.in_channels if concat_input else 0  # the copied input leads the output
-        maps_grad, maps = grad[:, channels:], out[:, channels:]
-        dx = dw = db = None
-        add = grad[:, :channels] if concat_input else None
-        if need_weights and need_input and spec.activation != "none":
-            # The weight gradient masks dy by the activation anyway: it writes that dz for the input
-            # gradient too, which then needs no masking launch of its own.
-            dz = empty_like_layout((spec.batch, spec.out_channels, spec.out_height, spec.out_width), x,
-                                   dtype=grad.dtype)
-            dw, db = launch.backward_weight(maps_grad, maps, x, spec, tiles["backward_weight"], grad_out=dz,
-                                            weight=weight)
-            dx = launch.backward_input(dz, dz, weight, spec, tiles["backward_input"], x, activation="none", add=add)
-            return dx, dw, db
-        if need_input:
-            dx = launch.backward_input(maps_grad, maps, weight, spec, tiles["backward_input"], x, add=add)
-        if need_weights:
-            dw, db = launch.backward_weight(maps_grad, maps, x, spec, tiles["backward_weight"], weight=weight)
-        return dx, dw, db
-
-    def fallback():
-        dx, dw, db = reference.fallback_backward(grad, x, weight, bias, spec, need_input, need_weights)
-        return dx, in_grad_layout(dw, weight), db
-
-    return run_backward(OPERATOR, spec, x, forced, triton, fallback)
+    return run_backward(HARNESS, _spec(x, weight, bias, window, activation, concat_input),
+                        {"x": x, "weight": weight, "bias": bias, "out": out}, grad, need_input, need_weights, forced)
 
 
 def _depthwise_conv2d_backward_fake(grad, x, weight, bias, out, window, activation, concat_input, need_input,

@@ -7,11 +7,12 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from tritonconv.harness import Workload
-from tritonconv.ops.depthwise.layout import taps_major
-from tritonconv.ops.dwsep import launch, reference
-from tritonconv.ops.dwsep.op import OPERATOR, dwsep_conv2d
-from tritonconv.ops.dwsep.spec import DwSepSpec
+from tritonconv import dispatch
+from tritonconv.harness import Harness, Workload
+from tritonconv.ops.depthwise import kernels as depthwise_kernels
+from tritonconv.ops.depthwise.layout import in_grad_layout, taps_major
+from tritonconv.ops.dwsep import kernels, launch, reference
+from tritonconv.ops.dwsep.spec import DwSepSpec, triton_unsupported
 from tritonconv.zoo import separable
 
 _SETS = {"mobilenet_v2": lambda: separable.mobilenet_v2(224),
@@ -38,12 +39,54 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
 _PARAMS = ("dw_weight", "dw_bias", "pw_weight", "pw_bias")
 
 
-class DwSepHarness:
-    operator = OPERATOR
+class DwSepHarness(Harness):
+    """Tensors: ``x``, the four parameters, ``out`` (the forward's output: out_activation's mask) and, for
+    the depthwise backward kernels measured alone, ``dz`` (backward_pointwise's first output)."""
+
+    operator = dispatch.Operator.of(
+        "dwsep", kernels, launch, depthwise_kernels, triton_unsupported=triton_unsupported,
+        kernels_of_pass={"forward": ("forward",),
+                         "backward": ("backward_pointwise", "backward_input", "backward_weight")})
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
+    params = _PARAMS
     # How the layer lays out each parameter again after model.to(memory_format=...) (see perf.host).
     parameter_layouts = {"dw_weight": taps_major}
+
+    def forward(self, spec, t, tile):
+        return launch.forward(t["x"], *(t[name] for name in _PARAMS), spec, tile)
+
+    def backward(self, spec, t, grad, tiles, need_input, need_weights):
+        """Three launches (see ``launch.backward``); grad dw_weight with dw_weight's strides."""
+        dx, ddw, *rest = launch.backward(grad, t["out"], t["x"], t["dw_weight"], t["dw_bias"], t["pw_weight"], spec,
+                                         tiles, need_input, need_weights)
+        return dx, in_grad_layout(ddw, t["dw_weight"]), *rest
+
+    def run_kernel(self, kernel, spec, t, grad, tile):
+        """The backward's kernels one at a time: ``backward_pointwise`` (dz and the pointwise gradients),
+        then the depthwise backward, one launch for grad input and the grad-weight partials (each kernel is
+        measured in it at its tile, the other at its default), and the partials' reduction."""
+        if kernel == "forward":
+            return (self.forward(spec, t, tile),)
+        if kernel == "backward_pointwise":
+            return tuple(g for g in launch.backward_pointwise(grad, t["out"], t["x"], t["dw_weight"], t["dw_bias"],
+                                                              t["pw_weight"], spec, tile) if g is not None)
+        tiles = {"backward_input": launch.default_tile(spec, "backward_input"),
+                 "backward_weight": launch.default_tile(spec, "backward_weight"), kernel: tile}
+        dx, partials = launch.backward_depthwise(t["dz"], t["x"], taps_major(t["dw_weight"]), spec,
+                                                 tiles["backward_input"], tiles["backward_weight"], True, True)
+        if kernel == "backward_input":
+            return (dx,)
+        return tuple(g for g in launch.reduce_partials(t["x"], t["dw_weight"], spec, None, partials)[:2]
+                     if g is not None)
+
+    def fallback_forward(self, spec, t):
+        return reference.fallback_forward(t["x"], *(t[name] for name in _PARAMS), spec)
+
+    def fallback_backward(self, spec, t, grad, need_input, need_weights):
+        dx, ddw, *rest = reference.fallback_backward(grad, t["x"], *(t[name] for name in _PARAMS), spec, need_input,
+                                                     need_weights)
+        return dx, in_grad_layout(ddw, t["dw_weight"]), *rest
 
     def make_workload(self, spec: DwSepSpec, device) -> Workload:
         def randn(*shape):
@@ -63,51 +106,18 @@ class DwSepHarness:
         t["dz"] = reference.intermediate_grad(grad, x, *params, spec).contiguous(memory_format=memory_format)
         return Workload(spec, t, grad)
 
-    def candidate_tiles(self, spec, kernel):
-        return launch.candidate_tiles(spec, kernel)
-
-    def triton(self, kernel, work, tile):
-        t, spec, dy = work.tensors, work.spec, work.grad
-        if kernel == "forward":
-            return lambda: (launch.forward(t["x"], *(t[name] for name in _PARAMS), spec, tile),)
-        if kernel == "backward_pointwise":
-            return lambda: tuple(g for g in launch.backward_pointwise(dy, t["out"], t["x"], t["dw_weight"],
-                                                                      t["dw_bias"], t["pw_weight"], spec, tile)
-                                 if g is not None)
-        # The depthwise backward is one launch for both (grad input and the grad-weight partials), as in
-        # the pass: each kernel is measured in it at its tile, the other at its default tile.
-        if kernel == "backward_input":
-            weight_tile = launch.default_tile(spec, "backward_weight")
-            return lambda: (launch.backward_depthwise(t["dz"], t["x"], taps_major(t["dw_weight"]), spec, tile,
-                                                      weight_tile, True, True)[0],)
-        input_tile = launch.default_tile(spec, "backward_input")
-
-        def weight_grads():
-            _, partials = launch.backward_depthwise(t["dz"], t["x"], taps_major(t["dw_weight"]), spec, input_tile, tile,
-                                                   True, True)
-            return tuple(g for g in launch.reduce_partials(t["x"], t["dw_weight"], spec, None, partials)[:2]
-                         if g is not None)
-        return weight_grads
-
-    def fallback(self, pass_, work):
-        t, spec = work.tensors, work.spec
-        params = [t[name] for name in _PARAMS]
-        if pass_ == "forward":
-            return lambda: (reference.fallback_forward(t["x"], *params, spec),)
-        return lambda: tuple(g for g in reference.fallback_backward(work.grad, t["x"], *params, spec, True, True)
-                             if g is not None)
-
     def expected(self, kernel, work):
+        """``run_kernel``'s outputs in float64: backward_weight is the depthwise weight's gradients only."""
+        if kernel in ("forward", "backward_input"):
+            return super().expected(kernel, work)
         t = {k: v.double() if v is not None else None for k, v in work.tensors.items()}
         spec64, dy = replace(work.spec, dtype="float64"), work.grad.double()
         params = [t[name] for name in _PARAMS]
-        if kernel == "forward":
-            return (reference.fallback_forward(t["x"], *params, spec64),)
-        dx, ddw, ddb, dpw, dpb = reference.fallback_backward(dy, t["x"], *params, spec64, True, True)
-        if kernel == "backward_pointwise":
-            dz = reference.intermediate_grad(dy, t["x"], *params, spec64)
-            return tuple(g for g in (dz, dpw, dpb) if g is not None)
-        return {"backward_input": (dx,), "backward_weight": tuple(g for g in (ddw, ddb) if g is not None)}[kernel]
+        _, ddw, ddb, dpw, dpb = reference.fallback_backward(dy, t["x"], *params, spec64, False, True)
+        if kernel == "backward_weight":
+            return tuple(g for g in (ddw, ddb) if g is not None)
+        dz = reference.intermediate_grad(dy, t["x"], *params, spec64)
+        return tuple(g for g in (dz, dpw, dpb) if g is not None)
 
     def dense(self, pass_, work):
         """The ordinary k x k conv C -> N of the same shape (what the layer replaces)."""
@@ -123,10 +133,8 @@ class DwSepHarness:
                                                  [spec.stride] * 2, [spec.padding] * 2, [spec.dilation] * 2, False,
                                                  [0, 0], 1, [True, True, spec.pw_bias]) if g is not None)
 
-    call_inputs = ("x", "dw_weight", "dw_bias", "pw_weight", "pw_bias")
-
     def layer_call(self, t: dict, spec):
-        return dwsep_conv2d(t["x"], t["dw_weight"], t["dw_bias"], t["pw_weight"], t["pw_bias"], spec.stride,
+        return self.op.dwsep_conv2d(t["x"], t["dw_weight"], t["dw_bias"], t["pw_weight"], t["pw_bias"], spec.stride,
                             spec.padding, spec.dilation, spec.activation, spec.out_activation)
 
     def shrink(self, spec: DwSepSpec) -> DwSepSpec:

@@ -10,15 +10,13 @@ from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
-from tritonconv.ops.depthwise import kernels as depthwise_kernels
-from tritonconv.ops.depthwise.layout import empty_grad, in_grad_layout
+from tritonconv.ops.depthwise.layout import empty_grad
 from tritonconv.ops.depthwise.spec import default_padding, normalize_activation
-from tritonconv.ops.dwsep import kernels, launch, reference
-from tritonconv.ops.dwsep.spec import DwSepSpec, triton_unsupported
+from tritonconv.ops.dwsep import launch
+from tritonconv.ops.dwsep.harness import HARNESS
+from tritonconv.ops.dwsep.spec import DwSepSpec
 
-OPERATOR = dispatch.Operator.of(
-    "dwsep", kernels, launch, depthwise_kernels, triton_unsupported=triton_unsupported,
-    kernels_of_pass={"forward": ("forward",), "backward": ("backward_pointwise", "backward_input", "backward_weight")})
+OPERATOR = HARNESS.operator
 
 
 def _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation):
@@ -32,9 +30,8 @@ def _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_act
 def _dwsep_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,
                   pw_bias: Optional[Tensor], window: list[int], activation: str, out_activation: str) -> Tensor:
     spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation)
-    return run_forward(OPERATOR, spec, x,
-                       lambda tiles: launch.forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec, tiles["forward"]),
-                       lambda: reference.fallback_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec))
+    return run_forward(HARNESS, spec, {"x": x, "dw_weight": dw_weight, "dw_bias": dw_bias, "pw_weight": pw_weight,
+                                       "pw_bias": pw_bias})
 
 
 def _dwsep_conv2d_fake(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation):
@@ -47,14 +44,8 @@ def _dwsep_conv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: 
                            forced: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad input, grad dw_weight, grad dw_bias, grad pw_weight, grad pw_bias); unneeded ones come back empty."""
     spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation)
-    dx, ddw, *rest = run_backward(
-        OPERATOR, spec, x, forced,
-        lambda tiles: launch.backward(grad, out, x, dw_weight, dw_bias, pw_weight, spec, tiles, need_input,
-                                      need_weights),
-        lambda: reference.fallback_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, spec, need_input,
-                                            need_weights))
-    # grad dw_weight with dw_weight's strides (depthwise.layout.grad_strides): no copy for the layer's own.
-    return dx, in_grad_layout(ddw, dw_weight) if need_weights else ddw, *rest
+    return run_backward(HARNESS, spec, {"x": x, "dw_weight": dw_weight, "dw_bias": dw_bias, "pw_weight": pw_weight,
+                                        "pw_bias": pw_bias, "out": out}, grad, need_input, need_weights, forced)
 
 
 def _dwsep_conv2d_backward_fake(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, out, window, activation,

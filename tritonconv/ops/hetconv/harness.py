@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
-from tritonconv import zoo
+from tritonconv import dispatch, zoo
+from tritonconv._layout import memory_format_of
 from tritonconv._validation import check_positive_int
-from tritonconv.harness import Workload, in_layout
-from tritonconv.ops.hetconv import launch, reference
-from tritonconv.ops.hetconv.op import OPERATOR, hetconv2d
-from tritonconv.ops.hetconv.spec import HetConvSpec
+from tritonconv.harness import Harness, Workload, in_layout
+from tritonconv.ops.hetconv import kernels, launch, reference
+from tritonconv.ops.hetconv.spec import HetConvSpec, triton_unsupported
 
 
 def _shape_set(name: str) -> list:
@@ -42,10 +41,28 @@ def specs_for(shape_set, *, batch: int, dtype: str, channels_last: bool = False,
     return out
 
 
-class HetConvHarness:
-    operator = OPERATOR
+class HetConvHarness(Harness):
+    operator = dispatch.Operator.of("hetconv", kernels, launch, triton_unsupported=triton_unsupported)
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
+    params = ("weight", "weight_pw", "bias")
+
+    def forward(self, spec, t, tile):
+        return launch.forward(t["x"], t["weight"], t["weight_pw"], t["bias"], spec, tile)
+
+    def backward_input(self, spec, t, grad, tile):
+        return launch.backward_input(grad, t["weight"], t["weight_pw"], spec, tile, t["x"])
+
+    def backward_weight(self, spec, t, grad, tile):
+        return launch.backward_weight(grad, t["x"], spec, tile, t["weight"])
+
+    def fallback_forward(self, spec, t):
+        return reference.fallback_forward(t["x"], t["weight"], t["weight_pw"], t["bias"], spec)
+
+    def fallback_backward(self, spec, t, grad, need_input, need_weights):
+        x = t["x"]
+        return reference.fallback_backward(grad.contiguous(memory_format=memory_format_of(x)), x, t["weight"],
+                                           t["weight_pw"], spec, need_input, need_weights)
 
     def make_workload(self, spec: HetConvSpec, device) -> Workload:
         def randn(*shape):
@@ -57,50 +74,12 @@ class HetConvHarness:
                    "bias": randn(spec.out_channels) if spec.bias else None}
         return Workload(spec, tensors, in_layout(randn(*spec.output_shape), spec.channels_last))
 
-    def candidate_tiles(self, spec, kernel):
-        return launch.candidate_tiles(spec, kernel)
-
-    def triton(self, kernel, work, tile):
-        t, spec = work.tensors, work.spec
-        if kernel == "forward":
-            return lambda: (launch.forward(t["x"], t["weight"], t["weight_pw"], t["bias"], spec, tile),)
-        if kernel == "backward_input":
-            return lambda: (launch.backward_input(work.grad, t["weight"], t["weight_pw"], spec, tile, t["x"]),)
-        return lambda: tuple(g for g in launch.backward_weight(work.grad, t["x"], spec, tile) if g is not None)
-
-    def fallback(self, pass_, work):
-        t, spec = work.tensors, work.spec
-        if pass_ == "forward":
-            return lambda: (reference.fallback_forward(t["x"], t["weight"], t["weight_pw"], t["bias"], spec),)
-        return lambda: tuple(g for g in reference.fallback_backward(work.grad, t["x"], t["weight"], t["weight_pw"],
-                                                                   spec, True, True) if g is not None)
-
-    def expected(self, kernel, work):
-        t = {k: v.double() if v is not None else None for k, v in work.tensors.items()}
-        spec64 = replace(work.spec, dtype="float64")
-        if kernel == "forward":
-            return (reference.fallback_forward(t["x"], t["weight"], t["weight_pw"], t["bias"], spec64),)
-        dx, dw, dpw, db = reference.fallback_backward(work.grad.double(), t["x"], t["weight"], t["weight_pw"], spec64,
-                                                      kernel == "backward_input", kernel == "backward_weight")
-        return (dx,) if kernel == "backward_input" else tuple(g for g in (dw, dpw, db) if g is not None)
-
-    def dense(self, pass_, work):
-        spec = work.spec
-        t = work.tensors
-        weight = torch.randn(spec.out_channels, spec.in_channels, spec.kernel_size, spec.kernel_size,
-                             device=t["x"].device, dtype=t["x"].dtype) * 0.05
-        weight = in_layout(weight, spec.channels_last)
-        if pass_ == "forward":
-            return lambda: (F.conv2d(t["x"], weight, t["bias"], spec.stride, spec.padding),)
-        conv_bwd = torch.ops.aten.convolution_backward
-        return lambda: tuple(g for g in conv_bwd(work.grad, t["x"], weight, [spec.out_channels] if spec.bias else None,
-                                                 [spec.stride] * 2, [spec.padding] * 2, [1, 1], False, [0, 0], 1,
-                                                 [True, True, spec.bias]) if g is not None)
-
-    call_inputs = ("x", "weight", "weight_pw", "bias")
+    def dense_window(self, spec: HetConvSpec) -> tuple[int, int, int, int]:
+        """The ordinary k x k conv with the same channels and stride."""
+        return spec.kernel_size, spec.stride, spec.padding, 1
 
     def layer_call(self, t: dict, spec):
-        return hetconv2d(t["x"], t["weight"], t["weight_pw"], t["bias"], spec.stride, spec.p)
+        return self.op.hetconv2d(t["x"], t["weight"], t["weight_pw"], t["bias"], spec.stride, spec.p)
 
     def shrink(self, spec: HetConvSpec) -> HetConvSpec:
         """Batch 2, at most 4 channels per group, 7x5 pixels: same p, k, stride, dtype family, layout."""

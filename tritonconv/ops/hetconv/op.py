@@ -8,19 +8,17 @@ from typing import Optional
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._layout import memory_format_of
 from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
-from tritonconv.ops.hetconv import kernels, launch, reference
-from tritonconv.ops.hetconv.spec import HetConvSpec, triton_unsupported
+from tritonconv.ops.hetconv import launch
+from tritonconv.ops.hetconv.harness import HARNESS
+from tritonconv.ops.hetconv.spec import HetConvSpec
 
-OPERATOR = dispatch.Operator.of("hetconv", kernels, launch, triton_unsupported=triton_unsupported)
+OPERATOR = HARNESS.operator
 
 
 def _hetconv2d(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor], stride: int, p: int) -> Tensor:
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
-    return run_forward(OPERATOR, spec, x,
-                       lambda tiles: launch.forward(x, weight, weight_pw, bias, spec, tiles["forward"]),
-                       lambda: reference.fallback_forward(x, weight, weight_pw, bias, spec))
+    return run_forward(HARNESS, spec, {"x": x, "weight": weight, "weight_pw": weight_pw, "bias": bias})
 
 
 def _hetconv2d_fake(x, weight, weight_pw, bias, stride, p):
@@ -33,15 +31,8 @@ def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tens
                         forced: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad weight_pw, grad bias); grads that are not needed come back empty."""
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
-
-    def triton(tiles):
-        dx = launch.backward_input(grad, weight, weight_pw, spec, tiles["backward_input"], x) if need_input else None
-        if not need_weights:
-            return dx, None, None, None
-        return dx, *launch.backward_weight(grad, x, spec, tiles["backward_weight"], weight)
-
-    return run_backward(OPERATOR, spec, x, forced, triton, lambda: reference.fallback_backward(
-        grad.contiguous(memory_format=memory_format_of(x)), x, weight, weight_pw, spec, need_input, need_weights))
+    return run_backward(HARNESS, spec, {"x": x, "weight": weight, "weight_pw": weight_pw, "bias": bias}, grad,
+                        need_input, need_weights, forced)
 
 
 def _hetconv2d_backward_fake(grad, x, weight, weight_pw, bias, stride, p, need_input, need_weights, forced):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tritonconv import zoo
-from tritonconv.harness import WeightBiasHarness
-from tritonconv.ops.shift import launch, reference
-from tritonconv.ops.shift.op import OPERATOR, shift_conv2d
-from tritonconv.ops.shift.spec import ShiftSpec
+from tritonconv import dispatch, zoo
+from tritonconv.harness import Harness
+from tritonconv.ops.shift import kernels, launch, reference
+from tritonconv.ops.shift.spec import ShiftSpec, triton_unsupported
 from tritonconv.zoo.shift import resnet50_shift, shiftresnet20
 
 SHAPE_SETS = ("shiftresnet20", "resnet50")
@@ -30,12 +29,25 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
             for layer, count in zoo.unique(_shape_set(shape_set, expansion))]
 
 
-class ShiftHarness(WeightBiasHarness):
-    operator = OPERATOR
-    launch = launch
-    reference = reference
+class ShiftHarness(Harness):
+    operator = dispatch.Operator.of("shift", kernels, launch, triton_unsupported=triton_unsupported)
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
+
+    def forward(self, spec, t, tile):
+        return launch.forward(t["x"], t["weight"], t["bias"], spec, tile)
+
+    def backward_input(self, spec, t, grad, tile):
+        return launch.backward_input(grad, t["weight"], spec, tile, t["x"])
+
+    def backward_weight(self, spec, t, grad, tile):
+        return launch.backward_weight(grad, t["x"], spec, tile)
+
+    def fallback_forward(self, spec, t):
+        return reference.fallback_forward(t["x"], t["weight"], t["bias"], spec)
+
+    def fallback_backward(self, spec, t, grad, need_input, need_weights):
+        return reference.fallback_backward(grad, t["x"], t["weight"], spec, need_input, need_weights)
 
     def weight_fan_in(self, spec: ShiftSpec) -> int:
         return spec.in_channels
@@ -44,10 +56,8 @@ class ShiftHarness(WeightBiasHarness):
         """The k x k conv (padding k//2) that shift + 1 x 1 replaces."""
         return spec.kernel_size, spec.stride, spec.dilation * (spec.kernel_size // 2), spec.dilation
 
-    call_inputs = ("x", "weight", "bias")
-
     def layer_call(self, t: dict, spec):
-        return shift_conv2d(t["x"], t["weight"], t["bias"], spec.kernel_size, spec.dilation, spec.stride,
+        return self.op.shift_conv2d(t["x"], t["weight"], t["bias"], spec.kernel_size, spec.dilation, spec.stride,
                             spec.assignment)
 
     def shrink(self, spec: ShiftSpec) -> ShiftSpec:

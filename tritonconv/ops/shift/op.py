@@ -8,18 +8,11 @@ from typing import Optional
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._op import (
-    define_op,
-    fake_gradients,
-    fake_output,
-    run_forward,
-    run_weight_bias_backward,
-    training_function,
-)
-from tritonconv.ops.shift import kernels, launch, reference
-from tritonconv.ops.shift.spec import ShiftSpec, triton_unsupported
+from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
+from tritonconv.ops.shift.harness import HARNESS
+from tritonconv.ops.shift.spec import ShiftSpec
 
-OPERATOR = dispatch.Operator.of("shift", kernels, launch, triton_unsupported=triton_unsupported)
+OPERATOR = HARNESS.operator
 
 
 def _spec(x, weight, bias, window, assignment) -> ShiftSpec:
@@ -31,9 +24,7 @@ def _spec(x, weight, bias, window, assignment) -> ShiftSpec:
 # ``window`` = [kernel_size, dilation, stride]: the integer hyperparameters as one argument
 # (see the depthwise op).
 def _shift_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], window: list[int], assignment: str) -> Tensor:
-    spec = _spec(x, weight, bias, window, assignment)
-    return run_forward(OPERATOR, spec, x, lambda tiles: launch.forward(x, weight, bias, spec, tiles["forward"]),
-                       lambda: reference.fallback_forward(x, weight, bias, spec))
+    return run_forward(HARNESS, _spec(x, weight, bias, window, assignment), {"x": x, "weight": weight, "bias": bias})
 
 
 def _shift_conv2d_fake(x, weight, bias, window, assignment):
@@ -44,9 +35,8 @@ def _shift_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Option
                            assignment: str, need_input: bool, need_weights: bool,
                            forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
-    spec = _spec(x, weight, bias, window, assignment)
-    return run_weight_bias_backward(OPERATOR, launch, reference, spec, grad, x, weight, forced, need_input,
-                                    need_weights)
+    return run_backward(HARNESS, _spec(x, weight, bias, window, assignment), {"x": x, "weight": weight, "bias": bias},
+                        grad, need_input, need_weights, forced)
 
 
 def _shift_conv2d_backward_fake(grad, x, weight, bias, window, assignment, need_input, need_weights, forced):

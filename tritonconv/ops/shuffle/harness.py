@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tritonconv.harness import WeightBiasHarness
-from tritonconv.ops.shuffle import launch, reference
-from tritonconv.ops.shuffle.op import OPERATOR, shuffle_conv1x1
+from tritonconv import dispatch
+from tritonconv._spec import image_past_int32
+from tritonconv.harness import Harness
+from tritonconv.ops.shuffle import kernels, launch, reference
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 from tritonconv.zoo.shuffle import SHUFFLENET_V1_GROUPS, shufflenet_v1
 
@@ -27,12 +28,25 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
     return out
 
 
-class ShuffleHarness(WeightBiasHarness):
-    operator = OPERATOR
-    launch = launch
-    reference = reference
+class ShuffleHarness(Harness):
+    operator = dispatch.Operator.of("shuffle_conv", kernels, launch, triton_unsupported=image_past_int32)
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
+
+    def forward(self, spec, t, tile):
+        return launch.forward(t["x"], t["weight"], t["bias"], spec, tile)
+
+    def backward_input(self, spec, t, grad, tile):
+        return launch.backward_input(grad, t["weight"], spec, tile, t["x"])
+
+    def backward_weight(self, spec, t, grad, tile):
+        return launch.backward_weight(grad, t["x"], spec, tile)
+
+    def fallback_forward(self, spec, t):
+        return reference.fallback_forward(t["x"], t["weight"], t["bias"], spec)
+
+    def fallback_backward(self, spec, t, grad, need_input, need_weights):
+        return reference.fallback_backward(grad, t["x"], t["weight"], spec, need_input, need_weights)
 
     def weight_fan_in(self, spec: ShuffleConvSpec) -> int:
         return spec.group_in
@@ -41,10 +55,8 @@ class ShuffleHarness(WeightBiasHarness):
         """The ungrouped 1 x 1 conv with the same channels (what the grouped conv + shuffle replaces)."""
         return 1, 1, 0, 1
 
-    call_inputs = ("x", "weight", "bias")
-
     def layer_call(self, t: dict, spec):
-        return shuffle_conv1x1(t["x"], t["weight"], t["bias"], spec.groups, spec.shuffle_groups)
+        return self.op.shuffle_conv1x1(t["x"], t["weight"], t["bias"], spec.groups, spec.shuffle_groups)
 
     def shrink(self, spec: ShuffleConvSpec) -> ShuffleConvSpec:
         """Batch 2, 7x5 pixels, at most 8 channels per group in and 4 per shuffle group out."""

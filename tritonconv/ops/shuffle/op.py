@@ -8,26 +8,18 @@ from typing import Optional
 from torch import Tensor
 
 from tritonconv import dispatch
-from tritonconv._op import (
-    define_op,
-    fake_gradients,
-    fake_output,
-    run_forward,
-    run_weight_bias_backward,
-    training_function,
-)
-from tritonconv._spec import image_past_int32
+from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
 from tritonconv._validation import check_positive_int
-from tritonconv.ops.shuffle import kernels, launch, reference
+from tritonconv.ops.shuffle import reference
+from tritonconv.ops.shuffle.harness import HARNESS
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 
-OPERATOR = dispatch.Operator.of("shuffle_conv", kernels, launch, triton_unsupported=image_past_int32)
+OPERATOR = HARNESS.operator
 
 
 def _shuffle_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int, shuffle_groups: int) -> Tensor:
     spec = ShuffleConvSpec.from_tensors(x, weight, bias, groups=groups, shuffle_groups=shuffle_groups)
-    return run_forward(OPERATOR, spec, x, lambda tiles: launch.forward(x, weight, bias, spec, tiles["forward"]),
-                       lambda: reference.fallback_forward(x, weight, bias, spec))
+    return run_forward(HARNESS, spec, {"x": x, "weight": weight, "bias": bias})
 
 
 def _shuffle_conv1x1_fake(x, weight, bias, groups, shuffle_groups):
@@ -40,8 +32,8 @@ def _shuffle_conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Opt
                               forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
     spec = ShuffleConvSpec.from_tensors(x, weight, bias, groups=groups, shuffle_groups=shuffle_groups)
-    return run_weight_bias_backward(OPERATOR, launch, reference, spec, grad, x, weight, forced, need_input,
-                                    need_weights)
+    return run_backward(HARNESS, spec, {"x": x, "weight": weight, "bias": bias}, grad, need_input, need_weights,
+                        forced)
 
 
 def _shuffle_conv1x1_backward_fake(grad, x, weight, bias, groups, shuffle_groups, need_input, need_weights, forced):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tritonconv import zoo
-from tritonconv._weights import taps_major
-from tritonconv.harness import WeightBiasHarness
-from tritonconv.ops.versatile import launch, reference
-from tritonconv.ops.versatile.op import OPERATOR, versatile_conv2d
-from tritonconv.ops.versatile.spec import VersatileSpec
+from tritonconv import dispatch, zoo
+from tritonconv._weights import in_grad_layout, taps_major
+from tritonconv.harness import Harness
+from tritonconv.ops.versatile import kernels, launch, reference
+from tritonconv.ops.versatile.spec import VersatileSpec, triton_unsupported
 
 SHAPE_SETS = ("vgg16", "resnet50")
 
@@ -40,13 +39,27 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
     return out
 
 
-class VersatileHarness(WeightBiasHarness):
-    operator = OPERATOR
-    launch = launch
-    reference = reference
+class VersatileHarness(Harness):
+    operator = dispatch.Operator.of("versatile", kernels, launch, triton_unsupported=triton_unsupported)
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
     parameter_layouts = {"weight": taps_major}  # the layer's own (VersatileConv2d keeps it taps-major)
+
+    def forward(self, spec, t, tile):
+        return launch.forward(t["x"], t["weight"], t["bias"], spec, tile)
+
+    def backward_input(self, spec, t, grad, tile):
+        return launch.backward_input(grad, t["weight"], spec, tile, t["x"])
+
+    def backward_weight(self, spec, t, grad, tile):
+        return launch.backward_weight(grad, t["x"], spec, tile, weight=t["weight"])
+
+    def fallback_forward(self, spec, t):
+        return reference.fallback_forward(t["x"], t["weight"], t["bias"], spec)
+
+    def fallback_backward(self, spec, t, grad, need_input, need_weights):
+        dx, dw, db = reference.fallback_backward(grad, t["x"], t["weight"], spec, need_input, need_weights)
+        return dx, in_grad_layout(dw, t["weight"]), db
 
     def weight_fan_in(self, spec: VersatileSpec) -> int:
         return spec.c_hat * spec.kernel_size**2
@@ -55,10 +68,8 @@ class VersatileHarness(WeightBiasHarness):
         """The ordinary k x k conv with the same channels, stride, padding and dilation."""
         return spec.kernel_size, spec.stride, spec.padding, spec.dilation
 
-    call_inputs = ("x", "weight", "bias")
-
     def layer_call(self, t: dict, spec):
-        return versatile_conv2d(t["x"], t["weight"], t["bias"], spec.out_channels, spec.stride, spec.padding,
+        return self.op.versatile_conv2d(t["x"], t["weight"], t["bias"], spec.out_channels, spec.stride, spec.padding,
                                 spec.dilation, spec.delta, spec.g)
 
     def shrink(self, spec: VersatileSpec) -> VersatileSpec:

@@ -9,11 +9,11 @@ from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
-from tritonconv._weights import empty_grad, in_grad_layout, noting_weight_copy
-from tritonconv.ops.versatile import kernels, launch, reference
-from tritonconv.ops.versatile.spec import VersatileSpec, triton_unsupported
+from tritonconv._weights import empty_grad, noting_weight_copy
+from tritonconv.ops.versatile.harness import HARNESS
+from tritonconv.ops.versatile.spec import VersatileSpec
 
-OPERATOR = dispatch.Operator.of("versatile", kernels, launch, triton_unsupported=triton_unsupported)
+OPERATOR = HARNESS.operator
 
 
 def _spec(x, weight, bias, config) -> VersatileSpec:
@@ -25,9 +25,7 @@ def _spec(x, weight, bias, config) -> VersatileSpec:
 # ``config`` = [out_channels, stride, padding, dilation, delta, g]: the integer hyperparameters as one
 # argument (see the depthwise op).
 def _versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], config: list[int]) -> Tensor:
-    spec = _spec(x, weight, bias, config)
-    return run_forward(OPERATOR, spec, x, lambda tiles: launch.forward(x, weight, bias, spec, tiles["forward"]),
-                       lambda: reference.fallback_forward(x, weight, bias, spec))
+    return run_forward(HARNESS, _spec(x, weight, bias, config), {"x": x, "weight": weight, "bias": bias})
 
 
 def _versatile_conv2d_fake(x, weight, bias, config):
@@ -37,19 +35,8 @@ def _versatile_conv2d_fake(x, weight, bias, config):
 def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], config: list[int],
                                need_input: bool, need_weights: bool, forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
-    spec = _spec(x, weight, bias, config)
-
-    def triton(tiles):
-        dx = launch.backward_input(grad, weight, spec, tiles["backward_input"], x) if need_input else None
-        dw, db = (launch.backward_weight(grad, x, spec, tiles["backward_weight"], weight=weight) if need_weights
-                  else (None, None))
-        return dx, dw, db
-
-    def fallback():
-        dx, dw, db = reference.fallback_backward(grad, x, weight, spec, need_input, need_weights)
-        return dx, in_grad_layout(dw, weight), db
-
-    return run_backward(OPERATOR, spec, x, forced, triton, fallback)
+    return run_backward(HARNESS, _spec(x, weight, bias, config), {"x": x, "weight": weight, "bias": bias}, grad,
+                        need_input, need_weights, forced)
 
 
 def _versatile_conv2d_backward_fake(grad, x, weight, bias, config, need_input, need_weights, forced):
