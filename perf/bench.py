@@ -186,16 +186,16 @@ def _chain(fns: list[Callable[[], tuple]]) -> Callable[[], tuple]:
 
 
 def triton_closure(harness, work: Workload, pass_: str, device: torch.device) -> tuple[Callable, str, bool]:
-    """Every kernel of the pass with the tiles the dispatcher picks (tuned ones if cached).
+    """The layer's Triton passes (``Harness.triton_pass``) with the tiles the dispatcher picks (tuned ones
+    if cached).
 
     Returns (closure, tile labels, whether every pass had a tuning-cache entry)."""
     fns, labels, tuned = [], [], True
     for p in PASSES[pass_]:
         # forced="triton": the tuned tiles even where the cache says cuDNN wins this shape.
         decision = dispatch.decide(harness.operator, work.spec, p, device, forced="triton")
-        for kernel in harness.operator.kernels_of_pass[p]:
-            fns.append(harness.triton(kernel, work, decision.tiles[kernel]))
-            labels.append(f"{kernel}={decision.tiles[kernel].label()}")
+        fns.append(harness.triton_pass(p, work, decision.tiles))
+        labels += [f"{kernel}={decision.tiles[kernel].label()}" for kernel in harness.operator.kernels_of_pass[p]]
         if device.type != "cuda" or default_cache().lookup(harness.operator.cache_key(work.spec, p, device)) is None:
             tuned = False
     return _chain(fns), " ".join(labels), tuned
@@ -212,17 +212,9 @@ def backend_closure(harness, backend: str, work: Workload, pass_: str) -> Callab
     raise UsageError(f"backend {backend!r} is not a baseline backend; expected one of fallback, dense, compile")
 
 
-def expected_outputs(harness, work: Workload, pass_: str) -> tuple:
-    """What the triton closure of the pass must return: each kernel's float64 expectation, in kernel order."""
-    return tuple(out for p in PASSES[pass_] for kernel in harness.operator.kernels_of_pass[p]
-                 for out in harness.expected(kernel, work))
-
-
 def fallback_expected(harness, work: Workload, pass_: str) -> tuple:
-    """What the fallback (and its compiled form) must return: the fallback itself run in float64.
-
-    Not ``expected_outputs``: a pass's kernels may return intermediates (dwsep's backward_pointwise: dz) or order
-    the gradients differently from the fallback."""
+    """What every backend but the dense conv must return: the fallback itself run in float64 (the Triton
+    passes order their outputs as the fallback does)."""
     return _chain([harness.fallback(p, float64_workload(work)) for p in PASSES[pass_]])()
 
 
@@ -235,12 +227,10 @@ def float64_workload(work: Workload) -> Workload:
 
 def expectations(harness, work: Workload, pass_: str, backends: list[str]) -> dict:
     """Backend -> the float64 outputs it is checked against (dense: nothing, see ``check_finite``)."""
-    needed = {}
-    if "triton" in backends:
-        needed["triton"] = expected_outputs(harness, work, pass_)
-    if "fallback" in backends or "compile" in backends:
-        needed["fallback"] = needed["compile"] = fallback_expected(harness, work, pass_)
-    return needed
+    if not {"triton", "fallback", "compile"} & set(backends):
+        return {}
+    expected = fallback_expected(harness, work, pass_)
+    return {backend: expected for backend in ("triton", "fallback", "compile")}
 
 
 # ---- verification ------------------------------------------------------------------------------------

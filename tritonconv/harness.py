@@ -120,6 +120,15 @@ class Harness:
         """A closure running one Triton kernel; returns its outputs as a tuple of tensors."""
         return lambda: self.run_kernel(kernel, work.spec, work.tensors, work.grad, tile)
 
+    def triton_pass(self, pass_: str, work: Workload, tiles: dict) -> Callable[[], tuple]:
+        """A closure running our kernels' pass as a layer call does (``tiles``: kernel -> tile): its outputs
+        ordered as ``fallback``'s. Not the chain of ``triton``'s kernels: a backward may share launches
+        between them (dwsep's depthwise launch writes grad input and the grad-weight partials)."""
+        spec, t = work.spec, work.tensors
+        if pass_ == "forward":
+            return lambda: (self.forward(spec, t, tiles["forward"]),)
+        return lambda: tuple(g for g in self.backward(spec, t, work.grad, tiles, True, True) if g is not None)
+
     def fallback(self, pass_: str, work: Workload) -> Callable[[], tuple]:
         """A closure running the fallback's pass: its outputs (grad x and the weight gradients present for
         "backward")."""
