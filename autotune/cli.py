@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from tritonconv import distributed, env, hardware, zoo
-from tritonconv.ops.registry import HARNESSES
+from tritonconv.ops.registry import ADAPTERS
 from tritonconv.tuner import export_cache, import_cache, share_tuning, tune_pass, validate_candidates
 from tritonconv.tuner import tune as model_tune
 from tritonconv.tuning_cache import CacheImportError, CacheWriteError, TuningCache
@@ -56,7 +56,7 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m autotune", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layer", choices=sorted(HARNESSES), help="which layer's kernels to tune")
+    parser.add_argument("--layer", choices=sorted(ADAPTERS), help="which layer's kernels to tune")
     parser.add_argument("--shapes",
                         help="a shape set of the layer (hetconv: vgg16 = CIFAR-10 32x32 + ImageNet 224x224, "
                              "vgg16_cifar, vgg16_imagenet, resnet50) or a JSON file listing convolutions")
@@ -106,18 +106,18 @@ def load_shape_file(path: Path) -> list[zoo.ConvLayer]:
     return layers
 
 
-def resolve_specs(harness, args) -> list:
+def resolve_specs(adapter, args) -> list:
     shape_set = args.shapes
     if shape_set.endswith(".json"):
         shape_set = load_shape_file(Path(shape_set))
-    elif shape_set not in harness.shape_sets:
+    elif shape_set not in adapter.shape_sets:
         raise SystemExit(f"--shapes {shape_set!r} is not a shape set of --layer {args.layer}; expected one of "
-                         f"{', '.join(harness.shape_sets)} or a .json file")
+                         f"{', '.join(adapter.shape_sets)} or a .json file")
     options = {"p": args.p}
-    accepted = inspect.signature(harness.specs_for).parameters
+    accepted = inspect.signature(adapter.specs_for).parameters
     options = {name: value for name, value in options.items() if name in accepted}
     try:
-        specs = harness.specs_for(shape_set, batch=args.batch, dtype=DTYPES[args.dtype],
+        specs = adapter.specs_for(shape_set, batch=args.batch, dtype=DTYPES[args.dtype],
                                   channels_last=args.channels_last, **options)
     except (TypeError, ValueError) as error:
         raise SystemExit(f"--shapes {args.shapes}: {error}")
@@ -153,11 +153,11 @@ def _params(spec) -> int | None:
     return spec.parameter_count() if hasattr(spec, "parameter_count") else None
 
 
-def tune(harness, specs, args, device) -> pd.DataFrame:
+def tune(adapter, specs, args, device) -> pd.DataFrame:
     cache = TuningCache(args.cache) if args.cache else TuningCache()
     jobs = [(label, count, spec, pass_) for label, count, spec in specs for pass_ in PASSES[args.passes]]
-    keys = [harness.operator.cache_key(spec, pass_, device) for _, _, spec, pass_ in jobs]
-    work = {key: functools.partial(tune_pass, harness, spec, pass_, device, cache, force=args.force,
+    keys = [adapter.operator.cache_key(spec, pass_, device) for _, _, spec, pass_ in jobs]
+    work = {key: functools.partial(tune_pass, adapter, spec, pass_, device, cache, force=args.force,
                                    max_tiles=args.max_tiles) for key, (_, _, spec, pass_) in zip(keys, jobs)}
     description = f"tuning {args.layer} on {hardware.device_name_of(device)}"
     results = share_tuning(work, cache, progress=functools.partial(tqdm, desc=description, unit="pass"))
@@ -176,13 +176,13 @@ def tune(harness, specs, args, device) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def validate(harness, specs, args, device) -> tuple[pd.DataFrame, dict]:
+def validate(adapter, specs, args, device) -> tuple[pd.DataFrame, dict]:
     _say("No CUDA GPU: nothing is timed and the tuning cache is not written. Checking every candidate tile "
           "against the float64 reference under Triton's interpreter, on a shrunk copy of each shape.")
     rows, failures, seen = [], {}, set()
     jobs = [(label, count, spec, pass_) for label, count, spec in specs for pass_ in PASSES[args.passes]]
-    keys = [harness.operator.cache_key(spec, pass_, device) for _, _, spec, pass_ in jobs]
-    work = {key: functools.partial(validate_candidates, harness, spec, pass_, device, max_tiles=args.max_tiles,
+    keys = [adapter.operator.cache_key(spec, pass_, device) for _, _, spec, pass_ in jobs]
+    work = {key: functools.partial(validate_candidates, adapter, spec, pass_, device, max_tiles=args.max_tiles,
                                    seen=seen) for key, (_, _, spec, pass_) in zip(keys, jobs)}
     checked = distributed.share({str(key): thunk for key, thunk in work.items()},
                                 progress=functools.partial(tqdm, desc="checking candidates", unit="pass"))
@@ -283,15 +283,15 @@ def tune_shapes(args) -> int:
         raise SystemExit(f"--batch {args.batch}: expected a positive batch size")
     if args.p < 1:
         raise SystemExit(f"--p {args.p}: expected a positive integer")
-    harness = HARNESSES[args.layer]
-    specs = resolve_specs(harness, args)
+    adapter = ADAPTERS[args.layer]
+    specs = resolve_specs(adapter, args)
     pd.set_option("display.width", 200)
     pd.set_option("display.max_columns", 20)
     if torch.cuda.is_available() and not env.triton_interpret():
-        table = tune(harness, specs, args, torch.device("cuda"))
+        table = tune(adapter, specs, args, torch.device("cuda"))
         _say(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         return 0
-    table, failures = validate(harness, specs, args, torch.device("cpu"))
+    table, failures = validate(adapter, specs, args, torch.device("cpu"))
     _say(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if failures:
         _say(f"\n{len(failures)} candidate tiles FAILED:")

@@ -1,6 +1,6 @@
 """The tritonconv benchmark suite: ``python -m perf run | ceilings | plot`` (see ``python -m perf --help``).
 
-It imports the library and drives every operator through its harness; the library never imports it.
+It imports the library and drives every operator through its adapter; the library never imports it.
 """
 
 

@@ -73,8 +73,8 @@ For every distinct spec of the chosen shape sets, times these backends side by s
   compile   torch.compile (default mode, static shapes) of the fallback
 
 Before timing, each backend runs once on fresh random inputs (never zeros) and its outputs are
-checked against a float64 expectation with tritonconv.harness.max_relative_error within
-tolerance(dtype): the triton kernels against harness.expected, kernel by kernel; fallback and
+checked against a float64 expectation with tritonconv.adapter.max_relative_error within
+tolerance(dtype): the triton kernels against adapter.expected, kernel by kernel; fallback and
 compile against the fallback run on the same inputs upcast to float64. The dense conv computes a
 different function and is only checked for finite outputs. A backend that fails the check, or
 raises, is recorded with status "failed" (the reason in the note column) and not timed.
@@ -110,14 +110,14 @@ backend, batch, layout) the newest row. Filter with --gpu, --dtype, --pass, --la
 
 def _layers_epilog() -> str:
     from perf import bench
-    from tritonconv.ops.registry import HARNESSES
+    from tritonconv.ops.registry import ADAPTERS
 
     lines = ["registered layers (shape sets; options):"]
-    for name, harness in HARNESSES.items():
+    for name, adapter in ADAPTERS.items():
         options = bench.layer_options(name)
         shown = "any (--option NAME=...)" if options is None else ", ".join(
             bench.option_flag(o) for o in sorted(options)) or "none"
-        lines.append(f"  {name:10s} {', '.join(harness.shape_sets)}; {shown}")
+        lines.append(f"  {name:10s} {', '.join(adapter.shape_sets)}; {shown}")
     return "\n".join(lines)
 
 
@@ -232,8 +232,8 @@ def _audit_epilog() -> str:
     from perf import audit
 
     lines = ["layers (shape sets, the first is the default):"]
-    for name, harness in audit.harnesses().items():
-        lines.append(f"  {name:10s} {', '.join(harness.shape_sets)}")
+    for name, adapter in audit.adapters().items():
+        lines.append(f"  {name:10s} {', '.join(adapter.shape_sets)}")
     lines += ["", "examples:", "  python -m perf audit                                  # every layer, first shape set",
               "  python -m perf audit --layer hetconv --shapes resnet50 --dtype fp32",
               "  python -m perf audit --all-tiles --out perf/results/audit/all-tiles"]
@@ -350,7 +350,7 @@ def cmd_audit(args) -> int:
                             channels_last=args.channels_last, options=options, first_only=args.first_shape)
     if args.list:
         for case in selected:
-            kernels = " ".join(kernel for _, kernel in audit.kernel_passes(audit.harnesses()[case.layer].operator))
+            kernels = " ".join(kernel for _, kernel in audit.kernel_passes(audit.adapters()[case.layer].operator))
             print(f"{case.layer:10s} {case.shape_set:14s} {case.label:18s} {case.spec.describe():40s} {kernels}")
         print(f"{len(selected)} specs; nothing compiled (--list)")
         return 0

@@ -244,10 +244,10 @@ def occupancy(registers: int, shared: int, num_warps: int) -> dict:
 
 
 # ---- what to compile: every launch of every kernel of a layer on a shape set --------------------------
-def harnesses() -> dict:
+def adapters() -> dict:
     """Every layer the audit knows: the registry's."""
-    from tritonconv.ops.registry import HARNESSES
-    return dict(HARNESSES)
+    from tritonconv.ops.registry import ADAPTERS
+    return dict(ADAPTERS)
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,7 @@ class Case:
 def resolve_layers(names: list[str]) -> list[str]:
     from perf import UsageError
 
-    known = harnesses()
+    known = adapters()
     if "all" in names:
         return list(known)
     unknown = [n for n in names if n not in known]
@@ -283,16 +283,16 @@ def select(layers: list[str], shape_sets: list[str] | None, *, batch: int, dtype
         raise UsageError(f"--batch {batch} must be a positive integer")
     selected = []
     for layer in layers:
-        harness = harnesses()[layer]
-        sets = [s for s in shape_sets if s in harness.shape_sets] if shape_sets else None
+        adapter = adapters()[layer]
+        sets = [s for s in shape_sets if s in adapter.shape_sets] if shape_sets else None
         if sets == []:
             continue
-        accepted = inspect.signature(harness.specs_for).parameters
+        accepted = inspect.signature(adapter.specs_for).parameters
         mine = {k: v for k, v in (options or {}).items() if k in accepted}
         selected += cases(layer, sets, batch=batch, dtype=dtype, channels_last=channels_last, options=mine,
                           first_only=first_only)
     if not selected:
-        known = sorted({s for layer in layers for s in harnesses()[layer].shape_sets})
+        known = sorted({s for layer in layers for s in adapters()[layer].shape_sets})
         raise UsageError(f"--shapes {' '.join(shape_sets or [])}: no shape set of {', '.join(layers)}; "
                          f"expected some of {known}")
     return selected
@@ -302,10 +302,10 @@ def cases(layer: str, shape_sets: list[str] | None, *, batch: int, dtype: str, c
           options: dict | None = None, first_only: bool = False) -> list[Case]:
     """The specs of one layer to audit; ``shape_sets`` None means the layer's first (its headline
     network); ``first_only`` keeps the first spec of each set."""
-    harness = harnesses()[layer]
+    adapter = adapters()[layer]
     found = {}
-    for shape_set in shape_sets or harness.shape_sets[:1]:
-        specs = harness.specs_for(shape_set, batch=batch, dtype=dtype, channels_last=channels_last, **(options or {}))
+    for shape_set in shape_sets or adapter.shape_sets[:1]:
+        specs = adapter.specs_for(shape_set, batch=batch, dtype=dtype, channels_last=channels_last, **(options or {}))
         for label, _, spec in specs[:1] if first_only else specs:
             found.setdefault(spec, Case(layer, shape_set, label, spec))
     return list(found.values())
@@ -316,33 +316,33 @@ def kernel_passes(operator) -> list[tuple[str, str]]:
     return [(pass_, kernel) for pass_, kernels in operator.kernels_of_pass.items() for kernel in kernels]
 
 
-def launches_of(harness, case: Case, kernel: str, tile) -> list[Launch]:
-    """The launches one harness kernel issues with ``tile`` on the case's spec (meta tensors: nothing is
+def launches_of(adapter, case: Case, kernel: str, tile) -> list[Launch]:
+    """The launches one adapter kernel issues with ``tile`` on the case's spec (meta tensors: nothing is
     allocated; their addresses keep the views' offsets, so alignment is specialised as on a GPU)."""
-    work = harness.make_workload(case.spec, torch.device("meta"))
+    work = adapter.make_workload(case.spec, torch.device("meta"))
     with recording() as launches, as_if_on_h100():
-        harness.triton(kernel, work, tile)()
+        adapter.triton(kernel, work, tile)()
     return launches
 
 
-def tiles_of(harness, spec, kernel: str, all_tiles: bool) -> list:
-    default = harness.operator.default_tile(spec, kernel)
+def tiles_of(adapter, spec, kernel: str, all_tiles: bool) -> list:
+    default = adapter.operator.default_tile(spec, kernel)
     if not all_tiles:
         return [default]
-    return list(dict.fromkeys([default, *harness.candidate_tiles(spec, kernel)]))
+    return list(dict.fromkeys([default, *adapter.candidate_tiles(spec, kernel)]))
 
 
 def audit_case(case: Case, compiler: Compiler, *, all_tiles: bool = False,
                kernels: tuple[str, ...] | None = None) -> list[dict]:
     """One row per (kernel, tile, launch) of the case: its specialisation and compiled figures."""
-    harness = harnesses()[case.layer]
+    adapter = adapters()[case.layer]
     rows = []
-    for pass_, kernel in kernel_passes(harness.operator):
+    for pass_, kernel in kernel_passes(adapter.operator):
         if kernels is not None and kernel not in kernels:
             continue
-        default = harness.operator.default_tile(case.spec, kernel)
-        for tile in tiles_of(harness, case.spec, kernel, all_tiles):
-            for index, launch in enumerate(launches_of(harness, case, kernel, tile)):
+        default = adapter.operator.default_tile(case.spec, kernel)
+        for tile in tiles_of(adapter, case.spec, kernel, all_tiles):
+            for index, launch in enumerate(launches_of(adapter, case, kernel, tile)):
                 report, spec = compiler.report(launch)
                 rows.append({"layer": case.layer, "shape_set": case.shape_set, "label": case.label,
                              "shape": case.spec.describe(), "dtype": _short_dtype(case.spec.dtype),
@@ -481,9 +481,9 @@ HOST_TIMING = host.RECORDED_TIMING.format(rounds=5, calls=20)
 def measure_call(case: Case, *, rounds: int = 5, calls: int = 20) -> list[dict]:
     """Launches per pass of one training step of the layer's public op (forward with autograd, then its
     backward), the torch ops launched beside them, and host microseconds per pass (see HOST_TIMING)."""
-    harness = harnesses()[case.layer]
-    names, call = harness.call_inputs, harness.layer_call
-    spec, tensors, work = host.call_workload(harness, case.spec, names, torch.device("cpu"))
+    adapter = adapters()[case.layer]
+    names, call = adapter.call_inputs, adapter.layer_call
+    spec, tensors, work = host.call_workload(adapter, case.spec, names, torch.device("cpu"))
     wrt = [tensors[name] for name in names if tensors.get(name) is not None]
     with recording() as launches, as_if_on_h100(), host.flushing_denormals():
         counted = {}
@@ -518,7 +518,7 @@ _CASE_COLUMNS = {"layer": "string", "shape_set": "string", "label": "string", "s
 _RUN_COLUMNS = {"triton": "string", "torch": "string", "commit": "string", "target": "string", "timestamp": "string"}
 KERNEL_SCHEMA = {
     **_CASE_COLUMNS, "batch": "Int64", "pass": "string",
-    "kernel": "string",          # the harness's kernel name (what the tuner tunes)
+    "kernel": "string",          # the adapter's kernel name (what the tuner tunes)
     "launch": "Int64",           # which of the kernel's launches (hetconv's weight grad launches twice)
     "triton_kernel": "string", "tile": "string", "default_tile": "boolean", "num_warps": "Int64",
     "num_stages": "Int64", "grid": "string", "depthwise": "boolean", "status": "string", "error": "string",

@@ -2,7 +2,7 @@
 
 For each spec: fresh random inputs, the float64 expectation once, then per backend a closure that is
 checked against it before it is timed. A backend whose outputs are wrong, or that raises, is recorded
-as failed and not timed. Generic over ``tritonconv.ops.registry.HARNESSES``.
+as failed and not timed. Generic over ``tritonconv.ops.registry.ADAPTERS``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 
 from perf import UsageError, results
 from tritonconv import dispatch, env, hardware
-from tritonconv.harness import Workload, max_relative_error, tolerance
-from tritonconv.ops.registry import HARNESSES
+from tritonconv.adapter import Workload, max_relative_error, tolerance
+from tritonconv.ops.registry import ADAPTERS
 from tritonconv.tuning_cache import default_cache
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -52,9 +52,9 @@ class Check:
 # ---- what to run ------------------------------------------------------------------------------------
 def resolve_layers(layer: str) -> list[str]:
     if layer == "all":
-        return list(HARNESSES)
-    if layer not in HARNESSES:
-        raise UsageError(f"--layer {layer!r} is not a registered layer; expected one of {(*HARNESSES, 'all')}")
+        return list(ADAPTERS)
+    if layer not in ADAPTERS:
+        raise UsageError(f"--layer {layer!r} is not a registered layer; expected one of {(*ADAPTERS, 'all')}")
     return [layer]
 
 
@@ -84,7 +84,7 @@ def resolve_backends(backends: Iterable[str]) -> list[str]:
 
 def layer_options(layer: str) -> set[str] | None:
     """Keyword options the layer's specs_for takes beyond the common ones (None: it takes any)."""
-    params = inspect.signature(HARNESSES[layer].specs_for).parameters.values()
+    params = inspect.signature(ADAPTERS[layer].specs_for).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - _COMMON_ARGS
@@ -104,14 +104,14 @@ def cases(layer: str, shape_sets: list[str] | None, *, batch: int, dtype: str, c
     _check_known(layers, shape_sets, options)
     found: dict[object, Case] = {}
     for name in layers:
-        harness = HARNESSES[name]
-        sets = [s for s in (shape_sets or harness.shape_sets) if s in harness.shape_sets]
+        adapter = ADAPTERS[name]
+        sets = [s for s in (shape_sets or adapter.shape_sets) if s in adapter.shape_sets]
         accepted = layer_options(name)
         mine = {k: v for k, v in options.items() if accepted is None or k in accepted}
         for combo in _sweep(mine):
             for shape_set in sets:
                 try:
-                    specs = harness.specs_for(shape_set, batch=batch, dtype=DTYPES[short],
+                    specs = adapter.specs_for(shape_set, batch=batch, dtype=DTYPES[short],
                                               channels_last=channels_last, **combo)
                 except (ValueError, TypeError, ZeroDivisionError) as error:
                     flags = " ".join(f"{option_flag(k)} {v}" for k, v in combo.items())
@@ -129,8 +129,8 @@ def cases(layer: str, shape_sets: list[str] | None, *, batch: int, dtype: str, c
 
 def _check_known(layers: list[str], shape_sets: list[str] | None, options: dict) -> None:
     for shape_set in shape_sets or []:
-        if not any(shape_set in HARNESSES[name].shape_sets for name in layers):
-            known = sorted({s for name in layers for s in HARNESSES[name].shape_sets})
+        if not any(shape_set in ADAPTERS[name].shape_sets for name in layers):
+            known = sorted({s for name in layers for s in ADAPTERS[name].shape_sets})
             raise UsageError(f"--shapes {shape_set!r} is not a shape set of {', '.join(layers)}; "
                              f"expected one of {known}")
     for option in options:
@@ -185,37 +185,37 @@ def _chain(fns: list[Callable[[], tuple]]) -> Callable[[], tuple]:
     return run
 
 
-def triton_closure(harness, work: Workload, pass_: str, device: torch.device) -> tuple[Callable, str, bool]:
-    """The layer's Triton passes (``Harness.triton_pass``) with the tiles the dispatcher picks (tuned ones
+def triton_closure(adapter, work: Workload, pass_: str, device: torch.device) -> tuple[Callable, str, bool]:
+    """The layer's Triton passes (``Adapter.triton_pass``) with the tiles the dispatcher picks (tuned ones
     if cached).
 
     Returns (closure, tile labels, whether every pass had a tuning-cache entry)."""
     fns, labels, tuned = [], [], True
     for p in PASSES[pass_]:
         # forced="triton": the tuned tiles even where the cache says cuDNN wins this shape.
-        decision = dispatch.decide(harness.operator, work.spec, p, device, forced="triton")
-        fns.append(harness.triton_pass(p, work, decision.tiles))
-        labels += [f"{kernel}={decision.tiles[kernel].label()}" for kernel in harness.operator.kernels_of_pass[p]]
-        if device.type != "cuda" or default_cache().lookup(harness.operator.cache_key(work.spec, p, device)) is None:
+        decision = dispatch.decide(adapter.operator, work.spec, p, device, forced="triton")
+        fns.append(adapter.triton_pass(p, work, decision.tiles))
+        labels += [f"{kernel}={decision.tiles[kernel].label()}" for kernel in adapter.operator.kernels_of_pass[p]]
+        if device.type != "cuda" or default_cache().lookup(adapter.operator.cache_key(work.spec, p, device)) is None:
             tuned = False
     return _chain(fns), " ".join(labels), tuned
 
 
-def backend_closure(harness, backend: str, work: Workload, pass_: str) -> Callable:
+def backend_closure(adapter, backend: str, work: Workload, pass_: str) -> Callable:
     """The closure a baseline backend times (fallback, dense, compile; triton: ``triton_closure``)."""
     if backend in ("fallback", "compile"):
-        fn = _chain([harness.fallback(p, work) for p in PASSES[pass_]])
+        fn = _chain([adapter.fallback(p, work) for p in PASSES[pass_]])
         # Static shapes: each spec gets its own graph, as a user's fixed-shape model would.
         return torch.compile(fn, dynamic=False) if backend == "compile" else fn
     if backend == "dense":
-        return _chain([harness.dense(p, work) for p in PASSES[pass_]])
+        return _chain([adapter.dense(p, work) for p in PASSES[pass_]])
     raise UsageError(f"backend {backend!r} is not a baseline backend; expected one of fallback, dense, compile")
 
 
-def fallback_expected(harness, work: Workload, pass_: str) -> tuple:
+def fallback_expected(adapter, work: Workload, pass_: str) -> tuple:
     """What every backend but the dense conv must return: the fallback itself run in float64 (the Triton
     passes order their outputs as the fallback does)."""
-    return _chain([harness.fallback(p, float64_workload(work)) for p in PASSES[pass_]])()
+    return _chain([adapter.fallback(p, float64_workload(work)) for p in PASSES[pass_]])()
 
 
 def float64_workload(work: Workload) -> Workload:
@@ -225,11 +225,11 @@ def float64_workload(work: Workload) -> Workload:
     return Workload(replace(work.spec, dtype="float64"), {k: up(v) for k, v in work.tensors.items()}, up(work.grad))
 
 
-def expectations(harness, work: Workload, pass_: str, backends: list[str]) -> dict:
+def expectations(adapter, work: Workload, pass_: str, backends: list[str]) -> dict:
     """Backend -> the float64 outputs it is checked against (dense: nothing, see ``check_finite``)."""
     if not {"triton", "fallback", "compile"} & set(backends):
         return {}
-    expected = fallback_expected(harness, work, pass_)
+    expected = fallback_expected(adapter, work, pass_)
     return {backend: expected for backend in ("triton", "fallback", "compile")}
 
 
@@ -298,7 +298,7 @@ def measure(cases: list[Case], *, dtype: str, pass_: str, backends: Iterable[str
     with tqdm(total=len(cases) * len(backends), desc=f"perf {dtype} {pass_}", unit="bench",
               disable=not progress) as bar:
         for case in cases:
-            harness = HARNESSES[case.layer]
+            adapter = ADAPTERS[case.layer]
             flops, bytes_ = work_of(case.spec, pass_)
             base = {"layer": case.layer, "shape": case.spec.describe(), "label": case.label,
                     "shape_set": case.shape_set, "count": case.count, "dtype": dtype, "pass": pass_,
@@ -307,8 +307,8 @@ def measure(cases: list[Case], *, dtype: str, pass_: str, backends: Iterable[str
                     "dense_flops": dense_flops_of(case.spec, pass_), "tiles": None, "tuned": None,
                     **shared}
             try:
-                work = harness.make_workload(case.spec, device)
-                expected = expectations(harness, work, pass_, backends)
+                work = adapter.make_workload(case.spec, device)
+                expected = expectations(adapter, work, pass_, backends)
             except Exception as error:  # e.g. out of memory at a large batch: the other specs still run
                 note = _short(f"inputs or float64 expectation: {type(error).__name__}: {error}")
                 case_rows = [{**base, "backend": backend, **_FAILED, "max_rel_error": None, "note": note,
@@ -323,7 +323,7 @@ def measure(cases: list[Case], *, dtype: str, pass_: str, backends: Iterable[str
             for backend in backends:
                 bar.set_postfix_str(f"{case.layer} {case.label} {backend}")
                 row = {**base, "backend": backend}
-                row.update(_measure_backend(harness, backend, work, pass_, expected, device, timer))
+                row.update(_measure_backend(adapter, backend, work, pass_, expected, device, timer))
                 row["timestamp"] = results.utc_now()
                 case_rows.append(row)
                 bar.update()
@@ -337,15 +337,15 @@ def measure(cases: list[Case], *, dtype: str, pass_: str, backends: Iterable[str
     return rows
 
 
-def _measure_backend(harness, backend: str, work: Workload, pass_: str, expected: dict, device: torch.device,
+def _measure_backend(adapter, backend: str, work: Workload, pass_: str, expected: dict, device: torch.device,
                      timer: Callable) -> dict:
     extra = {}  # the triton row's tiles, kept when it fails too
     try:
         if backend == "triton":
-            fn, tiles, tuned = triton_closure(harness, work, pass_, device)
+            fn, tiles, tuned = triton_closure(adapter, work, pass_, device)
             extra = {"tiles": tiles, "tuned": tuned}
         else:
-            fn = backend_closure(harness, backend, work, pass_)
+            fn = backend_closure(adapter, backend, work, pass_)
         check = check_backend(backend, fn, work, expected)
         if not check.ok:
             return {**_FAILED, **extra, "max_rel_error": check.error, "note": check.note}

@@ -22,33 +22,33 @@ import torch
 
 DEFAULT_CSV = Path(__file__).resolve().parent / "results" / "host.csv"
 
-RECORDED_TIMING = ("CPU tensors of the harness's small shape, one thread, denormals flushed; Triton launches "
+RECORDED_TIMING = ("CPU tensors of the adapter's small shape, one thread, denormals flushed; Triton launches "
                    "replaced by a recorder that drops them; best of {rounds} rounds of {calls} calls; bwd: "
                    "autograd.grad alone, on one forward's graph (retain_graph), against aten.convolution_backward "
                    "called directly for the plain conv (no autograd engine: it favours the plain conv). Excludes "
                    "the launches' own host cost (Triton's launcher, the CUDA driver) and the tuning-cache lookup "
                    "a CUDA call makes.")
-CUDA_TIMING = ("CUDA tensors of the harness's small shape, real launches; wall time of {calls} calls without "
+CUDA_TIMING = ("CUDA tensors of the adapter's small shape, real launches; wall time of {calls} calls without "
                "synchronising, best of {rounds} rounds; bwd: autograd.grad alone, on one forward's graph "
                "(retain_graph), against aten.convolution_backward called directly; gpu_us: the GPU time "
                "of the same calls (CUDA events).")
 
 
-def call_workload(harness, spec, names, device: torch.device):
-    """(small spec, inputs, output gradient) of the call: the harness's ``shrink`` of the spec, of its
+def call_workload(adapter, spec, names, device: torch.device):
+    """(small spec, inputs, output gradient) of the call: the adapter's ``shrink`` of the spec, of its
     dtype and layout (4-D parameters too, in channels_last, as ``model.to(memory_format=...)`` leaves
-    them, then in the layout the layer lays them out in again: the harness's ``parameter_layouts``), the
+    them, then in the layout the layer lays them out in again: the adapter's ``parameter_layouts``), the
     differentiated tensors requiring grad. Small, so that on the CPU the side ops cost
     microseconds and on a GPU the kernels are shorter than the host path: the host path is what is timed."""
-    small = replace(harness.shrink(spec), dtype=spec.dtype)
-    work = harness.make_workload(small, device)
+    small = replace(adapter.shrink(spec), dtype=spec.dtype)
+    work = adapter.make_workload(small, device)
     tensors = dict(work.tensors)
     for name in names:
         if tensors.get(name) is not None:
             tensor = tensors[name].detach()
             if spec.channels_last and tensor.dim() == 4:
                 tensor = tensor.contiguous(memory_format=torch.channels_last)
-            tensor = getattr(harness, "parameter_layouts", {}).get(name, lambda t: t)(tensor)
+            tensor = getattr(adapter, "parameter_layouts", {}).get(name, lambda t: t)(tensor)
             tensors[name] = tensor.requires_grad_()
     return small, tensors, work
 
@@ -105,11 +105,11 @@ def pass_us(forward: Callable, wrt: list, grad, rounds: int, calls: int, device:
 def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20) -> list[dict]:
     """Host microseconds per pass of one training step of the layer's public op (fwd, bwd) and of an
     inference call (``infer``: torch.no_grad), and of the plain conv."""
-    from perf.audit import as_if_on_h100, harnesses, recording
+    from perf.audit import adapters, as_if_on_h100, recording
 
-    harness = harnesses()[case.layer]
-    names, call = harness.call_inputs, harness.layer_call
-    spec, tensors, work = call_workload(harness, case.spec, names, device)
+    adapter = adapters()[case.layer]
+    names, call = adapter.call_inputs, adapter.layer_call
+    spec, tensors, work = call_workload(adapter, case.spec, names, device)
     wrt = [tensors[name] for name in names if tensors.get(name) is not None]
 
     cuda = device.type == "cuda"
@@ -119,9 +119,9 @@ def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20) -> 
             stack.enter_context(as_if_on_h100())
             stack.enter_context(flushing_denormals())
         (fwd, fwd_gpu), (bwd, bwd_gpu) = pass_us(lambda: call(tensors, spec), wrt, work.grad, rounds, calls, device)
-        dense_forward = harness.dense("forward", work)
+        dense_forward = adapter.dense("forward", work)
         dense_fwd, _ = best_us(dense_forward, rounds, calls, device)
-        dense_bwd, _ = best_us(harness.dense("backward", work), rounds, calls, device)
+        dense_bwd, _ = best_us(adapter.dense("backward", work), rounds, calls, device)
         with torch.no_grad():
             infer, infer_gpu = best_us(lambda: call(tensors, spec), rounds, calls, device)
             dense_infer, _ = best_us(dense_forward, rounds, calls, device)

@@ -64,7 +64,7 @@ def check_perf(args: list[str]) -> str:
 def check_autotune(args: list[str]) -> str:
     from autotune.cli import build_parser, resolve_specs
     from tritonconv import env
-    from tritonconv.ops.registry import HARNESSES
+    from tritonconv.ops.registry import ADAPTERS
 
     parsed = _parsed(build_parser(), args)
     if parsed.export or parsed.import_ or parsed.model:
@@ -73,7 +73,7 @@ def check_autotune(args: list[str]) -> str:
     if not parsed.layer or not parsed.shapes:
         raise CheckFailed("--layer and --shapes are required (or --model, or --export / --import FILE)")
     try:
-        specs = resolve_specs(HARNESSES[parsed.layer], parsed)
+        specs = resolve_specs(ADAPTERS[parsed.layer], parsed)
     except SystemExit as exit_:
         raise CheckFailed(str(exit_.code)) from None
     _writable(parsed.cache.parent if parsed.cache else env.cache_dir())

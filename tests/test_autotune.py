@@ -8,27 +8,27 @@ import torch
 from autotune.cli import build_parser, main, tune
 from tritonconv import dispatch, tuner
 from tritonconv.ops.hetconv import HetConvSpec
-from tritonconv.ops.hetconv.harness import HARNESS
+from tritonconv.ops.hetconv.adapter import ADAPTER
 from tritonconv.tuning_cache import TuningCache
 
 SPEC = HetConvSpec(2, 8, 8, 6, 5, 3, 1, 2, True, "float32")
 
 
-class BrokenTileHarness:
-    """The real harness, except that one tile fails to compile and one computes garbage."""
+class BrokenTileAdapter:
+    """The real adapter, except that one tile fails to compile and one computes garbage."""
 
     def __init__(self, broken, wrong):
         self.broken, self.wrong = broken, wrong
 
     def __getattr__(self, name):
-        return getattr(HARNESS, name)
+        return getattr(ADAPTER, name)
 
     def triton(self, kernel, work, tile):
         if tile == self.broken:
             def fail():
                 raise RuntimeError("out of resource: shared memory, Required: 300000, Hardware limit: 232448")
             return fail
-        run = HARNESS.triton(kernel, work, tile)
+        run = ADAPTER.triton(kernel, work, tile)
         if tile == self.wrong:
             return lambda: tuple(t + 1 for t in run())
         return run
@@ -45,18 +45,18 @@ def fake_clock(monkeypatch):
 
 def test_tune_pass_records_failures_and_stores_the_winner(tmp_path, fake_clock):
     cache = TuningCache(tmp_path / "tuning.json")
-    tiles = HARNESS.candidate_tiles(SPEC, "forward")
-    harness = BrokenTileHarness(broken=tiles[0], wrong=tiles[1])
+    tiles = ADAPTER.candidate_tiles(SPEC, "forward")
+    adapter = BrokenTileAdapter(broken=tiles[0], wrong=tiles[1])
     device = torch.device("cpu")
-    result = tuner.tune_pass(harness, SPEC, "forward", device, cache, max_tiles=4)
+    result = tuner.tune_pass(adapter, SPEC, "forward", device, cache, max_tiles=4)
     assert not result.cache_hit
     assert "out of resource" in result.failed[f"forward:{tiles[0].label()}"]
     assert "wrong result" in result.failed[f"forward:{tiles[1].label()}"]
     assert result.tiles["forward"] in (tiles[2].to_dict(), tiles[3].to_dict())
-    entry = cache.lookup(HARNESS.operator.cache_key(SPEC, "forward", device))
+    entry = cache.lookup(ADAPTER.operator.cache_key(SPEC, "forward", device))
     assert entry["winner"] == result.winner and len(entry["timings_ms"]["candidates"]) == 2
 
-    again = tuner.tune_pass(harness, SPEC, "forward", device, cache)  # a second process pays nothing
+    again = tuner.tune_pass(adapter, SPEC, "forward", device, cache)  # a second process pays nothing
     assert again.cache_hit and again.tiles == result.tiles
 
 
@@ -65,17 +65,17 @@ def test_tune_backward_times_both_kernels_then_the_pass(tmp_path):
     the chosen tiles, as a layer call runs it (dwsep's kernels share a launch: their sum would count it twice)."""
     cache = TuningCache(tmp_path / "tuning.json")
     timer = noisy_timer(lambda what: {"pass": 1.5, "fallback": 3.0}.get(what, 1.0), seed=0, noise=0.0)
-    result = tuner.tune_pass(TaggedHarness(), SPEC, "backward", torch.device("cpu"), cache, max_tiles=2, timer=timer)
+    result = tuner.tune_pass(TaggedAdapter(), SPEC, "backward", torch.device("cpu"), cache, max_tiles=2, timer=timer)
     assert set(result.tiles) == {"backward_input", "backward_weight"}
     assert result.triton_ms == 1.5 and result.fallback_ms == 3.0 and result.winner == "triton"
-    assert cache.lookup(HARNESS.operator.cache_key(SPEC, "backward", torch.device("cpu")))["timings_ms"]["spread"][
+    assert cache.lookup(ADAPTER.operator.cache_key(SPEC, "backward", torch.device("cpu")))["timings_ms"]["spread"][
         "triton"] == [1.5, 1.5]
 
 
 def test_every_candidate_tile_is_right_under_the_interpreter():
     for spec in (SPEC, HetConvSpec(1, 12, 6, 7, 4, 3, 2, 3, False, "float16"), HetConvSpec(1, 8, 8, 5, 5, 5, 1, 4)):
         for pass_ in ("forward", "backward"):
-            assert tuner.validate_candidates(HARNESS, spec, pass_, torch.device("cpu")) == {}
+            assert tuner.validate_candidates(ADAPTER, spec, pass_, torch.device("cpu")) == {}
 
 
 def test_cli_without_gpu_checks_candidates_and_prints_the_table(tmp_path, capsys):
@@ -105,24 +105,24 @@ def test_cli_help_and_bad_arguments(tmp_path, capsys):
 
 
 def test_vgg16_shape_set_is_the_twelve_hetconv_layers():
-    specs = HARNESS.specs_for("vgg16_cifar", batch=128, dtype="bfloat16")
+    specs = ADAPTER.specs_for("vgg16_cifar", batch=128, dtype="bfloat16")
     assert sum(count for _, count, _ in specs) == 12
     assert all(spec.p == 4 and spec.in_channels != 3 for _, _, spec in specs)
-    assert sum(count for _, count, _ in HARNESS.specs_for("resnet50", batch=1, dtype="float32")) == 16
+    assert sum(count for _, count, _ in ADAPTER.specs_for("resnet50", batch=1, dtype="float32")) == 16
 
 
 def test_tuned_entry_is_what_dispatch_reads(tmp_path, fake_clock, monkeypatch):
     cache = TuningCache(tmp_path / "tuning.json")
-    result = tuner.tune_pass(HARNESS, SPEC, "forward", torch.device("cpu"), cache, max_tiles=2)
+    result = tuner.tune_pass(ADAPTER, SPEC, "forward", torch.device("cpu"), cache, max_tiles=2)
     monkeypatch.setattr("tritonconv.dispatch.default_cache", lambda: cache)
-    decision = dispatch.decide(HARNESS.operator, SPEC, "forward", torch.device("cuda"))
+    decision = dispatch.decide(ADAPTER.operator, SPEC, "forward", torch.device("cuda"))
     assert decision.backend == result.winner
 
 
 def test_tuning_into_a_cache_that_cannot_be_written_reports_it_and_goes_on(tmp_path, fake_clock, every_warning):
     (tmp_path / "cache").write_text("a file where the cache folder should be")
     cache = TuningCache(tmp_path / "cache" / "tuning.json")
-    results = [tuner.tune_pass(HARNESS, SPEC, pass_, torch.device("cpu"), cache, max_tiles=1)
+    results = [tuner.tune_pass(ADAPTER, SPEC, pass_, torch.device("cpu"), cache, max_tiles=1)
                for pass_ in ("forward", "backward")]
     for result in results:
         assert not result.cache_hit and result.winner in ("triton", "fallback") and result.fallback_ms == 1.0
@@ -137,8 +137,8 @@ def test_cli_table_says_the_results_were_not_saved(tmp_path, fake_clock, capsys,
     (tmp_path / "cache").write_text("not a folder")
     args = build_parser().parse_args(["--layer", "hetconv", "--shapes", "vgg16_cifar", "--max-tiles", "1",
                                       "--pass", "fwd", "--cache", str(tmp_path / "cache" / "tuning.json")])
-    specs = HARNESS.specs_for("vgg16_cifar", batch=1, dtype="float32")[:1]
-    table = tune(HARNESS, [(label, count, HARNESS.shrink(spec)) for label, count, spec in specs], args,
+    specs = ADAPTER.specs_for("vgg16_cifar", batch=1, dtype="float32")[:1]
+    table = tune(ADAPTER, [(label, count, ADAPTER.shrink(spec)) for label, count, spec in specs], args,
                  torch.device("cpu"))
     assert list(table["cache"]) == ["not saved"]
     assert [w for w in every_warning if "cannot be read (Not a directory" in str(w.message)]
@@ -148,25 +148,25 @@ def test_cli_table_says_the_results_were_not_saved(tmp_path, fake_clock, capsys,
 
 def test_a_malformed_cached_entry_is_measured_again_and_replaced(tmp_path, fake_clock, every_warning):
     cache = TuningCache(tmp_path / "tuning.json")
-    key = HARNESS.operator.cache_key(SPEC, "forward", torch.device("cpu"))
+    key = ADAPTER.operator.cache_key(SPEC, "forward", torch.device("cpu"))
     tile = {"block_rows": 16, "block_cols": 16, "block_reduce": 16, "num_warps": 4, "num_stages": 3, "splits": 0}
     cache.store(key, {"winner": "triton", "tiles": {"forward": tile}, "timings_ms": {"triton": 1.0, "fallback": 2.0}})
     (tmp_path / "tuning.json").write_text((tmp_path / "tuning.json").read_text().replace('"num_warps": 4',
                                                                                          '"num_warps": 5'))
-    result = tuner.tune_pass(HARNESS, SPEC, "forward", torch.device("cpu"), cache, max_tiles=1)
+    result = tuner.tune_pass(ADAPTER, SPEC, "forward", torch.device("cpu"), cache, max_tiles=1)
     assert not result.cache_hit
     assert any("num_warps=5" in str(w.message) for w in every_warning)
     assert cache.lookup(key, ("forward",))["tiles"] == result.tiles  # the new measurement took its place
 
 
-class TaggedHarness:
-    """The real harness, with each closure tagged by what it runs (its tile, or "fallback") for a timer."""
+class TaggedAdapter:
+    """The real adapter, with each closure tagged by what it runs (its tile, or "fallback") for a timer."""
 
     def __getattr__(self, name):
-        return getattr(HARNESS, name)
+        return getattr(ADAPTER, name)
 
     def triton(self, kernel, work, tile):
-        run = HARNESS.triton(kernel, work, tile)
+        run = ADAPTER.triton(kernel, work, tile)
 
         def tagged():
             return run()
@@ -174,7 +174,7 @@ class TaggedHarness:
         return tagged
 
     def triton_pass(self, pass_, work, tiles):
-        run = HARNESS.triton_pass(pass_, work, tiles)
+        run = ADAPTER.triton_pass(pass_, work, tiles)
 
         def tagged():
             return run()
@@ -182,7 +182,7 @@ class TaggedHarness:
         return tagged
 
     def fallback(self, pass_, work):
-        run = HARNESS.fallback(pass_, work)
+        run = ADAPTER.fallback(pass_, work)
 
         def tagged():
             return run()
@@ -204,18 +204,18 @@ def noisy_timer(true_ms, seed, noise=0.01):
 
 def test_near_tied_tiles_give_the_same_winner_on_every_re_tuning(tmp_path):
     cache = TuningCache(tmp_path / "tuning.json")
-    tiles = HARNESS.candidate_tiles(SPEC, "forward")[:3]
+    tiles = ADAPTER.candidate_tiles(SPEC, "forward")[:3]
     tied = tiles[:2]
     smaller = min(tied, key=tuner.tile_size_key)
     true_ms = {tiles[0]: 1.0, tiles[1]: 1.005, tiles[2]: 2.0, "fallback": 5.0}
     winners = set()
     for seed in range(5):
-        result = tuner.tune_pass(TaggedHarness(), SPEC, "forward", torch.device("cpu"), cache, force=True,
+        result = tuner.tune_pass(TaggedAdapter(), SPEC, "forward", torch.device("cpu"), cache, force=True,
                                  max_tiles=3, timer=noisy_timer(true_ms.__getitem__, seed))
         assert result.winner == "triton"
         winners.add(tuple(sorted(result.tiles["forward"].items())))
     assert winners == {tuple(sorted(smaller.to_dict().items()))}
-    entry = cache.lookup(HARNESS.operator.cache_key(SPEC, "forward", torch.device("cpu")))
+    entry = cache.lookup(ADAPTER.operator.cache_key(SPEC, "forward", torch.device("cpu")))
     spread = entry["timings_ms"]["spread"]
     assert set(spread) == {f"forward:{t.label()}" for t in tiles} | {"fallback"}
     assert all(p20 <= entry["timings_ms"]["candidates"].get(name, p20) <= p80 for name, (p20, p80) in spread.items())
@@ -225,7 +225,7 @@ def test_near_tied_tiles_give_the_same_winner_on_every_re_tuning(tmp_path):
 def test_a_triton_win_inside_the_noise_band_goes_to_the_fallback(tmp_path, fallback_ms, winner):
     cache = TuningCache(tmp_path / "tuning.json")
     for seed in range(3):
-        result = tuner.tune_pass(TaggedHarness(), SPEC, "forward", torch.device("cpu"), cache, force=True,
+        result = tuner.tune_pass(TaggedAdapter(), SPEC, "forward", torch.device("cpu"), cache, force=True,
                                  max_tiles=1, timer=noisy_timer(lambda what: fallback_ms if what == "fallback" else 1.0,
                                                                 seed))
         assert result.winner == winner
@@ -235,7 +235,7 @@ def test_the_tie_rules():
     assert tuner.NOISE_BAND == 0.03
     assert tuner.pick_winner(1.0, 1.029) == "fallback" and tuner.pick_winner(1.0, 1.031) == "triton"
     assert tuner.pick_winner(None, 9.0) == "fallback"
-    big, small = HARNESS.candidate_tiles(SPEC, "forward")[:2]
+    big, small = ADAPTER.candidate_tiles(SPEC, "forward")[:2]
     if tuner.tile_size_key(big) < tuner.tile_size_key(small):
         big, small = small, big
     assert tuner.pick_tile([(big, 1.0), (small, 1.02)]) == (small, 1.02)
@@ -247,7 +247,7 @@ def test_export_then_import_into_an_empty_cache_gives_the_same_decisions(tmp_pat
     other = HetConvSpec(1, 8, 16, 5, 5, 3, 1, 4, False, "float32")
     for spec in (SPEC, other):
         for pass_ in ("forward", "backward"):
-            tuner.tune_pass(HARNESS, spec, pass_, torch.device("cpu"), tuned, max_tiles=2)
+            tuner.tune_pass(ADAPTER, spec, pass_, torch.device("cpu"), tuned, max_tiles=2)
     shipped = tmp_path / "shipped.json"
     assert main(["--cache", str(tuned.path), "--export", str(shipped)]) == 0
     empty = TuningCache(tmp_path / "b" / "tuning.json")
@@ -255,13 +255,13 @@ def test_export_then_import_into_an_empty_cache_gives_the_same_decisions(tmp_pat
     assert empty.entries() == tuned.entries() and len(empty.entries()) == 4
     for spec in (SPEC, other):
         for pass_ in ("forward", "backward"):
-            before = dispatch.decide(HARNESS.operator, spec, pass_, torch.device("cuda"), cache=tuned)
-            after = dispatch.decide(HARNESS.operator, spec, pass_, torch.device("cuda"), cache=empty)
+            before = dispatch.decide(ADAPTER.operator, spec, pass_, torch.device("cuda"), cache=tuned)
+            after = dispatch.decide(ADAPTER.operator, spec, pass_, torch.device("cuda"), cache=empty)
             assert after == before and "measured" in after.reason
 
 
 def test_the_cache_key_carries_the_torch_version():
-    key = HARNESS.operator.cache_key(SPEC, "forward", torch.device("cpu"))
+    key = ADAPTER.operator.cache_key(SPEC, "forward", torch.device("cpu"))
     assert key.torch == torch.__version__ and f"|{torch.__version__}|" in str(key)
 
 
@@ -275,7 +275,7 @@ def test_the_cache_key_carries_the_torch_version():
 ])
 def test_a_malformed_import_is_refused_and_leaves_the_cache_untouched(tmp_path, fake_clock, content, says):
     cache = TuningCache(tmp_path / "tuning.json")
-    tuner.tune_pass(HARNESS, SPEC, "forward", torch.device("cpu"), cache, max_tiles=1)
+    tuner.tune_pass(ADAPTER, SPEC, "forward", torch.device("cpu"), cache, max_tiles=1)
     before = cache.path.read_bytes()
     good = tmp_path / "good.json"
     cache.export(good)

@@ -17,7 +17,7 @@ from torch import nn
 
 import tritonconv
 from tritonconv import dispatch
-from tritonconv.harness import relative_error
+from tritonconv.adapter import relative_error
 
 from conftest import DEVICE
 from layer_cases import CASES, LayerCase, layer_classes, oracle

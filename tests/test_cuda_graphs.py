@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import tritonconv
-from tritonconv.harness import relative_error
+from tritonconv.adapter import relative_error
 
 from layer_cases import CASES
 

@@ -8,7 +8,7 @@ import torch
 
 import tritonconv
 from tritonconv import BackendUnavailable
-from tritonconv.harness import relative_error
+from tritonconv.adapter import relative_error
 
 from conftest import DEVICE
 

@@ -327,11 +327,11 @@ def test_spec_is_memoized_on_what_it_reads_of_the_tensors():
 def test_tuning_keys_are_generated_from_the_declared_fields():
     from dataclasses import fields
 
-    from tritonconv.ops.registry import HARNESSES
+    from tritonconv.ops.registry import ADAPTERS
     from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 
-    for name, harness in HARNESSES.items():
-        spec = harness.specs_for(harness.shape_sets[0], batch=100, dtype="bfloat16")[0][2]
+    for name, adapter in ADAPTERS.items():
+        spec = adapter.specs_for(adapter.shape_sets[0], batch=100, dtype="bfloat16")[0][2]
         key = spec.tuning_key()
         assert key.startswith("batch=128,"), f"{name}: the batch is keyed on its bucket: {key}"
         assert [part.split("=")[0] for part in key.split(",")] == [
@@ -341,43 +341,43 @@ def test_tuning_keys_are_generated_from_the_declared_fields():
     assert len(keys) == 2
 
 
-def test_every_harness_calls_its_layer_public_op():
+def test_every_adapter_calls_its_layer_public_op():
     """``layer_call`` (what ``perf host`` times) is the layer's functional op on the workload: its output
-    equals the harness's fallback forward, and it differentiates ``call_inputs``."""
-    from tritonconv.harness import relative_error
-    from tritonconv.ops.registry import HARNESSES
+    equals the adapter's fallback forward, and it differentiates ``call_inputs``."""
+    from tritonconv.adapter import relative_error
+    from tritonconv.ops.registry import ADAPTERS
 
-    for name, harness in HARNESSES.items():
-        spec = harness.shrink(harness.specs_for(harness.shape_sets[0], batch=2, dtype="float64")[0][2])
-        work = harness.make_workload(spec, torch.device("cpu"))
-        inputs = [work.tensors[n].requires_grad_() for n in harness.call_inputs if work.tensors.get(n) is not None]
+    for name, adapter in ADAPTERS.items():
+        spec = adapter.shrink(adapter.specs_for(adapter.shape_sets[0], batch=2, dtype="float64")[0][2])
+        work = adapter.make_workload(spec, torch.device("cpu"))
+        inputs = [work.tensors[n].requires_grad_() for n in adapter.call_inputs if work.tensors.get(n) is not None]
         with tritonconv.use_backend("fallback"):
-            y = harness.layer_call(work.tensors, spec)
-        expected = harness.fallback("forward", work)()[0]
+            y = adapter.layer_call(work.tensors, spec)
+        expected = adapter.fallback("forward", work)()[0]
         assert y.shape == expected.shape and relative_error(y.detach(), expected.detach()) < 1e-12, name
         grads = torch.autograd.grad(y, inputs, torch.ones_like(y))
         assert all(g is not None and g.shape == t.shape for g, t in zip(grads, inputs)), name
 
 
-def test_the_layers_triton_path_is_its_harness_passes():
-    """The torch operators run the harness's ``forward`` and ``backward`` (what the tuner and the perf suite
-    drive): a layer call forced to Triton gives bit for bit what the harness's passes give at the tiles the
+def test_the_layers_triton_path_is_its_adapter_passes():
+    """The torch operators run the adapter's ``forward`` and ``backward`` (what the tuner and the perf suite
+    drive): a layer call forced to Triton gives bit for bit what the adapter's passes give at the tiles the
     dispatcher picks."""
-    from tritonconv.ops.registry import HARNESSES
+    from tritonconv.ops.registry import ADAPTERS
 
-    for name, harness in HARNESSES.items():
-        spec = harness.shrink(harness.specs_for(harness.shape_sets[0], batch=2, dtype="float64")[0][2])
-        work = harness.make_workload(spec, torch.device("cpu"))
+    for name, adapter in ADAPTERS.items():
+        spec = adapter.shrink(adapter.specs_for(adapter.shape_sets[0], batch=2, dtype="float64")[0][2])
+        work = adapter.make_workload(spec, torch.device("cpu"))
         t = work.tensors
-        inputs = [t[n].requires_grad_() for n in harness.call_inputs if t.get(n) is not None]
+        inputs = [t[n].requires_grad_() for n in adapter.call_inputs if t.get(n) is not None]
         with tritonconv.use_backend("triton"):
-            y = harness.layer_call(t, spec)
+            y = adapter.layer_call(t, spec)
             grads = torch.autograd.grad(y, inputs, work.grad)
-        tiles = {**dispatch.decide(harness.operator, spec, "forward", torch.device("cpu"), forced="triton").tiles,
-                 **dispatch.decide(harness.operator, spec, "backward", torch.device("cpu"), forced="triton").tiles}
+        tiles = {**dispatch.decide(adapter.operator, spec, "forward", torch.device("cpu"), forced="triton").tiles,
+                 **dispatch.decide(adapter.operator, spec, "backward", torch.device("cpu"), forced="triton").tiles}
         with torch.no_grad():
-            passes = {**t, "out": harness.forward(spec, t, tiles["forward"])}
-            expected = [g for g in harness.backward(spec, passes, work.grad, tiles, True, True) if g is not None]
+            passes = {**t, "out": adapter.forward(spec, t, tiles["forward"])}
+            expected = [g for g in adapter.backward(spec, passes, work.grad, tiles, True, True) if g is not None]
         assert torch.equal(y.detach(), passes["out"]), name
         assert len(grads) == len(expected) and all(torch.equal(a, b) for a, b in zip(grads, expected)), name
 

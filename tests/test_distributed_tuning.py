@@ -79,8 +79,8 @@ def _tune_on_rank(rank: int, world: int, port: int, folder: str, results) -> Non
     try:
         measured, tune_pass = [], tuner.tune_pass
 
-        def recording(harness, spec, pass_, device, cache, **options):
-            result = tune_pass(harness, spec, pass_, device, cache, **options)
+        def recording(adapter, spec, pass_, device, cache, **options):
+            result = tune_pass(adapter, spec, pass_, device, cache, **options)
             if not result.cache_hit:
                 measured.append(f"{spec.describe()} {pass_}")
             return result
@@ -189,9 +189,9 @@ def _cli_then_first_call_on_rank(rank: int, ports: tuple, folder: str, results) 
     from autotune import cli
     checked, validate_candidates = [], cli.validate_candidates
 
-    def recording(harness, spec, pass_, *args, **options):
+    def recording(adapter, spec, pass_, *args, **options):
         checked.append(spec.describe())
-        return validate_candidates(harness, spec, pass_, *args, **options)
+        return validate_candidates(adapter, spec, pass_, *args, **options)
     cli.validate_candidates = recording
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -207,7 +207,7 @@ def _first_call_on_rank(rank: int, port: int, folder: str, results) -> None:
     import tritonconv
     from tritonconv import dispatch, tuner
     from tritonconv.ops.hetconv import OPERATOR, HetConvSpec
-    from tritonconv.ops.hetconv.harness import HARNESS
+    from tritonconv.ops.hetconv.adapter import ADAPTER
     from tritonconv.tuning_cache import TuningCache
     try:
         spec, cuda = HetConvSpec(2, 8, 8, 6, 5, 3, 1, 2, True, "float32"), torch.device("cuda")
@@ -220,7 +220,7 @@ def _first_call_on_rank(rank: int, port: int, folder: str, results) -> None:
             store.set("test/rank 0 tunes", "1")
             store.wait(["test/rank 1 ran the fallback"])
             times = iter([1.0, 5.0])
-            return tuner.tune_pass(HARNESS, spec, pass_, torch.device("cpu"), cache, max_tiles=1,
+            return tuner.tune_pass(ADAPTER, spec, pass_, torch.device("cpu"), cache, max_tiles=1,
                                    timer=lambda fn: next(times)).entry
         dispatch._tune_first_call = tune_on_cpu
         tritonconv.set_tuning("first-call")

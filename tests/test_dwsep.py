@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tritonconv.adapter import max_relative_error, tolerance
 from tritonconv.dispatch import use_backend
-from tritonconv.harness import max_relative_error, tolerance
 from tritonconv.ops.depthwise import DepthwiseConv2d, depthwise_conv2d
-from tritonconv.ops.depthwise.harness import HARNESS as DEPTHWISE_HARNESS
+from tritonconv.ops.depthwise.adapter import ADAPTER as DEPTHWISE_ADAPTER
 from tritonconv.ops.depthwise.spec import DepthwiseSpec
 from tritonconv.ops.dwsep import DepthwiseSeparableConv2d, DwSepSpec, dwsep_conv2d
 from tritonconv.ops.dwsep import launch as dwsep_launch
-from tritonconv.ops.dwsep.harness import HARNESS as DWSEP_HARNESS
+from tritonconv.ops.dwsep.adapter import ADAPTER as DWSEP_ADAPTER
 from tritonconv.tiles import GemmTile
 from tritonconv.zoo import separable
 
@@ -317,7 +317,7 @@ def test_depthwise_bad_inputs(device):
     assert DepthwiseConv2d(4, 3, 2).to(device)(torch.randn(0, 4, 5, 5, device=device)).shape == (0, 4, 3, 3)
 
 
-# ---- shape sets and harnesses ---------------------------------------------------------------------
+# ---- shape sets and adapters ---------------------------------------------------------------------
 
 def test_mobilenet_v2_shape_set():
     layers = separable.mobilenet_v2(224)
@@ -326,10 +326,10 @@ def test_mobilenet_v2_shape_set():
     assert (layers[1].in_channels, layers[1].stride) == (96, 2)
     assert (layers[-1].in_channels, layers[-1].out_channels, layers[-1].height) == (960, 320, 7)
     assert all(layer.activation == "relu6" and layer.out_activation == "none" for layer in layers)
-    specs = DWSEP_HARNESS.specs_for("mobilenet_v2", batch=8, dtype="float16", channels_last=True)
+    specs = DWSEP_ADAPTER.specs_for("mobilenet_v2", batch=8, dtype="float16", channels_last=True)
     assert sum(count for _, count, _ in specs) == 17 and isinstance(specs[0][2], DwSepSpec)
     with pytest.raises(ValueError, match="shape set"):
-        DWSEP_HARNESS.specs_for("vgg16", batch=1, dtype="float32")
+        DWSEP_ADAPTER.specs_for("vgg16", batch=1, dtype="float32")
 
 
 def test_efficientnet_b0_shape_set():
@@ -346,26 +346,26 @@ def test_efficientnet_b0_shape_set():
     # 1x1 projections: EfficientNet-B0's block outputs
     assert [layer.out_channels for layer in layers] == [16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192,
                                                         192, 320]
-    for harness, kind in ((DWSEP_HARNESS, DwSepSpec), (DEPTHWISE_HARNESS, DepthwiseSpec)):
-        specs = harness.specs_for("efficientnet_b0", batch=8, dtype="bfloat16", channels_last=True)
+    for adapter, kind in ((DWSEP_ADAPTER, DwSepSpec), (DEPTHWISE_ADAPTER, DepthwiseSpec)):
+        specs = adapter.specs_for("efficientnet_b0", batch=8, dtype="bfloat16", channels_last=True)
         assert sum(count for _, count, _ in specs) == 16 and all(isinstance(s, kind) for _, _, s in specs)
         assert {s.kernel_size for _, _, s in specs} == {3, 5}
-        assert "efficientnet_b0" in harness.shape_sets
+        assert "efficientnet_b0" in adapter.shape_sets
 
 
-@pytest.mark.parametrize("harness, shape_set", [(DWSEP_HARNESS, "mobilenet_v2"), (DWSEP_HARNESS, "ghostnet"),
-                                                (DEPTHWISE_HARNESS, "ghostnet"), (DWSEP_HARNESS, "efficientnet_b0"),
-                                                (DEPTHWISE_HARNESS, "efficientnet_b0")])
-def test_harness_kernels_match_expected(harness, shape_set, device):
-    _, _, spec = harness.specs_for(shape_set, batch=8, dtype="float32", channels_last=True)[1]
-    small = harness.shrink(spec)
-    work = harness.make_workload(small, device)
-    kernels = harness.operator.kernels_of_pass["forward"] + harness.operator.kernels_of_pass["backward"]
+@pytest.mark.parametrize("adapter, shape_set", [(DWSEP_ADAPTER, "mobilenet_v2"), (DWSEP_ADAPTER, "ghostnet"),
+                                                (DEPTHWISE_ADAPTER, "ghostnet"), (DWSEP_ADAPTER, "efficientnet_b0"),
+                                                (DEPTHWISE_ADAPTER, "efficientnet_b0")])
+def test_adapter_kernels_match_expected(adapter, shape_set, device):
+    _, _, spec = adapter.specs_for(shape_set, batch=8, dtype="float32", channels_last=True)[1]
+    small = adapter.shrink(spec)
+    work = adapter.make_workload(small, device)
+    kernels = adapter.operator.kernels_of_pass["forward"] + adapter.operator.kernels_of_pass["backward"]
     for kernel in kernels:
-        tile = harness.candidate_tiles(small, kernel)[-1]
-        assert max_relative_error(harness.triton(kernel, work, tile)(), harness.expected(kernel, work)) < 1e-4, kernel
+        tile = adapter.candidate_tiles(small, kernel)[-1]
+        assert max_relative_error(adapter.triton(kernel, work, tile)(), adapter.expected(kernel, work)) < 1e-4, kernel
     for pass_ in ("forward", "backward"):
-        assert harness.fallback(pass_, work)() and harness.dense(pass_, work)()
+        assert adapter.fallback(pass_, work)() and adapter.dense(pass_, work)()
 
 
 @pytest.mark.parametrize("n, act, out_act, channels_last", [(80, "relu6", "relu", True), (40, "relu", "none", False)])
@@ -373,7 +373,7 @@ def test_filter_plans(n, act, out_act, channels_last, device):
     """Several filter chunks per program, and (N=80) several filter groups per pixel tile or channel chunk,
     each recomputing the depthwise tile; the backward without weight gradients (dz alone)."""
     spec = DwSepSpec(2, 24, n, 7, 6, 3, 2, 1, 1, True, True, act, out_act, "float64", channels_last)
-    work = DWSEP_HARNESS.make_workload(spec, device)
+    work = DWSEP_ADAPTER.make_workload(spec, device)
     t, dy = work.tensors, work.grad
     params = [t[name] for name in ("dw_weight", "dw_bias", "pw_weight", "pw_bias")]
     tile = GemmTile(32, 16, 16, num_warps=2, num_stages=1)  # 16-filter chunks, at most 4 per program
@@ -381,9 +381,9 @@ def test_filter_plans(n, act, out_act, channels_last, device):
     assert [(p.chunks, p.per_program, p.groups) for p in plans] == ([(5, 3, 2)] * 2 if n == 80 else [(3, 3, 1)] * 2)
     assert ("recompute" in plans[0].describe()) == (n == 80)
     y = dwsep_launch.forward(t["x"], *params, spec, tile)
-    assert max_relative_error((y,), DWSEP_HARNESS.expected("forward", work)) < 1e-10
+    assert max_relative_error((y,), DWSEP_ADAPTER.expected("forward", work)) < 1e-10
     got = dwsep_launch.backward_pointwise(dy, t["out"], t["x"], *params[:3], spec, tile)
-    assert max_relative_error(got, DWSEP_HARNESS.expected("backward_pointwise", work)) < 1e-10
+    assert max_relative_error(got, DWSEP_ADAPTER.expected("backward_pointwise", work)) < 1e-10
     dz, no_pw, no_pb = dwsep_launch.backward_pointwise(dy, t["out"], t["x"], *params[:3], spec, tile, False)
     assert no_pw is None and no_pb is None
     torch.testing.assert_close(dz, got[0], rtol=1e-12, atol=1e-12)

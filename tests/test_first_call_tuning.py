@@ -10,7 +10,7 @@ import torch
 import tritonconv
 from tritonconv import dispatch, tuner
 from tritonconv.ops.hetconv import OPERATOR, HetConvSpec
-from tritonconv.ops.hetconv.harness import HARNESS
+from tritonconv.ops.hetconv.adapter import ADAPTER
 from tritonconv.tuning_cache import TuningCache
 
 SPEC = HetConvSpec(2, 8, 8, 6, 5, 3, 1, 2, True, "float32")
@@ -33,7 +33,7 @@ def measured(monkeypatch):
 
     def tune_on_cpu(operator, spec, pass_, device, cache):
         tuned.append((operator.name, spec, pass_))
-        return tuner.tune_pass(HARNESS, spec, pass_, torch.device("cpu"), cache, max_tiles=1,
+        return tuner.tune_pass(ADAPTER, spec, pass_, torch.device("cpu"), cache, max_tiles=1,
                                timer=lambda fn: 1.0).entry
     monkeypatch.setattr(dispatch, "_tune_first_call", tune_on_cpu)
     return tuned

@@ -9,7 +9,7 @@ from torch import nn
 
 from tritonconv.dispatch import use_backend
 from tritonconv.ops.ghost import GhostModule
-from tritonconv.ops.ghost.harness import HARNESS
+from tritonconv.ops.ghost.adapter import ADAPTER
 from tritonconv.zoo import separable
 
 
@@ -147,19 +147,19 @@ def test_ghostnet_1x_parameter_count():
     assert _ghostnet_1x_parameters() == 5_182_508
 
 
-def test_shape_set_and_harness(device):
-    specs = HARNESS.specs_for("ghostnet", batch=8, dtype="float32")
+def test_shape_set_and_adapter(device):
+    specs = ADAPTER.specs_for("ghostnet", batch=8, dtype="float32")
     assert sum(count for _, count, _ in specs) == len(separable.ghostnet_ghost_modules()) == 32
     label, _, spec = specs[3]
     assert spec.concat_input and spec.in_channels + spec.out_channels == spec.total_out_channels
-    small = HARNESS.shrink(spec)
-    work = HARNESS.make_workload(small, device)
+    small = ADAPTER.shrink(spec)
+    work = ADAPTER.make_workload(small, device)
     for kernel in ("forward", "backward_input", "backward_weight"):
-        tile = HARNESS.candidate_tiles(small, kernel)[0]
-        for actual, expected in zip(HARNESS.triton(kernel, work, tile)(), HARNESS.expected(kernel, work)):
+        tile = ADAPTER.candidate_tiles(small, kernel)[0]
+        for actual, expected in zip(ADAPTER.triton(kernel, work, tile)(), ADAPTER.expected(kernel, work)):
             torch.testing.assert_close(actual.double(), expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="shape set"):
-        HARNESS.specs_for("resnet", batch=1, dtype="float32")
+        ADAPTER.specs_for("resnet", batch=1, dtype="float32")
 
 
 @pytest.mark.parametrize("kwargs, match", [

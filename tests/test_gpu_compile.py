@@ -36,14 +36,14 @@ GATE_LAYERS = ("hetconv", "dwsep", "depthwise", "ghost", "shift", "versatile", "
 
 
 def test_every_layer_is_gated():
-    assert set(GATE_LAYERS) == set(audit.harnesses())
+    assert set(GATE_LAYERS) == set(audit.adapters())
 
 
 def test_known_violations_name_a_gate_a_reason_and_an_issue():
     assert callable(audit.gate_results) and set(audit.GATE_DTYPES) == {"bfloat16", "float32"}
     for (layer, kernel, gate), (reason, issue) in KNOWN_VIOLATIONS.items():
         assert layer in GATE_LAYERS, layer
-        kernels = [k for _, k in audit.kernel_passes(audit.harnesses()[layer].operator)]
+        kernels = [k for _, k in audit.kernel_passes(audit.adapters()[layer].operator)]
         assert kernel in kernels, f"{layer} has no kernel {kernel!r}; it has {kernels}"
         assert gate in audit.GATES, f"{gate!r} is not a gate; the gates are {list(audit.GATES)}"
         assert reason.strip() and "\n" not in reason, (layer, kernel, gate)
@@ -64,7 +64,7 @@ def _gate_results(layer: str) -> list[dict]:
 def test_kernels_meet_the_hopper_gates_or_are_known_violations(layer):
     results = _gate_results(layer)
     kernels = {entry["kernel"] for entry in results}
-    assert kernels == {k for _, k in audit.kernel_passes(audit.harnesses()[layer].operator)}, kernels
+    assert kernels == {k for _, k in audit.kernel_passes(audit.adapters()[layer].operator)}, kernels
     assert {entry["dtype"] for entry in results} == {"bf16", "fp32"}
     found = {}
     for entry in results:

@@ -13,7 +13,7 @@ import torch
 from perf import UsageError, bench, ceilings, plots, results
 from perf.__main__ import main
 from tritonconv.ops.hetconv.spec import HetConvSpec
-from tritonconv.ops.registry import HARNESSES
+from tritonconv.ops.registry import ADAPTERS
 
 REPO = Path(__file__).resolve().parent.parent
 GPU = "NVIDIA H100 80GB HBM3"
@@ -208,7 +208,7 @@ def test_verify_accepts_right_outputs_and_flags_wrong_ones():
 # ---- bench's non-timing pieces on the CPU (Triton's interpreter) -----------------------------------------
 def _tiny_case() -> bench.Case:
     case = bench.cases("hetconv", ["vgg16_cifar"], batch=2, dtype="fp32")[0]
-    return bench.Case(case.layer, case.shape_set, case.label, case.count, HARNESSES["hetconv"].shrink(case.spec))
+    return bench.Case(case.layer, case.shape_set, case.label, case.count, ADAPTERS["hetconv"].shrink(case.spec))
 
 
 def test_cases_cover_the_shape_set_once_per_spec():
@@ -222,32 +222,32 @@ def test_cases_cover_the_shape_set_once_per_spec():
 def test_workload_and_verification_through_the_interpreter():
     device = torch.device("cpu")
     case = _tiny_case()
-    harness = HARNESSES["hetconv"]
-    work = harness.make_workload(case.spec, device)
+    adapter = ADAPTERS["hetconv"]
+    work = adapter.make_workload(case.spec, device)
     for tensor in (work.tensors["x"], work.grad):
         assert tensor.abs().sum() > 0  # random inputs, never zeros
     for pass_ in ("fwd", "bwd"):
-        expected = bench.expectations(harness, work, pass_, list(bench.BACKENDS))
+        expected = bench.expectations(adapter, work, pass_, list(bench.BACKENDS))
         assert all(out.dtype == torch.float64 for outs in expected.values() for out in outs)
-        fn, tiles, tuned = bench.triton_closure(harness, work, pass_, device)
+        fn, tiles, tuned = bench.triton_closure(adapter, work, pass_, device)
         assert bench.check_backend("triton", fn, work, expected).ok
-        assert not tuned and all(k in tiles for ks in bench.PASSES[pass_] for k in harness.operator.kernels_of_pass[ks])
-        fallback = bench.backend_closure(harness, "fallback", work, pass_)
+        assert not tuned and all(k in tiles for ks in bench.PASSES[pass_] for k in adapter.operator.kernels_of_pass[ks])
+        fallback = bench.backend_closure(adapter, "fallback", work, pass_)
         assert bench.check_backend("fallback", fallback, work, expected).ok
-        wrong = bench.backend_closure(harness, "dense", work, pass_)  # a different function
+        wrong = bench.backend_closure(adapter, "dense", work, pass_)  # a different function
         assert not bench.verify(wrong(), expected["triton"], case.spec.torch_dtype).ok
         assert bench.check_backend("dense", wrong, work, expected).ok  # dense: finite outputs only
 
 
-@pytest.mark.parametrize("layer", sorted(HARNESSES))
+@pytest.mark.parametrize("layer", sorted(ADAPTERS))
 def test_every_layers_triton_passes_match_the_fallback(layer):
-    """What ``perf run`` times for Triton is the layer's own passes (``Harness.triton_pass``), outputs in the
+    """What ``perf run`` times for Triton is the layer's own passes (``Adapter.triton_pass``), outputs in the
     fallback's order: a forward and backward of every layer checked against the fallback in float64."""
-    harness = HARNESSES[layer]
-    spec = harness.shrink(harness.specs_for(harness.shape_sets[0], batch=2, dtype="float32", channels_last=True)[0][2])
-    work = harness.make_workload(spec, torch.device("cpu"))
-    expected = bench.expectations(harness, work, "fwd+bwd", ["triton"])
-    fn, _, _ = bench.triton_closure(harness, work, "fwd+bwd", torch.device("cpu"))
+    adapter = ADAPTERS[layer]
+    spec = adapter.shrink(adapter.specs_for(adapter.shape_sets[0], batch=2, dtype="float32", channels_last=True)[0][2])
+    work = adapter.make_workload(spec, torch.device("cpu"))
+    expected = bench.expectations(adapter, work, "fwd+bwd", ["triton"])
+    fn, _, _ = bench.triton_closure(adapter, work, "fwd+bwd", torch.device("cpu"))
     check = bench.check_backend("triton", fn, work, expected)
     assert check.ok, check.note
 
@@ -255,8 +255,8 @@ def test_every_layers_triton_passes_match_the_fallback(layer):
 def test_measure_records_failed_backends_untimed(monkeypatch):
     device = torch.device("cpu")
     case = _tiny_case()
-    harness = HARNESSES["hetconv"]
-    right_triton, right_fallback = harness.triton_pass, harness.fallback
+    adapter = ADAPTERS["hetconv"]
+    right_triton, right_fallback = adapter.triton_pass, adapter.fallback
 
     def wrong_triton(pass_, work, tiles):
         fn = right_triton(pass_, work, tiles)
@@ -267,8 +267,8 @@ def test_measure_records_failed_backends_untimed(monkeypatch):
         fn = right_fallback(pass_, work)
         return fn if work.spec.dtype == "float64" else (lambda: tuple(out + 1.0 for out in fn()))
 
-    monkeypatch.setattr(harness, "triton_pass", wrong_triton)
-    monkeypatch.setattr(harness, "fallback", wrong_fallback)
+    monkeypatch.setattr(adapter, "triton_pass", wrong_triton)
+    monkeypatch.setattr(adapter, "fallback", wrong_fallback)
     timed = []
 
     def fake_timer(fn, quantiles):
@@ -348,12 +348,12 @@ def test_bytes_moved_by_the_unfused_form_are_reported_where_the_layer_fuses_some
 
 
 def test_a_spec_whose_inputs_cannot_be_made_fails_every_backend_and_the_run_goes_on(monkeypatch):
-    harness = HARNESSES["hetconv"]
+    adapter = ADAPTERS["hetconv"]
 
     def out_of_memory(spec, device):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(harness, "make_workload", out_of_memory)
+    monkeypatch.setattr(adapter, "make_workload", out_of_memory)
     rows = bench.measure([_tiny_case()], dtype="fp32", pass_="bwd", backends=["triton", "dense"],
                          device=torch.device("cpu"), timer=lambda fn, quantiles: pytest.fail("timed"), progress=False)
     assert [r["status"] for r in rows] == ["failed", "failed"]

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from tritonconv.dispatch import use_backend
 from tritonconv.ops.shift import ShiftConv2d, ShiftSpec, explain, reference
-from tritonconv.ops.shift.harness import HARNESS
+from tritonconv.ops.shift.adapter import ADAPTER
 from tritonconv.ops.shift.spec import channel_shifts
 
 from conftest import DEVICE
@@ -184,15 +184,15 @@ def test_opcheck():
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
-def test_harness_shape_sets_and_shrunk_kernels():
-    from tritonconv.harness import max_relative_error
-    specs = HARNESS.specs_for("shiftresnet20", batch=2, dtype="float32")
+def test_adapter_shape_sets_and_shrunk_kernels():
+    from tritonconv.adapter import max_relative_error
+    specs = ADAPTER.specs_for("shiftresnet20", batch=2, dtype="float32")
     assert [spec.in_channels for _, _, spec in specs][:2] == [16, 16]
-    _, _, spec = HARNESS.specs_for("resnet50", batch=4, dtype="float32")[-1]
-    work = HARNESS.make_workload(HARNESS.shrink(spec), DEVICE)
+    _, _, spec = ADAPTER.specs_for("resnet50", batch=4, dtype="float32")[-1]
+    work = ADAPTER.make_workload(ADAPTER.shrink(spec), DEVICE)
     for kernel in ("forward", "backward_input", "backward_weight"):
-        tile = HARNESS.candidate_tiles(work.spec, kernel)[0]
-        assert max_relative_error(HARNESS.triton(kernel, work, tile)(), HARNESS.expected(kernel, work)) < 1e-4
+        tile = ADAPTER.candidate_tiles(work.spec, kernel)[0]
+        assert max_relative_error(ADAPTER.triton(kernel, work, tile)(), ADAPTER.expected(kernel, work)) < 1e-4
 
 
 @pytest.mark.parametrize("in_c,stride,dilation,assignment,layout", [

@@ -147,24 +147,24 @@ def test_opcheck():
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
-def test_harness_shape_sets_and_shrunk_kernels():
-    from tritonconv.harness import max_relative_error
-    from tritonconv.ops.registry import HARNESSES
-    from tritonconv.ops.shuffle.harness import HARNESS
+def test_adapter_shape_sets_and_shrunk_kernels():
+    from tritonconv.adapter import max_relative_error
+    from tritonconv.ops.registry import ADAPTERS
+    from tritonconv.ops.shuffle.adapter import ADAPTER
 
-    assert HARNESSES["shuffle"] is HARNESS
-    specs = HARNESS.specs_for("shufflenet_v1", batch=2, dtype="float32")
+    assert ADAPTERS["shuffle"] is ADAPTER
+    specs = ADAPTER.specs_for("shufflenet_v1", batch=2, dtype="float32")
     first = specs[0][2]
     assert (first.in_channels, first.out_channels, first.groups, first.shuffle_groups) == (24, 60, 1, 3)
     assert {spec.shuffle_groups for _, _, spec in specs if spec.shuffle_groups > 1} == {3, 8}
     assert sum(count for name, count, _ in specs if name.startswith("g8.")) == 2 * sum((4, 8, 4))
-    assert all(spec.groups == 8 for _, _, spec in HARNESS.specs_for("shufflenet_v1", batch=2, dtype="float32",
+    assert all(spec.groups == 8 for _, _, spec in ADAPTER.specs_for("shufflenet_v1", batch=2, dtype="float32",
                                                                      groups=8)[1:])
     _, _, spec = specs[-1]  # g=8, stage 4: 384 -> 1536 in 8 groups
-    work = HARNESS.make_workload(HARNESS.shrink(spec), DEVICE)
+    work = ADAPTER.make_workload(ADAPTER.shrink(spec), DEVICE)
     for kernel in ("forward", "backward_input", "backward_weight"):
-        tile = HARNESS.candidate_tiles(work.spec, kernel)[0]
-        assert max_relative_error(HARNESS.triton(kernel, work, tile)(), HARNESS.expected(kernel, work)) < 1e-4
+        tile = ADAPTER.candidate_tiles(work.spec, kernel)[0]
+        assert max_relative_error(ADAPTER.triton(kernel, work, tile)(), ADAPTER.expected(kernel, work)) < 1e-4
 
 
 @pytest.mark.gpu
@@ -216,7 +216,7 @@ _DENSE_SHAPES = [(15, 21, 3, 3), (24, 40, 8, 8), (48, 96, 8, 8), (36, 60, 3, 3),
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
 def test_dense_backward_matches_float64_reference(in_c, out_c, groups, shuffle_groups, channels_last, dtype,
                                                   tolerance):
-    from tritonconv.harness import max_relative_error
+    from tritonconv.adapter import max_relative_error
     from tritonconv.ops.shuffle import reference
 
     spec, x, dy, weight = _dense_case(in_c, out_c, groups, channels_last, dtype, shuffle_groups=shuffle_groups)
@@ -268,7 +268,7 @@ def test_dense_paths_are_chosen_for_shuffled_groups_in_channels_last():
 @pytest.mark.parametrize("in_c,out_c,groups", [(240, 60, 3), (384, 96, 8)])
 def test_dense_backward_bfloat16_on_gpu(in_c, out_c, groups):
     """The packed select (a 32-bit AND of two bf16, GPU only) keeps a NaN in its group too."""
-    from tritonconv.harness import max_relative_error
+    from tritonconv.adapter import max_relative_error
     from tritonconv.ops.shuffle import launch, reference
 
     spec, x, dy, weight = _dense_case(in_c, out_c, groups, True, torch.bfloat16, bias=False)
@@ -294,7 +294,7 @@ def test_one_step_forward_walks_pixel_tiles(in_c, out_c, groups, shuffle_groups,
     """The one-step forward's programs walk several pixel tiles each (a partial last tile, several
     programs sharing the tiles unevenly), NCHW taking the dividing path and channels_last the flat one."""
     from tritonconv import tiles
-    from tritonconv.harness import max_relative_error
+    from tritonconv.adapter import max_relative_error
     from tritonconv.ops.shuffle import launch, reference
 
     spec, x, _, weight = _dense_case(in_c, out_c, groups, channels_last, torch.float64,

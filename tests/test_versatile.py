@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from tritonconv.dispatch import use_backend
 from tritonconv.ops.versatile import VersatileConv2d, VersatileSpec, reference
-from tritonconv.ops.versatile.harness import HARNESS
+from tritonconv.ops.versatile.adapter import ADAPTER
 
 from conftest import DEVICE
 
@@ -196,15 +196,15 @@ def test_opcheck():
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
-def test_harness_shape_sets_and_shrunk_kernels():
-    from tritonconv.harness import max_relative_error
-    assert all(spec.kernel_size == 3 for _, _, spec in HARNESS.specs_for("vgg16", batch=2, dtype="float32"))
-    _, _, spec = HARNESS.specs_for("resnet50", batch=4, dtype="float32")[-1]
+def test_adapter_shape_sets_and_shrunk_kernels():
+    from tritonconv.adapter import max_relative_error
+    assert all(spec.kernel_size == 3 for _, _, spec in ADAPTER.specs_for("vgg16", batch=2, dtype="float32"))
+    _, _, spec = ADAPTER.specs_for("resnet50", batch=4, dtype="float32")[-1]
     assert spec.kernel_size == 5 and spec.out_channels % 3 == 0
-    work = HARNESS.make_workload(HARNESS.shrink(spec), DEVICE)
+    work = ADAPTER.make_workload(ADAPTER.shrink(spec), DEVICE)
     for kernel in ("forward", "backward_input", "backward_weight"):
-        tile = HARNESS.candidate_tiles(work.spec, kernel)[0]
-        assert max_relative_error(HARNESS.triton(kernel, work, tile)(), HARNESS.expected(kernel, work)) < 1e-4
+        tile = ADAPTER.candidate_tiles(work.spec, kernel)[0]
+        assert max_relative_error(ADAPTER.triton(kernel, work, tile)(), ADAPTER.expected(kernel, work)) < 1e-4
 
 
 @pytest.mark.gpu

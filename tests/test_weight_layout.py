@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from perf.audit import TorchOpCounter
+from tritonconv.adapter import relative_error
 from tritonconv.dispatch import use_backend
-from tritonconv.harness import relative_error
 from tritonconv.ops.depthwise import DepthwiseConv2d, depthwise_conv2d, explain
 from tritonconv.ops.depthwise.layout import grad_strides, is_taps_major, taps_major
 from tritonconv.ops.dwsep import DepthwiseSeparableConv2d

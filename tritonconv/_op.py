@@ -1,6 +1,6 @@
 """What every operator's torch operators share: their definition (``define_op``), the autograd Function
 around them (``training_function``), and their body (``run_forward``, ``run_backward``): decide, run the
-operator's harness's kernels or its fallback, lay out the result. Each operator's ``op.py`` keeps only
+operator's adapter's kernels or its fallback, lay out the result. Each operator's ``op.py`` keeps only
 what is its own: the typed signatures torch.library needs and how to build its spec from them."""
 
 from __future__ import annotations
@@ -16,29 +16,29 @@ from tritonconv._layout import memory_format_of, missing_as_empty
 from tritonconv._weights import same_layout
 
 
-def run_forward(harness, spec, t: dict) -> Tensor:
-    """The forward op's body: ``harness.forward`` (our kernel) or ``harness.fallback_forward``, the output
+def run_forward(adapter, spec, t: dict) -> Tensor:
+    """The forward op's body: ``adapter.forward`` (our kernel) or ``adapter.fallback_forward``, the output
     in x's layout. Notes the backend forced around the call for its backward (see
     ``dispatch.note_forward``)."""
-    x, operator = t["x"], harness.operator
+    x, operator = t["x"], adapter.operator
     decision = dispatch.decide(operator, spec, "forward", x.device)
     dispatch.note_forward(operator, x)
     if decision.backend == "triton":
-        return dispatch.launch(harness.forward, spec, t, decision.tiles["forward"])
-    return harness.fallback_forward(spec, t).contiguous(memory_format=memory_format_of(x))
+        return dispatch.launch(adapter.forward, spec, t, decision.tiles["forward"])
+    return adapter.fallback_forward(spec, t).contiguous(memory_format=memory_format_of(x))
 
 
-def run_backward(harness, spec, t: dict, grad: Tensor, need_input: bool, need_weights: bool, forced: str) -> tuple:
-    """The backward op's body: (grad x, one gradient per parameter) from ``harness.backward`` (our
-    kernels) or ``harness.fallback_backward``, grad x in x's layout, each missing one as its own empty
+def run_backward(adapter, spec, t: dict, grad: Tensor, need_input: bool, need_weights: bool, forced: str) -> tuple:
+    """The backward op's body: (grad x, one gradient per parameter) from ``adapter.backward`` (our
+    kernels) or ``adapter.fallback_backward``, grad x in x's layout, each missing one as its own empty
     tensor."""
     x = t["x"]
-    decision = dispatch.decide(harness.operator, spec, "backward", x.device,
-                               forced=dispatch.backward_forced(harness.operator, x, forced))
+    decision = dispatch.decide(adapter.operator, spec, "backward", x.device,
+                               forced=dispatch.backward_forced(adapter.operator, x, forced))
     if decision.backend == "triton":
-        grads = tuple(dispatch.launch(harness.backward, spec, t, grad, decision.tiles, need_input, need_weights))
+        grads = tuple(dispatch.launch(adapter.backward, spec, t, grad, decision.tiles, need_input, need_weights))
     else:
-        dx, *rest = harness.fallback_backward(spec, t, grad, need_input, need_weights)
+        dx, *rest = adapter.fallback_backward(spec, t, grad, need_input, need_weights)
         grads = (dx.contiguous(memory_format=memory_format_of(x)) if dx is not None else None, *rest)
     return missing_as_empty(grads, x)
 

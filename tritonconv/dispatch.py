@@ -279,11 +279,11 @@ def _tune_first_call(operator: Operator, spec, pass_: str, device: torch.device,
     """Measure this call's pass and store the winner (the tuner, imported on first use: it imports us);
     the measured cache entry (also when it could not be written here)."""
     from tritonconv import tuner
-    harness = tuner.harnesses_by_operator().get(operator.name)
-    if harness is None:
-        raise LookupError(f"no tuning harness for {operator.name}")
+    adapter = tuner.adapters_by_operator().get(operator.name)
+    if adapter is None:
+        raise LookupError(f"no tuning adapter for {operator.name}")
     with torch.no_grad():  # the measurement's own tensors are no part of the user's graph
-        return tuner.tune_pass(harness, spec, pass_, device, cache).entry
+        return tuner.tune_pass(adapter, spec, pass_, device, cache).entry
 
 
 def _first_call(operator, spec, pass_, device, forced, can_run, cache, decision: Decision) -> Decision:

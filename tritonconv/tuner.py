@@ -19,8 +19,8 @@ import torch
 from tqdm import tqdm
 
 from tritonconv import dispatch, distributed, env, hardware
+from tritonconv.adapter import Adapter, max_relative_error, tolerance
 from tritonconv.dispatch import PASSES
-from tritonconv.harness import Harness, max_relative_error, tolerance
 from tritonconv.tiles import GemmTile
 from tritonconv.tuning_cache import CacheKey, CacheWriteError, TuningCache, default_cache
 
@@ -105,10 +105,10 @@ def pick_winner(triton_ms: float | None, fallback_ms: float, band: float = NOISE
     return "triton"
 
 
-def check_tile(harness: Harness, kernel: str, work, tile, expected) -> str | None:
+def check_tile(adapter: Adapter, kernel: str, work, tile, expected) -> str | None:
     """None if the tile compiles, runs and matches the float64 fallback; otherwise why not."""
     try:
-        error = max_relative_error(harness.triton(kernel, work, tile)(), expected)
+        error = max_relative_error(adapter.triton(kernel, work, tile)(), expected)
     except Exception as exc:  # compile errors, out of shared memory, launch failures: recorded, skipped
         return _describe_failure(exc)
     limit = tolerance(work.spec.torch_dtype)
@@ -117,7 +117,7 @@ def check_tile(harness: Harness, kernel: str, work, tile, expected) -> str | Non
     return None
 
 
-def tune_pass(harness: Harness, spec, pass_: str, device: torch.device, cache: TuningCache, *,
+def tune_pass(adapter: Adapter, spec, pass_: str, device: torch.device, cache: TuningCache, *,
               force: bool = False, max_tiles: int | None = None, timer: Callable | None = None) -> PassResult:
     """Measure ``pass_`` of ``spec`` on the GPU and store the winner, unless the cache has it already.
 
@@ -127,7 +127,7 @@ def tune_pass(harness: Harness, spec, pass_: str, device: torch.device, cache: T
     A malformed cached entry is measured again; a cache that cannot be written is reported (a warning
     and ``not_saved``) and the measurement still returned.
     """
-    operator = harness.operator
+    operator = adapter.operator
     key = operator.cache_key(spec, pass_, device)
     entry = None if force else cache.lookup(key, operator.kernels_of_pass[pass_])
     if entry is not None:
@@ -136,17 +136,17 @@ def tune_pass(harness: Harness, spec, pass_: str, device: torch.device, cache: T
                           timings.get("fallback"), cache_hit=True, failed=entry.get("failed", {}), entry=entry)
 
     timer = timer or time_ms
-    work = harness.make_workload(spec, device)
+    work = adapter.make_workload(spec, device)
     candidates_ms, spread_ms, failed, best = {}, {}, {}, {}
     for kernel in operator.kernels_of_pass[pass_]:
-        expected = harness.expected(kernel, work)
+        expected = adapter.expected(kernel, work)
         timed = []
-        for tile in harness.candidate_tiles(spec, kernel)[:max_tiles]:
+        for tile in adapter.candidate_tiles(spec, kernel)[:max_tiles]:
             name = f"{kernel}:{tile.label()}"
-            problem = check_tile(harness, kernel, work, tile, expected)
+            problem = check_tile(adapter, kernel, work, tile, expected)
             if problem is None:
                 try:
-                    timing = _measure(timer, harness.triton(kernel, work, tile))
+                    timing = _measure(timer, adapter.triton(kernel, work, tile))
                 except Exception as exc:
                     problem = _describe_failure(exc)
             if problem is not None:
@@ -157,7 +157,7 @@ def tune_pass(harness: Harness, spec, pass_: str, device: torch.device, cache: T
         if timed:
             best[kernel] = pick_tile(timed)
         del expected
-    fallback = _measure(timer, harness.fallback(pass_, work))
+    fallback = _measure(timer, adapter.fallback(pass_, work))
     fallback_ms, spread_ms["fallback"] = fallback.p50, [fallback.p20, fallback.p80]
     kernels = operator.kernels_of_pass[pass_]
     triton_ms = None
@@ -167,7 +167,7 @@ def tune_pass(harness: Harness, spec, pass_: str, device: torch.device, cache: T
         else:  # the pass as a layer call runs it: its kernels may share launches (dwsep's backward)
             chosen = {kernel: tile for kernel, (tile, _) in best.items()}
             try:
-                timing = _measure(timer, harness.triton_pass(pass_, work, chosen))
+                timing = _measure(timer, adapter.triton_pass(pass_, work, chosen))
                 triton_ms, spread_ms["triton"] = timing.p50, [timing.p20, timing.p80]
             except Exception as exc:
                 failed[pass_] = _describe_failure(exc)
@@ -191,41 +191,41 @@ def tune_pass(harness: Harness, spec, pass_: str, device: torch.device, cache: T
                       not_saved=not_saved, entry=entry)
 
 
-def validate_candidates(harness: Harness, spec, pass_: str, device: torch.device, *, max_tiles: int | None = None,
+def validate_candidates(adapter: Adapter, spec, pass_: str, device: torch.device, *, max_tiles: int | None = None,
                         seen: set | None = None) -> dict:
     """Without a GPU: run every candidate tile of ``spec`` on a shrunk copy under the interpreter.
 
     Returns {"kernel:tile": problem} for the tiles that failed (empty when all are right). ``seen``
     skips (shrunk spec, kernel, tile) triples already checked for another shape.
     """
-    small = harness.shrink(spec)
-    work = harness.make_workload(small, device)
+    small = adapter.shrink(spec)
+    work = adapter.make_workload(small, device)
     failed = {}
-    for kernel in harness.operator.kernels_of_pass[pass_]:
-        expected = harness.expected(kernel, work)
-        for tile in harness.candidate_tiles(spec, kernel)[:max_tiles]:
+    for kernel in adapter.operator.kernels_of_pass[pass_]:
+        expected = adapter.expected(kernel, work)
+        for tile in adapter.candidate_tiles(spec, kernel)[:max_tiles]:
             marker = (small, kernel, tile)
             if seen is not None:
                 if marker in seen:
                     continue
                 seen.add(marker)
-            problem = check_tile(harness, kernel, work, tile, expected)
+            problem = check_tile(adapter, kernel, work, tile, expected)
             if problem is not None:
                 failed[f"{kernel}:{tile.label()}"] = problem
     return failed
 
 
-def harnesses_by_operator() -> dict:
-    """Every registered harness, by its operator's name (imported on first use: the registry imports
+def adapters_by_operator() -> dict:
+    """Every registered adapter, by its operator's name (imported on first use: the registry imports
     every operator)."""
-    from tritonconv.ops.registry import HARNESSES
-    return {harness.operator.name: harness for harness in HARNESSES.values()}
+    from tritonconv.ops.registry import ADAPTERS
+    return {adapter.operator.name: adapter for adapter in ADAPTERS.values()}
 
 
 def kernels_of_key(key: CacheKey) -> tuple | None:
     """The kernels an entry under ``key`` may hold tiles for; None for an op or pass unknown here."""
-    harness = harnesses_by_operator().get(key.op)
-    return None if harness is None else harness.operator.kernels_of_pass.get(key.kernel)
+    adapter = adapters_by_operator().get(key.op)
+    return None if adapter is None else adapter.operator.kernels_of_pass.get(key.kernel)
 
 
 def export_cache(path, cache: TuningCache | None = None) -> int:
@@ -331,23 +331,23 @@ def tune(model: torch.nn.Module, example_inputs, passes=("forward", "backward"),
             jobs.setdefault(key, [call, []])[1].append(call.where or call.operator.name)
     except Exception as error:  # the other ranks must not wait for this one in the collective below
         jobs, failed = {}, error
-    harnesses, seen = harnesses_by_operator(), set()
+    adapters, seen = adapters_by_operator(), set()
 
     def tune_call(call: dispatch.Call) -> tuple[dict, dict | None]:
         """One distinct call's columns of the table, and the cache entry behind them (None: nothing stored)."""
         operator, spec, pass_, device = call.operator, call.spec, call.pass_, call.device
-        harness = harnesses.get(operator.name)
+        adapter = adapters.get(operator.name)
         unsupported = operator.triton_unsupported(spec)
-        if harness is None or unsupported:
+        if adapter is None or unsupported:
             return {"winner": "fallback",
-                    "cache": f"not tuned: {unsupported or 'no tuning harness for ' + operator.name}"}, None
+                    "cache": f"not tuned: {unsupported or 'no tuning adapter for ' + operator.name}"}, None
         if timer is not None or (device.type == "cuda" and not env.triton_interpret()):
-            result = tune_pass(harness, spec, pass_, device, cache, force=force, max_tiles=max_tiles, timer=timer)
+            result = tune_pass(adapter, spec, pass_, device, cache, force=force, max_tiles=max_tiles, timer=timer)
             return {"winner": result.winner, "tiles": _tiles_label(result.tiles), "speedup": result.speedup,
                     "triton ms": result.triton_ms, "fallback ms": result.fallback_ms,
                     "cache": "hit" if result.cache_hit else "not saved" if result.not_saved else "new",
                     "failed tiles": len(result.failed)}, result.entry
-        failed = validate_candidates(harness, spec, pass_, torch.device("cpu"), max_tiles=max_tiles, seen=seen)
+        failed = validate_candidates(adapter, spec, pass_, torch.device("cpu"), max_tiles=max_tiles, seen=seen)
         return {"cache": "checked (no GPU: nothing timed or stored)", "failed tiles": len(failed),
                 "failures": failed}, None
 

@@ -1,12 +1,12 @@
-"""Every operator's harness by layer name: what ``python -m autotune`` and ``python -m perf`` drive."""
+"""Every operator's adapter by layer name: what ``python -m autotune`` and ``python -m perf`` drive."""
 
-from tritonconv.ops.depthwise.harness import HARNESS as DEPTHWISE
-from tritonconv.ops.dwsep.harness import HARNESS as DWSEP
-from tritonconv.ops.ghost.harness import HARNESS as GHOST
-from tritonconv.ops.hetconv.harness import HARNESS as HETCONV
-from tritonconv.ops.shift.harness import HARNESS as SHIFT
-from tritonconv.ops.shuffle.harness import HARNESS as SHUFFLE
-from tritonconv.ops.versatile.harness import HARNESS as VERSATILE
+from tritonconv.ops.depthwise.adapter import ADAPTER as DEPTHWISE
+from tritonconv.ops.dwsep.adapter import ADAPTER as DWSEP
+from tritonconv.ops.ghost.adapter import ADAPTER as GHOST
+from tritonconv.ops.hetconv.adapter import ADAPTER as HETCONV
+from tritonconv.ops.shift.adapter import ADAPTER as SHIFT
+from tritonconv.ops.shuffle.adapter import ADAPTER as SHUFFLE
+from tritonconv.ops.versatile.adapter import ADAPTER as VERSATILE
 
-HARNESSES = {"hetconv": HETCONV, "dwsep": DWSEP, "depthwise": DEPTHWISE, "ghost": GHOST, "shift": SHIFT,
+ADAPTERS = {"hetconv": HETCONV, "dwsep": DWSEP, "depthwise": DEPTHWISE, "ghost": GHOST, "shift": SHIFT,
               "versatile": VERSATILE, "shuffle": SHUFFLE}

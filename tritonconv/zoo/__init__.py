@@ -1,7 +1,7 @@
 """The layers of real networks, as the tuner's, the perf suite's and the audit's shape sets: every shape
 set of every operator is here.
 
-Each function walks the network's own definition and lists its layers in order; a harness turns the
+Each function walks the network's own definition and lists its layers in order; an adapter turns the
 ones its layer can replace into specs. This module: the plain convolutions (VGG-16, ResNet-50);
 ``separable``: depthwise, depthwise-separable and Ghost layers (MobileNetV2, GhostNet, EfficientNet-B0);
 ``shift``: shift + 1 x 1 layers (ShiftResNet-20); ``shuffle``: grouped 1 x 1 convs (ShuffleNet V1).

@@ -11,11 +11,11 @@ from tritonconv import dispatch
 from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
 from tritonconv._validation import check_tensor
 from tritonconv._weights import noting_weight_copy
-from tritonconv.ops.depthwise.harness import HARNESS
+from tritonconv.ops.depthwise.adapter import ADAPTER
 from tritonconv.ops.depthwise.layout import empty_grad
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation
 
-OPERATOR = HARNESS.operator
+OPERATOR = ADAPTER.operator
 
 
 def _spec(x, weight, bias, window, activation, concat_input) -> DepthwiseSpec:
@@ -28,7 +28,7 @@ def _spec(x, weight, bias, window, activation, concat_input) -> DepthwiseSpec:
 # the dispatcher parses each argument of every call, and one list of ints is the cheapest to parse.
 def _depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], window: list[int], activation: str,
                       concat_input: bool) -> Tensor:
-    return run_forward(HARNESS, _spec(x, weight, bias, window, activation, concat_input),
+    return run_forward(ADAPTER, _spec(x, weight, bias, window, activation, concat_input),
                        {"x": x, "weight": weight, "bias": bias})
 
 
@@ -40,7 +40,7 @@ def _depthwise_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
                                window: list[int], activation: str, concat_input: bool, need_input: bool,
                                need_weights: bool, forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
-    return run_backward(HARNESS, _spec(x, weight, bias, window, activation, concat_input),
+    return run_backward(ADAPTER, _spec(x, weight, bias, window, activation, concat_input),
                         {"x": x, "weight": weight, "bias": bias, "out": out}, grad, need_input, need_weights, forced)
 
 

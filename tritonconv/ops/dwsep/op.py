@@ -13,10 +13,10 @@ from tritonconv._op import define_op, fake_gradients, fake_output, run_backward,
 from tritonconv.ops.depthwise.layout import empty_grad
 from tritonconv.ops.depthwise.spec import default_padding, normalize_activation
 from tritonconv.ops.dwsep import launch
-from tritonconv.ops.dwsep.harness import HARNESS
+from tritonconv.ops.dwsep.adapter import ADAPTER
 from tritonconv.ops.dwsep.spec import DwSepSpec
 
-OPERATOR = HARNESS.operator
+OPERATOR = ADAPTER.operator
 
 
 def _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation):
@@ -30,7 +30,7 @@ def _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_act
 def _dwsep_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,
                   pw_bias: Optional[Tensor], window: list[int], activation: str, out_activation: str) -> Tensor:
     spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation)
-    return run_forward(HARNESS, spec, {"x": x, "dw_weight": dw_weight, "dw_bias": dw_bias, "pw_weight": pw_weight,
+    return run_forward(ADAPTER, spec, {"x": x, "dw_weight": dw_weight, "dw_bias": dw_bias, "pw_weight": pw_weight,
                                        "pw_bias": pw_bias})
 
 
@@ -44,7 +44,7 @@ def _dwsep_conv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: 
                            forced: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad input, grad dw_weight, grad dw_bias, grad pw_weight, grad pw_bias); unneeded ones come back empty."""
     spec = _spec(x, dw_weight, dw_bias, pw_weight, pw_bias, window, activation, out_activation)
-    return run_backward(HARNESS, spec, {"x": x, "dw_weight": dw_weight, "dw_bias": dw_bias, "pw_weight": pw_weight,
+    return run_backward(ADAPTER, spec, {"x": x, "dw_weight": dw_weight, "dw_bias": dw_bias, "pw_weight": pw_weight,
                                         "pw_bias": pw_bias, "out": out}, grad, need_input, need_weights, forced)
 
 

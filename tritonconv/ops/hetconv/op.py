@@ -10,15 +10,15 @@ from torch import Tensor
 from tritonconv import dispatch
 from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
 from tritonconv.ops.hetconv import launch
-from tritonconv.ops.hetconv.harness import HARNESS
+from tritonconv.ops.hetconv.adapter import ADAPTER
 from tritonconv.ops.hetconv.spec import HetConvSpec
 
-OPERATOR = HARNESS.operator
+OPERATOR = ADAPTER.operator
 
 
 def _hetconv2d(x: Tensor, weight: Tensor, weight_pw: Tensor, bias: Optional[Tensor], stride: int, p: int) -> Tensor:
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
-    return run_forward(HARNESS, spec, {"x": x, "weight": weight, "weight_pw": weight_pw, "bias": bias})
+    return run_forward(ADAPTER, spec, {"x": x, "weight": weight, "weight_pw": weight_pw, "bias": bias})
 
 
 def _hetconv2d_fake(x, weight, weight_pw, bias, stride, p):
@@ -31,7 +31,7 @@ def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tens
                         forced: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad weight_pw, grad bias); grads that are not needed come back empty."""
     spec = HetConvSpec.from_tensors(x, weight, weight_pw, bias, stride=stride, p=p)
-    return run_backward(HARNESS, spec, {"x": x, "weight": weight, "weight_pw": weight_pw, "bias": bias}, grad,
+    return run_backward(ADAPTER, spec, {"x": x, "weight": weight, "weight_pw": weight_pw, "bias": bias}, grad,
                         need_input, need_weights, forced)
 
 

@@ -9,10 +9,10 @@ from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
-from tritonconv.ops.shift.harness import HARNESS
+from tritonconv.ops.shift.adapter import ADAPTER
 from tritonconv.ops.shift.spec import ShiftSpec
 
-OPERATOR = HARNESS.operator
+OPERATOR = ADAPTER.operator
 
 
 def _spec(x, weight, bias, window, assignment) -> ShiftSpec:
@@ -24,7 +24,7 @@ def _spec(x, weight, bias, window, assignment) -> ShiftSpec:
 # ``window`` = [kernel_size, dilation, stride]: the integer hyperparameters as one argument
 # (see the depthwise op).
 def _shift_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], window: list[int], assignment: str) -> Tensor:
-    return run_forward(HARNESS, _spec(x, weight, bias, window, assignment), {"x": x, "weight": weight, "bias": bias})
+    return run_forward(ADAPTER, _spec(x, weight, bias, window, assignment), {"x": x, "weight": weight, "bias": bias})
 
 
 def _shift_conv2d_fake(x, weight, bias, window, assignment):
@@ -35,7 +35,7 @@ def _shift_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Option
                            assignment: str, need_input: bool, need_weights: bool,
                            forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
-    return run_backward(HARNESS, _spec(x, weight, bias, window, assignment), {"x": x, "weight": weight, "bias": bias},
+    return run_backward(ADAPTER, _spec(x, weight, bias, window, assignment), {"x": x, "weight": weight, "bias": bias},
                         grad, need_input, need_weights, forced)
 
 

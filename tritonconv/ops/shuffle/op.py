@@ -11,15 +11,15 @@ from tritonconv import dispatch
 from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
 from tritonconv._validation import check_positive_int
 from tritonconv.ops.shuffle import reference
-from tritonconv.ops.shuffle.harness import HARNESS
+from tritonconv.ops.shuffle.adapter import ADAPTER
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 
-OPERATOR = HARNESS.operator
+OPERATOR = ADAPTER.operator
 
 
 def _shuffle_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int, shuffle_groups: int) -> Tensor:
     spec = ShuffleConvSpec.from_tensors(x, weight, bias, groups=groups, shuffle_groups=shuffle_groups)
-    return run_forward(HARNESS, spec, {"x": x, "weight": weight, "bias": bias})
+    return run_forward(ADAPTER, spec, {"x": x, "weight": weight, "bias": bias})
 
 
 def _shuffle_conv1x1_fake(x, weight, bias, groups, shuffle_groups):
@@ -32,7 +32,7 @@ def _shuffle_conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Opt
                               forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
     spec = ShuffleConvSpec.from_tensors(x, weight, bias, groups=groups, shuffle_groups=shuffle_groups)
-    return run_backward(HARNESS, spec, {"x": x, "weight": weight, "bias": bias}, grad, need_input, need_weights,
+    return run_backward(ADAPTER, spec, {"x": x, "weight": weight, "bias": bias}, grad, need_input, need_weights,
                         forced)
 
 

@@ -10,10 +10,10 @@ from torch import Tensor
 from tritonconv import dispatch
 from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
 from tritonconv._weights import empty_grad, noting_weight_copy
-from tritonconv.ops.versatile.harness import HARNESS
+from tritonconv.ops.versatile.adapter import ADAPTER
 from tritonconv.ops.versatile.spec import VersatileSpec
 
-OPERATOR = HARNESS.operator
+OPERATOR = ADAPTER.operator
 
 
 def _spec(x, weight, bias, config) -> VersatileSpec:
@@ -25,7 +25,7 @@ def _spec(x, weight, bias, config) -> VersatileSpec:
 # ``config`` = [out_channels, stride, padding, dilation, delta, g]: the integer hyperparameters as one
 # argument (see the depthwise op).
 def _versatile_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], config: list[int]) -> Tensor:
-    return run_forward(HARNESS, _spec(x, weight, bias, config), {"x": x, "weight": weight, "bias": bias})
+    return run_forward(ADAPTER, _spec(x, weight, bias, config), {"x": x, "weight": weight, "bias": bias})
 
 
 def _versatile_conv2d_fake(x, weight, bias, config):
@@ -35,7 +35,7 @@ def _versatile_conv2d_fake(x, weight, bias, config):
 def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], config: list[int],
                                need_input: bool, need_weights: bool, forced: str) -> tuple[Tensor, Tensor, Tensor]:
     """(grad input, grad weight, grad bias); grads that are not needed come back empty."""
-    return run_backward(HARNESS, _spec(x, weight, bias, config), {"x": x, "weight": weight, "bias": bias}, grad,
+    return run_backward(ADAPTER, _spec(x, weight, bias, config), {"x": x, "weight": weight, "bias": bias}, grad,
                         need_input, need_weights, forced)
 
 

@@ -1,7 +1,7 @@
 """One object per operator that everything driving it goes through: the torch operators (``_op``), the
 dispatcher's per-call choice, the tuner, the perf suite, the static audit and the tests.
 
-An operator folder's ``harness.py`` subclasses ``Harness`` once. It says how to run each of its Triton
+An operator folder's ``adapter.py`` subclasses ``Adapter`` once. It says how to run each of its Triton
 kernels on named tensors (``forward``, ``backward_input``, ``backward_weight``; ``backward`` for the
 whole backward pass when it is more than those two) and its fallback (``fallback_forward``,
 ``fallback_backward``), and, for the tuner and the perf suite, its shape sets, how to make inputs for a
@@ -13,7 +13,7 @@ Tensors travel as a dict by name: ``x``, then the operator's ``params`` in its o
 e.g. no bias, is None), then what the backward reads besides (``out``: the forward's output, where an
 activation is undone). A backward returns (grad x, one gradient per parameter), None where not needed.
 
-A harness whose layer keeps a parameter in a layout of its own (the depthwise weights, taps-major) says
+An adapter whose layer keeps a parameter in a layout of its own (the depthwise weights, taps-major) says
 so in ``parameter_layouts`` (name -> the function laying a tensor out so), which
 ``perf.host.call_workload`` applies after the channels_last conversion, as the layer's ``_apply`` does.
 """
@@ -41,7 +41,7 @@ class Workload:
     grad: torch.Tensor
 
 
-class Harness:
+class Adapter:
     operator: Operator
     shape_sets: tuple[str, ...]  # names accepted by specs_for
     params: tuple[str, ...] = ("weight", "bias")  # the operator's parameters after x, in its order

@@ -1,9 +1,9 @@
-"""The Ghost module's harness: its cheap operation, one depthwise launch writing the intrinsic and the
+"""The Ghost module's adapter: its cheap operation, one depthwise launch writing the intrinsic and the
 kept ghost maps into one output (the ``depthwise`` operator with ``concat_input=True``)."""
 
 from __future__ import annotations
 
-from tritonconv.ops.depthwise.harness import DepthwiseHarness
+from tritonconv.ops.depthwise.adapter import DepthwiseAdapter
 from tritonconv.ops.depthwise.op import ghost_concat
 from tritonconv.ops.depthwise.spec import DepthwiseSpec
 from tritonconv.zoo import separable
@@ -26,7 +26,7 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
     return out
 
 
-class GhostHarness(DepthwiseHarness):
+class GhostAdapter(DepthwiseAdapter):
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
 
@@ -34,4 +34,4 @@ class GhostHarness(DepthwiseHarness):
         return ghost_concat(t["x"], t["weight"], t["bias"], spec.multiplier, spec.activation)
 
 
-HARNESS = GhostHarness()
+ADAPTER = GhostAdapter()

@@ -1,11 +1,11 @@
-"""ShiftConv2d's harness for the tuner and the perf suite (see ``tritonconv.harness``)."""
+"""ShiftConv2d's adapter for the tuner and the perf suite (see ``tritonconv.adapter``)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from tritonconv import dispatch, zoo
-from tritonconv.harness import Harness
+from tritonconv.adapter import Adapter
 from tritonconv.ops.shift import kernels, launch, reference
 from tritonconv.ops.shift.spec import ShiftSpec, triton_unsupported
 from tritonconv.zoo.shift import resnet50_shift, shiftresnet20
@@ -29,7 +29,7 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
             for layer, count in zoo.unique(_shape_set(shape_set, expansion))]
 
 
-class ShiftHarness(Harness):
+class ShiftAdapter(Adapter):
     operator = dispatch.Operator.of("shift", kernels, launch, triton_unsupported=triton_unsupported)
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
@@ -69,4 +69,4 @@ class ShiftHarness(Harness):
                        height=min(spec.height, 7), width=min(spec.width, 5), dtype=dtype)
 
 
-HARNESS = ShiftHarness()
+ADAPTER = ShiftAdapter()

@@ -1,6 +1,6 @@
-"""The depthwise conv's harness for the tuner and the perf suite (see ``tritonconv.harness``).
+"""The depthwise conv's adapter for the tuner and the perf suite (see ``tritonconv.adapter``).
 
-``DepthwiseHarness`` drives the standalone depthwise conv; ``ghost.harness`` reuses it for the Ghost
+``DepthwiseAdapter`` drives the standalone depthwise conv; ``ghost.adapter`` reuses it for the Ghost
 module's cheap operation (the same operator and kernels, ``concat_input=True``).
 """
 
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from tritonconv import dispatch
 from tritonconv._layout import empty_like_layout
-from tritonconv.harness import Harness, Workload
+from tritonconv.adapter import Adapter, Workload
 from tritonconv.ops.depthwise import kernels, launch, reference
 from tritonconv.ops.depthwise.layout import in_grad_layout, taps_major
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, triton_unsupported
@@ -39,7 +39,7 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
     return out
 
 
-class DepthwiseHarness(Harness):
+class DepthwiseAdapter(Adapter):
     """Tensors: ``x``, ``weight``, ``bias`` and ``out``, the forward's output (the backward masks dy by the
     activation through it)."""
 
@@ -133,4 +133,4 @@ class DepthwiseHarness(Harness):
                        height=min(spec.height, 7), width=min(spec.width, 5), dtype=dtype)
 
 
-HARNESS = DepthwiseHarness()
+ADAPTER = DepthwiseAdapter()

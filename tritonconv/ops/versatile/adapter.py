@@ -1,4 +1,4 @@
-"""VersatileConv2d's harness for the tuner and the perf suite (see ``tritonconv.harness``)."""
+"""VersatileConv2d's adapter for the tuner and the perf suite (see ``tritonconv.adapter``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from tritonconv import dispatch, zoo
 from tritonconv._weights import in_grad_layout, taps_major
-from tritonconv.harness import Harness
+from tritonconv.adapter import Adapter
 from tritonconv.ops.versatile import kernels, launch, reference
 from tritonconv.ops.versatile.spec import VersatileSpec, triton_unsupported
 
@@ -39,7 +39,7 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
     return out
 
 
-class VersatileHarness(Harness):
+class VersatileAdapter(Adapter):
     operator = dispatch.Operator.of("versatile", kernels, launch, triton_unsupported=triton_unsupported)
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
@@ -82,4 +82,4 @@ class VersatileHarness(Harness):
                        width=max(min(spec.width, 6), span), dtype=dtype)
 
 
-HARNESS = VersatileHarness()
+ADAPTER = VersatileAdapter()

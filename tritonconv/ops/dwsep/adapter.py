@@ -1,4 +1,4 @@
-"""The fused depthwise-separable conv's harness for the tuner and the perf suite (see ``tritonconv.harness``)."""
+"""The fused depthwise-separable conv's adapter for the tuner and the perf suite (see ``tritonconv.adapter``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tritonconv import dispatch
-from tritonconv.harness import Harness, Workload
+from tritonconv.adapter import Adapter, Workload
 from tritonconv.ops.depthwise import kernels as depthwise_kernels
 from tritonconv.ops.depthwise.layout import in_grad_layout, taps_major
 from tritonconv.ops.dwsep import kernels, launch, reference
@@ -39,7 +39,7 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
 _PARAMS = ("dw_weight", "dw_bias", "pw_weight", "pw_bias")
 
 
-class DwSepHarness(Harness):
+class DwSepAdapter(Adapter):
     """Tensors: ``x``, the four parameters, ``out`` (the forward's output: out_activation's mask) and, for
     the depthwise backward kernels measured alone, ``dz`` (backward_pointwise's first output)."""
 
@@ -144,4 +144,4 @@ class DwSepHarness(Harness):
                        height=min(spec.height, 7), width=min(spec.width, 5), dtype=dtype)
 
 
-HARNESS = DwSepHarness()
+ADAPTER = DwSepAdapter()

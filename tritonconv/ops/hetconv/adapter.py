@@ -1,4 +1,4 @@
-"""HetConv2d's harness for the tuner and the perf suite (see ``tritonconv.harness``)."""
+"""HetConv2d's adapter for the tuner and the perf suite (see ``tritonconv.adapter``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from tritonconv import dispatch, zoo
 from tritonconv._layout import memory_format_of
 from tritonconv._validation import check_positive_int
-from tritonconv.harness import Harness, Workload, in_layout
+from tritonconv.adapter import Adapter, Workload, in_layout
 from tritonconv.ops.hetconv import kernels, launch, reference
 from tritonconv.ops.hetconv.spec import HetConvSpec, triton_unsupported
 
@@ -41,7 +41,7 @@ def specs_for(shape_set, *, batch: int, dtype: str, channels_last: bool = False,
     return out
 
 
-class HetConvHarness(Harness):
+class HetConvAdapter(Adapter):
     operator = dispatch.Operator.of("hetconv", kernels, launch, triton_unsupported=triton_unsupported)
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
@@ -89,4 +89,4 @@ class HetConvHarness(Harness):
                        width=min(spec.width, 5), dtype=dtype)
 
 
-HARNESS = HetConvHarness()
+ADAPTER = HetConvAdapter()

@@ -1,4 +1,4 @@
-"""ShuffledGroupConv2d's harness for the tuner and the perf suite (see ``tritonconv.harness``)."""
+"""ShuffledGroupConv2d's adapter for the tuner and the perf suite (see ``tritonconv.adapter``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from tritonconv import dispatch
 from tritonconv._spec import image_past_int32
-from tritonconv.harness import Harness
+from tritonconv.adapter import Adapter
 from tritonconv.ops.shuffle import kernels, launch, reference
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 from tritonconv.zoo.shuffle import SHUFFLENET_V1_GROUPS, shufflenet_v1
@@ -28,7 +28,7 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
     return out
 
 
-class ShuffleHarness(Harness):
+class ShuffleAdapter(Adapter):
     operator = dispatch.Operator.of("shuffle_conv", kernels, launch, triton_unsupported=image_past_int32)
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
@@ -66,4 +66,4 @@ class ShuffleHarness(Harness):
                        height=min(spec.height, 7), width=min(spec.width, 5), dtype=dtype)
 
 
-HARNESS = ShuffleHarness()
+ADAPTER = ShuffleAdapter()
