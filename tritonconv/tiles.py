@@ -75,15 +75,16 @@ def wide_dtype(dtype: str) -> bool:
 class KernelTiles:
     """One kernel's tile table: its default tile, the tuner's candidates, the names the kernel gives the
     tile's blocks (rows, cols, reduce; None where the launcher derives that block itself) and the fewest
-    rows it takes (a weight-gradient kernel keeps 64 filter rows: fewer would leave wgmma for mma.sync).
-    ``wide_default``, where given, is the default for 4- and 8-byte dtypes (a tile sized for 16-bit
-    operands can spill there)."""
+    rows it takes (a weight-gradient kernel keeps 64 filter rows: fewer would leave wgmma for mma.sync;
+    ``min_reduce`` likewise where the reduce block is a dot's rows too). ``wide_default``, where given, is
+    the default for 4- and 8-byte dtypes (a tile sized for 16-bit operands can spill there)."""
 
     default: GemmTile
     candidates: tuple[GemmTile, ...]
     blocks: tuple[str | None, str | None, str | None]
     min_rows: int = MIN_DOT_TILE
     wide_default: GemmTile | None = None
+    min_reduce: int = MIN_DOT_TILE
 
     def default_for(self, dtype: str) -> GemmTile:
         return self.wide_default if wide_dtype(dtype) and self.wide_default is not None else self.default
@@ -109,8 +110,9 @@ class TileTable:
 
     def fitted(self, tile: GemmTile, spec, kernel: str) -> GemmTile:
         fitted = tile.fitted(*self.extent(spec, kernel))
-        rows = self.kernels[kernel].min_rows
-        return fitted if fitted.block_rows >= rows else replace(fitted, block_rows=rows)
+        table = self.kernels[kernel]
+        return replace(fitted, block_rows=max(fitted.block_rows, table.min_rows),
+                       block_reduce=max(fitted.block_reduce, table.min_reduce))
 
     def default_tile(self, spec, kernel: str) -> GemmTile:
         return self.fitted(self.kernels[kernel].default_for(spec.dtype), spec, kernel)

@@ -30,22 +30,15 @@ from tritonconv._layout import empty, empty_like_layout, int32_addressable
 from tritonconv.ops.depthwise import kernels
 from tritonconv.ops.depthwise.layout import empty_grad, taps_major
 from tritonconv.ops.depthwise.spec import ACTIVATIONS, DepthwiseSpec
-from tritonconv.tiles import GemmTile, accumulator_dtype, cdiv, next_power_of_2, reduction_splits, wide_dtype
-
-_CANDIDATES = {
-    "forward": [
-        GemmTile(64, 64, 16, 4, 2), GemmTile(128, 32, 16, 4, 2), GemmTile(32, 128, 16, 4, 2),
-        GemmTile(128, 64, 16, 8, 2), GemmTile(64, 128, 16, 8, 2), GemmTile(256, 32, 16, 8, 2),
-        GemmTile(16, 128, 16, 4, 2), GemmTile(32, 64, 16, 2, 2),
-    ],
-    "backward_weight": [
-        GemmTile(128, 32, 16, 4, 2), GemmTile(64, 64, 16, 4, 2), GemmTile(256, 32, 16, 8, 2),
-        GemmTile(128, 64, 16, 8, 2), GemmTile(64, 32, 16, 4, 2, splits=8), GemmTile(128, 32, 16, 4, 2, splits=32),
-    ],
-}
-_CANDIDATES["backward_input"] = _CANDIDATES["forward"]
-_DEFAULTS = {"forward": GemmTile(64, 64, 16, 4, 2), "backward_input": GemmTile(64, 64, 16, 4, 2),
-             "backward_weight": GemmTile(128, 32, 16, 4, 2)}
+from tritonconv.tiles import (
+    GemmTile,
+    KernelTiles,
+    TileTable,
+    accumulator_dtype,
+    cdiv,
+    next_power_of_2,
+    reduction_splits,
+)
 
 
 def _extent(spec: DepthwiseSpec, kernel: str) -> tuple[int, int, int]:
@@ -58,6 +51,27 @@ def _extent(spec: DepthwiseSpec, kernel: str) -> tuple[int, int, int]:
     return spec.out_height * spec.out_width, spec.out_channels, 1
 
 
+# Tiles of the pixel kernels: block_rows pixels of one image x block_cols channels, no reduction block.
+_PIXEL_TILES = (
+    GemmTile(64, 64, 16, 4, 2), GemmTile(128, 32, 16, 4, 2), GemmTile(32, 128, 16, 4, 2),
+    GemmTile(128, 64, 16, 8, 2), GemmTile(64, 128, 16, 8, 2), GemmTile(256, 32, 16, 8, 2),
+    GemmTile(16, 128, 16, 4, 2), GemmTile(32, 64, 16, 2, 2),
+)
+_PIXEL_BLOCKS = ("BLOCK_P", "BLOCK_C", None)
+TILES = TileTable({
+    "forward": KernelTiles(GemmTile(64, 64, 16, 4, 2), _PIXEL_TILES, _PIXEL_BLOCKS),
+    "backward_input": KernelTiles(GemmTile(64, 64, 16, 4, 2), _PIXEL_TILES, _PIXEL_BLOCKS),
+    # The weight gradient's pixel block is what its accumulators allow (``weight_grad_plan``), at most
+    # block_rows. fp32/fp64 accumulate beside wider operands: 4 warps spill 1-3 registers (sm_90a fp32
+    # audit, 9 of 26 shapes), 8 none.
+    "backward_weight": KernelTiles(GemmTile(128, 32, 16, 4, 2), (
+        GemmTile(128, 32, 16, 4, 2), GemmTile(64, 64, 16, 4, 2), GemmTile(256, 32, 16, 8, 2),
+        GemmTile(128, 64, 16, 8, 2), GemmTile(64, 32, 16, 4, 2, splits=8), GemmTile(128, 32, 16, 4, 2, splits=32),
+    ), (None, "BLOCK_C", None), wide_default=GemmTile(128, 32, 16, 8, 2)),
+}, _extent)
+candidate_tiles = TILES.candidate_tiles
+
+
 # Channel elements per thread the pixel kernels' default tile keeps where fitting narrows its channels
 # (Ghost's 12 or 20 channels: 16 or 32 columns): the rows grow instead, so a tap's filter vector (its
 # load, its conversion, its address) still serves several pixels of each thread.
@@ -65,18 +79,12 @@ _MIN_ELEMENTS_PER_THREAD = 16
 
 
 def default_tile(spec: DepthwiseSpec, kernel: str) -> GemmTile:
-    pixels, channels, reduce = _extent(spec, kernel)
-    tile = _DEFAULTS[kernel].fitted(pixels, channels, reduce)
+    tile = TILES.default_tile(spec, kernel)
     if kernel == "backward_weight":
-        # fp32/fp64 accumulate beside wider operands: 4 warps spill 1-3 registers (sm_90a fp32 audit,
-        # 9 of 26 shapes), 8 none
-        return replace(tile, num_warps=8) if wide_dtype(spec.dtype) else tile
+        return tile
+    pixels = _extent(spec, kernel)[0]
     rows = _MIN_ELEMENTS_PER_THREAD * 32 * tile.num_warps // tile.block_cols
     return replace(tile, block_rows=max(tile.block_rows, min(rows, next_power_of_2(pixels))))
-
-
-def candidate_tiles(spec: DepthwiseSpec, kernel: str) -> list[GemmTile]:
-    return list(dict.fromkeys(tile.fitted(*_extent(spec, kernel)) for tile in _CANDIDATES[kernel]))
 
 
 PLANS_KEPT = 1024  # launch plans memoized per launcher (one per shape, tile and layout)
@@ -152,8 +160,7 @@ def _forward_plan(spec: DepthwiseSpec, tile: GemmTile, layouts, has_bias: bool):
     integers = (spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec, spec.out_height,
                 spec.out_width, *operand_strides(layouts, vec))
     constexprs = dict(**_window(spec, spec.activation), HAS_BIAS=has_bias, COPY_INPUT=spec.concat_input, VEC=vec,
-                      BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols, num_warps=tile.num_warps,
-                      num_stages=tile.num_stages)
+                      **TILES["forward"].launch_args(tile))
     return grid, integers, constexprs
 
 
@@ -215,8 +222,7 @@ def _backward_input_plan(spec: DepthwiseSpec, tile: GemmTile, layouts, has_add: 
                 spec.out_width, *operand_strides(layouts, vec))
     constexprs = dict(K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation,
                       MULT=spec.multiplier, ACC_DTYPE=accumulator_dtype(spec.torch_dtype), HAS_ADD=has_add, VEC=vec,
-                      BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols, num_warps=tile.num_warps,
-                      num_stages=tile.num_stages)
+                      **TILES["backward_input"].launch_args(tile))
     return grid, integers, constexprs
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tritonconv import dispatch
 from tritonconv.adapter import Adapter, Workload
 from tritonconv.ops.depthwise import kernels as depthwise_kernels
+from tritonconv.ops.depthwise import launch as depthwise_launch
 from tritonconv.ops.depthwise.layout import in_grad_layout, taps_major
 from tritonconv.ops.dwsep import kernels, launch, reference
 from tritonconv.ops.dwsep.spec import DwSepSpec, triton_unsupported
@@ -43,8 +44,9 @@ class DwSepAdapter(Adapter):
     """Tensors: ``x``, the four parameters, ``out`` (the forward's output: out_activation's mask) and, for
     the depthwise backward kernels measured alone, ``dz`` (backward_pointwise's first output)."""
 
+    # The depthwise backward kernels' tiles are depthwise's: its launcher is hashed too.
     operator = dispatch.Operator.of(
-        "dwsep", kernels, launch, depthwise_kernels, triton_unsupported=triton_unsupported,
+        "dwsep", kernels, launch, depthwise_kernels, depthwise_launch, triton_unsupported=triton_unsupported,
         kernels_of_pass={"forward": ("forward",),
                          "backward": ("backward_pointwise", "backward_input", "backward_weight")})
     shape_sets = SHAPE_SETS

@@ -40,29 +40,15 @@ from tritonconv.ops.dwsep import kernels
 from tritonconv.ops.dwsep.spec import DwSepSpec
 from tritonconv.tiles import (
     GemmTile,
+    KernelTiles,
+    TileTable,
     accumulator_dtype,
     cdiv,
     dot_precision,
     next_power_of_2,
     reduction_splits,
-    wide_dtype,
 )
 
-_CANDIDATES = {
-    "forward": [
-        GemmTile(64, 64, 32, 4, 2), GemmTile(64, 128, 32, 4, 2), GemmTile(128, 64, 32, 8, 2),
-        GemmTile(64, 64, 64, 4, 2), GemmTile(64, 128, 32, 8, 2), GemmTile(128, 128, 32, 8, 2),
-        GemmTile(64, 256, 32, 8, 2), GemmTile(64, 64, 16, 4, 2),
-    ],
-    "backward_pointwise": [
-        GemmTile(64, 64, 64, 4, 2), GemmTile(64, 32, 64, 4, 2), GemmTile(128, 64, 64, 8, 2),
-        GemmTile(64, 64, 128, 8, 2), GemmTile(64, 128, 64, 8, 2), GemmTile(128, 32, 64, 4, 2),
-    ],
-}
-# Default tiles in order of preference: the first whose filter plan recomputes the depthwise tile the
-# fewest times (the wider ones hold more filters per program, on twice the threads).
-_DEFAULTS = {"forward": (GemmTile(64, 64, 32, 4, 2), GemmTile(64, 128, 32, 8, 2)),
-             "backward_pointwise": (GemmTile(64, 64, 64, 4, 2), GemmTile(64, 64, 64, 8, 2))}
 _WGMMA_ROWS = 64  # wgmma's M: a dot with fewer rows falls back to mma.sync
 # Accumulator registers per thread a program may hold (of 255) with bf16/fp16 operands, leaving room for
 # the depthwise tile, the dot operands and the addresses. Read from the sm_90a audit at k = 3, 5, 7:
@@ -86,14 +72,25 @@ def _extent(spec: DwSepSpec, kernel: str) -> tuple[int, int, int]:
             "backward_pointwise": (pixels, spec.in_channels, spec.out_channels)}[kernel]
 
 
-def _fit(tile: GemmTile, spec: DwSepSpec, kernel: str) -> GemmTile:
-    """The tile fitted to the layer, its dots' rows kept at wgmma's 64 (forward: pixels; backward:
-    pixels and the filter chunk, the weight gradient's rows): masked rows cost tensor-core time only."""
-    fitted = tile.fitted(*_extent(spec, kernel))
-    rows = max(fitted.block_rows, min(tile.block_rows, _WGMMA_ROWS))
-    reduce = (max(fitted.block_reduce, min(tile.block_reduce, _WGMMA_ROWS)) if kernel == "backward_pointwise"
-              else fitted.block_reduce)
-    return GemmTile(rows, fitted.block_cols, reduce, tile.num_warps, tile.num_stages, tile.splits)
+# The pointwise GEMMs' tiles; the depthwise backward kernels take depthwise's (``default_tile``). Fitted
+# to the layer with their dots' rows kept at wgmma's 64 (forward: pixels; backward: pixels and the
+# filter chunk, the weight gradient's rows): masked rows cost tensor-core time only.
+TILES = TileTable({
+    "forward": KernelTiles(GemmTile(64, 64, 32, 4, 2), (
+        GemmTile(64, 64, 32, 4, 2), GemmTile(64, 128, 32, 4, 2), GemmTile(128, 64, 32, 8, 2),
+        GemmTile(64, 64, 64, 4, 2), GemmTile(64, 128, 32, 8, 2), GemmTile(128, 128, 32, 8, 2),
+        GemmTile(64, 256, 32, 8, 2), GemmTile(64, 64, 16, 4, 2),
+    ), ("BLOCK_P", "BLOCK_N", "BLOCK_C"), min_rows=_WGMMA_ROWS),
+    # fp32 / fp64 operands beside the accumulators spill at 4 warps
+    "backward_pointwise": KernelTiles(GemmTile(64, 64, 64, 4, 2), (
+        GemmTile(64, 64, 64, 4, 2), GemmTile(64, 32, 64, 4, 2), GemmTile(128, 64, 64, 8, 2),
+        GemmTile(64, 64, 128, 8, 2), GemmTile(64, 128, 64, 8, 2), GemmTile(128, 32, 64, 4, 2),
+    ), ("BLOCK_P", "BLOCK_C", "BLOCK_N"), min_rows=_WGMMA_ROWS, min_reduce=_WGMMA_ROWS,
+        wide_default=GemmTile(64, 64, 64, 8, 2)),
+}, _extent)
+# Each default's alternative on twice the threads, holding more filters per program: taken where its
+# filter plan recomputes the depthwise tile fewer times than the default's does.
+_WIDER = {"forward": GemmTile(64, 128, 32, 8, 2), "backward_pointwise": GemmTile(64, 64, 64, 8, 2)}
 
 
 def _launched_as(tile: GemmTile, spec: DwSepSpec, kernel: str) -> GemmTile:
@@ -109,9 +106,10 @@ def _launched_as(tile: GemmTile, spec: DwSepSpec, kernel: str) -> GemmTile:
 def default_tile(spec: DwSepSpec, kernel: str) -> GemmTile:
     if kernel in ("backward_input", "backward_weight"):
         return _launched_as(depthwise_launch.default_tile(spec.depthwise(), kernel), spec, kernel)
-    tiles = [_fit(tile, spec, kernel) for tile in _DEFAULTS[kernel]]
-    if kernel == "backward_pointwise" and wide_dtype(spec.dtype):
-        tiles.reverse()  # fp32 / fp64 operands beside the accumulators spill at 4 warps
+    table = TILES[kernel]
+    preferred = table.default_for(spec.dtype)
+    choices = [preferred, *(tile for tile in (table.default, _WIDER[kernel]) if tile != preferred)]
+    tiles = [TILES.fitted(tile, spec, kernel) for tile in choices]
     return min(tiles, key=lambda tile: filter_plan(spec, kernel, tile).groups)
 
 
@@ -119,7 +117,7 @@ def candidate_tiles(spec: DwSepSpec, kernel: str) -> list[GemmTile]:
     if kernel in ("backward_input", "backward_weight"):
         return list(dict.fromkeys(_launched_as(tile, spec, kernel)
                                   for tile in depthwise_launch.candidate_tiles(spec.depthwise(), kernel)))
-    return list(dict.fromkeys(_fit(tile, spec, kernel) for tile in _CANDIDATES[kernel]))
+    return TILES.candidate_tiles(spec, kernel)
 
 
 @dataclass(frozen=True)
@@ -220,8 +218,7 @@ def _forward_plan(spec: DwSepSpec, tile: GemmTile, layouts, has_pw_bias: bool):
     integers = (pixels, spec.in_channels // vec, spec.height, spec.width, spec.out_channels // vec,
                 spec.out_height, spec.out_width, *operand_strides(layouts, vec))
     constexprs = dict(**_window(spec), HAS_PW_BIAS=has_pw_bias, VEC=vec, CHUNKS=plan.per_program,
-                      BLOCK_P=tile.block_rows, BLOCK_N=tile.block_cols, BLOCK_C=tile.block_reduce,
-                      num_warps=tile.num_warps, num_stages=tile.num_stages)
+                      **TILES["forward"].launch_args(tile))
     return (cdiv(pixels, tile.block_rows), plan.groups), integers, constexprs
 
 
@@ -277,8 +274,7 @@ def _pointwise_plan(spec: DwSepSpec, tile: GemmTile, layouts, need_weights: bool
                 spec.out_channels // vec, spec.out_height, spec.out_width, *operand_strides(layouts, vec))
     constexprs = dict(**_window(spec), HAS_PW_BIAS=has_pw_bias, WEIGHT_GRADS=need_weights,
                       ALL_FILTERS=plan.per_program * plan.block_n >= spec.out_channels, VEC=vec,
-                      CHUNKS=plan.per_program, BLOCK_P=tile.block_rows, BLOCK_C=tile.block_cols,
-                      BLOCK_N=tile.block_reduce, num_warps=tile.num_warps, num_stages=tile.num_stages)
+                      CHUNKS=plan.per_program, **TILES["backward_pointwise"].launch_args(tile))
     return splits, (channel_tiles, plan.groups, splits), integers, constexprs
 
 
