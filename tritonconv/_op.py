@@ -13,7 +13,7 @@ from torch.autograd import forward_ad
 
 from tritonconv import dispatch
 from tritonconv._layout import memory_format_of, missing_as_empty
-from tritonconv._weights import same_layout
+from tritonconv._weights import empty_grad, same_layout
 
 
 def run_forward(adapter, spec, t: dict) -> Tensor:
@@ -48,16 +48,20 @@ def fake_output(x: Tensor, spec) -> Tensor:
     return x.new_empty(spec.output_shape).contiguous(memory_format=memory_format_of(x))
 
 
-def fake_gradients(x: Tensor, need_input: bool, need_weights: bool, *params) -> tuple:
+def fake_gradients(x: Tensor, need_input: bool, need_weights: bool, *params, in_weight_layout: tuple = ()) -> tuple:
     """A backward op's fake result: grad input in ``x``'s layout, then one gradient per parameter,
-    each shaped like the tensor or the shape given (None: the parameter is absent)."""
-    def like(param):
+    each shaped like the tensor or the shape given (None: the parameter is absent). The gradients of the
+    parameters at the positions ``in_weight_layout`` have the parameter's strides
+    (``_weights.grad_strides``: the layer's taps-major weights), as their launchers write them."""
+    def like(index, param):
         if not need_weights or param is None:
             return None
+        if index in in_weight_layout:
+            return empty_grad(param, param.shape, device=param.device, dtype=param.dtype)
         return param.new_empty(param.shape) if isinstance(param, Tensor) else x.new_empty(param)
 
     dx = x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)) if need_input else None
-    return missing_as_empty((dx, *map(like, params)), x)
+    return missing_as_empty((dx, *(like(i, param) for i, param in enumerate(params))), x)
 
 
 def in_parameter_strides(grad: Tensor, param: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import importlib
 from dataclasses import dataclass, replace
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -171,6 +172,31 @@ class Adapter:
                                                  [spec.out_channels] if bias is not None else None,
                                                  [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], 1,
                                                  [True, True, bias is not None]) if g is not None)
+
+
+class WeightBiasAdapter(Adapter):
+    """An operator whose parameters are ``weight`` and ``bias`` and whose modules follow one API:
+    ``launch.forward(x, weight, bias, spec, tile)``, ``launch.backward_input(dy, weight, spec, tile, like)``,
+    ``launch.backward_weight(dy, x, spec, tile) -> (dw, db)``, ``reference.fallback_forward(x, weight,
+    bias, spec)``, ``reference.fallback_backward(dy, x, weight, spec, need_input, need_weights)``."""
+
+    launch: ModuleType
+    reference: ModuleType
+
+    def forward(self, spec, t, tile):
+        return self.launch.forward(t["x"], t["weight"], t["bias"], spec, tile)
+
+    def backward_input(self, spec, t, grad, tile):
+        return self.launch.backward_input(grad, t["weight"], spec, tile, t["x"])
+
+    def backward_weight(self, spec, t, grad, tile):
+        return self.launch.backward_weight(grad, t["x"], spec, tile)
+
+    def fallback_forward(self, spec, t):
+        return self.reference.fallback_forward(t["x"], t["weight"], t["bias"], spec)
+
+    def fallback_backward(self, spec, t, grad, need_input, need_weights):
+        return self.reference.fallback_backward(grad, t["x"], t["weight"], spec, need_input, need_weights)
 
 
 def tolerance(dtype: torch.dtype) -> float:

@@ -120,7 +120,7 @@ class DepthwiseAdapter(Adapter):
 
     def layer_call(self, t: dict, spec):
         return self.op.depthwise_conv2d(t["x"], t["weight"], t["bias"], spec.stride, spec.padding, spec.dilation,
-                                spec.activation)
+                                        spec.activation)
 
     def shrink(self, spec: DepthwiseSpec) -> DepthwiseSpec:
         """Batch 2, at most 8 input channels, 7x5 pixels: same window, multiplier, activation and layout."""

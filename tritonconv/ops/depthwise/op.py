@@ -12,7 +12,6 @@ from tritonconv._op import define_op, fake_gradients, fake_output, run_backward,
 from tritonconv._validation import check_tensor
 from tritonconv._weights import noting_weight_copy
 from tritonconv.ops.depthwise.adapter import ADAPTER
-from tritonconv.ops.depthwise.layout import empty_grad
 from tritonconv.ops.depthwise.spec import DepthwiseSpec, default_padding, normalize_activation
 
 OPERATOR = ADAPTER.operator
@@ -46,10 +45,7 @@ def _depthwise_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
 
 def _depthwise_conv2d_backward_fake(grad, x, weight, bias, out, window, activation, concat_input, need_input,
                                     need_weights, forced):
-    dx, dw, db = fake_gradients(x, need_input, need_weights, weight, bias)
-    if need_weights:  # the weight gradient has the weight's strides (layout.grad_strides)
-        dw = empty_grad(weight, weight.shape, device=weight.device, dtype=weight.dtype)
-    return dx, dw, db
+    return fake_gradients(x, need_input, need_weights, weight, bias, in_weight_layout=(0,))
 
 
 FORWARD_OP = define_op("depthwise_conv2d", _depthwise_conv2d, _depthwise_conv2d_fake)

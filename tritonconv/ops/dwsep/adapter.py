@@ -137,7 +137,7 @@ class DwSepAdapter(Adapter):
 
     def layer_call(self, t: dict, spec):
         return self.op.dwsep_conv2d(t["x"], t["dw_weight"], t["dw_bias"], t["pw_weight"], t["pw_bias"], spec.stride,
-                            spec.padding, spec.dilation, spec.activation, spec.out_activation)
+                                    spec.padding, spec.dilation, spec.activation, spec.out_activation)
 
     def shrink(self, spec: DwSepSpec) -> DwSepSpec:
         """Batch 2, at most 24 in and 20 out channels, 7x5 pixels: same window, activations and layout."""

@@ -10,7 +10,6 @@ from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
-from tritonconv.ops.depthwise.layout import empty_grad
 from tritonconv.ops.depthwise.spec import default_padding, normalize_activation
 from tritonconv.ops.dwsep import launch
 from tritonconv.ops.dwsep.adapter import ADAPTER
@@ -50,10 +49,7 @@ def _dwsep_conv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: 
 
 def _dwsep_conv2d_backward_fake(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, out, window, activation,
                                 out_activation, need_input, need_weights, forced):
-    dx, ddw, *rest = fake_gradients(x, need_input, need_weights, dw_weight, dw_bias, pw_weight, pw_bias)
-    if need_weights:
-        ddw = empty_grad(dw_weight, dw_weight.shape, device=dw_weight.device, dtype=dw_weight.dtype)
-    return dx, ddw, *rest
+    return fake_gradients(x, need_input, need_weights, dw_weight, dw_bias, pw_weight, pw_bias, in_weight_layout=(0,))
 
 
 FORWARD_OP = define_op("dwsep_conv2d", _dwsep_conv2d, _dwsep_conv2d_fake)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tritonconv import dispatch, zoo
-from tritonconv.adapter import Adapter
+from tritonconv.adapter import WeightBiasAdapter
 from tritonconv.ops.shift import kernels, launch, reference
 from tritonconv.ops.shift.spec import ShiftSpec, triton_unsupported
 from tritonconv.zoo.shift import resnet50_shift, shiftresnet20
@@ -29,25 +29,12 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
             for layer, count in zoo.unique(_shape_set(shape_set, expansion))]
 
 
-class ShiftAdapter(Adapter):
+class ShiftAdapter(WeightBiasAdapter):
     operator = dispatch.Operator.of("shift", kernels, launch, triton_unsupported=triton_unsupported)
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
-
-    def forward(self, spec, t, tile):
-        return launch.forward(t["x"], t["weight"], t["bias"], spec, tile)
-
-    def backward_input(self, spec, t, grad, tile):
-        return launch.backward_input(grad, t["weight"], spec, tile, t["x"])
-
-    def backward_weight(self, spec, t, grad, tile):
-        return launch.backward_weight(grad, t["x"], spec, tile)
-
-    def fallback_forward(self, spec, t):
-        return reference.fallback_forward(t["x"], t["weight"], t["bias"], spec)
-
-    def fallback_backward(self, spec, t, grad, need_input, need_weights):
-        return reference.fallback_backward(grad, t["x"], t["weight"], spec, need_input, need_weights)
+    launch = launch
+    reference = reference
 
     def weight_fan_in(self, spec: ShiftSpec) -> int:
         return spec.in_channels
@@ -58,7 +45,7 @@ class ShiftAdapter(Adapter):
 
     def layer_call(self, t: dict, spec):
         return self.op.shift_conv2d(t["x"], t["weight"], t["bias"], spec.kernel_size, spec.dilation, spec.stride,
-                            spec.assignment)
+                                    spec.assignment)
 
     def shrink(self, spec: ShiftSpec) -> ShiftSpec:
         """Batch 2, 7x5 pixels, at most 2 channels per direction (plus a remainder) and 16 filters."""

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from tritonconv import dispatch
 from tritonconv._spec import image_past_int32
-from tritonconv.adapter import Adapter
+from tritonconv.adapter import WeightBiasAdapter
 from tritonconv.ops.shuffle import kernels, launch, reference
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 from tritonconv.zoo.shuffle import SHUFFLENET_V1_GROUPS, shufflenet_v1
@@ -28,25 +28,12 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
     return out
 
 
-class ShuffleAdapter(Adapter):
+class ShuffleAdapter(WeightBiasAdapter):
     operator = dispatch.Operator.of("shuffle_conv", kernels, launch, triton_unsupported=image_past_int32)
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
-
-    def forward(self, spec, t, tile):
-        return launch.forward(t["x"], t["weight"], t["bias"], spec, tile)
-
-    def backward_input(self, spec, t, grad, tile):
-        return launch.backward_input(grad, t["weight"], spec, tile, t["x"])
-
-    def backward_weight(self, spec, t, grad, tile):
-        return launch.backward_weight(grad, t["x"], spec, tile)
-
-    def fallback_forward(self, spec, t):
-        return reference.fallback_forward(t["x"], t["weight"], t["bias"], spec)
-
-    def fallback_backward(self, spec, t, grad, need_input, need_weights):
-        return reference.fallback_backward(grad, t["x"], t["weight"], spec, need_input, need_weights)
+    launch = launch
+    reference = reference
 
     def weight_fan_in(self, spec: ShuffleConvSpec) -> int:
         return spec.group_in

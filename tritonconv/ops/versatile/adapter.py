@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from tritonconv import dispatch, zoo
 from tritonconv._weights import in_grad_layout, taps_major
-from tritonconv.adapter import Adapter
+from tritonconv.adapter import WeightBiasAdapter
 from tritonconv.ops.versatile import kernels, launch, reference
 from tritonconv.ops.versatile.spec import VersatileSpec, triton_unsupported
 
@@ -39,26 +39,21 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
     return out
 
 
-class VersatileAdapter(Adapter):
+class VersatileAdapter(WeightBiasAdapter):
     operator = dispatch.Operator.of("versatile", kernels, launch, triton_unsupported=triton_unsupported)
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
     parameter_layouts = {"weight": taps_major}  # the layer's own (VersatileConv2d keeps it taps-major)
 
-    def forward(self, spec, t, tile):
-        return launch.forward(t["x"], t["weight"], t["bias"], spec, tile)
+    launch = launch
+    reference = reference
 
-    def backward_input(self, spec, t, grad, tile):
-        return launch.backward_input(grad, t["weight"], spec, tile, t["x"])
-
+    # The weight gradient in the weight's layout (taps-major for the layer's own): cuDNN's is copied there.
     def backward_weight(self, spec, t, grad, tile):
         return launch.backward_weight(grad, t["x"], spec, tile, weight=t["weight"])
 
-    def fallback_forward(self, spec, t):
-        return reference.fallback_forward(t["x"], t["weight"], t["bias"], spec)
-
     def fallback_backward(self, spec, t, grad, need_input, need_weights):
-        dx, dw, db = reference.fallback_backward(grad, t["x"], t["weight"], spec, need_input, need_weights)
+        dx, dw, db = super().fallback_backward(spec, t, grad, need_input, need_weights)
         return dx, in_grad_layout(dw, t["weight"]), db
 
     def weight_fan_in(self, spec: VersatileSpec) -> int:
@@ -70,7 +65,7 @@ class VersatileAdapter(Adapter):
 
     def layer_call(self, t: dict, spec):
         return self.op.versatile_conv2d(t["x"], t["weight"], t["bias"], spec.out_channels, spec.stride, spec.padding,
-                                spec.dilation, spec.delta, spec.g)
+                                        spec.dilation, spec.delta, spec.g)
 
     def shrink(self, spec: VersatileSpec) -> VersatileSpec:
         """Batch 2, 7x6 pixels, at most 6 seen channels and 2 primary filters: same k, stride, padding,

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from tritonconv import dispatch
 from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
-from tritonconv._weights import empty_grad, noting_weight_copy
+from tritonconv._weights import noting_weight_copy
 from tritonconv.ops.versatile.adapter import ADAPTER
 from tritonconv.ops.versatile.spec import VersatileSpec
 
@@ -40,10 +40,7 @@ def _versatile_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Op
 
 
 def _versatile_conv2d_backward_fake(grad, x, weight, bias, config, need_input, need_weights, forced):
-    dx, dw, db = fake_gradients(x, need_input, need_weights, weight, bias)
-    if need_weights:  # the weight gradient has the weight's strides (_weights.grad_strides)
-        dw = empty_grad(weight, weight.shape, device=weight.device, dtype=weight.dtype)
-    return dx, dw, db
+    return fake_gradients(x, need_input, need_weights, weight, bias, in_weight_layout=(0,))
 
 
 FORWARD_OP = define_op("versatile_conv2d", _versatile_conv2d, _versatile_conv2d_fake)
