@@ -140,6 +140,29 @@ def specialise(launch: Launch) -> Specialisation:
     return Specialisation(signature, constexprs, attrs, parsed, key)
 
 
+def binder_us(launches: list[Launch], rounds: int = 5, calls: int = 50) -> float:
+    """CPU microseconds triton 3.6's ``JITFunction.run`` spends on these launches before the driver's:
+    its argument binder and the kernel cache's key (``compute_cache_key``, its memo warm), best of
+    ``rounds``. What a CUDA call adds to the host path that a recorded launch skips."""
+    from triton import knobs
+    from triton.runtime.jit import compute_cache_key
+
+    total = 0.0
+    for launch in launches:
+        binder, key_cache = _binder(launch.kernel), {}
+        kwargs = {**launch.kwargs, "debug": launch.kwargs.get("debug", launch.kernel.debug) or knobs.runtime.debug,
+                  "instrumentation_mode": knobs.compilation.instrumentation_mode}
+        best = float("inf")
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(calls):
+                _, specialization, options = binder(*launch.args, **kwargs)
+                compute_cache_key(key_cache, specialization, options)
+            best = min(best, (time.perf_counter() - start) / calls)
+        total += best * 1e6
+    return total
+
+
 def describe_specialisation(launch: Launch, spec: Specialisation) -> dict:
     """Readable columns: the declared constexprs, the integers that became 1, those hinted divisible."""
     declared, ones, aligned = [], [], []

@@ -27,7 +27,8 @@ RECORDED_TIMING = ("CPU tensors of the adapter's small shape, one thread, denorm
                    "autograd.grad alone, on one forward's graph (retain_graph), against aten.convolution_backward "
                    "called directly for the plain conv (no autograd engine: it favours the plain conv). Excludes "
                    "the launches' own host cost (Triton's launcher, the CUDA driver) and the tuning-cache lookup "
-                   "a CUDA call makes.")
+                   "a CUDA call makes; binder_us: the part of that launcher cost before the driver (Triton's "
+                   "argument binder and kernel-cache key, on the pass's recorded launches).")
 CUDA_TIMING = ("CUDA tensors of the adapter's small shape, real launches; wall time of {calls} calls without "
                "synchronising, best of {rounds} rounds; bwd: autograd.grad alone, on one forward's graph "
                "(retain_graph), against aten.convolution_backward called directly; gpu_us: the GPU time "
@@ -125,6 +126,7 @@ def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20) -> 
         with torch.no_grad():
             infer, infer_gpu = best_us(lambda: call(tensors, spec), rounds, calls, device)
             dense_infer, _ = best_us(dense_forward, rounds, calls, device)
+    binder = {} if cuda else recorded_binder_us(lambda: call(tensors, spec), wrt, work.grad)
     timing = (CUDA_TIMING if cuda else RECORDED_TIMING).format(rounds=rounds, calls=calls)
     rows = []
     for pass_, ours, dense, gpu in (("fwd", fwd, dense_fwd, fwd_gpu), ("bwd", bwd, dense_bwd, bwd_gpu),
@@ -133,13 +135,33 @@ def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20) -> 
                      "shape": spec.describe(), "dtype": spec.dtype, "channels_last": bool(spec.channels_last),
                      "pass": pass_, "host_us": round(ours, 1), "dense_us": round(dense, 1),
                      "gpu_us": None if gpu is None else round(gpu, 1), "launches": "cuda" if cuda else "recorded",
-                     "timing": timing})
+                     "binder_us": round(binder[pass_], 1) if pass_ in binder else None, "timing": timing})
     return rows
+
+
+def recorded_binder_us(forward: Callable, wrt: list, grad) -> dict:
+    """Per pass (fwd, bwd, infer), the CPU microseconds Triton's binder and cache key take on the pass's
+    recorded launches (``perf.audit.binder_us``): the part of a CUDA call's launch cost before the driver."""
+    from perf.audit import as_if_on_h100, binder_us, recording
+
+    with recording() as launches, as_if_on_h100(), flushing_denormals():
+        output = forward()
+        forward_launches = list(launches)
+        launches.clear()
+        torch.autograd.grad(output, wrt, grad)
+        backward_launches = list(launches)
+        launches.clear()
+        with torch.no_grad():
+            forward()
+        inference_launches = list(launches)
+    return {"fwd": binder_us(forward_launches), "bwd": binder_us(backward_launches),
+            "infer": binder_us(inference_launches)}
 
 
 SCHEMA = {"layer": "string", "shape_set": "string", "label": "string", "shape": "string", "dtype": "string",
           "channels_last": "boolean", "pass": "string", "host_us": "Float64", "dense_us": "Float64",
-          "gpu_us": "Float64", "launches": "string", "timing": "string", "device": "string", "torch": "string",
+          "gpu_us": "Float64", "launches": "string", "binder_us": "Float64", "timing": "string", "device": "string",
+          "torch": "string",
           "triton": "string", "commit": "string", "timestamp": "string"}
 KEY = ("layer", "shape", "dtype", "channels_last", "pass", "device", "launches")
 
@@ -164,10 +186,11 @@ def write(rows: list[dict], path: Path = DEFAULT_CSV):
 
 def table(rows: list[dict]) -> str:
     lines = [f"{'layer':10s} {'shape':44s} {'pass':4s} {'ours us':>8s} {'F.conv2d us':>11s} {'ratio':>6s} "
-             f"{'gpu us':>7s}"]
+             f"{'gpu us':>7s} {'binder us':>9s}"]
     for row in rows:
         ratio = row["host_us"] / row["dense_us"] if row["dense_us"] > 0 else float("nan")
         gpu = "-" if row["gpu_us"] is None else f"{row['gpu_us']:.1f}"
+        binder = "-" if row.get("binder_us") is None else f"{row['binder_us']:.1f}"
         lines.append(f"{row['layer']:10s} {row['shape'][:44]:44s} {row['pass']:4s} {row['host_us']:8.1f} "
-                     f"{row['dense_us']:11.1f} {ratio:6.2f} {gpu:>7s}")
+                     f"{row['dense_us']:11.1f} {ratio:6.2f} {gpu:>7s} {binder:>9s}")
     return "\n".join(lines)

@@ -26,7 +26,10 @@ def test_host_reports_each_pass_of_each_layer_next_to_the_plain_conv(tmp_path):
     assert (rows["host_us"] > 0).all() and (rows["dense_us"] > 0).all()
     assert set(rows["launches"]) == {"recorded"} and set(rows["device"]) == {"cpu"}
     assert rows["gpu_us"].isna().all()
-    assert "ours us" in done.stdout and "F.conv2d us" in done.stdout
+    # Triton's binder and cache key, timed on the recorded launches: every pass launches (1 fwd, 3 bwd)
+    binder = rows.set_index(["layer", "pass"])["binder_us"]
+    assert (binder > 0).all() and (binder.xs("bwd", level="pass") > binder.xs("fwd", level="pass")).all()
+    assert "ours us" in done.stdout and "F.conv2d us" in done.stdout and "binder us" in done.stdout
 
 
 def test_host_refuses_interpreted_kernels_and_bad_counts(capsys):
