@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 import triton
+import triton.language as tl
 
 from tritonconv import env
 from tritonconv._layout import empty
@@ -165,7 +166,7 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 def accumulator_dtype(dtype: torch.dtype):
-    import triton.language as tl
+    """The kernels' accumulator: fp64 for fp64 operands, else fp32 (a launch argument)."""
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
