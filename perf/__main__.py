@@ -66,16 +66,16 @@ RUN_DESCRIPTION = """\
 For every distinct spec of the chosen shape sets, times these backends side by side in one process:
 
   triton    our kernels with the tiles dispatch.decide picks for the shape (tuned ones when the
-            tuning cache has them, `python -m autotune`); every kernel of the pass (bwd: all the
-            backward kernels, e.g. grad input and grad weights)
+            tuning cache has them, `python -m autotune`): the pass as a layer call launches it
+            (bwd: all the backward's launches, e.g. grad input and grad weights)
   fallback  the published formulation through cuDNN (the dispatcher's fallback)
   dense     the ordinary conv of the same in/out shape: what a user would replace
   compile   torch.compile (default mode, static shapes) of the fallback
 
 Before timing, each backend runs once on fresh random inputs (never zeros) and its outputs are
 checked against a float64 expectation with tritonconv.adapter.max_relative_error within
-tolerance(dtype): the triton kernels against adapter.expected, kernel by kernel; fallback and
-compile against the fallback run on the same inputs upcast to float64. The dense conv computes a
+tolerance(dtype): the triton passes, fallback and compile against the fallback run on the same
+inputs upcast to float64 (Adapter.expected_pass). The dense conv computes a
 different function and is only checked for finite outputs. A backend that fails the check, or
 raises, is recorded with status "failed" (the reason in the note column) and not timed.
 

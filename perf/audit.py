@@ -348,6 +348,18 @@ def launches_of(adapter, case: Case, kernel: str, tile) -> list[Launch]:
     return launches
 
 
+def pass_launches_of(adapter, case: Case, pass_: str) -> list[Launch]:
+    """The launches of the whole pass as a layer call runs it (``Adapter.triton_pass``) at the default
+    tiles: where the pass launches something its kernels alone do not (depthwise's fused backward, whose
+    weight gradient writes dz for the grad input), the audit compiles that too."""
+    work = adapter.make_workload(case.spec, torch.device("meta"))
+    tiles = {kernel: adapter.operator.default_tile(case.spec, kernel)
+             for kernel in adapter.operator.kernels_of_pass[pass_]}
+    with recording() as launches, as_if_on_h100():
+        adapter.triton_pass(pass_, work, tiles)()
+    return launches
+
+
 def tiles_of(adapter, spec, kernel: str, all_tiles: bool) -> list:
     default = adapter.operator.default_tile(spec, kernel)
     if not all_tiles:
@@ -359,25 +371,34 @@ def audit_case(case: Case, compiler: Compiler, *, all_tiles: bool = False,
                kernels: tuple[str, ...] | None = None) -> list[dict]:
     """One row per (kernel, tile, launch) of the case: its specialisation and compiled figures."""
     adapter = adapters()[case.layer]
-    rows = []
+    rows, seen = [], set()
+
+    def row(pass_, kernel, index, launch, tile_label, default_tile):
+        report, spec = compiler.report(launch)
+        seen.add(spec.key)
+        return {"layer": case.layer, "shape_set": case.shape_set, "label": case.label,
+                "shape": case.spec.describe(), "dtype": _short_dtype(case.spec.dtype),
+                "channels_last": bool(case.spec.channels_last), "batch": case.spec.batch,
+                "pass": pass_, "kernel": kernel, "launch": index, "triton_kernel": report.name,
+                "tile": tile_label, "default_tile": default_tile,
+                "num_warps": report.num_warps, "num_stages": report.num_stages,
+                "grid": "x".join(str(g) for g in launch.grid) if isinstance(launch.grid, tuple) else "",
+                "depthwise": launch.kernel.fn.__module__ == DEPTHWISE_KERNEL_MODULE,
+                "status": "failed" if report.error else "ok", "error": report.error or "",
+                "compile_s": round(report.compile_s, 3), **describe_specialisation(launch, spec), **report.figures}
+
     for pass_, kernel in kernel_passes(adapter.operator):
         if kernels is not None and kernel not in kernels:
             continue
         default = adapter.operator.default_tile(case.spec, kernel)
         for tile in tiles_of(adapter, case.spec, kernel, all_tiles):
             for index, launch in enumerate(launches_of(adapter, case, kernel, tile)):
-                report, spec = compiler.report(launch)
-                rows.append({"layer": case.layer, "shape_set": case.shape_set, "label": case.label,
-                             "shape": case.spec.describe(), "dtype": _short_dtype(case.spec.dtype),
-                             "channels_last": bool(case.spec.channels_last), "batch": case.spec.batch,
-                             "pass": pass_, "kernel": kernel, "launch": index, "triton_kernel": report.name,
-                             "tile": tile.label(), "default_tile": tile == default,
-                             "num_warps": report.num_warps, "num_stages": report.num_stages,
-                             "grid": "x".join(str(g) for g in launch.grid) if isinstance(launch.grid, tuple) else "",
-                             "depthwise": launch.kernel.fn.__module__ == DEPTHWISE_KERNEL_MODULE,
-                             "status": "failed" if report.error else "ok", "error": report.error or "",
-                             "compile_s": round(report.compile_s, 3),
-                             **describe_specialisation(launch, spec), **report.figures})
+                rows.append(row(pass_, kernel, index, launch, tile.label(), tile == default))
+    if kernels is None:
+        for pass_ in adapter.operator.kernels_of_pass:
+            for index, launch in enumerate(pass_launches_of(adapter, case, pass_)):
+                if specialise(launch).key not in seen:  # what only the whole pass launches
+                    rows.append(row(pass_, f"{pass_} pass", index, launch, "default", True))
     return rows
 
 

@@ -8,7 +8,7 @@ as failed and not timed. Generic over ``tritonconv.ops.registry.ADAPTERS``.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -212,24 +212,11 @@ def backend_closure(adapter, backend: str, work: Workload, pass_: str) -> Callab
     raise UsageError(f"backend {backend!r} is not a baseline backend; expected one of fallback, dense, compile")
 
 
-def fallback_expected(adapter, work: Workload, pass_: str) -> tuple:
-    """What every backend but the dense conv must return: the fallback itself run in float64 (the Triton
-    passes order their outputs as the fallback does)."""
-    return _chain([adapter.fallback(p, float64_workload(work)) for p in PASSES[pass_]])()
-
-
-def float64_workload(work: Workload) -> Workload:
-    """The same inputs upcast to float64 (layouts kept), with the spec saying so."""
-    def up(value):
-        return value.double() if torch.is_tensor(value) and value.is_floating_point() else value
-    return Workload(replace(work.spec, dtype="float64"), {k: up(v) for k, v in work.tensors.items()}, up(work.grad))
-
-
 def expectations(adapter, work: Workload, pass_: str, backends: list[str]) -> dict:
     """Backend -> the float64 outputs it is checked against (dense: nothing, see ``check_finite``)."""
     if not {"triton", "fallback", "compile"} & set(backends):
         return {}
-    expected = fallback_expected(adapter, work, pass_)
+    expected = tuple(out for p in PASSES[pass_] for out in adapter.expected_pass(p, work))
     return {backend: expected for backend in ("triton", "fallback", "compile")}
 
 

@@ -7,7 +7,8 @@ time is what the host spends per call, Triton's launcher and the driver included
 same loop (CUDA events) is recorded beside it, to show the GPU did not set the pace. Without a GPU the
 Triton launches are replaced by a recorder that only appends (``perf.audit.recording``), so the time
 is our Python and torch's dispatch only, and the plain conv, which computes on the CPU, is an upper
-bound of its host cost.
+bound of its host cost; ``binder_us`` then gives the part of the launches' own cost that comes before
+the driver's (Triton's argument binder and kernel-cache key, timed on the recorded launches).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def call_workload(adapter, spec, names, device: torch.device):
             tensor = tensors[name].detach()
             if spec.channels_last and tensor.dim() == 4:
                 tensor = tensor.contiguous(memory_format=torch.channels_last)
-            tensor = getattr(adapter, "parameter_layouts", {}).get(name, lambda t: t)(tensor)
+            tensor = adapter.parameter_layouts.get(name, lambda t: t)(tensor)
             tensors[name] = tensor.requires_grad_()
     return small, tensors, work
 

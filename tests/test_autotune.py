@@ -72,6 +72,27 @@ def test_tune_backward_times_both_kernels_then_the_pass(tmp_path):
         "triton"] == [1.5, 1.5]
 
 
+def test_a_pass_that_fails_at_its_chosen_tiles_goes_to_the_fallback_without_tiles(tmp_path):
+    """Each kernel alone is right, their pass together is not (or raises): the entry records why, keeps no
+    tiles (a forced Triton call takes the defaults) and the fallback wins, however fast the pass was."""
+    class WrongPass(TaggedAdapter):
+        def triton_pass(self, pass_, work, tiles):
+            run = ADAPTER.triton_pass(pass_, work, tiles)
+
+            def wrong():
+                return tuple(t * 2 for t in run())
+            wrong.what = "pass"
+            return wrong
+
+    cache = TuningCache(tmp_path / "tuning.json")
+    timer = noisy_timer(lambda what: {"pass": 0.1, "fallback": 3.0}.get(what, 1.0), seed=0, noise=0.0)
+    result = tuner.tune_pass(WrongPass(), SPEC, "backward", torch.device("cpu"), cache, max_tiles=1, timer=timer)
+    assert result.winner == "fallback" and result.triton_ms is None and result.tiles == {}
+    assert "wrong result" in result.failed[tuner.pass_failure_key("backward")]
+    entry = cache.lookup(ADAPTER.operator.cache_key(SPEC, "backward", torch.device("cpu")))
+    assert entry["tiles"] == {} and "triton" not in entry["timings_ms"]["spread"]
+
+
 def test_every_candidate_tile_is_right_under_the_interpreter():
     for spec in (SPEC, HetConvSpec(1, 12, 6, 7, 4, 3, 2, 3, False, "float16"), HetConvSpec(1, 8, 8, 5, 5, 5, 1, 4)):
         for pass_ in ("forward", "backward"):
@@ -217,7 +238,8 @@ def test_near_tied_tiles_give_the_same_winner_on_every_re_tuning(tmp_path):
     assert winners == {tuple(sorted(smaller.to_dict().items()))}
     entry = cache.lookup(ADAPTER.operator.cache_key(SPEC, "forward", torch.device("cpu")))
     spread = entry["timings_ms"]["spread"]
-    assert set(spread) == {f"forward:{t.label()}" for t in tiles} | {"fallback"}
+    assert set(spread) == {f"forward:{t.label()}" for t in tiles} | {"fallback", "triton"}
+    assert spread["triton"] == spread[f"forward:{smaller.label()}"]  # the pass is its one kernel
     assert all(p20 <= entry["timings_ms"]["candidates"].get(name, p20) <= p80 for name, (p20, p80) in spread.items())
 
 

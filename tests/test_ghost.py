@@ -156,8 +156,10 @@ def test_shape_set_and_adapter(device):
     work = ADAPTER.make_workload(small, device)
     for kernel in ("forward", "backward_input", "backward_weight"):
         tile = ADAPTER.candidate_tiles(small, kernel)[0]
-        for actual, expected in zip(ADAPTER.triton(kernel, work, tile)(), ADAPTER.expected(kernel, work)):
-            torch.testing.assert_close(actual.double(), expected, rtol=1e-4, atol=1e-4)
+        actual, expected = ADAPTER.triton(kernel, work, tile)(), ADAPTER.expected(kernel, work)
+        assert len(actual) == len(expected), kernel
+        for got, want in zip(actual, expected):
+            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="shape set"):
         ADAPTER.specs_for("resnet", batch=1, dtype="float32")
 

@@ -64,7 +64,10 @@ def _gate_results(layer: str) -> list[dict]:
 def test_kernels_meet_the_hopper_gates_or_are_known_violations(layer):
     results = _gate_results(layer)
     kernels = {entry["kernel"] for entry in results}
-    assert kernels == {k for _, k in audit.kernel_passes(audit.adapters()[layer].operator)}, kernels
+    operator = audit.adapters()[layer].operator
+    every_kernel = {k for _, k in audit.kernel_passes(operator)}
+    # plus what only a whole pass launches (depthwise's fused backward, dwsep's combined reduction)
+    assert every_kernel <= kernels <= every_kernel | {f"{p} pass" for p in operator.kernels_of_pass}, kernels
     assert {entry["dtype"] for entry in results} == {"bf16", "fp32"}
     found = {}
     for entry in results:

@@ -41,6 +41,13 @@ class Workload:
     tensors: dict
     grad: torch.Tensor
 
+    def float64(self) -> Workload:
+        """The same inputs upcast to float64 (layouts kept), with the spec saying so."""
+        def up(value):
+            return value.double() if torch.is_tensor(value) and value.is_floating_point() else value
+        return Workload(replace(self.spec, dtype="float64"), {k: up(v) for k, v in self.tensors.items()},
+                        up(self.grad))
+
 
 class Adapter:
     operator: Operator
@@ -137,6 +144,10 @@ class Adapter:
         if pass_ == "forward":
             return lambda: (self.fallback_forward(spec, t),)
         return lambda: tuple(g for g in self.fallback_backward(spec, t, work.grad, True, True) if g is not None)
+
+    def expected_pass(self, pass_: str, work: Workload) -> tuple:
+        """What ``triton_pass`` (and ``fallback``) must return: the fallback's pass run in float64."""
+        return self.fallback(pass_, work.float64())()
 
     def expected(self, kernel: str, work: Workload) -> tuple:
         """What ``triton(kernel, ...)`` must return, computed by the fallback in float64."""

@@ -1,5 +1,6 @@
-"""Per-shape tuning: time every candidate tile of every kernel of a pass and the fallback, keep the
-winner in the persistent cache; or, without a GPU, check every candidate under the interpreter.
+"""Per-shape tuning: time every candidate tile of every kernel of a pass, then the pass at the chosen
+tiles as a layer call runs it (where it has several kernels), and the fallback; keep the winner in the
+persistent cache; or, without a GPU, check every candidate under the interpreter.
 
 Winners are deterministic: a candidate within ``NOISE_BAND`` of the fastest is as good as the fastest,
 so among those the fallback wins over the Triton kernels, and the smallest tile over larger ones;
@@ -35,7 +36,7 @@ class PassResult:
     triton_ms: float | None
     fallback_ms: float | None
     cache_hit: bool
-    failed: dict = field(default_factory=dict)  # "kernel:tile" -> why it was skipped
+    failed: dict = field(default_factory=dict)  # "kernel:tile" (or "<pass> pass") -> why it was skipped
     not_saved: str | None = None  # why a new measurement could not be written to the cache
     entry: dict | None = field(default=None, repr=False)  # what the cache holds (or would) for it
 
@@ -105,21 +106,39 @@ def pick_winner(triton_ms: float | None, fallback_ms: float, band: float = NOISE
     return "triton"
 
 
-def check_tile(adapter: Adapter, kernel: str, work, tile, expected) -> str | None:
-    """None if the tile compiles, runs and matches the float64 fallback; otherwise why not."""
+def check_run(run: Callable[[], tuple], expected: tuple, dtype: torch.dtype) -> str | None:
+    """None if ``run`` compiles, runs and matches the float64 ``expected``; otherwise why not."""
     try:
-        error = max_relative_error(adapter.triton(kernel, work, tile)(), expected)
+        error = max_relative_error(run(), expected)
     except Exception as exc:  # compile errors, out of shared memory, launch failures: recorded, skipped
         return _describe_failure(exc)
-    limit = tolerance(work.spec.torch_dtype)
+    limit = tolerance(dtype)
     if error > limit:
         return f"wrong result: relative error {error:.3g} > {limit:.3g}"
     return None
 
 
+def check_tile(adapter: Adapter, kernel: str, work, tile, expected) -> str | None:
+    """None if the tile compiles, runs and matches the float64 fallback; otherwise why not."""
+    return check_run(adapter.triton(kernel, work, tile), expected, work.spec.torch_dtype)
+
+
+def pass_failure_key(pass_: str) -> str:
+    """The ``failed`` entry of a pass whose kernels each passed but whose whole pass, at their chosen tiles,
+    did not (see ``tune_pass``)."""
+    return f"{pass_} pass"
+
+
 def tune_pass(adapter: Adapter, spec, pass_: str, device: torch.device, cache: TuningCache, *,
               force: bool = False, max_tiles: int | None = None, timer: Callable | None = None) -> PassResult:
     """Measure ``pass_`` of ``spec`` on the GPU and store the winner, unless the cache has it already.
+
+    Each kernel's candidates are checked against the float64 fallback and timed alone; the fastest of
+    each (ties to the smallest) are then, where the pass has several kernels, checked and timed together
+    as the layer runs them (``Adapter.triton_pass``: dwsep's depthwise kernels share one launch,
+    depthwise's fused backward writes dz for its grad input), and that is the Triton time set against
+    the fallback's. A pass that fails at those tiles is recorded (``pass_failure_key``) and stored
+    without tiles: the fallback wins.
 
     ``timer(fn)`` returns a ``Timing`` (or milliseconds) of the closure ``fn``; default ``time_ms``
     (a GPU clock). Each timing is stored with its p20/p80 spread.
@@ -161,18 +180,25 @@ def tune_pass(adapter: Adapter, spec, pass_: str, device: torch.device, cache: T
     fallback_ms, spread_ms["fallback"] = fallback.p50, [fallback.p20, fallback.p80]
     kernels = operator.kernels_of_pass[pass_]
     triton_ms = None
+    tiles = {kernel: tile.to_dict() for kernel, (tile, _) in best.items()}
     if all(kernel in best for kernel in kernels):
         if len(kernels) == 1:
             triton_ms = best[kernels[0]][1]
+            spread_ms["triton"] = spread_ms[f"{kernels[0]}:{best[kernels[0]][0].label()}"]
         else:  # the pass as a layer call runs it: its kernels may share launches (dwsep's backward)
             chosen = {kernel: tile for kernel, (tile, _) in best.items()}
-            try:
-                timing = _measure(timer, adapter.triton_pass(pass_, work, chosen))
-                triton_ms, spread_ms["triton"] = timing.p50, [timing.p20, timing.p80]
-            except Exception as exc:
-                failed[pass_] = _describe_failure(exc)
+            run = adapter.triton_pass(pass_, work, chosen)
+            problem = check_run(run, adapter.expected_pass(pass_, work), spec.torch_dtype)
+            if problem is None:
+                try:
+                    timing = _measure(timer, run)
+                    triton_ms, spread_ms["triton"] = timing.p50, [timing.p20, timing.p80]
+                except Exception as exc:
+                    problem = _describe_failure(exc)
+            if problem is not None:  # stored without tiles: a forced Triton call takes the defaults
+                failed[pass_failure_key(pass_)] = f"{' '.join(t.label() for t in chosen.values())}: {problem}"
+                tiles = {}
     winner = pick_winner(triton_ms, fallback_ms)
-    tiles = {kernel: tile.to_dict() for kernel, (tile, _) in best.items()}
     not_saved = None
     entry = {
         "winner": winner, "tiles": tiles, "failed": failed,

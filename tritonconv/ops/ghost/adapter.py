@@ -3,8 +3,8 @@ kept ghost maps into one output (the ``depthwise`` operator with ``concat_input=
 
 from __future__ import annotations
 
+from tritonconv.ops.depthwise import op as depthwise_op
 from tritonconv.ops.depthwise.adapter import DepthwiseAdapter
-from tritonconv.ops.depthwise.op import ghost_concat
 from tritonconv.ops.depthwise.spec import DepthwiseSpec
 from tritonconv.zoo import separable
 
@@ -29,9 +29,10 @@ def specs_for(shape_set: str, *, batch: int, dtype: str, channels_last: bool = F
 class GhostAdapter(DepthwiseAdapter):
     shape_sets = SHAPE_SETS
     specs_for = staticmethod(specs_for)
+    op = depthwise_op  # no folder of its own for the operators: ghost_concat is the depthwise operator's
 
     def layer_call(self, t: dict, spec: DepthwiseSpec):
-        return ghost_concat(t["x"], t["weight"], t["bias"], spec.multiplier, spec.activation)
+        return self.op.ghost_concat(t["x"], t["weight"], t["bias"], spec.multiplier, spec.activation)
 
 
 ADAPTER = GhostAdapter()
