@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from tritonconv import env
+from tritonconv._launcher import launch
 from tritonconv._layout import empty
 from tritonconv.kernel_helpers import split_sum_kernel
 
@@ -189,8 +190,8 @@ def sum_splits(partial: torch.Tensor, weight_shape: tuple, bias_shape: tuple | N
     if weight is None:
         weight = empty(weight_shape, device=partial.device, dtype=dtype)
     bias = empty(bias_shape, device=partial.device, dtype=dtype) if bias_shape is not None else None
-    split_sum_kernel[(cdiv(total, SPLIT_SUM_BLOCK),)](
-        partial, weight, bias, splits, weight.numel(), total, BLOCK=SPLIT_SUM_BLOCK)
+    launch(split_sum_kernel, (cdiv(total, SPLIT_SUM_BLOCK),), (partial, weight, bias), (splits, weight.numel(), total),
+           {"BLOCK": SPLIT_SUM_BLOCK})
     return weight, bias
 
 

@@ -26,6 +26,7 @@ from math import gcd
 import torch
 
 from tritonconv import tiles
+from tritonconv._launcher import launch
 from tritonconv._layout import empty, empty_like_layout, int32_addressable
 from tritonconv.ops.depthwise import kernels
 from tritonconv.ops.depthwise.layout import empty_grad, taps_major
@@ -176,9 +177,8 @@ def forward(x, weight, bias, spec: DepthwiseSpec, tile: GemmTile) -> torch.Tenso
     layouts = tensor_layouts(*tensors)
     grid, integers, constexprs = _forward_plan(spec, tile, layouts, bias is not None)
     x_, y_, copy_ = aligned_bases(tensors, layouts)
-    kernels.depthwise_fwd_kernel[grid](
-        x_, taps_major(weight), bias.contiguous() if bias is not None else None, y_, copy_, *integers, **constexprs,
-    )
+    launch(kernels.depthwise_fwd_kernel, grid,
+           (x_, taps_major(weight), bias.contiguous() if bias is not None else None, y_, copy_), integers, constexprs)
     return out
 
 
@@ -205,9 +205,7 @@ def masked_gradient(dy, y, spec: DepthwiseSpec, tile: GemmTile, like: torch.Tens
     tensors = (int32_addressable(dy), int32_addressable(y), dz)
     layouts = tensor_layouts(*tensors)
     grid, integers, constexprs = _mask_plan(spec, tile, layouts, activation)
-    kernels.depthwise_grad_mask_kernel[grid](
-        *aligned_bases(tensors, layouts), *integers, **constexprs,
-    )
+    launch(kernels.depthwise_grad_mask_kernel, grid, aligned_bases(tensors, layouts), integers, constexprs)
     return dz
 
 
@@ -241,7 +239,7 @@ def backward_input(dy, y, weight, spec: DepthwiseSpec, tile: GemmTile, like: tor
     layouts = tensor_layouts(*tensors)
     grid, integers, constexprs = _backward_input_plan(spec, tile, layouts, add is not None)
     dz_, a_, dx_ = aligned_bases(tensors, layouts)
-    kernels.depthwise_bwd_input_kernel[grid](dz_, taps_major(weight), a_, dx_, *integers, **constexprs)
+    launch(kernels.depthwise_bwd_input_kernel, grid, (dz_, taps_major(weight), a_, dx_), integers, constexprs)
     return dx
 
 
@@ -361,14 +359,12 @@ def backward_weight(dy, y, x, spec: DepthwiseSpec, tile: GemmTile, activation: s
     plan, (grid, integers, constexprs), (reduce_grid, reduce_integers, reduce_constexprs) = _backward_weight_plan(
         spec, tile, layouts, activation, has_bias, write_dz, x.device, tiles.multiprocessor_count(x.device))
     partial = empty((plan.splits, plan.partial_rows, spec.out_channels), device=x.device, dtype=acc_dtype)
-    kernels.depthwise_bwd_weight_kernel[grid](
-        *aligned_bases(tensors, layouts), partial, *integers, **constexprs,
-    )
+    launch(kernels.depthwise_bwd_weight_kernel, grid, (*aligned_bases(tensors, layouts), partial), integers,
+           constexprs)
     grad_w = empty_grad(weight, spec.weight_shape, device=x.device, dtype=x.dtype)
     sdw_o, _, _, sdw_tap = grad_w.stride()  # layout.grad_strides(weight)
     grad_b = empty((spec.out_channels,), device=x.device, dtype=x.dtype) if has_bias else None
-    kernels.depthwise_reduce_weight_kernel[reduce_grid](
-        partial, grad_w, grad_b if grad_b is not None else grad_w, *reduce_integers, sdw_o, sdw_tap,
-        **reduce_constexprs,
-    )
+    launch(kernels.depthwise_reduce_weight_kernel, reduce_grid,
+           (partial, grad_w, grad_b if grad_b is not None else grad_w), (*reduce_integers, sdw_o, sdw_tap),
+           reduce_constexprs)
     return grad_w, grad_b

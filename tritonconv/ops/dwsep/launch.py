@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from tritonconv import tiles
+from tritonconv._launcher import launch
 from tritonconv._layout import empty, empty_like_layout, int32_addressable
 from tritonconv.ops.depthwise import launch as depthwise_launch
 from tritonconv.ops.depthwise.launch import aligned_bases, operand_strides, tensor_layouts, vector_width
@@ -231,10 +232,8 @@ def forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec: DwSepSpec, tile: Ge
     grid, integers, constexprs = _forward_plan(spec, tile, layouts, pw_bias is not None)
     weight_t = taps_major(dw_weight)  # the layer's own weight as it is; a copy for any other layout
     x_, y_ = aligned_bases((x, y), layouts)
-    kernels.dwsep_fwd_kernel[grid](
-        x_, weight_t, _bias(dw_bias), pw_weight.contiguous(), _bias(pw_bias), y_,
-        *integers, **constexprs, **_precision(x.dtype),
-    )
+    launch(kernels.dwsep_fwd_kernel, grid, (x_, weight_t, _bias(dw_bias), pw_weight.contiguous(), _bias(pw_bias), y_),
+           integers, {**constexprs, **_precision(x.dtype)})
     return y
 
 
@@ -297,10 +296,9 @@ def _pointwise_pass(dy, y, x, weight_t, dw_bias, pw_weight, spec: DwSepSpec, til
     else:
         partial = partial_bias = dz
     x_, dy_, y_, dz_ = aligned_bases(tensors, layouts)
-    kernels.dwsep_bwd_kernel[grid](
-        x_, weight_t, _bias(dw_bias), pw_weight.contiguous(), dy_, y_, dz_, partial, partial_bias,
-        *integers, **constexprs, **_precision(x.dtype),
-    )
+    launch(kernels.dwsep_bwd_kernel, grid,
+           (x_, weight_t, _bias(dw_bias), pw_weight.contiguous(), dy_, y_, dz_, partial, partial_bias), integers,
+           {**constexprs, **_precision(x.dtype)})
     if not need_weights:
         return dz, None
     return dz, _PointwisePartials(partial, partial_bias if has_pw_bias else None, splits)
@@ -361,9 +359,8 @@ def backward_depthwise(dz, x, weight_t, spec: DwSepSpec, input_tile: GemmTile, w
     partial = (empty((plan.splits, plan.partial_rows, spec.in_channels), device=x.device, dtype=acc_dtype)
                if need_weights else dz)
     dz_, x_, out_ = aligned_bases(tensors, layouts)
-    kernels.dwsep_bwd_depthwise_kernel[grid](
-        dz_, x_, weight_t, out_, partial, *integers, **constexprs, ACC_DTYPE=accumulator_dtype(x.dtype),
-    )
+    launch(kernels.dwsep_bwd_depthwise_kernel, grid, (dz_, x_, weight_t, out_, partial), integers,
+           {**constexprs, "ACC_DTYPE": accumulator_dtype(x.dtype)})
     return dx, _DepthwisePartials(partial, plan, vec) if need_weights else None
 
 
@@ -413,13 +410,16 @@ def reduce_partials(x, dw_weight, spec: DwSepSpec, pointwise: _PointwisePartials
     grid, pw_integers, dw_integers, constexprs = plan
     some = dpw if dpw is not None else ddw  # a pointer for the absent operands (never read)
     sdw_o, _, _, sdw_tap = ddw.stride() if ddw is not None else grad_strides(dw_weight, dw_shape)
-    kernels.dwsep_reduce_kernel[grid](
-        pointwise.weight if pointwise is not None else some, _or(pointwise and pointwise.bias, some), _or(dpw, some),
-        _or(dpb, some), *pw_integers,
-        depthwise.partial if depthwise is not None else some, _or(ddw, some), _or(ddb, some), *dw_integers,
-        sdw_o, sdw_tap, **constexprs, ACC_DTYPE=accumulator_dtype(x.dtype),
-    )
+    tensors = (pointwise.weight if pointwise is not None else some, _or(pointwise and pointwise.bias, some),
+               _or(dpw, some), _or(dpb, some), depthwise.partial if depthwise is not None else some, _or(ddw, some),
+               _or(ddb, some))
+    # the pointwise operands, their 4 integers, the depthwise operands, their 2 and ddw's two strides
+    launch(kernels.dwsep_reduce_kernel, grid, tensors, (*pw_integers, *dw_integers, sdw_o, sdw_tap),
+           {**constexprs, "ACC_DTYPE": accumulator_dtype(x.dtype)}, positions=_REDUCE_TENSOR_POSITIONS)
     return ddw, ddb, dpw, dpb
+
+
+_REDUCE_TENSOR_POSITIONS = (0, 1, 2, 3, 8, 9, 10)  # dwsep_reduce_kernel's pointer parameters
 
 
 def _or(tensor, other):

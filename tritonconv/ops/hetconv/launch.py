@@ -23,6 +23,7 @@ import functools
 import torch
 
 from tritonconv import tiles
+from tritonconv._launcher import launch
 from tritonconv._layout import empty, empty_like_layout
 from tritonconv.ops.hetconv import kernels
 from tritonconv.ops.hetconv.spec import HetConvSpec
@@ -214,11 +215,9 @@ def forward(x, weight, weight_pw, bias, spec: HetConvSpec, tile: GemmTile) -> to
         return reference.fallback_forward(x, weight, weight_pw, bias, spec).contiguous(
             memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
     grid, integers, constexprs = plan
-    kernels.hetconv_fwd_kernel[grid](
-        x, weight, weight_pw, bias.contiguous() if bias is not None else None, y, *integers,
-        HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
-        **constexprs,
-    )
+    launch(kernels.hetconv_fwd_kernel, grid, (x, weight, weight_pw, bias.contiguous() if bias is not None else None, y),
+           integers, {"HAS_BIAS": bias is not None, "DOT_PRECISION": dot_precision(x.dtype),
+                      "ACC_DTYPE": accumulator_dtype(x.dtype), **constexprs})
     return y
 
 
@@ -254,10 +253,8 @@ def backward_input(dy, weight, weight_pw, spec: HetConvSpec, tile: GemmTile, lik
         dx_ref = reference.fallback_backward(dy, zeros, weight, weight_pw, spec, True, False)[0]
         return dx.copy_(dx_ref)
     grid, integers, constexprs = plan
-    kernels.hetconv_bwd_input_kernel[grid](
-        dy, weight, weight_pw, dx, *integers,
-        DOT_PRECISION=dot_precision(dy.dtype), ACC_DTYPE=accumulator_dtype(dy.dtype), **constexprs,
-    )
+    launch(kernels.hetconv_bwd_input_kernel, grid, (dy, weight, weight_pw, dx), integers,
+           {"DOT_PRECISION": dot_precision(dy.dtype), "ACC_DTYPE": accumulator_dtype(dy.dtype), **constexprs})
     return dx
 
 
@@ -329,12 +326,8 @@ def backward_weight(dy, x, spec: HetConvSpec, tile: GemmTile, weight: torch.Tens
     (grid, integers, constexprs), (reduce_grid, reduce_integers), (splits, columns) = plan
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     partial = empty((splits, spec.out_channels, columns), device=x.device, dtype=acc_dtype)
-    kernels.hetconv_bwd_weight_kernel[grid](
-        x, dy, partial, *integers,
-        DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype), **constexprs,
-    )
-    kernels.hetconv_weight_reduce_kernel[reduce_grid](
-        partial, dw, dpw, db, *reduce_integers,
-        K=spec.kernel_size, HAS_BIAS=spec.bias, ACC_DTYPE=accumulator_dtype(dtype), BLOCK=REDUCE_BLOCK,
-    )
+    launch(kernels.hetconv_bwd_weight_kernel, grid, (x, dy, partial), integers,
+           {"DOT_PRECISION": dot_precision(dtype), "ACC_DTYPE": accumulator_dtype(dtype), **constexprs})
+    launch(kernels.hetconv_weight_reduce_kernel, reduce_grid, (partial, dw, dpw, db), reduce_integers,
+           {"K": spec.kernel_size, "HAS_BIAS": spec.bias, "ACC_DTYPE": accumulator_dtype(dtype), "BLOCK": REDUCE_BLOCK})
     return dw, dpw, db

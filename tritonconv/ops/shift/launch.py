@@ -10,6 +10,7 @@ from dataclasses import replace
 import torch
 
 from tritonconv import tiles
+from tritonconv._launcher import launch
 from tritonconv._layout import empty, empty_like_layout, int32_addressable
 from tritonconv.ops.shift import kernels
 from tritonconv.ops.shift.spec import ShiftSpec
@@ -173,9 +174,8 @@ def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
         return y
     weight = reduction_ordered_weight(weight, spec)
     grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None)
-    kernels.shift_fwd_kernel[grid](
-        x, weight, bias.contiguous() if bias is not None else None, y, *integers, **constexprs,
-        **_precision(x.dtype))
+    launch(kernels.shift_fwd_kernel, grid, (x, weight, bias.contiguous() if bias is not None else None, y), integers,
+           {**constexprs, **_precision(x.dtype)})
     return y
 
 
@@ -196,7 +196,7 @@ def backward_input(dy, weight, spec: ShiftSpec, tile: GemmTile, like: torch.Tens
         return dx
     weight = weight.reshape(spec.out_channels, spec.in_channels).contiguous()
     grid, integers, constexprs = _backward_input_plan(spec, tile, dy.stride(), dx.stride())
-    kernels.shift_bwd_input_kernel[grid](dy, weight, dx, *integers, **constexprs, **_precision(dy.dtype))
+    launch(kernels.shift_bwd_input_kernel, grid, (dy, weight, dx), integers, {**constexprs, **_precision(dy.dtype)})
     return dx
 
 
@@ -230,7 +230,6 @@ def backward_weight(dy, x, spec: ShiftSpec, tile: GemmTile):
     shape, grid, integers, constexprs = _backward_weight_plan(spec, tile, x.stride(), dy.stride(), x.device,
                                                               tiles.multiprocessor_count(x.device))
     partial = empty(shape, device=x.device, dtype=acc_dtype)
-    kernels.shift_bwd_weight_kernel[grid](
-        x, dy, partial, *integers, BIAS_BY_DOT=x.dtype in (torch.float16, torch.bfloat16), **constexprs,
-        **_precision(x.dtype))
+    launch(kernels.shift_bwd_weight_kernel, grid, (x, dy, partial), integers,
+           {"BIAS_BY_DOT": x.dtype in (torch.float16, torch.bfloat16), **constexprs, **_precision(x.dtype)})
     return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype)

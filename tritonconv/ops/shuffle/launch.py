@@ -9,6 +9,7 @@ from dataclasses import replace
 import torch
 
 from tritonconv import env, tiles
+from tritonconv._launcher import launch
 from tritonconv._layout import empty, empty_like_layout, int32_addressable
 from tritonconv.ops.shuffle import kernels
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
@@ -228,9 +229,8 @@ def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Ten
     weight = weight.reshape(spec.out_channels, spec.group_in).contiguous()
     grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None,
                                                tiles.multiprocessor_count(x.device))
-    kernels.shuffle_conv_fwd_kernel[grid](
-        x, weight, bias.contiguous() if bias is not None else None, y, *integers,
-        DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype), **constexprs)
+    launch(kernels.shuffle_conv_fwd_kernel, grid, (x, weight, bias.contiguous() if bias is not None else None, y),
+           integers, {"DOT_PRECISION": dot_precision(x.dtype), "ACC_DTYPE": accumulator_dtype(x.dtype), **constexprs})
     return y
 
 
@@ -268,10 +268,9 @@ def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torc
     grid, integers, constexprs = _backward_input_plan(spec, tile, dy.stride(), dx.stride(), dy.element_size(),
                                                       dense)
     weight = weight.reshape(spec.out_channels, spec.group_in).contiguous()
-    kernels.shuffle_conv_bwd_input_kernel[grid](
-        dy, weight, dx, *integers,
-        PACKED_SELECT=dy.element_size() == 2 and not env.triton_interpret(), DOT_PRECISION=dot_precision(dy.dtype),
-        ACC_DTYPE=accumulator_dtype(dy.dtype), **constexprs)
+    launch(kernels.shuffle_conv_bwd_input_kernel, grid, (dy, weight, dx), integers,
+           {"PACKED_SELECT": dy.element_size() == 2 and not env.triton_interpret(),
+            "DOT_PRECISION": dot_precision(dy.dtype), "ACC_DTYPE": accumulator_dtype(dy.dtype), **constexprs})
     return dx
 
 
@@ -314,7 +313,6 @@ def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile, dense: bool | 
     grid, integers, constexprs, splits, row = _backward_weight_plan(
         spec, tile, x.stride(), dy.stride(), dense, x.device, tiles.multiprocessor_count(x.device))
     partial = empty((splits, row), device=x.device, dtype=acc_dtype)
-    kernels.shuffle_conv_bwd_weight_kernel[grid](
-        x, dy, partial, *integers, DOT_PRECISION=dot_precision(x.dtype), ACC_DTYPE=accumulator_dtype(x.dtype),
-        **constexprs)
+    launch(kernels.shuffle_conv_bwd_weight_kernel, grid, (x, dy, partial), integers,
+           {"DOT_PRECISION": dot_precision(x.dtype), "ACC_DTYPE": accumulator_dtype(x.dtype), **constexprs})
     return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype)

@@ -15,6 +15,7 @@ from dataclasses import replace
 import torch
 
 from tritonconv import tiles
+from tritonconv._launcher import launch
 from tritonconv._layout import empty, empty_like_layout, int32_addressable
 from tritonconv._weights import empty_grad, grad_is_taps_major, taps_major
 from tritonconv.ops.versatile import kernels
@@ -142,9 +143,9 @@ def forward(x, weight, bias, spec: VersatileSpec, tile: GemmTile) -> torch.Tenso
     if y.numel() == 0:
         return y
     grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None)
-    kernels.versatile_fwd_kernel[grid](
-        x, taps_major(weight), bias.contiguous() if bias is not None else None, y, *integers, **constexprs,
-        **_precision(x.dtype))
+    bias = bias.contiguous() if bias is not None else None
+    launch(kernels.versatile_fwd_kernel, grid, (x, taps_major(weight), bias, y), integers,
+           {**constexprs, **_precision(x.dtype)})
     return y
 
 
@@ -175,8 +176,8 @@ def backward_input(dy, weight, spec: VersatileSpec, tile: GemmTile, like: torch.
     if dx.numel() == 0:
         return dx
     grid, integers, constexprs = _backward_input_plan(spec, tile, dy.stride(), dx.stride())
-    kernels.versatile_bwd_input_kernel[grid](dy, taps_major(weight), dx, *integers, **constexprs,
-                                             **_precision(dy.dtype))
+    launch(kernels.versatile_bwd_input_kernel, grid, (dy, taps_major(weight), dx), integers,
+           {**constexprs, **_precision(dy.dtype)})
     return dx
 
 
@@ -220,6 +221,6 @@ def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile, weight: torch.Te
         spec, tile, x.stride(), dy.stride(), grad_is_taps_major(weight, spec.weight_shape), x.device,
         tiles.multiprocessor_count(x.device))
     partial = empty(shape, device=x.device, dtype=acc_dtype)
-    kernels.versatile_bwd_weight_kernel[grid](x, dy, partial, *integers, **constexprs, **_precision(x.dtype))
+    launch(kernels.versatile_bwd_weight_kernel, grid, (x, dy, partial), integers, {**constexprs, **_precision(x.dtype)})
     return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype,
                       weight=dw)
