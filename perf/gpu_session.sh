@@ -6,7 +6,8 @@
 #
 # Stages, in order, each under its own time cap (`timeout`) and all under one 8-minute deadline (a
 # stage gets what is left after what the last two stages need; one that would get under 10 s is
-# skipped): the GPU test tier (pytest -m gpu), the rest of the suite on the GPU, perf ceilings,
+# skipped): the direct kernel launch checked against Triton's (where it fails, the rest launch through
+# Triton), the GPU test tier (pytest -m gpu), the rest of the suite on the GPU, perf ceilings,
 # tuning HetConv's VGG-16 shapes, perf run for the headline sets (hetconv vgg16 p=4 bf16 batch 128
 # channels_last fwd, then fwd+bwd; then dwsep mobilenet_v2, shift, versatile fwd), the host cost per
 # layer call with real launches (perf host), perf plot and perf audit. Everything lands in $OUT (the device tool's folder; else perf/results/gpu-session):
@@ -91,6 +92,7 @@ stage() {
     [ $rc = 0 ] || failures=$((failures + 1))
     echo "| $name | $cap | $(( $(date +%s) - started )) | $status | \`$shown\` |" >> "$SUMMARY"
     tail -n 3 "$log" | sed 's/^/    /'
+    return $rc
 }
 
 # ---- the machine ----
@@ -102,6 +104,13 @@ stage() {
 cat "$OUT_DIR/device.txt"
 
 PY_M=("$PY" -m)
+# ---- 0. the direct kernel launch (tritonconv/_launcher.py) against Triton's own, bit for bit: where it
+# fails, every later stage launches through Triton (TRITONCONV_DIRECT_LAUNCH=0), so the session still
+# measures the kernels ----
+if ! stage direct-launch 40 "$FINAL_S" -- "${PY_M[@]}" pytest -q -rfE -m gpu -p no:cacheprovider tests/test_launcher.py; then
+    export TRITONCONV_DIRECT_LAUNCH=0
+    echo "| direct-launch | - | 0 | failed: later stages launch through Triton (TRITONCONV_DIRECT_LAUNCH=0) | - |" >> "$SUMMARY"
+fi
 # ---- 1. tests: the GPU tier first, then the rest of the suite on the GPU as time allows ----
 stage tests-gpu 90 "$FINAL_S" -- "${PY_M[@]}" pytest -q -rfE -m gpu -n 4 -p no:cacheprovider tests
 stage tests-rest 45 "$FINAL_S" -- "${PY_M[@]}" pytest -q -rfE -m "not gpu" -n 8 -p no:cacheprovider tests

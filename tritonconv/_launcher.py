@@ -26,6 +26,11 @@ from triton import knobs
 from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
+from tritonconv import env
+
+# Read once: a switch for a machine where the direct call misbehaves (perf/gpu_session.sh sets it when
+# the GPU check of this module fails), not a per-call choice.
+_ENABLED = env.direct_launch()
 _KEPT = 4096  # launch keys kept (one per kernel, plan, tensor dtypes and alignments, device)
 _cache: dict = {}
 _cache_lock = threading.Lock()
@@ -58,9 +63,11 @@ def parameter_values(kernel: JITFunction, args: tuple, kwargs: dict) -> list:
 
 def _direct(kernel, tensors: tuple) -> bool:
     """Whether ``launch`` may call the compiled kernel itself: a JIT kernel (not the interpreter's) with no
-    pre-run hooks, on CUDA tensors."""
+    pre-run hooks, on CUDA tensors, TRITONCONV_DIRECT_LAUNCH not 0."""
+    if not _ENABLED or type(kernel) is not JITFunction or kernel.pre_run_hooks:
+        return False
     lead = next((t for t in tensors if t is not None), None)
-    return type(kernel) is JITFunction and lead is not None and lead.is_cuda and not kernel.pre_run_hooks
+    return lead is not None and lead.is_cuda
 
 
 def _tensor_key(tensor):

@@ -7,6 +7,7 @@
 | TRITONCONV_CACHE_DIR | the folder of ``tuning.json`` | ``$XDG_CACHE_HOME/tritonconv`` or ``~/.cache/tritonconv`` |
 | TRITON_INTERPRET | Triton's own switch: ``1`` runs kernels on the CPU through its interpreter | unset |
 | TRITONCONV_COMMIT | the commit perf records where there is no ``.git`` (a GPU machine's copy) | ``git rev-parse`` |
+| TRITONCONV_DIRECT_LAUNCH | ``0``: every launch through Triton's own (``_launcher``; read at import) | ``1`` |
 | WORLD_SIZE, LOCAL_RANK | set by torchrun: ``python -m autotune`` joins the ranks and shares the work | unset |
 """
 
@@ -62,6 +63,14 @@ def triton_interpret() -> bool:
 def commit_override() -> str | None:
     """The commit TRITONCONV_COMMIT names, if set (results are recorded under it instead of git's)."""
     return os.environ.get("TRITONCONV_COMMIT", "").strip() or None
+
+
+def direct_launch() -> bool:
+    """Whether ``_launcher`` calls compiled kernels directly on a GPU (TRITONCONV_DIRECT_LAUNCH, not 0)."""
+    value = os.environ.get("TRITONCONV_DIRECT_LAUNCH", "1").strip().lower() or "1"
+    if value not in ("0", "1"):
+        raise ValueError(f"TRITONCONV_DIRECT_LAUNCH={value!r}; expected 0 or 1")
+    return value == "1"
 
 
 def launched_world_size() -> int:
