@@ -40,6 +40,7 @@ class FakeKernel:
     pre_run_hooks = []
 
     def __init__(self):
+        self.used_global_vals = {}
         def kernel(x_ptr, w_ptr, n, m, y_ptr, BLOCK: int, FLAG: bool = False):
             pass
         self.signature = inspect.signature(kernel)
@@ -86,7 +87,28 @@ def test_the_second_launch_calls_the_compiled_kernel_with_the_parameters_in_orde
     assert len(kernel.launches) == 4 and len(kernel.compiled.runs) == 1
     prepared = next(iter(_launcher._cache.values()))
     assert all(value is None for value in (prepared.template[slot] for slot in prepared.slots))  # no tensor kept
+    # a global the kernel read has changed since it was compiled: back through Triton (which raises)
+    scope = {"SCALE": 2}
+    kernel.used_global_vals = {("SCALE", 0): (1, scope)}
+    _launcher.launch(kernel, (3,), (x2, w2, y2), (5, 6), constexprs, positions=(0, 1, 4))
+    assert len(kernel.launches) == 5 and len(kernel.compiled.runs) == 1
     _launcher.clear()
+
+
+def test_what_the_direct_path_cannot_repeat_goes_through_triton(monkeypatch):
+    """A grid computed by a function, a launch Triton did not compile here (a user's cache hook returns
+    None) and a tensor among the constexprs are never kept."""
+    monkeypatch.setattr(_launcher, "_direct", lambda kernel, tensors: True)
+    monkeypatch.setattr(_launcher, "driver", FakeDriver)
+    _launcher.clear()
+    kernel, x = FakeKernel(), torch.zeros(4)
+    for _ in range(2):
+        _launcher.launch(kernel, lambda meta: (1,), (x,), (5, 6), {"BLOCK": 8})
+        _launcher.launch(kernel, (1,), (x,), (5, 6), {"BLOCK": 8, "FLAG": x})
+    kernel.compiled = None
+    for _ in range(2):
+        _launcher.launch(kernel, (1,), (x,), (5, 7), {"BLOCK": 8})
+    assert len(kernel.launches) == 6 and not _launcher._cache
 
 
 def test_cpu_tensors_and_the_interpreter_take_the_plain_launch():

@@ -11,10 +11,10 @@ that and, from the second launch on, calls it directly (``CompiledKernel.run``, 
 
 Only on a CUDA device with the JIT (not under TRITON_INTERPRET, whose kernels are not JITFunctions, and
 not for CPU tensors, whose launches the perf audit records): elsewhere ``launch`` is the plain call.
-Triton's compile-time switches (TRITON_DEBUG and the like) apply from each key's first launch on, as a
-kernel compiled before they changed would. Measured on the CPU with a stand-in compiled kernel: about 4
-us per launch for the key, the lookup and the arguments, against 8-10 us for the binder and the cache
-key; the launch itself on a GPU is owed.
+Triton's per-call options (``knobs.runtime.debug``, the instrumentation mode) are part of the key, as in
+``JITFunction.run``'s; switches read only when compiling apply from each key's first launch on.
+Measured on the CPU with a stand-in compiled kernel: about 4 us per launch for the key, the lookup and
+the arguments, against 8-10 us for the binder and the cache key; the launch itself on a GPU is owed.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from torch import Tensor
 from triton import knobs
 from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
@@ -31,6 +32,7 @@ from tritonconv import env
 # Read once: a switch for a machine where the direct call misbehaves (perf/gpu_session.sh sets it when
 # the GPU check of this module fails), not a per-call choice.
 _ENABLED = env.direct_launch()
+_MISSING = object()
 _KEPT = 4096  # launch keys kept (one per kernel, plan, tensor dtypes and alignments, device)
 _cache: dict = {}
 _cache_lock = threading.Lock()
@@ -91,14 +93,19 @@ def launch(kernel, grid: tuple, tensors: tuple, integers: tuple, constexprs: dic
     Python ints only, as the plans make them), ``constexprs`` the constexprs and launch options. On a CUDA
     device the first launch of each (kernel, integers, constexprs, tensor dtypes and alignments, device)
     goes through Triton; the later ones call the compiled kernel directly."""
-    if not _direct(kernel, tensors):
+    if type(grid) is not tuple or not _direct(kernel, tensors):
         return kernel[grid](*_arguments(tensors, integers, positions), **constexprs)
     device = driver.active.get_current_device()
-    key = (kernel, device, integers, positions, tuple(constexprs.items()), tuple(map(_tensor_key, tensors)))
+    # id(kernel): the kernels are module-level objects (a JITFunction's own hash takes a lock); the knobs
+    # are the per-call options JITFunction.run puts in its own key
+    key = (id(kernel), device, integers, positions, tuple(constexprs.items()), tuple(map(_tensor_key, tensors)),
+           knobs.runtime.debug, knobs.compilation.instrumentation_mode)
     prepared = _cache.get(key)
     if prepared is None:
         args = _arguments(tensors, integers, positions)
         compiled = kernel[grid](*args, **constexprs)
+        if compiled is None or any(isinstance(value, Tensor) for value in constexprs.values()):
+            return compiled  # not compiled here (a user's cache hook), or a tensor the key would keep alive
         slots = positions if positions is not None else tuple(range(len(tensors)))
         template = parameter_values(kernel, args, constexprs)
         for slot in slots:  # no reference to this call's tensors is kept
@@ -109,6 +116,9 @@ def launch(kernel, grid: tuple, tensors: tuple, integers: tuple, constexprs: dic
                 _cache.clear()
             _cache[key] = prepared
         return compiled
+    for (name, _), (value, scope) in kernel.used_global_vals.items():  # as JITFunction.run checks (usually none)
+        if scope.get(name, _MISSING) != value:
+            return kernel[grid](*_arguments(tensors, integers, positions), **constexprs)  # Triton raises
     stream = driver.active.get_current_stream(device)
     values = prepared.values(tensors)
     compiled = prepared.compiled
