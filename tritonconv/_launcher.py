@@ -13,7 +13,7 @@ Only on a CUDA device with the JIT (not under TRITON_INTERPRET, whose kernels ar
 not for CPU tensors, whose launches the perf audit records): elsewhere ``launch`` is the plain call.
 Triton's per-call options (``knobs.runtime.debug``, the instrumentation mode) are part of the key, as in
 ``JITFunction.run``'s; switches read only when compiling apply from each key's first launch on.
-Measured on the CPU with a stand-in compiled kernel: about 4 us per launch for the key, the lookup and
+Measured on the CPU with a stand-in compiled kernel: 4-5 us per launch for the key, the lookup and
 the arguments, against 8-10 us for the binder and the cache key; the launch itself on a GPU is owed.
 """
 
