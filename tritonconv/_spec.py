@@ -96,6 +96,24 @@ def image_past_int32(spec, out_channels: int | None = None) -> str | None:
     return None
 
 
+def output_size(size: int, kernel_size: int, stride: int, padding: int, dilation: int = 1) -> int:
+    """torch's conv output size along one axis."""
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
+class WindowedSpecShapes(ConvSpecShapes):
+    """A ``ConvSpecShapes`` whose ``kernel_size`` window slides with its ``stride``, ``padding`` and
+    ``dilation`` fields: ``out_height`` and ``out_width`` follow from them."""
+
+    @property
+    def out_height(self) -> int:
+        return output_size(self.height, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    @property
+    def out_width(self) -> int:
+        return output_size(self.width, self.kernel_size, self.stride, self.padding, self.dilation)
+
+
 _SPECS_KEPT = 4096
 
 

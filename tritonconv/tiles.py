@@ -171,6 +171,12 @@ def accumulator_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def precision(dtype: torch.dtype) -> dict:
+    """The DOT_PRECISION and ACC_DTYPE constexprs of a kernel on ``dtype`` operands: read per call, never
+    planned (``dot_precision`` follows torch's tf32 switch and the interpreter)."""
+    return {"DOT_PRECISION": dot_precision(dtype), "ACC_DTYPE": accumulator_dtype(dtype)}
+
+
 def multiprocessor_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count

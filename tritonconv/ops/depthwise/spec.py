@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, image_past_int32, memoized_from_tensors
+from tritonconv._spec import WindowedSpecShapes, image_past_int32, memoized_from_tensors, output_size
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -36,10 +36,6 @@ def validate_window(kernel_size, stride, padding, dilation, *, kernel_name: str 
     check_positive_int("stride", stride)
     check_positive_int("padding", padding, minimum=0)
     check_positive_int("dilation", dilation)
-
-
-def output_size(size: int, kernel_size: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
 
 
 def check_spatial(height: int, width: int, kernel_size: int, stride: int, padding: int, dilation: int) -> None:
@@ -71,7 +67,7 @@ def layout_of(x: torch.Tensor) -> bool:
 
 
 @dataclass(frozen=True)
-class DepthwiseSpec(ConvSpecShapes):
+class DepthwiseSpec(WindowedSpecShapes):
     """Depthwise conv: output channel o reads input channel ``o // multiplier`` (torch's groups=C order).
 
     ``out_channels`` may be less than ``in_channels * multiplier`` (the Ghost module keeps only the
@@ -104,14 +100,6 @@ class DepthwiseSpec(ConvSpecShapes):
         if self.concat_input and (self.out_height, self.out_width) != (self.height, self.width):
             raise ValueError(f"concat_input=True needs an output as large as the input, got "
                              f"{(self.out_height, self.out_width)} from {(self.height, self.width)}")
-
-    @property
-    def out_height(self) -> int:
-        return output_size(self.height, self.kernel_size, self.stride, self.padding, self.dilation)
-
-    @property
-    def out_width(self) -> int:
-        return output_size(self.width, self.kernel_size, self.stride, self.padding, self.dilation)
 
     @property
     def total_out_channels(self) -> int:

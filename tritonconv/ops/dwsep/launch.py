@@ -45,8 +45,8 @@ from tritonconv.tiles import (
     TileTable,
     accumulator_dtype,
     cdiv,
-    dot_precision,
     next_power_of_2,
+    precision,
     reduction_splits,
 )
 
@@ -192,11 +192,6 @@ def _window(spec: DwSepSpec) -> dict:
                 HAS_DW_BIAS=spec.dw_bias)
 
 
-def _precision(dtype: torch.dtype) -> dict:
-    """Read per call, never planned: ``dot_precision`` follows torch's tf32 switch and the interpreter."""
-    return dict(DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))
-
-
 def _bias(bias):
     """A bias as the kernels read it; None (a constexpr: the HAS_*_BIAS flags skip it) when absent."""
     return bias.contiguous() if bias is not None else None
@@ -233,7 +228,7 @@ def forward(x, dw_weight, dw_bias, pw_weight, pw_bias, spec: DwSepSpec, tile: Ge
     weight_t = taps_major(dw_weight)  # the layer's own weight as it is; a copy for any other layout
     x_, y_ = aligned_bases((x, y), layouts)
     launch(kernels.dwsep_fwd_kernel, grid, (x_, weight_t, _bias(dw_bias), pw_weight.contiguous(), _bias(pw_bias), y_),
-           integers, {**constexprs, **_precision(x.dtype)})
+           integers, {**constexprs, **precision(x.dtype)})
     return y
 
 
@@ -298,7 +293,7 @@ def _pointwise_pass(dy, y, x, weight_t, dw_bias, pw_weight, spec: DwSepSpec, til
     x_, dy_, y_, dz_ = aligned_bases(tensors, layouts)
     launch(kernels.dwsep_bwd_kernel, grid,
            (x_, weight_t, _bias(dw_bias), pw_weight.contiguous(), dy_, y_, dz_, partial, partial_bias), integers,
-           {**constexprs, **_precision(x.dtype)})
+           {**constexprs, **precision(x.dtype)})
     if not need_weights:
         return dz, None
     return dz, _PointwisePartials(partial, partial_bias if has_pw_bias else None, splits)

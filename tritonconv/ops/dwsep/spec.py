@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tritonconv._spec import ConvSpecShapes, image_past_int32, memoized_from_tensors
+from tritonconv._spec import WindowedSpecShapes, image_past_int32, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 from tritonconv.ops.depthwise.spec import (
@@ -12,7 +12,6 @@ from tritonconv.ops.depthwise.spec import (
     check_spatial,
     layout_of,
     normalize_activation,
-    output_size,
     validate_window,
     window_unsupported,
 )
@@ -35,7 +34,7 @@ def triton_unsupported(spec: "DwSepSpec") -> str | None:
 
 
 @dataclass(frozen=True)
-class DwSepSpec(ConvSpecShapes):
+class DwSepSpec(WindowedSpecShapes):
     kernel_size: int = 3
     stride: int = 1
     padding: int = 1
@@ -55,14 +54,6 @@ class DwSepSpec(ConvSpecShapes):
         check_spatial(self.height, self.width, self.kernel_size, self.stride, self.padding, self.dilation)
         normalize_activation("activation", self.activation)
         normalize_activation("out_activation", self.out_activation)
-
-    @property
-    def out_height(self) -> int:
-        return output_size(self.height, self.kernel_size, self.stride, self.padding, self.dilation)
-
-    @property
-    def out_width(self) -> int:
-        return output_size(self.width, self.kernel_size, self.stride, self.padding, self.dilation)
 
     @property
     def dw_weight_shape(self) -> tuple[int, int, int, int]:

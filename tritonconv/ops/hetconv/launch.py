@@ -34,8 +34,8 @@ from tritonconv.tiles import (
     TileTable,
     accumulator_dtype,
     cdiv,
-    dot_precision,
     next_power_of_2,
+    precision,
     reduction_splits,
 )
 
@@ -216,8 +216,7 @@ def forward(x, weight, weight_pw, bias, spec: HetConvSpec, tile: GemmTile) -> to
             memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
     grid, integers, constexprs = plan
     launch(kernels.hetconv_fwd_kernel, grid, (x, weight, weight_pw, bias.contiguous() if bias is not None else None, y),
-           integers, {"HAS_BIAS": bias is not None, "DOT_PRECISION": dot_precision(x.dtype),
-                      "ACC_DTYPE": accumulator_dtype(x.dtype), **constexprs})
+           integers, {"HAS_BIAS": bias is not None, **precision(x.dtype), **constexprs})
     return y
 
 
@@ -254,7 +253,7 @@ def backward_input(dy, weight, weight_pw, spec: HetConvSpec, tile: GemmTile, lik
         return dx.copy_(dx_ref)
     grid, integers, constexprs = plan
     launch(kernels.hetconv_bwd_input_kernel, grid, (dy, weight, weight_pw, dx), integers,
-           {"DOT_PRECISION": dot_precision(dy.dtype), "ACC_DTYPE": accumulator_dtype(dy.dtype), **constexprs})
+           {**precision(dy.dtype), **constexprs})
     return dx
 
 
@@ -327,7 +326,7 @@ def backward_weight(dy, x, spec: HetConvSpec, tile: GemmTile, weight: torch.Tens
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     partial = empty((splits, spec.out_channels, columns), device=x.device, dtype=acc_dtype)
     launch(kernels.hetconv_bwd_weight_kernel, grid, (x, dy, partial), integers,
-           {"DOT_PRECISION": dot_precision(dtype), "ACC_DTYPE": accumulator_dtype(dtype), **constexprs})
+           {**precision(dtype), **constexprs})
     launch(kernels.hetconv_weight_reduce_kernel, reduce_grid, (partial, dw, dpw, db), reduce_integers,
            {"K": spec.kernel_size, "HAS_BIAS": spec.bias, "ACC_DTYPE": accumulator_dtype(dtype), "BLOCK": REDUCE_BLOCK})
     return dw, dpw, db

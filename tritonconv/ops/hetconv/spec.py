@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, image_past_int32, memoized_from_tensors
+from tritonconv._spec import WindowedSpecShapes, image_past_int32, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -36,7 +36,7 @@ def triton_unsupported(spec: "HetConvSpec") -> str | None:
 
 
 @dataclass(frozen=True)
-class HetConvSpec(ConvSpecShapes):
+class HetConvSpec(WindowedSpecShapes):
     kernel_size: int = 3
     stride: int = 1
     p: int = 4
@@ -54,12 +54,8 @@ class HetConvSpec(ConvSpecShapes):
         return (self.kernel_size - 1) // 2
 
     @property
-    def out_height(self) -> int:
-        return (self.height + 2 * self.padding - self.kernel_size) // self.stride + 1
-
-    @property
-    def out_width(self) -> int:
-        return (self.width + 2 * self.padding - self.kernel_size) // self.stride + 1
+    def dilation(self) -> int:
+        return 1
 
     @property
     def group_in(self) -> int:

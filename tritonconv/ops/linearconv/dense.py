@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tritonconv._spec import ConvShape
+from tritonconv._spec import ConvShape, output_size
 from tritonconv._validation import check_same
 from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
@@ -78,12 +78,10 @@ class DenseConvSpec(ConvShape):
     bias: bool = True
     dtype: str = "float32"
 
-    def _out(self, size: int) -> int:
-        return (size + 2 * self.padding - self.dilation * (self.kernel_size - 1) - 1) // self.stride + 1
-
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.out_channels, self._out(self.height), self._out(self.width))
+        window = (self.kernel_size, self.stride, self.padding, self.dilation)
+        return (self.batch, self.out_channels, output_size(self.height, *window), output_size(self.width, *window))
 
     def cost(self) -> Cost:
         """MACs ``B*Ho*Wo*F*(C/groups)*k^2``; bytes: input, filter bank, bias and output once each."""

@@ -19,9 +19,8 @@ from tritonconv.tiles import (
     GemmTile,
     KernelTiles,
     TileTable,
-    accumulator_dtype,
     cdiv,
-    dot_precision,
+    precision,
     reduction_splits,
     sum_splits,
 )
@@ -124,11 +123,6 @@ def _constexprs(spec: ShiftSpec) -> dict:
     return dict(K=spec.kernel_size, DIL=spec.dilation, STRIDE=spec.stride, GROUPED=spec.assignment == "grouped")
 
 
-def _precision(dtype: torch.dtype) -> dict:
-    """Read per call, never planned: ``dot_precision`` follows torch's tf32 switch and the interpreter."""
-    return dict(DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))
-
-
 def _sizes(spec: ShiftSpec) -> tuple:
     return (spec.batch, spec.in_channels, spec.height, spec.width, spec.out_channels, spec.out_height,
             spec.out_width)
@@ -175,7 +169,7 @@ def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
     weight = reduction_ordered_weight(weight, spec)
     grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None)
     launch(kernels.shift_fwd_kernel, grid, (x, weight, bias.contiguous() if bias is not None else None, y), integers,
-           {**constexprs, **_precision(x.dtype)})
+           {**constexprs, **precision(x.dtype)})
     return y
 
 
@@ -196,7 +190,7 @@ def backward_input(dy, weight, spec: ShiftSpec, tile: GemmTile, like: torch.Tens
         return dx
     weight = weight.reshape(spec.out_channels, spec.in_channels).contiguous()
     grid, integers, constexprs = _backward_input_plan(spec, tile, dy.stride(), dx.stride())
-    launch(kernels.shift_bwd_input_kernel, grid, (dy, weight, dx), integers, {**constexprs, **_precision(dy.dtype)})
+    launch(kernels.shift_bwd_input_kernel, grid, (dy, weight, dx), integers, {**constexprs, **precision(dy.dtype)})
     return dx
 
 
@@ -231,5 +225,5 @@ def backward_weight(dy, x, spec: ShiftSpec, tile: GemmTile):
                                                               tiles.multiprocessor_count(x.device))
     partial = empty(shape, device=x.device, dtype=acc_dtype)
     launch(kernels.shift_bwd_weight_kernel, grid, (x, dy, partial), integers,
-           {"BIAS_BY_DOT": x.dtype in (torch.float16, torch.bfloat16), **constexprs, **_precision(x.dtype)})
+           {"BIAS_BY_DOT": x.dtype in (torch.float16, torch.bfloat16), **constexprs, **precision(x.dtype)})
     return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype)

@@ -13,17 +13,7 @@ from tritonconv._launcher import launch
 from tritonconv._layout import empty, empty_like_layout, int32_addressable
 from tritonconv.ops.shuffle import kernels
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
-from tritonconv.tiles import (
-    GemmTile,
-    KernelTiles,
-    TileTable,
-    accumulator_dtype,
-    cdiv,
-    dot_precision,
-    reduction_splits,
-    sum_splits,
-    wide_dtype,
-)
+from tritonconv.tiles import GemmTile, KernelTiles, TileTable, cdiv, precision, reduction_splits, sum_splits, wide_dtype
 
 
 def _gemm_extent(spec: ShuffleConvSpec, kernel: str) -> tuple[int, int, int]:
@@ -230,7 +220,7 @@ def forward(x, weight, bias, spec: ShuffleConvSpec, tile: GemmTile) -> torch.Ten
     grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None,
                                                tiles.multiprocessor_count(x.device))
     launch(kernels.shuffle_conv_fwd_kernel, grid, (x, weight, bias.contiguous() if bias is not None else None, y),
-           integers, {"DOT_PRECISION": dot_precision(x.dtype), "ACC_DTYPE": accumulator_dtype(x.dtype), **constexprs})
+           integers, {**precision(x.dtype), **constexprs})
     return y
 
 
@@ -270,7 +260,7 @@ def backward_input(dy, weight, spec: ShuffleConvSpec, tile: GemmTile, like: torc
     weight = weight.reshape(spec.out_channels, spec.group_in).contiguous()
     launch(kernels.shuffle_conv_bwd_input_kernel, grid, (dy, weight, dx), integers,
            {"PACKED_SELECT": dy.element_size() == 2 and not env.triton_interpret(),
-            "DOT_PRECISION": dot_precision(dy.dtype), "ACC_DTYPE": accumulator_dtype(dy.dtype), **constexprs})
+            **precision(dy.dtype), **constexprs})
     return dx
 
 
@@ -314,5 +304,5 @@ def backward_weight(dy, x, spec: ShuffleConvSpec, tile: GemmTile, dense: bool | 
         spec, tile, x.stride(), dy.stride(), dense, x.device, tiles.multiprocessor_count(x.device))
     partial = empty((splits, row), device=x.device, dtype=acc_dtype)
     launch(kernels.shuffle_conv_bwd_weight_kernel, grid, (x, dy, partial), integers,
-           {"DOT_PRECISION": dot_precision(x.dtype), "ACC_DTYPE": accumulator_dtype(x.dtype), **constexprs})
+           {**precision(x.dtype), **constexprs})
     return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype)

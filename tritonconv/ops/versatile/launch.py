@@ -24,10 +24,9 @@ from tritonconv.tiles import (
     GemmTile,
     KernelTiles,
     TileTable,
-    accumulator_dtype,
     cdiv,
-    dot_precision,
     next_power_of_2,
+    precision,
     reduction_splits,
     sum_splits,
 )
@@ -87,11 +86,6 @@ def _common(spec: VersatileSpec) -> dict:
     return dict(K=spec.kernel_size, STRIDE=spec.stride, PAD=spec.padding, DIL=spec.dilation)
 
 
-def _precision(dtype: torch.dtype) -> dict:
-    """Read per call, never planned: ``dot_precision`` follows torch's tf32 switch and the interpreter."""
-    return dict(DOT_PRECISION=dot_precision(dtype), ACC_DTYPE=accumulator_dtype(dtype))
-
-
 def window_align(spec: VersatileSpec) -> int:
     """A power of two (at most 16) dividing every channel window's start j*g."""
     return 16 if spec.n_c == 1 else math.gcd(spec.g, 16)
@@ -145,7 +139,7 @@ def forward(x, weight, bias, spec: VersatileSpec, tile: GemmTile) -> torch.Tenso
     grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None)
     bias = bias.contiguous() if bias is not None else None
     launch(kernels.versatile_fwd_kernel, grid, (x, taps_major(weight), bias, y), integers,
-           {**constexprs, **_precision(x.dtype)})
+           {**constexprs, **precision(x.dtype)})
     return y
 
 
@@ -177,7 +171,7 @@ def backward_input(dy, weight, spec: VersatileSpec, tile: GemmTile, like: torch.
         return dx
     grid, integers, constexprs = _backward_input_plan(spec, tile, dy.stride(), dx.stride())
     launch(kernels.versatile_bwd_input_kernel, grid, (dy, taps_major(weight), dx), integers,
-           {**constexprs, **_precision(dy.dtype)})
+           {**constexprs, **precision(dy.dtype)})
     return dx
 
 
@@ -221,6 +215,6 @@ def backward_weight(dy, x, spec: VersatileSpec, tile: GemmTile, weight: torch.Te
         spec, tile, x.stride(), dy.stride(), grad_is_taps_major(weight, spec.weight_shape), x.device,
         tiles.multiprocessor_count(x.device))
     partial = empty(shape, device=x.device, dtype=acc_dtype)
-    launch(kernels.versatile_bwd_weight_kernel, grid, (x, dy, partial), integers, {**constexprs, **_precision(x.dtype)})
+    launch(kernels.versatile_bwd_weight_kernel, grid, (x, dy, partial), integers, {**constexprs, **precision(x.dtype)})
     return sum_splits(partial, spec.weight_shape, (spec.out_channels,) if spec.bias else None, x.dtype,
                       weight=dw)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tritonconv._spec import ConvSpecShapes, image_past_int32, memoized_from_tensors
+from tritonconv._spec import WindowedSpecShapes, image_past_int32, memoized_from_tensors
 from tritonconv._validation import check_positive_int, check_same, check_shape, check_tensor, dtype_name
 from tritonconv.accounting import Cost
 
@@ -50,7 +50,7 @@ def triton_unsupported(spec: "VersatileSpec") -> str | None:
 
 
 @dataclass(frozen=True)
-class VersatileSpec(ConvSpecShapes):
+class VersatileSpec(WindowedSpecShapes):
     kernel_size: int = 5
     stride: int = 1
     padding: int | None = None  # None: dilation * (k // 2), resolved in __post_init__
@@ -73,14 +73,6 @@ class VersatileSpec(ConvSpecShapes):
                              f"than the dilated kernel ({span} x {span})")
 
     # ---- derived shapes -------------------------------------------------------------------
-    @property
-    def out_height(self) -> int:
-        return (self.height + 2 * self.padding - self.dilation * (self.kernel_size - 1) - 1) // self.stride + 1
-
-    @property
-    def out_width(self) -> int:
-        return (self.width + 2 * self.padding - self.dilation * (self.kernel_size - 1) - 1) // self.stride + 1
-
     @property
     def s_num(self) -> int:
         return spatial_secondaries(self.kernel_size)
