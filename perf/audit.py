@@ -126,14 +126,19 @@ def _binder(kernel: JITFunction):
     return create_function_from_signature(kernel.signature, kernel.params, _backend())
 
 
+def _run_kwargs(launch: Launch) -> dict:
+    """The launch's keyword arguments with the options ``JITFunction.run`` adds before binding them (triton
+    3.6: debug, instrumentation_mode)."""
+    from triton import knobs
+
+    return {**launch.kwargs, "debug": launch.kwargs.get("debug", launch.kernel.debug) or knobs.runtime.debug,
+            "instrumentation_mode": knobs.compilation.instrumentation_mode}
+
+
 def specialise(launch: Launch) -> Specialisation:
     """What ``JITFunction.run`` computes for this launch on an sm_90 device, step for step (triton 3.6
     ``jit.py``: the debug and instrumentation options it adds, its binder, ``_pack_args``)."""
-    from triton import knobs
-
-    kernel, kwargs = launch.kernel, dict(launch.kwargs)
-    kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
-    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    kernel, kwargs = launch.kernel, _run_kwargs(launch)
     bound_args, specialization, options = _binder(kernel)(*launch.args, **kwargs)
     parsed, signature, constexprs, attrs = kernel._pack_args(_backend(), kwargs, bound_args, specialization, options)
     key = (kernel.fn.__module__, kernel.fn.__qualname__, kernel.cache_key, str(specialization), str(parsed))
@@ -144,14 +149,11 @@ def binder_us(launches: list[Launch], rounds: int = 5, calls: int = 50) -> float
     """CPU microseconds triton 3.6's ``JITFunction.run`` spends on these launches before the driver's:
     its argument binder and the kernel cache's key (``compute_cache_key``, its memo warm), best of
     ``rounds``. What a CUDA call adds to the host path that a recorded launch skips."""
-    from triton import knobs
     from triton.runtime.jit import compute_cache_key
 
     total = 0.0
     for launch in launches:
-        binder, key_cache = _binder(launch.kernel), {}
-        kwargs = {**launch.kwargs, "debug": launch.kwargs.get("debug", launch.kernel.debug) or knobs.runtime.debug,
-                  "instrumentation_mode": knobs.compilation.instrumentation_mode}
+        binder, key_cache, kwargs = _binder(launch.kernel), {}, _run_kwargs(launch)
         best = float("inf")
         for _ in range(rounds):
             start = time.perf_counter()

@@ -88,7 +88,7 @@ def test_a_pass_that_fails_at_its_chosen_tiles_goes_to_the_fallback_without_tile
     timer = noisy_timer(lambda what: {"pass": 0.1, "fallback": 3.0}.get(what, 1.0), seed=0, noise=0.0)
     result = tuner.tune_pass(WrongPass(), SPEC, "backward", torch.device("cpu"), cache, max_tiles=1, timer=timer)
     assert result.winner == "fallback" and result.triton_ms is None and result.tiles == {}
-    assert "wrong result" in result.failed[tuner.pass_failure_key("backward")]
+    assert "wrong result" in result.failed[dispatch.pass_failure_key("backward")]
     entry = cache.lookup(ADAPTER.operator.cache_key(SPEC, "backward", torch.device("cpu")))
     assert entry["tiles"] == {} and "triton" not in entry["timings_ms"]["spread"]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tritonconv
-from tritonconv import dispatch, tuner
+from tritonconv import dispatch
 from tritonconv.dispatch import BackendUnavailable, Operator
 from tritonconv.ops.hetconv import OPERATOR, HetConvSpec
 from tritonconv.tuning_cache import TuningCache
@@ -96,7 +96,7 @@ def test_a_pass_that_failed_at_its_tuned_tiles_says_so(tmp_path):
     cache = TuningCache(tmp_path / "tuning.json")
     cache.store(OPERATOR.cache_key(SPEC, "backward", CUDA), {
         "winner": "fallback", "tiles": {}, "timings_ms": {"triton": None, "fallback": 0.5},
-        "failed": {tuner.pass_failure_key("backward"): "wrong result"}, "device": "test-gpu"})
+        "failed": {dispatch.pass_failure_key("backward"): "wrong result"}, "device": "test-gpu"})
     decision = dispatch.decide(OPERATOR, SPEC, "backward", CUDA, cache=cache)
     assert decision.backend == "fallback" and "the pass failed at its tuned tiles" in decision.reason
 

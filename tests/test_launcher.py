@@ -134,7 +134,6 @@ def test_the_direct_launch_switch_is_validated(monkeypatch):
 
 CHECK = r"""
 import json, torch
-from triton import knobs
 from perf import audit
 from tritonconv import _launcher
 from tritonconv.ops.registry import ADAPTERS
@@ -159,8 +158,8 @@ def check(name, adapter, case):
         audit.pass_launches_of(adapter, case, pass_)
         for kernel, tensors, integers, constexprs, positions in calls:
             args = _launcher._arguments(tensors, integers, positions)
-            kwargs = {**constexprs, "debug": False, "instrumentation_mode": knobs.compilation.instrumentation_mode}
-            bound, specialization, _ = audit._binder(kernel)(*args, **kwargs)
+            bound, specialization, _ = audit._binder(kernel)(*args, **audit._run_kwargs(audit.Launch(kernel, args,
+                                                                                              constexprs, None)))
             ours = _launcher.parameter_values(kernel, args, constexprs)
             where = f"{name} {case.spec.describe()} {case.spec.dtype} {case.spec.channels_last} {kernel.__name__}"
             if [id(v) for v in ours] != [id(v) for v in bound.values()]:

@@ -151,11 +151,11 @@ class Adapter:
 
     def expected(self, kernel: str, work: Workload) -> tuple:
         """What ``triton(kernel, ...)`` must return, computed by the fallback in float64."""
-        t = {k: v.double() if v is not None else None for k, v in work.tensors.items()}
-        spec64 = replace(work.spec, dtype="float64")
+        work64 = work.float64()
+        spec64, t = work64.spec, work64.tensors
         if kernel == "forward":
             return (self.fallback_forward(spec64, t),)
-        dx, *grads = self.fallback_backward(spec64, t, work.grad.double(), kernel == "backward_input",
+        dx, *grads = self.fallback_backward(spec64, t, work64.grad, kernel == "backward_input",
                                             kernel == "backward_weight")
         return (dx,) if kernel == "backward_input" else tuple(g for g in grads if g is not None)
 

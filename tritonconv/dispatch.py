@@ -386,14 +386,19 @@ def _decide(operator: Operator, spec, pass_: str, device: torch.device, forced: 
         return Decision("triton", f"not tuned for this shape on {hardware.device_name_of(device)}: Triton "
                                   "with default tiles (run `python -m autotune` to measure)", tiles, untuned=True)
     timings = entry.get("timings_ms", {})
-    # the tuner's record of a pass whose kernels each worked but not together (tuner.pass_failure_key)
-    pass_failed = f"{pass_} pass" in entry.get("failed", {})
+    pass_failed = pass_failure_key(pass_) in entry.get("failed", {})
     no_triton = "the pass failed at its tuned tiles" if pass_failed else "no working tile"
     measured = (f"measured triton {_ms(timings.get('triton'), no_triton)} vs fallback "
                 f"{_ms(timings.get('fallback'), 'not measured')} on {entry.get('device', '?')}")
     if entry["winner"] == "fallback":
         return Decision("fallback", measured)
     return Decision("triton", measured, tiles)
+
+
+def pass_failure_key(pass_: str) -> str:
+    """The ``failed`` entry the tuner writes for a pass whose kernels each passed but whose whole pass, at
+    their chosen tiles, did not (``tuner.tune_pass``)."""
+    return f"{pass_} pass"
 
 
 def _ms(value, missing: str) -> str:

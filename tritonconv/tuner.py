@@ -123,12 +123,6 @@ def check_tile(adapter: Adapter, kernel: str, work, tile, expected) -> str | Non
     return check_run(adapter.triton(kernel, work, tile), expected, work.spec.torch_dtype)
 
 
-def pass_failure_key(pass_: str) -> str:
-    """The ``failed`` entry of a pass whose kernels each passed but whose whole pass, at their chosen tiles,
-    did not (see ``tune_pass``)."""
-    return f"{pass_} pass"
-
-
 def tune_pass(adapter: Adapter, spec, pass_: str, device: torch.device, cache: TuningCache, *,
               force: bool = False, max_tiles: int | None = None, timer: Callable | None = None) -> PassResult:
     """Measure ``pass_`` of ``spec`` on the GPU and store the winner, unless the cache has it already.
@@ -137,7 +131,7 @@ def tune_pass(adapter: Adapter, spec, pass_: str, device: torch.device, cache: T
     each (ties to the smallest) are then, where the pass has several kernels, checked and timed together
     as the layer runs them (``Adapter.triton_pass``: dwsep's depthwise kernels share one launch,
     depthwise's fused backward writes dz for its grad input), and that is the Triton time set against
-    the fallback's. A pass that fails at those tiles is recorded (``pass_failure_key``) and stored
+    the fallback's. A pass that fails at those tiles is recorded (``dispatch.pass_failure_key``) and stored
     without tiles: the fallback wins.
 
     ``timer(fn)`` returns a ``Timing`` (or milliseconds) of the closure ``fn``; default ``time_ms``
@@ -196,7 +190,7 @@ def tune_pass(adapter: Adapter, spec, pass_: str, device: torch.device, cache: T
                 except Exception as exc:
                     problem = _describe_failure(exc)
             if problem is not None:  # stored without tiles: a forced Triton call takes the defaults
-                failed[pass_failure_key(pass_)] = f"{' '.join(t.label() for t in chosen.values())}: {problem}"
+                failed[dispatch.pass_failure_key(pass_)] = f"{' '.join(t.label() for t in chosen.values())}: {problem}"
                 tiles = {}
     winner = pick_winner(triton_ms, fallback_ms)
     not_saved = None

@@ -112,8 +112,8 @@ class DwSepAdapter(Adapter):
         """``run_kernel``'s outputs in float64: backward_weight is the depthwise weight's gradients only."""
         if kernel in ("forward", "backward_input"):
             return super().expected(kernel, work)
-        t = {k: v.double() if v is not None else None for k, v in work.tensors.items()}
-        spec64, dy = replace(work.spec, dtype="float64"), work.grad.double()
+        work64 = work.float64()
+        t, spec64, dy = work64.tensors, work64.spec, work64.grad
         params = [t[name] for name in _PARAMS]
         _, ddw, ddb, dpw, dpb = reference.fallback_backward(dy, t["x"], *params, spec64, False, True)
         if kernel == "backward_weight":
