@@ -1,6 +1,7 @@
 """Which backend each call takes, and why."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -54,6 +55,25 @@ def test_environment_and_context_manager_force_a_backend(monkeypatch):
     with pytest.raises(ValueError, match="backend='fast'"):
         with tritonconv.use_backend("fast"):
             pass
+
+
+def test_environment_is_read_on_every_call_as_os_environ_answers(monkeypatch):
+    """env's fast reader (os.environ's encoded mapping) sees every write, delete and odd value."""
+    from tritonconv import env
+
+    for value in ("fallback", " Triton ", "", "caf\u00e9"):
+        monkeypatch.setenv("TRITONCONV_BACKEND", value)
+        assert env._get("TRITONCONV_BACKEND", "auto") == os.environ.get("TRITONCONV_BACKEND")
+    monkeypatch.setenv("TRITONCONV_BACKEND", " Triton ")
+    assert env.backend_override() == "triton"
+    monkeypatch.delenv("TRITONCONV_BACKEND")
+    assert env._get("TRITONCONV_BACKEND", None) is None and env.backend_override() == "auto"
+    monkeypatch.setenv("TRITONCONV_CACHE_DIR", "/tmp/somewhere")
+    assert str(env.cache_dir()) == "/tmp/somewhere"
+    monkeypatch.setenv("TRITONCONV_BACKEND", "cudnn")
+    for _ in range(2):  # an invalid value raises every time (it is not memoized)
+        with pytest.raises(ValueError, match="TRITONCONV_BACKEND='cudnn'"):
+            env.backend_override()
 
 
 def test_forced_backend_reaches_the_backward(monkeypatch):

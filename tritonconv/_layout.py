@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -21,10 +22,17 @@ def int32_addressable(t: Tensor) -> Tensor:
     """``t``, or a compact copy in its layout when one image of the view spans 2^31 elements or
     more (a channel slice of a much wider tensor): kernels that address inside an image in int32 read it
     through its strides. The spec's check (``_spec.image_past_int32``) bounds the compact image."""
-    if sum((n - 1) * s for n, s in zip(t.shape[1:], t.stride()[1:])) < 2**31:
+    if _image_span_fits(t.shape, t.stride()):
         return t
     channels_innermost = t.dim() == 4 and t.stride(1) == 1  # a channel slice of an NHWC tensor stays NHWC
     return t.contiguous(memory_format=torch.channels_last if channels_innermost else torch.contiguous_format)
+
+
+@functools.lru_cache(maxsize=1024)
+def _image_span_fits(shape, strides) -> bool:
+    """Whether one image of a view of these sizes and strides spans fewer than 2^31 elements (memoized:
+    every launch asks, with the few layouts a model has)."""
+    return sum((n - 1) * s for n, s in zip(shape[1:], strides[1:])) < 2**31
 
 
 def empty(shape, *, device, dtype: torch.dtype, memory_format=torch.contiguous_format) -> Tensor:

@@ -126,7 +126,16 @@ def memoized_from_tensors(build):
 
     @functools.wraps(build)
     def from_tensors(cls, *args, **kwargs):
-        key = (cls, *map(_call_key, args), *((name, _call_key(v)) for name, v in kwargs.items()))
+        # one flat tuple, built inline: a generic per-argument key function costs microseconds per call
+        key = [cls]
+        for value in args:
+            if isinstance(value, torch.Tensor):
+                key += (value.shape, value.stride(), value.dtype, value.device)
+            else:
+                key += (type(value), value)
+        for name, value in kwargs.items():
+            key += (name, type(value), value)
+        key = tuple(key)
         try:
             spec = specs.get(key)
         except TypeError:  # symbolic sizes
@@ -139,9 +148,3 @@ def memoized_from_tensors(build):
         return spec
 
     return classmethod(from_tensors)
-
-
-def _call_key(value):
-    if isinstance(value, torch.Tensor):
-        return value.shape, value.stride(), value.dtype, value.device
-    return type(value), value

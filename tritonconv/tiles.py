@@ -3,6 +3,7 @@ reduction (how many programs share one reduction, and the deterministic sum of t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable
 
@@ -173,8 +174,14 @@ def accumulator_dtype(dtype: torch.dtype):
 
 def precision(dtype: torch.dtype) -> dict:
     """The DOT_PRECISION and ACC_DTYPE constexprs of a kernel on ``dtype`` operands: read per call, never
-    planned (``dot_precision`` follows torch's tf32 switch and the interpreter)."""
-    return {"DOT_PRECISION": dot_precision(dtype), "ACC_DTYPE": accumulator_dtype(dtype)}
+    planned (``dot_precision`` follows torch's tf32 switch and the interpreter). The dict is shared:
+    callers merge it, never change it."""
+    return _precision(dtype, dot_precision(dtype))
+
+
+@functools.lru_cache(maxsize=16)
+def _precision(dtype: torch.dtype, dot: str) -> dict:
+    return {"DOT_PRECISION": dot, "ACC_DTYPE": accumulator_dtype(dtype)}
 
 
 def multiprocessor_count(device: torch.device) -> int:

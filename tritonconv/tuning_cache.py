@@ -11,6 +11,7 @@ time it is looked up in a snapshot: a malformed one is reported once and answere
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -71,6 +72,12 @@ class CacheKey:
         return cls(*parts)
 
 
+@functools.lru_cache(maxsize=8)
+def _file_in(folder: Path) -> Path:
+    """The cache file in ``folder`` (memoized: a CUDA call asks for the path to check the file's stamp)."""
+    return folder / FILE_NAME
+
+
 class TuningCache:
     def __init__(self, path: Path | str | None = None):
         self._explicit_path = Path(path) if path is not None else None
@@ -83,7 +90,7 @@ class TuningCache:
 
     @property
     def path(self) -> Path:
-        return self._explicit_path or env.cache_dir() / FILE_NAME
+        return self._explicit_path or _file_in(env.cache_dir())
 
     # ---- reading ------------------------------------------------------------------------------
     def _stamp(self):
