@@ -22,10 +22,12 @@ def example():
 
 def test_loss_goes_down(example):
     # The cuDNN formulation of HetConv: a VGG-16 step through the interpreter takes about a minute.
-    losses = example.main(["--steps", "20", "--width", "0.125", "--batch-size", "16", "--backend", "fallback",
+    # 60 steps (about a second): over 20 the loss falls about 0.2 and the CPU's arithmetic decides the
+    # margin (torch 2.13 on some CPUs misses it); over 60 it falls from about 2.3 to about 1
+    losses = example.main(["--steps", "60", "--width", "0.125", "--batch-size", "16", "--backend", "fallback",
                            "--device", "cpu"])
-    assert len(losses) == 20 and all(math.isfinite(loss) for loss in losses)
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2
+    assert len(losses) == 60 and all(math.isfinite(loss) for loss in losses)
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.5
 
 
 def test_compiled_training_runs(example):
