@@ -68,15 +68,15 @@ class ConvSpecShapes(ConvShape):
         super().validate_shape()
         check_dtype_name(self.dtype)
 
-    @property
+    @functools.cached_property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
-    @property
+    @functools.cached_property
     def input_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, self.in_channels, self.height, self.width)
 
-    @property
+    @functools.cached_property
     def output_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, self.out_channels, self.out_height, self.out_width)
 
@@ -105,11 +105,11 @@ class WindowedSpecShapes(ConvSpecShapes):
     """A ``ConvSpecShapes`` whose ``kernel_size`` window slides with its ``stride``, ``padding`` and
     ``dilation`` fields: ``out_height`` and ``out_width`` follow from them."""
 
-    @property
+    @functools.cached_property
     def out_height(self) -> int:
         return output_size(self.height, self.kernel_size, self.stride, self.padding, self.dilation)
 
-    @property
+    @functools.cached_property
     def out_width(self) -> int:
         return output_size(self.width, self.kernel_size, self.stride, self.padding, self.dilation)
 

@@ -3,6 +3,7 @@ operation), shared by the layer, dispatcher, tuner, perf suite and tests."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -101,16 +102,16 @@ class DepthwiseSpec(WindowedSpecShapes):
             raise ValueError(f"concat_input=True needs an output as large as the input, got "
                              f"{(self.out_height, self.out_width)} from {(self.height, self.width)}")
 
-    @property
+    @functools.cached_property
     def total_out_channels(self) -> int:
         """Channels of the op's output: the depthwise maps, after the input's when concatenated."""
         return self.out_channels + (self.in_channels if self.concat_input else 0)
 
-    @property
+    @functools.cached_property
     def output_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, self.total_out_channels, self.out_height, self.out_width)
 
-    @property
+    @functools.cached_property
     def weight_shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, 1, self.kernel_size, self.kernel_size)
 

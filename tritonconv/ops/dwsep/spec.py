@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from tritonconv._spec import WindowedSpecShapes, image_past_int32, memoized_from_tensors
@@ -55,11 +56,11 @@ class DwSepSpec(WindowedSpecShapes):
         normalize_activation("activation", self.activation)
         normalize_activation("out_activation", self.out_activation)
 
-    @property
+    @functools.cached_property
     def dw_weight_shape(self) -> tuple[int, int, int, int]:
         return (self.in_channels, 1, self.kernel_size, self.kernel_size)
 
-    @property
+    @functools.cached_property
     def pw_weight_shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, self.in_channels, 1, 1)
 

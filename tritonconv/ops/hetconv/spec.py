@@ -3,6 +3,7 @@ and tests share (SPEC section 1, blocked layout)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import torch
@@ -49,29 +50,29 @@ class HetConvSpec(WindowedSpecShapes):
         self.validate_shape()
 
     # ---- derived shapes -------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def padding(self) -> int:
         return (self.kernel_size - 1) // 2
 
-    @property
+    @functools.cached_property
     def dilation(self) -> int:
         return 1
 
-    @property
+    @functools.cached_property
     def group_in(self) -> int:
         """M/p: input channels that a filter sees through k x k kernels."""
         return self.in_channels // self.p
 
-    @property
+    @functools.cached_property
     def group_out(self) -> int:
         """N/p: filters per group."""
         return self.out_channels // self.p
 
-    @property
+    @functools.cached_property
     def weight_shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, self.group_in, self.kernel_size, self.kernel_size)
 
-    @property
+    @functools.cached_property
     def weight_pw_shape(self) -> tuple[int, int]:
         return (self.out_channels, self.in_channels - self.group_in)
 

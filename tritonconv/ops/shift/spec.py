@@ -3,6 +3,7 @@ tuner, perf suite and tests share."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -66,25 +67,25 @@ class ShiftSpec(ConvSpecShapes):
         self.validate_shape()
 
     # ---- derived shapes -------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def out_height(self) -> int:
         return (self.height - 1) // self.stride + 1
 
-    @property
+    @functools.cached_property
     def out_width(self) -> int:
         return (self.width - 1) // self.stride + 1
 
-    @property
+    @functools.cached_property
     def shift_group(self) -> int:
         """C // k^2: channels per shift direction."""
         return self.in_channels // self.kernel_size**2
 
-    @property
+    @functools.cached_property
     def shifted_channels(self) -> int:
         """R = (C // k^2) k^2: channels at or above R are not shifted."""
         return self.shift_group * self.kernel_size**2
 
-    @property
+    @functools.cached_property
     def weight_shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, self.in_channels, 1, 1)
 

@@ -3,6 +3,7 @@ the description the layer, dispatcher, tuner and tests share."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -38,24 +39,24 @@ class ShuffleConvSpec(ConvSpecShapes):
         validate_hyperparameters(self.in_channels, self.out_channels, self.groups, self.shuffle_groups)
         self.validate_shape()
 
-    @property
+    @functools.cached_property
     def out_height(self) -> int:
         """A 1 x 1 conv with stride 1: the output keeps the input's size."""
         return self.height
 
-    @property
+    @functools.cached_property
     def out_width(self) -> int:
         return self.width
 
-    @property
+    @functools.cached_property
     def group_in(self) -> int:
         return self.in_channels // self.groups
 
-    @property
+    @functools.cached_property
     def group_out(self) -> int:
         return self.out_channels // self.groups
 
-    @property
+    @functools.cached_property
     def weight_shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, self.group_in, 1, 1)
 

@@ -3,6 +3,7 @@ dispatcher, tuner, perf suite and tests share."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -73,26 +74,26 @@ class VersatileSpec(WindowedSpecShapes):
                              f"than the dilated kernel ({span} x {span})")
 
     # ---- derived shapes -------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def s_num(self) -> int:
         return spatial_secondaries(self.kernel_size)
 
-    @property
+    @functools.cached_property
     def n_c(self) -> int:
         """Channel offsets 0, g, ..., delta."""
         return self.delta // self.g + 1
 
-    @property
+    @functools.cached_property
     def n_w(self) -> int:
         """Primary filters."""
         return self.out_channels // (self.s_num * self.n_c)
 
-    @property
+    @functools.cached_property
     def c_hat(self) -> int:
         """Input channels each filter sees."""
         return self.in_channels - self.delta
 
-    @property
+    @functools.cached_property
     def weight_shape(self) -> tuple[int, int, int, int]:
         return (self.n_w, self.c_hat, self.kernel_size, self.kernel_size)
 
