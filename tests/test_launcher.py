@@ -95,6 +95,28 @@ def test_the_second_launch_calls_the_compiled_kernel_with_the_parameters_in_orde
     _launcher.clear()
 
 
+def test_leading_tensors_take_the_template_rest(monkeypatch):
+    """Tensors first (positions None, the launchers' usual order): the second launch passes them, then
+    the integers, constexprs and defaults, exactly as the general slot filling would."""
+    monkeypatch.setattr(_launcher, "_direct", lambda kernel, tensors: True)
+    monkeypatch.setattr(_launcher, "driver", FakeDriver)
+    _launcher.clear()
+
+    class Leading(FakeKernel):
+        def __init__(self):
+            super().__init__()
+            def kernel(x_ptr, y_ptr, n, m, BLOCK: int, FLAG: bool = True):
+                pass
+            self.signature = inspect.signature(kernel)
+
+    kernel, x, y = Leading(), torch.zeros(8), torch.zeros(8)
+    for _ in range(2):
+        _launcher.launch(kernel, (2,), (x, y), (5, 6), {"BLOCK": 32, "num_warps": 4})
+    (run,) = kernel.compiled.runs
+    assert tuple(run[9:]) == (x, y, 5, 6, 32, True)
+    _launcher.clear()
+
+
 def test_what_the_direct_path_cannot_repeat_goes_through_triton(monkeypatch):
     """A grid computed by a function, a launch Triton did not compile here (a user's cache hook returns
     None) and a tensor among the constexprs are never kept."""

@@ -47,7 +47,14 @@ class _Prepared:
     template: tuple
     slots: tuple
 
-    def values(self, tensors: tuple) -> list:
+    def __post_init__(self):
+        # the launchers' usual order, tensors first: the values are the tensors, then the template's rest
+        leading = self.slots == tuple(range(len(self.slots)))
+        object.__setattr__(self, "_rest", self.template[len(self.slots):] if leading else None)
+
+    def values(self, tensors: tuple) -> tuple | list:
+        if self._rest is not None:
+            return (*tensors, *self._rest)
         values = list(self.template)
         for slot, tensor in zip(self.slots, tensors):
             values[slot] = tensor
