@@ -59,9 +59,6 @@ def conv_default_init_(fan_in: int, *params: Tensor | None) -> None:
                 param.uniform_(-bound, bound)
 
 
-AUTOCAST_DEVICE_TYPES = ("cuda", "cpu")  # autocast has no state for others (meta raises)
-
-
 def layer_operands(x: Tensor, in_channels: int, *params, window: tuple[int, int, int] | None = None):
     """A layer's input checked (``_validation.check_input``), then it and the parameters autocast."""
     check_input(x, in_channels, window=window)
@@ -69,7 +66,11 @@ def layer_operands(x: Tensor, in_channels: int, *params, window: tuple[int, int,
 
 
 def autocast_enabled(x: Tensor) -> bool:
-    return x.device.type in AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(x.device.type)
+    # is_cuda / is_cpu, not x.device.type (which builds a device object: half this function's time);
+    # autocast has no state for other devices (meta raises)
+    if x.is_cuda:
+        return torch.is_autocast_enabled("cuda")
+    return x.is_cpu and torch.is_autocast_enabled("cpu")
 
 
 def autocast_operands(x: Tensor, *params):
