@@ -186,8 +186,13 @@ def _precision(dtype: torch.dtype, dot: str) -> dict:
 
 def multiprocessor_count(device: torch.device) -> int:
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _multiprocessors(torch.cuda.current_device() if device.index is None else device.index)
     return 1
+
+
+@functools.cache
+def _multiprocessors(index: int) -> int:  # a device's SM count never changes; the backward asks per call
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 SPLIT_SUM_BLOCK = 1024  # elements per program of the partials' sum
