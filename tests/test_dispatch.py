@@ -70,6 +70,9 @@ def test_environment_is_read_on_every_call_as_os_environ_answers(monkeypatch):
     assert env._get("TRITONCONV_BACKEND", None) is None and env.backend_override() == "auto"
     monkeypatch.setenv("TRITONCONV_CACHE_DIR", "/tmp/somewhere")
     assert str(env.cache_dir()) == "/tmp/somewhere"
+    monkeypatch.setattr(os, "environ", {"TRITONCONV_BACKEND": "fallback"})  # another mapping: read as it is
+    assert env.backend_override() == "fallback"
+    monkeypatch.undo()
     monkeypatch.setenv("TRITONCONV_BACKEND", "cudnn")
     for _ in range(2):  # an invalid value raises every time (it is not memoized)
         with pytest.raises(ValueError, match="TRITONCONV_BACKEND='cudnn'"):

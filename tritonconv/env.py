@@ -20,13 +20,15 @@ from pathlib import Path
 # The dispatcher reads its variables on every layer call, and ``os.environ.get`` encodes the name and
 # decodes the value each time (about 0.6 us, several times per call). On POSIX CPython, os.environ keeps
 # the encoded mapping it reads and updates on every write (``_data``): a lookup there answers exactly
-# what os.environ.get would, in a tenth of the time. Elsewhere, os.environ.get itself.
+# what os.environ.get would, in a tenth of the time. Elsewhere (or should os.environ be replaced by
+# another mapping), os.environ.get itself.
+_ENVIRON = os.environ
 _ENCODED = getattr(os.environ, "_data", None) if os.name == "posix" else None
 
 
 def _get(name: str, default: str | None) -> str | None:
     """``os.environ.get(name, default)``."""
-    if _ENCODED is None:
+    if _ENCODED is None or os.environ is not _ENVIRON:
         return os.environ.get(name, default)
     raw = _ENCODED.get(_encoded(name))
     return default if raw is None else _decoded(raw)
