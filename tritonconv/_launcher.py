@@ -19,6 +19,7 @@ the arguments, against 8-10 us for the binder and the cache key; the launch itse
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -47,10 +48,11 @@ class _Prepared:
     template: tuple
     slots: tuple
 
-    def __post_init__(self):
-        # the launchers' usual order, tensors first: the values are the tensors, then the template's rest
+    @functools.cached_property
+    def _rest(self) -> tuple | None:
+        """With the tensors first (the launchers' usual order): the template after them, else None."""
         leading = self.slots == tuple(range(len(self.slots)))
-        object.__setattr__(self, "_rest", self.template[len(self.slots):] if leading else None)
+        return self.template[len(self.slots):] if leading else None
 
     def values(self, tensors: tuple) -> tuple | list:
         if self._rest is not None:

@@ -9,6 +9,7 @@ operator with p=1). Anything else goes to ``F.conv2d`` (cuDNN on a GPU). No seco
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +79,7 @@ class DenseConvSpec(ConvShape):
     bias: bool = True
     dtype: str = "float32"
 
-    @property
+    @functools.cached_property
     def output_shape(self) -> tuple[int, int, int, int]:
         window = (self.kernel_size, self.stride, self.padding, self.dilation)
         return (self.batch, self.out_channels, output_size(self.height, *window), output_size(self.width, *window))

@@ -3,6 +3,7 @@ and the tests; ``validate_hyperparameters`` is the constructor's error checking.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -80,21 +81,21 @@ class LinearConvSpec(ConvShape):
                                  self.dilation, self.groups, self.variant, self.rank, self.sparsity)
         self.validate_shape()
 
-    @property
+    @functools.cached_property
     def primaries(self) -> int:
         """P = F // 2 stored filters."""
         return self.out_channels // 2
 
-    @property
+    @functools.cached_property
     def combined(self) -> int:
         """F - P filters that are linear combinations of the primaries."""
         return self.out_channels - self.primaries
 
-    @property
+    @functools.cached_property
     def inner_rank(self) -> int | None:
         return resolve_rank(self.variant, self.rank, self.primaries, self.combined)
 
-    @property
+    @functools.cached_property
     def dense(self) -> DenseConvSpec:
         """The ordinary conv that runs once the filter bank is composed."""
         return DenseConvSpec(self.batch, self.in_channels, self.out_channels, self.height, self.width,
@@ -123,6 +124,6 @@ class LinearConvSpec(ConvShape):
         lr = 0 if r is None else self.combined * r * self.primaries
         return lr + self.combined * self.primaries * filter_size
 
-    @property
+    @functools.cached_property
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
