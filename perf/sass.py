@@ -4,7 +4,7 @@ Pure text processing (the disassembler is run by ``disassemble``), so the tests 
 What is counted, and why it matters on Hopper, is in ``/work/shared/PLATFORM.md``: HGMMA (wgmma) vs
 HMMA (mma.sync), load widths (scalar 2-byte LDG vs 128-bit, cp.async LDGSTS, TMA UTMALDG), local
 memory (LDL/STL: register spills), subroutine CALLs for 64-bit division, and instructions per
-tensor-core instruction in the hottest loop.
+tensor-core instruction in the hottest loop (the whole kernel where no loop holds the work).
 """
 
 from __future__ import annotations
@@ -156,6 +156,19 @@ def hottest_loop(found: list[Loop]) -> Loop | None:
                                              loop.instructions / _work(loop, tensor_cores)))
 
 
+STRAIGHT_LINE = -1  # the start of the pseudo-loop ``straight_line`` returns
+
+
+def straight_line(body: list[Instruction]) -> Loop | None:
+    """Where no loop holds the work (a reduction unrolled at compile time), the whole kernel counts as
+    its main loop: one pass of it per program, prologue and epilogue included (start ``STRAIGHT_LINE``)."""
+    tensor_core = sum(i.base in TENSOR_CORE_OPCODES for i in body)
+    ffma = sum(i.base == "FFMA" for i in body)
+    if not tensor_core and not ffma:
+        return None
+    return Loop(STRAIGHT_LINE, body[-1].address, len(body), tensor_core, ffma)
+
+
 def div64_calls(listing: Listing) -> list[Instruction]:
     """CALLs into the 64-bit integer division and modulo subroutines."""
     return [i for i in listing.of_kernel() if i.base == "CALL" and i.target and DIV64.search(i.target)]
@@ -169,7 +182,7 @@ def counts(listing: Listing) -> dict:
     """The figures the audit reports for one kernel's machine code."""
     body = listing.of_kernel()
     found = loops(listing)
-    hot = hottest_loop(found)
+    hot = hottest_loop(found) or straight_line(body)
     loads = [i for i in body if i.base == "LDG"]
     async_copies = [i for i in body if i.base == "LDGSTS"]
     spill_stores = [i for i in body if i.base == "STL"]
@@ -198,7 +211,7 @@ def counts(listing: Listing) -> dict:
         "div64_calls": len(divisions),
         "div64_in_loops": sum(in_any_loop(i, found) for i in divisions),
         "loops": len(found),
-        "hot_loop": f"{hot.start:#x}-{hot.end:#x}" if hot else "",
+        "hot_loop": "" if not hot else "kernel" if hot.start == STRAIGHT_LINE else f"{hot.start:#x}-{hot.end:#x}",
         "hot_loop_instructions": hot.instructions if hot else None,
         "hot_loop_tensor_core": hot.tensor_core if hot else None,
         "hot_loop_ffma": hot.ffma if hot else None,

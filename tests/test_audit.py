@@ -100,6 +100,28 @@ def test_counts_read_the_figures_the_audit_reports():
     assert figures["instructions_per_ffma"] is None
 
 
+def test_a_kernel_without_loops_counts_as_its_own_main_loop():
+    """A reduction unrolled at compile time: the whole kernel is the region the ratio is taken over."""
+    straight = textwrap.dedent("""\
+        .text.kern:
+                .type           kern,@function
+        kern:
+        .text.kern:
+                /*0000*/                   LDG.E R2, desc[UR4][R2.64] ;
+                /*0010*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24 ;
+                /*0020*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24, gsb0 ;
+                /*0030*/                   STG.E [R4.64], R24 ;
+                /*0040*/                   EXIT ;
+        .L_x_0:
+                /*0050*/                   BRA `(.L_x_0) ;
+        """)
+    figures = sass.counts(sass.parse(straight))
+    assert figures["loops"] == 0 and figures["hot_loop"] == "kernel"
+    assert figures["hot_loop_instructions"] == 6 and figures["instructions_per_tensor_core"] == 3.0
+    no_work = straight.replace("HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24", "NOP ")
+    assert sass.counts(sass.parse(no_work))["instructions_per_tensor_core"] is None
+
+
 def test_resource_usage_is_read_from_cuobjdump():
     text = (" Common:\n  GLOBAL:0\n Function kern:\n  REG:168 STACK:1576 SHARED:0 LOCAL:0 CONSTANT[0]:656 "
             "TEXTURE:0 SURFACE:0 SAMPLER:0\n")

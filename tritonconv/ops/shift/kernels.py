@@ -38,6 +38,86 @@ def _channel_direction(c, SHIFTED_CHANNELS, SHIFT_GROUP, K: tl.constexpr, GROUPE
 
 
 @triton.jit
+def _static_direction(c, R: tl.constexpr, G: tl.constexpr, K: tl.constexpr, GROUPED: tl.constexpr):
+    """Direction of channel(s) ``c`` (constexpr or a tensor of constants) when the channel count is static:
+    channels at or above R = G k^2 take the centre, k^2 // 2."""
+    if GROUPED:
+        direction = c // G
+    else:
+        direction = c % (K * K)
+    return tl.where(c < R, direction, (K * K) // 2)
+
+
+@triton.jit
+def _uses_direction(g: tl.constexpr, d: tl.constexpr, C: tl.constexpr, R: tl.constexpr, G: tl.constexpr,
+                    K: tl.constexpr, GROUPED: tl.constexpr):
+    """Whether one of the channels 8g ... 8g + 7 (those below C) has direction d: compile-time."""
+    uses = False
+    for i in tl.static_range(8):
+        c = 8 * g + i
+        if c < C:
+            if c >= R:
+                direction = (K * K) // 2
+            elif GROUPED:
+                direction = c // G
+            else:
+                direction = c % (K * K)
+            if direction == d:
+                uses = True
+    return uses
+
+
+@triton.jit
+def _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g: tl.constexpr, C: tl.constexpr,
+                   R: tl.constexpr, G: tl.constexpr, K: tl.constexpr, DIL: tl.constexpr, GROUPED: tl.constexpr):
+    """[BLOCK_M, 8]: channels 8g ... 8g + 7 of the pixels, each read at its own shift (zero outside the
+    image and at channels >= C). One 16-byte load per direction the vector's channels use, at that
+    direction's offset (ptxas narrows it to the 4 bytes it keeps); the select keeps each channel from
+    its own direction's load: its predicate is a compile-time constant per register, so it folds to
+    register moves, and an Inf read at a foreign shift stays out."""
+    c = 8 * g + tl.arange(0, 8)  # [8]
+    direction = _static_direction(c, R, G, K, GROUPED)  # [8], constants
+    v = tl.zeros((x_pixels.shape[0], 8), dtype=x_pixels.dtype.element_ty)
+    for d in tl.static_range(K * K):
+        if _uses_direction(g, d, C, R, G, K, GROUPED):
+            dh = DIL * (d // K - K // 2)
+            dw = DIL * (d % K - K // 2)
+            row_inside = pixel_mask & ((h + dh).to(tl.uint32) < H) & ((w + dw).to(tl.uint32) < W)  # [BLOCK_M]
+            ptrs = (x_pixels + (dh * sxh + dw * sxw))[:, None] + (c * sxc)[None, :]
+            if 8 * g + 8 > C:  # the last, partial vector
+                v_d = tl.load(ptrs, mask=row_inside[:, None] & (c < C)[None, :], other=0.0)
+            else:  # the row mask alone: uniform along the vector
+                v_d = tl.load(ptrs, mask=row_inside[:, None], other=0.0)
+            v = tl.where((direction == d)[None, :], v_d, v)
+    return v
+
+
+@triton.jit
+def _static_chunk(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, chunk: tl.constexpr, C: tl.constexpr,
+                  R: tl.constexpr, G: tl.constexpr, K: tl.constexpr, DIL: tl.constexpr, GROUPED: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
+    """[BLOCK_M, BLOCK_K] (16, 32 or 64): the chunk's BLOCK_K // 8 vectors joined pairwise into a tree and
+    flattened, which keeps every element in the register it was loaded to. Column j then holds channel
+    chunk*BLOCK_K + 8*bitreverse(j mod V) + j // V (V vectors per chunk; ``launch.vector_order``)."""
+    tl.static_assert(BLOCK_K == 16 or BLOCK_K == 32 or BLOCK_K == 64, "BLOCK_K: 16, 32 or 64 channels")
+    g: tl.constexpr = chunk * (BLOCK_K // 8)
+    a = tl.join(_static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g, C, R, G, K, DIL, GROUPED),
+                _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 1, C, R, G, K, DIL, GROUPED))
+    if BLOCK_K >= 32:
+        a = tl.join(a, tl.join(
+            _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 2, C, R, G, K, DIL, GROUPED),
+            _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 3, C, R, G, K, DIL, GROUPED)))
+    if BLOCK_K == 64:
+        a = tl.join(a, tl.join(tl.join(
+            _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 4, C, R, G, K, DIL, GROUPED),
+            _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 5, C, R, G, K, DIL, GROUPED)),
+            tl.join(
+            _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 6, C, R, G, K, DIL, GROUPED),
+            _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 7, C, R, G, K, DIL, GROUPED))))
+    return tl.reshape(a, (x_pixels.shape[0], BLOCK_K))
+
+
+@triton.jit
 def _pixel_coordinates(pid, B, Ho, Wo, BLOCK: tl.constexpr):
     """(pixel mask, image b as int64, row ho, column wo as int32) of one block of output pixels: the
     int64 division happens once per program, offsets inside one image are int32."""
@@ -58,6 +138,7 @@ def shift_fwd_kernel(
     K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr, SEGMENTED: tl.constexpr,
     GROUP_ALIGN: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    STATIC_C: tl.constexpr = 0, STATIC_R: tl.constexpr = 0, STATIC_G: tl.constexpr = 1,
 ):
     """y[b, n, ho, wo] = sum_c w[n, c] x[b, c, ho*S + dh_c, wo*S + dw_c]: rows pixels, cols filters.
 
@@ -66,8 +147,10 @@ def shift_fwd_kernel(
     the activation tile is one row address per pixel plus a channel run (contiguous in the grouped
     assignment: vector loads in channels_last) and the border is a per-row mask. ``w_ptr`` is then the
     weight in that reduction order ([N, C], direction d's channels at columns [d*G, (d+1)*G)).
-    Otherwise (fewer than 16 channels per direction) the reduction walks contiguous chunks of channels,
-    each assembled from k^2 shifted loads (see below); ``w_ptr`` is the [N, C] weight itself.
+    Otherwise (fewer than 16 channels per direction, C < 16 k^2 + k^2) the channel count is a constexpr
+    (STATIC_C, with R and G: STATIC_R, STATIC_G) and the reduction is unrolled: each chunk's tile is
+    assembled from 16-byte vectors read at the shifts their channels have (see below); ``w_ptr`` is then
+    the weight in the chunks' column order, padded to whole chunks (``launch.vector_ordered_weight``).
     GROUP_ALIGN: a power of two dividing G (the launcher's promise; the JIT only hints multiples of 16),
     so that the channel runs of G = 8, 24, 56, ... still load 16 bytes at a time.
     """
@@ -117,27 +200,19 @@ def shift_fwd_kernel(
                          other=0.0)  # [BLOCK_K, BLOCK_N]
             acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
     else:
-        # One activation tile per chunk of BLOCK_K consecutive channels, assembled from k^2 contiguous
-        # loads (16-byte vectors in channels_last), one at each direction's pixel offset, each kept on its
-        # direction's channels by a select (not a multiplication by zero: an Inf read at a foreign shift
-        # stays out), then a single dot. Against a dot per direction: k^2 times fewer wgmmas and about a
-        # third fewer instructions per chunk (the k^2 loads and selects are the same), so the
-        # instructions per wgmma rise although the work per chunk falls.
+        # Fewer than 16 channels per direction: the channel count and assignment are constexprs
+        # (STATIC_C, STATIC_R, STATIC_G), so each channel's direction is known at compile time. A chunk
+        # of BLOCK_K channels is assembled from 16-byte vectors of 8 channels (``_static_chunk``), each
+        # read only at the shifts its channels have; ``w_ptr`` is the weight in the chunks' column order
+        # (``launch.vector_ordered_weight``), padded to whole chunks.
         x_pixels = x_rows + h * sxh + w * sxw  # [BLOCK_M]
-        for c0 in range(0, C, BLOCK_K):
-            c = c0 + k_range  # [BLOCK_K]
-            c_mask = c < C
-            direction = _channel_direction(c, SHIFTED_CHANNELS, SHIFT_GROUP, K, GROUPED)  # [BLOCK_K]
-            wt = tl.load(w_cols[None, :] + c[:, None], mask=c_mask[:, None] & n_mask[None, :],
+        chunks: tl.constexpr = (STATIC_C + BLOCK_K - 1) // BLOCK_K
+        w_cols = w_ptr + n * (chunks * BLOCK_K)  # [BLOCK_N] rows of the padded weight
+        for chunk in tl.static_range(chunks):
+            a = _static_chunk(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, chunk, STATIC_C, STATIC_R,
+                              STATIC_G, K, DIL, GROUPED, BLOCK_K)  # [BLOCK_M, BLOCK_K]
+            wt = tl.load(w_cols[None, :] + (chunk * BLOCK_K + k_range)[:, None], mask=n_mask[None, :],
                          other=0.0)  # [BLOCK_K, BLOCK_N]
-            a = tl.zeros((BLOCK_M, BLOCK_K), dtype=x_ptr.dtype.element_ty)
-            for d in tl.static_range(K * K):
-                row_inside = (pixel_mask & ((h + DIL * (d // K - K // 2)).to(tl.uint32) < H)
-                              & ((w + DIL * (d % K - K // 2)).to(tl.uint32) < W))  # [BLOCK_M]
-                shift = DIL * (d // K - K // 2) * sxh + DIL * (d % K - K // 2) * sxw
-                a_d = tl.load((x_pixels + shift)[:, None] + (c * sxc)[None, :],
-                              mask=row_inside[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-                a = tl.where((direction == d)[None, :], a_d, a)
             acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
     if HAS_BIAS:

@@ -51,10 +51,10 @@ _FORWARD = (
     GemmTile(256, 64, 32, 8, 3), GemmTile(64, 32, 64, 4, 4), GemmTile(256, 128, 32, 8, 3),
     GemmTile(32, 64, 64, 4, 4),
 )
-# fp32 (sm_90a audit): the forward's k^2 shifted loads a step are pipelined through shared memory, 320 KB
-# at 128x64x32 and 3 stages, past the H100's 227 KB (a launch that fails), with 61 spilled registers;
-# 2 stages at 8 warps take 176 KB and spill nothing. The weight gradient spills up to 1240 registers at
-# 64x64x64 (4 warps), none at 64x64x32 on 8 warps.
+# fp32 (sm_90a audit): 8 warps and 2 stages, where the forward's pipelined tiles fit shared memory and
+# nothing spills (at most 234 registers and 48 KB on both shape sets; the k^2 shifted loads of the
+# earlier, looped unsegmented forward took 320 KB at 3 stages). The weight gradient spills up to 1240
+# registers at 64x64x64 (4 warps), none at 64x64x32 on 8 warps.
 _FORWARD_WIDE = GemmTile(128, 64, 32, 8, 2)
 _WEIGHT_GRAD_WIDE = GemmTile(64, 64, 32, 8, 3)
 TILES = TileTable({
@@ -128,13 +128,46 @@ def _sizes(spec: ShiftSpec) -> tuple:
             spec.out_width)
 
 
+@functools.lru_cache(maxsize=64)
+def vector_order(channels: int, block_k: int) -> tuple[int, ...]:
+    """The channel in column j of the unsegmented forward's reduction (``_static_chunk``), ``channels``
+    (an index past the weight: a zero column) where the padded last chunk has none: chunk t's column j
+    holds channel t*BLOCK_K + 8*bitreverse(j mod V) + j // V, V = BLOCK_K // 8 vectors per chunk."""
+    vectors = block_k // 8
+    bits = vectors.bit_length() - 1
+
+    def reverse(v: int) -> int:
+        return int(format(v, f"0{bits}b")[::-1], 2) if bits else 0
+
+    order = [chunk + 8 * reverse(j % vectors) + j // vectors
+             for chunk in range(0, cdiv(channels, block_k) * block_k, block_k) for j in range(block_k)]
+    return tuple(c if c < channels else channels for c in order)
+
+
+def vector_ordered_weight(weight: torch.Tensor, spec: ShiftSpec, block_k: int) -> torch.Tensor:
+    """The [N, C] weight as the unsegmented forward reads it: its columns in ``vector_order``, zero past
+    the channels. One gathering copy per call (N*C elements, from the current values: nothing is cached),
+    a second where BLOCK_K does not divide C (the zero column the padding reads)."""
+    weight = weight.reshape(spec.out_channels, spec.in_channels)
+    if spec.in_channels % block_k:
+        weight = torch.nn.functional.pad(weight, (0, 1))
+    return weight.index_select(1, _vector_index(spec.in_channels, block_k, weight.device))
+
+
+@functools.lru_cache(maxsize=64)
+def _vector_index(channels: int, block_k: int, device: torch.device) -> torch.Tensor:
+    """``vector_order`` as an index tensor on ``device``, made once (a copy to the GPU per call would also
+    break CUDA-graph capture)."""
+    return torch.tensor(vector_order(channels, block_k), device=device)
+
+
 def reduction_ordered_weight(weight: torch.Tensor, spec: ShiftSpec) -> torch.Tensor:
     """The [N, C] weight with its input channels in the segmented forward's reduction order: direction d's
     channels at columns [d*G, (d+1)*G), then the unshifted remainder. The grouped assignment is already
     in that order; the interleaved one (direction d = channels d, d + k^2, ...) is one transposing copy
     of the weight per call (N*C elements, derived from the current values: nothing is cached)."""
     weight = weight.reshape(spec.out_channels, spec.in_channels)
-    if spec.assignment == "grouped" or not segmented(spec):
+    if spec.assignment == "grouped":
         return weight.contiguous()
     n, shifted = spec.out_channels, spec.shifted_channels
     by_direction = weight[:, :shifted].reshape(n, spec.shift_group, spec.kernel_size**2).transpose(1, 2)
@@ -158,6 +191,9 @@ def _forward_plan(spec: ShiftSpec, tile: GemmTile, x_strides, y_strides, has_bia
     integers = (*_sizes(spec), *x_strides, *y_strides, *_shift_args(spec))
     constexprs = dict(SEGMENTED=segmented(spec), GROUP_ALIGN=_group_align(spec), HAS_BIAS=has_bias,
                       **_constexprs(spec), **TILES["forward"].launch_args(tile))
+    if not segmented(spec):  # the reduction is unrolled over the (static) channels
+        constexprs.update(STATIC_C=spec.in_channels, STATIC_R=spec.shifted_channels,
+                          STATIC_G=max(spec.shift_group, 1))
     return grid, integers, constexprs
 
 
@@ -166,7 +202,8 @@ def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
     x = int32_addressable(x)
     if y.numel() == 0:
         return y
-    weight = reduction_ordered_weight(weight, spec)
+    weight = (reduction_ordered_weight(weight, spec) if segmented(spec)
+              else vector_ordered_weight(weight, spec, tile.block_reduce))
     grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None)
     launch(kernels.shift_fwd_kernel, grid, (x, weight, bias.contiguous() if bias is not None else None, y), integers,
            {**constexprs, **precision(x.dtype)})
