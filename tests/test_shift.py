@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from tritonconv.dispatch import use_backend
 from tritonconv.ops.shift import ShiftConv2d, ShiftSpec, explain, reference
 from tritonconv.ops.shift.adapter import ADAPTER
-from tritonconv.ops.shift.launch import vector_order
 from tritonconv.ops.shift.spec import channel_shifts
 
 from conftest import DEVICE
@@ -95,18 +94,6 @@ def test_weight_written_through_data_is_seen_by_the_next_call():
         layer(x)
         layer.weight.data.mul_(-2.0)
         torch.testing.assert_close(layer(x), _oracle(layer, x))
-
-
-def test_unsegmented_forward_reads_the_weight_in_the_vectors_order():
-    """Chunk t's column j holds channel t*BLOCK_K + 8*bitreverse(j mod V) + j // V (V = BLOCK_K // 8):
-    the order the joined vectors leave in registers; columns past the channels read a zero column."""
-    assert vector_order(16, 16) == tuple(c for k in range(8) for c in (k, 8 + k))
-    order = vector_order(32, 32)
-    assert order[:4] == (0, 16, 8, 24) and order[4:8] == (1, 17, 9, 25) and sorted(order) == list(range(32))
-    assert vector_order(64, 64)[:8] == (0, 32, 16, 48, 8, 40, 24, 56)
-    padded = vector_order(20, 16)
-    assert len(padded) == 32 and sorted(c for c in padded if c < 20) == list(range(20))
-    assert padded.count(20) == 12
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])

@@ -98,7 +98,9 @@ def _static_chunk(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, chunk: tl.con
                   BLOCK_K: tl.constexpr):
     """[BLOCK_M, BLOCK_K] (16, 32 or 64): the chunk's BLOCK_K // 8 vectors joined pairwise into a tree and
     flattened, which keeps every element in the register it was loaded to. Column j then holds channel
-    chunk*BLOCK_K + 8*bitreverse(j mod V) + j // V (V vectors per chunk; ``launch.vector_order``)."""
+    chunk*BLOCK_K + 8*bitreverse(j mod V) + j // V (V vectors per chunk): ``_weight_chunk`` orders the
+    weight's rows alike, so the dot's reduction pairs them (a layout change of A to the natural order
+    would cost a pass through shared memory; the weight's chunk is small)."""
     tl.static_assert(BLOCK_K == 16 or BLOCK_K == 32 or BLOCK_K == 64, "BLOCK_K: 16, 32 or 64 channels")
     g: tl.constexpr = chunk * (BLOCK_K // 8)
     a = tl.join(_static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g, C, R, G, K, DIL, GROUPED),
@@ -115,6 +117,33 @@ def _static_chunk(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, chunk: tl.con
             _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 6, C, R, G, K, DIL, GROUPED),
             _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 7, C, R, G, K, DIL, GROUPED))))
     return tl.reshape(a, (x_pixels.shape[0], BLOCK_K))
+
+
+@triton.jit
+def _weight_chunk(w_cols, n_mask, chunk: tl.constexpr, C: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_K, BLOCK_N]: the chunk's weight rows in ``_static_chunk``'s column order, built the same way
+    (8-channel vectors of the [N, C] weight joined in a tree and flattened, then transposed)."""
+    g: tl.constexpr = chunk * (BLOCK_K // 8)
+    a = tl.join(_weight_vector(w_cols, n_mask, g, C), _weight_vector(w_cols, n_mask, g + 1, C))
+    if BLOCK_K >= 32:
+        a = tl.join(a, tl.join(_weight_vector(w_cols, n_mask, g + 2, C), _weight_vector(w_cols, n_mask, g + 3, C)))
+    if BLOCK_K == 64:
+        a = tl.join(a, tl.join(tl.join(_weight_vector(w_cols, n_mask, g + 4, C),
+                                       _weight_vector(w_cols, n_mask, g + 5, C)),
+                               tl.join(_weight_vector(w_cols, n_mask, g + 6, C),
+                                       _weight_vector(w_cols, n_mask, g + 7, C))))
+    return tl.trans(tl.reshape(a, (w_cols.shape[0], BLOCK_K)))
+
+
+@triton.jit
+def _weight_vector(w_cols, n_mask, g: tl.constexpr, C: tl.constexpr):
+    """[BLOCK_N, 8]: weight columns 8g ... 8g + 7 (zero at channels >= C)."""
+    c = 8 * g + tl.arange(0, 8)
+    if 8 * g >= C:
+        return tl.zeros((w_cols.shape[0], 8), dtype=w_cols.dtype.element_ty)
+    if 8 * g + 8 > C:  # the last, partial vector
+        return tl.load(w_cols[:, None] + c[None, :], mask=n_mask[:, None] & (c < C)[None, :], other=0.0)
+    return tl.load(w_cols[:, None] + c[None, :], mask=n_mask[:, None], other=0.0)
 
 
 @triton.jit
@@ -149,8 +178,8 @@ def shift_fwd_kernel(
     weight in that reduction order ([N, C], direction d's channels at columns [d*G, (d+1)*G)).
     Otherwise (fewer than 16 channels per direction, C < 16 k^2 + k^2) the channel count is a constexpr
     (STATIC_C, with R and G: STATIC_R, STATIC_G) and the reduction is unrolled: each chunk's tile is
-    assembled from 16-byte vectors read at the shifts their channels have (see below); ``w_ptr`` is then
-    the weight in the chunks' column order, padded to whole chunks (``launch.vector_ordered_weight``).
+    assembled from 16-byte vectors read at the shifts their channels have (see below); ``w_ptr`` is the
+    [N, C] weight itself, its chunks put in the same column order in registers.
     GROUP_ALIGN: a power of two dividing G (the launcher's promise; the JIT only hints multiples of 16),
     so that the channel runs of G = 8, 24, 56, ... still load 16 bytes at a time.
     """
@@ -203,16 +232,12 @@ def shift_fwd_kernel(
         # Fewer than 16 channels per direction: the channel count and assignment are constexprs
         # (STATIC_C, STATIC_R, STATIC_G), so each channel's direction is known at compile time. A chunk
         # of BLOCK_K channels is assembled from 16-byte vectors of 8 channels (``_static_chunk``), each
-        # read only at the shifts its channels have; ``w_ptr`` is the weight in the chunks' column order
-        # (``launch.vector_ordered_weight``), padded to whole chunks.
+        # read only at the shifts its channels have, and the weight's chunk in the same column order.
         x_pixels = x_rows + h * sxh + w * sxw  # [BLOCK_M]
-        chunks: tl.constexpr = (STATIC_C + BLOCK_K - 1) // BLOCK_K
-        w_cols = w_ptr + n * (chunks * BLOCK_K)  # [BLOCK_N] rows of the padded weight
-        for chunk in tl.static_range(chunks):
+        for chunk in tl.static_range((STATIC_C + BLOCK_K - 1) // BLOCK_K):
             a = _static_chunk(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, chunk, STATIC_C, STATIC_R,
                               STATIC_G, K, DIL, GROUPED, BLOCK_K)  # [BLOCK_M, BLOCK_K]
-            wt = tl.load(w_cols[None, :] + (chunk * BLOCK_K + k_range)[:, None], mask=n_mask[None, :],
-                         other=0.0)  # [BLOCK_K, BLOCK_N]
+            wt = _weight_chunk(w_cols, n_mask, chunk, STATIC_C, BLOCK_K)  # [BLOCK_K, BLOCK_N], same order
             acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
     if HAS_BIAS:

@@ -128,46 +128,13 @@ def _sizes(spec: ShiftSpec) -> tuple:
             spec.out_width)
 
 
-@functools.lru_cache(maxsize=64)
-def vector_order(channels: int, block_k: int) -> tuple[int, ...]:
-    """The channel in column j of the unsegmented forward's reduction (``_static_chunk``), ``channels``
-    (an index past the weight: a zero column) where the padded last chunk has none: chunk t's column j
-    holds channel t*BLOCK_K + 8*bitreverse(j mod V) + j // V, V = BLOCK_K // 8 vectors per chunk."""
-    vectors = block_k // 8
-    bits = vectors.bit_length() - 1
-
-    def reverse(v: int) -> int:
-        return int(format(v, f"0{bits}b")[::-1], 2) if bits else 0
-
-    order = [chunk + 8 * reverse(j % vectors) + j // vectors
-             for chunk in range(0, cdiv(channels, block_k) * block_k, block_k) for j in range(block_k)]
-    return tuple(c if c < channels else channels for c in order)
-
-
-def vector_ordered_weight(weight: torch.Tensor, spec: ShiftSpec, block_k: int) -> torch.Tensor:
-    """The [N, C] weight as the unsegmented forward reads it: its columns in ``vector_order``, zero past
-    the channels. One gathering copy per call (N*C elements, from the current values: nothing is cached),
-    a second where BLOCK_K does not divide C (the zero column the padding reads)."""
-    weight = weight.reshape(spec.out_channels, spec.in_channels)
-    if spec.in_channels % block_k:
-        weight = torch.nn.functional.pad(weight, (0, 1))
-    return weight.index_select(1, _vector_index(spec.in_channels, block_k, weight.device))
-
-
-@functools.lru_cache(maxsize=64)
-def _vector_index(channels: int, block_k: int, device: torch.device) -> torch.Tensor:
-    """``vector_order`` as an index tensor on ``device``, made once (a copy to the GPU per call would also
-    break CUDA-graph capture)."""
-    return torch.tensor(vector_order(channels, block_k), device=device)
-
-
 def reduction_ordered_weight(weight: torch.Tensor, spec: ShiftSpec) -> torch.Tensor:
     """The [N, C] weight with its input channels in the segmented forward's reduction order: direction d's
     channels at columns [d*G, (d+1)*G), then the unshifted remainder. The grouped assignment is already
     in that order; the interleaved one (direction d = channels d, d + k^2, ...) is one transposing copy
     of the weight per call (N*C elements, derived from the current values: nothing is cached)."""
     weight = weight.reshape(spec.out_channels, spec.in_channels)
-    if spec.assignment == "grouped":
+    if spec.assignment == "grouped" or not segmented(spec):
         return weight.contiguous()
     n, shifted = spec.out_channels, spec.shifted_channels
     by_direction = weight[:, :shifted].reshape(n, spec.shift_group, spec.kernel_size**2).transpose(1, 2)
@@ -202,8 +169,7 @@ def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
     x = int32_addressable(x)
     if y.numel() == 0:
         return y
-    weight = (reduction_ordered_weight(weight, spec) if segmented(spec)
-              else vector_ordered_weight(weight, spec, tile.block_reduce))
+    weight = reduction_ordered_weight(weight, spec)
     grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None)
     launch(kernels.shift_fwd_kernel, grid, (x, weight, bias.contiguous() if bias is not None else None, y), integers,
            {**constexprs, **precision(x.dtype)})
