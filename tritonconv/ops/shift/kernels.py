@@ -38,20 +38,10 @@ def _channel_direction(c, SHIFTED_CHANNELS, SHIFT_GROUP, K: tl.constexpr, GROUPE
 
 
 @triton.jit
-def _static_direction(c, R: tl.constexpr, G: tl.constexpr, K: tl.constexpr, GROUPED: tl.constexpr):
-    """Direction of channel(s) ``c`` (constexpr or a tensor of constants) when the channel count is static:
-    channels at or above R = G k^2 take the centre, k^2 // 2."""
-    if GROUPED:
-        direction = c // G
-    else:
-        direction = c % (K * K)
-    return tl.where(c < R, direction, (K * K) // 2)
-
-
-@triton.jit
 def _uses_direction(g: tl.constexpr, d: tl.constexpr, C: tl.constexpr, R: tl.constexpr, G: tl.constexpr,
                     K: tl.constexpr, GROUPED: tl.constexpr):
-    """Whether one of the channels 8g ... 8g + 7 (those below C) has direction d: compile-time."""
+    """Whether one of the channels 8g ... 8g + 7 (those below C) has direction d: ``_channel_direction``
+    evaluated at compile time, where a tensor's values would not be."""
     uses = False
     for i in tl.static_range(8):
         c = 8 * g + i
@@ -68,15 +58,16 @@ def _uses_direction(g: tl.constexpr, d: tl.constexpr, C: tl.constexpr, R: tl.con
 
 
 @triton.jit
-def _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g: tl.constexpr, C: tl.constexpr,
-                   R: tl.constexpr, G: tl.constexpr, K: tl.constexpr, DIL: tl.constexpr, GROUPED: tl.constexpr):
+def _shifted_vector(operands, g: tl.constexpr, C: tl.constexpr, R: tl.constexpr, G: tl.constexpr, K: tl.constexpr,
+                    DIL: tl.constexpr, GROUPED: tl.constexpr):
     """[BLOCK_M, 8]: channels 8g ... 8g + 7 of the pixels, each read at its own shift (zero outside the
     image and at channels >= C). One 16-byte load per direction the vector's channels use, at that
     direction's offset (ptxas narrows it to the 4 bytes it keeps); the select keeps each channel from
     its own direction's load: its predicate is a compile-time constant per register, so it folds to
     register moves, and an Inf read at a foreign shift stays out."""
+    x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw = operands
     c = 8 * g + tl.arange(0, 8)  # [8]
-    direction = _static_direction(c, R, G, K, GROUPED)  # [8], constants
+    direction = _channel_direction(c, R, G, K, GROUPED)  # [8], constants
     v = tl.zeros((x_pixels.shape[0], 8), dtype=x_pixels.dtype.element_ty)
     for d in tl.static_range(K * K):
         if _uses_direction(g, d, C, R, G, K, GROUPED):
@@ -93,57 +84,33 @@ def _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g: tl.conste
 
 
 @triton.jit
-def _static_chunk(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, chunk: tl.constexpr, C: tl.constexpr,
-                  R: tl.constexpr, G: tl.constexpr, K: tl.constexpr, DIL: tl.constexpr, GROUPED: tl.constexpr,
-                  BLOCK_K: tl.constexpr):
-    """[BLOCK_M, BLOCK_K] (16, 32 or 64): the chunk's BLOCK_K // 8 vectors joined pairwise into a tree and
-    flattened, which keeps every element in the register it was loaded to. Column j then holds channel
-    chunk*BLOCK_K + 8*bitreverse(j mod V) + j // V (V vectors per chunk): ``_weight_chunk`` orders the
-    weight's rows alike, so the dot's reduction pairs them (a layout change of A to the natural order
-    would cost a pass through shared memory; the weight's chunk is small)."""
-    tl.static_assert(BLOCK_K == 16 or BLOCK_K == 32 or BLOCK_K == 64, "BLOCK_K: 16, 32 or 64 channels")
-    g: tl.constexpr = chunk * (BLOCK_K // 8)
-    a = tl.join(_static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g, C, R, G, K, DIL, GROUPED),
-                _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 1, C, R, G, K, DIL, GROUPED))
-    if BLOCK_K >= 32:
-        a = tl.join(a, tl.join(
-            _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 2, C, R, G, K, DIL, GROUPED),
-            _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 3, C, R, G, K, DIL, GROUPED)))
-    if BLOCK_K == 64:
-        a = tl.join(a, tl.join(tl.join(
-            _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 4, C, R, G, K, DIL, GROUPED),
-            _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 5, C, R, G, K, DIL, GROUPED)),
-            tl.join(
-            _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 6, C, R, G, K, DIL, GROUPED),
-            _static_vector(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, g + 7, C, R, G, K, DIL, GROUPED))))
-    return tl.reshape(a, (x_pixels.shape[0], BLOCK_K))
-
-
-@triton.jit
-def _weight_chunk(w_cols, n_mask, chunk: tl.constexpr, C: tl.constexpr, BLOCK_K: tl.constexpr):
-    """[BLOCK_K, BLOCK_N]: the chunk's weight rows in ``_static_chunk``'s column order, built the same way
-    (8-channel vectors of the [N, C] weight joined in a tree and flattened, then transposed)."""
-    g: tl.constexpr = chunk * (BLOCK_K // 8)
-    a = tl.join(_weight_vector(w_cols, n_mask, g, C), _weight_vector(w_cols, n_mask, g + 1, C))
-    if BLOCK_K >= 32:
-        a = tl.join(a, tl.join(_weight_vector(w_cols, n_mask, g + 2, C), _weight_vector(w_cols, n_mask, g + 3, C)))
-    if BLOCK_K == 64:
-        a = tl.join(a, tl.join(tl.join(_weight_vector(w_cols, n_mask, g + 4, C),
-                                       _weight_vector(w_cols, n_mask, g + 5, C)),
-                               tl.join(_weight_vector(w_cols, n_mask, g + 6, C),
-                                       _weight_vector(w_cols, n_mask, g + 7, C))))
-    return tl.trans(tl.reshape(a, (w_cols.shape[0], BLOCK_K)))
-
-
-@triton.jit
-def _weight_vector(w_cols, n_mask, g: tl.constexpr, C: tl.constexpr):
-    """[BLOCK_N, 8]: weight columns 8g ... 8g + 7 (zero at channels >= C)."""
+def _weight_vector(operands, g: tl.constexpr, C: tl.constexpr, R: tl.constexpr, G: tl.constexpr, K: tl.constexpr,
+                   DIL: tl.constexpr, GROUPED: tl.constexpr):
+    """[BLOCK_N, 8]: weight columns 8g ... 8g + 7 (zero at channels >= C; the shifts do not apply)."""
+    w_cols, n_mask = operands
     c = 8 * g + tl.arange(0, 8)
     if 8 * g >= C:
         return tl.zeros((w_cols.shape[0], 8), dtype=w_cols.dtype.element_ty)
     if 8 * g + 8 > C:  # the last, partial vector
         return tl.load(w_cols[:, None] + c[None, :], mask=n_mask[:, None] & (c < C)[None, :], other=0.0)
     return tl.load(w_cols[:, None] + c[None, :], mask=n_mask[:, None], other=0.0)
+
+
+@triton.jit
+def _vector_tree(vector: tl.constexpr, operands, g: tl.constexpr, VECTORS: tl.constexpr, C: tl.constexpr,
+                 R: tl.constexpr, G: tl.constexpr, K: tl.constexpr, DIL: tl.constexpr, GROUPED: tl.constexpr):
+    """The vectors ``vector(operands, i, C, R, G, K, DIL, GROUPED)`` ([rows, 8]) for i = g ... g + VECTORS - 1
+    (a power of two) joined pairwise into a tree, [rows, 8, 2, ..., 2] (the channel layout's constexprs
+    are passed apart: in a tuple they would not stay constant). Flattened to [rows, 8*VECTORS] it keeps
+    every element in the register it was loaded to; column j then holds vector g + bitreverse(j mod
+    VECTORS)'s element j // VECTORS. The activations and the weight are built by this one tree, so the dot's reduction
+    pairs their columns and rows whatever the order (a layout change to the natural order would cost a
+    pass through shared memory)."""
+    if VECTORS == 1:
+        return vector(operands, g, C, R, G, K, DIL, GROUPED)
+    else:
+        return tl.join(_vector_tree(vector, operands, g, VECTORS // 2, C, R, G, K, DIL, GROUPED),
+                       _vector_tree(vector, operands, g + VECTORS // 2, VECTORS // 2, C, R, G, K, DIL, GROUPED))
 
 
 @triton.jit
@@ -231,13 +198,20 @@ def shift_fwd_kernel(
     else:
         # Fewer than 16 channels per direction: the channel count and assignment are constexprs
         # (STATIC_C, STATIC_R, STATIC_G), so each channel's direction is known at compile time. A chunk
-        # of BLOCK_K channels is assembled from 16-byte vectors of 8 channels (``_static_chunk``), each
-        # read only at the shifts its channels have, and the weight's chunk in the same column order.
+        # of BLOCK_K channels is assembled from 16-byte vectors of 8 channels (``_shifted_vector``), each
+        # read only at the shifts its channels have, and the weight's chunk in the same column order
+        # (``_vector_tree``).
         x_pixels = x_rows + h * sxh + w * sxw  # [BLOCK_M]
+        tl.static_assert(BLOCK_K == 16 or BLOCK_K == 32 or BLOCK_K == 64, "BLOCK_K: 16, 32 or 64 channels")
+        pixels = (x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw)
+        vectors: tl.constexpr = BLOCK_K // 8
         for chunk in tl.static_range((STATIC_C + BLOCK_K - 1) // BLOCK_K):
-            a = _static_chunk(x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw, chunk, STATIC_C, STATIC_R,
-                              STATIC_G, K, DIL, GROUPED, BLOCK_K)  # [BLOCK_M, BLOCK_K]
-            wt = _weight_chunk(w_cols, n_mask, chunk, STATIC_C, BLOCK_K)  # [BLOCK_K, BLOCK_N], same order
+            a = _vector_tree(_shifted_vector, pixels, chunk * vectors, vectors, STATIC_C, STATIC_R, STATIC_G, K,
+                             DIL, GROUPED)
+            wt = _vector_tree(_weight_vector, (w_cols, n_mask), chunk * vectors, vectors, STATIC_C, STATIC_R,
+                              STATIC_G, K, DIL, GROUPED)
+            a = tl.reshape(a, (BLOCK_M, BLOCK_K))  # [BLOCK_M, BLOCK_K]
+            wt = tl.trans(tl.reshape(wt, (BLOCK_N, BLOCK_K)))  # [BLOCK_K, BLOCK_N], rows in a's column order
             acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
     if HAS_BIAS:
