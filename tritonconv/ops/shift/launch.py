@@ -52,7 +52,7 @@ _FORWARD = (
     GemmTile(32, 64, 64, 4, 4),
 )
 # fp32 (sm_90a audit): 8 warps and 2 stages, where the forward's pipelined tiles fit shared memory and
-# nothing spills (at most 234 registers and 48 KB on both shape sets; the k^2 shifted loads of the
+# nothing spills (at most 225 registers and 48 KB on both shape sets; the k^2 shifted loads of the
 # earlier, looped unsegmented forward took 320 KB at 3 stages). The weight gradient spills up to 1240
 # registers at 64x64x64 (4 warps), none at 64x64x32 on 8 warps.
 _FORWARD_WIDE = GemmTile(128, 64, 32, 8, 2)
