@@ -245,6 +245,55 @@ def test_weight_gradient_pixel_walk_over_splits(in_c, stride, dilation, assignme
     torch.testing.assert_close(db, dy.sum((0, 2, 3)))
 
 
+@pytest.mark.parametrize("in_c,out_c,stride,dilation,assignment,layout,tile,multiprocessors", [
+    # transposed product (64+ filters), 4 chunks, 2 filter tiles (the second masked), 16-pixel tiles
+    # shorter than an image's 30 pixels, each of 2 programs walking 8 or 9 tiles
+    (100, 70, 1, 1, "interleaved", "channels_last", (16, 64, 32), 1),
+    # 2 chunks of 64, fewer than 64 filters (pixel rows), 8 programs per filter tile
+    (100, 12, 2, 2, "grouped", "nchw", (16, 16, 64), 2),
+    # 64-pixel tiles spanning several images (a carry into the batch index per step), 2 chunks of 16
+    (20, 64, 2, 1, "grouped", "channels_last", (64, 64, 16), 1),
+    (20, 64, 1, 2, "interleaved", "nchw", (64, 64, 16), 1),
+])
+def test_unrolled_forward_walks_pixel_tiles(monkeypatch, in_c, out_c, stride, dilation, assignment, layout, tile,
+                                            multiprocessors):
+    """The unrolled forward (fewer than 16 channels per direction) at tiles the default does not take:
+    its programs walk several pixel tiles each, by carries, over odd images and a batch of nine."""
+    from tritonconv import tiles
+    from tritonconv.ops.shift import launch
+    from tritonconv.tiles import GemmTile
+
+    monkeypatch.setattr(tiles, "multiprocessor_count", lambda device: multiprocessors)
+    torch.manual_seed(0)
+    height, width = (11, 9) if stride == 2 else (6, 5)  # 30 output pixels per image either way
+    spec = ShiftSpec(9, in_c, out_c, height, width, stride=stride, dilation=dilation, assignment=assignment,
+                     dtype="float64", channels_last=layout == "channels_last")
+    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+    x = torch.randn(spec.input_shape, device=DEVICE, dtype=torch.float64).contiguous(memory_format=memory_format)
+    weight = torch.randn(out_c, in_c, 1, 1, device=DEVICE, dtype=torch.float64)
+    bias = torch.randn(out_c, device=DEVICE, dtype=torch.float64)
+    kernel, (programs, _), *_ = launch._forward_plan(spec, GemmTile(*tile), x.stride(), x.stride(), True,
+                                                      multiprocessors)
+    assert kernel is launch.kernels.shift_fwd_unrolled_kernel
+    assert programs < launch.cdiv(9 * 30, tile[0])  # some program walks more than one tile
+    y = launch.forward(x, weight, bias, spec, GemmTile(*tile))
+    want = F.conv2d(reference.shift(x, spec.kernel_size, dilation, assignment), weight, bias, stride)
+    torch.testing.assert_close(y, want)
+
+
+@pytest.mark.parametrize("strides,promise", [
+    ((7 * 5 * 100, 1, 5 * 100, 100), 4),   # channels_last, 100 channels: 8-byte vectors of bf16
+    ((7 * 5 * 24, 1, 5 * 24, 24), 8),      # 24 channels: 16 bytes, a promise the JIT cannot make
+    ((7 * 5 * 64, 1, 5 * 64, 64), 1),      # multiples of 16: the JIT's own hint, no promise
+    ((13 * 7 * 5, 7 * 5, 5, 1), 1),        # NCHW: columns contiguous, nothing to promise
+])
+def test_unrolled_forward_alignment_promise(strides, promise):
+    """The power of two the unrolled forward may assume of x's and y's pixel strides divides them."""
+    from tritonconv.ops.shift import launch
+
+    assert launch._pixel_align(strides) == promise
+
+
 @pytest.mark.gpu
 def test_bfloat16_on_gpu():
     layer = ShiftConv2d(64, 64, stride=2, device=DEVICE, dtype=torch.bfloat16)

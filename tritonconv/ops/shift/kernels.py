@@ -131,24 +131,19 @@ def shift_fwd_kernel(
     sxb, sxc, sxh, sxw,
     syb, syc, syh, syw,
     SHIFTED_CHANNELS, SHIFT_GROUP,
-    K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr, SEGMENTED: tl.constexpr,
+    K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr,
     GROUP_ALIGN: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    STATIC_C: tl.constexpr = 0, STATIC_R: tl.constexpr = 0, STATIC_G: tl.constexpr = 1,
 ):
-    """y[b, n, ho, wo] = sum_c w[n, c] x[b, c, ho*S + dh_c, wo*S + dw_c]: rows pixels, cols filters.
+    """y[b, n, ho, wo] = sum_c w[n, c] x[b, c, ho*S + dh_c, wo*S + dw_c]: rows pixels, cols filters,
+    with at least one dot's worth of channels per direction (``shift_fwd_unrolled_kernel`` takes fewer).
 
-    SEGMENTED (at least one dot's worth of channels per direction): the reduction walks the k^2
-    directions one after another, then the unshifted remainder. A chunk's channels share one shift, so
-    the activation tile is one row address per pixel plus a channel run (contiguous in the grouped
-    assignment: vector loads in channels_last) and the border is a per-row mask. ``w_ptr`` is then the
-    weight in that reduction order ([N, C], direction d's channels at columns [d*G, (d+1)*G)).
-    Otherwise (fewer than 16 channels per direction, C < 16 k^2 + k^2) the channel count is a constexpr
-    (STATIC_C, with R and G: STATIC_R, STATIC_G) and the reduction is unrolled: each chunk's tile is
-    assembled from 16-byte vectors read at the shifts their channels have (see below); ``w_ptr`` is the
-    [N, C] weight itself, its chunks put in the same column order in registers.
-    GROUP_ALIGN: a power of two dividing G (the launcher's promise; the JIT only hints multiples of 16),
-    so that the channel runs of G = 8, 24, 56, ... still load 16 bytes at a time.
+    The reduction walks the k^2 directions one after another, then the unshifted remainder. A chunk's
+    channels share one shift, so the activation tile is one row address per pixel plus a channel run
+    (contiguous in the grouped assignment: vector loads in channels_last) and the border is a per-row
+    mask. ``w_ptr`` is the weight in that reduction order ([N, C], direction d's channels at columns
+    [d*G, (d+1)*G)). GROUP_ALIGN: a power of two dividing G (the launcher's promise; the JIT only hints
+    multiples of 16), so that the channel runs of G = 8, 24, 56, ... still load 16 bytes at a time.
     """
     pid_pixels = tl.program_id(0)
     pid_filters = tl.program_id(1)
@@ -162,63 +157,150 @@ def shift_fwd_kernel(
     k_range = tl.arange(0, BLOCK_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    if SEGMENTED:
+    if GROUPED:
+        channel_step = 1  # direction d owns channels [d*G, (d+1)*G)
+    else:
+        channel_step = K * K  # direction d owns channels d, d + k^2, d + 2k^2, ...
+    group = SHIFT_GROUP // GROUP_ALIGN * GROUP_ALIGN  # = G, written so the compiler sees its divisor
+    for d in range(0, K * K):
+        hi = h + DIL * (d // K - K // 2)  # [BLOCK_M]
+        wi = w + DIL * (d % K - K // 2)
+        row_inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
         if GROUPED:
-            channel_step = 1  # direction d owns channels [d*G, (d+1)*G)
+            first = d * group
         else:
-            channel_step = K * K  # direction d owns channels d, d + k^2, d + 2k^2, ...
-        group = SHIFT_GROUP // GROUP_ALIGN * GROUP_ALIGN  # = G, written so the compiler sees its divisor
-        for d in range(0, K * K):
-            hi = h + DIL * (d // K - K // 2)  # [BLOCK_M]
-            wi = w + DIL * (d % K - K // 2)
-            row_inside = pixel_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-            if GROUPED:
-                first = d * group
-            else:
-                first = d
-            x_seg = x_rows + hi * sxh + wi * sxw + first * sxc  # [BLOCK_M]
-            w_seg = w_cols + d * group  # [BLOCK_N]
-            for i0 in range(0, group, BLOCK_K):
-                i = i0 + k_range  # [BLOCK_K] position in the direction's channels
-                i_mask = i < group
-                a = tl.load(x_seg[:, None] + (i * channel_step)[None, :] * sxc,
-                            mask=row_inside[:, None] & i_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-                wt = tl.load(w_seg[None, :] + i[:, None], mask=i_mask[:, None] & n_mask[None, :],
-                             other=0.0)  # [BLOCK_K, BLOCK_N]
-                acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-        x_centre = x_rows + h * sxh + w * sxw  # [BLOCK_M] the unshifted remainder
-        for c0 in range(K * K * group, C, BLOCK_K):  # K*K*group == SHIFTED_CHANNELS
-            c = c0 + k_range  # [BLOCK_K]
-            c_mask = c < C
-            a = tl.load(x_centre[:, None] + c[None, :] * sxc, mask=pixel_mask[:, None] & c_mask[None, :],
-                        other=0.0)  # [BLOCK_M, BLOCK_K]
-            wt = tl.load(w_cols[None, :] + c[:, None], mask=c_mask[:, None] & n_mask[None, :],
+            first = d
+        x_seg = x_rows + hi * sxh + wi * sxw + first * sxc  # [BLOCK_M]
+        w_seg = w_cols + d * group  # [BLOCK_N]
+        for i0 in range(0, group, BLOCK_K):
+            i = i0 + k_range  # [BLOCK_K] position in the direction's channels
+            i_mask = i < group
+            a = tl.load(x_seg[:, None] + (i * channel_step)[None, :] * sxc,
+                        mask=row_inside[:, None] & i_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+            wt = tl.load(w_seg[None, :] + i[:, None], mask=i_mask[:, None] & n_mask[None, :],
                          other=0.0)  # [BLOCK_K, BLOCK_N]
             acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-    else:
-        # Fewer than 16 channels per direction: the channel count and assignment are constexprs
-        # (STATIC_C, STATIC_R, STATIC_G), so each channel's direction is known at compile time. A chunk
-        # of BLOCK_K channels is assembled from 16-byte vectors of 8 channels (``_shifted_vector``), each
-        # read only at the shifts its channels have, and the weight's chunk in the same column order
-        # (``_vector_tree``).
-        x_pixels = x_rows + h * sxh + w * sxw  # [BLOCK_M]
-        tl.static_assert(BLOCK_K == 16 or BLOCK_K == 32 or BLOCK_K == 64, "BLOCK_K: 16, 32 or 64 channels")
-        pixels = (x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw)
-        vectors: tl.constexpr = BLOCK_K // 8
-        for chunk in tl.static_range((STATIC_C + BLOCK_K - 1) // BLOCK_K):
-            a = _vector_tree(_shifted_vector, pixels, chunk * vectors, vectors, STATIC_C, STATIC_R, STATIC_G, K,
-                             DIL, GROUPED)
-            wt = _vector_tree(_weight_vector, (w_cols, n_mask), chunk * vectors, vectors, STATIC_C, STATIC_R,
-                              STATIC_G, K, DIL, GROUPED)
-            a = tl.reshape(a, (BLOCK_M, BLOCK_K))  # [BLOCK_M, BLOCK_K]
-            wt = tl.trans(tl.reshape(wt, (BLOCK_N, BLOCK_K)))  # [BLOCK_K, BLOCK_N], rows in a's column order
-            acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    x_centre = x_rows + h * sxh + w * sxw  # [BLOCK_M] the unshifted remainder
+    for c0 in range(K * K * group, C, BLOCK_K):  # K*K*group == SHIFTED_CHANNELS
+        c = c0 + k_range  # [BLOCK_K]
+        c_mask = c < C
+        a = tl.load(x_centre[:, None] + c[None, :] * sxc, mask=pixel_mask[:, None] & c_mask[None, :],
+                    other=0.0)  # [BLOCK_M, BLOCK_K]
+        wt = tl.load(w_cols[None, :] + c[:, None], mask=c_mask[:, None] & n_mask[None, :],
+                     other=0.0)  # [BLOCK_K, BLOCK_N]
+        acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(ACC_DTYPE)[None, :]
     y_rows = y_ptr + b * syb + ho * syh + wo * syw  # [BLOCK_M]
     tl.store(y_rows[:, None] + n[None, :] * syc, acc.to(y_ptr.dtype.element_ty),
              mask=pixel_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _weight_chunk(w_cols, n_mask, chunk: tl.constexpr, BLOCK_K: tl.constexpr, C: tl.constexpr, R: tl.constexpr,
+                  G: tl.constexpr, K: tl.constexpr, DIL: tl.constexpr, GROUPED: tl.constexpr):
+    """[BLOCK_N, BLOCK_K]: the weight's columns of reduction chunk ``chunk``, in the chunk's column order."""
+    tree = _vector_tree(_weight_vector, (w_cols, n_mask), chunk * (BLOCK_K // 8), BLOCK_K // 8, C, R, G, K, DIL,
+                        GROUPED)
+    return tl.reshape(tree, (w_cols.shape[0], BLOCK_K))
+
+
+@triton.jit
+def _pixels_last(tree, VECTORS: tl.constexpr):
+    """[8, 2, ..., 2, BLOCK_M]: a ``_vector_tree`` of pixel rows with the pixels moved last (a transpose
+    of the joined tree itself: transposing the reshaped [BLOCK_M, BLOCK_K] tile does not compile for
+    sm_90, "Illegal shared layout", when it feeds a wgmma)."""
+    if VECTORS == 2:
+        return tl.permute(tree, (1, 2, 0))
+    elif VECTORS == 4:
+        return tl.permute(tree, (1, 2, 3, 0))
+    elif VECTORS == 8:
+        return tl.permute(tree, (1, 2, 3, 4, 0))
+    else:
+        return tl.permute(tree, (1, 2, 3, 4, 5, 0))
+
+
+@triton.jit
+def shift_fwd_unrolled_kernel(
+    x_ptr, w_ptr, bias_ptr, y_ptr,
+    B, H, W, N, Ho, Wo,
+    sxb, sxc, sxh, sxw,
+    syb, syc, syh, syw,
+    PIXEL_TILES,
+    C: tl.constexpr, R: tl.constexpr, G: tl.constexpr,
+    K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, GROUPED: tl.constexpr,
+    X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr,
+    HAS_BIAS: tl.constexpr, FILTER_ROWS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """The forward with fewer than 16 channels per direction (C < 16 k^2 + k^2): C channels, the first R
+    shifted, G per direction in the grouped assignment, all constexprs, so each channel's direction is
+    known at compile time and the reduction is unrolled. A chunk of BLOCK_K channels is assembled from
+    16-byte vectors of 8 channels (``_shifted_vector``), each read only at the shifts its channels have,
+    and the weight's chunk in the same column order (``_vector_tree``); ``w_ptr`` is the [N, C] weight.
+
+    The program walks pixel tiles pid, pid + num_programs(0), ... < PIXEL_TILES (int32 coordinates,
+    advanced by carries: no division per tile) with its filters' first weight chunk loaded once.
+    FILTER_ROWS (BLOCK_N >= 64, a warp group's rows): the product is computed transposed, y^T = w x^T,
+    so the assembled activations are the wgmma's shared-memory operand, stored 16 bytes at a time (as
+    the first operand they would reach registers through a shared-memory round trip stored 2 bytes at
+    a time), and the weight chunk is the register operand, kept across tiles.
+
+    X_ALIGN, Y_ALIGN: powers of two (at most 8) dividing x's and y's pixel strides (the launcher's
+    promise): the JIT hints only multiples of 16, so 8-vector loads and stores of C or N = 8, 24, 40,
+    ... channels (or 4-vectors of C = 100) would otherwise be split into 2-byte accesses.
+    """
+    tl.static_assert(BLOCK_K == 16 or BLOCK_K == 32 or BLOCK_K == 64 or BLOCK_K == 128,
+                     "BLOCK_K: 16 to 128 channels")
+    sxb, sxh, sxw = sxb // X_ALIGN * X_ALIGN, sxh // X_ALIGN * X_ALIGN, sxw // X_ALIGN * X_ALIGN
+    syb, syh, syw = syb // Y_ALIGN * Y_ALIGN, syh // Y_ALIGN * Y_ALIGN, syw // Y_ALIGN * Y_ALIGN
+    pid_pixels = tl.program_id(0)
+    programs = tl.num_programs(0)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    n_mask = n < N
+    w_cols = w_ptr + n * C  # [BLOCK_N]
+    chunks: tl.constexpr = (C + BLOCK_K - 1) // BLOCK_K
+    w_first = _weight_chunk(w_cols, n_mask, 0, BLOCK_K, C, R, G, K, DIL, GROUPED)  # [BLOCK_N, BLOCK_K], once
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_N]
+    b, ho, wo = pixel_walk_start(pid_pixels.to(tl.int64) * BLOCK_M, B, Ho, Wo, BLOCK_M)  # [BLOCK_M] int32
+    step_b, step_h, step_w = pixel_steps(programs * BLOCK_M, Ho, Wo)
+    for _ in range(pid_pixels, PIXEL_TILES, programs):
+        pixel_mask = b < B
+        h = ho * STRIDE  # stride applies after the shift
+        w = wo * STRIDE
+        x_pixels = x_ptr + b.to(tl.int64) * sxb + (h * sxh + w * sxw)  # [BLOCK_M]
+        pixels = (x_pixels, h, w, pixel_mask, H, W, sxc, sxh, sxw)
+        if FILTER_ROWS:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC_DTYPE)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+        for chunk in tl.static_range(chunks):
+            tree = _vector_tree(_shifted_vector, pixels, chunk * (BLOCK_K // 8), BLOCK_K // 8, C, R, G, K, DIL,
+                                GROUPED)  # [BLOCK_M, 8, 2, ..., 2]
+            if chunk == 0:
+                wt = w_first
+            else:
+                wt = _weight_chunk(w_cols, n_mask, chunk, BLOCK_K, C, R, G, K, DIL, GROUPED)
+            if FILTER_ROWS:  # [BLOCK_K, BLOCK_M], rows in the weight chunk's column order
+                at = tl.reshape(_pixels_last(tree, BLOCK_K // 8), (BLOCK_K, BLOCK_M))
+                acc = tl.dot(wt, at, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+            else:  # [BLOCK_M, BLOCK_K], columns in the weight chunk's order
+                a = tl.reshape(tree, (BLOCK_M, BLOCK_K))
+                acc = tl.dot(a, tl.trans(wt), acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        y_pixels = y_ptr + b.to(tl.int64) * syb + (ho * syh + wo * syw)  # [BLOCK_M]
+        if FILTER_ROWS:
+            if HAS_BIAS:
+                acc += bias[:, None]
+            tl.store(y_pixels[None, :] + (n * syc)[:, None], acc.to(y_ptr.dtype.element_ty),
+                     mask=n_mask[:, None] & pixel_mask[None, :])
+        else:
+            if HAS_BIAS:
+                acc += bias[None, :]
+            tl.store(y_pixels[:, None] + (n * syc)[None, :], acc.to(y_ptr.dtype.element_ty),
+                     mask=pixel_mask[:, None] & n_mask[None, :])
+        b, ho, wo = pixel_advance(b, ho, wo, step_b, step_h, step_w, Ho, Wo)
 
 
 @triton.jit

@@ -20,6 +20,7 @@ from tritonconv.tiles import (
     KernelTiles,
     TileTable,
     cdiv,
+    next_power_of_2,
     precision,
     reduction_splits,
     sum_splits,
@@ -78,8 +79,33 @@ _NARROW_COLUMNS = 32
 PLANS_KEPT = 1024  # launch plans memoized per launcher (one per shape, tile and layout)
 
 
+# The unrolled forward's reduction block: all channels in one chunk up to this many (the weight chunk
+# then stays in registers across the program's pixel tiles; 128 channels hold 32 registers at 64 filters;
+# fp32 128->128 holds 255 registers at 128, so 4- and 8-byte operands take half). Past it, chunks of
+# UNROLLED_SEVERAL: the whole reduction is unrolled, and at 64-128 channels a chunk 5x5 and 7x7 shifts
+# of 384-392 channels spill 50-240 registers (32: none at 5x5, 51 at 7x7; sm_90a, bf16).
+UNROLLED_REDUCE = 128
+UNROLLED_SEVERAL = 32
+# 5x5 and 7x7 shifts in one chunk keep up to 25-49 loads per vector in flight: two warp groups halve
+# each thread's share (5x5 on 100 channels: 29 spilled registers at 4 warps and 128 channels, none at 8
+# warps and 64)
+UNROLLED_WIDE_SHIFT = dict(num_warps=8, block_reduce=64)
+
+
 def default_tile(spec: ShiftSpec, kernel: str) -> GemmTile:
     tile = TILES.default_tile(spec, kernel)
+    if kernel == "forward" and not segmented(spec):
+        # one chunk where it fits; one stage: software pipelining stages the per-shift loads through
+        # shared memory (cp.async, then 2-byte reads back) where they go to registers directly
+        most = UNROLLED_REDUCE // 2 if tiles.wide_dtype(spec.dtype) else UNROLLED_REDUCE
+        reduce = min(max(next_power_of_2(spec.in_channels), MIN_DOT_TILE), most)
+        warps = tile.num_warps
+        if spec.in_channels > UNROLLED_REDUCE:
+            reduce = UNROLLED_SEVERAL
+        elif spec.kernel_size >= 5:
+            reduce = min(reduce, UNROLLED_WIDE_SHIFT["block_reduce"])
+            warps = max(warps, UNROLLED_WIDE_SHIFT["num_warps"])
+        tile = replace(tile, block_reduce=reduce, num_warps=warps, num_stages=1)
     if kernel == "backward_weight" and not segmented(spec) and tile.block_rows * tile.block_cols > 64 * 32:
         # the per-direction passes hold two accumulators: 64 x 64 at 4 warps spills
         tile = replace(tile, num_warps=8)
@@ -96,6 +122,14 @@ def default_tile(spec: ShiftSpec, kernel: str) -> GemmTile:
 def _group_align(spec: ShiftSpec) -> int:
     """A power of two (at most 16) dividing the channels per direction: the kernels' alignment promise."""
     return math.gcd(max(spec.shift_group, 1), 16)
+
+
+def _pixel_align(strides) -> int:
+    """A power of two (at most 8 elements, 16 bytes of bf16) dividing the batch, row and column strides;
+    1 where they are multiples of 16, which the JIT hints itself (a promise it has costs registers)."""
+    batch, _, row, column = strides
+    divisor = math.gcd(batch, row, column, 16)
+    return 1 if divisor == 16 else min(divisor, 8)
 
 
 def _weight_column_tiles(spec: ShiftSpec, block_cols: int) -> int:
@@ -150,18 +184,30 @@ def reduction_ordered_weight(weight: torch.Tensor, spec: ShiftSpec) -> torch.Ten
 # that may change between calls (tf32, the interpreter: ``_precision``; the device's SM count, which
 # keys the weight-gradient plan) are read per call.
 
+# Unrolled-forward programs per SM: each walks its share of the pixel tiles (its first weight chunk and
+# its index math paid once per program), enough of them resident to hide the loads' latency.
+UNROLLED_PROGRAMS_PER_SM = 4
+
+
 @functools.lru_cache(maxsize=PLANS_KEPT)
-def _forward_plan(spec: ShiftSpec, tile: GemmTile, x_strides, y_strides, has_bias: bool):
-    """(grid, integer arguments, constexprs) of ``shift_fwd_kernel``."""
-    grid = (cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows),
-            cdiv(spec.out_channels, tile.block_cols))
-    integers = (*_sizes(spec), *x_strides, *y_strides, *_shift_args(spec))
-    constexprs = dict(SEGMENTED=segmented(spec), GROUP_ALIGN=_group_align(spec), HAS_BIAS=has_bias,
-                      **_constexprs(spec), **TILES["forward"].launch_args(tile))
-    if not segmented(spec):  # the reduction is unrolled over the (static) channels
-        constexprs.update(STATIC_C=spec.in_channels, STATIC_R=spec.shifted_channels,
-                          STATIC_G=max(spec.shift_group, 1))
-    return grid, integers, constexprs
+def _forward_plan(spec: ShiftSpec, tile: GemmTile, x_strides, y_strides, has_bias: bool, multiprocessors: int):
+    """(kernel, grid, integer arguments, constexprs) of the forward: ``shift_fwd_kernel`` where each
+    direction owns a dot's worth of channels, else ``shift_fwd_unrolled_kernel`` (whose pixel programs
+    follow ``multiprocessors``, the device's SM count)."""
+    pixel_tiles = cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows)
+    filter_tiles = cdiv(spec.out_channels, tile.block_cols)
+    constexprs = dict(HAS_BIAS=has_bias, **_constexprs(spec), **TILES["forward"].launch_args(tile))
+    if segmented(spec):
+        integers = (*_sizes(spec), *x_strides, *y_strides, *_shift_args(spec))
+        return (kernels.shift_fwd_kernel, (pixel_tiles, filter_tiles), integers,
+                dict(GROUP_ALIGN=_group_align(spec), **constexprs))
+    pixel_programs = min(pixel_tiles, cdiv(UNROLLED_PROGRAMS_PER_SM * multiprocessors, filter_tiles))
+    integers = (spec.batch, spec.height, spec.width, spec.out_channels, spec.out_height, spec.out_width,
+                *x_strides, *y_strides, pixel_tiles)
+    return (kernels.shift_fwd_unrolled_kernel, (pixel_programs, filter_tiles), integers,
+            dict(C=spec.in_channels, R=spec.shifted_channels, G=max(spec.shift_group, 1),
+                 X_ALIGN=_pixel_align(x_strides), Y_ALIGN=_pixel_align(y_strides),
+                 FILTER_ROWS=tile.block_cols >= WGMMA_ROWS, **constexprs))
 
 
 def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
@@ -170,8 +216,9 @@ def forward(x, weight, bias, spec: ShiftSpec, tile: GemmTile) -> torch.Tensor:
     if y.numel() == 0:
         return y
     weight = reduction_ordered_weight(weight, spec)
-    grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None)
-    launch(kernels.shift_fwd_kernel, grid, (x, weight, bias.contiguous() if bias is not None else None, y), integers,
+    kernel, grid, integers, constexprs = _forward_plan(spec, tile, x.stride(), y.stride(), bias is not None,
+                                                       tiles.multiprocessor_count(x.device))
+    launch(kernel, grid, (x, weight, bias.contiguous() if bias is not None else None, y), integers,
            {**constexprs, **precision(x.dtype)})
     return y
 
