@@ -281,6 +281,23 @@ def test_unrolled_forward_walks_pixel_tiles(monkeypatch, in_c, out_c, stride, di
     torch.testing.assert_close(y, want)
 
 
+def test_unrolled_forward_tiles():
+    """The unrolled forward's candidates run on one stage and include its default; a chunk wider than
+    its vector tree (a tile from elsewhere, e.g. an edited cache) is narrowed, not a compile error."""
+    from tritonconv.ops.shift import launch
+    from tritonconv.tiles import GemmTile
+
+    spec = ShiftSpec(2, 100, 24, 5, 4, kernel_size=5, dtype="float64", channels_last=True)
+    assert not launch.segmented(spec)
+    found = launch.candidate_tiles(spec, "forward")
+    assert found[0] == launch.default_tile(spec, "forward") and {t.num_stages for t in found} == {1}
+    torch.manual_seed(0)
+    x = torch.randn(spec.input_shape, device=DEVICE, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(24, 100, 1, 1, device=DEVICE, dtype=torch.float64)
+    y = launch.forward(x, weight, None, spec, GemmTile(16, 16, 256, 4, 1))
+    torch.testing.assert_close(y, F.conv2d(reference.shift(x, 5, 1, "interleaved"), weight))
+
+
 @pytest.mark.parametrize("strides,promise", [
     ((7 * 5 * 100, 1, 5 * 100, 100), 4),   # channels_last, 100 channels: 8-byte vectors of bf16
     ((7 * 5 * 24, 1, 5 * 24, 24), 8),      # 24 channels: 16 bytes, a promise the JIT cannot make

@@ -73,7 +73,6 @@ TILES = TileTable({
         GemmTile(64, 64, 128, 4, 4), GemmTile(32, 32, 128, 4, 4), _WEIGHT_GRAD_WIDE,
     ), ("BLOCK_N", "BLOCK_C", "BLOCK_P"), min_rows=WGMMA_ROWS, wide_default=_WEIGHT_GRAD_WIDE),
 }, extent=_gemm_extent)
-candidate_tiles = TILES.candidate_tiles
 # grad-input channel tiles this narrow run at 4 warps (see default_tile)
 _NARROW_COLUMNS = 32
 PLANS_KEPT = 1024  # launch plans memoized per launcher (one per shape, tile and layout)
@@ -82,8 +81,8 @@ PLANS_KEPT = 1024  # launch plans memoized per launcher (one per shape, tile and
 # The unrolled forward's reduction block: all channels in one chunk up to this many (the weight chunk
 # then stays in registers across the program's pixel tiles; 128 channels hold 32 registers at 64 filters;
 # fp32 128->128 holds 255 registers at 128, so 4- and 8-byte operands take half). Past it, chunks of
-# UNROLLED_SEVERAL: the whole reduction is unrolled, and at 64-128 channels a chunk 5x5 and 7x7 shifts
-# of 384-392 channels spill 50-240 registers (32: none at 5x5, 51 at 7x7; sm_90a, bf16).
+# UNROLLED_SEVERAL: the whole reduction is unrolled, and with 64- or 128-channel chunks 5x5 and 7x7
+# shifts of 384-392 channels spill 50-240 registers (with 32: none at 5x5, 51 at 7x7; sm_90a, bf16).
 UNROLLED_REDUCE = 128
 UNROLLED_SEVERAL = 32
 # 5x5 and 7x7 shifts in one chunk keep up to 25-49 loads per vector in flight: two warp groups halve
@@ -117,6 +116,15 @@ def default_tile(spec: ShiftSpec, kernel: str) -> GemmTile:
         tile = replace(tile, num_warps=4, block_rows=2 * tile.block_rows
                        if tile.block_cols == MIN_DOT_TILE and rows >= 2 * tile.block_rows else tile.block_rows)
     return tile
+
+
+def candidate_tiles(spec: ShiftSpec, kernel: str) -> list[GemmTile]:
+    """The table's candidates; the unrolled forward's on one stage (see ``default_tile``), with its
+    default's chunk among them."""
+    found = TILES.candidate_tiles(spec, kernel)
+    if kernel == "forward" and not segmented(spec):
+        found = list(dict.fromkeys([default_tile(spec, kernel), *(replace(t, num_stages=1) for t in found)]))
+    return found
 
 
 def _group_align(spec: ShiftSpec) -> int:
@@ -194,6 +202,8 @@ def _forward_plan(spec: ShiftSpec, tile: GemmTile, x_strides, y_strides, has_bia
     """(kernel, grid, integer arguments, constexprs) of the forward: ``shift_fwd_kernel`` where each
     direction owns a dot's worth of channels, else ``shift_fwd_unrolled_kernel`` (whose pixel programs
     follow ``multiprocessors``, the device's SM count)."""
+    if not segmented(spec) and tile.block_reduce > UNROLLED_REDUCE:  # its chunk: a tree of 16 vectors at most
+        tile = replace(tile, block_reduce=UNROLLED_REDUCE)
     pixel_tiles = cdiv(spec.batch * spec.out_height * spec.out_width, tile.block_rows)
     filter_tiles = cdiv(spec.out_channels, tile.block_cols)
     constexprs = dict(HAS_BIAS=has_bias, **_constexprs(spec), **TILES["forward"].launch_args(tile))
