@@ -574,6 +574,7 @@ KERNEL_SCHEMA = {
     "shared_bytes": "Int64", "blocks_per_sm": "Int64", "resident_warps": "Int64", "occupancy_limit": "string",
     "dots": "Int64", "tensor_core": "string", "hgmma": "Int64", "hmma": "Int64", "ffma": "Int64",
     "ldg_8": "Int64", "ldg_16": "Int64", "ldg_32": "Int64", "ldg_64": "Int64", "ldg_128": "Int64",
+    "stg_16": "Int64", "stg_128": "Int64",  # 8/16-bit and 128-bit global stores
     "ldgsts": "Int64", "ldgsts_128": "Int64", "utmaldg": "Int64", "div64_calls": "Int64", "div64_in_loops": "Int64",
     "sass_instructions": "Int64", "loops": "Int64", "hot_loop": "string", "hot_loop_instructions": "Int64",
     "hot_loop_tensor_core": "Int64", "hot_loop_ffma": "Int64", "instructions_per_tensor_core": "Float64",
@@ -664,6 +665,7 @@ FIGURES = (
     ("tensor core", lambda ok: "/".join(sorted({r["tensor_core"] for r in ok})) or "-"),
     ("LDG 8/16-bit", lambda ok: _worst(ok, lambda r: r["ldg_8"] + r["ldg_16"])),
     ("LDG.128 / LDGSTS.128", lambda ok: f"{_worst(ok, 'ldg_128', pick=min)} / {_worst(ok, 'ldgsts_128', pick=min)}"),
+    ("STG 8/16-bit", lambda ok: _worst(ok, "stg_16")),
     ("div64 (in loops)", lambda ok: f"{_worst(ok, 'div64_calls')} ({_worst(ok, 'div64_in_loops')})"),
     ("instr/TC", lambda ok: _worst(ok, "instructions_per_tensor_core", fmt="{:.1f}")),
     ("instr/FFMA", lambda ok: _worst(ok, "instructions_per_ffma", fmt="{:.1f}")),

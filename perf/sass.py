@@ -184,6 +184,7 @@ def counts(listing: Listing) -> dict:
     found = loops(listing)
     hot = hottest_loop(found) or straight_line(body)
     loads = [i for i in body if i.base == "LDG"]
+    stores = [i for i in body if i.base == "STG"]
     async_copies = [i for i in body if i.base == "LDGSTS"]
     spill_stores = [i for i in body if i.base == "STL"]
     spill_loads = [i for i in body if i.base == "LDL"]
@@ -201,6 +202,8 @@ def counts(listing: Listing) -> dict:
         "ldg_32": sum(i.width() == 32 for i in loads),
         "ldg_64": sum(i.width() == 64 for i in loads),
         "ldg_128": sum(i.width() == 128 for i in loads),
+        "stg_16": sum(i.width() <= 16 for i in stores),
+        "stg_128": sum(i.width() == 128 for i in stores),
         "ldgsts": len(async_copies),
         "ldgsts_128": sum(i.width() == 128 for i in async_copies),
         "utmaldg": sum(i.base == "UTMALDG" for i in body),

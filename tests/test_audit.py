@@ -41,8 +41,8 @@ LISTING = textwrap.dedent("""\
             /*0130*/                   UTMALDG.2D [UR8], [UR4] ;
     .L_x_2:
             /*0140*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24 ;
-            /*0150*/                   NOP ;
-            /*0160*/                   NOP ;
+            /*0150*/                   STG.E.U16 desc[UR4][R2.64], R5 ;
+            /*0160*/                   STG.E.128 desc[UR4][R6.64], R8 ;
             /*0170*/                @P1 BRA `(.L_x_2) ;
             /*0180*/                   EXIT ;
     .L_x_3:
@@ -93,6 +93,7 @@ def test_counts_read_the_figures_the_audit_reports():
     assert (figures["hgmma"], figures["hmma"], figures["tensor_core"]) == (3, 0, "HGMMA")
     assert (figures["ldg_16"], figures["ldg_32"], figures["ldg_128"]) == (1, 1, 1)  # LTC128B is no width
     assert (figures["ldgsts"], figures["ldgsts_128"], figures["utmaldg"]) == (1, 1, 1)
+    assert (figures["stg_16"], figures["stg_128"]) == (1, 1)
     assert (figures["spill_stores"], figures["spill_store_bytes"]) == (1, 8)
     assert (figures["spill_loads"], figures["spill_load_bytes"]) == (1, 4)
     assert (figures["div64_calls"], figures["div64_in_loops"]) == (2, 2)
@@ -224,7 +225,7 @@ def test_summary_reports_worst_figures_and_verdicts(tmp_path):
                    pass_=None, kernel="forward", launch=0, triton_kernel="hetconv_fwd_kernel", default_tile=True,
                    num_warps=4, num_stages=3, depthwise=False, status="ok", error="", registers=86, spill_stores=0,
                    spill_loads=0, shared_bytes=27648, resident_warps=20, tensor_core="HGMMA", dots=2, hgmma=8,
-                   hmma=0, ldg_8=0, ldg_16=0, ldg_128=0, ldgsts_128=24, div64_calls=18, div64_in_loops=0,
+                   hmma=0, ldg_8=0, ldg_16=0, ldg_128=0, ldgsts_128=24, stg_16=6, div64_calls=18, div64_in_loops=0,
                    instructions_per_tensor_core=60.25, **env)
     fixture["pass"] = fixture.pop("pass_")
     rows = [{**base, **fixture, "shape": "64->64", "tile": "128x16x32", "gates_failed": "instructions_per_tc"},
@@ -236,8 +237,8 @@ def test_summary_reports_worst_figures_and_verdicts(tmp_path):
     text = audit.summary(kernels_table.frame(rows), calls_table.frame(calls))
     line = next(row for row in text.splitlines() if row.startswith("| forward"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[2] == "148" and cells[6] == "HGMMA" and cells[10] == "60.2"
-    verdicts = dict(zip(audit._SUMMARY_TARGETS, cells[12:], strict=True))
+    assert cells[2] == "148" and cells[6] == "HGMMA" and cells[9] == "6" and cells[11] == "60.2"
+    verdicts = dict(zip(audit._SUMMARY_TARGETS, cells[13:], strict=True))
     assert verdicts["instructions_per_tc"] == "NOT met" and verdicts["hgmma"] == "met"
     assert verdicts["depthwise_ffma"] == "n/a"
     assert "bwd_launches: NOT met" in text

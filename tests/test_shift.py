@@ -305,10 +305,11 @@ def test_unrolled_forward_tiles():
     ((13 * 7 * 5, 7 * 5, 5, 1), 1),        # NCHW: columns contiguous, nothing to promise
 ])
 def test_unrolled_forward_alignment_promise(strides, promise):
-    """The power of two the unrolled forward may assume of x's and y's pixel strides divides them."""
-    from tritonconv.ops.shift import launch
+    """The power of two the unrolled forward (and the shuffle's) may assume of x's and y's pixel strides
+    divides them."""
+    from tritonconv._layout import pixel_stride_align
 
-    assert launch._pixel_align(strides) == promise
+    assert pixel_stride_align(strides) == promise
 
 
 @pytest.mark.gpu

@@ -292,7 +292,8 @@ _ONE_STEP_SHAPES = [(9, 21, 3, 3), (24, 40, 8, 8), (96, 360, 8, 1), (15, 45, 3, 
 def test_one_step_forward_walks_pixel_tiles(in_c, out_c, groups, shuffle_groups, channels_last, multiprocessors,
                                             monkeypatch):
     """The one-step forward's programs walk several pixel tiles each (a partial last tile, several
-    programs sharing the tiles unevenly), NCHW taking the dividing path and channels_last the flat one."""
+    programs sharing the tiles unevenly), NCHW taking the dividing path and channels_last the flat one;
+    shuffled in channels_last, the position forward walks them."""
     from tritonconv import tiles
     from tritonconv.adapter import max_relative_error
     from tritonconv.ops.shuffle import launch, reference
@@ -305,6 +306,7 @@ def test_one_step_forward_walks_pixel_tiles(in_c, out_c, groups, shuffle_groups,
     assert launch._flat_int32_offsets(spec, x.stride(), x.stride()) == channels_last
     monkeypatch.setattr(tiles, "multiprocessor_count", lambda device: multiprocessors)
     grid, *_ = launch._forward_plan(spec, tile, x.stride(), x.stride(), True, multiprocessors)
+    assert launch._position_forward(spec, x.stride()) == (shuffle_groups > 1 and channels_last)
     assert grid[0] < cdiv_pixels(spec, tile)  # each program walks more than one tile
     y = launch.forward(x, weight, bias, spec, tile)
     assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
@@ -314,3 +316,52 @@ def test_one_step_forward_walks_pixel_tiles(in_c, out_c, groups, shuffle_groups,
 
 def cdiv_pixels(spec, tile):
     return -(-spec.batch * spec.height * spec.width // tile.block_rows)
+
+
+# (in, out, groups, shuffle groups, tile): shuffled in channels_last, the forward's columns are output
+# channels: blocks of 16 positions spanning all sg = G groups (odd widths, one step or two), one conv
+# group shuffled (one step or three), groups that are not the shuffle's (2 conv groups, 4 shuffle
+# blocks; 8 conv groups, 2 shuffle blocks: a block of 16 positions holds groups 0, 1, 4, 5, the span's
+# 2 and 3 none), 32-column tiles
+_POSITION_SHAPES = [(15, 21, 3, 3, (16, 16, 16)), (24, 40, 8, 8, (16, 16, 16)), (96, 48, 3, 3, (16, 16, 16)),
+                    (12, 18, 1, 3, (16, 16, 16)), (40, 18, 1, 3, (16, 16, 16)), (6, 8, 2, 4, (16, 16, 16)),
+                    (32, 32, 8, 2, (16, 16, 16)),
+                    (36, 60, 3, 3, (32, 32, 16))]
+
+
+@pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups,tile", _POSITION_SHAPES)
+def test_position_forward(in_c, out_c, groups, shuffle_groups, tile):
+    """The position forward equals the float64 reference, and a NaN in one input channel reaches
+    exactly the outputs of its group's filters (the other groups' products are selected away, never
+    multiplied by zero)."""
+    from tritonconv.adapter import max_relative_error
+    from tritonconv.ops.shuffle import launch, reference
+
+    spec, x, _, weight = _dense_case(in_c, out_c, groups, True, torch.float64, shuffle_groups=shuffle_groups)
+    bias = torch.randn(out_c, device=DEVICE, dtype=torch.float64)
+    tile = GemmTile(*tile, 4, 1)
+    assert launch._position_forward(spec, x.stride())
+    y = launch.forward(x, weight, bias, spec, tile)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert max_relative_error(y, reference.fallback_forward(x, weight, bias, spec)) < 1e-12
+    for channel in (0, in_c // 2, in_c - 1):
+        poisoned = x.clone()
+        poisoned[1, channel, 2, 3] = float("nan")
+        got = launch.forward(poisoned, weight, bias, spec, tile)
+        want = reference.fallback_forward(poisoned, weight, bias, spec)
+        assert (~torch.isfinite(want)).any() and torch.equal(torch.isfinite(got), torch.isfinite(want))
+        torch.testing.assert_close(got[torch.isfinite(got)], want[torch.isfinite(want)])
+
+
+def test_position_forward_is_taken_where_the_product_stays_memory_bound():
+    from tritonconv.ops.shuffle import launch
+    from tritonconv.ops.shuffle.spec import ShuffleConvSpec
+
+    def spec(in_c, out_c, groups, shuffle_groups, channels_last=True):
+        return ShuffleConvSpec(128, in_c, out_c, 14, 14, groups, shuffle_groups, channels_last=channels_last)
+
+    assert launch._position_forward(spec(384, 192, 8, 8)) and launch._position_forward(spec(480, 120, 3, 3))
+    assert launch._position_forward(spec(1536, 384, 1, 8))  # one conv group: no extra product
+    assert not launch._position_forward(spec(1536, 384, 8, 8))  # 8 x its product: compute-bound
+    assert not launch._position_forward(spec(96, 360, 8, 1))  # unshuffled: groups store contiguously
+    assert not launch._position_forward(spec(384, 192, 8, 8, channels_last=False))  # NCHW: along pixels

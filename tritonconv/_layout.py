@@ -35,6 +35,16 @@ def _image_span_fits(shape, strides) -> bool:
     return sum((n - 1) * s for n, s in zip(shape[1:], strides[1:])) < 2**31
 
 
+def pixel_stride_align(strides) -> int:
+    """A power of two (at most 8 elements: 16 bytes of bf16) dividing an NCHW-indexed tensor's batch, row
+    and column strides, for a kernel to promise its compiler (``stride // A * A``); 1 where they are
+    multiples of 16, which Triton's JIT hints itself (a promise it already has costs registers). With
+    channels innermost, 8-vector accesses of rows of 24 or 120 channels then stay 16 bytes wide."""
+    batch, _, row, column = strides
+    divisor = math.gcd(batch, row, column, 16)
+    return 1 if divisor == 16 else min(divisor, 8)
+
+
 def empty(shape, *, device, dtype: torch.dtype, memory_format=torch.contiguous_format) -> Tensor:
     """Every buffer our kernels write (outputs, split-K partials) is allocated here, so that the tests
     can fill them all with NaN (replacing ``_allocate``): an element a kernel forgets fails loudly."""

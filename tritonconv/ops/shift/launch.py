@@ -11,7 +11,7 @@ import torch
 
 from tritonconv import tiles
 from tritonconv._launcher import launch
-from tritonconv._layout import empty, empty_like_layout, int32_addressable
+from tritonconv._layout import empty, empty_like_layout, int32_addressable, pixel_stride_align
 from tritonconv.ops.shift import kernels
 from tritonconv.ops.shift.spec import ShiftSpec
 from tritonconv.tiles import (
@@ -132,14 +132,6 @@ def _group_align(spec: ShiftSpec) -> int:
     return math.gcd(max(spec.shift_group, 1), 16)
 
 
-def _pixel_align(strides) -> int:
-    """A power of two (at most 8 elements, 16 bytes of bf16) dividing the batch, row and column strides;
-    1 where they are multiples of 16, which the JIT hints itself (a promise it has costs registers)."""
-    batch, _, row, column = strides
-    divisor = math.gcd(batch, row, column, 16)
-    return 1 if divisor == 16 else min(divisor, 8)
-
-
 def _weight_column_tiles(spec: ShiftSpec, block_cols: int) -> int:
     """Column tiles of the grad-weight grid: per direction when segmented (then the remainder)."""
     if not segmented(spec):
@@ -216,7 +208,7 @@ def _forward_plan(spec: ShiftSpec, tile: GemmTile, x_strides, y_strides, has_bia
                 *x_strides, *y_strides, pixel_tiles)
     return (kernels.shift_fwd_unrolled_kernel, (pixel_programs, filter_tiles), integers,
             dict(C=spec.in_channels, R=spec.shifted_channels, G=max(spec.shift_group, 1),
-                 X_ALIGN=_pixel_align(x_strides), Y_ALIGN=_pixel_align(y_strides),
+                 X_ALIGN=pixel_stride_align(x_strides), Y_ALIGN=pixel_stride_align(y_strides),
                  FILTER_ROWS=tile.block_cols >= WGMMA_ROWS, **constexprs))
 
 

@@ -93,29 +93,117 @@ def _pixel_offsets(pixel, P, HW, W, sb, sh, sw, FLAT: tl.constexpr):
 
 
 @triton.jit
+def _shuffle_conv_fwd_positions(x_ptr, w_ptr, bias_ptr, y_ptr, pid_pixels, pid_positions, P, HW, N, GROUP_IN,
+                                GROUP_OUT, SHUFFLE_GROUPS, sxb, sxc, sxh, sxw, W, syb, syc, syh, syw, PIXEL_TILES,
+                                ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr,
+                                HAS_BIAS: tl.constexpr, ONE_GROUP: tl.constexpr, FLAT: tl.constexpr,
+                                DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``shuffle_conv_fwd_kernel``'s POSITIONS path: output channels p of one block, the program walking
+    pixel tiles pid, pid + num_programs(0), ... < PIXEL_TILES with the block's filters, groups and bias
+    found once. ONE_GROUP (one conv group, the launcher's check): the shuffle is only the weight rows'
+    order, so one product, no select, and a one-step weight tile loaded once per program."""
+    p = pid_positions * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] output channels
+    p_mask = p < N // Y_ALIGN * Y_ALIGN  # = N: the mask is uniform along vectors of Y_ALIGN
+    n = _unshuffled(p, N, SHUFFLE_GROUPS)  # the filter stored at each
+    n_group = n // GROUP_OUT
+    first_group = tl.min(tl.where(p_mask, n_group, N), axis=0)
+    last_group = tl.max(tl.where(p_mask, n_group, 0), axis=0)
+    group_in = GROUP_IN // ALIGN * ALIGN  # = GROUP_IN, written so the compiler sees its divisor
+    sxb, sxh, sxw = sxb // ALIGN * ALIGN, sxh // ALIGN * ALIGN, sxw // ALIGN * ALIGN
+    syb, syh, syw = syb // Y_ALIGN * Y_ALIGN, syh // Y_ALIGN * Y_ALIGN, syw // Y_ALIGN * Y_ALIGN
+    w_cols = w_ptr + n * group_in  # [BLOCK_N]
+    y_cols = y_ptr + p * syc  # [BLOCK_N]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + n, mask=p_mask, other=0.0).to(ACC_DTYPE)  # [BLOCK_N]
+    k_range = tl.arange(0, BLOCK_K)
+    if ONE_GROUP:
+        w_first = tl.load(w_cols[None, :] + k_range[:, None], mask=(k_range < group_in)[:, None] & p_mask[None, :],
+                          other=0.0)  # [BLOCK_K, BLOCK_N], the first (with one step, only) chunk, once
+    for pixel_tile in range(pid_pixels, PIXEL_TILES, tl.num_programs(0)):
+        if INT32_PIXELS:
+            pixel = pixel_tile * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+        else:
+            pixel = pixel_tile.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        pixel_mask, x_offset = _pixel_offsets(pixel, P, HW, W, sxb, sxh, sxw, FLAT)
+        x_rows = x_ptr + x_offset  # [BLOCK_M]
+        if ONE_GROUP:
+            a = tl.load(x_rows[:, None] + k_range[None, :] * sxc,
+                        mask=pixel_mask[:, None] & (k_range < group_in)[None, :], other=0.0)
+            acc = tl.dot(a, w_first, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+            acc = _group_product(x_rows, w_cols, pixel_mask, p_mask, sxc, group_in, BLOCK_K, acc,
+                                 DOT_PRECISION, ACC_DTYPE, BLOCK_K)  # the chunks past the first, if any
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+            for group in range(first_group, last_group + 1):
+                mine = p_mask & (n_group == group)  # [BLOCK_N] the columns this group's product keeps
+                part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+                part = _group_product(x_rows + group * group_in * sxc, w_cols, pixel_mask, mine, sxc, group_in, 0,
+                                      part, DOT_PRECISION, ACC_DTYPE, BLOCK_K)
+                acc = tl.where(mine[None, :], part, acc)
+        if HAS_BIAS:
+            acc += bias[None, :]
+        _, y_offset = _pixel_offsets(pixel, P, HW, W, syb, syh, syw, FLAT)
+        tl.store(y_offset[:, None] + y_cols[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=pixel_mask[:, None] & p_mask[None, :])
+
+
+@triton.jit
+def _group_product(x_rows, w_cols, pixel_mask, columns, sxc, group_in, first, acc, DOT_PRECISION: tl.constexpr,
+                   ACC_DTYPE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + x[rows, c] w[cols, c] over a group's channels c = first, first + BLOCK_K, ... < group_in
+    (``x_rows`` at the group's first channel); the weight zero outside ``columns``."""
+    for c0 in range(first, group_in, BLOCK_K):
+        c = c0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+        c_mask = c < group_in
+        a = tl.load(x_rows[:, None] + c[None, :] * sxc, mask=pixel_mask[:, None] & c_mask[None, :],
+                    other=0.0)  # [BLOCK_M, BLOCK_K]
+        wt = tl.load(w_cols[None, :] + c[:, None], mask=c_mask[:, None] & columns[None, :],
+                     other=0.0)  # [BLOCK_K, BLOCK_N]
+        acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    return acc
+
+
+@triton.jit
 def shuffle_conv_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr,
     P, HW, N, GROUP_IN, GROUP_OUT, SHUFFLE_GROUPS,
     sxb, sxc, sxh, sxw, W,
     syb, syc, syh, syw, PIXEL_TILES,
-    ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ONE_STEP: tl.constexpr, FLAT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ONE_STEP: tl.constexpr, POSITIONS: tl.constexpr, ONE_GROUP: tl.constexpr,
+    FLAT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y[b, pos(n), h, w]: rows pixels, cols the filters of one group, reduce the group's channels.
 
     ALIGN divides the input's strides and the group's channel count (the launcher's promise; the JIT
     only hints multiples of 16): rewritten as multiples of it, 24 or 40 channels still load 16 bytes
-    at a time in channels_last.
+    at a time in channels_last. Y_ALIGN: the same of y's pixel strides and N, for POSITIONS' stores.
 
     ONE_STEP (the group's channels fit BLOCK_K, the launcher's check): the program walks pixel tiles
     pid, pid + num_programs(0), ... < PIXEL_TILES with the weight tile, the bias and the shuffled
     output channels loaded and computed once, so a reduction of one step pays its per-program index
     math once per program, not once per tile. Otherwise one pixel tile per program, reducing in
     BLOCK_K steps. FLAT (x and y): pixel p at p * (w stride), int32, no division per pixel.
+
+    POSITIONS (shuffled, y's channels innermost): the columns are output channels, pos(n) = p for a
+    block of consecutive p, so the store is one contiguous row run per pixel (vector stores) where a
+    group's filters would land every sg-th channel (one 2-byte store per element). Those positions hold
+    filters of several groups: each group's product is computed over all the block's columns, the
+    foreign ones' weights zero, and only its own columns kept (a select: a NaN in one group's input
+    stays out of the others' outputs), so the tensor cores do up to sg times the work; the launcher
+    takes this path where that leaves the layer memory-bound.
     """
     pid_pixels = tl.program_id(0)
     pid_filters = tl.program_id(1)
+    if POSITIONS:
+        _shuffle_conv_fwd_positions(x_ptr, w_ptr, bias_ptr, y_ptr, pid_pixels, pid_filters, P, HW, N, GROUP_IN,
+                                    GROUP_OUT, SHUFFLE_GROUPS, sxb, sxc, sxh, sxw, W, syb, syc, syh, syw,
+                                    PIXEL_TILES, ALIGN, Y_ALIGN, INT32_PIXELS, HAS_BIAS, ONE_GROUP, FLAT,
+                                    DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
+        return
     tiles_per_group = tl.cdiv(GROUP_OUT, BLOCK_N)
     group = pid_filters // tiles_per_group
     n_local = (pid_filters % tiles_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]

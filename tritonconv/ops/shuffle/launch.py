@@ -10,7 +10,7 @@ import torch
 
 from tritonconv import env, tiles
 from tritonconv._launcher import launch
-from tritonconv._layout import empty, empty_like_layout, int32_addressable
+from tritonconv._layout import empty, empty_like_layout, int32_addressable, pixel_stride_align
 from tritonconv.ops.shuffle import kernels
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 from tritonconv.tiles import GemmTile, KernelTiles, TileTable, cdiv, precision, reduction_splits, sum_splits, wide_dtype
@@ -19,7 +19,7 @@ from tritonconv.tiles import GemmTile, KernelTiles, TileTable, cdiv, precision, 
 def _gemm_extent(spec: ShuffleConvSpec, kernel: str) -> tuple[int, int, int]:
     pixels = spec.batch * spec.height * spec.width
     if kernel == "forward":
-        return pixels, spec.group_out, spec.group_in
+        return pixels, spec.out_channels if _position_forward(spec) else spec.group_out, spec.group_in
     if kernel == "backward_input":
         all_channels = _dense_input_grad(spec) and spec.shuffle_groups > 1
         return pixels, spec.group_in, spec.out_channels if all_channels else spec.group_out
@@ -104,6 +104,24 @@ def _by_position(spec: ShuffleConvSpec) -> bool:
     """Whether the one conv group's filters are shuffled onto all of dy's channels: the backward kernels
     then take dy's channels in memory order and permute the weight's rows instead."""
     return spec.groups == 1 and spec.shuffle_groups > 1
+
+
+# The position forward's bound: sg conv groups side by side in each block of output channels multiply
+# the tensor-core work up to sg-fold, as much as the dense C x N product, whose FLOPs per compulsory byte
+# are C N / (C + N); an H100's ridge is about 300 (989 TFLOP/s over 3.35 TB/s). Half of it keeps the
+# product memory-bound with room for the selects: ShuffleNet V1's shuffled layers up to 480 -> 120 (g3)
+# and 384 -> 192 (g8) take it.
+POSITION_INTENSITY = 150
+
+
+def _position_forward(spec: ShuffleConvSpec, y_strides: tuple | None = None) -> bool:
+    """Whether the forward's columns are output channel positions (POSITIONS: contiguous stores of the
+    shuffled channels): shuffled, y's channels innermost, one conv group or a product still
+    memory-bound (``POSITION_INTENSITY``)."""
+    if spec.shuffle_groups == 1 or not _channels_innermost(spec, y_strides):
+        return False
+    dense_intensity = spec.in_channels * spec.out_channels / (spec.in_channels + spec.out_channels)
+    return spec.groups == 1 or dense_intensity <= POSITION_INTENSITY
 
 
 def _dense_input_grad(spec: ShuffleConvSpec, dy_strides: tuple | None = None) -> bool:
@@ -198,16 +216,22 @@ def _forward_plan(spec: ShuffleConvSpec, tile: GemmTile, x_strides, y_strides, h
     """(grid, integer arguments, constexprs); ``multiprocessors``, the device's SM count the one-step
     forward's pixel programs follow."""
     pixel_tiles = cdiv(spec.batch * spec.height * spec.width, tile.block_rows)
-    filter_tiles = spec.groups * cdiv(spec.group_out, tile.block_cols)
-    one_step = _one_step_forward(spec, tile)
+    positions = _position_forward(spec, y_strides)
+    if positions:
+        filter_tiles = cdiv(spec.out_channels, tile.block_cols)
+    else:
+        filter_tiles = spec.groups * cdiv(spec.group_out, tile.block_cols)
+    one_step = _one_step_forward(spec, tile) and not positions
     pixel_programs = (min(pixel_tiles, cdiv(FORWARD_PROGRAMS_PER_SM * multiprocessors, filter_tiles))
-                      if one_step else pixel_tiles)
+                      if one_step or positions else pixel_tiles)
     grid = (pixel_programs, filter_tiles)
     integers = (*_sizes(spec), *x_strides, spec.width, *y_strides, pixel_tiles)
     flat = _flat_int32_offsets(spec, x_strides, y_strides)
     constexprs = dict(ALIGN=math.gcd(x_strides[0], x_strides[2], x_strides[3], spec.group_in, 8),
+                      Y_ALIGN=math.gcd(pixel_stride_align(y_strides), spec.out_channels) if positions else 1,
                       INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=has_bias,
-                      ONE_STEP=one_step, FLAT=flat, **TILES["forward"].launch_args(tile))
+                      ONE_STEP=one_step, POSITIONS=positions, ONE_GROUP=spec.groups == 1, FLAT=flat,
+                      **TILES["forward"].launch_args(tile))
     return grid, integers, constexprs
 
 
