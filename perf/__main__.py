@@ -41,7 +41,8 @@ for an H100's 132 SMs), compiled for sm_90a and read back. Per kernel, tile and 
   registers, stack/local bytes, spills (LDL/STL instructions and bytes), shared memory, resident
   blocks and warps per SM (65536 registers, 228 KB shared memory, 64 warps, 32 blocks per SM) and
   which limit binds, tl.dot count, tensor-core instructions (HGMMA = wgmma, HMMA = mma.sync), FFMA,
-  global loads by width (LDG 8/16/32/64/128-bit, LDGSTS cp.async, UTMALDG TMA), CALLs into 64-bit
+  global loads by width (LDG 8/16/32/64/128-bit, LDGSTS cp.async, UTMALDG TMA), global stores of 8/16
+  and 128 bits (STG: scattered 2-byte stores cost a sector each), CALLs into 64-bit
   division/modulo (and how many sit inside loops), and the hottest loop (loops are found from
   backward branches; the innermost loop with the most tensor-core instructions, else FFMA) with its
   instructions per tensor-core instruction (per FFMA without tensor cores).

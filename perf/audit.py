@@ -4,7 +4,7 @@ Every kernel the launchers issue is recorded (``JITFunction.run`` replaced by a 
 exactly as the JIT specialises it on a GPU (Triton's own binder: integers equal to 1 become constexpr,
 integers divisible by 16 and 16-byte-aligned pointers get divisibility hints), compiled for sm_90a
 with ptxas, and read back from its machine code (``perf.sass``). Per launch: registers, spills, shared
-memory, resident warps per SM, tensor-core instructions, global loads by width, 64-bit division
+memory, resident warps per SM, tensor-core instructions, global loads and stores by width, 64-bit division
 calls and instructions per tensor-core instruction (or per FFMA) in the hottest loop. Per layer call:
 Triton launches and torch ops launched beside them, and host microseconds.
 
