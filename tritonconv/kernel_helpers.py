@@ -46,6 +46,23 @@ def pixel_advance(b, ho, wo, step_b, step_h, step_w, Ho, Wo):
 
 
 @triton.jit
+def channel_gemm(x_rows, w_cols, row_mask, col_mask, sxc, channels, first, acc, DOT_PRECISION: tl.constexpr,
+                 ACC_DTYPE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + sum_c x[row, c] w[col, c] over channels c = first, first + BLOCK_K, ... < ``channels`` of a
+    1 x 1 GEMM: ``x_rows`` [BLOCK_M] point at each row's channel 0 (channel stride ``sxc``), ``w_cols``
+    [BLOCK_N] at each column's contiguous weight row; masked rows and columns read 0."""
+    for c0 in range(first, channels, BLOCK_K):
+        c = c0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+        c_mask = c < channels
+        a = tl.load(x_rows[:, None] + c[None, :] * sxc, mask=row_mask[:, None] & c_mask[None, :],
+                    other=0.0)  # [BLOCK_M, BLOCK_K]
+        wt = tl.load(w_cols[None, :] + c[:, None], mask=c_mask[:, None] & col_mask[None, :],
+                     other=0.0)  # [BLOCK_K, BLOCK_N]
+        acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    return acc
+
+
+@triton.jit
 def sum_split_rows(ptrs, mask, SPLITS, ROW):
     """The sum over SPLITS rows of ``ROW`` elements each, from ``ptrs`` in the first row, in row order
     (deterministic): one pointer bump per row, 64-bit however many rows."""

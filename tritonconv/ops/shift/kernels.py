@@ -10,7 +10,7 @@ contiguous [N, C] weight. Index arithmetic that can pass 2^31 elements is int64.
 import triton
 import triton.language as tl
 
-from tritonconv.kernel_helpers import pixel_advance, pixel_steps, pixel_walk_start, pixel_walk_step
+from tritonconv.kernel_helpers import channel_gemm, pixel_advance, pixel_steps, pixel_walk_start, pixel_walk_step
 
 
 @triton.jit
@@ -180,15 +180,9 @@ def shift_fwd_kernel(
             wt = tl.load(w_seg[None, :] + i[:, None], mask=i_mask[:, None] & n_mask[None, :],
                          other=0.0)  # [BLOCK_K, BLOCK_N]
             acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-    x_centre = x_rows + h * sxh + w * sxw  # [BLOCK_M] the unshifted remainder
-    for c0 in range(K * K * group, C, BLOCK_K):  # K*K*group == SHIFTED_CHANNELS
-        c = c0 + k_range  # [BLOCK_K]
-        c_mask = c < C
-        a = tl.load(x_centre[:, None] + c[None, :] * sxc, mask=pixel_mask[:, None] & c_mask[None, :],
-                    other=0.0)  # [BLOCK_M, BLOCK_K]
-        wt = tl.load(w_cols[None, :] + c[:, None], mask=c_mask[:, None] & n_mask[None, :],
-                     other=0.0)  # [BLOCK_K, BLOCK_N]
-        acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    x_centre = x_rows + h * sxh + w * sxw  # [BLOCK_M] the unshifted remainder, from K*K*group == R
+    acc = channel_gemm(x_centre, w_cols, pixel_mask, n_mask, sxc, C, K * K * group, acc, DOT_PRECISION, ACC_DTYPE,
+                       BLOCK_K)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(ACC_DTYPE)[None, :]

@@ -19,7 +19,7 @@ the dense product of contiguous dy and x channel ranges and stores the same-grou
 import triton
 import triton.language as tl
 
-from tritonconv.kernel_helpers import pixel_walk_start, pixel_walk_step
+from tritonconv.kernel_helpers import channel_gemm, pixel_walk_start, pixel_walk_step
 
 
 @triton.jit
@@ -131,37 +131,21 @@ def _shuffle_conv_fwd_positions(x_ptr, w_ptr, bias_ptr, y_ptr, pid_pixels, pid_p
             a = tl.load(x_rows[:, None] + k_range[None, :] * sxc,
                         mask=pixel_mask[:, None] & (k_range < group_in)[None, :], other=0.0)
             acc = tl.dot(a, w_first, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-            acc = _group_product(x_rows, w_cols, pixel_mask, p_mask, sxc, group_in, BLOCK_K, acc,
-                                 DOT_PRECISION, ACC_DTYPE, BLOCK_K)  # the chunks past the first, if any
+            acc = channel_gemm(x_rows, w_cols, pixel_mask, p_mask, sxc, group_in, BLOCK_K, acc,
+                               DOT_PRECISION, ACC_DTYPE, BLOCK_K)  # the chunks past the first, if any
         else:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
             for group in range(first_group, last_group + 1):
                 mine = p_mask & (n_group == group)  # [BLOCK_N] the columns this group's product keeps
                 part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-                part = _group_product(x_rows + group * group_in * sxc, w_cols, pixel_mask, mine, sxc, group_in, 0,
-                                      part, DOT_PRECISION, ACC_DTYPE, BLOCK_K)
+                part = channel_gemm(x_rows + group * group_in * sxc, w_cols, pixel_mask, mine, sxc, group_in, 0,
+                                    part, DOT_PRECISION, ACC_DTYPE, BLOCK_K)  # foreign columns' weights 0
                 acc = tl.where(mine[None, :], part, acc)
         if HAS_BIAS:
             acc += bias[None, :]
         _, y_offset = _pixel_offsets(pixel, P, HW, W, syb, syh, syw, FLAT)
         tl.store(y_offset[:, None] + y_cols[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=pixel_mask[:, None] & p_mask[None, :])
-
-
-@triton.jit
-def _group_product(x_rows, w_cols, pixel_mask, columns, sxc, group_in, first, acc, DOT_PRECISION: tl.constexpr,
-                   ACC_DTYPE: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc + x[rows, c] w[cols, c] over a group's channels c = first, first + BLOCK_K, ... < group_in
-    (``x_rows`` at the group's first channel); the weight zero outside ``columns``."""
-    for c0 in range(first, group_in, BLOCK_K):
-        c = c0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-        c_mask = c < group_in
-        a = tl.load(x_rows[:, None] + c[None, :] * sxc, mask=pixel_mask[:, None] & c_mask[None, :],
-                    other=0.0)  # [BLOCK_M, BLOCK_K]
-        wt = tl.load(w_cols[None, :] + c[:, None], mask=c_mask[:, None] & columns[None, :],
-                     other=0.0)  # [BLOCK_K, BLOCK_N]
-        acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-    return acc
 
 
 @triton.jit
@@ -239,15 +223,8 @@ def shuffle_conv_fwd_kernel(
     else:
         pixel_mask, b, h, w = _pixel_rows(pid_pixels, P, HW, W, BLOCK_M, INT32_PIXELS)
         x_rows = x_group + b * sxb + h * sxh + w * sxw  # [BLOCK_M]
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-        for c0 in range(0, group_in, BLOCK_K):
-            c_local = c0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-            c_mask = c_local < group_in
-            a = tl.load(x_rows[:, None] + c_local[None, :] * sxc, mask=pixel_mask[:, None] & c_mask[None, :],
-                        other=0.0)  # [BLOCK_M, BLOCK_K]
-            wt = tl.load(w_cols[None, :] + c_local[:, None], mask=c_mask[:, None] & n_mask[None, :],
-                         other=0.0)  # [BLOCK_K, BLOCK_N]
-            acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        acc = channel_gemm(x_rows, w_cols, pixel_mask, n_mask, sxc, group_in, 0,
+                           tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE), DOT_PRECISION, ACC_DTYPE, BLOCK_K)
         if HAS_BIAS:
             acc += bias[None, :]
         y_ptrs = (y_ptr + b * syb + h * syh + w * syw)[:, None] + out_channel[None, :] * syc
