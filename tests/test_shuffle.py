@@ -283,7 +283,9 @@ def test_dense_backward_bfloat16_on_gpu(in_c, out_c, groups):
 
 # (in, out, groups, shuffle groups): one-step reductions (a group's channels within BLOCK_K = 16), G = 3
 # and G = 8, shuffled and not, odd group widths; 2 x 5 x 7 = 70 pixels, not a multiple of BLOCK_M = 16
-_ONE_STEP_SHAPES = [(9, 21, 3, 3), (24, 40, 8, 8), (96, 360, 8, 1), (15, 45, 3, 1), (12, 18, 1, 3), (16, 56, 8, 8)]
+# and 320 -> 320 in 20 groups, shuffled, whose dense product is too intense for the position forward
+_ONE_STEP_SHAPES = [(9, 21, 3, 3), (24, 40, 8, 8), (96, 360, 8, 1), (15, 45, 3, 1), (12, 18, 1, 3), (16, 56, 8, 8),
+                    (320, 320, 20, 20)]
 
 
 @pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups", _ONE_STEP_SHAPES)
@@ -306,7 +308,9 @@ def test_one_step_forward_walks_pixel_tiles(in_c, out_c, groups, shuffle_groups,
     assert launch._flat_int32_offsets(spec, x.stride(), x.stride()) == channels_last
     monkeypatch.setattr(tiles, "multiprocessor_count", lambda device: multiprocessors)
     grid, *_ = launch._forward_plan(spec, tile, x.stride(), x.stride(), True, multiprocessors)
-    assert launch._position_forward(spec, x.stride()) == (shuffle_groups > 1 and channels_last)
+    dense_intensity = in_c * out_c / (in_c + out_c)
+    assert launch._position_forward(spec, x.stride()) == (
+        shuffle_groups > 1 and channels_last and (groups == 1 or dense_intensity <= launch.POSITION_INTENSITY))
     assert grid[0] < cdiv_pixels(spec, tile)  # each program walks more than one tile
     y = launch.forward(x, weight, bias, spec, tile)
     assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
@@ -351,6 +355,24 @@ def test_position_forward(in_c, out_c, groups, shuffle_groups, tile):
         want = reference.fallback_forward(poisoned, weight, bias, spec)
         assert (~torch.isfinite(want)).any() and torch.equal(torch.isfinite(got), torch.isfinite(want))
         torch.testing.assert_close(got[torch.isfinite(got)], want[torch.isfinite(want)])
+
+
+def test_position_forward_on_one_pixel_nchw_images():
+    """1 x 1 images in NCHW hold channels innermost too: the position forward takes them, with pixels
+    addressed through their batch stride (not flat)."""
+    from tritonconv.adapter import max_relative_error
+    from tritonconv.ops.shuffle import launch, reference
+    from tritonconv.ops.shuffle.spec import ShuffleConvSpec
+
+    spec = ShuffleConvSpec(3, 15, 21, 1, 1, 3, 3, True, "float64", False)
+    torch.manual_seed(0)
+    x = torch.randn(spec.input_shape, device=DEVICE, dtype=torch.float64)
+    weight = torch.randn(spec.weight_shape, device=DEVICE, dtype=torch.float64)
+    bias = torch.randn(21, device=DEVICE, dtype=torch.float64)
+    y_strides = torch.empty(spec.output_shape).stride()
+    assert launch._position_forward(spec, y_strides)
+    y = launch.forward(x, weight, bias, spec, GemmTile(16, 16, 16, 4, 1))
+    assert max_relative_error(y, reference.fallback_forward(x, weight, bias, spec)) < 1e-12
 
 
 def test_position_forward_is_taken_where_the_product_stays_memory_bound():

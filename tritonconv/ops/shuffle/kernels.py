@@ -177,8 +177,9 @@ def shuffle_conv_fwd_kernel(
     group's filters would land every sg-th channel (one 2-byte store per element). Those positions hold
     filters of several groups: each group's product is computed over all the block's columns, the
     foreign ones' weights zero, and only its own columns kept (a select: a NaN in one group's input
-    stays out of the others' outputs), so the tensor cores do up to sg times the work; the launcher
-    takes this path where that leaves the layer memory-bound.
+    stays out of the others' outputs), so the tensor cores do up to the dense C x N product's work (sg
+    times the grouped one's where the shuffle's blocks are the conv groups); the launcher takes this
+    path where the dense product would still be memory-bound.
     """
     pid_pixels = tl.program_id(0)
     pid_filters = tl.program_id(1)

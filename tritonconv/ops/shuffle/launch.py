@@ -106,8 +106,8 @@ def _by_position(spec: ShuffleConvSpec) -> bool:
     return spec.groups == 1 and spec.shuffle_groups > 1
 
 
-# The position forward's bound: sg conv groups side by side in each block of output channels multiply
-# the tensor-core work up to sg-fold, as much as the dense C x N product, whose FLOPs per compulsory byte
+# The position forward's bound: the conv groups side by side in each block of output channels multiply
+# the tensor-core work up to that of the dense C x N product (sg-fold with sg = G), whose FLOPs per byte
 # are C N / (C + N); an H100's ridge is about 300 (989 TFLOP/s over 3.35 TB/s). Half of it keeps the
 # product memory-bound with room for the selects: ShuffleNet V1's shuffled layers up to 480 -> 120 (g3)
 # and 384 -> 192 (g8) take it.
