@@ -387,3 +387,23 @@ def test_position_forward_is_taken_where_the_product_stays_memory_bound():
     assert not launch._position_forward(spec(1536, 384, 8, 8))  # 8 x its product: compute-bound
     assert not launch._position_forward(spec(96, 360, 8, 1))  # unshuffled: groups store contiguously
     assert not launch._position_forward(spec(384, 192, 8, 8, channels_last=False))  # NCHW: along pixels
+
+
+@pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups,channels_last", [
+    (48, 24, 2, 1, True), (48, 24, 2, 1, False), (60, 36, 3, 3, False), (320, 320, 10, 10, True)])
+def test_multi_step_group_forward(in_c, out_c, groups, shuffle_groups, channels_last):
+    """The forward reducing a group's channels in several BLOCK_K steps, one pixel tile a program (the
+    group-local path; shuffled stores in NCHW, and in channels_last where the dense product is too
+    intense for the position forward): against the float64 reference."""
+    from tritonconv.adapter import max_relative_error
+    from tritonconv.ops.shuffle import launch, reference
+
+    spec, x, _, weight = _dense_case(in_c, out_c, groups, channels_last, torch.float64,
+                                     shuffle_groups=shuffle_groups)
+    bias = torch.randn(out_c, device=DEVICE, dtype=torch.float64)
+    tile = GemmTile(16, 16, 16, 4, 1)
+    y_strides = torch.empty(spec.output_shape).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format).stride()
+    assert not launch._one_step_forward(spec, tile) and not launch._position_forward(spec, y_strides)
+    y = launch.forward(x, weight, bias, spec, tile)
+    assert max_relative_error(y, reference.fallback_forward(x, weight, bias, spec)) < 1e-12
