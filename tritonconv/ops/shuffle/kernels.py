@@ -60,20 +60,24 @@ def _shuffle_walk_step(within, block, N, SHUFFLE_GROUPS, STEP: tl.constexpr):
 
 
 @triton.jit
+def _tile_pixels(tile, BLOCK: tl.constexpr, INT32_PIXELS: tl.constexpr):
+    """[BLOCK] pixel indices of pixel tile ``tile``: int32 where the pixel count fits (INT32_PIXELS, the
+    launcher's check), else int64."""
+    if INT32_PIXELS:
+        return tile * BLOCK + tl.arange(0, BLOCK)
+    else:
+        return tile.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
 def _pixel_rows(pid, P, HW, W, BLOCK: tl.constexpr, INT32_PIXELS: tl.constexpr):
     """(mask, b as int64, h, w as int32) of one block of pixels; int32 division when the pixel count
     fits (INT32_PIXELS, the launcher's check), one int64 division per pixel otherwise."""
-    if INT32_PIXELS:
-        pixel = pid * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
-        b = pixel // HW
-        in_image = pixel - b * HW
-        b = b.to(tl.int64)
-    else:
-        pixel = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
-        b = pixel // HW
-        in_image = (pixel - b * HW).to(tl.int32)
+    pixel = _tile_pixels(pid, BLOCK, INT32_PIXELS)  # [BLOCK]
+    b = pixel // HW
+    in_image = (pixel - b * HW).to(tl.int32)
     h = in_image // W
-    return pixel < P, b, h, in_image - h * W
+    return pixel < P, b.to(tl.int64), h, in_image - h * W
 
 
 @triton.jit
@@ -121,10 +125,7 @@ def _shuffle_conv_fwd_positions(x_ptr, w_ptr, bias_ptr, y_ptr, pid_pixels, pid_p
         w_first = tl.load(w_cols[None, :] + k_range[:, None], mask=(k_range < group_in)[:, None] & p_mask[None, :],
                           other=0.0)  # [BLOCK_K, BLOCK_N], the first (with one step, only) chunk, once
     for pixel_tile in range(pid_pixels, PIXEL_TILES, tl.num_programs(0)):
-        if INT32_PIXELS:
-            pixel = pixel_tile * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-        else:
-            pixel = pixel_tile.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        pixel = _tile_pixels(pixel_tile, BLOCK_M, INT32_PIXELS)  # [BLOCK_M]
         pixel_mask, x_offset = _pixel_offsets(pixel, P, HW, W, sxb, sxh, sxw, FLAT)
         x_rows = x_ptr + x_offset  # [BLOCK_M]
         if ONE_GROUP:
@@ -137,9 +138,9 @@ def _shuffle_conv_fwd_positions(x_ptr, w_ptr, bias_ptr, y_ptr, pid_pixels, pid_p
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
             for group in range(first_group, last_group + 1):
                 mine = p_mask & (n_group == group)  # [BLOCK_N] the columns this group's product keeps
-                part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
                 part = channel_gemm(x_rows + group * group_in * sxc, w_cols, pixel_mask, mine, sxc, group_in, 0,
-                                    part, DOT_PRECISION, ACC_DTYPE, BLOCK_K)  # foreign columns' weights 0
+                                    tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE), DOT_PRECISION, ACC_DTYPE,
+                                    BLOCK_K)  # foreign columns' weights 0
                 acc = tl.where(mine[None, :], part, acc)
         if HAS_BIAS:
             acc += bias[None, :]
@@ -208,10 +209,7 @@ def shuffle_conv_fwd_kernel(
         wt = tl.load(w_cols[None, :] + c_local[:, None], mask=c_mask[:, None] & n_mask[None, :],
                      other=0.0)  # [BLOCK_K, BLOCK_N], once per program
         for pixel_tile in range(pid_pixels, PIXEL_TILES, tl.num_programs(0)):
-            if INT32_PIXELS:
-                pixel = pixel_tile * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-            else:
-                pixel = pixel_tile.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+            pixel = _tile_pixels(pixel_tile, BLOCK_M, INT32_PIXELS)  # [BLOCK_M]
             pixel_mask, x_offset = _pixel_offsets(pixel, P, HW, W, sxb, sxh, sxw, FLAT)
             a = tl.load((x_group + x_offset)[:, None] + c_local[None, :] * sxc,
                         mask=pixel_mask[:, None] & c_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
