@@ -284,8 +284,10 @@ def test_dense_backward_bfloat16_on_gpu(in_c, out_c, groups):
 # (in, out, groups, shuffle groups): one-step reductions (a group's channels within BLOCK_K = 16), G = 3
 # and G = 8, shuffled and not, odd group widths; 2 x 5 x 7 = 70 pixels, not a multiple of BLOCK_M = 16
 # and 320 -> 320 in 20 groups, shuffled, whose dense product is too intense for the position forward
+# 24 -> 216 in 3 groups: 72 filters a group, unshuffled, 16-byte aligned: the group-local forward with its
+# stores' alignment promised (Y_ALIGN)
 _ONE_STEP_SHAPES = [(9, 21, 3, 3), (24, 40, 8, 8), (96, 360, 8, 1), (15, 45, 3, 1), (12, 18, 1, 3), (16, 56, 8, 8),
-                    (320, 320, 20, 20)]
+                    (320, 320, 20, 20), (24, 216, 3, 1)]
 
 
 @pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups", _ONE_STEP_SHAPES)
@@ -309,8 +311,9 @@ def test_one_step_forward_walks_pixel_tiles(in_c, out_c, groups, shuffle_groups,
     monkeypatch.setattr(tiles, "multiprocessor_count", lambda device: multiprocessors)
     grid, *_ = launch._forward_plan(spec, tile, x.stride(), x.stride(), True, multiprocessors)
     dense_intensity = in_c * out_c / (in_c + out_c)
-    assert launch._position_forward(spec, x.stride()) == (
-        shuffle_groups > 1 and channels_last and (groups == 1 or dense_intensity <= launch.POSITION_INTENSITY))
+    unaligned = shuffle_groups == 1 and groups > 1 and out_c // groups * 8 % 16 != 0  # float64 elements
+    assert launch._position_forward(spec, x.stride()) == ((shuffle_groups > 1 or unaligned) and channels_last and (
+        groups == 1 or dense_intensity <= launch.POSITION_INTENSITY))
     assert grid[0] < cdiv_pixels(spec, tile)  # each program walks more than one tile
     y = launch.forward(x, weight, bias, spec, tile)
     assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
@@ -326,11 +329,12 @@ def cdiv_pixels(spec, tile):
 # channels: blocks of 16 positions spanning all sg = G groups (odd widths, one step or two), one conv
 # group shuffled (one step or three), groups that are not the shuffle's (2 conv groups, 4 shuffle
 # blocks; 8 conv groups, 2 shuffle blocks: a block of 16 positions holds groups 0, 1, 4, 5, the span's
-# 2 and 3 none), 32-column tiles
+# 2 and 3 none), 32-column tiles; unshuffled groups of odd widths (their starts off the vectors: 5 filters a
+# group, a block of 16 positions holding 4 groups; 45 a group, as ShuffleNet V1 g8's 96 -> 360)
 _POSITION_SHAPES = [(15, 21, 3, 3, (16, 16, 16)), (24, 40, 8, 8, (16, 16, 16)), (96, 48, 3, 3, (16, 16, 16)),
                     (12, 18, 1, 3, (16, 16, 16)), (40, 18, 1, 3, (16, 16, 16)), (6, 8, 2, 4, (16, 16, 16)),
                     (32, 32, 8, 2, (16, 16, 16)),
-                    (36, 60, 3, 3, (32, 32, 16))]
+                    (36, 60, 3, 3, (32, 32, 16)), (12, 15, 3, 1, (16, 16, 16)), (96, 360, 8, 1, (32, 32, 16))]
 
 
 @pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups,tile", _POSITION_SHAPES)
@@ -385,8 +389,38 @@ def test_position_forward_is_taken_where_the_product_stays_memory_bound():
     assert launch._position_forward(spec(384, 192, 8, 8)) and launch._position_forward(spec(480, 120, 3, 3))
     assert launch._position_forward(spec(1536, 384, 1, 8))  # one conv group: no extra product
     assert not launch._position_forward(spec(1536, 384, 8, 8))  # 8 x its product: compute-bound
-    assert not launch._position_forward(spec(96, 360, 8, 1))  # unshuffled: groups store contiguously
+    assert launch._position_forward(spec(96, 360, 8, 1))  # unshuffled, 45 filters a group: off the vectors
+    assert not launch._position_forward(spec(60, 216, 3, 1))  # 72 filters a group: 16-byte aligned groups
+    assert not launch._position_forward(spec(96, 360, 8, 1, channels_last=False))
     assert not launch._position_forward(spec(384, 192, 8, 8, channels_last=False))  # NCHW: along pixels
+
+
+def test_forward_store_alignment_promise():
+    """Y_ALIGN, what the forward promises of y's pixel strides and of where its stored column blocks
+    start: the 16-byte vector of an unshuffled 72-filter group (ShuffleNet V1 g3's 60 -> 216) and of
+    output positions; nothing where groups land every sg-th channel or y is NCHW. It must divide what it
+    promises (the kernels rewrite them as its multiples)."""
+    from tritonconv.ops.shuffle import launch
+    from tritonconv.ops.shuffle.spec import ShuffleConvSpec
+
+    def y_align(in_c, out_c, groups, shuffle_groups, channels_last=True):
+        spec = ShuffleConvSpec(128, in_c, out_c, 28, 28, groups, shuffle_groups, dtype="bfloat16",
+                               channels_last=channels_last)
+        y = torch.empty(spec.output_shape, device="meta").contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        tile = launch.default_tile(spec, "forward")
+        constexprs = launch._forward_plan(spec, tile, y.stride(), y.stride(), False, 132)[2]
+        align, positions = constexprs["Y_ALIGN"], constexprs["POSITIONS"]
+        batch, _, row, column = y.stride()
+        block_starts = spec.out_channels if positions else spec.group_out
+        assert batch % align == row % align == column % align == block_starts % align == 0
+        return align, positions
+
+    assert y_align(60, 216, 3, 1) == (8, False)  # 72 a group: the group-local stores, 16 bytes each
+    assert y_align(96, 360, 8, 1) == (8, True)  # 45 a group: output positions
+    assert y_align(60, 240, 3, 1) == (1, False)  # 80 a group, strides of 240: the JIT's own hints hold
+    assert y_align(60, 216, 3, 1, channels_last=False) == (1, False)
+    assert y_align(480, 240, 3, 3) == (1, False)  # shuffled past the position bound: every 3rd channel
 
 
 @pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups,channels_last", [

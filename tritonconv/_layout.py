@@ -35,13 +35,14 @@ def _image_span_fits(shape, strides) -> bool:
     return sum((n - 1) * s for n, s in zip(shape[1:], strides[1:])) < 2**31
 
 
-def pixel_stride_align(strides) -> int:
+def pixel_stride_align(strides, *widths: int) -> int:
     """A power of two (at most 8 elements: 16 bytes of bf16) dividing an NCHW-indexed tensor's batch, row
-    and column strides, for a kernel to promise its compiler (``stride // A * A``); 1 where they are
-    multiples of 16, which Triton's JIT hints itself (a promise it already has costs registers). With
-    channels innermost, 8-vector accesses of rows of 24 or 120 channels then stay 16 bytes wide."""
+    and column strides (and the channel ``widths`` a kernel offsets by, e.g. a conv group's), for a
+    kernel to promise its compiler (``stride // A * A``); 1 where they are all multiples of 16, which
+    Triton's JIT hints itself (a promise it already has costs registers). With channels innermost,
+    8-vector accesses of rows of 24 or 120 channels then stay 16 bytes wide."""
     batch, _, row, column = strides
-    divisor = math.gcd(batch, row, column, 16)
+    divisor = math.gcd(batch, row, column, *widths, 16)
     return 1 if divisor == 16 else min(divisor, 8)
 
 

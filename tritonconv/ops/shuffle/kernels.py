@@ -165,7 +165,8 @@ def shuffle_conv_fwd_kernel(
 
     ALIGN divides the input's strides and the group's channel count (the launcher's promise; the JIT
     only hints multiples of 16): rewritten as multiples of it, 24 or 40 channels still load 16 bytes
-    at a time in channels_last. Y_ALIGN: the same of y's pixel strides and N, for POSITIONS' stores.
+    at a time in channels_last. Y_ALIGN: the same of y's pixel strides and of where the stored column
+    blocks start (N for POSITIONS, the group's width for unshuffled groups; 1 where they are shuffled).
 
     ONE_STEP (the group's channels fit BLOCK_K, the launcher's check): the program walks pixel tiles
     pid, pid + num_programs(0), ... < PIXEL_TILES with the weight tile, the bias and the shuffled
@@ -173,9 +174,10 @@ def shuffle_conv_fwd_kernel(
     math once per program, not once per tile. Otherwise one pixel tile per program, reducing in
     BLOCK_K steps. FLAT (x and y): pixel p at p * (w stride), int32, no division per pixel.
 
-    POSITIONS (shuffled, y's channels innermost): the columns are output channels, pos(n) = p for a
-    block of consecutive p, so the store is one contiguous row run per pixel (vector stores) where a
-    group's filters would land every sg-th channel (one 2-byte store per element). Those positions hold
+    POSITIONS (shuffled or groups off the vectors, y's channels innermost): the columns are output
+    channels, pos(n) = p for a block of consecutive p, so the store is one contiguous row run per pixel
+    (vector stores) where a group's filters would land every sg-th channel, or start off a 16-byte
+    boundary (one 2-byte store per element). Those positions hold
     filters of several groups: each group's product is computed over all the block's columns, the
     foreign ones' weights zero, and only its own columns kept (a select: a NaN in one group's input
     stays out of the others' outputs), so the tensor cores do up to the dense C x N product's work (sg
@@ -192,11 +194,13 @@ def shuffle_conv_fwd_kernel(
         return
     tiles_per_group = tl.cdiv(GROUP_OUT, BLOCK_N)
     group = pid_filters // tiles_per_group
+    group_out = GROUP_OUT // Y_ALIGN * Y_ALIGN  # = GROUP_OUT, GROUP_IN: written so the compiler sees the divisor
     n_local = (pid_filters % tiles_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    n_mask = n_local < GROUP_OUT
-    n = group * GROUP_OUT + n_local
-    group_in = GROUP_IN // ALIGN * ALIGN  # = GROUP_IN, written so the compiler sees its divisor
+    n_mask = n_local < group_out
+    n = group * group_out + n_local
+    group_in = GROUP_IN // ALIGN * ALIGN
     sxb, sxh, sxw = sxb // ALIGN * ALIGN, sxh // ALIGN * ALIGN, sxw // ALIGN * ALIGN
+    syb, syh, syw = syb // Y_ALIGN * Y_ALIGN, syh // Y_ALIGN * Y_ALIGN, syw // Y_ALIGN * Y_ALIGN
     x_group = x_ptr + group * group_in * sxc  # the group's first channel
     w_cols = w_ptr + n * group_in  # [BLOCK_N]
     out_channel = _shuffled(n, N, SHUFFLE_GROUPS, SHUFFLED)  # [BLOCK_N]: the shuffle is this store address

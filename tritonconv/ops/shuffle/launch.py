@@ -114,11 +114,17 @@ def _by_position(spec: ShuffleConvSpec) -> bool:
 POSITION_INTENSITY = 150
 
 
+def _unaligned_groups(spec: ShuffleConvSpec) -> bool:
+    """Whether unshuffled conv groups start at output channels off the 16-byte vectors (ShuffleNet V1
+    g8's 45 filters a group of 360): the group-local forward would store them 2 bytes at a time."""
+    return spec.shuffle_groups == 1 and spec.groups > 1 and spec.group_out * spec.torch_dtype.itemsize % 16 != 0
+
+
 def _position_forward(spec: ShuffleConvSpec, y_strides: tuple | None = None) -> bool:
-    """Whether the forward's columns are output channel positions (POSITIONS: contiguous stores of the
-    shuffled channels): shuffled, y's channels innermost, one conv group or a product still
-    memory-bound (``POSITION_INTENSITY``)."""
-    if spec.shuffle_groups == 1 or not _channels_innermost(spec, y_strides):
+    """Whether the forward's columns are output channel positions (POSITIONS: contiguous stores): y's
+    channels innermost, shuffled or in unaligned groups (``_unaligned_groups``), with one conv group or
+    a product still memory-bound (``POSITION_INTENSITY``)."""
+    if not (spec.shuffle_groups > 1 or _unaligned_groups(spec)) or not _channels_innermost(spec, y_strides):
         return False
     dense_intensity = spec.in_channels * spec.out_channels / (spec.in_channels + spec.out_channels)
     return spec.groups == 1 or dense_intensity <= POSITION_INTENSITY
@@ -210,6 +216,18 @@ def _flat_int32_offsets(spec: ShuffleConvSpec, x_strides, y_strides) -> bool:
             and _int32_pixels(spec) and last < 2**31)
 
 
+def _store_align(spec: ShuffleConvSpec, y_strides: tuple, positions: bool) -> int:
+    """The forward's Y_ALIGN, what the kernel promises of y's pixel strides and of where its column blocks
+    start (``pixel_stride_align``): blocks of output positions start at block multiples; an unshuffled
+    group's filters at multiples of its width (72 a group: 16-byte stores once promised). Shuffled groups
+    store every sg-th channel: no vector to keep."""
+    if positions:
+        return pixel_stride_align(y_strides, spec.out_channels)
+    if spec.shuffle_groups > 1 or y_strides[1] != 1:
+        return 1
+    return pixel_stride_align(y_strides, spec.group_out)
+
+
 @functools.lru_cache(maxsize=PLANS_KEPT)
 def _forward_plan(spec: ShuffleConvSpec, tile: GemmTile, x_strides, y_strides, has_bias: bool,
                   multiprocessors: int):
@@ -228,7 +246,7 @@ def _forward_plan(spec: ShuffleConvSpec, tile: GemmTile, x_strides, y_strides, h
     integers = (*_sizes(spec), *x_strides, spec.width, *y_strides, pixel_tiles)
     flat = _flat_int32_offsets(spec, x_strides, y_strides)
     constexprs = dict(ALIGN=math.gcd(x_strides[0], x_strides[2], x_strides[3], spec.group_in, 8),
-                      Y_ALIGN=math.gcd(pixel_stride_align(y_strides), spec.out_channels) if positions else 1,
+                      Y_ALIGN=_store_align(spec, y_strides, positions),
                       INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=has_bias,
                       ONE_STEP=one_step, POSITIONS=positions, ONE_GROUP=spec.groups == 1, FLAT=flat,
                       **TILES["forward"].launch_args(tile))
