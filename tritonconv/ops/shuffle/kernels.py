@@ -270,8 +270,8 @@ def shuffle_conv_bwd_input_kernel(
     P, HW, N, GROUP_IN, GROUP_OUT, SHUFFLE_GROUPS,
     sdyb, sdyc, sdyh, sdyw, W,
     sdxb, sdxc, sdxh, sdxw,
-    ALIGN: tl.constexpr, IN_ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr,
-    BLOCKED: tl.constexpr, BY_POSITION: tl.constexpr, DENSE: tl.constexpr, STEP: tl.constexpr,
+    ALIGN: tl.constexpr, IN_ALIGN: tl.constexpr, DX_ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr,
+    SHUFFLED: tl.constexpr, BLOCKED: tl.constexpr, BY_POSITION: tl.constexpr, DENSE: tl.constexpr, STEP: tl.constexpr,
     PACKED_SELECT: tl.constexpr, TRANSPOSED: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -289,6 +289,8 @@ def shuffle_conv_bwd_input_kernel(
     Unshuffled (odd group widths, whose groups start at unaligned channels): the group's own channels
     from the aligned one below. ALIGN then divides dy's strides and N, IN_ALIGN the group's channels
     (otherwise IN_ALIGN = ALIGN); PACKED_SELECT and TRANSPOSED choose the select's and the dot's form.
+    DX_ALIGN: the same of dx's pixel strides, for the stores (24- or 60-channel rows of channels_last
+    stay 16 or 8 bytes at a time; the group's start is IN_ALIGN's).
     """
     pid_pixels = tl.program_id(0)
     pid_channels = tl.program_id(1)
@@ -392,6 +394,7 @@ def shuffle_conv_bwd_input_kernel(
                     dy_tile += BLOCK_K * SHUFFLE_GROUPS * sdyc
                 else:
                     within, block = _shuffle_walk_step(within, block, N, SHUFFLE_GROUPS, BLOCK_K)
+    sdxb, sdxh, sdxw = sdxb // DX_ALIGN * DX_ALIGN, sdxh // DX_ALIGN * DX_ALIGN, sdxw // DX_ALIGN * DX_ALIGN
     dx_ptrs = (dx_ptr + b * sdxb + h * sdxh + w * sdxw)[:, None] + c[None, :] * sdxc
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=pixel_mask[:, None] & c_mask[None, :])
 

@@ -282,6 +282,7 @@ def _backward_input_plan(spec: ShuffleConvSpec, tile: GemmTile, dy_strides, dx_s
             spec.groups * cdiv(spec.group_in, tile.block_cols))
     integers = (*_sizes(spec), *dy_strides, spec.width, *dx_strides)
     constexprs = dict(ALIGN=align, IN_ALIGN=math.gcd(spec.group_in, 8) if dense else align,
+                      DX_ALIGN=pixel_stride_align(dx_strides),
                       INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1,
                       BLOCKED=_blocked_shuffle(spec), BY_POSITION=_by_position(spec), DENSE=dense,
                       STEP=_dense_step(tile.block_reduce, spec.shuffle_groups, element_size) if dense else 0,
