@@ -361,6 +361,72 @@ def test_position_forward(in_c, out_c, groups, shuffle_groups, tile):
         torch.testing.assert_close(got[torch.isfinite(got)], want[torch.isfinite(want)])
 
 
+@pytest.fixture
+def without_position_forward(monkeypatch):
+    """The position forward's bound at 0 (it then takes one-group layers only), the plans it made
+    forgotten before and after: small test layers that the interleaved forward takes."""
+    from tritonconv.ops.shuffle import launch
+
+    launch._forward_plan.cache_clear()
+    monkeypatch.setattr(launch, "POSITION_INTENSITY", 0)
+    yield
+    launch._forward_plan.cache_clear()
+
+
+# (in, out, sg = G, tile): sg = 2, 4, 8; group widths under and over a block of 16 filters (17 a group: a
+# second, one-filter block), 1-5 channels a group; a 64-column tile (16 filters of each of 4 groups)
+_INTERLEAVED_SHAPES = [(8, 6, 2, (16, 16, 16)), (20, 36, 4, (16, 64, 16)), (24, 40, 8, (16, 16, 16)),
+                       (64, 136, 8, (32, 128, 16)), (16, 64, 4, (16, 16, 16))]
+
+
+@pytest.mark.parametrize("in_c,out_c,groups,tile", _INTERLEAVED_SHAPES)
+@pytest.mark.usefixtures("without_position_forward")
+def test_interleaved_forward(in_c, out_c, groups, tile):
+    """The interleaved forward (every group's block of filters, joined into contiguous output rows)
+    equals the float64 reference, and a NaN in one input channel reaches exactly the outputs of its
+    group's filters."""
+    from tritonconv.adapter import max_relative_error
+    from tritonconv.ops.shuffle import launch, reference
+
+    spec, x, _, weight = _dense_case(in_c, out_c, groups, True, torch.float64)
+    bias = torch.randn(out_c, device=DEVICE, dtype=torch.float64)
+    tile = GemmTile(*tile, 4, 1)
+    assert launch._interleaved_forward(spec, x.stride()) and not launch._position_forward(spec, x.stride())
+    assert launch._forward_plan(spec, tile, x.stride(), x.stride(), True, 1)[2]["INTERLEAVED"] == groups
+    y = launch.forward(x, weight, bias, spec, tile)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert max_relative_error(y, reference.fallback_forward(x, weight, bias, spec)) < 1e-12
+    for channel in (0, in_c // 2, in_c - 1):
+        poisoned = x.clone()
+        poisoned[1, channel, 2, 3] = float("nan")
+        got = launch.forward(poisoned, weight, bias, spec, tile)
+        want = reference.fallback_forward(poisoned, weight, bias, spec)
+        assert (~torch.isfinite(want)).any() and torch.equal(torch.isfinite(got), torch.isfinite(want))
+        torch.testing.assert_close(got[torch.isfinite(got)], want[torch.isfinite(want)])
+
+
+def test_interleaved_forward_is_taken_past_the_position_bound():
+    """ShuffleNet V1 g8's three shuffled layers past the position forward's bound interleave; g3's (sg = 3,
+    no join tree), NCHW outputs and shuffles whose blocks are not the conv groups do not."""
+    from tritonconv.ops.shuffle import launch
+    from tritonconv.ops.shuffle.spec import ShuffleConvSpec
+
+    def taken(in_c, out_c, groups, shuffle_groups, channels_last=True):
+        spec = ShuffleConvSpec(128, in_c, out_c, 14, 14, groups, shuffle_groups, channels_last=channels_last)
+        tile = launch.default_tile(spec, "forward")
+        y = torch.empty(spec.output_shape, device="meta").contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        constexprs = launch._forward_plan(spec, tile, y.stride(), y.stride(), False, 132)[2]
+        return bool(constexprs["INTERLEAVED"]), constexprs["POSITIONS"]
+
+    for in_c, out_c in ((768, 192), (768, 384), (1536, 384)):
+        assert taken(in_c, out_c, 8, 8) == (True, False)
+    assert taken(384, 96, 8, 8) == (False, True)  # within the position bound
+    assert taken(480, 240, 3, 3) == (False, False)
+    assert taken(768, 384, 8, 8, channels_last=False) == (False, False)
+    assert taken(768, 384, 8, 2) == (False, False)
+
+
 def test_position_forward_on_one_pixel_nchw_images():
     """1 x 1 images in NCHW hold channels innermost too: the position forward takes them, with pixels
     addressed through their batch stride (not flat)."""

@@ -97,6 +97,71 @@ def _pixel_offsets(pixel, P, HW, W, sb, sh, sw, FLAT: tl.constexpr):
 
 
 @triton.jit
+def _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, group, group_in, GROUP_OUT, sxc,
+                   HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_M, BLOCK_N]: conv group ``group``'s filters n_local on the pixel rows ``x_rows``, bias added."""
+    n = group * GROUP_OUT + n_local  # [BLOCK_N]
+    acc = channel_gemm(x_rows + group * group_in * sxc, w_ptr + n * group_in, pixel_mask, n_mask, sxc, group_in,
+                       0, tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE), DOT_PRECISION, ACC_DTYPE, BLOCK_K)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(ACC_DTYPE)[None, :]
+    return acc
+
+
+@triton.jit
+def _shuffle_conv_fwd_interleaved(x_ptr, w_ptr, bias_ptr, y_ptr, pid_pixels, pid_filters, P, HW, N, GROUP_IN,
+                                  GROUP_OUT, sxb, sxc, sxh, sxw, W, syb, syc, syh, syw,
+                                  ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr,
+                                  HAS_BIAS: tl.constexpr, FLAT: tl.constexpr, SG: tl.constexpr,
+                                  DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``shuffle_conv_fwd_kernel``'s INTERLEAVED path (sg = G = SG in 2, 4, 8, y's channels innermost):
+    filters n_local of every group, whose outputs pos = n_local * sg + group are the contiguous channels
+    [n0 sg, (n0 + BLOCK_N) sg). Each group's product is its own (no foreign channel multiplied, no extra
+    tensor-core work); the sg accumulators are interleaved along the columns by a tree of tl.join (the
+    last join over the group's lowest bit) and stored as one [BLOCK_M, BLOCK_N sg] tile of contiguous
+    row runs."""
+    n_local = pid_filters * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    n_mask = n_local < GROUP_OUT
+    group_in = GROUP_IN // ALIGN * ALIGN  # = GROUP_IN, written so the compiler sees its divisor
+    sxb, sxh, sxw = sxb // ALIGN * ALIGN, sxh // ALIGN * ALIGN, sxw // ALIGN * ALIGN
+    syb, syh, syw = syb // Y_ALIGN * Y_ALIGN, syh // Y_ALIGN * Y_ALIGN, syw // Y_ALIGN * Y_ALIGN
+    pixel = _tile_pixels(pid_pixels, BLOCK_M, INT32_PIXELS)  # [BLOCK_M]
+    pixel_mask, x_offset = _pixel_offsets(pixel, P, HW, W, sxb, sxh, sxw, FLAT)
+    x_rows = x_ptr + x_offset  # [BLOCK_M]
+    a0 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 0, group_in, GROUP_OUT, sxc,
+                        HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
+    a1 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 1, group_in, GROUP_OUT, sxc,
+                        HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
+    if SG == 2:
+        tiles = tl.join(a0, a1)
+    else:
+        a2 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 2, group_in, GROUP_OUT, sxc,
+                            HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
+        a3 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 3, group_in, GROUP_OUT, sxc,
+                            HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
+        if SG == 4:
+            tiles = tl.join(tl.join(a0, a2), tl.join(a1, a3))
+        else:
+            tl.static_assert(SG == 8)
+            a4 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 4, group_in, GROUP_OUT, sxc,
+                                HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
+            a5 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 5, group_in, GROUP_OUT, sxc,
+                                HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
+            a6 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 6, group_in, GROUP_OUT, sxc,
+                                HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
+            a7 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 7, group_in, GROUP_OUT, sxc,
+                                HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
+            tiles = tl.join(tl.join(tl.join(a0, a4), tl.join(a2, a6)), tl.join(tl.join(a1, a5), tl.join(a3, a7)))
+    out = tl.reshape(tiles, (BLOCK_M, BLOCK_N * SG))  # column n_local * sg + group
+    position = pid_filters * (BLOCK_N * SG) + tl.arange(0, BLOCK_N * SG)  # [BLOCK_N sg]
+    _, y_offset = _pixel_offsets(pixel, P, HW, W, syb, syh, syw, FLAT)
+    tl.store(y_ptr + y_offset[:, None] + (position * syc)[None, :], out.to(y_ptr.dtype.element_ty),
+             mask=pixel_mask[:, None] & (position < N // Y_ALIGN * Y_ALIGN)[None, :])
+
+
+@triton.jit
 def _shuffle_conv_fwd_positions(x_ptr, w_ptr, bias_ptr, y_ptr, pid_pixels, pid_positions, P, HW, N, GROUP_IN,
                                 GROUP_OUT, SHUFFLE_GROUPS, sxb, sxc, sxh, sxw, W, syb, syc, syh, syw, PIXEL_TILES,
                                 ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr,
@@ -157,7 +222,7 @@ def shuffle_conv_fwd_kernel(
     syb, syc, syh, syw, PIXEL_TILES,
     ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr, SHUFFLED: tl.constexpr,
     HAS_BIAS: tl.constexpr, ONE_STEP: tl.constexpr, POSITIONS: tl.constexpr, ONE_GROUP: tl.constexpr,
-    FLAT: tl.constexpr,
+    FLAT: tl.constexpr, INTERLEAVED: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -183,9 +248,19 @@ def shuffle_conv_fwd_kernel(
     stays out of the others' outputs), so the tensor cores do up to the dense C x N product's work (sg
     times the grouped one's where the shuffle's blocks are the conv groups); the launcher takes this
     path where the dense product would still be memory-bound.
+
+    INTERLEAVED (0, or sg = G in 2, 4, 8 with y's channels innermost, the launcher's check): BLOCK_N
+    filters of every group, interleaved into contiguous output rows without extra tensor-core work
+    (``_shuffle_conv_fwd_interleaved``).
     """
     pid_pixels = tl.program_id(0)
     pid_filters = tl.program_id(1)
+    if INTERLEAVED:
+        _shuffle_conv_fwd_interleaved(x_ptr, w_ptr, bias_ptr, y_ptr, pid_pixels, pid_filters, P, HW, N, GROUP_IN,
+                                      GROUP_OUT, sxb, sxc, sxh, sxw, W, syb, syc, syh, syw, ALIGN, Y_ALIGN,
+                                      INT32_PIXELS, HAS_BIAS, FLAT, INTERLEAVED, DOT_PRECISION, ACC_DTYPE, BLOCK_M,
+                                      BLOCK_N, BLOCK_K)
+        return
     if POSITIONS:
         _shuffle_conv_fwd_positions(x_ptr, w_ptr, bias_ptr, y_ptr, pid_pixels, pid_filters, P, HW, N, GROUP_IN,
                                     GROUP_OUT, SHUFFLE_GROUPS, sxb, sxc, sxh, sxw, W, syb, syc, syh, syw,

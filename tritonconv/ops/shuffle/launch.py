@@ -19,7 +19,8 @@ from tritonconv.tiles import GemmTile, KernelTiles, TileTable, cdiv, precision, 
 def _gemm_extent(spec: ShuffleConvSpec, kernel: str) -> tuple[int, int, int]:
     pixels = spec.batch * spec.height * spec.width
     if kernel == "forward":
-        return pixels, spec.out_channels if _position_forward(spec) else spec.group_out, spec.group_in
+        by_position = _position_forward(spec) or _interleaved_forward(spec)
+        return pixels, spec.out_channels if by_position else spec.group_out, spec.group_in
     if kernel == "backward_input":
         all_channels = _dense_input_grad(spec) and spec.shuffle_groups > 1
         return pixels, spec.group_in, spec.out_channels if all_channels else spec.group_out
@@ -130,6 +131,29 @@ def _position_forward(spec: ShuffleConvSpec, y_strides: tuple | None = None) -> 
     return spec.groups == 1 or dense_intensity <= POSITION_INTENSITY
 
 
+# sg = G whose accumulators a tree of tl.join interleaves (a power of two; 8 accumulators of [128, 16] fp32
+# take 64 registers a thread at 8 warps). Each group's filters in a block are at least a wgmma's 16 columns.
+INTERLEAVED_GROUPS = (2, 4, 8)
+WGMMA_MIN_COLS = 16
+
+
+def _interleaved_forward(spec: ShuffleConvSpec, y_strides: tuple | None = None) -> bool:
+    """Whether the forward computes a block of filters of every group and interleaves them into contiguous
+    output rows (INTERLEAVED: pos = n_local * sg + group, vector stores, each group's own product only):
+    the shuffle's blocks are the conv groups (``_blocked_shuffle``), sg in ``INTERLEAVED_GROUPS``, y's
+    channels innermost. The position forward goes first where it is taken (sm_90a: about 0.7 warp-
+    instructions per output element against 1.0, its sg-fold product still memory-bound); this path
+    takes the layers past its bound, whose group-local stores would be 2 bytes every sg-th channel."""
+    return (_blocked_shuffle(spec) and spec.shuffle_groups in INTERLEAVED_GROUPS
+            and _channels_innermost(spec, y_strides))
+
+
+def _interleaved_block(spec: ShuffleConvSpec, tile: GemmTile) -> int:
+    """Filters of each group an INTERLEAVED program takes: the tile's output columns over sg, at least a
+    wgmma's width."""
+    return max(tile.block_cols // spec.shuffle_groups, WGMMA_MIN_COLS)
+
+
 def _dense_input_grad(spec: ShuffleConvSpec, dy_strides: tuple | None = None) -> bool:
     """Whether the grad input reads dy's channels in memory order and selects the group's (every dy load
     a vector), in channels_last (see ``_dense_weight_grad``): several conv groups shuffled onto every
@@ -216,12 +240,13 @@ def _flat_int32_offsets(spec: ShuffleConvSpec, x_strides, y_strides) -> bool:
             and _int32_pixels(spec) and last < 2**31)
 
 
-def _store_align(spec: ShuffleConvSpec, y_strides: tuple, positions: bool) -> int:
+def _store_align(spec: ShuffleConvSpec, y_strides: tuple, by_position: bool) -> int:
     """The forward's Y_ALIGN, what the kernel promises of y's pixel strides and of where its column blocks
-    start (``pixel_stride_align``): blocks of output positions start at block multiples; an unshuffled
-    group's filters at multiples of its width (72 a group: 16-byte stores once promised). Shuffled groups
-    store every sg-th channel: no vector to keep."""
-    if positions:
+    start (``pixel_stride_align``): blocks of output positions (``by_position``: the position and
+    interleaved forwards) start at block multiples; an unshuffled group's filters at multiples of its
+    width (72 a group: 16-byte stores once promised). Shuffled groups store every sg-th channel: no
+    vector to keep."""
+    if by_position:
         return pixel_stride_align(y_strides, spec.out_channels)
     if spec.shuffle_groups > 1 or y_strides[1] != 1:
         return 1
@@ -235,21 +260,26 @@ def _forward_plan(spec: ShuffleConvSpec, tile: GemmTile, x_strides, y_strides, h
     forward's pixel programs follow."""
     pixel_tiles = cdiv(spec.batch * spec.height * spec.width, tile.block_rows)
     positions = _position_forward(spec, y_strides)
-    if positions:
+    interleaved = _interleaved_forward(spec, y_strides) and not positions
+    block_n = _interleaved_block(spec, tile) if interleaved else tile.block_cols
+    if interleaved:
+        filter_tiles = cdiv(spec.group_out, block_n)
+    elif positions:
         filter_tiles = cdiv(spec.out_channels, tile.block_cols)
     else:
         filter_tiles = spec.groups * cdiv(spec.group_out, tile.block_cols)
-    one_step = _one_step_forward(spec, tile) and not positions
+    one_step = _one_step_forward(spec, tile) and not positions and not interleaved
     pixel_programs = (min(pixel_tiles, cdiv(FORWARD_PROGRAMS_PER_SM * multiprocessors, filter_tiles))
                       if one_step or positions else pixel_tiles)
     grid = (pixel_programs, filter_tiles)
     integers = (*_sizes(spec), *x_strides, spec.width, *y_strides, pixel_tiles)
     flat = _flat_int32_offsets(spec, x_strides, y_strides)
     constexprs = dict(ALIGN=math.gcd(x_strides[0], x_strides[2], x_strides[3], spec.group_in, 8),
-                      Y_ALIGN=_store_align(spec, y_strides, positions),
+                      Y_ALIGN=_store_align(spec, y_strides, positions or interleaved),
                       INT32_PIXELS=_int32_pixels(spec), SHUFFLED=spec.shuffle_groups > 1, HAS_BIAS=has_bias,
                       ONE_STEP=one_step, POSITIONS=positions, ONE_GROUP=spec.groups == 1, FLAT=flat,
-                      **TILES["forward"].launch_args(tile))
+                      INTERLEAVED=spec.shuffle_groups if interleaved else 0,
+                      **{**TILES["forward"].launch_args(tile), "BLOCK_N": block_n})
     return grid, integers, constexprs
 
 
