@@ -427,6 +427,21 @@ def test_interleaved_forward_is_taken_past_the_position_bound():
     assert taken(768, 384, 8, 2) == (False, False)
 
 
+@pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups,channels_last,says", [
+    (768, 384, 8, 8, True, "interleaved in registers"), (384, 96, 8, 8, True, "selected away"),
+    (240, 480, 1, 3, True, "one conv group's filters in output order"),
+    (480, 240, 3, 3, True, "every sg-th output channel"), (768, 384, 8, 8, False, "its own contiguous channels")])
+def test_explain_names_the_forward_formulation(in_c, out_c, groups, shuffle_groups, channels_last, says):
+    from tritonconv.ops.shuffle import op
+
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(1, in_c, 2, 3, device=DEVICE).contiguous(memory_format=layout)
+    weight = torch.randn(out_c, in_c // groups, 1, 1, device=DEVICE)
+    decision = op.explain(x, weight, None, groups, shuffle_groups)
+    assert decision.backend == "triton" and says in decision.reason
+    assert "forward:" not in op.explain(x, weight, None, groups, shuffle_groups, pass_="backward").reason
+
+
 def test_position_forward_on_one_pixel_nchw_images():
     """1 x 1 images in NCHW hold channels innermost too: the position forward takes them, with pixels
     addressed through their batch stride (not flat)."""

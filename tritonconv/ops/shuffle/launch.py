@@ -154,6 +154,22 @@ def _interleaved_block(spec: ShuffleConvSpec, tile: GemmTile) -> int:
     return max(tile.block_cols // spec.shuffle_groups, WGMMA_MIN_COLS)
 
 
+def describe_forward(spec: ShuffleConvSpec) -> str:
+    """Which of the forward's formulations this call's shape takes, for ``explain`` (y in the spec's
+    layout, as the launcher allocates it)."""
+    if _position_forward(spec):
+        what = ("the one conv group's filters in output order" if spec.groups == 1 else
+                "each conv group's product over a block of consecutive output channels, the others' columns "
+                "selected away (up to sg times the grouped product's tensor-core work)")
+        return f"forward: contiguous output rows, {what}"
+    if _interleaved_forward(spec):
+        return ("forward: contiguous output rows, a block of every group's filters interleaved in registers "
+                "(no extra tensor-core work)")
+    if spec.shuffle_groups > 1 and spec.channels_last:
+        return "forward: each group's filters stored every sg-th output channel, one element at a time"
+    return "forward: each group's filters stored as its own contiguous channels"
+
+
 def _dense_input_grad(spec: ShuffleConvSpec, dy_strides: tuple | None = None) -> bool:
     """Whether the grad input reads dy's channels in memory order and selects the group's (every dy load
     a vector), in channels_last (see ``_dense_weight_grad``): several conv groups shuffled onto every

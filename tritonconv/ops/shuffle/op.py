@@ -3,6 +3,7 @@ and the standalone ``channel_shuffle``."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 from torch import Tensor
@@ -10,7 +11,7 @@ from torch import Tensor
 from tritonconv import dispatch
 from tritonconv._op import define_op, fake_gradients, fake_output, run_backward, run_forward, training_function
 from tritonconv._validation import check_positive_int
-from tritonconv.ops.shuffle import reference
+from tritonconv.ops.shuffle import launch, reference
 from tritonconv.ops.shuffle.adapter import ADAPTER
 from tritonconv.ops.shuffle.spec import ShuffleConvSpec
 
@@ -69,5 +70,10 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
 
 def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, groups: int = 1, shuffle_groups: int = 1,
             pass_: str = "forward") -> dispatch.Decision:
+    """The backend this call's ``pass_`` would take, and why (the forward's formulation too), without
+    running it."""
     spec = ShuffleConvSpec.from_tensors(x, weight, bias, groups=groups, shuffle_groups=shuffle_groups)
-    return dispatch.explain(OPERATOR, spec, pass_, x.device)
+    decision = dispatch.explain(OPERATOR, spec, pass_, x.device)
+    if decision.backend != "triton" or pass_ != "forward":
+        return decision
+    return replace(decision, reason=f"{decision.reason}; {launch.describe_forward(spec)}")
