@@ -43,8 +43,8 @@ def poisoned_outputs(monkeypatch):
     ``tritonconv._layout.empty``): an output element or split-K partial left unwritten fails loudly."""
     from tritonconv import _layout
 
-    def nan_empty(shape, *, device, dtype, memory_format):
-        buffer = torch.empty(shape, device=device, dtype=dtype, memory_format=memory_format)
+    def nan_empty(shape, strides, *, device, dtype):
+        buffer = torch.empty_strided(shape, strides, device=device, dtype=dtype)
         return buffer.fill_(float("nan")) if buffer.is_floating_point() else buffer
 
     monkeypatch.setattr(_layout, "_allocate", nan_empty)

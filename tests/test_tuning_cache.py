@@ -31,6 +31,32 @@ def test_reader_sees_writes_of_another_instance(tmp_path):
     assert reader.lookup(key(1)) == {"winner": "fallback"}
 
 
+def test_generation_checks_the_file_at_most_every_interval(tmp_path, monkeypatch):
+    """generation(), asked on every CUDA call, trusts its last look at the file for STAMP_INTERVAL_S: a
+    write by another instance (another process) shows once the interval has passed; its own writes and a
+    changed path at once."""
+    clock = [100.0]
+    monkeypatch.setattr(tuning_cache.time, "monotonic", lambda: clock[0])
+    path = tmp_path / "tuning.json"
+    reader = TuningCache(path)
+    first = reader.generation()
+    TuningCache(path).store(key(1), {"winner": "triton"})
+    assert reader.generation() == first  # within the interval: not looked at
+    clock[0] += 2 * tuning_cache.STAMP_INTERVAL_S
+    second = reader.generation()
+    assert second != first and reader.lookup(key(1)) == {"winner": "triton"}
+    reader.store(key(2), {"winner": "fallback"})
+    third = reader.generation()  # its own write: at once
+    assert third != second
+    assert reader.generation() == third  # and steady
+    elsewhere = TuningCache()
+    monkeypatch.setenv("TRITONCONV_CACHE_DIR", str(tmp_path / "a"))
+    before = elsewhere.generation()
+    TuningCache(tmp_path / "b" / tuning_cache.FILE_NAME).store(key(3), {"winner": "triton"})
+    monkeypatch.setenv("TRITONCONV_CACHE_DIR", str(tmp_path / "b"))
+    assert elsewhere.generation() != before and elsewhere.lookup(key(3)) == {"winner": "triton"}
+
+
 def _writer(path, first, count):
     cache = TuningCache(path)
     for i in range(first, first + count):
