@@ -165,13 +165,15 @@ def _shuffle_conv_fwd_interleaved(x_ptr, w_ptr, bias_ptr, y_ptr, pid_pixels, pid
 def _shuffle_conv_fwd_positions(x_ptr, w_ptr, bias_ptr, y_ptr, pid_pixels, pid_positions, P, HW, N, GROUP_IN,
                                 GROUP_OUT, SHUFFLE_GROUPS, sxb, sxc, sxh, sxw, W, syb, syc, syh, syw, PIXEL_TILES,
                                 ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, INT32_PIXELS: tl.constexpr,
-                                HAS_BIAS: tl.constexpr, ONE_GROUP: tl.constexpr, FLAT: tl.constexpr,
+                                HAS_BIAS: tl.constexpr, ONE_GROUP: tl.constexpr, ONE_STEP: tl.constexpr,
+                                FLAT: tl.constexpr,
                                 DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """``shuffle_conv_fwd_kernel``'s POSITIONS path: output channels p of one block, the program walking
     pixel tiles pid, pid + num_programs(0), ... < PIXEL_TILES with the block's filters, groups and bias
     found once. ONE_GROUP (one conv group, the launcher's check): the shuffle is only the weight rows'
-    order, so one product, no select, and a one-step weight tile loaded once per program."""
+    order, so one product, no select, and the first weight chunk loaded once per program; ONE_STEP (the
+    group's channels fit it): no chunk loop at all (its setup and exit test ran on every tile)."""
     p = pid_positions * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] output channels
     p_mask = p < N // Y_ALIGN * Y_ALIGN  # = N: the mask is uniform along vectors of Y_ALIGN
     n = _unshuffled(p, N, SHUFFLE_GROUPS)  # the filter stored at each
@@ -197,8 +199,9 @@ def _shuffle_conv_fwd_positions(x_ptr, w_ptr, bias_ptr, y_ptr, pid_pixels, pid_p
             a = tl.load(x_rows[:, None] + k_range[None, :] * sxc,
                         mask=pixel_mask[:, None] & (k_range < group_in)[None, :], other=0.0)
             acc = tl.dot(a, w_first, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-            acc = channel_gemm(x_rows, w_cols, pixel_mask, p_mask, sxc, group_in, BLOCK_K, acc,
-                               DOT_PRECISION, ACC_DTYPE, BLOCK_K)  # the chunks past the first, if any
+            if not ONE_STEP:
+                acc = channel_gemm(x_rows, w_cols, pixel_mask, p_mask, sxc, group_in, BLOCK_K, acc,
+                                   DOT_PRECISION, ACC_DTYPE, BLOCK_K)  # the chunks past the first
         else:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
             for group in range(first_group, last_group + 1):
@@ -233,7 +236,8 @@ def shuffle_conv_fwd_kernel(
     at a time in channels_last. Y_ALIGN: the same of y's pixel strides and of where the stored column
     blocks start (N for POSITIONS, the group's width for unshuffled groups; 1 where they are shuffled).
 
-    ONE_STEP (the group's channels fit BLOCK_K, the launcher's check): the program walks pixel tiles
+    ONE_STEP (the group's channels fit BLOCK_K, the launcher's check; for POSITIONS see there): the
+    group-local program walks pixel tiles
     pid, pid + num_programs(0), ... < PIXEL_TILES with the weight tile, the bias and the shuffled
     output channels loaded and computed once, so a reduction of one step pays its per-program index
     math once per program, not once per tile. Otherwise one pixel tile per program, reducing in
@@ -264,7 +268,7 @@ def shuffle_conv_fwd_kernel(
     if POSITIONS:
         _shuffle_conv_fwd_positions(x_ptr, w_ptr, bias_ptr, y_ptr, pid_pixels, pid_filters, P, HW, N, GROUP_IN,
                                     GROUP_OUT, SHUFFLE_GROUPS, sxb, sxc, sxh, sxw, W, syb, syc, syh, syw,
-                                    PIXEL_TILES, ALIGN, Y_ALIGN, INT32_PIXELS, HAS_BIAS, ONE_GROUP, FLAT,
+                                    PIXEL_TILES, ALIGN, Y_ALIGN, INT32_PIXELS, HAS_BIAS, ONE_GROUP, ONE_STEP, FLAT,
                                     DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
         return
     tiles_per_group = tl.cdiv(GROUP_OUT, BLOCK_N)

@@ -284,7 +284,7 @@ def _forward_plan(spec: ShuffleConvSpec, tile: GemmTile, x_strides, y_strides, h
         filter_tiles = cdiv(spec.out_channels, tile.block_cols)
     else:
         filter_tiles = spec.groups * cdiv(spec.group_out, tile.block_cols)
-    one_step = _one_step_forward(spec, tile) and not positions and not interleaved
+    one_step = _one_step_forward(spec, tile) and not interleaved
     pixel_programs = (min(pixel_tiles, cdiv(FORWARD_PROGRAMS_PER_SM * multiprocessors, filter_tiles))
                       if one_step or positions else pixel_tiles)
     grid = (pixel_programs, filter_tiles)
