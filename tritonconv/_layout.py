@@ -49,8 +49,8 @@ def pixel_stride_align(strides, *widths: int) -> int:
 def empty(shape, *, device, dtype: torch.dtype, memory_format=torch.contiguous_format) -> Tensor:
     """Every buffer our kernels write (outputs, split-K partials) is allocated here, so that the tests
     can fill them all with NaN (replacing ``_allocate``): an element a kernel forgets fails loudly."""
-    return _allocate(shape, dense_strides(tuple(shape), memory_format is torch.channels_last), device=device,
-                     dtype=dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    return _allocate(shape, dense_strides(shape, memory_format is torch.channels_last), device=device, dtype=dtype)
 
 
 def _allocate(shape, strides, *, device, dtype: torch.dtype) -> Tensor:
