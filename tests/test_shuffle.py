@@ -337,28 +337,37 @@ _POSITION_SHAPES = [(15, 21, 3, 3, (16, 16, 16)), (24, 40, 8, 8, (16, 16, 16)), 
                     (36, 60, 3, 3, (32, 32, 16)), (12, 15, 3, 1, (16, 16, 16)), (96, 360, 8, 1, (32, 32, 16))]
 
 
-@pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups,tile", _POSITION_SHAPES)
-def test_position_forward(in_c, out_c, groups, shuffle_groups, tile):
-    """The position forward equals the float64 reference, and a NaN in one input channel reaches
-    exactly the outputs of its group's filters (the other groups' products are selected away, never
-    multiplied by zero)."""
+def _check_channels_last_forward(x, weight, bias, spec, tile):
+    """The forward's channels_last output equals the float64 reference, and a NaN in one input channel
+    (the first, middle, last) reaches exactly the outputs the reference makes non-finite: a group's
+    product never multiplies another group's channels, not even by zero."""
     from tritonconv.adapter import max_relative_error
     from tritonconv.ops.shuffle import launch, reference
 
-    spec, x, _, weight = _dense_case(in_c, out_c, groups, True, torch.float64, shuffle_groups=shuffle_groups)
-    bias = torch.randn(out_c, device=DEVICE, dtype=torch.float64)
-    tile = GemmTile(*tile, 4, 1)
-    assert launch._position_forward(spec, x.stride())
     y = launch.forward(x, weight, bias, spec, tile)
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert max_relative_error(y, reference.fallback_forward(x, weight, bias, spec)) < 1e-12
-    for channel in (0, in_c // 2, in_c - 1):
+    for channel in (0, spec.in_channels // 2, spec.in_channels - 1):
         poisoned = x.clone()
         poisoned[1, channel, 2, 3] = float("nan")
         got = launch.forward(poisoned, weight, bias, spec, tile)
         want = reference.fallback_forward(poisoned, weight, bias, spec)
         assert (~torch.isfinite(want)).any() and torch.equal(torch.isfinite(got), torch.isfinite(want))
         torch.testing.assert_close(got[torch.isfinite(got)], want[torch.isfinite(want)])
+
+
+@pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups,tile", _POSITION_SHAPES)
+def test_position_forward(in_c, out_c, groups, shuffle_groups, tile):
+    """The position forward equals the float64 reference, and a NaN in one input channel reaches
+    exactly the outputs of its group's filters (the other groups' products are selected away, never
+    multiplied by zero)."""
+    from tritonconv.ops.shuffle import launch
+
+    spec, x, _, weight = _dense_case(in_c, out_c, groups, True, torch.float64, shuffle_groups=shuffle_groups)
+    bias = torch.randn(out_c, device=DEVICE, dtype=torch.float64)
+    tile = GemmTile(*tile, 4, 1)
+    assert launch._position_forward(spec, x.stride())
+    _check_channels_last_forward(x, weight, bias, spec, tile)
 
 
 @pytest.fixture
@@ -385,24 +394,14 @@ def test_interleaved_forward(in_c, out_c, groups, tile):
     """The interleaved forward (every group's block of filters, joined into contiguous output rows)
     equals the float64 reference, and a NaN in one input channel reaches exactly the outputs of its
     group's filters."""
-    from tritonconv.adapter import max_relative_error
-    from tritonconv.ops.shuffle import launch, reference
+    from tritonconv.ops.shuffle import launch
 
     spec, x, _, weight = _dense_case(in_c, out_c, groups, True, torch.float64)
     bias = torch.randn(out_c, device=DEVICE, dtype=torch.float64)
     tile = GemmTile(*tile, 4, 1)
     assert launch._interleaved_forward(spec, x.stride()) and not launch._position_forward(spec, x.stride())
     assert launch._forward_plan(spec, tile, x.stride(), x.stride(), True, 1)[2]["INTERLEAVED"] == groups
-    y = launch.forward(x, weight, bias, spec, tile)
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    assert max_relative_error(y, reference.fallback_forward(x, weight, bias, spec)) < 1e-12
-    for channel in (0, in_c // 2, in_c - 1):
-        poisoned = x.clone()
-        poisoned[1, channel, 2, 3] = float("nan")
-        got = launch.forward(poisoned, weight, bias, spec, tile)
-        want = reference.fallback_forward(poisoned, weight, bias, spec)
-        assert (~torch.isfinite(want)).any() and torch.equal(torch.isfinite(got), torch.isfinite(want))
-        torch.testing.assert_close(got[torch.isfinite(got)], want[torch.isfinite(want)])
+    _check_channels_last_forward(x, weight, bias, spec, tile)
 
 
 def test_interleaved_forward_is_taken_past_the_position_bound():
