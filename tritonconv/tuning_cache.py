@@ -1,6 +1,7 @@
 """The persistent tuning cache: one JSON file of measured winners, shared by every process.
 
-Reads take a snapshot (re-read when the file changes); writes re-read under a file lock, merge and
+Reads take a snapshot (re-read when the file changes; the dispatcher's check, ``generation``, looks at
+the file at most every ``STAMP_INTERVAL_S``); writes re-read under a file lock, merge and
 replace the file atomically, so two processes tuning at once lose nothing and a reader never sees a
 half-written file. A cache that cannot be read (a folder in its place, no permission, not UTF-8, not
 JSON, a foreign format) is reported once per version of the file and read as empty, never a crash; a
