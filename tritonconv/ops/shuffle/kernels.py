@@ -97,16 +97,34 @@ def _pixel_offsets(pixel, P, HW, W, sb, sh, sw, FLAT: tl.constexpr):
 
 
 @triton.jit
-def _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, group, group_in, GROUP_OUT, sxc,
-                   HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+def _group_product(rows, group, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """[BLOCK_M, BLOCK_N]: conv group ``group``'s filters n_local on the pixel rows ``x_rows``, bias added."""
+    """[BLOCK_M, BLOCK_N]: conv group ``group``'s filters n_local on the pixel rows, bias added; ``rows``
+    = (x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, group_in, GROUP_OUT, sxc)."""
+    x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, group_in, GROUP_OUT, sxc = rows
     n = group * GROUP_OUT + n_local  # [BLOCK_N]
     acc = channel_gemm(x_rows + group * group_in * sxc, w_ptr + n * group_in, pixel_mask, n_mask, sxc, group_in,
                        0, tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE), DOT_PRECISION, ACC_DTYPE, BLOCK_K)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(ACC_DTYPE)[None, :]
     return acc
+
+
+@triton.jit
+def _joined_products(rows, first, step, GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                     ACC_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_M, BLOCK_N, 2, ..., 2] (log2 GROUPS twos): the products of groups first + i * step, i < GROUPS,
+    joined so that, reshaped to [BLOCK_M, BLOCK_N * GROUPS], column n_local * GROUPS + i holds group
+    first + i * step: each join's new (last) axis is the lowest bit of i, the even i on one side and
+    the odd on the other."""
+    if GROUPS == 1:
+        return _group_product(rows, first, HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        return tl.join(
+            _joined_products(rows, first, 2 * step, GROUPS // 2, HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M,
+                             BLOCK_N, BLOCK_K),
+            _joined_products(rows, first + step, 2 * step, GROUPS // 2, HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M,
+                             BLOCK_N, BLOCK_K))
 
 
 @triton.jit
@@ -119,9 +137,8 @@ def _shuffle_conv_fwd_interleaved(x_ptr, w_ptr, bias_ptr, y_ptr, pid_pixels, pid
     """``shuffle_conv_fwd_kernel``'s INTERLEAVED path (sg = G = SG in 2, 4, 8, y's channels innermost):
     filters n_local of every group, whose outputs pos = n_local * sg + group are the contiguous channels
     [n0 sg, (n0 + BLOCK_N) sg). Each group's product is its own (no foreign channel multiplied, no extra
-    tensor-core work); the sg accumulators are interleaved along the columns by a tree of tl.join (the
-    last join over the group's lowest bit) and stored as one [BLOCK_M, BLOCK_N sg] tile of contiguous
-    row runs."""
+    tensor-core work); the sg accumulators are interleaved along the columns by a tree of tl.join
+    (``_joined_products``) and stored as one [BLOCK_M, BLOCK_N sg] tile of contiguous row runs."""
     n_local = pid_filters * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     n_mask = n_local < GROUP_OUT
     group_in = GROUP_IN // ALIGN * ALIGN  # = GROUP_IN, written so the compiler sees its divisor
@@ -130,30 +147,9 @@ def _shuffle_conv_fwd_interleaved(x_ptr, w_ptr, bias_ptr, y_ptr, pid_pixels, pid
     pixel = _tile_pixels(pid_pixels, BLOCK_M, INT32_PIXELS)  # [BLOCK_M]
     pixel_mask, x_offset = _pixel_offsets(pixel, P, HW, W, sxb, sxh, sxw, FLAT)
     x_rows = x_ptr + x_offset  # [BLOCK_M]
-    a0 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 0, group_in, GROUP_OUT, sxc,
-                        HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
-    a1 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 1, group_in, GROUP_OUT, sxc,
-                        HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
-    if SG == 2:
-        tiles = tl.join(a0, a1)
-    else:
-        a2 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 2, group_in, GROUP_OUT, sxc,
-                            HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
-        a3 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 3, group_in, GROUP_OUT, sxc,
-                            HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
-        if SG == 4:
-            tiles = tl.join(tl.join(a0, a2), tl.join(a1, a3))
-        else:
-            tl.static_assert(SG == 8)
-            a4 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 4, group_in, GROUP_OUT, sxc,
-                                HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
-            a5 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 5, group_in, GROUP_OUT, sxc,
-                                HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
-            a6 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 6, group_in, GROUP_OUT, sxc,
-                                HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
-            a7 = _group_product(x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, 7, group_in, GROUP_OUT, sxc,
-                                HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
-            tiles = tl.join(tl.join(tl.join(a0, a4), tl.join(a2, a6)), tl.join(tl.join(a1, a5), tl.join(a3, a7)))
+    rows = (x_rows, w_ptr, bias_ptr, pixel_mask, n_local, n_mask, group_in, GROUP_OUT, sxc)
+    tl.static_assert(SG == 2 or SG == 4 or SG == 8)
+    tiles = _joined_products(rows, 0, 1, SG, HAS_BIAS, DOT_PRECISION, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
     out = tl.reshape(tiles, (BLOCK_M, BLOCK_N * SG))  # column n_local * sg + group
     position = pid_filters * (BLOCK_N * SG) + tl.arange(0, BLOCK_N * SG)  # [BLOCK_N sg]
     _, y_offset = _pixel_offsets(pixel, P, HW, W, syb, syh, syw, FLAT)
