@@ -156,7 +156,7 @@ class TuningCache:
             return self._generation
         with self._mutex:
             self._refresh()
-            self._stamped = (path, time.monotonic()) if self._snapshot_stamp is not None else None
+            self._stamped = (path, time.monotonic())
             return self._generation
 
     def lookup(self, key: CacheKey, kernels: tuple[str, ...] | None = None) -> dict | None:
