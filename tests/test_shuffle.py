@@ -429,7 +429,8 @@ def test_interleaved_forward_is_taken_past_the_position_bound():
 @pytest.mark.parametrize("in_c,out_c,groups,shuffle_groups,channels_last,says", [
     (768, 384, 8, 8, True, "interleaved in registers"), (384, 96, 8, 8, True, "selected away"),
     (240, 480, 1, 3, True, "one conv group's filters in output order"),
-    (480, 240, 3, 3, True, "every sg-th output channel"), (768, 384, 8, 8, False, "its own contiguous channels")])
+    (480, 240, 3, 3, True, "every sg-th output channel"), (768, 384, 8, 8, False, "along the pixels (NCHW)"),
+    (60, 240, 3, 1, True, "its own contiguous channels")])
 def test_explain_names_the_forward_formulation(in_c, out_c, groups, shuffle_groups, channels_last, says):
     from tritonconv.ops.shuffle import op
 

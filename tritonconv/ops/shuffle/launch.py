@@ -165,7 +165,9 @@ def describe_forward(spec: ShuffleConvSpec) -> str:
     if _interleaved_forward(spec):
         return ("forward: contiguous output rows, a block of every group's filters interleaved in registers "
                 "(no extra tensor-core work)")
-    if spec.shuffle_groups > 1 and spec.channels_last:
+    if not spec.channels_last:
+        return "forward: each group's filters stored along the pixels (NCHW)"
+    if spec.shuffle_groups > 1:
         return "forward: each group's filters stored every sg-th output channel, one element at a time"
     return "forward: each group's filters stored as its own contiguous channels"
 
