@@ -427,6 +427,34 @@ def test_dispatch_modes_and_fake_tensors_see_the_operators(case):
     assert y.shape == expected.shape and y.stride() == expected.stride()
 
 
+@pytest.mark.parametrize("backend", ["triton", "fallback"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_fake_gradients_have_the_real_ones_strides(case, backend, channels_last):
+    """Under torch.compile a graph reads our operators' outputs with the strides their fakes give: every
+    gradient's fake must be laid out as the real one (a channels_last weight's gradient included)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    module = make_for_gradients(case)
+    x = sample(case)
+    if channels_last:
+        module, x = module.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def gradients(x):
+        x = x.requires_grad_()
+        y = module(x)
+        return torch.autograd.grad(y, [x, *params], torch.ones_like(y), allow_unused=True)
+
+    with tritonconv.use_backend(backend):
+        real = gradients(x.clone())
+        with FakeTensorMode(allow_non_fake_inputs=True) as fake:
+            faked = gradients(fake.from_tensor(x))
+    for name, got, expected in zip(["input", *(n for n, p in module.named_parameters() if p.requires_grad)],
+                                   faked, real, strict=True):
+        if expected is not None:
+            assert got.stride() == expected.stride(), name
+
+
 def test_forward_mode_ad_raises_instead_of_dropping_the_tangent(case):
     """Forward-mode AD (jvp) is not supported: NotImplementedError, through the layer and through a direct
     call of its operator alike, never an output whose tangent is silently missing."""

@@ -61,8 +61,11 @@ class HetConvAdapter(Adapter):
 
     def fallback_backward(self, spec, t, grad, need_input, need_weights):
         x = t["x"]
-        return reference.fallback_backward(grad.contiguous(memory_format=memory_format_of(x)), x, t["weight"],
-                                           t["weight_pw"], spec, need_input, need_weights)
+        dx, dw, dpw, db = reference.fallback_backward(grad.contiguous(memory_format=memory_format_of(x)), x,
+                                                      t["weight"], t["weight_pw"], spec, need_input, need_weights)
+        if dw is not None:  # in the kernels' layout, which the operator's fake promises
+            dw = dw.contiguous(memory_format=launch.grad_weight_format(t["weight"]))
+        return dx, dw, dpw, db
 
     def make_workload(self, spec: HetConvSpec, device) -> Workload:
         def randn(*shape):

@@ -297,6 +297,14 @@ def _backward_weight_plan(spec: HetConvSpec, tile: GemmTile, x_strides, dy_strid
             ((cdiv(spec.out_channels * columns, REDUCE_BLOCK),), reduce_integers), (splits, columns))
 
 
+def grad_weight_format(weight: torch.Tensor | None) -> torch.memory_format:
+    """The layout of grad weight, whichever backend computes it (the operator's fake says the same):
+    ``weight``'s, channels_last (the kernels' layout) without one, contiguous for any other layout."""
+    if weight is None or weight.is_contiguous(memory_format=KERNEL_WEIGHT_FORMAT):
+        return KERNEL_WEIGHT_FORMAT
+    return torch.contiguous_format
+
+
 def backward_weight(dy, x, spec: HetConvSpec, tile: GemmTile, weight: torch.Tensor | None = None):
     """(grad weight, grad weight_pw, grad bias or None), reduced over the batch in fp32 (fp64).
 
@@ -304,9 +312,7 @@ def backward_weight(dy, x, spec: HetConvSpec, tile: GemmTile, weight: torch.Tens
     it into the parameter without a copy.
     """
     dtype = x.dtype
-    dw_format = KERNEL_WEIGHT_FORMAT if weight is None or weight.is_contiguous(memory_format=KERNEL_WEIGHT_FORMAT) \
-        else torch.contiguous_format
-    dw = empty(spec.weight_shape, device=x.device, dtype=dtype, memory_format=dw_format)
+    dw = empty(spec.weight_shape, device=x.device, dtype=dtype, memory_format=grad_weight_format(weight))
     dpw = empty(spec.weight_pw_shape, device=x.device, dtype=dtype)
     db = empty(spec.out_channels, device=x.device, dtype=dtype) if spec.bias else None
     pixels = spec.batch * spec.out_height * spec.out_width

@@ -36,7 +36,10 @@ def _hetconv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, weight_pw: Tens
 
 
 def _hetconv2d_backward_fake(grad, x, weight, weight_pw, bias, stride, p, need_input, need_weights, forced):
-    return fake_gradients(x, need_input, need_weights, weight, weight_pw, bias)
+    dx, dw, dpw, db = fake_gradients(x, need_input, need_weights, weight, weight_pw, bias)
+    if need_weights:  # grad weight in its layout: a compiled graph that reads it trusts these strides
+        dw = dw.contiguous(memory_format=launch.grad_weight_format(weight))
+    return dx, dw, dpw, db
 
 
 FORWARD_OP = define_op("hetconv2d", _hetconv2d, _hetconv2d_fake)
