@@ -93,15 +93,17 @@ def recording(keep: bool = True) -> Iterator[list[Launch]]:
 def as_if_on_h100() -> Iterator[None]:
     """Launchers see the H100's multiprocessor count, and the dispatcher lets Triton run on CPU tensors
     (whose launches are being recorded, not run)."""
-    from tritonconv import hardware, tiles
+    from tritonconv import _replay, hardware, tiles
 
     saved = tiles.multiprocessor_count, hardware.triton_can_run
     tiles.multiprocessor_count = lambda device: MULTIPROCESSORS
     hardware.triton_can_run = lambda device, dtype: (True, "perf audit: launches are recorded, not run")
+    _replay.clear()  # calls recorded on the real hardware must not replay here, nor these after
     try:
         yield
     finally:
         tiles.multiprocessor_count, hardware.triton_can_run = saved
+        _replay.clear()
 
 
 # ---- the JIT's specialisation ---------------------------------------------------------------------------

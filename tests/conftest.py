@@ -40,14 +40,24 @@ def isolated_environment(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
     """Every buffer the library allocates for a kernel to write starts as NaN (one patch, at
-    ``tritonconv._layout.empty``): an output element or split-K partial left unwritten fails loudly."""
+    ``tritonconv._layout.allocate``): an output element or split-K partial left unwritten fails loudly."""
     from tritonconv import _layout
 
     def nan_empty(shape, strides, *, device, dtype):
         buffer = torch.empty_strided(shape, strides, device=device, dtype=dtype)
         return buffer.fill_(float("nan")) if buffer.is_floating_point() else buffer
 
-    monkeypatch.setattr(_layout, "_allocate", nan_empty)
+    monkeypatch.setattr(_layout, "allocate", nan_empty)
+
+
+@pytest.fixture(autouse=True)
+def fresh_replays():
+    """No test replays a call another test recorded: tests change what the records' keys leave out
+    (monkeypatched plans, kernels, hardware)."""
+    from tritonconv import _replay
+
+    _replay.clear()
+    yield
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 from triton import knobs
+from triton.knobs import HookChain
 from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
@@ -96,14 +97,30 @@ def _arguments(tensors: tuple, integers: tuple, positions: tuple | None) -> tupl
     return tuple(args)
 
 
+# The ``_replay.Recorder`` watching this thread's call, if any: it sees every launch and buffer.
+watching = threading.local()
+
+
+def recorder():
+    return getattr(watching, "recorder", None)
+
+
 def launch(kernel, grid: tuple, tensors: tuple, integers: tuple, constexprs: dict, positions: tuple | None = None):
     """``kernel[grid](*args, **constexprs)`` for the positional arguments ``tensors`` (tensors or None, at
     the parameter indices ``positions``; None: they lead) and ``integers`` (every other one, in order:
     Python ints only, as the plans make them), ``constexprs`` the constexprs and launch options. On a CUDA
     device the first launch of each (kernel, integers, constexprs, tensor dtypes and alignments, device)
     goes through Triton; the later ones call the compiled kernel directly."""
+    watcher = recorder()
+    if watcher is not None:
+        return watcher.launching(_launch, kernel, grid, tensors, integers, constexprs, positions)
+    return _launch(kernel, grid, tensors, integers, constexprs, positions)[0]
+
+
+def _launch(kernel, grid, tensors, integers, constexprs, positions) -> tuple:
+    """(what the launch returned, its ``_Prepared`` or None where it went through Triton without one)."""
     if type(grid) is not tuple or not _direct(kernel, tensors):
-        return kernel[grid](*_arguments(tensors, integers, positions), **constexprs)
+        return kernel[grid](*_arguments(tensors, integers, positions), **constexprs), None
     device = driver.active.get_current_device()
     # id(kernel): the kernels are module-level objects (a JITFunction's own hash takes a lock); the knobs
     # are the per-call options JITFunction.run puts in its own key
@@ -114,7 +131,7 @@ def launch(kernel, grid: tuple, tensors: tuple, integers: tuple, constexprs: dic
         args = _arguments(tensors, integers, positions)
         compiled = kernel[grid](*args, **constexprs)
         if compiled is None or any(isinstance(value, Tensor) for value in constexprs.values()):
-            return compiled  # not compiled here (a user's cache hook), or a tensor the key would keep alive
+            return compiled, None  # not compiled here (a user's cache hook), or a tensor the key would keep alive
         slots = positions if positions is not None else tuple(range(len(tensors)))
         template = parameter_values(kernel, args, constexprs)
         for slot in slots:  # no reference to this call's tensors is kept
@@ -124,18 +141,43 @@ def launch(kernel, grid: tuple, tensors: tuple, integers: tuple, constexprs: dic
             if len(_cache) >= _KEPT:
                 _cache.clear()
             _cache[key] = prepared
-        return compiled
+        return compiled, prepared
     for (name, _), (value, scope) in kernel.used_global_vals.items():  # as JITFunction.run checks (usually none)
         if scope.get(name, _MISSING) != value:
-            return kernel[grid](*_arguments(tensors, integers, positions), **constexprs)  # Triton raises
-    stream = driver.active.get_current_stream(device)
+            return kernel[grid](*_arguments(tensors, integers, positions), **constexprs), None  # Triton raises
+    run_prepared(prepared, grid, tensors, driver.active.get_current_stream(device))
+    return prepared.compiled, prepared
+
+
+def run_prepared(prepared: _Prepared, grid: tuple, tensors: tuple, stream) -> None:
+    """The compiled kernel's launch on ``tensors`` (tensors, addresses as ints, or None) in its slots, as
+    ``CompiledKernel.__getitem__``'s runner makes it; without launch hooks (triton 3.6 keeps empty hook
+    chains, never None) it skips the launch metadata and the two hook calls, which do nothing then."""
     values = prepared.values(tensors)
     compiled = prepared.compiled
     grid_0, grid_1, grid_2 = (*grid, 1, 1)[:3]
-    compiled.run(grid_0, grid_1, grid_2, stream, compiled.function, compiled.packed_metadata,
-                 compiled.launch_metadata(grid, stream, *values), knobs.runtime.launch_enter_hook,
-                 knobs.runtime.launch_exit_hook, *values)
-    return compiled
+    if hooked():
+        enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        compiled.run(grid_0, grid_1, grid_2, stream, compiled.function, compiled.packed_metadata,
+                     compiled.launch_metadata(grid, stream, *values), enter, leave, *values)
+    else:
+        compiled.run(grid_0, grid_1, grid_2, stream, compiled.function, compiled.packed_metadata, None, None, None,
+                     *values)
+
+
+def hooked() -> bool:
+    """Whether a launch hook is set (a profiler's, a user's): not an empty chain, not None."""
+    return _hook_set(knobs.runtime.launch_enter_hook) or _hook_set(knobs.runtime.launch_exit_hook)
+
+
+def _hook_set(hook) -> bool:
+    return hook is not None and not (type(hook) is HookChain and not hook.calls)
+
+
+def launch_settings() -> tuple:
+    """What a launch on CUDA reads besides its arguments: the current device and Triton's per-call options
+    (``_replay`` keys its records on them)."""
+    return (_ENABLED, driver.active.get_current_device(), knobs.runtime.debug, knobs.compilation.instrumentation_mode)
 
 
 def clear() -> None:

@@ -8,6 +8,7 @@ import math
 import torch
 from torch import Tensor
 
+from tritonconv import _launcher
 from tritonconv._validation import check_input
 
 
@@ -48,12 +49,18 @@ def pixel_stride_align(strides, *widths: int) -> int:
 
 def empty(shape, *, device, dtype: torch.dtype, memory_format=torch.contiguous_format) -> Tensor:
     """Every buffer our kernels write (outputs, split-K partials) is allocated here, so that the tests
-    can fill them all with NaN (replacing ``_allocate``): an element a kernel forgets fails loudly."""
+    can fill them all with NaN (replacing ``allocate``): an element a kernel forgets fails loudly. A call
+    being recorded (``_replay``) is told of each buffer."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    return _allocate(shape, dense_strides(shape, memory_format is torch.channels_last), device=device, dtype=dtype)
+    strides = dense_strides(shape, memory_format is torch.channels_last)
+    watcher = _launcher.recorder()
+    if watcher is not None:
+        return watcher.allocating(allocate, shape, strides, device=device, dtype=dtype)
+    return allocate(shape, strides, device=device, dtype=dtype)
 
 
-def _allocate(shape, strides, *, device, dtype: torch.dtype) -> Tensor:
+def allocate(shape: tuple, strides: tuple, *, device, dtype: torch.dtype) -> Tensor:
+    """An uninitialised buffer (``empty`` and the replays of recorded calls allocate through this)."""
     # empty_strided: about 1 us less per buffer on the CPU than torch.empty(memory_format=...)
     return torch.empty_strided(shape, strides, device=device, dtype=dtype)
 
@@ -114,4 +121,4 @@ def autocast_operands(x: Tensor, *params):
 def missing_as_empty(grads, like: Tensor) -> tuple:
     """A backward custom op's gradients with each missing one (None) as its own empty tensor: the
     outputs of a custom op must not alias each other, so one shared empty tensor would not do."""
-    return tuple(g if g is not None else like.new_empty(0) for g in grads)
+    return tuple(g if g is not None else empty(0, device=like.device, dtype=like.dtype) for g in grads)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from tritonconv import dispatch
+from tritonconv import _replay, dispatch
 from tritonconv._layout import memory_format_of, missing_as_empty
 from tritonconv._weights import empty_grad, same_layout
 
@@ -76,7 +76,9 @@ def in_parameter_strides(grad: Tensor, param: Tensor) -> Tensor:
 
 
 _LIBRARY = torch.library.Library("tritonconv", "FRAGMENT")
-_IMPLEMENTATIONS: dict = {}  # operator -> its Python body, which an eager call runs directly (``_plain_eager``)
+# operator -> its Python body, which an eager call runs directly (``_plain_eager``), replayed from the
+# second call of a shape on (``_replay``: the operator itself, under torch.compile, runs the plain body)
+_IMPLEMENTATIONS: dict = {}
 
 
 def define_op(name: str, implementation: Callable, fake: Callable):
@@ -89,7 +91,7 @@ def define_op(name: str, implementation: Callable, fake: Callable):
     _LIBRARY.impl(name, implementation, "CompositeExplicitAutograd")
     torch.library.register_fake(f"tritonconv::{name}", fake, lib=_LIBRARY)
     op = getattr(torch.ops.tritonconv, name).default
-    _IMPLEMENTATIONS[op] = implementation
+    _IMPLEMENTATIONS[op] = _replay.replaying(implementation)
     return op
 
 

@@ -203,6 +203,11 @@ def collecting(where: Callable[[], str | None] = lambda: None):
             _collectors.remove(collector)
 
 
+def collecting_calls() -> bool:
+    """Whether a ``collecting`` block is open (every call must then reach ``decide``)."""
+    return bool(_collectors)
+
+
 def _record(operator: Operator, spec, pass_: str, device: torch.device) -> None:
     with _collectors_lock:
         for calls, where in _collectors:
@@ -224,6 +229,15 @@ def decide(operator: Operator, spec, pass_: str, device: torch.device, *, forced
     if decision.untuned and tuning_mode() == "first-call":
         decision = _first_call(operator, spec, pass_, device, forced, can_run, cache, decision)
     return decision
+
+
+def decision_settings(cuda: bool) -> tuple:
+    """What ``decide`` reads besides the call (``_replay`` keys its records on it): the forced backend,
+    the tuning mode and, on CUDA, the tuning cache and its generation."""
+    if not cuda:
+        return forced_backend(), tuning_mode()
+    cache = default_cache()
+    return forced_backend(), tuning_mode(), cache, cache.generation()
 
 
 # ---- first-call tuning: opt-in, never while torch.compile traces or a CUDA graph is captured ------------

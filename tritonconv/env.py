@@ -8,6 +8,7 @@
 | TRITON_INTERPRET | Triton's own switch: ``1`` runs kernels on the CPU through its interpreter | unset |
 | TRITONCONV_COMMIT | the commit perf records where there is no ``.git`` (a GPU machine's copy) | ``git rev-parse`` |
 | TRITONCONV_DIRECT_LAUNCH | ``0``: every launch through Triton's own (``_launcher``; read at import) | ``1`` |
+| TRITONCONV_REPLAY | ``0``: no eager call replays an earlier one's launches (``_replay``; read at import) | ``1`` |
 | WORLD_SIZE, LOCAL_RANK | set by torchrun: ``python -m autotune`` joins the ranks and shares the work | unset |
 """
 
@@ -67,7 +68,12 @@ TUNING_CHOICES = ("off", "first-call")
 
 def tuning_mode() -> str:
     """When shapes are tuned without ``python -m autotune``: TRITONCONV_TUNING, validated."""
-    value = _get("TRITONCONV_TUNING", "off").strip().lower() or "off"
+    return _tuning(_get("TRITONCONV_TUNING", "off"))
+
+
+@functools.lru_cache(maxsize=16)
+def _tuning(raw: str) -> str:  # an invalid value raises, and is not cached
+    value = raw.strip().lower() or "off"
     if value not in TUNING_CHOICES:
         raise ValueError(f"TRITONCONV_TUNING={value!r} is not a tuning mode; expected one of {TUNING_CHOICES}")
     return value
@@ -99,9 +105,20 @@ def commit_override() -> str | None:
 
 def direct_launch() -> bool:
     """Whether ``_launcher`` calls compiled kernels directly on a GPU (TRITONCONV_DIRECT_LAUNCH, not 0)."""
-    value = _get("TRITONCONV_DIRECT_LAUNCH", "1").strip().lower() or "1"
+    return _switch("TRITONCONV_DIRECT_LAUNCH")
+
+
+def replay() -> bool:
+    """Whether eager calls replay the launches of an earlier call of the same key (``_replay``;
+    TRITONCONV_REPLAY, not 0)."""
+    return _switch("TRITONCONV_REPLAY")
+
+
+def _switch(name: str) -> bool:
+    """An on/off variable, on unless ``0``."""
+    value = _get(name, "1").strip().lower() or "1"
     if value not in ("0", "1"):
-        raise ValueError(f"TRITONCONV_DIRECT_LAUNCH={value!r}; expected 0 or 1")
+        raise ValueError(f"{name}={value!r}; expected 0 or 1")
     return value == "1"
 
 

@@ -22,6 +22,7 @@ from tritonconv.accounting import Cost
 from tritonconv.dispatch import Decision
 from tritonconv.ops.hetconv import explain as hetconv_explain
 from tritonconv.ops.hetconv import hetconv2d
+from tritonconv.ops.hetconv.launch import KERNEL_WEIGHT_FORMAT
 
 
 def triton_misfit(kernel_size: int, stride: int, padding: int, dilation: int, groups: int) -> str | None:
@@ -53,7 +54,10 @@ def dense_conv2d(x: Tensor, bank: Tensor, bias: Tensor | None, stride: int, padd
     """``conv(x, bank, bias, stride, padding, dilation, groups)`` on the Triton conv where it fits."""
     k = bank.shape[-1]
     if triton_misfit(k, stride, padding, dilation, groups) is None:
-        # p=1: every filter's k x k kernels cover all channels and the pointwise part is empty.
+        # p=1: every filter's k x k kernels cover all channels and the pointwise part is empty. The bank in
+        # the kernels' weight layout here, where autograd sees the copy, not inside the operator (whose
+        # calls then replay: tritonconv._replay)
+        bank = bank.contiguous(memory_format=KERNEL_WEIGHT_FORMAT)
         return hetconv2d(x, bank, bank.new_empty(bank.shape[0], 0), bias, stride, 1)
     return F.conv2d(x, bank, bias, stride, padding, dilation, groups)
 
