@@ -104,12 +104,13 @@ stage() {
 cat "$OUT_DIR/device.txt"
 
 PY_M=("$PY" -m)
-# ---- 0. the direct kernel launch (tritonconv/_launcher.py) against Triton's own, bit for bit: where it
-# fails, every later stage launches through Triton (TRITONCONV_DIRECT_LAUNCH=0), so the session still
+# ---- 0. the direct kernel launch (tritonconv/_launcher.py) against Triton's own, and the replayed calls
+# (tritonconv/_replay.py) against their bodies, bit for bit: where it fails, every later stage launches
+# through Triton and runs every body (TRITONCONV_DIRECT_LAUNCH=0 TRITONCONV_REPLAY=0), so the session still
 # measures the kernels ----
-if ! stage direct-launch 40 "$FINAL_S" -- "${PY_M[@]}" pytest -q -rfE -m gpu -p no:cacheprovider tests/test_launcher.py; then
-    export TRITONCONV_DIRECT_LAUNCH=0
-    echo "| direct-launch | - | 0 | failed: later stages launch through Triton (TRITONCONV_DIRECT_LAUNCH=0) | - |" >> "$SUMMARY"
+if ! stage direct-launch 50 "$FINAL_S" -- "${PY_M[@]}" pytest -q -rfE -m gpu -p no:cacheprovider tests/test_launcher.py tests/test_replay.py; then
+    export TRITONCONV_DIRECT_LAUNCH=0 TRITONCONV_REPLAY=0
+    echo "| direct-launch | - | 0 | failed: later stages launch through Triton, no call replayed (TRITONCONV_DIRECT_LAUNCH=0 TRITONCONV_REPLAY=0) | - |" >> "$SUMMARY"
 fi
 # ---- 1. tests: the GPU tier first, then the rest of the suite on the GPU as time allows ----
 stage tests-gpu 90 "$FINAL_S" -- "${PY_M[@]}" pytest -q -rfE -m gpu -n 4 -p no:cacheprovider tests

@@ -28,12 +28,13 @@ RECORDED_TIMING = ("CPU tensors of the adapter's small shape, one thread, denorm
                    "autograd.grad alone, on one forward's graph (retain_graph), against aten.convolution_backward "
                    "called directly for the plain conv (no autograd engine: it favours the plain conv). Excludes "
                    "the launches' own host cost (Triton's launcher, the CUDA driver) and the tuning-cache lookup "
-                   "a CUDA call makes; binder_us: the part of that launcher cost before the driver (Triton's "
+                   "a CUDA call makes; body_us: the same calls with replays off (paired rounds); binder_us: the "
+                   "part of that launcher cost before the driver (Triton's "
                    "argument binder and kernel-cache key, on the pass's recorded launches).")
 CUDA_TIMING = ("CUDA tensors of the adapter's small shape, real launches; wall time of {calls} calls without "
                "synchronising, best of {rounds} rounds; bwd: autograd.grad alone, on one forward's graph "
-               "(retain_graph), against aten.convolution_backward called directly; gpu_us: the GPU time "
-               "of the same calls (CUDA events).")
+               "(retain_graph), against aten.convolution_backward called directly; body_us: the same calls "
+               "with replays off (paired rounds); gpu_us: the GPU time of the same calls (CUDA events).")
 
 
 def call_workload(adapter, spec, names, device: torch.device):
@@ -70,38 +71,64 @@ def flushing_denormals() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def best_us(fn: Callable[[], object], rounds: int, calls: int, device: torch.device = torch.device("cpu")) -> tuple:
+def best_us(fn: Callable[[], object], rounds: int, calls: int, device: torch.device = torch.device("cpu"), *,
+            body: bool = False) -> tuple:
     """(host microseconds per call, GPU microseconds per call or None): the best of ``rounds`` loops of
-    ``calls`` calls. On CUDA the loop is not synchronised inside, only between rounds."""
-    cuda = device.type == "cuda"
+    ``calls`` calls. On CUDA the loop is not synchronised inside, only between rounds. ``body``: a third
+    figure, the host microseconds with replays off (every call runs its operators' bodies: ``_replay``),
+    each round paired with a replayed one so that both see the same machine."""
     fn()  # first call: imports, caches, compilation
-    best, gpu = float("inf"), None
+    best, gpu, unreplayed = float("inf"), None, float("inf")
     for _ in range(rounds):
-        if cuda:
-            torch.cuda.synchronize(device)
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        started = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        elapsed = time.perf_counter() - started
-        if cuda:
-            stop.record()
-            torch.cuda.synchronize(device)
+        elapsed, elapsed_gpu = _round_us(fn, calls, device)
         if elapsed < best:
-            best = elapsed
-            gpu = start.elapsed_time(stop) * 1e3 / calls if cuda else None
-    return best * 1e6 / calls, gpu
+            best, gpu = elapsed, elapsed_gpu
+        if body:
+            with replays_off():
+                unreplayed = min(unreplayed, _round_us(fn, calls, device)[0])
+    return (best, gpu, unreplayed) if body else (best, gpu)
 
 
-def pass_us(forward: Callable, wrt: list, grad, rounds: int, calls: int, device: torch.device) -> tuple:
-    """((host us, GPU us) of ``forward()``, the same of its backward): the backward timed alone, as
+def _round_us(fn: Callable[[], object], calls: int, device: torch.device) -> tuple:
+    """(host us, GPU us or None) per call of one loop of ``calls`` calls."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    started = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - started
+    if cuda:
+        stop.record()
+        torch.cuda.synchronize(device)
+    return elapsed * 1e6 / calls, start.elapsed_time(stop) * 1e3 / calls if cuda else None
+
+
+@contextlib.contextmanager
+def replays_off() -> Iterator[None]:
+    """Every call runs its operators' bodies (as TRITONCONV_REPLAY=0 does from the start)."""
+    from tritonconv import _replay
+
+    saved = _replay._ENABLED
+    _replay._ENABLED = False
+    try:
+        yield
+    finally:
+        _replay._ENABLED = saved
+
+
+def pass_us(forward: Callable, wrt: list, grad, rounds: int, calls: int, device: torch.device, *,
+            body: bool = False) -> tuple:
+    """(``best_us`` of ``forward()``, the same of its backward): the backward timed alone, as
     ``torch.autograd.grad`` on one forward's graph kept (retain_graph), never as a difference of two
     noisy timings. autograd.grad, not .backward(): no AccumulateGrad into .grad, which in a network the
     input never has and parameters (their .grad set to None by zero_grad) take without a copy."""
-    fwd = best_us(forward, rounds, calls, device)
+    fwd = best_us(forward, rounds, calls, device, body=body)
     output = forward()
-    return fwd, best_us(lambda: torch.autograd.grad(output, wrt, grad, retain_graph=True), rounds, calls, device)
+    return fwd, best_us(lambda: torch.autograd.grad(output, wrt, grad, retain_graph=True), rounds, calls, device,
+                        body=body)
 
 
 def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20) -> list[dict]:
@@ -120,21 +147,23 @@ def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20) -> 
             stack.enter_context(recording(keep=False))
             stack.enter_context(as_if_on_h100())
             stack.enter_context(flushing_denormals())
-        (fwd, fwd_gpu), (bwd, bwd_gpu) = pass_us(lambda: call(tensors, spec), wrt, work.grad, rounds, calls, device)
+        (fwd, fwd_gpu, fwd_body), (bwd, bwd_gpu, bwd_body) = pass_us(lambda: call(tensors, spec), wrt, work.grad,
+                                                                     rounds, calls, device, body=True)
         dense_forward = adapter.dense("forward", work)
         dense_fwd, _ = best_us(dense_forward, rounds, calls, device)
         dense_bwd, _ = best_us(adapter.dense("backward", work), rounds, calls, device)
         with torch.no_grad():
-            infer, infer_gpu = best_us(lambda: call(tensors, spec), rounds, calls, device)
+            infer, infer_gpu, infer_body = best_us(lambda: call(tensors, spec), rounds, calls, device, body=True)
             dense_infer, _ = best_us(dense_forward, rounds, calls, device)
     binder = {} if cuda else recorded_binder_us(lambda: call(tensors, spec), wrt, work.grad)
     timing = (CUDA_TIMING if cuda else RECORDED_TIMING).format(rounds=rounds, calls=calls)
     rows = []
-    for pass_, ours, dense, gpu in (("fwd", fwd, dense_fwd, fwd_gpu), ("bwd", bwd, dense_bwd, bwd_gpu),
-                                    ("infer", infer, dense_infer, infer_gpu)):
+    for pass_, ours, body, dense, gpu in (("fwd", fwd, fwd_body, dense_fwd, fwd_gpu),
+                                          ("bwd", bwd, bwd_body, dense_bwd, bwd_gpu),
+                                          ("infer", infer, infer_body, dense_infer, infer_gpu)):
         rows.append({"layer": case.layer, "shape_set": case.shape_set, "label": case.label,
                      "shape": spec.describe(), "dtype": spec.dtype, "channels_last": bool(spec.channels_last),
-                     "pass": pass_, "host_us": round(ours, 1), "dense_us": round(dense, 1),
+                     "pass": pass_, "host_us": round(ours, 1), "body_us": round(body, 1), "dense_us": round(dense, 1),
                      "gpu_us": None if gpu is None else round(gpu, 1), "launches": "cuda" if cuda else "recorded",
                      "binder_us": round(binder[pass_], 1) if pass_ in binder else None, "timing": timing})
     return rows
@@ -160,7 +189,8 @@ def recorded_binder_us(forward: Callable, wrt: list, grad) -> dict:
 
 
 SCHEMA = {"layer": "string", "shape_set": "string", "label": "string", "shape": "string", "dtype": "string",
-          "channels_last": "boolean", "pass": "string", "host_us": "Float64", "dense_us": "Float64",
+          "channels_last": "boolean", "pass": "string", "host_us": "Float64", "body_us": "Float64",
+          "dense_us": "Float64",
           "gpu_us": "Float64", "launches": "string", "binder_us": "Float64", "timing": "string", "device": "string",
           "torch": "string",
           "triton": "string", "commit": "string", "timestamp": "string"}
@@ -186,12 +216,12 @@ def write(rows: list[dict], path: Path = DEFAULT_CSV):
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'layer':10s} {'shape':44s} {'pass':4s} {'ours us':>8s} {'F.conv2d us':>11s} {'ratio':>6s} "
-             f"{'gpu us':>7s} {'binder us':>9s}"]
+    lines = [f"{'layer':10s} {'shape':44s} {'pass':4s} {'ours us':>8s} {'body us':>8s} {'F.conv2d us':>11s} "
+             f"{'ratio':>6s} {'gpu us':>7s} {'binder us':>9s}"]
     for row in rows:
         ratio = row["host_us"] / row["dense_us"] if row["dense_us"] > 0 else float("nan")
         gpu = "-" if row["gpu_us"] is None else f"{row['gpu_us']:.1f}"
         binder = "-" if row.get("binder_us") is None else f"{row['binder_us']:.1f}"
         lines.append(f"{row['layer']:10s} {row['shape'][:44]:44s} {row['pass']:4s} {row['host_us']:8.1f} "
-                     f"{row['dense_us']:11.1f} {ratio:6.2f} {gpu:>7s} {binder:>9s}")
+                     f"{row['body_us']:8.1f} {row['dense_us']:11.1f} {ratio:6.2f} {gpu:>7s} {binder:>9s}")
     return "\n".join(lines)

@@ -300,16 +300,16 @@ def test_the_replay_switch_is_validated(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_on_a_gpu_the_replay_launches_directly_and_matches_the_body(dtype, monkeypatch, replays):
+def test_on_a_gpu_the_replay_launches_directly_and_matches_the_body(monkeypatch, replays):
     """Every dispatched layer: the second call's record launches its compiled kernels itself, and the
     replayed forward and backward equal the body's."""
     for case in DISPATCHED:
         torch.manual_seed(0)
-        module = case.build(device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
+        module = case.build(device="cuda", dtype=torch.bfloat16).to(memory_format=torch.channels_last)
         if case.has_batch_norm:
             module.eval()
-        x = torch.randn(case.input_shape, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(case.input_shape, device="cuda", dtype=torch.bfloat16)
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             module(x)
             before = replays()

@@ -153,16 +153,23 @@ def run_prepared(prepared: _Prepared, grid: tuple, tensors: tuple, stream) -> No
     """The compiled kernel's launch on ``tensors`` (tensors, addresses as ints, or None) in its slots, as
     ``CompiledKernel.__getitem__``'s runner makes it; without launch hooks (triton 3.6 keeps empty hook
     chains, never None) it skips the launch metadata and the two hook calls, which do nothing then."""
+    if not hooked():
+        return run_without_hooks(prepared, grid, tensors, stream)
     values = prepared.values(tensors)
     compiled = prepared.compiled
     grid_0, grid_1, grid_2 = (*grid, 1, 1)[:3]
-    if hooked():
-        enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
-        compiled.run(grid_0, grid_1, grid_2, stream, compiled.function, compiled.packed_metadata,
-                     compiled.launch_metadata(grid, stream, *values), enter, leave, *values)
-    else:
-        compiled.run(grid_0, grid_1, grid_2, stream, compiled.function, compiled.packed_metadata, None, None, None,
-                     *values)
+    compiled.run(grid_0, grid_1, grid_2, stream, compiled.function, compiled.packed_metadata,
+                 compiled.launch_metadata(grid, stream, *values), knobs.runtime.launch_enter_hook,
+                 knobs.runtime.launch_exit_hook, *values)
+
+
+def run_without_hooks(prepared: _Prepared, grid: tuple, tensors: tuple, stream) -> None:
+    """``run_prepared`` where no launch hook is set (``hooked()`` is false)."""
+    values = prepared.values(tensors)
+    compiled = prepared.compiled
+    grid_0, grid_1, grid_2 = (*grid, 1, 1)[:3]
+    compiled.run(grid_0, grid_1, grid_2, stream, compiled.function, compiled.packed_metadata, None, None, None,
+                 *values)
 
 
 def hooked() -> bool:

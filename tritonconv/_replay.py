@@ -61,9 +61,6 @@ class _Operand:
         shape, strides = self.view
         return tensor.as_strided(shape, strides, tensor.storage_offset() + self.offset // tensor.element_size())
 
-    def address(self, sources: tuple) -> int:
-        return sources[self.source].data_ptr() + self.offset
-
 
 @dataclass(frozen=True)
 class _Step:
@@ -77,6 +74,11 @@ class _Step:
     constexprs: dict
     positions: tuple | None
     prepared: object | None
+
+    @functools.cached_property
+    def places(self) -> tuple:
+        """(source, offset) of each tensor argument, or None: its address is the source's plus the offset."""
+        return tuple(None if operand is None else (operand.source, operand.offset) for operand in self.operands)
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,9 @@ class Replay:
         if self.direct and not _launcher.hooked():
             stream = driver.active.get_current_stream(driver.active.get_current_device())
             for step in self.steps:
-                addresses = tuple([None if operand is None else operand.address(sources) for operand in step.operands])
-                _launcher.run_prepared(step.prepared, step.grid, addresses, stream)
+                addresses = tuple([None if place is None else sources[place[0]].data_ptr() + place[1]
+                                   for place in step.places])
+                _launcher.run_without_hooks(step.prepared, step.grid, addresses, stream)
         elif self.steps:
             dispatch.launch(self._launch, sources)  # under the interpreter, its lock
         if self.single:
