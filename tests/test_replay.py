@@ -26,9 +26,9 @@ def replays(monkeypatch):
     count = [0]
     run = _replay.Replay.run
 
-    def counted(self, args):
+    def counted(self, *args):
         count[0] += 1
-        return run(self, args)
+        return run(self, *args)
 
     monkeypatch.setattr(_replay.Replay, "run", counted)
     return lambda: count[0]

@@ -182,9 +182,9 @@ def _hook_set(hook) -> bool:
 
 
 def launch_settings() -> tuple:
-    """What a launch on CUDA reads besides its arguments: the current device and Triton's per-call options
-    (``_replay`` keys its records on them)."""
-    return (_ENABLED, driver.active.get_current_device(), knobs.runtime.debug, knobs.compilation.instrumentation_mode)
+    """What a launch on CUDA reads besides its arguments: the current device (first) and Triton's per-call
+    options (``_replay`` keys its records on them)."""
+    return (driver.active.get_current_device(), _ENABLED, knobs.runtime.debug, knobs.compilation.instrumentation_mode)
 
 
 def clear() -> None:

@@ -88,12 +88,13 @@ class Replay:
     result: tuple  # an _Operand per returned tensor
     single: bool  # the body returned one tensor, not a tuple
 
-    def run(self, args: tuple):
+    def run(self, args: tuple, device: int | None = None):
+        """The record on this call's ``args``; ``device``: the current CUDA device (the key's)."""
         sources = args
         for shape, strides, dtype, device in self.buffers:
             sources += (_layout.allocate(shape, strides, device=device, dtype=dtype),)
         if self.direct and not _launcher.hooked():
-            stream = driver.active.get_current_stream(driver.active.get_current_device())
+            stream = driver.active.get_current_stream(device)
             for step in self.steps:
                 addresses = tuple([None if place is None else sources[place[0]].data_ptr() + place[1]
                                    for place in step.places])
@@ -189,9 +190,10 @@ class Recorder(TorchDispatchMode):
 
 
 def _settings(cuda: bool) -> tuple:
-    """What a call's body reads besides its arguments."""
+    """What a call's body reads besides its arguments; the current CUDA device last (None off CUDA)."""
+    launching = _launcher.launch_settings() if cuda else None
     return (dispatch.decision_settings(cuda), torch._C._get_cudnn_allow_tf32(),  # torch.backends.cudnn.allow_tf32
-            _launcher.launch_settings() if cuda else None)
+            launching, launching[0] if cuda else None)
 
 
 def _key(args: tuple) -> tuple:
@@ -226,7 +228,7 @@ def replaying(body: Callable) -> Callable:
             return _record(body, args, key, records)
         if replay is _NOT_REPLAYED:
             return body(*args)
-        return replay.run(args)
+        return replay.run(args, key[-1][-1])
 
     run.__wrapped__ = body
     return run
