@@ -288,6 +288,112 @@ def test_launched_tensors_that_are_no_plain_view_are_never_replayed(make_view):
     assert len(kernel.launches) == 2  # the body each time
 
 
+def test_one_tensor_in_two_slots_is_its_own_key():
+    """Recorded with one tensor as both arguments, a call with two tensors must not launch on the first."""
+    kernel = FakeKernel()
+
+    def body(x, w):
+        out = _layout.empty((3, 4), device=x.device, dtype=x.dtype)
+        _launcher.launch(kernel, (2,), (x, w, out), (5, 6), {"BLOCK": 32}, positions=(0, 1, 4))
+        return out
+
+    run = _replay.replaying(body)
+    shared = torch.zeros(4)
+    run(shared, shared), run(shared, shared)
+    x, w = torch.zeros(4), torch.ones(4)
+    run(x, w), run(x, w)
+    launched = [(args[0], args[1]) for _, args, _ in kernel.launches]
+    assert launched[2][0] is x and launched[2][1] is w and launched[3][0] is x and launched[3][1] is w
+
+
+def test_one_bias_for_two_slots_through_a_layer_op(device):
+    """dwsep_conv2d(x, dw, b, pw, b) then (x, dw, b1, pw, b2): each call computes with its own biases."""
+    torch.manual_seed(0)
+    layer = tritonconv.DepthwiseSeparableConv2d(8, 8, 3, bias=True, device=device, dtype=torch.float64)
+    x = _input(device)
+    dw, pw = layer.dw_weight, layer.pw_weight
+    b1, b2 = torch.randn(8, dtype=torch.float64, device=device), torch.randn(8, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        tritonconv.dwsep_conv2d(x, dw, b1, pw, b1)
+        tritonconv.dwsep_conv2d(x, dw, b1, pw, b1)
+        got = tritonconv.dwsep_conv2d(x, dw, b1, pw, b2)
+        with tritonconv.use_backend("fallback"):
+            expected = tritonconv.dwsep_conv2d(x, dw, b1, pw, b2)
+    torch.testing.assert_close(got, expected)
+
+
+def test_views_inside_one_flat_buffer_resolve_to_the_tensor_that_holds_them(replays):
+    """Weight and bias as views of one flat buffer (FSDP's, apex's contiguous parameters): a launched view
+    of the weight is the weight's, and the call is replayed."""
+    kernel = FakeKernel()
+
+    def body(w, b):
+        out = _layout.empty((3, 4), device=w.device, dtype=w.dtype)
+        _launcher.launch(kernel, (2,), (w.view(2, 3), b, out), (5, 6), {"BLOCK": 32}, positions=(0, 1, 4))
+        return out
+
+    run = _replay.replaying(body)
+    flat = torch.arange(10.0)
+    run(flat[:6], flat[6:])
+    flat2 = torch.arange(10.0) + 100
+    run(flat2[:6], flat2[6:])
+    assert replays() == 1
+    (_, args, _) = kernel.launches[1]
+    assert args[0].data_ptr() == flat2.data_ptr() and args[0].shape == (2, 3)
+    assert args[1].data_ptr() == flat2[6:].data_ptr()
+
+
+def test_a_call_without_launches_replays_without_a_driver(device, replays):
+    """A batch of 0 allocates its output and launches nothing: its replay needs no GPU driver."""
+    layer = _hetconv(device)
+    empty = _input(device)[:0]
+    with torch.no_grad():
+        for _ in range(3):
+            assert layer(empty).shape == (0, 8, 5, 6)
+    assert replays() == 2
+
+
+def test_first_call_tuning_inside_a_recorded_call_is_neither_watched_nor_recorded(tmp_path, monkeypatch):
+    """The tuner's measurement runs outside the recorder (its buffers are not kept alive, its torch ops not
+    slowed by the dispatch mode), and the call it tuned keeps no record: the next call of the key is
+    recorded."""
+    from tritonconv.ops.hetconv import OPERATOR, HetConvSpec
+    from tritonconv.tuning_cache import TuningCache
+
+    seen = []
+
+    def tune(operator, spec, pass_, device, cache):
+        seen.append((_launcher.recorder(), torch._C._len_torch_dispatch_stack()))
+        torch.zeros(3).add_(1)  # a torch op of the measurement: not the recorded call's
+        return None  # no winner: the call runs untuned
+
+    monkeypatch.setattr(dispatch, "_tune_first_call", tune)
+    dispatch.set_tuning("first-call")
+    dispatch._first_call_tried.clear()
+    spec, cache = HetConvSpec(2, 8, 8, 6, 5, 3, 1, 2, True, "float32"), TuningCache(tmp_path / "t.json")
+    kernel = FakeKernel()
+
+    def body(x):
+        dispatch.decide(OPERATOR, spec, "forward", torch.device("cuda"), cache=cache)
+        out = _layout.empty((3, 4), device=x.device, dtype=x.dtype)
+        _launcher.launch(kernel, (2,), (x, None, out), (5, 6), {"BLOCK": 32}, positions=(0, 1, 4))
+        return out
+
+    run = _replay.replaying(body)
+    try:
+        run(torch.zeros(4))
+        assert seen == [(None, 0)]
+        records = [records for records in _replay._records if records]
+        assert records == []  # the tuned call is not kept, not even as a refusal
+        run(torch.zeros(4))  # tried once: the decision is stable now, and this call is recorded
+        assert sum(len(records) for records in _replay._records) == 1
+        run(torch.zeros(4))
+        assert len(kernel.launches) == 3 and len(seen) == 1
+    finally:
+        dispatch.set_tuning(None)
+        dispatch._first_call_tried.clear()
+
+
 def test_the_replay_switch_is_validated(monkeypatch):
     from tritonconv import env
 

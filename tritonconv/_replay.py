@@ -2,9 +2,10 @@
 runs that call's launches again, without building its spec, deciding, planning or binding arguments.
 
 An operator's body (spec, decision, plan, buffers, launches) is a function of what it reads: its tensors'
-sizes, strides, dtypes, devices and 16-byte alignment, its other arguments, and a few settings (the
-forced backend, the tuning cache's generation and mode, the tf32 switch, the launcher's device and
-options: ``_settings``). The first call of each such key runs the body while a ``Recorder`` watches:
+sizes, strides, dtypes, devices and 16-byte alignment, which arguments are one tensor, its other
+arguments, and a few settings (the forced backend, the tuning cache's generation and mode, the tf32
+switch, the launcher's device and options: ``_settings``). The first call of each such key runs the body
+while a ``Recorder`` watches:
 
 - every buffer ``_layout.empty`` allocates and every launch ``_launcher.launch`` makes (kernel, grid,
   integer arguments, constexprs, and on CUDA the compiled kernel);
@@ -12,24 +13,29 @@ options: ``_settings``). The first call of each such key runs the body while a `
   another layout, the fallback's convolutions, a reduction in torch) makes the key one that is never
   replayed, and its body runs on every call, as it would without this module.
 
-Otherwise the record is kept if every tensor launched or returned is an argument, a buffer, or a view at
-a non-negative offset of exactly one of them. A later call of the key allocates the buffers and runs the
-launches on its own tensors: on CUDA by calling each compiled kernel with the tensors' addresses (no
-binder, no kernel-cache key, no pointer query), elsewhere (the interpreter, CPU tensors, a launch hook
-set) through ``_launcher.launch``. Records hold no tensor. ``clear()`` forgets them, as a change of
-anything outside the key requires (the perf audit's stand-in hardware, a test's monkeypatching).
+Otherwise the record is kept if every tensor launched or returned is an argument, a buffer, or a view
+inside exactly one of them. A call whose decision will change without its key changing (first-call
+tuning ran in it, is still to come, or waits on another rank: ``dispatch``) keeps no record at all, and
+the tuner's measurement inside it is neither watched nor recorded (``Recorder.suspended``).
+
+A later call of the key allocates the buffers and runs the launches on its own tensors: on CUDA by
+calling each compiled kernel with the tensors' addresses (no binder, no kernel-cache key, no pointer
+query), elsewhere (the interpreter, CPU tensors, a launch hook set) through ``_launcher.launch``.
+Records hold no tensor. ``clear()`` forgets them, as a change of anything outside the key requires (the
+perf audit's stand-in hardware, a test's monkeypatching).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from triton.runtime.driver import driver
 
 from tritonconv import _launcher, _layout, dispatch, env
@@ -93,7 +99,7 @@ class Replay:
         sources = args
         for shape, strides, dtype, device in self.buffers:
             sources += (_layout.allocate(shape, strides, device=device, dtype=dtype),)
-        if self.direct and not _launcher.hooked():
+        if self.direct and not _launcher.hooked() and not any(step.kernel.pre_run_hooks for step in self.steps):
             stream = driver.active.get_current_stream(device)
             for step in self.steps:
                 addresses = tuple([None if place is None else sources[place[0]].data_ptr() + place[1]
@@ -107,8 +113,8 @@ class Replay:
 
     @functools.cached_property
     def direct(self) -> bool:
-        """Every launch calls its compiled kernel itself (CUDA, direct launches on)."""
-        return all(step.prepared is not None for step in self.steps)
+        """There are launches, and each calls its compiled kernel itself (CUDA, direct launches on)."""
+        return bool(self.steps) and all(step.prepared is not None for step in self.steps)
 
     def _launch(self, sources: tuple) -> None:
         for step in self.steps:
@@ -126,12 +132,30 @@ class Recorder(TorchDispatchMode):
         self.buffers: list[Tensor] = []
         self.steps: list[_Step] = []
         self.refused: str | None = None
+        self.transient = False  # refused for a reason of this call only: store nothing, record the next call
         self._inside = 0  # > 0 while an allocation or a launch runs: its own torch operations are its own
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not self._inside and self.refused is None and (not func.is_view or torch.Tag.inplace_view in func.tags):
             self.refused = f"it runs {func}"
         return func(*args, **(kwargs or {}))
+
+    def refuse(self, reason: str, *, transient: bool = False) -> None:
+        """Keep no record of this call; ``transient``: nor a refusal (the next call of the key is recorded)."""
+        self.refused = self.refused or reason
+        self.transient = self.transient or transient
+
+    @contextlib.contextmanager
+    def suspended(self, reason: str) -> Iterator[None]:
+        """Inside the block nothing is recorded or watched (first-call tuning's measurement: its buffers are
+        not kept alive, its torch ops are not slowed down by the dispatch mode), and the call is not kept."""
+        self.refuse(reason, transient=True)
+        _launcher.watching.recorder = None
+        try:
+            with _disable_current_modes():  # a recorded call runs under no other mode (``_plain_eager``)
+                yield
+        finally:
+            _launcher.watching.recorder = self
 
     def allocating(self, allocate: Callable, *args, **kwargs) -> Tensor:
         self._inside += 1
@@ -165,17 +189,21 @@ class Recorder(TorchDispatchMode):
             if source is tensor:
                 return _Operand(index)
         storage = tensor.untyped_storage().data_ptr()
-        sharing = [index for index, source in enumerate(sources)
-                   if type(source) in _TENSORS and source.untyped_storage().data_ptr() == storage]
-        if len(sharing) != 1:
-            self.refused = self.refused or f"a launched tensor is a view of {len(sharing)} of the call's tensors"
+        # the call's tensors in this storage whose elements span the view's (weight and bias may share
+        # one flat buffer, as FSDP's or apex's contiguous parameters do)
+        low, high = _span(tensor)
+        holding = [index for index, source in enumerate(sources)
+                   if type(source) in _TENSORS and source.untyped_storage().data_ptr() == storage
+                   and _span(source)[0] <= low and high <= _span(source)[1]]
+        if len(holding) != 1:
+            self.refuse(f"a launched or returned tensor is a view inside {len(holding)} of the call's tensors")
             return None
-        source = sources[sharing[0]]
+        source = sources[holding[0]]
         offset = tensor.data_ptr() - source.data_ptr()
-        if source.dtype != tensor.dtype or offset < 0 or offset % tensor.element_size():
-            self.refused = self.refused or "a launched tensor is a reinterpreting view of the call's tensors"
+        if source.dtype != tensor.dtype or offset % tensor.element_size():
+            self.refuse("a launched or returned tensor views the call's tensors as another dtype")
             return None
-        return _Operand(sharing[0], offset, (tuple(tensor.shape), tensor.stride()))
+        return _Operand(holding[0], offset, (tuple(tensor.shape), tensor.stride()))
 
     def replay(self, result) -> Replay | None:
         single = isinstance(result, Tensor)
@@ -189,6 +217,16 @@ class Recorder(TorchDispatchMode):
         return Replay(buffers, tuple(self.steps), operands, single)
 
 
+def _span(tensor: Tensor) -> tuple[int, int]:
+    """The bytes from the lowest to past the highest element ``tensor`` addresses (an empty one: none)."""
+    if tensor.numel() == 0:
+        return tensor.data_ptr(), tensor.data_ptr()
+    start = tensor.data_ptr() + sum(min(s, 0) * (n - 1) for n, s in zip(tensor.shape, tensor.stride())) \
+        * tensor.element_size()
+    extent = sum(abs(s) * (n - 1) for n, s in zip(tensor.shape, tensor.stride())) + 1
+    return start, start + extent * tensor.element_size()
+
+
 def _settings(cuda: bool) -> tuple:
     """What a call's body reads besides its arguments; the current CUDA device last (None off CUDA)."""
     launching = _launcher.launch_settings() if cuda else None
@@ -197,11 +235,16 @@ def _settings(cuda: bool) -> tuple:
 
 
 def _key(args: tuple) -> tuple:
-    key, lead = [], None
+    key, lead, seen = [], None, []
     for value in args:
         kind = type(value)
         if kind in _TENSORS:
-            lead = value if lead is None else lead
+            if lead is None:
+                lead = value
+            elif any(value is other for other in seen):  # one tensor in two slots: the record says which it took
+                key.append(("same as", next(i for i, other in enumerate(seen) if value is other)))
+                continue
+            seen.append(value)
             key.append((value.shape, value.stride(), value.dtype, value.device, value.data_ptr() % _ALIGNMENT))
         elif kind is list:
             key.append((kind, tuple(value)))
@@ -243,6 +286,8 @@ def _record(body: Callable, args: tuple, key: tuple, records: dict):
     finally:
         _launcher.watching.recorder = None
     replay = watcher.replay(result)
+    if watcher.transient:
+        return result
     with _records_lock:
         if len(records) >= _KEPT:
             records.clear()

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 import triton
 
-from tritonconv import distributed, env, hardware, kernel_helpers, tiles
+from tritonconv import _launcher, distributed, env, hardware, kernel_helpers, tiles
 from tritonconv.tiles import GemmTile
 from tritonconv.tuning_cache import CacheKey, CacheWriteError, TuningCache, default_cache, source_hash
 
@@ -307,6 +307,7 @@ def _first_call(operator, spec, pass_, device, forced, can_run, cache, decision:
         return replace(decision, reason=f"{decision.reason}; first-call tuning is not done while torch.compile "
                                         "traces (the call is tuned the first time it runs eagerly)")
     if _capturing():
+        _not_replayed("first-call tuning waits for a call outside CUDA graph capture")
         return replace(decision, reason=f"{decision.reason}; first-call tuning is not done during CUDA graph "
                                         "capture")
     key = str(operator.cache_key(spec, pass_, device))
@@ -324,8 +325,10 @@ def _first_call(operator, spec, pass_, device, forced, can_run, cache, decision:
             return _from_peer(operator, spec, pass_, device, forced, can_run, cache, decision)
         _first_call_tried.add(key)
         entry, failure = None, "the tuning rank stopped before it finished"
+        watcher = _launcher.recorder()  # a call being recorded (_replay): its measurement is not
         try:
-            entry = _tune_first_call(operator, spec, pass_, device, cache)
+            with watcher.suspended("first-call tuning ran in it") if watcher else contextlib.nullcontext():
+                entry = _tune_first_call(operator, spec, pass_, device, cache)
             failure = None if entry else "no winner was measured"
         except Exception as error:  # a failed measurement must not fail the user's call
             failure = str(error)
@@ -338,7 +341,16 @@ def _first_call(operator, spec, pass_, device, forced, can_run, cache, decision:
     return replace(tuned, reason=f"{tuned.reason} (tuned at its first call)")
 
 
+def _not_replayed(reason: str) -> None:
+    """The call being recorded, if any (``_replay``), keeps no record: its decision will change without
+    its key changing (a first-call tuning still to come)."""
+    watcher = _launcher.recorder()
+    if watcher is not None:
+        watcher.refuse(reason, transient=True)
+
+
 def _waiting(decision: Decision) -> Decision:
+    _not_replayed("another rank is tuning it")
     return Decision("fallback", f"{decision.reason}; another rank is tuning it at its first call: the fallback "
                                 "runs until its winner arrives")
 
@@ -360,6 +372,7 @@ def _from_peer(operator, spec, pass_, device, forced, can_run, cache, decision: 
         try:
             cache.store(cache_key, news["entry"])
         except CacheWriteError as error:
+            _not_replayed("the winner another rank tuned could not be saved")
             warnings.warn(f"{error}; the winner rank {news['rank']} tuned for {operator.name} {pass_} "
                           f"({spec.describe()}) is not saved here: running untuned", RuntimeWarning, stacklevel=5)
             return replace(decision, reason=f"{decision.reason}; the winner rank {news['rank']} tuned could not be "
