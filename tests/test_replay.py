@@ -243,6 +243,23 @@ def test_a_launch_hook_takes_the_replay_through_the_launcher(monkeypatch):
     _launcher.clear()
 
 
+def test_a_pre_run_hook_added_after_the_record_takes_the_launcher(monkeypatch):
+    monkeypatch.setattr(_launcher, "_direct", lambda kernel, tensors: True)
+    monkeypatch.setattr(_launcher, "driver", FakeDriver)
+    monkeypatch.setattr(_replay, "driver", FakeDriver)
+    _launcher.clear()
+    kernel = FakeKernel()
+    monkeypatch.setattr(kernel, "pre_run_hooks", [], raising=False)
+    run = _body(kernel)
+    run(torch.zeros(4, 5), 5)
+    kernel.pre_run_hooks.append(lambda *args, **kwargs: None)
+    x = torch.ones(4, 5)
+    run(x, 5)
+    (launch,) = kernel.compiled.runs  # through _launcher.launch: the tensor itself, not its address
+    assert launch[9] is x
+    _launcher.clear()
+
+
 def test_the_plain_replay_relaunches_with_rebuilt_views():
     kernel = FakeKernel()
     run = _body(kernel, view_offset=2)

@@ -81,6 +81,11 @@ class _Step:
     positions: tuple | None
     prepared: object | None
 
+    def launch(self, sources: tuple) -> None:
+        """Through ``_launcher.launch``, on the call's tensors (views rebuilt)."""
+        tensors = tuple([None if operand is None else operand.tensor(sources) for operand in self.operands])
+        _launcher.launch(self.kernel, self.grid, tensors, self.integers, self.constexprs, self.positions)
+
     @functools.cached_property
     def places(self) -> tuple:
         """(source, offset) of each tensor argument, or None: its address is the source's plus the offset."""
@@ -99,9 +104,12 @@ class Replay:
         sources = args
         for shape, strides, dtype, device in self.buffers:
             sources += (_layout.allocate(shape, strides, device=device, dtype=dtype),)
-        if self.direct and not _launcher.hooked() and not any(step.kernel.pre_run_hooks for step in self.steps):
+        if self.direct and not _launcher.hooked():
             stream = driver.active.get_current_stream(device)
             for step in self.steps:
+                if step.kernel.pre_run_hooks:  # added since the record: Triton's launch runs them
+                    step.launch(sources)
+                    continue
                 addresses = tuple([None if place is None else sources[place[0]].data_ptr() + place[1]
                                    for place in step.places])
                 _launcher.run_without_hooks(step.prepared, step.grid, addresses, stream)
@@ -118,8 +126,7 @@ class Replay:
 
     def _launch(self, sources: tuple) -> None:
         for step in self.steps:
-            tensors = tuple([None if operand is None else operand.tensor(sources) for operand in step.operands])
-            _launcher.launch(step.kernel, step.grid, tensors, step.integers, step.constexprs, step.positions)
+            step.launch(sources)
 
 
 class Recorder(TorchDispatchMode):
@@ -239,12 +246,13 @@ def _key(args: tuple) -> tuple:
     for value in args:
         kind = type(value)
         if kind in _TENSORS:
+            identity = id(value)  # the arguments are alive: equal ids are one tensor
             if lead is None:
                 lead = value
-            elif any(value is other for other in seen):  # one tensor in two slots: the record says which it took
-                key.append(("same as", next(i for i, other in enumerate(seen) if value is other)))
+            elif identity in seen:  # one tensor in two slots: the record says which slot it took
+                key.append(("same as", seen.index(identity)))
                 continue
-            seen.append(value)
+            seen.append(identity)
             key.append((value.shape, value.stride(), value.dtype, value.device, value.data_ptr() % _ALIGNMENT))
         elif kind is list:
             key.append((kind, tuple(value)))
