@@ -143,15 +143,17 @@ def test_cpu_tensors_and_the_interpreter_take_the_plain_launch():
     assert not kernel.compiled.runs
 
 
-def test_the_direct_launch_switch_is_validated(monkeypatch):
+@pytest.mark.parametrize("variable, switch", [("TRITONCONV_DIRECT_LAUNCH", "direct_launch"),
+                                              ("TRITONCONV_REPLAY", "replay")])
+def test_the_launch_switches_are_validated(monkeypatch, variable, switch):
     from tritonconv import env
 
     for value, expected in (("0", False), ("1", True), ("", True)):
-        monkeypatch.setenv("TRITONCONV_DIRECT_LAUNCH", value)
-        assert env.direct_launch() is expected
-    monkeypatch.setenv("TRITONCONV_DIRECT_LAUNCH", "yes")
-    with pytest.raises(ValueError, match="TRITONCONV_DIRECT_LAUNCH='yes'"):
-        env.direct_launch()
+        monkeypatch.setenv(variable, value)
+        assert getattr(env, switch)() is expected
+    monkeypatch.setenv(variable, "yes")
+    with pytest.raises(ValueError, match=f"{variable}='yes'"):
+        getattr(env, switch)()
 
 
 CHECK = r"""

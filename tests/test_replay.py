@@ -203,11 +203,18 @@ def _body(kernel, *, view_offset=0, permuted=False):
     return _replay.replaying(body)
 
 
-def test_the_replay_calls_the_compiled_kernel_with_the_tensors_addresses(monkeypatch):
+@pytest.fixture
+def direct_launches(monkeypatch):
+    """Launches take the direct path (a CUDA device's) into the stand-in compiled kernel."""
     monkeypatch.setattr(_launcher, "_direct", lambda kernel, tensors: True)
     monkeypatch.setattr(_launcher, "driver", FakeDriver)
     monkeypatch.setattr(_replay, "driver", FakeDriver)
     _launcher.clear()
+    yield
+    _launcher.clear()
+
+
+def test_the_replay_calls_the_compiled_kernel_with_the_tensors_addresses(direct_launches):
     kernel = FakeKernel()
     run = _body(kernel, view_offset=1, permuted=True)
     run(torch.zeros(4, 5), 5)  # recorded: through Triton (the stand-in's compile)
@@ -222,42 +229,25 @@ def test_the_replay_calls_the_compiled_kernel_with_the_tensors_addresses(monkeyp
     assert out.shape == (4, 3) and out.stride() == (1, 4)  # the permuted view of the buffer, rebuilt
     run(x, 6)  # another integer: another key, recorded again
     assert len(kernel.launches) == 2
-    _launcher.clear()
 
 
-def test_a_launch_hook_takes_the_replay_through_the_launcher(monkeypatch):
+@pytest.mark.parametrize("hook", ["launch", "pre-run"])
+def test_a_hook_set_after_the_record_takes_the_replay_through_the_launcher(hook, direct_launches, monkeypatch):
+    """A launch hook (a profiler's) or a kernel's pre-run hook: the launcher's own call, which runs them."""
     from triton import knobs
 
-    monkeypatch.setattr(_launcher, "_direct", lambda kernel, tensors: True)
-    monkeypatch.setattr(_launcher, "driver", FakeDriver)
-    monkeypatch.setattr(_replay, "driver", FakeDriver)
-    _launcher.clear()
-    kernel = FakeKernel()
-    run = _body(kernel)
-    run(torch.zeros(4, 5), 5)
-    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda metadata: None)
-    x = torch.ones(4, 5)
-    run(x, 5)
-    (launch,) = kernel.compiled.runs  # the launcher's own direct call: tensors, not addresses
-    assert launch[9] is x
-    _launcher.clear()
-
-
-def test_a_pre_run_hook_added_after_the_record_takes_the_launcher(monkeypatch):
-    monkeypatch.setattr(_launcher, "_direct", lambda kernel, tensors: True)
-    monkeypatch.setattr(_launcher, "driver", FakeDriver)
-    monkeypatch.setattr(_replay, "driver", FakeDriver)
-    _launcher.clear()
     kernel = FakeKernel()
     monkeypatch.setattr(kernel, "pre_run_hooks", [], raising=False)
     run = _body(kernel)
     run(torch.zeros(4, 5), 5)
-    kernel.pre_run_hooks.append(lambda *args, **kwargs: None)
+    if hook == "launch":
+        monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda metadata: None)
+    else:
+        kernel.pre_run_hooks.append(lambda *args, **kwargs: None)
     x = torch.ones(4, 5)
     run(x, 5)
-    (launch,) = kernel.compiled.runs  # through _launcher.launch: the tensor itself, not its address
-    assert launch[9] is x
-    _launcher.clear()
+    (launch,) = kernel.compiled.runs
+    assert launch[9] is x  # the tensor itself, not its address
 
 
 def test_the_plain_replay_relaunches_with_rebuilt_views():
@@ -409,17 +399,6 @@ def test_first_call_tuning_inside_a_recorded_call_is_neither_watched_nor_recorde
     finally:
         dispatch.set_tuning(None)
         dispatch._first_call_tried.clear()
-
-
-def test_the_replay_switch_is_validated(monkeypatch):
-    from tritonconv import env
-
-    for value, expected in (("0", False), ("1", True), ("", True)):
-        monkeypatch.setenv("TRITONCONV_REPLAY", value)
-        assert env.replay() is expected
-    monkeypatch.setenv("TRITONCONV_REPLAY", "no")
-    with pytest.raises(ValueError, match="TRITONCONV_REPLAY='no'"):
-        env.replay()
 
 
 @pytest.mark.gpu
