@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                              help="every spec of each shape set (default: the first of each)")
     host_parser.add_argument("--device", default=None,
                              help="cuda (real launches) or cpu (launches recorded); default: cuda when present")
+    host_parser.add_argument("--stand-in-launch", action="store_true",
+                             help="on the CPU: launches take the CUDA path (a replay's or the launcher's direct "
+                                  "call) into a compiled kernel that does nothing, instead of Triton's recorded "
+                                  "launch: the GPU path's own Python, without the driver")
     host_parser.add_argument("--calls", type=int, default=20, help="calls per timed loop (default: 20)")
     host_parser.add_argument("--rounds", type=int, default=5, help="timed loops, the best is kept (default: 5)")
     host_parser.add_argument("--out", type=Path, default=host.DEFAULT_CSV,
@@ -382,6 +386,8 @@ def cmd_host(args) -> int:
         return _no_gpu("host --device cuda", "torch.cuda.is_available() is False")
     if device.type == "cpu" and env.triton_interpret():
         raise UsageError("TRITON_INTERPRET is set: the CPU measurement records the JIT's launches; unset it")
+    if args.stand_in_launch and device.type == "cuda":
+        raise UsageError("--stand-in-launch replaces the launches of CPU tensors: add --device cpu")
     selected = audit.select(audit.resolve_layers(args.layer), args.shapes, batch=128,
                             dtype=bench.DTYPES[args.dtype], channels_last=args.channels_last,
                             first_only=not args.all_specs)
@@ -390,7 +396,7 @@ def cmd_host(args) -> int:
             print(f"{case.layer:10s} {case.shape_set:14s} {case.label:18s} {case.spec.describe()}")
         print(f"{len(selected)} specs on {device}; nothing measured (--list)")
         return 0
-    rows = host.run(selected, device, rounds=args.rounds, calls=args.calls)
+    rows = host.run(selected, device, rounds=args.rounds, calls=args.calls, stand_in=args.stand_in_launch)
     host.write(rows, args.out)
     print(host.table(rows))
     print(f"\n{rows[0]['timing']}\nwritten: {_rel(args.out)}")

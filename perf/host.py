@@ -31,6 +31,12 @@ RECORDED_TIMING = ("CPU tensors of the adapter's small shape, one thread, denorm
                    "a CUDA call makes; body_us: the same calls with replays off (paired rounds); binder_us: the "
                    "part of that launcher cost before the driver (Triton's "
                    "argument binder and kernel-cache key, on the pass's recorded launches).")
+STAND_IN_TIMING = ("CPU tensors of the adapter's small shape, one thread, denormals flushed; every launch takes the "
+                   "CUDA path (a replay's direct call, else the launcher's) into a compiled kernel whose launch does "
+                   "nothing; best of {rounds} rounds of {calls} calls; bwd: autograd.grad alone, on one forward's "
+                   "graph (retain_graph), against aten.convolution_backward called directly. The GPU path's "
+                   "Python without the driver's launch, the tuning cache's generation check or the CUDA device "
+                   "query a CUDA call makes; body_us: the same calls with replays off (paired rounds).")
 CUDA_TIMING = ("CUDA tensors of the adapter's small shape, real launches; wall time of {calls} calls without "
                "synchronising, best of {rounds} rounds; bwd: autograd.grad alone, on one forward's graph "
                "(retain_graph), against aten.convolution_backward called directly; body_us: the same calls "
@@ -131,9 +137,46 @@ def pass_us(forward: Callable, wrt: list, grad, rounds: int, calls: int, device:
                         body=body)
 
 
-def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20) -> list[dict]:
+@contextlib.contextmanager
+def stand_in_launches() -> Iterator[None]:
+    """Every launch of a CPU tensor takes the CUDA path (``_launcher``'s direct call, a replay's addresses)
+    into a compiled kernel that does nothing: the host Python of the GPU path, measured without one."""
+    from triton.runtime.jit import JITFunction
+
+    from tritonconv import _launcher, _replay
+
+    class Compiled:
+        function = packed_metadata = 0
+
+        def launch_metadata(self, grid, stream, *values):
+            return None
+
+        def run(self, *args):
+            pass
+
+    class Driver:
+        class active:
+            get_current_device = staticmethod(lambda: 0)
+            get_current_stream = staticmethod(lambda device: 0)
+
+    compiled = Compiled()
+    saved = JITFunction.run, _launcher._direct, _launcher.driver, _replay.driver
+    JITFunction.run = lambda self, *args, grid, warmup, **kwargs: compiled
+    _launcher._direct = lambda kernel, tensors: type(kernel) is JITFunction
+    _launcher.driver = _replay.driver = Driver
+    _launcher.clear()
+    try:
+        yield
+    finally:
+        JITFunction.run, _launcher._direct, _launcher.driver, _replay.driver = saved
+        _launcher.clear()
+        _replay.clear()
+
+
+def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20, stand_in: bool = False) -> list[dict]:
     """Host microseconds per pass of one training step of the layer's public op (fwd, bwd) and of an
-    inference call (``infer``: torch.no_grad), and of the plain conv."""
+    inference call (``infer``: torch.no_grad), and of the plain conv; ``stand_in``: on the CPU, through
+    ``stand_in_launches`` instead of the recorder."""
     from perf.audit import adapters, as_if_on_h100, recording
 
     adapter = adapters()[case.layer]
@@ -144,7 +187,7 @@ def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20) -> 
     cuda = device.type == "cuda"
     with contextlib.ExitStack() as stack:
         if not cuda:
-            stack.enter_context(recording(keep=False))
+            stack.enter_context(stand_in_launches() if stand_in else recording(keep=False))
             stack.enter_context(as_if_on_h100())
             stack.enter_context(flushing_denormals())
         (fwd, fwd_gpu, fwd_body), (bwd, bwd_gpu, bwd_body) = pass_us(lambda: call(tensors, spec), wrt, work.grad,
@@ -156,7 +199,9 @@ def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20) -> 
             infer, infer_gpu, infer_body = best_us(lambda: call(tensors, spec), rounds, calls, device, body=True)
             dense_infer, _ = best_us(dense_forward, rounds, calls, device)
     binder = {} if cuda else recorded_binder_us(lambda: call(tensors, spec), wrt, work.grad)
-    timing = (CUDA_TIMING if cuda else RECORDED_TIMING).format(rounds=rounds, calls=calls)
+    timing = (CUDA_TIMING if cuda else STAND_IN_TIMING if stand_in else RECORDED_TIMING).format(rounds=rounds,
+                                                                                               calls=calls)
+    launches = "cuda" if cuda else "stand-in" if stand_in else "recorded"
     rows = []
     for pass_, ours, body, dense, gpu in (("fwd", fwd, fwd_body, dense_fwd, fwd_gpu),
                                           ("bwd", bwd, bwd_body, dense_bwd, bwd_gpu),
@@ -164,7 +209,7 @@ def measure(case, device: torch.device, *, rounds: int = 5, calls: int = 20) -> 
         rows.append({"layer": case.layer, "shape_set": case.shape_set, "label": case.label,
                      "shape": spec.describe(), "dtype": spec.dtype, "channels_last": bool(spec.channels_last),
                      "pass": pass_, "host_us": round(ours, 1), "body_us": round(body, 1), "dense_us": round(dense, 1),
-                     "gpu_us": None if gpu is None else round(gpu, 1), "launches": "cuda" if cuda else "recorded",
+                     "gpu_us": None if gpu is None else round(gpu, 1), "launches": launches,
                      "binder_us": round(binder[pass_], 1) if pass_ in binder else None, "timing": timing})
     return rows
 
@@ -197,7 +242,8 @@ SCHEMA = {"layer": "string", "shape_set": "string", "label": "string", "shape": 
 KEY = ("layer", "shape", "dtype", "channels_last", "pass", "device", "launches")
 
 
-def run(selected: list, device: torch.device, *, rounds: int = 5, calls: int = 20) -> list[dict]:
+def run(selected: list, device: torch.device, *, rounds: int = 5, calls: int = 20,
+        stand_in: bool = False) -> list[dict]:
     """Measure every case; each row with the device, versions and commit."""
     import triton
 
@@ -207,7 +253,8 @@ def run(selected: list, device: torch.device, *, rounds: int = 5, calls: int = 2
     shared = {"device": hardware.device_name_of(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "triton": triton.__version__, "commit": results.git_commit(),
               "timestamp": results.utc_now()}
-    return [{**row, **shared} for case in selected for row in measure(case, device, rounds=rounds, calls=calls)]
+    return [{**row, **shared} for case in selected
+            for row in measure(case, device, rounds=rounds, calls=calls, stand_in=stand_in)]
 
 
 def write(rows: list[dict], path: Path = DEFAULT_CSV):

@@ -32,6 +32,19 @@ def test_host_reports_each_pass_of_each_layer_next_to_the_plain_conv(tmp_path):
     assert all(column in done.stdout for column in ("ours us", "body us", "F.conv2d us", "binder us"))
 
 
+def test_host_times_the_gpu_path_with_a_stand_in_kernel(tmp_path):
+    """--stand-in-launch: the replays' direct launches (and the launcher's) into a kernel that does nothing."""
+    out = tmp_path / "host.csv"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "perf", "host", "--layer", "shift", "--stand-in-launch", "--calls",
+                           "2", "--rounds", "1", "--device", "cpu", "--out", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = pd.read_csv(out)
+    assert set(rows["launches"]) == {"stand-in"} and len(rows) == 3 and (rows["host_us"] > 0).all()
+    assert rows["timing"].str.contains("does nothing").all()
+
+
 def test_host_refuses_interpreted_kernels_and_bad_counts(capsys):
     assert main(["host", "--device", "cpu"]) == 2  # conftest sets TRITON_INTERPRET: nothing to record
     assert "TRITON_INTERPRET" in capsys.readouterr().err
