@@ -5,6 +5,7 @@ what is its own: the typed signatures torch.library needs and how to build its s
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -91,7 +92,8 @@ def define_op(name: str, implementation: Callable, fake: Callable):
     _LIBRARY.impl(name, implementation, "CompositeExplicitAutograd")
     torch.library.register_fake(f"tritonconv::{name}", fake, lib=_LIBRARY)
     op = getattr(torch.ops.tritonconv, name).default
-    _IMPLEMENTATIONS[op] = _replay.replaying(implementation)
+    # an eager body leaves no forced-backend note (``_without_note``); a replayed call runs no body
+    _IMPLEMENTATIONS[op] = _replay.replaying(functools.partial(_without_note, implementation))
     return op
 
 
@@ -146,7 +148,7 @@ def training_function(forward_op, backward_op, *, params: int, saves_output: boo
     def call(*args):
         # is_compiling first: torch.compile then traces nothing but the Function
         if not torch.compiler.is_compiling() and not _differentiated(args) and _plain_eager(args):
-            return _without_note(implementation, *args)
+            return implementation(*args)
         return Training.apply(*args)
 
     call.__name__ = call.__qualname__ = name
