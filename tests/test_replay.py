@@ -231,6 +231,27 @@ def test_the_replay_calls_the_compiled_kernel_with_the_tensors_addresses(direct_
     assert len(kernel.launches) == 2
 
 
+def test_the_replay_launches_on_the_stream_of_the_key_s_device(direct_launches, monkeypatch):
+    """The stream is the current one of the CUDA device the key holds (an index), whatever the buffers'
+    devices are."""
+    asked = []
+
+    class Driver(FakeDriver):
+        class active(FakeDriver.active):
+            @staticmethod
+            def get_current_stream(device):
+                asked.append(device)
+                return 7
+
+    monkeypatch.setattr(_replay, "driver", Driver)
+    monkeypatch.setattr(_replay, "_settings", lambda cuda: ("settings", 3))  # the current device last
+    kernel = FakeKernel()
+    run = _body(kernel)
+    run(torch.zeros(4, 5), 5)
+    run(torch.ones(4, 5), 5)
+    assert asked == [3] and len(kernel.compiled.runs) == 1
+
+
 @pytest.mark.parametrize("hook", ["launch", "pre-run"])
 def test_a_hook_set_after_the_record_takes_the_replay_through_the_launcher(hook, direct_launches, monkeypatch):
     """A launch hook (a profiler's) or a kernel's pre-run hook: the launcher's own call, which runs them."""

@@ -102,8 +102,8 @@ class Replay:
     def run(self, args: tuple, device: int | None = None):
         """The record on this call's ``args``; ``device``: the current CUDA device (the key's)."""
         sources = args
-        for shape, strides, dtype, device in self.buffers:
-            sources += (_layout.allocate(shape, strides, device=device, dtype=dtype),)
+        for shape, strides, dtype, place in self.buffers:
+            sources += (_layout.allocate(shape, strides, device=place, dtype=dtype),)
         if self.direct and not _launcher.hooked():
             stream = driver.active.get_current_stream(device)
             for step in self.steps:
