@@ -149,26 +149,20 @@ def _launch(kernel, grid, tensors, integers, constexprs, positions) -> tuple:
     return prepared.compiled, prepared
 
 
-def run_prepared(prepared: _Prepared, grid: tuple, tensors: tuple, stream) -> None:
+def run_prepared(prepared: _Prepared, grid: tuple, tensors: tuple, stream, hooks: bool | None = None) -> None:
     """The compiled kernel's launch on ``tensors`` (tensors, addresses as ints, or None) in its slots, as
-    ``CompiledKernel.__getitem__``'s runner makes it; without launch hooks (triton 3.6 keeps empty hook
-    chains, never None) it skips the launch metadata and the two hook calls, which do nothing then."""
-    if not hooked():
-        return run_without_hooks(prepared, grid, tensors, stream)
+    ``CompiledKernel.__getitem__``'s runner makes it; without launch hooks (``hooks``: whether one is set,
+    None: ask ``hooked``; triton 3.6 keeps empty hook chains, never None) it skips the launch metadata and
+    the two hook calls, which do nothing then."""
     values = prepared.values(tensors)
     compiled = prepared.compiled
     grid_0, grid_1, grid_2 = (*grid, 1, 1)[:3]
-    compiled.run(grid_0, grid_1, grid_2, stream, compiled.function, compiled.packed_metadata,
-                 compiled.launch_metadata(grid, stream, *values), knobs.runtime.launch_enter_hook,
-                 knobs.runtime.launch_exit_hook, *values)
-
-
-def run_without_hooks(prepared: _Prepared, grid: tuple, tensors: tuple, stream) -> None:
-    """``run_prepared`` where no launch hook is set (``hooked()`` is false)."""
-    values = prepared.values(tensors)
-    compiled = prepared.compiled
-    grid_0, grid_1, grid_2 = (*grid, 1, 1)[:3]
-    compiled.run(grid_0, grid_1, grid_2, stream, compiled.function, compiled.packed_metadata, None, None, None,
+    if hooked() if hooks is None else hooks:
+        metadata, enter, leave = (compiled.launch_metadata(grid, stream, *values), knobs.runtime.launch_enter_hook,
+                                  knobs.runtime.launch_exit_hook)
+    else:
+        metadata = enter = leave = None
+    compiled.run(grid_0, grid_1, grid_2, stream, compiled.function, compiled.packed_metadata, metadata, enter, leave,
                  *values)
 
 
@@ -184,7 +178,7 @@ def _hook_set(hook) -> bool:
 def launch_settings() -> tuple:
     """What a launch on CUDA reads besides its arguments: the current device (first) and Triton's per-call
     options (``_replay`` keys its records on them)."""
-    return (driver.active.get_current_device(), _ENABLED, knobs.runtime.debug, knobs.compilation.instrumentation_mode)
+    return driver.active.get_current_device(), knobs.runtime.debug, knobs.compilation.instrumentation_mode
 
 
 def clear() -> None:

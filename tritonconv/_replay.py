@@ -112,7 +112,7 @@ class Replay:
                     continue
                 addresses = tuple([None if place is None else sources[place[0]].data_ptr() + place[1]
                                    for place in step.places])
-                _launcher.run_without_hooks(step.prepared, step.grid, addresses, stream)
+                _launcher.run_prepared(step.prepared, step.grid, addresses, stream, hooks=False)
         elif self.steps:
             dispatch.launch(self._launch, sources)  # under the interpreter, its lock
         if self.single:
@@ -144,7 +144,7 @@ class Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not self._inside and self.refused is None and (not func.is_view or torch.Tag.inplace_view in func.tags):
-            self.refused = f"it runs {func}"
+            self.refuse(f"it runs {func}")
         return func(*args, **(kwargs or {}))
 
     def refuse(self, reason: str, *, transient: bool = False) -> None:
@@ -181,7 +181,7 @@ class Recorder(TorchDispatchMode):
         finally:
             self._inside -= 1
         if type(grid) is not tuple or any(isinstance(value, Tensor) for value in constexprs.values()):
-            self.refused = self.refused or "a launch's grid is a function or a constexpr a tensor"
+            self.refuse("a launch's grid is a function or a constexpr a tensor")
         elif self.refused is None:
             operands = tuple(self._operand(tensor) for tensor in tensors)
             self.steps.append(_Step(kernel, grid, operands, integers, dict(constexprs), positions,
@@ -215,8 +215,8 @@ class Recorder(TorchDispatchMode):
     def replay(self, result) -> Replay | None:
         single = isinstance(result, Tensor)
         returned = (result,) if single else result
-        if self.refused is None and not (isinstance(returned, tuple) and all(type(t) in _TENSORS for t in returned)):
-            self.refused = "it returns something other than tensors"
+        if not (isinstance(returned, tuple) and all(type(t) in _TENSORS for t in returned)):
+            self.refuse("it returns something other than tensors")
         operands = tuple(self._operand(tensor) for tensor in returned) if self.refused is None else ()
         if self.refused is not None:
             return None
